@@ -1,0 +1,19 @@
+// Size limits and defaults that guard moerun against hostile or broken input. Every limit
+// lives here, with its unit in its name.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace moerun {
+
+// A job spec is a short hand-written file; anything larger is a mistake (or an attack).
+inline constexpr std::size_t kMaxJobSpecBytes = 1 << 20;
+// Flow-collection nesting ([[[...]]]) deeper than this is rejected before parsing.
+inline constexpr int kMaxJobSpecFlowDepth = 32;
+// Block nesting (indentation levels) deeper than this is rejected before parsing.
+inline constexpr int kMaxJobSpecIndentDepth = 32;
+// A file with more errors than this reports the first ones and a count of the rest.
+inline constexpr std::size_t kMaxSpecDiagnostics = 100;
+
+}  // namespace moerun

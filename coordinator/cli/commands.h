@@ -1,0 +1,13 @@
+// Subcommands of the `moerun` CLI. Each Add*Command registers its options on `app` and sets
+// *exit_code when it runs (exit codes from common/exit_codes.h).
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace moerun::cli {
+
+void AddValidateCommand(CLI::App& app, int* exit_code);
+void AddPlanCommand(CLI::App& app, int* exit_code);
+void AddVersionCommand(CLI::App& app, int* exit_code);
+
+}  // namespace moerun::cli

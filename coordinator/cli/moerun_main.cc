@@ -1,0 +1,21 @@
+#include <CLI/CLI.hpp>
+
+#include "common/exit_codes.h"
+#include "coordinator/cli/commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"moerun: train Mixture-of-Experts models on a cluster and keep the run alive"};
+  app.require_subcommand(1);
+  int exit_code = moerun::kExitOk;
+  moerun::cli::AddValidateCommand(app, &exit_code);
+  moerun::cli::AddPlanCommand(app, &exit_code);
+  moerun::cli::AddVersionCommand(app, &exit_code);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    // Usage errors are configuration errors: the same never-retry code as a bad spec.
+    return rc == 0 ? moerun::kExitOk : moerun::kExitInvalidConfig;
+  }
+  return exit_code;
+}

@@ -1,0 +1,85 @@
+#include "kernels/cpu/precision.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace moerun::kernels::cpu {
+namespace {
+
+constexpr int kE4M3MantissaBits = 3;
+constexpr int kE4M3MinNormalExp = -6;  // smallest normal is 2^-6
+
+float ScaleFor(float amax) { return amax > 0.0f ? amax / kE4M3Max : 1.0f; }
+
+}  // namespace
+
+float RoundToBf16(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  if ((bits & 0x7f800000u) == 0x7f800000u) {  // inf or NaN: keep, force a quiet NaN bit
+    if (bits & 0x007fffffu) bits |= 0x00400000u;
+    bits &= 0xffff0000u;
+  } else {
+    const uint32_t lsb = (bits >> 16) & 1u;
+    bits += 0x7fffu + lsb;  // round to nearest, ties to even
+    bits &= 0xffff0000u;
+  }
+  float out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+
+void RoundToBf16(const float* in, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = RoundToBf16(in[i]);
+}
+
+float RoundToE4M3(float x) {
+  if (std::isnan(x)) return x;
+  const float a = std::fabs(x);
+  if (a >= kE4M3Max) return std::copysign(kE4M3Max, x);
+  if (a == 0.0f) return x;
+  int exp;
+  std::frexp(a, &exp);  // a = f * 2^exp, f in [0.5, 1): the leading bit has weight 2^(exp-1)
+  const int e = std::max(exp - 1, kE4M3MinNormalExp);
+  const float quantum = std::ldexp(1.0f, e - kE4M3MantissaBits);
+  float r = std::nearbyint(a / quantum) * quantum;  // default rounding mode: ties to even
+  r = std::min(r, kE4M3Max);
+  return std::copysign(r, x);
+}
+
+void FakeQuantE4M3Tiles1x128(const float* in, float* out, float* scales, int64_t rows,
+                             int64_t cols) {
+  const int64_t tiles = (cols + kFp8TileCols - 1) / kFp8TileCols;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t c0 = t * kFp8TileCols, c1 = std::min(cols, c0 + kFp8TileCols);
+      float amax = 0.0f;
+      for (int64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(in[r * cols + c]));
+      const float s = ScaleFor(amax);
+      scales[r * tiles + t] = s;
+      for (int64_t c = c0; c < c1; ++c) out[r * cols + c] = RoundToE4M3(in[r * cols + c] / s) * s;
+    }
+  }
+}
+
+void FakeQuantE4M3Blocks128x128(const float* in, float* out, float* scales, int64_t rows,
+                                int64_t cols) {
+  const int64_t br = (rows + kFp8TileCols - 1) / kFp8TileCols;
+  const int64_t bc = (cols + kFp8TileCols - 1) / kFp8TileCols;
+  for (int64_t i = 0; i < br; ++i) {
+    for (int64_t j = 0; j < bc; ++j) {
+      const int64_t r0 = i * kFp8TileCols, r1 = std::min(rows, r0 + kFp8TileCols);
+      const int64_t c0 = j * kFp8TileCols, c1 = std::min(cols, c0 + kFp8TileCols);
+      float amax = 0.0f;
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(in[r * cols + c]));
+      const float s = ScaleFor(amax);
+      scales[i * bc + j] = s;
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c) out[r * cols + c] = RoundToE4M3(in[r * cols + c] / s) * s;
+    }
+  }
+}
+
+}  // namespace moerun::kernels::cpu

@@ -1,0 +1,32 @@
+// Low-precision emulation on the CPU (DESIGN.md §4). The CPU backend trains bf16 and fp8
+// jobs by rounding GEMM inputs exactly as the GPU recipe does, so the numerics match:
+//  * bf16: round-to-nearest-even of fp32 to 8 mantissa bits.
+//  * fp8 E4M3 (the "fn" variant: no infinities, max finite 448, subnormals down to 2^-9),
+//    round-to-nearest-even with saturation, and DeepSeek-V3's scaling: one scale per 1x128
+//    tile of activations (per row, per 128 columns) or per 128x128 block of weights,
+//    scale = amax / 448 of the tile (1 for an all-zero tile).
+// "FakeQuant" functions return the dequantized values (x_q * scale) in fp32, which is what
+// a GEMM with fp32 accumulation sees. All functions are pure and thread-safe; `in` and `out`
+// may alias. The CUDA twins are in kernels/cuda/precision.cuh.
+#pragma once
+
+#include <cstdint>
+
+namespace moerun::kernels::cpu {
+
+inline constexpr float kE4M3Max = 448.0f;
+inline constexpr int64_t kFp8TileCols = 128;  // 1x128 activation tiles, 128x128 weight blocks
+
+float RoundToBf16(float x);
+void RoundToBf16(const float* in, float* out, int64_t n);
+
+float RoundToE4M3(float x);  // saturating; NaN stays NaN
+
+// in/out: [rows, cols] row-major. scales: [rows, ceil(cols/128)] row-major.
+void FakeQuantE4M3Tiles1x128(const float* in, float* out, float* scales, int64_t rows, int64_t cols);
+
+// in/out: [rows, cols] row-major. scales: [ceil(rows/128), ceil(cols/128)] row-major.
+void FakeQuantE4M3Blocks128x128(const float* in, float* out, float* scales, int64_t rows,
+                                int64_t cols);
+
+}  // namespace moerun::kernels::cpu
