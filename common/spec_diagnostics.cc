@@ -52,6 +52,12 @@ void DiagnosticSink::Add(SpecDiagnostic::Severity sev, SourcePos pos, std::strin
 namespace moerun {
 
 bool DiagnosticSink::HasErrorUnder(const std::string& field) const {
+  for (std::string up = field;;) {  // the field itself, its sections, then the file ("")
+    if (error_fields_.count(up) > 0) return true;
+    if (up.empty()) break;
+    auto cut = up.find_last_of(".[");
+    up.resize(cut == std::string::npos ? 0 : cut);
+  }
   for (auto it = error_fields_.lower_bound(field); it != error_fields_.end(); ++it) {
     if (it->compare(0, field.size(), field) != 0) break;
     if (it->size() == field.size() || (*it)[field.size()] == '.' || (*it)[field.size()] == '[') {

@@ -51,8 +51,9 @@ class DiagnosticSink {
   std::vector<SpecDiagnostic>& diagnostics() { return diagnostics_; }
   std::size_t error_count() const { return errors_; }
   std::size_t dropped() const { return dropped_; }
-  // True when an error was reported for `field` or anything below it ("model" covers
-  // "model.moe.top_k" and "model.x[2]"). Counts dropped diagnostics too.
+  // True when an error was reported for `field`, anything below it ("model" covers
+  // "model.moe.top_k" and "model.x[2]") or any section above it, or for the file as a
+  // whole. Counts dropped diagnostics too.
   bool HasErrorUnder(const std::string& field) const;
 
  private:

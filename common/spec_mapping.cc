@@ -121,6 +121,7 @@ const SpecMapping::Entry* SpecMapping::Find(std::string_view key) const {
 }
 
 SourcePos SpecMapping::ValuePos(const Entry& e) const {
+  if (e.value.IsNull()) return e.key_pos;  // an empty value's mark is the next token
   SourcePos p = ToSourcePos(e.value.Mark());
   return p.in_file() ? p : e.key_pos;
 }

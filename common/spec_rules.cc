@@ -12,6 +12,9 @@ constexpr int64_t kTextVocabMin = 256;      // text data is bytes: tokens 0..255
 
 std::string S(int64_t v) { return std::to_string(v); }
 
+// True when `divisor` divides `n`; false for a zero divisor (never a division by zero).
+bool Divides(int64_t divisor, int64_t n) { return divisor > 0 && n % divisor == 0; }
+
 class RuleChecker {
  public:
   RuleChecker(const SourceMap& sources, DiagnosticSink* sink) : sources_(sources), sink_(sink) {}
@@ -48,9 +51,9 @@ void CheckModel(const ModelSpec& m, RuleChecker& r) {
   r.Require(m.dense_layers <= m.n_layers, "model.dense_layers", {"model.n_layers"},
             "must be at most model.n_layers (" + S(m.n_layers) + "), got " + S(m.dense_layers));
   if (m.attention == AttentionKind::kMha) {
-    r.Require(m.d_model % m.n_heads == 0, "model.n_heads", {"model.d_model"},
+    r.Require(Divides(m.n_heads, m.d_model), "model.n_heads", {"model.d_model"},
               "must divide model.d_model (" + S(m.d_model) + "), got " + S(m.n_heads));
-    if (m.d_model % m.n_heads == 0) {
+    if (Divides(m.n_heads, m.d_model)) {
       r.Require((m.d_model / m.n_heads) % 2 == 0, "model.n_heads", {"model.d_model"},
                 "head dimension d_model / n_heads = " + S(m.d_model / m.n_heads) +
                     " must be even (RoPE rotates pairs of dimensions)");
@@ -71,12 +74,12 @@ void CheckModel(const ModelSpec& m, RuleChecker& r) {
   r.Require(e.top_k <= e.routed_experts, "model.moe.top_k", {"model.moe.routed_experts"},
             "must be at most model.moe.routed_experts (" + S(e.routed_experts) + "), got " +
                 S(e.top_k));
-  r.Require(e.routed_experts % e.n_groups == 0, "model.moe.n_groups", {"model.moe.routed_experts"},
+  r.Require(Divides(e.n_groups, e.routed_experts), "model.moe.n_groups", {"model.moe.routed_experts"},
             "must divide model.moe.routed_experts (" + S(e.routed_experts) + "), got " +
                 S(e.n_groups));
   r.Require(e.topk_groups <= e.n_groups, "model.moe.topk_groups", {"model.moe.n_groups"},
             "must be at most model.moe.n_groups (" + S(e.n_groups) + "), got " + S(e.topk_groups));
-  if (e.n_groups > 1 && e.routed_experts % e.n_groups == 0 && e.topk_groups <= e.n_groups) {
+  if (e.n_groups > 1 && Divides(e.n_groups, e.routed_experts) && e.topk_groups <= e.n_groups) {
     const int64_t per_group = e.routed_experts / e.n_groups;
     r.Require(per_group >= 2, "model.moe.n_groups", {"model.moe.routed_experts"},
               "leaves " + S(per_group) +
@@ -95,11 +98,11 @@ void CheckParallel(const JobSpec& s, RuleChecker& r) {
   r.Require(p.pipeline <= m.n_layers, "parallel.pipeline", {"model.n_layers"},
             "must be at most model.n_layers (" + S(m.n_layers) + ") so every stage holds a layer, got " +
                 S(p.pipeline));
-  r.Require(p.data % p.expert == 0, "parallel.expert", {"parallel.data"},
+  r.Require(Divides(p.expert, p.data), "parallel.expert", {"parallel.data"},
             "must divide parallel.data (" + S(p.data) + "), got " + S(p.expert));
   const bool has_moe = m.n_layers > m.dense_layers && m.has_moe_section;
   if (has_moe) {
-    r.Require(m.moe.routed_experts % p.expert == 0, "parallel.expert", {"model.moe.routed_experts"},
+    r.Require(Divides(p.expert, m.moe.routed_experts), "parallel.expert", {"model.moe.routed_experts"},
               "must divide model.moe.routed_experts (" + S(m.moe.routed_experts) + "), got " +
                   S(p.expert));
   } else {
@@ -109,7 +112,7 @@ void CheckParallel(const JobSpec& s, RuleChecker& r) {
   r.Require(p.pipeline * p.data <= kMaxWorldSize, "parallel.data", {"parallel.pipeline"},
             "world size pipeline x data = " + S(p.pipeline * p.data) + " exceeds " + S(kMaxWorldSize));
   const int64_t per_step = p.data * p.micro_batches;
-  r.Require(s.train.global_batch % per_step == 0, "train.global_batch",
+  r.Require(Divides(per_step, s.train.global_batch), "train.global_batch",
             {"parallel.data", "parallel.micro_batches"},
             "must be divisible by parallel.data x parallel.micro_batches (" + S(p.data) + " x " +
                 S(p.micro_batches) + " = " + S(per_step) + "), got " + S(s.train.global_batch));

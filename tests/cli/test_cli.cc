@@ -1,0 +1,142 @@
+// The `moerun` binary as users run it: exit codes, messages and JSON output.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace {
+
+struct Run {
+  int exit_code;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+Run Moerun(const std::string& args) {
+  const std::string err_path = "/tmp/moerun_cli_test_" + std::to_string(getpid()) + ".err";
+  const std::string cmd = std::string(MOERUN_BIN) + " " + args + " 2>" + err_path;
+  Run r{};
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  int status = pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.err = ReadFile(err_path);
+  std::remove(err_path.c_str());
+  return r;
+}
+
+std::string Config(const char* name) { return std::string(MOERUN_SOURCE_DIR) + "/configs/" + name; }
+
+std::string WriteTemp(const std::string& name, const std::string& text) {
+  std::string path = "/tmp/moerun_cli_test_" + std::to_string(getpid()) + "_" + name;
+  std::ofstream(path) << text;
+  return path;
+}
+
+}  // namespace
+
+TEST_CASE("validate accepts every example config") {
+  Run r = Moerun("validate " + Config("tiny-cpu.yaml") + " " + Config("deepseek-v3.yaml") + " " +
+                 Config("gpu-8x.yaml") + " " + Config("multi-host-cpu.yaml"));
+  INFO(r.out, r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(r.out.find("tiny-cpu.yaml: ok (job tiny-cpu, world size 4)") != std::string::npos);
+}
+
+TEST_CASE("validate reports file:line:column, field and rule, and exits 2") {
+  std::string text = ReadFile(Config("tiny-cpu.yaml"));
+  text.replace(text.find("expert: 2 "), 10, "expert: 3 ");
+  text.replace(text.find("top_k: 2 "), 9, "top_kk: 2 ");
+  std::string path = WriteTemp("bad.yaml", text);
+  Run r = Moerun("validate " + path);
+  INFO(r.err);
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find(path + ":35:3: error: parallel.expert: must divide parallel.data (2), got 3") != std::string::npos);
+  CHECK(r.err.find("model.moe.top_kk: unknown key 'top_kk' (did you mean 'top_k'?)") != std::string::npos);
+  CHECK(r.err.find("model.moe.top_k: required key is missing") != std::string::npos);
+  CHECK(r.out.find("3 errors") != std::string::npos);
+
+  Run j = Moerun("validate --json " + path);
+  CHECK(j.exit_code == 2);
+  auto report = nlohmann::json::parse(j.out);
+  REQUIRE(report.size() == 1);
+  CHECK(report[0]["ok"] == false);
+  CHECK(report[0]["errors"] == 3);
+  bool found = false;
+  for (const auto& d : report[0]["diagnostics"]) {
+    if (d["field"] == "parallel.expert") found = d["line"] == 35 && d["column"] == 3;
+  }
+  CHECK(found);
+  std::remove(path.c_str());
+}
+
+TEST_CASE("validate of a missing file names it") {
+  Run r = Moerun("validate /nonexistent/job.yaml");
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("/nonexistent/job.yaml: error: cannot open: no such file") != std::string::npos);
+}
+
+TEST_CASE("plan --json on DeepSeek-V3: 671B total within 1%, 37B active within 2%") {
+  Run r = Moerun("plan " + Config("deepseek-v3.yaml") + " --json");
+  REQUIRE(r.exit_code == 0);
+  auto j = nlohmann::json::parse(r.out);
+  const double total = j["parameters"]["total"].get<double>();
+  const double active = j["parameters"]["active_per_token"].get<double>();
+  CHECK(std::fabs(total / 671e9 - 1.0) < 0.01);
+  CHECK(std::fabs(active / 37e9 - 1.0) < 0.02);
+  CHECK(j["world_size"] == 2048);
+  CHECK(j["ranks"].size() == 2048);
+  CHECK(j["stages"].size() == 16);
+  CHECK(j["ranks"][2047]["stage"] == 15);
+  CHECK(j["ranks"][2047]["worker"] == 255);
+  CHECK(j["flops"]["per_token"].get<double>() > 6 * (active - 129280.0 * 7168));
+}
+
+TEST_CASE("plan estimates GPU-hours: DeepSeek-V3's 2.664M at ~39% MFU of H800 bf16") {
+  Run r = Moerun("plan " + Config("deepseek-v3.yaml") +
+                 " --json --gpu-peak-tflops 989 --mfu 0.39 --tokens 14.8e12");
+  REQUIRE(r.exit_code == 0);
+  auto j = nlohmann::json::parse(r.out);
+  const double hours = j["run_cost"]["gpu_hours"].get<double>();
+  CHECK(hours > 2.3e6);
+  CHECK(hours < 3.0e6);
+  CHECK(j["run_cost"]["days"].get<double>() == doctest::Approx(hours / 2048 / 24));
+}
+
+TEST_CASE("plan's run-cost flags go together") {
+  Run r = Moerun("plan " + Config("tiny-cpu.yaml") + " --gpu-peak-tflops 989");
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("go together") != std::string::npos);
+}
+
+TEST_CASE("plan text lists stages, memory and FLOPs; --ranks lists ranks") {
+  Run r = Moerun("plan " + Config("tiny-cpu.yaml"));
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("stage 1: ranks 2-3, layers 2-3 + final norm and head") != std::string::npos);
+  CHECK(r.out.find("memory per device") != std::string::npos);
+  CHECK(r.out.find("FLOPs per step") != std::string::npos);
+  Run all = Moerun("plan --ranks " + Config("tiny-cpu.yaml"));
+  CHECK(all.out.find("rank  stage") != std::string::npos);
+}
+
+TEST_CASE("usage errors exit 2 with a message") {
+  Run r = Moerun("plan");
+  CHECK(r.exit_code == 2);
+  Run u = Moerun("frobnicate");
+  CHECK(u.exit_code == 2);
+}

@@ -1,0 +1,84 @@
+// Hostile or broken files: each must give a clean diagnostic, never a crash or a hang.
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "common/limits.h"
+#include "common/spec_loader.h"
+
+namespace {
+
+moerun::LoadedJobSpec Load(const std::string& text) { return moerun::LoadJobSpecText(text, "x.yaml"); }
+
+bool Mentions(const moerun::LoadedJobSpec& l, const std::string& what) {
+  for (const auto& d : l.diagnostics)
+    if (d.message.find(what) != std::string::npos) return true;
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("empty and comment-only files") {
+  CHECK(Mentions(Load(""), "empty"));
+  CHECK(Mentions(Load("# nothing here\n"), "empty"));
+}
+
+TEST_CASE("binary junk and NUL bytes") {
+  std::string junk("job:\n  name: a\x00\x01\xff\xfe", 18);
+  auto l = Load(junk);
+  REQUIRE_FALSE(l.ok());
+  CHECK(Mentions(l, "not a text file"));
+  CHECK(l.diagnostics[0].pos.line == 2);
+  std::string bad_utf8 = "job:\n  name: \xc3\x28\n";
+  CHECK(Mentions(Load(bad_utf8), "not UTF-8"));
+}
+
+TEST_CASE("a 100 MB file is refused by size without parsing") {
+  std::string big(100u << 20, '#');
+  auto l = Load(big);
+  REQUIRE_FALSE(l.ok());
+  CHECK(Mentions(l, "at most " + std::to_string(moerun::kMaxJobSpecBytes) + " bytes"));
+}
+
+TEST_CASE("deep nesting is refused before the parser recurses") {
+  std::string flow = "job: " + std::string(100000, '[') + std::string(100000, ']') + "\n";
+  CHECK(Mentions(Load(flow), "nested deeper"));
+  std::string block;
+  for (int i = 0; i < 200; ++i) block += std::string(2 * i, ' ') + "k" + std::to_string(i) + ":\n";
+  CHECK(Mentions(Load(block), "nesting deeper"));
+}
+
+TEST_CASE("malformed YAML reports the parser's position") {
+  auto l = Load("job:\n  name: a\nmodel: {vocab_size: 3\n");
+  REQUIRE_FALSE(l.ok());
+  CHECK(Mentions(l, "malformed YAML"));
+  CHECK(l.diagnostics[0].pos.in_file());
+}
+
+TEST_CASE("the top level must be a mapping") {
+  CHECK(Mentions(Load("- a\n- b\n"), "expected a mapping of keys"));
+  CHECK(Mentions(Load("just a string\n"), "expected a mapping of keys"));
+}
+
+TEST_CASE("aliases and anchors do not explode") {
+  std::string text = "a: &a [x, x, x, x]\nb: &b [*a, *a, *a, *a]\nc: &c [*b, *b, *b, *b]\njob: *c\n";
+  auto l = Load(text);
+  CHECK_FALSE(l.ok());
+}
+
+TEST_CASE("diagnostics are capped") {
+  std::string text = "job:\n  name: a\n";
+  for (int i = 0; i < 500; ++i) text += "unknown" + std::to_string(i) + ": 1\n";
+  auto l = Load(text);
+  CHECK(l.diagnostics.size() == moerun::kMaxSpecDiagnostics);
+  CHECK(l.dropped_diagnostics > 0);
+  CHECK(l.Report().find("more diagnostics not shown") != std::string::npos);
+}
+
+TEST_CASE("missing and unreadable files") {
+  auto l = moerun::LoadJobSpecFile("/nonexistent/job.yaml");
+  REQUIRE_FALSE(l.ok());
+  CHECK(l.diagnostics[0].ToString() == "/nonexistent/job.yaml: error: cannot open: no such file");
+  auto d = moerun::LoadJobSpecFile("/tmp");
+  CHECK(Mentions(d, "not a regular file"));
+}
