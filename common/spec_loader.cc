@@ -240,6 +240,8 @@ bool PrecheckText(std::string_view text, DiagnosticSink* sink) {
   }
   bool ok = true;
   int line = 1;
+  bool content_seen = false;  // a non-comment line of the current document
+  bool document_ended = false;  // a "..." marker was seen
   std::vector<std::size_t> indents;  // open block indentation levels
   int flow_depth = 0, max_flow = 0;
   std::size_t pos = 0;
@@ -248,7 +250,26 @@ bool PrecheckText(std::string_view text, DiagnosticSink* sink) {
     if (eol == std::string_view::npos) eol = text.size();
     std::string_view l = text.substr(pos, eol - pos);
     std::size_t first = l.find_first_not_of(" \t");
-    if (first != std::string_view::npos && l[first] != '#') {
+    auto is_marker = [&](std::string_view m) {
+      return l.substr(0, 3) == m && (l.size() == 3 || l[3] == ' ' || l[3] == '\t' || l[3] == '\r');
+    };
+    // yaml-cpp's multi-document loop can spin forever on some inputs, so the loader parses
+    // exactly one document and finds document boundaries here.
+    if (is_marker("---") || (first != std::string_view::npos && l[first] != '#' && document_ended)) {
+      if (content_seen || document_ended) {
+        sink->Error({line, 1}, "",
+                    "a second YAML document starts here; a job spec is exactly one document "
+                    "(remove the extra '---' or '...')");
+        return false;
+      }
+      std::size_t rest = l.find_first_not_of(" \t\r", 3);
+      if (rest != std::string_view::npos && l[rest] != '#') content_seen = true;  // "--- value"
+    } else if (is_marker("...")) {
+      document_ended = true;
+    } else if (first != std::string_view::npos && l[first] != '#') {
+      content_seen = true;
+    }
+    if (first != std::string_view::npos && l[first] != '#' && !is_marker("---") && !is_marker("...")) {
       std::size_t tab = l.substr(0, first).find('\t');
       if (tab != std::string_view::npos) {
         sink->Error({line, static_cast<int>(tab) + 1}, "",
@@ -288,6 +309,22 @@ bool PrecheckText(std::string_view text, DiagnosticSink* sink) {
   return ok;
 }
 
+// Whether any line holds something besides blanks, comments and document markers.
+bool HasContent(std::string_view text) {
+  std::size_t pos = 0;
+  while (pos < text.size()) {
+    std::size_t eol = std::min(text.find('\n', pos), text.size());
+    std::string_view l = text.substr(pos, eol - pos);
+    std::size_t first = l.find_first_not_of(" \t\r");
+    if (first != std::string_view::npos && l[first] != '#' && l.substr(0, 3) != "---" &&
+        l.substr(0, 3) != "...") {
+      return true;
+    }
+    pos = eol + 1;
+  }
+  return false;
+}
+
 void Finish(LoadedJobSpec* out, DiagnosticSink& sink) {
   out->diagnostics = std::move(sink.diagnostics());
   out->error_count = sink.error_count();
@@ -306,24 +343,24 @@ LoadedJobSpec LoadText(std::string_view text, const std::string& name, Diagnosti
     Finish(&out, sink);
     return out;
   }
-  std::vector<YAML::Node> docs;
+  YAML::Node doc;
   try {
-    docs = YAML::LoadAll(std::string(text));
+    doc = YAML::Load(std::string(text));
   } catch (const YAML::Exception& e) {
     sink.Error(ToSourcePos(e.mark), "", "malformed YAML: " + e.msg);
   } catch (const std::exception& e) {
     sink.Error({}, "", std::string("malformed YAML: ") + e.what());
   }
   if (sink.error_count() == 0) {
-    if (docs.empty() || docs[0].IsNull()) {
-      sink.Error({1, 1}, "", "the file is empty; a job spec needs at least job, model, train and data");
-    } else if (docs.size() > 1) {
-      sink.Error(ToSourcePos(docs[1].Mark()), "",
-                 "the file holds " + std::to_string(docs.size()) +
-                     " YAML documents; a job spec is exactly one (remove the extra '---')");
+    if (!doc.IsDefined() || doc.IsNull()) {
+      if (HasContent(text)) {
+        sink.Error({1, 1}, "", "malformed YAML: the document does not start with a key or value");
+      } else {
+        sink.Error({1, 1}, "", "the file is empty; a job spec needs at least job, model, train and data");
+      }
     } else {
       try {
-        SpecMapping root(&docs[0], "", {1, 1}, &sink, &out.sources);
+        SpecMapping root(&doc, "", {1, 1}, &sink, &out.sources);
         if (root.present()) {
           ReadSpec(root, &out.spec, &sink);
           CheckJobSpecRules(out.spec, out.sources, &sink);

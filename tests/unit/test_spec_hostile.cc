@@ -55,6 +55,15 @@ TEST_CASE("malformed YAML reports the parser's position") {
   CHECK(l.diagnostics[0].pos.in_file());
 }
 
+TEST_CASE("inputs that make yaml-cpp 0.7's multi-document loop spin are refused") {
+  // A flow-entry token at a document start loops forever in YAML::LoadAll (found by fuzzing).
+  CHECK(Mentions(Load(",\n"), "malformed YAML"));
+  CHECK(Mentions(Load("  ,  expert_hidden: 96\n"), "malformed YAML"));
+  CHECK(Mentions(Load("--- a\n--- ,\n"), "a second YAML document"));
+  CHECK(Mentions(Load("a: 1\n...\n,\n"), "a second YAML document"));
+  CHECK_FALSE(Mentions(Load("---\njob: {name: a}\n...\n# trailing comment\n"), "second"));
+}
+
 TEST_CASE("the top level must be a mapping") {
   CHECK(Mentions(Load("- a\n- b\n"), "expected a mapping of keys"));
   CHECK(Mentions(Load("just a string\n"), "expected a mapping of keys"));

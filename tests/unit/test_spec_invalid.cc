@@ -135,7 +135,7 @@ const std::vector<Case>& Cases() {
        "parallel.expert", "must be 1 for a model without MoE layers", 14},
       {"tab indentation", {{"  d_model: 64", "\td_model: 64"}}, "", "tab character in indentation"},
       {"unclosed flow mapping", {{"paths: [/tmp]", "paths: [/tmp"}}, "", "malformed YAML", 0},
-      {"two documents", {{"job:", "---\njob: {name: a}\n---\njob:"}}, "", "YAML documents", 4},
+      {"two documents", {{"job:", "---\njob: {name: a}\n---\njob:"}}, "", "a second YAML document starts here", 3},
       {"section given a scalar", {{"  optimizer:\n    lr: 0.001\n", "  optimizer: fast\n"}}, "train.optimizer", "expected a mapping of keys"},
   };
   return cases;
