@@ -8,8 +8,10 @@ namespace {
 // Bytes of the low-precision working copy of a weight, beside its fp32 master.
 double WorkingCopyBytes(Precision p, const TensorInfo& t) {
   switch (p) {
-    case Precision::kFp32: return 0;
-    case Precision::kBf16: return 2;
+    case Precision::kFp32:
+      return 0;
+    case Precision::kBf16:
+      return 2;
     case Precision::kFp8: {
       // DeepSeek-V3 recipe: linear layers in fp8; embedding, head, gating and norms in bf16.
       const bool fp8_gemm = t.is_matrix() && t.role != TensorRole::kEmbedding &&
@@ -23,7 +25,8 @@ double WorkingCopyBytes(Precision p, const TensorInfo& t) {
 // Activation elements one decoder layer keeps per token for its backward pass.
 double LayerActivationElements(const ModelSpec& m, Backend backend, int64_t layer) {
   const double d = static_cast<double>(m.d_model), h = static_cast<double>(m.n_heads);
-  const double qk = static_cast<double>(m.qk_head_dim()), v = static_cast<double>(m.v_head_dim_effective());
+  const double qk = static_cast<double>(m.qk_head_dim()),
+               v = static_cast<double>(m.v_head_dim_effective());
   const double t = static_cast<double>(m.seq_len);
   // Attention: residual input, normed input, q, k, v, output, and per head either the
   // whole softmax row (CPU: materialized) or one log-sum-exp (CUDA: fused attention).
@@ -38,9 +41,9 @@ double LayerActivationElements(const ModelSpec& m, Backend backend, int64_t laye
   } else {
     const MoeSpec& x = m.moe;
     const double eh = static_cast<double>(x.expert_hidden);
-    e += static_cast<double>(x.routed_experts);                      // router scores
-    e += static_cast<double>(x.top_k) * (d + 3 * eh);                // dispatched input + expert
-    e += 3 * eh * static_cast<double>(x.shared_experts);            // shared experts
+    e += static_cast<double>(x.routed_experts);           // router scores
+    e += static_cast<double>(x.top_k) * (d + 3 * eh);     // dispatched input + expert
+    e += 3 * eh * static_cast<double>(x.shared_experts);  // shared experts
   }
   return e;
 }
@@ -61,15 +64,14 @@ JobPlan MakeJobPlan(const JobSpec& spec) {
   plan.world_size = placement.world_size();
   plan.micro_batch_sequences = spec.train.global_batch / (par.data * par.micro_batches);
   plan.tokens_per_step = spec.train.global_batch * m.seq_len;
-  plan.params = CountParameters(m);
-
   const std::vector<TensorInfo> tensors = ModelTensors(m);
+  plan.params = CountParameters(m, tensors);
   const Precision prec = spec.train.precision;
   const double act_bytes = prec == Precision::kFp32 ? 4.0 : 2.0;
-  const double expert_share =
-      m.moe_layers() > 0 ? static_cast<double>(placement.experts_per_rank()) /
-                               static_cast<double>(m.moe.routed_experts)
-                         : 0.0;
+  const double expert_share = m.moe_layers() > 0
+                                  ? static_cast<double>(placement.experts_per_rank()) /
+                                        static_cast<double>(m.moe.routed_experts)
+                                  : 0.0;
   const double tokens_per_micro_batch = static_cast<double>(plan.micro_batch_sequences * m.seq_len);
 
   for (const StageLayout& st : placement.stages()) {
@@ -77,8 +79,9 @@ JobPlan MakeJobPlan(const JobSpec& spec) {
     sp.layout = st;
     double params = 0, copy_bytes = 0;
     for (const TensorInfo& t : tensors) {
-      const bool here = t.layer >= 0 ? (t.layer >= st.layer_begin && t.layer < st.layer_end)
-                                     : (t.role == TensorRole::kEmbedding ? st.has_embedding : st.has_head);
+      const bool here = t.layer >= 0
+                            ? (t.layer >= st.layer_begin && t.layer < st.layer_end)
+                            : (t.role == TensorRole::kEmbedding ? st.has_embedding : st.has_head);
       if (!here) continue;
       // Each rank holds its share of the routed experts; sums over all experts divide evenly.
       const double share = t.role == TensorRole::kRoutedExpert ? expert_share : 1.0;
@@ -88,7 +91,9 @@ JobPlan MakeJobPlan(const JobSpec& spec) {
     }
     sp.params_per_rank = static_cast<int64_t>(params + 0.5);
     switch (par.schedule) {
-      case PipelineSchedule::kGpipe: sp.micro_batches_in_flight = par.micro_batches; break;
+      case PipelineSchedule::kGpipe:
+        sp.micro_batches_in_flight = par.micro_batches;
+        break;
       case PipelineSchedule::kOneFOneB:
         sp.micro_batches_in_flight = std::min(par.micro_batches, par.pipeline - st.stage);
         break;
@@ -97,9 +102,11 @@ JobPlan MakeJobPlan(const JobSpec& spec) {
         break;
     }
     double act_elems = 0;
-    for (int64_t l = st.layer_begin; l < st.layer_end; ++l) act_elems += LayerActivationElements(m, spec.resources.backend, l);
+    for (int64_t l = st.layer_begin; l < st.layer_end; ++l)
+      act_elems += LayerActivationElements(m, spec.resources.backend, l);
     if (st.has_embedding) act_elems += static_cast<double>(m.d_model);
-    if (st.has_head) act_elems += 2.0 * static_cast<double>(m.d_model) + static_cast<double>(m.vocab_size);
+    if (st.has_head)
+      act_elems += 2.0 * static_cast<double>(m.d_model) + static_cast<double>(m.vocab_size);
     sp.memory.weights_bytes = 4 * params + copy_bytes;
     sp.memory.grads_bytes = 4 * params;
     sp.memory.optimizer_bytes = 8 * params;
@@ -108,9 +115,10 @@ JobPlan MakeJobPlan(const JobSpec& spec) {
     plan.stages.push_back(sp);
   }
 
-  plan.dense_flops_per_token = 6.0 * static_cast<double>(plan.params.active_per_token - plan.params.embedding);
-  plan.attention_flops_per_token = 3.0 * static_cast<double>(m.n_layers) * static_cast<double>(m.n_heads) *
-                                   static_cast<double>(m.seq_len) *
+  plan.dense_flops_per_token =
+      6.0 * static_cast<double>(plan.params.active_per_token - plan.params.embedding);
+  plan.attention_flops_per_token = 3.0 * static_cast<double>(m.n_layers) *
+                                   static_cast<double>(m.n_heads) * static_cast<double>(m.seq_len) *
                                    static_cast<double>(m.qk_head_dim() + m.v_head_dim_effective());
   return plan;
 }

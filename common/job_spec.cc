@@ -6,17 +6,23 @@ std::string_view ToString(AttentionKind v) { return v == AttentionKind::kMla ? "
 std::string_view ToString(ScoreFunc v) { return v == ScoreFunc::kSoftmax ? "softmax" : "sigmoid"; }
 std::string_view ToString(PipelineSchedule v) {
   switch (v) {
-    case PipelineSchedule::kGpipe: return "gpipe";
-    case PipelineSchedule::kOneFOneB: return "1f1b";
-    case PipelineSchedule::kDualPipe: return "dualpipe";
+    case PipelineSchedule::kGpipe:
+      return "gpipe";
+    case PipelineSchedule::kOneFOneB:
+      return "1f1b";
+    case PipelineSchedule::kDualPipe:
+      return "dualpipe";
   }
   return "?";
 }
 std::string_view ToString(Precision v) {
   switch (v) {
-    case Precision::kFp32: return "fp32";
-    case Precision::kBf16: return "bf16";
-    case Precision::kFp8: return "fp8";
+    case Precision::kFp32:
+      return "fp32";
+    case Precision::kBf16:
+      return "bf16";
+    case Precision::kFp8:
+      return "fp8";
   }
   return "?";
 }

@@ -48,11 +48,11 @@ struct MoeSpec {
 };
 
 struct ModelSpec {
-  int64_t vocab_size = 0;  // required
-  int64_t seq_len = 0;     // required: tokens per training sequence
-  int64_t d_model = 0;     // required
-  int64_t n_layers = 0;    // required
-  int64_t n_heads = 0;     // required
+  int64_t vocab_size = 0;    // required
+  int64_t seq_len = 0;       // required: tokens per training sequence
+  int64_t d_model = 0;       // required
+  int64_t n_layers = 0;      // required
+  int64_t n_heads = 0;       // required
   int64_t dense_layers = 1;  // the first dense_layers layers use a dense SwiGLU MLP
   int64_t ffn_hidden = 0;    // dense MLP hidden size; required when dense_layers > 0
   AttentionKind attention = AttentionKind::kMha;
@@ -87,7 +87,7 @@ struct ParallelSpec {
 };
 
 struct OptimizerSpec {
-  double lr = 3e-4;  // peak learning rate, reached after warmup_steps
+  double lr = 3e-4;     // peak learning rate, reached after warmup_steps
   double min_lr = 0.0;  // end of the cosine decay
   int64_t warmup_steps = 0;
   double weight_decay = 0.1;  // decoupled, on matrices only

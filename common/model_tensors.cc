@@ -30,10 +30,14 @@ void AddAttention(std::vector<TensorInfo>* out, const ModelSpec& m, const std::s
   } else {
     out->push_back({p + "q_proj.weight", {h * qk, d}, layer, -1, A});
   }
-  out->push_back({p + "kv_a_proj_with_mqa.weight", {m.kv_lora_rank + m.qk_rope_head_dim, d}, layer, -1, A});
+  out->push_back(
+      {p + "kv_a_proj_with_mqa.weight", {m.kv_lora_rank + m.qk_rope_head_dim, d}, layer, -1, A});
   out->push_back({p + "kv_a_layernorm.weight", {m.kv_lora_rank}, layer, -1, TensorRole::kNorm});
-  out->push_back({p + "kv_b_proj.weight", {h * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank},
-                  layer, -1, A});
+  out->push_back({p + "kv_b_proj.weight",
+                  {h * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank},
+                  layer,
+                  -1,
+                  A});
   out->push_back({p + "o_proj.weight", {d, h * m.v_head_dim}, layer, -1, A});
 }
 
@@ -58,7 +62,8 @@ std::vector<TensorInfo> LayerTensors(const ModelSpec& m, int64_t i) {
   }
   const MoeSpec& e = m.moe;
   out.push_back({p + "mlp.gate.weight", {e.routed_experts, d}, i, -1, TensorRole::kRouter});
-  out.push_back({p + "mlp.gate.e_score_correction_bias", {e.routed_experts}, i, -1, TensorRole::kRouterBias});
+  out.push_back(
+      {p + "mlp.gate.e_score_correction_bias", {e.routed_experts}, i, -1, TensorRole::kRouterBias});
   for (int64_t x = 0; x < e.routed_experts; ++x) {
     AddMlp(&out, p + "mlp.experts." + std::to_string(x), d, e.expert_hidden, i, x,
            TensorRole::kRoutedExpert);
@@ -73,10 +78,12 @@ std::vector<TensorInfo> LayerTensors(const ModelSpec& m, int64_t i) {
 
 std::vector<TensorInfo> ModelTensors(const ModelSpec& m) {
   std::vector<TensorInfo> out;
-  out.push_back({"model.embed_tokens.weight", {m.vocab_size, m.d_model}, -1, -1, TensorRole::kEmbedding});
+  out.push_back(
+      {"model.embed_tokens.weight", {m.vocab_size, m.d_model}, -1, -1, TensorRole::kEmbedding});
   for (int64_t i = 0; i < m.n_layers; ++i) {
     auto layer = LayerTensors(m, i);
-    out.insert(out.end(), std::make_move_iterator(layer.begin()), std::make_move_iterator(layer.end()));
+    out.insert(out.end(), std::make_move_iterator(layer.begin()),
+               std::make_move_iterator(layer.end()));
   }
   out.push_back({"model.norm.weight", {m.d_model}, -1, -1, TensorRole::kNorm});
   out.push_back({"lm_head.weight", {m.vocab_size, m.d_model}, -1, -1, TensorRole::kHead});
@@ -85,21 +92,39 @@ std::vector<TensorInfo> ModelTensors(const ModelSpec& m) {
 
 int64_t RoutedExpertParameters(const ModelSpec& m) { return 3 * m.d_model * m.moe.expert_hidden; }
 
-ParameterCounts CountParameters(const ModelSpec& m) {
+ParameterCounts CountParameters(const ModelSpec& m) { return CountParameters(m, ModelTensors(m)); }
+
+ParameterCounts CountParameters(const ModelSpec& m, const std::vector<TensorInfo>& tensors) {
   ParameterCounts c;
-  for (const TensorInfo& t : ModelTensors(m)) {
+  for (const TensorInfo& t : tensors) {
     const int64_t n = t.numel();
     c.total += n;
     switch (t.role) {
-      case TensorRole::kEmbedding: c.embedding += n; break;
-      case TensorRole::kHead: c.head += n; break;
-      case TensorRole::kAttention: c.attention += n; break;
-      case TensorRole::kDenseMlp: c.dense_mlp += n; break;
-      case TensorRole::kRoutedExpert: c.routed_experts += n; break;
-      case TensorRole::kSharedExpert: c.shared_experts += n; break;
+      case TensorRole::kEmbedding:
+        c.embedding += n;
+        break;
+      case TensorRole::kHead:
+        c.head += n;
+        break;
+      case TensorRole::kAttention:
+        c.attention += n;
+        break;
+      case TensorRole::kDenseMlp:
+        c.dense_mlp += n;
+        break;
+      case TensorRole::kRoutedExpert:
+        c.routed_experts += n;
+        break;
+      case TensorRole::kSharedExpert:
+        c.shared_experts += n;
+        break;
       case TensorRole::kRouter:
-      case TensorRole::kRouterBias: c.router += n; break;
-      case TensorRole::kNorm: c.norms += n; break;
+      case TensorRole::kRouterBias:
+        c.router += n;
+        break;
+      case TensorRole::kNorm:
+        c.norms += n;
+        break;
     }
   }
   // A token runs through top_k of the routed experts in each MoE layer.

@@ -57,6 +57,8 @@ struct ParameterCounts {
 };
 
 ParameterCounts CountParameters(const ModelSpec& model);
+// The same from a tensor list already built by ModelTensors(model).
+ParameterCounts CountParameters(const ModelSpec& model, const std::vector<TensorInfo>& tensors);
 
 // Parameters of one routed expert (gate, up and down projections).
 int64_t RoutedExpertParameters(const ModelSpec& model);

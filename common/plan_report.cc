@@ -40,8 +40,8 @@ std::string PlanText(const JobSpec& spec, const JobPlan& plan, const PlanReportO
   std::ostringstream o;
   o << "job " << spec.name << ": " << m.n_layers << " layers (" << m.dense_layers << " dense, "
     << m.moe_layers() << " MoE), d_model " << m.d_model << ", " << ToString(m.attention)
-    << " attention, " << ToString(spec.train.precision) << " on " << ToString(spec.resources.backend)
-    << "\n";
+    << " attention, " << ToString(spec.train.precision) << " on "
+    << ToString(spec.resources.backend) << "\n";
   o << "world size " << plan.world_size << " = pipeline " << par.pipeline << " x data " << par.data
     << " (expert " << par.expert << "; each expert held by " << placement.expert_replicas()
     << " rank" << (placement.expert_replicas() == 1 ? "" : "s") << " per stage), "
@@ -53,7 +53,8 @@ std::string PlanText(const JobSpec& spec, const JobPlan& plan, const PlanReportO
   const ParameterCounts& c = plan.params;
   o << "parameters\n";
   o << "  total               " << HumanCount(double(c.total)) << "  (" << c.total << ")\n";
-  o << "  active per token    " << HumanCount(double(c.active_per_token)) << "  (" << c.active_per_token << ")\n";
+  o << "  active per token    " << HumanCount(double(c.active_per_token)) << "  ("
+    << c.active_per_token << ")\n";
   o << "  embedding + head    " << HumanCount(double(c.embedding + c.head)) << "\n";
   o << "  attention           " << HumanCount(double(c.attention)) << "\n";
   o << "  dense MLPs          " << HumanCount(double(c.dense_mlp)) << "\n";
@@ -68,11 +69,12 @@ std::string PlanText(const JobSpec& spec, const JobPlan& plan, const PlanReportO
       RankPlacement p = placement.Rank(r);
       const StageLayout& st = placement.stages()[p.stage];
       char line[160];
-      std::snprintf(line, sizeof line, "  %-5lld %-6lld %-10s %-5lld %-7lld %-10s %lld:%lld\n",
-                    (long long)r, (long long)p.stage, Range(st.layer_begin, st.layer_end).c_str(),
-                    (long long)p.data_index, (long long)p.expert_group,
-                    p.expert_end > p.expert_begin ? Range(p.expert_begin, p.expert_end).c_str() : "-",
-                    (long long)p.worker, (long long)p.device);
+      std::snprintf(
+          line, sizeof line, "  %-5lld %-6lld %-10s %-5lld %-7lld %-10s %lld:%lld\n", (long long)r,
+          (long long)p.stage, Range(st.layer_begin, st.layer_end).c_str(), (long long)p.data_index,
+          (long long)p.expert_group,
+          p.expert_end > p.expert_begin ? Range(p.expert_begin, p.expert_end).c_str() : "-",
+          (long long)p.worker, (long long)p.device);
       o << line;
     }
   } else {
@@ -83,8 +85,10 @@ std::string PlanText(const JobSpec& spec, const JobPlan& plan, const PlanReportO
         << Range(st.layer_begin, st.layer_end);
       if (st.has_embedding) o << " + embedding";
       if (st.has_head) o << " + final norm and head";
-      o << "; " << par.data / par.expert << " expert group" << (par.data / par.expert == 1 ? "" : "s") << " of " << par.expert << " ranks";
-      if (placement.experts_per_rank() > 0) o << ", " << placement.experts_per_rank() << " experts per rank per MoE layer";
+      o << "; " << par.data / par.expert << " expert group"
+        << (par.data / par.expert == 1 ? "" : "s") << " of " << par.expert << " ranks";
+      if (placement.experts_per_rank() > 0)
+        o << ", " << placement.experts_per_rank() << " experts per rank per MoE layer";
       o << "\n";
     }
     o << "  (--ranks lists every rank)\n";
@@ -95,20 +99,23 @@ std::string PlanText(const JobSpec& spec, const JobPlan& plan, const PlanReportO
     char line[200];
     std::snprintf(line, sizeof line, "  %-6lld %-12s %-11s %-11s %-11s %-12s %s\n",
                   (long long)sp.layout.stage, HumanCount(double(sp.params_per_rank)).c_str(),
-                  HumanBytes(sp.memory.weights_bytes).c_str(), HumanBytes(sp.memory.grads_bytes).c_str(),
+                  HumanBytes(sp.memory.weights_bytes).c_str(),
+                  HumanBytes(sp.memory.grads_bytes).c_str(),
                   HumanBytes(sp.memory.optimizer_bytes).c_str(),
                   HumanBytes(sp.memory.activation_bytes).c_str(),
                   HumanBytes(sp.memory.total_bytes()).c_str());
     o << line;
   }
   o << "\ncompute (training, forward + backward)\n";
-  o << "  FLOPs per token     " << Fmt("%.4g", plan.flops_per_token()) << "  (6 x active non-embedding "
-    << Fmt("%.4g", plan.dense_flops_per_token) << " + attention " << Fmt("%.4g", plan.attention_flops_per_token) << ")\n";
+  o << "  FLOPs per token     " << Fmt("%.4g", plan.flops_per_token())
+    << "  (6 x active non-embedding " << Fmt("%.4g", plan.dense_flops_per_token) << " + attention "
+    << Fmt("%.4g", plan.attention_flops_per_token) << ")\n";
   o << "  tokens per step     " << plan.tokens_per_step << "\n";
   o << "  FLOPs per step      " << Fmt("%.4g", plan.flops_per_step()) << "\n";
   if (opts.cost) {
-    o << "\nrun cost for " << Fmt("%.4g", opts.tokens) << " tokens at " << Fmt("%.3g", opts.mfu * 100)
-      << "% MFU of " << Fmt("%.4g", opts.peak_tflops) << " TFLOP/s per device\n";
+    o << "\nrun cost for " << Fmt("%.4g", opts.tokens) << " tokens at "
+      << Fmt("%.3g", opts.mfu * 100) << "% MFU of " << Fmt("%.4g", opts.peak_tflops)
+      << " TFLOP/s per device\n";
     o << "  total FLOPs         " << Fmt("%.4g", opts.cost->total_flops) << "\n";
     o << "  GPU-hours           " << Fmt("%.4g", opts.cost->gpu_hours) << "\n";
     o << "  days on " << plan.world_size << " devices  " << Fmt("%.3g", opts.cost->days) << "\n";
@@ -124,15 +131,24 @@ nlohmann::json PlanJson(const JobSpec& spec, const JobPlan& plan, const PlanRepo
   json j;
   j["job"] = spec.name;
   j["world_size"] = plan.world_size;
-  j["parallel"] = {{"pipeline", par.pipeline}, {"data", par.data}, {"expert", par.expert},
-                   {"micro_batches", par.micro_batches}, {"schedule", ToString(par.schedule)},
+  j["parallel"] = {{"pipeline", par.pipeline},
+                   {"data", par.data},
+                   {"expert", par.expert},
+                   {"micro_batches", par.micro_batches},
+                   {"schedule", ToString(par.schedule)},
                    {"micro_batch_sequences", plan.micro_batch_sequences},
                    {"expert_replicas", placement.expert_replicas()},
                    {"experts_per_rank", placement.experts_per_rank()}};
-  j["parameters"] = {{"total", c.total}, {"active_per_token", c.active_per_token},
-                     {"embedding", c.embedding}, {"head", c.head}, {"attention", c.attention},
-                     {"dense_mlp", c.dense_mlp}, {"routed_experts", c.routed_experts},
-                     {"shared_experts", c.shared_experts}, {"router", c.router}, {"norms", c.norms}};
+  j["parameters"] = {{"total", c.total},
+                     {"active_per_token", c.active_per_token},
+                     {"embedding", c.embedding},
+                     {"head", c.head},
+                     {"attention", c.attention},
+                     {"dense_mlp", c.dense_mlp},
+                     {"routed_experts", c.routed_experts},
+                     {"shared_experts", c.shared_experts},
+                     {"router", c.router},
+                     {"norms", c.norms}};
   json stages = json::array();
   for (const StagePlan& sp : plan.stages) {
     stages.push_back({{"stage", sp.layout.stage},
@@ -153,10 +169,15 @@ nlohmann::json PlanJson(const JobSpec& spec, const JobPlan& plan, const PlanRepo
   json ranks = json::array();
   for (int64_t r = 0; r < plan.world_size; ++r) {
     RankPlacement p = placement.Rank(r);
-    ranks.push_back({{"rank", r}, {"stage", p.stage}, {"data_index", p.data_index},
-                     {"expert_group", p.expert_group}, {"expert_rank", p.expert_rank},
-                     {"expert_begin", p.expert_begin}, {"expert_end", p.expert_end},
-                     {"worker", p.worker}, {"device", p.device}});
+    ranks.push_back({{"rank", r},
+                     {"stage", p.stage},
+                     {"data_index", p.data_index},
+                     {"expert_group", p.expert_group},
+                     {"expert_rank", p.expert_rank},
+                     {"expert_begin", p.expert_begin},
+                     {"expert_end", p.expert_end},
+                     {"worker", p.worker},
+                     {"device", p.device}});
   }
   j["ranks"] = ranks;
   j["memory_per_device_max_bytes"] = plan.max_device_bytes();
@@ -166,8 +187,11 @@ nlohmann::json PlanJson(const JobSpec& spec, const JobPlan& plan, const PlanRepo
                 {"tokens_per_step", plan.tokens_per_step},
                 {"per_step", plan.flops_per_step()}};
   if (opts.cost) {
-    j["run_cost"] = {{"tokens", opts.tokens}, {"gpu_peak_tflops", opts.peak_tflops}, {"mfu", opts.mfu},
-                     {"total_flops", opts.cost->total_flops}, {"gpu_hours", opts.cost->gpu_hours},
+    j["run_cost"] = {{"tokens", opts.tokens},
+                     {"gpu_peak_tflops", opts.peak_tflops},
+                     {"mfu", opts.mfu},
+                     {"total_flops", opts.cost->total_flops},
+                     {"gpu_hours", opts.cost->gpu_hours},
                      {"days", opts.cost->days}};
   }
   return j;

@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -77,7 +78,8 @@ void ReadModel(SpecMapping& m, ModelSpec* model, DiagnosticSink* sink) {
     sink->Error(m.pos(), "model.ffn_hidden",
                 "required when model.dense_layers > 0 (the dense MLP's hidden size)");
   }
-  m.Enum("attention", &model->attention, {{"mha", AttentionKind::kMha}, {"mla", AttentionKind::kMla}});
+  m.Enum("attention", &model->attention,
+         {{"mha", AttentionKind::kMha}, {"mla", AttentionKind::kMla}});
   bool mla = model->attention == AttentionKind::kMla;
   struct MlaKey {
     const char* key;
@@ -97,7 +99,7 @@ void ReadModel(SpecMapping& m, ModelSpec* model, DiagnosticSink* sink) {
     } else if (m.Has(k.key)) {
       int64_t ignored = 0;
       m.Int(k.key, &ignored, {std::numeric_limits<int64_t>::min(), kInt64Max});
-      sink->Error(m.pos().in_file() ? m.pos() : SourcePos{}, "model." + std::string(k.key),
+      sink->Error(m.KeyPos(k.key), "model." + std::string(k.key),
                   "only valid with model.attention: mla (attention is mha); remove it or set "
                   "attention: mla");
     }
@@ -162,7 +164,8 @@ void ReadSpec(SpecMapping& root, JobSpec* spec, DiagnosticSink* sink) {
   train.RejectUnknownKeys();
 
   SpecMapping data = root.Child("data", true);
-  data.Enum("format", &spec->data.format, {{"text", DataFormat::kText}, {"tokens", DataFormat::kTokens}});
+  data.Enum("format", &spec->data.format,
+            {{"text", DataFormat::kText}, {"tokens", DataFormat::kTokens}});
   data.StringList("paths", &spec->data.paths, data.present());
   data.StringList("exclude", &spec->data.exclude);
   data.Real("val_fraction", &spec->data.val_fraction, {0.0, 0.5});
@@ -216,7 +219,11 @@ std::size_t FindBadByte(std::string_view s) {
   while (i < s.size()) {
     unsigned char c = static_cast<unsigned char>(s[i]);
     if (c == 0) return i;
-    int extra = c < 0x80 ? 0 : (c >> 5) == 0x6 ? 1 : (c >> 4) == 0xE ? 2 : (c >> 3) == 0x1E ? 3 : -1;
+    int extra = c < 0x80           ? 0
+                : (c >> 5) == 0x6  ? 1
+                : (c >> 4) == 0xE  ? 2
+                : (c >> 3) == 0x1E ? 3
+                                   : -1;
     if (extra < 0) return i;
     for (int k = 1; k <= extra; ++k) {
       if (i + k >= s.size() || (static_cast<unsigned char>(s[i + k]) >> 6) != 0x2) return i;
@@ -240,8 +247,8 @@ bool PrecheckText(std::string_view text, DiagnosticSink* sink) {
   }
   bool ok = true;
   int line = 1;
-  bool content_seen = false;  // a non-comment line of the current document
-  bool document_ended = false;  // a "..." marker was seen
+  bool content_seen = false;         // a non-comment line of the current document
+  bool document_ended = false;       // a "..." marker was seen
   std::vector<std::size_t> indents;  // open block indentation levels
   int flow_depth = 0, max_flow = 0;
   std::size_t pos = 0;
@@ -255,7 +262,8 @@ bool PrecheckText(std::string_view text, DiagnosticSink* sink) {
     };
     // yaml-cpp's multi-document loop can spin forever on some inputs, so the loader parses
     // exactly one document and finds document boundaries here.
-    if (is_marker("---") || (first != std::string_view::npos && l[first] != '#' && document_ended)) {
+    if (is_marker("---") ||
+        (first != std::string_view::npos && l[first] != '#' && document_ended)) {
       if (content_seen || document_ended) {
         sink->Error({line, 1}, "",
                     "a second YAML document starts here; a job spec is exactly one document "
@@ -269,7 +277,8 @@ bool PrecheckText(std::string_view text, DiagnosticSink* sink) {
     } else if (first != std::string_view::npos && l[first] != '#') {
       content_seen = true;
     }
-    if (first != std::string_view::npos && l[first] != '#' && !is_marker("---") && !is_marker("...")) {
+    if (first != std::string_view::npos && l[first] != '#' && !is_marker("---") &&
+        !is_marker("...")) {
       std::size_t tab = l.substr(0, first).find('\t');
       if (tab != std::string_view::npos) {
         sink->Error({line, static_cast<int>(tab) + 1}, "",
@@ -291,10 +300,14 @@ bool PrecheckText(std::string_view text, DiagnosticSink* sink) {
           if (c == quote) quote = 0;
           continue;
         }
-        if (c == '"' || c == '\'') quote = c;
-        else if (c == '#' && (i == 0 || l[i - 1] == ' ')) break;
-        else if (c == '[' || c == '{') max_flow = std::max(max_flow, ++flow_depth);
-        else if ((c == ']' || c == '}') && flow_depth > 0) --flow_depth;
+        if (c == '"' || c == '\'')
+          quote = c;
+        else if (c == '#' && (i == 0 || l[i - 1] == ' '))
+          break;
+        else if (c == '[' || c == '{')
+          max_flow = std::max(max_flow, ++flow_depth);
+        else if ((c == ']' || c == '}') && flow_depth > 0)
+          --flow_depth;
         if (max_flow > kMaxJobSpecFlowDepth) {
           sink->Error({line, static_cast<int>(i) + 1}, "",
                       "brackets nested deeper than " + std::to_string(kMaxJobSpecFlowDepth) +
@@ -331,11 +344,12 @@ void Finish(LoadedJobSpec* out, DiagnosticSink& sink) {
   out->dropped_diagnostics = sink.dropped();
 }
 
-LoadedJobSpec LoadText(std::string_view text, const std::string& name, DiagnosticSink& sink) {
+LoadedJobSpec LoadText(std::string_view text, DiagnosticSink& sink) {
   LoadedJobSpec out;
   if (text.size() > kMaxJobSpecBytes) {
-    sink.Error({}, "", "file is " + std::to_string(text.size()) + " bytes; a job spec may be at most " +
-                           std::to_string(kMaxJobSpecBytes) + " bytes");
+    sink.Error({}, "",
+               "file is " + std::to_string(text.size()) + " bytes; a job spec may be at most " +
+                   std::to_string(kMaxJobSpecBytes) + " bytes");
     Finish(&out, sink);
     return out;
   }
@@ -356,7 +370,8 @@ LoadedJobSpec LoadText(std::string_view text, const std::string& name, Diagnosti
       if (HasContent(text)) {
         sink.Error({1, 1}, "", "malformed YAML: the document does not start with a key or value");
       } else {
-        sink.Error({1, 1}, "", "the file is empty; a job spec needs at least job, model, train and data");
+        sink.Error({1, 1}, "",
+                   "the file is empty; a job spec needs at least job, model, train and data");
       }
     } else {
       try {
@@ -371,7 +386,6 @@ LoadedJobSpec LoadText(std::string_view text, const std::string& name, Diagnosti
       }
     }
   }
-  (void)name;
   Finish(&out, sink);
   return out;
 }
@@ -389,7 +403,7 @@ std::string LoadedJobSpec::Report() const {
 
 LoadedJobSpec LoadJobSpecText(std::string_view text, const std::string& display_name) {
   DiagnosticSink sink(display_name);
-  return LoadText(text, display_name, sink);
+  return LoadText(text, sink);
 }
 
 LoadedJobSpec LoadJobSpecFile(const std::string& path) {
@@ -401,8 +415,9 @@ LoadedJobSpec LoadJobSpecFile(const std::string& path) {
   } else if (!fs::is_regular_file(status)) {
     sink.Error({}, "", "cannot read: not a regular file");
   } else if (auto size = fs::file_size(path, ec); !ec && size > kMaxJobSpecBytes) {
-    sink.Error({}, "", "file is " + std::to_string(size) + " bytes; a job spec may be at most " +
-                           std::to_string(kMaxJobSpecBytes) + " bytes");
+    sink.Error({}, "",
+               "file is " + std::to_string(size) + " bytes; a job spec may be at most " +
+                   std::to_string(kMaxJobSpecBytes) + " bytes");
   }
   if (sink.error_count() > 0) {
     LoadedJobSpec out;
@@ -418,7 +433,7 @@ LoadedJobSpec LoadJobSpecFile(const std::string& path) {
     Finish(&out, sink);
     return out;
   }
-  LoadedJobSpec out = LoadText(buf.str(), path, sink);
+  LoadedJobSpec out = LoadText(buf.str(), sink);
   if (!out.ok()) return out;
 
   // Relative data paths mean "next to the spec file", wherever moerun is started from.

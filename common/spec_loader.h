@@ -18,8 +18,8 @@
 namespace moerun {
 
 struct LoadedJobSpec {
-  JobSpec spec;        // meaningful only when ok()
-  SourceMap sources;   // where each field was written
+  JobSpec spec;                             // meaningful only when ok()
+  SourceMap sources;                        // where each field was written
   std::vector<SpecDiagnostic> diagnostics;  // errors and warnings, in file order of discovery
   std::size_t error_count = 0;
   std::size_t dropped_diagnostics = 0;  // beyond kMaxSpecDiagnostics

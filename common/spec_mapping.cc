@@ -20,11 +20,16 @@ std::string Quote(std::string_view s) {
 // Describes a node's kind for "expected X, got Y" messages.
 std::string Describe(const YAML::Node& n) {
   switch (n.Type()) {
-    case YAML::NodeType::Null: return "nothing (an empty value)";
-    case YAML::NodeType::Scalar: return Quote(n.Scalar());
-    case YAML::NodeType::Sequence: return "a list";
-    case YAML::NodeType::Map: return "a mapping";
-    case YAML::NodeType::Undefined: break;
+    case YAML::NodeType::Null:
+      return "nothing (an empty value)";
+    case YAML::NodeType::Scalar:
+      return Quote(n.Scalar());
+    case YAML::NodeType::Sequence:
+      return "a list";
+    case YAML::NodeType::Map:
+      return "a mapping";
+    case YAML::NodeType::Undefined:
+      break;
   }
   return "an undefined value";
 }
@@ -131,8 +136,7 @@ SpecMapping::Entry* SpecMapping::Take(std::string_view key, bool required, const
   Entry* e = Find(key);
   if (e == nullptr) {
     if (required) {
-      sink_->Error(pos_, FieldPath(key),
-                   std::string("required key is missing (") + what + ")");
+      sink_->Error(pos_, FieldPath(key), std::string("required key is missing (") + what + ")");
     }
     return nullptr;
   }
@@ -157,19 +161,18 @@ bool SpecMapping::Int(std::string_view key, int64_t* out, IntRange range, bool r
   if (s == nullptr) return false;
   std::string_view text = *s;
   if (IsQuoted(e->value)) {
-    sink_->Error(ValuePos(*e), FieldPath(key),
-                 "expected an integer, got the quoted string " + Quote(text) +
-                     "; remove the quotes");
+    sink_->Error(
+        ValuePos(*e), FieldPath(key),
+        "expected an integer, got the quoted string " + Quote(text) + "; remove the quotes");
     return false;
   }
-  if (!text.empty() && text[0] == '+') text.remove_prefix(1);
+  if (text.size() > 1 && text[0] == '+' && text[1] >= '0' && text[1] <= '9') text.remove_prefix(1);
   int64_t v = 0;
   auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
   if (ec == std::errc::result_out_of_range) {
     sink_->Error(ValuePos(*e), FieldPath(key),
-                 "integer " + Quote(*s) + " is out of range; " +
-                     "must be between " + std::to_string(range.min) + " and " +
-                     std::to_string(range.max));
+                 "integer " + Quote(*s) + " is out of range; " + "must be between " +
+                     std::to_string(range.min) + " and " + std::to_string(range.max));
     return false;
   }
   if (ec != std::errc() || end != text.data() + text.size() || text.empty()) {
@@ -177,10 +180,10 @@ bool SpecMapping::Int(std::string_view key, int64_t* out, IntRange range, bool r
     return false;
   }
   if (v < range.min || v > range.max) {
-    std::string rule = range.max == std::numeric_limits<int64_t>::max()
-                           ? "must be at least " + std::to_string(range.min)
-                           : "must be between " + std::to_string(range.min) + " and " +
-                                 std::to_string(range.max);
+    std::string rule =
+        range.max == std::numeric_limits<int64_t>::max()
+            ? "must be at least " + std::to_string(range.min)
+            : "must be between " + std::to_string(range.min) + " and " + std::to_string(range.max);
     sink_->Error(ValuePos(*e), FieldPath(key), rule + ", got " + std::to_string(v));
     return false;
   }
@@ -196,11 +199,12 @@ bool SpecMapping::Real(std::string_view key, double* out, RealRange range, bool 
   std::string_view text = *s;
   if (IsQuoted(e->value)) {
     sink_->Error(ValuePos(*e), FieldPath(key),
-                 "expected a number, got the quoted string " + Quote(text) +
-                     "; remove the quotes");
+                 "expected a number, got the quoted string " + Quote(text) + "; remove the quotes");
     return false;
   }
-  if (!text.empty() && text[0] == '+') text.remove_prefix(1);
+  if (text.size() > 1 && text[0] == '+' && (text[1] == '.' || (text[1] >= '0' && text[1] <= '9'))) {
+    text.remove_prefix(1);
+  }
   double v = 0;
   auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
   if (ec != std::errc() || end != text.data() + text.size() || text.empty() || !std::isfinite(v)) {
@@ -211,9 +215,10 @@ bool SpecMapping::Real(std::string_view key, double* out, RealRange range, bool 
   bool above = range.max_exclusive ? v >= range.max : v > range.max;
   if (below || above) {
     std::string lo = (range.min_exclusive ? "greater than " : "at least ") + FormatReal(range.min);
-    std::string hi = (range.max_exclusive ? " and less than " : " and at most ") + FormatReal(range.max);
-    std::string rule = range.max == std::numeric_limits<double>::max() ? "must be " + lo
-                                                                        : "must be " + lo + hi;
+    std::string hi =
+        (range.max_exclusive ? " and less than " : " and at most ") + FormatReal(range.max);
+    std::string rule =
+        range.max == std::numeric_limits<double>::max() ? "must be " + lo : "must be " + lo + hi;
     sink_->Error(ValuePos(*e), FieldPath(key), rule + ", got " + FormatReal(v));
     return false;
   }
@@ -246,8 +251,7 @@ bool SpecMapping::String(std::string_view key, std::string* out, bool required) 
   return true;
 }
 
-bool SpecMapping::StringList(std::string_view key, std::vector<std::string>* out,
-                             bool required) {
+bool SpecMapping::StringList(std::string_view key, std::vector<std::string>* out, bool required) {
   Entry* e = Take(key, required, "a list of strings");
   if (e == nullptr) return false;
   if (e->value.IsNull()) {
@@ -256,7 +260,8 @@ bool SpecMapping::StringList(std::string_view key, std::vector<std::string>* out
   }
   if (!e->value.IsSequence()) {
     sink_->Error(ValuePos(*e), FieldPath(key),
-                 "expected a list of strings (write [" + (e->value.IsScalar() ? e->value.Scalar() : std::string("...")) +
+                 "expected a list of strings (write [" +
+                     (e->value.IsScalar() ? e->value.Scalar() : std::string("...")) +
                      "] for one), got " + Describe(e->value));
     return false;
   }

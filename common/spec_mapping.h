@@ -41,6 +41,11 @@ class SpecMapping {
   const std::string& path() const { return path_; }
   SourcePos pos() const { return pos_; }
   bool Has(std::string_view key) const { return Find(key) != nullptr; }
+  // Where `key` is written, or the mapping's own position when it is absent.
+  SourcePos KeyPos(std::string_view key) const {
+    const Entry* e = Find(key);
+    return e != nullptr ? e->key_pos : pos_;
+  }
 
   // Each reader leaves *out unchanged when the key is absent (or invalid) and returns
   // whether a valid value was read. `required` reports an absent key as an error.
@@ -73,7 +78,8 @@ class SpecMapping {
   const std::string* Scalar(Entry* e, const char* what);
   std::string FieldPath(std::string_view key) const;
   SourcePos ValuePos(const Entry& e) const;
-  bool EnumImpl(std::string_view key, int* out, const std::vector<std::pair<std::string, int>>& values);
+  bool EnumImpl(std::string_view key, int* out,
+                const std::vector<std::pair<std::string, int>>& values);
 
   std::string path_;
   SourcePos pos_;

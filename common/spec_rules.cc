@@ -8,7 +8,7 @@ namespace {
 
 constexpr int64_t kMaxWorldSize = int64_t{1} << 20;
 constexpr std::size_t kMaxJobNameChars = 64;
-constexpr int64_t kTextVocabMin = 256;      // text data is bytes: tokens 0..255
+constexpr int64_t kTextVocabMin = 256;  // text data is bytes: tokens 0..255
 
 std::string S(int64_t v) { return std::to_string(v); }
 
@@ -71,12 +71,12 @@ void CheckModel(const ModelSpec& m, RuleChecker& r) {
   }
   if (!m.has_moe_section) return;  // the loader already reported the missing section
   const MoeSpec& e = m.moe;
-  r.Require(e.top_k <= e.routed_experts, "model.moe.top_k", {"model.moe.routed_experts"},
-            "must be at most model.moe.routed_experts (" + S(e.routed_experts) + "), got " +
-                S(e.top_k));
-  r.Require(Divides(e.n_groups, e.routed_experts), "model.moe.n_groups", {"model.moe.routed_experts"},
-            "must divide model.moe.routed_experts (" + S(e.routed_experts) + "), got " +
-                S(e.n_groups));
+  r.Require(
+      e.top_k <= e.routed_experts, "model.moe.top_k", {"model.moe.routed_experts"},
+      "must be at most model.moe.routed_experts (" + S(e.routed_experts) + "), got " + S(e.top_k));
+  r.Require(
+      Divides(e.n_groups, e.routed_experts), "model.moe.n_groups", {"model.moe.routed_experts"},
+      "must divide model.moe.routed_experts (" + S(e.routed_experts) + "), got " + S(e.n_groups));
   r.Require(e.topk_groups <= e.n_groups, "model.moe.topk_groups", {"model.moe.n_groups"},
             "must be at most model.moe.n_groups (" + S(e.n_groups) + "), got " + S(e.topk_groups));
   if (e.n_groups > 1 && Divides(e.n_groups, e.routed_experts) && e.topk_groups <= e.n_groups) {
@@ -96,21 +96,24 @@ void CheckParallel(const JobSpec& s, RuleChecker& r) {
   const ParallelSpec& p = s.parallel;
   const ModelSpec& m = s.model;
   r.Require(p.pipeline <= m.n_layers, "parallel.pipeline", {"model.n_layers"},
-            "must be at most model.n_layers (" + S(m.n_layers) + ") so every stage holds a layer, got " +
-                S(p.pipeline));
+            "must be at most model.n_layers (" + S(m.n_layers) +
+                ") so every stage holds a layer, got " + S(p.pipeline));
   r.Require(Divides(p.expert, p.data), "parallel.expert", {"parallel.data"},
             "must divide parallel.data (" + S(p.data) + "), got " + S(p.expert));
   const bool has_moe = m.n_layers > m.dense_layers && m.has_moe_section;
   if (has_moe) {
-    r.Require(Divides(p.expert, m.moe.routed_experts), "parallel.expert", {"model.moe.routed_experts"},
+    r.Require(Divides(p.expert, m.moe.routed_experts), "parallel.expert",
+              {"model.moe.routed_experts"},
               "must divide model.moe.routed_experts (" + S(m.moe.routed_experts) + "), got " +
                   S(p.expert));
   } else {
-    r.Require(p.expert == 1, "parallel.expert", {"model.n_layers", "model.dense_layers", "model.moe"},
+    r.Require(p.expert == 1, "parallel.expert",
+              {"model.n_layers", "model.dense_layers", "model.moe"},
               "must be 1 for a model without MoE layers, got " + S(p.expert));
   }
-  r.Require(p.pipeline * p.data <= kMaxWorldSize, "parallel.data", {"parallel.pipeline"},
-            "world size pipeline x data = " + S(p.pipeline * p.data) + " exceeds " + S(kMaxWorldSize));
+  r.Require(
+      p.pipeline * p.data <= kMaxWorldSize, "parallel.data", {"parallel.pipeline"},
+      "world size pipeline x data = " + S(p.pipeline * p.data) + " exceeds " + S(kMaxWorldSize));
   const int64_t per_step = p.data * p.micro_batches;
   r.Require(Divides(per_step, s.train.global_batch), "train.global_batch",
             {"parallel.data", "parallel.micro_batches"},
@@ -139,7 +142,8 @@ void CheckJobSpecRules(const JobSpec& s, const SourceMap& sources, DiagnosticSin
   if (sources.Has("job.name")) {
     r.Require(ValidJobName(s.name), "job.name", {},
               "must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a "
-              "letter or digit (it names directories and URLs), got '" + s.name + "'");
+              "letter or digit (it names directories and URLs), got '" +
+                  s.name + "'");
   }
   CheckModel(s.model, r);
   CheckParallel(s, r);
@@ -173,7 +177,8 @@ void CheckJobSpecRules(const JobSpec& s, const SourceMap& sources, DiagnosticSin
   r.Require(slots == s.parallel.world_size(), "resources.workers",
             {"resources.devices_per_worker", "parallel.pipeline", "parallel.data"},
             "workers x devices_per_worker (" + S(res.workers) + " x " + S(res.devices_per_worker) +
-                " = " + S(slots) + ") must equal the world size parallel.pipeline x parallel.data (" +
+                " = " + S(slots) +
+                ") must equal the world size parallel.pipeline x parallel.data (" +
                 S(s.parallel.pipeline) + " x " + S(s.parallel.data) + " = " +
                 S(s.parallel.world_size()) + ")");
 }

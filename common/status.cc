@@ -4,18 +4,30 @@ namespace moerun {
 
 std::string_view Status::CodeName(Code code) {
   switch (code) {
-    case Code::kOk: return "OK";
-    case Code::kInvalidArgument: return "InvalidArgument";
-    case Code::kNotFound: return "NotFound";
-    case Code::kAlreadyExists: return "AlreadyExists";
-    case Code::kIOError: return "IOError";
-    case Code::kCorruption: return "Corruption";
-    case Code::kTimedOut: return "TimedOut";
-    case Code::kAborted: return "Aborted";
-    case Code::kUnavailable: return "Unavailable";
-    case Code::kFailedPrecondition: return "FailedPrecondition";
-    case Code::kUnimplemented: return "Unimplemented";
-    case Code::kInternal: return "Internal";
+    case Code::kOk:
+      return "OK";
+    case Code::kInvalidArgument:
+      return "InvalidArgument";
+    case Code::kNotFound:
+      return "NotFound";
+    case Code::kAlreadyExists:
+      return "AlreadyExists";
+    case Code::kIOError:
+      return "IOError";
+    case Code::kCorruption:
+      return "Corruption";
+    case Code::kTimedOut:
+      return "TimedOut";
+    case Code::kAborted:
+      return "Aborted";
+    case Code::kUnavailable:
+      return "Unavailable";
+    case Code::kFailedPrecondition:
+      return "FailedPrecondition";
+    case Code::kUnimplemented:
+      return "Unimplemented";
+    case Code::kInternal:
+      return "Internal";
   }
   return "Unknown";
 }

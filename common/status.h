@@ -34,7 +34,9 @@ class Status {
   Status() = default;  // OK
 
   static Status OK() { return Status(); }
-  static Status InvalidArgument(std::string msg) { return {Code::kInvalidArgument, std::move(msg)}; }
+  static Status InvalidArgument(std::string msg) {
+    return {Code::kInvalidArgument, std::move(msg)};
+  }
   static Status NotFound(std::string msg) { return {Code::kNotFound, std::move(msg)}; }
   static Status AlreadyExists(std::string msg) { return {Code::kAlreadyExists, std::move(msg)}; }
   static Status IOError(std::string msg) { return {Code::kIOError, std::move(msg)}; }
@@ -68,7 +70,7 @@ class Status {
 template <typename T>
 class Result {
  public:
-  Result(T value) : state_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : state_(std::move(value)) {}        // NOLINT: implicit by design
   Result(Status status) : state_(std::move(status)) {  // NOLINT: implicit by design
     assert(!std::get<Status>(state_).ok() && "Result<T> needs a value or a non-OK Status");
   }
@@ -92,8 +94,8 @@ class Result {
 }  // namespace moerun
 
 // Returns early from a function returning Status (or Result<T>) when `expr` is not OK.
-#define MOERUN_RETURN_IF_ERROR(expr)        \
-  do {                                      \
-    ::moerun::Status _moerun_st = (expr);   \
+#define MOERUN_RETURN_IF_ERROR(expr)         \
+  do {                                       \
+    ::moerun::Status _moerun_st = (expr);    \
     if (!_moerun_st.ok()) return _moerun_st; \
   } while (0)

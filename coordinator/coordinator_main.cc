@@ -9,8 +9,10 @@
 int main(int argc, char** argv) {
   CLI::App app{"moerun-coordinator: owns jobs, placement, heartbeats and checkpoint commits"};
   std::string bind = "tcp://127.0.0.1:7100", state_dir;
-  app.add_option("--bind", bind, "ZeroMQ control-plane address to listen on")->capture_default_str();
-  app.add_option("--state-dir", state_dir, "directory for the RocksDB state and CURVE keys")->required();
+  app.add_option("--bind", bind, "ZeroMQ control-plane address to listen on")
+      ->capture_default_str();
+  app.add_option("--state-dir", state_dir, "directory for the RocksDB state and CURVE keys")
+      ->required();
   CLI11_PARSE(app, argc, argv);
   std::fprintf(stderr,
                "moerun-coordinator: the coordinator is not implemented in this build yet; use "

@@ -10,7 +10,7 @@ packages=(
   libyaml-cpp-dev librocksdb-dev libspdlog-dev libfmt-dev
   doctest-dev nlohmann-json3-dev libcpp-httplib-dev libcli11-dev
   libopenblas-dev
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev clang-format
   fortunes
 )
 if [[ "${1:-}" == "--with-torch" ]]; then packages+=(python3-torch); fi

@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build.sh -DMOERUN_WERROR=ON
 
+# Formatting is part of the build: .clang-format (Google base) over every C++/CUDA source.
+git ls-files '*.h' '*.cc' '*.cu' '*.cuh' | xargs clang-format --dry-run --Werror
+
 fuzz_seconds=${MOERUN_FUZZ_SECONDS:-60}
 if [[ "$fuzz_seconds" -gt 0 ]]; then
   cmake -S . -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DMOERUN_FUZZ=ON \

@@ -10,10 +10,12 @@ int main(int argc, char** argv) {
   CLI::App app{"moerun-worker: per-host daemon that supervises one trainer per device"};
   std::string coordinator, state_dir;
   int devices = 1;
-  app.add_option("--coordinator", coordinator, "coordinator control address, e.g. tcp://10.0.0.1:7100")
+  app.add_option("--coordinator", coordinator,
+                 "coordinator control address, e.g. tcp://10.0.0.1:7100")
       ->required();
   app.add_option("--state-dir", state_dir, "directory for keys, logs and trainer run dirs");
-  app.add_option("--devices", devices, "devices (trainer slots) this host offers")->check(CLI::PositiveNumber);
+  app.add_option("--devices", devices, "devices (trainer slots) this host offers")
+      ->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
   std::fprintf(stderr,
                "moerun-worker: the worker daemon is not implemented in this build yet; use "

@@ -27,8 +27,8 @@ int RunPlan(const PlanOptions& opts) {
   report.every_rank = opts.ranks;
   const int cost_flags = (opts.peak_tflops > 0) + (opts.mfu > 0) + (opts.tokens > 0);
   if (cost_flags != 0 && cost_flags != 3) {
-    std::fprintf(stderr,
-                 "moerun plan: --gpu-peak-tflops, --mfu and --tokens go together; give all three\n");
+    std::fprintf(
+        stderr, "moerun plan: --gpu-peak-tflops, --mfu and --tokens go together; give all three\n");
     return kExitInvalidConfig;
   }
   JobPlan plan = MakeJobPlan(loaded.spec);
@@ -55,11 +55,13 @@ void AddPlanCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("file", opts->file, "job spec YAML file")->required();
   cmd->add_flag("--json", opts->json, "print JSON (every rank's placement included)");
   cmd->add_flag("--ranks", opts->ranks, "list every rank instead of one line per stage");
-  cmd->add_option("--gpu-peak-tflops", opts->peak_tflops, "peak TFLOP/s of one device (e.g. 989 for H800 bf16)")
+  cmd->add_option("--gpu-peak-tflops", opts->peak_tflops,
+                  "peak TFLOP/s of one device (e.g. 989 for H800 bf16)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--mfu", opts->mfu, "model FLOPs utilization, 0 < MFU <= 1")
       ->check(CLI::Range(1e-6, 1.0));
-  cmd->add_option("--tokens", opts->tokens, "tokens to train on (e.g. 14.8e12)")->check(CLI::PositiveNumber);
+  cmd->add_option("--tokens", opts->tokens, "tokens to train on (e.g. 14.8e12)")
+      ->check(CLI::PositiveNumber);
   cmd->callback([opts, exit_code] { *exit_code = RunPlan(*opts); });
 }
 

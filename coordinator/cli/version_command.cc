@@ -27,7 +27,8 @@ int RunVersion() {
               (info.runtime_version % 1000) / 10, Dotted(info.nccl_version, 10000, 100).c_str(),
               Dotted(info.cublas_version, 10000, 100).c_str());
   if (info.device_count == 0) {
-    std::printf("gpus: none (%s)\n", info.driver_error.empty() ? "no device" : info.driver_error.c_str());
+    std::printf("gpus: none (%s)\n",
+                info.driver_error.empty() ? "no device" : info.driver_error.c_str());
   } else {
     std::printf("gpus: %d (device 0: %s, sm_%d)\n", info.device_count, info.device0_name.c_str(),
                 info.device0_sm);

@@ -23,7 +23,8 @@ void RoundToBf16(const float* in, float* out, int64_t n);
 float RoundToE4M3(float x);  // saturating; NaN stays NaN
 
 // in/out: [rows, cols] row-major. scales: [rows, ceil(cols/128)] row-major.
-void FakeQuantE4M3Tiles1x128(const float* in, float* out, float* scales, int64_t rows, int64_t cols);
+void FakeQuantE4M3Tiles1x128(const float* in, float* out, float* scales, int64_t rows,
+                             int64_t cols);
 
 // in/out: [rows, cols] row-major. scales: [ceil(rows/128), ceil(cols/128)] row-major.
 void FakeQuantE4M3Blocks128x128(const float* in, float* out, float* scales, int64_t rows,

@@ -33,7 +33,8 @@ __global__ void RoundToBf16Kernel(const float* in, float* out, int64_t n) {
 }
 
 // grid (tiles per row, rows); thread t owns column tile*128 + t.
-__global__ void Tiles1x128Kernel(const float* in, float* out, float* scales, int64_t rows, int64_t cols) {
+__global__ void Tiles1x128Kernel(const float* in, float* out, float* scales, int64_t rows,
+                                 int64_t cols) {
   const int64_t r = blockIdx.y, c = static_cast<int64_t>(blockIdx.x) * kTile + threadIdx.x;
   const bool live = c < cols;
   const float x = live ? in[r * cols + c] : 0.0f;
@@ -44,7 +45,8 @@ __global__ void Tiles1x128Kernel(const float* in, float* out, float* scales, int
 }
 
 // grid (column blocks, row blocks); thread t walks column t of the block, row by row.
-__global__ void Blocks128Kernel(const float* in, float* out, float* scales, int64_t rows, int64_t cols) {
+__global__ void Blocks128Kernel(const float* in, float* out, float* scales, int64_t rows,
+                                int64_t cols) {
   const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kTile;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kTile + threadIdx.x;
   const int64_t r1 = min(rows, r0 + kTile);
@@ -63,7 +65,8 @@ __global__ void Blocks128Kernel(const float* in, float* out, float* scales, int6
 cudaError_t LaunchRoundToBf16(const float* in, float* out, int64_t n, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   const int threads = 256;
-  RoundToBf16Kernel<<<static_cast<unsigned>((n + threads - 1) / threads), threads, 0, stream>>>(in, out, n);
+  RoundToBf16Kernel<<<static_cast<unsigned>((n + threads - 1) / threads), threads, 0, stream>>>(
+      in, out, n);
   return cudaGetLastError();
 }
 

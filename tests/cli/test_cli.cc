@@ -66,8 +66,10 @@ TEST_CASE("validate reports file:line:column, field and rule, and exits 2") {
   Run r = Moerun("validate " + path);
   INFO(r.err);
   CHECK(r.exit_code == 2);
-  CHECK(r.err.find(path + ":35:3: error: parallel.expert: must divide parallel.data (2), got 3") != std::string::npos);
-  CHECK(r.err.find("model.moe.top_kk: unknown key 'top_kk' (did you mean 'top_k'?)") != std::string::npos);
+  CHECK(r.err.find(path + ":35:3: error: parallel.expert: must divide parallel.data (2), got 3") !=
+        std::string::npos);
+  CHECK(r.err.find("model.moe.top_kk: unknown key 'top_kk' (did you mean 'top_k'?)") !=
+        std::string::npos);
   CHECK(r.err.find("model.moe.top_k: required key is missing") != std::string::npos);
   CHECK(r.out.find("3 errors") != std::string::npos);
 

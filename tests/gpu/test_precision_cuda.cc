@@ -75,15 +75,18 @@ TEST_CASE("E4M3 1x128 tiles and 128x128 blocks: CUDA equals CPU bit for bit") {
     moerun::kernels::cpu::FakeQuantE4M3Tiles1x128(x.data(), want.data(), want_s.data(), rows, cols);
     DeviceBuffer in(x.size()), out(x.size()), s(want_s.size());
     Upload(in, x);
-    CUDA_OK(moerun::kernels::cuda::LaunchFakeQuantE4M3Tiles1x128(in.ptr, out.ptr, s.ptr, rows, cols, nullptr));
+    CUDA_OK(moerun::kernels::cuda::LaunchFakeQuantE4M3Tiles1x128(in.ptr, out.ptr, s.ptr, rows, cols,
+                                                                 nullptr));
     CUDA_OK(cudaDeviceSynchronize());
     CHECK(Mismatches(ToHost(out), want) == 0);
     CHECK(Mismatches(ToHost(s), want_s) == 0);
 
     std::vector<float> want_b(x.size()), want_bs(size_t(tr * tc));
-    moerun::kernels::cpu::FakeQuantE4M3Blocks128x128(x.data(), want_b.data(), want_bs.data(), rows, cols);
+    moerun::kernels::cpu::FakeQuantE4M3Blocks128x128(x.data(), want_b.data(), want_bs.data(), rows,
+                                                     cols);
     DeviceBuffer out_b(x.size()), s_b(want_bs.size());
-    CUDA_OK(moerun::kernels::cuda::LaunchFakeQuantE4M3Blocks128x128(in.ptr, out_b.ptr, s_b.ptr, rows, cols, nullptr));
+    CUDA_OK(moerun::kernels::cuda::LaunchFakeQuantE4M3Blocks128x128(in.ptr, out_b.ptr, s_b.ptr,
+                                                                    rows, cols, nullptr));
     CUDA_OK(cudaDeviceSynchronize());
     CHECK(Mismatches(ToHost(out_b), want_b) == 0);
     CHECK(Mismatches(ToHost(s_b), want_bs) == 0);

@@ -26,7 +26,8 @@ moerun::JobSpec LoadConfig(const std::string& name) {
 }  // namespace
 
 TEST_CASE("every example config is valid") {
-  for (const char* f : {"tiny-cpu.yaml", "deepseek-v3.yaml", "gpu-8x.yaml", "multi-host-cpu.yaml"}) {
+  for (const char* f :
+       {"tiny-cpu.yaml", "deepseek-v3.yaml", "gpu-8x.yaml", "multi-host-cpu.yaml"}) {
     CAPTURE(f);
     LoadConfig(f);
   }
@@ -53,7 +54,8 @@ TEST_CASE("tiny model: counts match a hand count") {
   const int64_t d = m.d_model, v = m.vocab_size;
   const int64_t attn = 4 * d * d, dense = 3 * d * m.ffn_hidden;
   const int64_t expert = 3 * d * m.moe.expert_hidden, e = m.moe.routed_experts;
-  const int64_t moe_layer = attn + e * expert + expert /*shared*/ + e * d /*gate*/ + e /*bias*/ + 2 * d;
+  const int64_t moe_layer =
+      attn + e * expert + expert /*shared*/ + e * d /*gate*/ + e /*bias*/ + 2 * d;
   const int64_t dense_layer = attn + dense + 2 * d;
   const int64_t total = 2 * v * d + d + dense_layer + 3 * moe_layer;
   auto c = moerun::CountParameters(m);
@@ -119,10 +121,13 @@ TEST_CASE("FLOPs: 6 x active non-embedding plus causal attention") {
   moerun::JobSpec spec = LoadConfig("tiny-cpu.yaml");
   auto plan = moerun::MakeJobPlan(spec);
   const auto& m = spec.model;
-  CHECK(plan.dense_flops_per_token == doctest::Approx(6.0 * double(plan.params.active_per_token - plan.params.embedding)));
-  CHECK(plan.attention_flops_per_token == doctest::Approx(3.0 * m.n_layers * m.n_heads * m.seq_len * (2.0 * m.d_model / m.n_heads)));
+  CHECK(plan.dense_flops_per_token ==
+        doctest::Approx(6.0 * double(plan.params.active_per_token - plan.params.embedding)));
+  CHECK(plan.attention_flops_per_token ==
+        doctest::Approx(3.0 * m.n_layers * m.n_heads * m.seq_len * (2.0 * m.d_model / m.n_heads)));
   CHECK(plan.tokens_per_step == spec.train.global_batch * m.seq_len);
-  CHECK(plan.flops_per_step() == doctest::Approx(plan.flops_per_token() * double(plan.tokens_per_step)));
+  CHECK(plan.flops_per_step() ==
+        doctest::Approx(plan.flops_per_token() * double(plan.tokens_per_step)));
   // A run's GPU-hours invert the FLOP count.
   auto cost = moerun::EstimateRunCost(plan, 100.0, 0.5, 1e9);
   CHECK(cost.gpu_hours == doctest::Approx(plan.flops_per_token() * 1e9 / (50e12) / 3600.0));
@@ -140,7 +145,8 @@ TEST_CASE("memory: per-parameter bytes by precision") {
     CHECK(bf16.stages[s].memory.weights_bytes == doctest::Approx(6 * n));
     CHECK(fp32.stages[s].memory.optimizer_bytes == doctest::Approx(8 * n));
     // bf16 activations take half the bytes of fp32 ones.
-    CHECK(bf16.stages[s].memory.activation_bytes == doctest::Approx(fp32.stages[s].memory.activation_bytes / 2));
+    CHECK(bf16.stages[s].memory.activation_bytes ==
+          doctest::Approx(fp32.stages[s].memory.activation_bytes / 2));
   }
   // 1f1b keeps pipeline - stage micro-batches in flight.
   CHECK(fp32.stages[0].micro_batches_in_flight == 2);

@@ -72,13 +72,15 @@ TEST_CASE("1x128 tiles: one scale per row per 128 columns, amax maps to 448") {
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t t = 0; t < 3; ++t) {
       float amax = 0;
-      for (int64_t c = t * 128; c < std::min(cols, t * 128 + 128); ++c) amax = std::max(amax, std::fabs(x[r * cols + c]));
+      for (int64_t c = t * 128; c < std::min(cols, t * 128 + 128); ++c)
+        amax = std::max(amax, std::fabs(x[r * cols + c]));
       CHECK(s[r * 3 + t] == (amax > 0 ? amax / 448.0f : 1.0f));
       for (int64_t c = t * 128; c < std::min(cols, t * 128 + 128); ++c) {
         const float a = x[r * cols + c], b = y[r * cols + c];
         // Normal E4M3 keeps 3 mantissa bits: relative error at most 2^-4; tiny values
         // fall into subnormals with absolute error at most scale * 2^-10.
-        CHECK(std::fabs(a - b) <= std::max(std::fabs(a) / 16.0f, s[r * 3 + t] * std::ldexp(1.0f, -10)) * 1.0001f);
+        CHECK(std::fabs(a - b) <=
+              std::max(std::fabs(a) / 16.0f, s[r * 3 + t] * std::ldexp(1.0f, -10)) * 1.0001f);
       }
     }
   }

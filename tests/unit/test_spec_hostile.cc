@@ -8,7 +8,9 @@
 
 namespace {
 
-moerun::LoadedJobSpec Load(const std::string& text) { return moerun::LoadJobSpecText(text, "x.yaml"); }
+moerun::LoadedJobSpec Load(const std::string& text) {
+  return moerun::LoadJobSpecText(text, "x.yaml");
+}
 
 bool Mentions(const moerun::LoadedJobSpec& l, const std::string& what) {
   for (const auto& d : l.diagnostics)
@@ -70,7 +72,8 @@ TEST_CASE("the top level must be a mapping") {
 }
 
 TEST_CASE("aliases and anchors do not explode") {
-  std::string text = "a: &a [x, x, x, x]\nb: &b [*a, *a, *a, *a]\nc: &c [*b, *b, *b, *b]\njob: *c\n";
+  std::string text =
+      "a: &a [x, x, x, x]\nb: &b [*a, *a, *a, *a]\nc: &c [*b, *b, *b, *b]\njob: *c\n";
   auto l = Load(text);
   CHECK_FALSE(l.ok());
 }
