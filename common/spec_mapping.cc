@@ -154,18 +154,23 @@ const std::string* SpecMapping::Scalar(Entry* e, const char* what) {
   return &e->value.Scalar();
 }
 
+const std::string* SpecMapping::PlainScalar(Entry* e, const char* what) {
+  const std::string* s = Scalar(e, what);
+  if (s != nullptr && IsQuoted(e->value)) {
+    sink_->Error(ValuePos(*e), FieldPath(e->key),
+                 std::string("expected ") + what + ", got the quoted string " + Quote(*s) +
+                     "; remove the quotes");
+    return nullptr;
+  }
+  return s;
+}
+
 bool SpecMapping::Int(std::string_view key, int64_t* out, IntRange range, bool required) {
   Entry* e = Take(key, required, "an integer");
   if (e == nullptr) return false;
-  const std::string* s = Scalar(e, "an integer");
+  const std::string* s = PlainScalar(e, "an integer");
   if (s == nullptr) return false;
   std::string_view text = *s;
-  if (IsQuoted(e->value)) {
-    sink_->Error(
-        ValuePos(*e), FieldPath(key),
-        "expected an integer, got the quoted string " + Quote(text) + "; remove the quotes");
-    return false;
-  }
   if (text.size() > 1 && text[0] == '+' && text[1] >= '0' && text[1] <= '9') text.remove_prefix(1);
   int64_t v = 0;
   auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
@@ -194,14 +199,9 @@ bool SpecMapping::Int(std::string_view key, int64_t* out, IntRange range, bool r
 bool SpecMapping::Real(std::string_view key, double* out, RealRange range, bool required) {
   Entry* e = Take(key, required, "a number");
   if (e == nullptr) return false;
-  const std::string* s = Scalar(e, "a number");
+  const std::string* s = PlainScalar(e, "a number");
   if (s == nullptr) return false;
   std::string_view text = *s;
-  if (IsQuoted(e->value)) {
-    sink_->Error(ValuePos(*e), FieldPath(key),
-                 "expected a number, got the quoted string " + Quote(text) + "; remove the quotes");
-    return false;
-  }
   if (text.size() > 1 && text[0] == '+' && (text[1] == '.' || (text[1] >= '0' && text[1] <= '9'))) {
     text.remove_prefix(1);
   }

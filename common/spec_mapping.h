@@ -76,6 +76,8 @@ class SpecMapping {
   Entry* Take(std::string_view key, bool required, const char* what);
   // Non-null scalar text, or an error naming `what` was expected.
   const std::string* Scalar(Entry* e, const char* what);
+  // Scalar(), also refusing quoted strings (for numbers: "8" is a string, not 8).
+  const std::string* PlainScalar(Entry* e, const char* what);
   std::string FieldPath(std::string_view key) const;
   SourcePos ValuePos(const Entry& e) const;
   bool EnumImpl(std::string_view key, int* out,
