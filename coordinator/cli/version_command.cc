@@ -14,10 +14,13 @@
 namespace moerun::cli {
 namespace {
 
+#ifdef MOERUN_WITH_CUDA
+// 22809 -> "2.28.9" for (10000, 100).
 std::string Dotted(int v, int major_div, int minor_div) {
   return std::to_string(v / major_div) + "." + std::to_string((v % major_div) / minor_div) + "." +
          std::to_string(v % minor_div);
 }
+#endif
 
 int RunVersion() {
   std::printf("moerun %s\n", MOERUN_VERSION);
