@@ -233,9 +233,13 @@ std::size_t FindBadByte(std::string_view s) {
   return std::string_view::npos;
 }
 
-// Rejects what YAML parsers handle badly or what no job spec needs, before parsing:
-// tabs in indentation and nesting deeper than the limits. Returns false if anything failed.
-bool PrecheckText(std::string_view text, DiagnosticSink* sink) {
+// Rejects what YAML parsers handle badly or what no job spec needs, before parsing: bytes
+// that are not UTF-8, tabs in indentation, nesting deeper than the limits and a second YAML
+// document (yaml-cpp's multi-document loop can spin forever on some inputs, so the loader
+// parses exactly one document and finds document boundaries here). Sets *has_content when
+// any line holds more than blanks, comments and document markers. Returns false on errors.
+bool PrecheckText(std::string_view text, DiagnosticSink* sink, bool* has_content) {
+  *has_content = false;
   std::size_t bad = FindBadByte(text);
   if (bad != std::string_view::npos) {
     char hex[8];
@@ -245,97 +249,81 @@ bool PrecheckText(std::string_view text, DiagnosticSink* sink) {
                     " is NUL or not UTF-8; a job spec is UTF-8 YAML");
     return false;
   }
+  const std::string second_document =
+      "a second YAML document starts here; a job spec is exactly one document (remove the "
+      "extra '---' or '...')";
   bool ok = true;
-  int line = 1;
-  bool content_seen = false;         // a non-comment line of the current document
   bool document_ended = false;       // a "..." marker was seen
   std::vector<std::size_t> indents;  // open block indentation levels
   int flow_depth = 0, max_flow = 0;
-  std::size_t pos = 0;
-  while (pos <= text.size()) {
-    std::size_t eol = text.find('\n', pos);
-    if (eol == std::string_view::npos) eol = text.size();
+  int line = 1;
+  for (std::size_t pos = 0; pos <= text.size(); ++line) {
+    std::size_t eol = std::min(text.find('\n', pos), text.size());
     std::string_view l = text.substr(pos, eol - pos);
-    std::size_t first = l.find_first_not_of(" \t");
+    pos = eol + 1;
     auto is_marker = [&](std::string_view m) {
       return l.substr(0, 3) == m && (l.size() == 3 || l[3] == ' ' || l[3] == '\t' || l[3] == '\r');
     };
-    // yaml-cpp's multi-document loop can spin forever on some inputs, so the loader parses
-    // exactly one document and finds document boundaries here.
-    if (is_marker("---") ||
-        (first != std::string_view::npos && l[first] != '#' && document_ended)) {
-      if (content_seen || document_ended) {
-        sink->Error({line, 1}, "",
-                    "a second YAML document starts here; a job spec is exactly one document "
-                    "(remove the extra '---' or '...')");
+    const std::size_t first = l.find_first_not_of(" \t\r");
+    const bool blank = first == std::string_view::npos || l[first] == '#';
+    if (is_marker("---")) {
+      if (*has_content || document_ended) {
+        sink->Error({line, 1}, "", second_document);
         return false;
       }
       std::size_t rest = l.find_first_not_of(" \t\r", 3);
-      if (rest != std::string_view::npos && l[rest] != '#') content_seen = true;  // "--- value"
-    } else if (is_marker("...")) {
-      document_ended = true;
-    } else if (first != std::string_view::npos && l[first] != '#') {
-      content_seen = true;
+      if (rest != std::string_view::npos && l[rest] != '#') *has_content = true;  // "--- value"
+      continue;
     }
-    if (first != std::string_view::npos && l[first] != '#' && !is_marker("---") &&
-        !is_marker("...")) {
-      std::size_t tab = l.substr(0, first).find('\t');
-      if (tab != std::string_view::npos) {
-        sink->Error({line, static_cast<int>(tab) + 1}, "",
-                    "tab character in indentation; YAML indents with spaces only");
-        ok = false;
+    if (is_marker("...")) {
+      document_ended = true;
+      continue;
+    }
+    if (blank) continue;
+    if (document_ended) {
+      sink->Error({line, 1}, "", second_document);
+      return false;
+    }
+    *has_content = true;
+    std::size_t tab = l.substr(0, first).find('\t');
+    if (tab != std::string_view::npos) {
+      sink->Error({line, static_cast<int>(tab) + 1}, "",
+                  "tab character in indentation; YAML indents with spaces only");
+      ok = false;
+    }
+    while (!indents.empty() && indents.back() > first) indents.pop_back();
+    if (indents.empty() || indents.back() < first) indents.push_back(first);
+    if (static_cast<int>(indents.size()) > kMaxJobSpecIndentDepth) {
+      sink->Error({line, static_cast<int>(first) + 1}, "",
+                  "nesting deeper than " + std::to_string(kMaxJobSpecIndentDepth) +
+                      " levels; a job spec needs at most a few");
+      return false;
+    }
+    char quote = 0;
+    for (std::size_t i = first; i < l.size(); ++i) {
+      char c = l[i];
+      if (quote) {
+        if (c == quote) quote = 0;
+        continue;
       }
-      while (!indents.empty() && indents.back() > first) indents.pop_back();
-      if (indents.empty() || indents.back() < first) indents.push_back(first);
-      if (static_cast<int>(indents.size()) > kMaxJobSpecIndentDepth) {
-        sink->Error({line, static_cast<int>(first) + 1}, "",
-                    "nesting deeper than " + std::to_string(kMaxJobSpecIndentDepth) +
+      if (c == '"' || c == '\'') {
+        quote = c;
+      } else if (c == '#' && l[i - 1] == ' ') {
+        break;
+      } else if (c == '[' || c == '{') {
+        max_flow = std::max(max_flow, ++flow_depth);
+      } else if ((c == ']' || c == '}') && flow_depth > 0) {
+        --flow_depth;
+      }
+      if (max_flow > kMaxJobSpecFlowDepth) {
+        sink->Error({line, static_cast<int>(i) + 1}, "",
+                    "brackets nested deeper than " + std::to_string(kMaxJobSpecFlowDepth) +
                         " levels; a job spec needs at most a few");
         return false;
       }
-      char quote = 0;
-      for (std::size_t i = first; i < l.size(); ++i) {
-        char c = l[i];
-        if (quote) {
-          if (c == quote) quote = 0;
-          continue;
-        }
-        if (c == '"' || c == '\'')
-          quote = c;
-        else if (c == '#' && (i == 0 || l[i - 1] == ' '))
-          break;
-        else if (c == '[' || c == '{')
-          max_flow = std::max(max_flow, ++flow_depth);
-        else if ((c == ']' || c == '}') && flow_depth > 0)
-          --flow_depth;
-        if (max_flow > kMaxJobSpecFlowDepth) {
-          sink->Error({line, static_cast<int>(i) + 1}, "",
-                      "brackets nested deeper than " + std::to_string(kMaxJobSpecFlowDepth) +
-                          " levels; a job spec needs at most a few");
-          return false;
-        }
-      }
     }
-    ++line;
-    pos = eol + 1;
   }
   return ok;
-}
-
-// Whether any line holds something besides blanks, comments and document markers.
-bool HasContent(std::string_view text) {
-  std::size_t pos = 0;
-  while (pos < text.size()) {
-    std::size_t eol = std::min(text.find('\n', pos), text.size());
-    std::string_view l = text.substr(pos, eol - pos);
-    std::size_t first = l.find_first_not_of(" \t\r");
-    if (first != std::string_view::npos && l[first] != '#' && l.substr(0, 3) != "---" &&
-        l.substr(0, 3) != "...") {
-      return true;
-    }
-    pos = eol + 1;
-  }
-  return false;
 }
 
 void Finish(LoadedJobSpec* out, DiagnosticSink& sink) {
@@ -353,7 +341,8 @@ LoadedJobSpec LoadText(std::string_view text, DiagnosticSink& sink) {
     Finish(&out, sink);
     return out;
   }
-  if (!PrecheckText(text, &sink)) {
+  bool has_content = false;
+  if (!PrecheckText(text, &sink, &has_content)) {
     Finish(&out, sink);
     return out;
   }
@@ -367,7 +356,7 @@ LoadedJobSpec LoadText(std::string_view text, DiagnosticSink& sink) {
   }
   if (sink.error_count() == 0) {
     if (!doc.IsDefined() || doc.IsNull()) {
-      if (HasContent(text)) {
+      if (has_content) {
         sink.Error({1, 1}, "", "malformed YAML: the document does not start with a key or value");
       } else {
         sink.Error({1, 1}, "",
