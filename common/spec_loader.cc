@@ -199,6 +199,11 @@ void ReadSpec(SpecMapping& root, JobSpec* spec, DiagnosticSink* sink) {
   root.RejectUnknownKeys();
 }
 
+std::string TooLargeMessage(std::uintmax_t bytes) {
+  return "file is " + std::to_string(bytes) + " bytes; a job spec may be at most " +
+         std::to_string(kMaxJobSpecBytes) + " bytes";
+}
+
 // Position (1-based) of byte offset `at` in `text`.
 SourcePos PosOf(std::string_view text, std::size_t at) {
   SourcePos p{1, 1};
@@ -335,9 +340,7 @@ void Finish(LoadedJobSpec* out, DiagnosticSink& sink) {
 LoadedJobSpec LoadText(std::string_view text, DiagnosticSink& sink) {
   LoadedJobSpec out;
   if (text.size() > kMaxJobSpecBytes) {
-    sink.Error({}, "",
-               "file is " + std::to_string(text.size()) + " bytes; a job spec may be at most " +
-                   std::to_string(kMaxJobSpecBytes) + " bytes");
+    sink.Error({}, "", TooLargeMessage(text.size()));
     Finish(&out, sink);
     return out;
   }
@@ -404,9 +407,7 @@ LoadedJobSpec LoadJobSpecFile(const std::string& path) {
   } else if (!fs::is_regular_file(status)) {
     sink.Error({}, "", "cannot read: not a regular file");
   } else if (auto size = fs::file_size(path, ec); !ec && size > kMaxJobSpecBytes) {
-    sink.Error({}, "",
-               "file is " + std::to_string(size) + " bytes; a job spec may be at most " +
-                   std::to_string(kMaxJobSpecBytes) + " bytes");
+    sink.Error({}, "", TooLargeMessage(size));
   }
   if (sink.error_count() > 0) {
     LoadedJobSpec out;
