@@ -1,0 +1,89 @@
+#include "kernels/cpu/moe_dispatch.h"
+
+#include <cstring>
+
+namespace moerun::kernels::cpu {
+
+DispatchPlan PlanDispatch(const int32_t* idx, int64_t n, int64_t k, int64_t experts) {
+  DispatchPlan p;
+  p.tokens = n;
+  p.top_k = k;
+  p.experts = experts;
+  p.counts.assign(static_cast<size_t>(experts), 0);
+  for (int64_t i = 0; i < n * k; ++i) ++p.counts[idx[i]];
+  p.offsets.assign(static_cast<size_t>(experts + 1), 0);
+  for (int64_t e = 0; e < experts; ++e) p.offsets[e + 1] = p.offsets[e] + p.counts[e];
+  p.row_token.resize(static_cast<size_t>(n * k));
+  p.row_slot.resize(static_cast<size_t>(n * k));
+  p.slot_row.resize(static_cast<size_t>(n * k));
+  std::vector<int64_t> next(p.offsets.begin(), p.offsets.end() - 1);
+  for (int64_t t = 0; t < n; ++t) {  // counting sort: stable by token within each expert
+    for (int64_t s = 0; s < k; ++s) {
+      const int64_t r = next[idx[t * k + s]]++;
+      p.row_token[r] = int32_t(t);
+      p.row_slot[r] = int32_t(s);
+      p.slot_row[t * k + s] = r;
+    }
+  }
+  return p;
+}
+
+template <typename T>
+void DispatchRows(const T* x, const DispatchPlan& plan, T* buf, int64_t d) {
+  const int64_t rows = plan.tokens * plan.top_k;
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(buf + r * d, x + plan.row_token[r] * d, d * sizeof(T));
+}
+
+template <typename T>
+void DispatchRowsBackward(const T* dbuf, const DispatchPlan& plan, T* dx, int64_t d) {
+  for (int64_t t = 0; t < plan.tokens; ++t) {
+    T* row = dx + t * d;
+    for (int64_t s = 0; s < plan.top_k; ++s) {
+      const T* src = dbuf + plan.slot_row[t * plan.top_k + s] * d;
+      for (int64_t j = 0; j < d; ++j) row[j] += src[j];
+    }
+  }
+}
+
+template <typename T>
+void Combine(const T* out, const T* gates, const DispatchPlan& plan, T* y, int64_t d) {
+  for (int64_t t = 0; t < plan.tokens; ++t) {
+    T* row = y + t * d;
+    for (int64_t s = 0; s < plan.top_k; ++s) {
+      const T g = gates[t * plan.top_k + s];
+      const T* src = out + plan.slot_row[t * plan.top_k + s] * d;
+      for (int64_t j = 0; j < d; ++j) row[j] += g * src[j];
+    }
+  }
+}
+
+template <typename T>
+void CombineBackward(const T* dy, const T* out, const T* gates, const DispatchPlan& plan, T* dout,
+                     T* dgates, int64_t d) {
+  for (int64_t t = 0; t < plan.tokens; ++t) {
+    const T* dyr = dy + t * d;
+    for (int64_t s = 0; s < plan.top_k; ++s) {
+      const int64_t slot = t * plan.top_k + s, r = plan.slot_row[slot];
+      const T g = gates[slot];
+      double dot = 0;
+      for (int64_t j = 0; j < d; ++j) {
+        dot += double(dyr[j]) * double(out[r * d + j]);
+        dout[r * d + j] = g * dyr[j];
+      }
+      dgates[slot] = T(dot);
+    }
+  }
+}
+
+#define MOERUN_INSTANTIATE(T)                                                                 \
+  template void DispatchRows<T>(const T*, const DispatchPlan&, T*, int64_t);                  \
+  template void DispatchRowsBackward<T>(const T*, const DispatchPlan&, T*, int64_t);          \
+  template void Combine<T>(const T*, const T*, const DispatchPlan&, T*, int64_t);             \
+  template void CombineBackward<T>(const T*, const T*, const T*, const DispatchPlan&, T*, T*, \
+                                   int64_t);
+MOERUN_INSTANTIATE(float)
+MOERUN_INSTANTIATE(double)
+#undef MOERUN_INSTANTIATE
+
+}  // namespace moerun::kernels::cpu
