@@ -1,0 +1,128 @@
+// The whole model's gradient against finite differences in double precision: every
+// parameter of a small MoE transformer (dense + MoE layers, shared experts, group-limited
+// routing, balance loss), and the same gradients when the model is cut into two stages.
+#include <doctest/doctest.h>
+
+#include "tests/unit/grad_check.h"
+#include "worker/model/model_stage.h"
+
+using moerun::ModelSpec;
+using moerun::model::ModelStage;
+using moerun::model::Parameters;
+using moerun::model::StageActivations;
+using moerun::model::StageRange;
+using moerun::model::StageTensors;
+
+namespace {
+
+ModelSpec TinySpec() {
+  ModelSpec m;
+  m.vocab_size = 11;
+  m.seq_len = 5;
+  m.d_model = 8;
+  m.n_layers = 3;
+  m.n_heads = 2;
+  m.dense_layers = 1;
+  m.ffn_hidden = 12;
+  m.rope_theta = 10000.0;
+  m.init_std = 0.5;
+  m.has_moe_section = true;
+  m.moe.routed_experts = 4;
+  m.moe.shared_experts = 1;
+  m.moe.top_k = 2;
+  m.moe.expert_hidden = 6;
+  m.moe.route_scale = 1.5;
+  m.moe.n_groups = 2;
+  m.moe.topk_groups = 2;
+  m.moe.balance.seq_aux_alpha = 0.05;
+  return m;
+}
+
+const std::vector<int32_t> kIds = {1, 4, 2, 9, 0, 3, 3, 7, 10, 5};
+const std::vector<int32_t> kTargets = {4, 2, 9, 0, 6, 3, 7, 10, 5, 1};
+
+}  // namespace
+
+TEST_CASE("model: every parameter's gradient matches finite differences") {
+  for (bool softmax : {false, true}) {
+    CAPTURE(softmax);
+    ModelSpec spec = TinySpec();
+    spec.moe.score_func = softmax ? moerun::ScoreFunc::kSoftmax : moerun::ScoreFunc::kSigmoid;
+    StageRange all{0, spec.n_layers, true, true};
+    Parameters<double> params(StageTensors(spec, all));
+    params.Initialize(7, spec.init_std);
+    // Nonzero balancing biases so selection uses s + b.
+    double* bias = params.Find("model.layers.2.mlp.gate.e_score_correction_bias");
+    bias[1] = 0.1;
+    ModelStage<double> stage(spec, all, &params);
+    StageActivations<double> acts;
+    auto loss = [&] {
+      stage.Forward(acts, kIds.data(), nullptr, kTargets.data(), 2, 5, nullptr);
+      return acts.loss + acts.balance_loss;
+    };
+    loss();
+    CHECK(acts.balance_loss > 0);
+    params.ZeroGrads();
+    stage.Backward(acts, 1.0, nullptr, nullptr);
+    std::vector<double> analytic = params.grads();
+    // The balancing bias is not trained: its gradient stays zero.
+    for (const auto& v : params.views()) {
+      if (v.info.role == moerun::TensorRole::kRouterBias) {
+        for (int64_t i = 0; i < v.info.numel(); ++i) CHECK(analytic[v.offset + i] == 0.0);
+      }
+    }
+    moerun::testing::CheckGradient("whole model", params.values(), analytic, loss, 1e-5, 1e-6);
+  }
+}
+
+TEST_CASE("model: two pipeline stages give the single stage's loss and gradients") {
+  ModelSpec spec = TinySpec();
+  StageRange all{0, 3, true, true}, first{0, 2, true, false}, second{2, 3, false, true};
+  Parameters<double> whole(StageTensors(spec, all)), p0(StageTensors(spec, first)),
+      p1(StageTensors(spec, second));
+  for (auto* p : {&whole, &p0, &p1}) p->Initialize(3, spec.init_std);
+  CHECK(p0.size() + p1.size() == whole.size());
+  ModelStage<double> s_all(spec, all, &whole), s0(spec, first, &p0), s1(spec, second, &p1);
+  StageActivations<double> a_all, a0, a1;
+  const double l_all = s_all.Forward(a_all, kIds.data(), nullptr, kTargets.data(), 2, 5, nullptr);
+  std::vector<double> hidden(10 * 8), dhidden(10 * 8);
+  s0.Forward(a0, kIds.data(), nullptr, nullptr, 2, 5, hidden.data());
+  const double l_split = s1.Forward(a1, nullptr, hidden.data(), kTargets.data(), 2, 5, nullptr);
+  CHECK(l_split == l_all);
+  s_all.Backward(a_all, 1.0, nullptr, nullptr);
+  s1.Backward(a1, 1.0, nullptr, dhidden.data());
+  s0.Backward(a0, 1.0, dhidden.data(), nullptr);
+  for (const auto& v : whole.views()) {
+    double* part = p0.Grad(v.info.name) ? p0.Grad(v.info.name) : p1.Grad(v.info.name);
+    REQUIRE(part != nullptr);
+    for (int64_t i = 0; i < v.info.numel(); ++i) CHECK(part[i] == whole.grads()[v.offset + i]);
+  }
+}
+
+TEST_CASE("initialization depends only on seed and tensor name") {
+  ModelSpec spec = TinySpec();
+  Parameters<float> a(StageTensors(spec, {0, 3, true, true}));
+  Parameters<float> b(StageTensors(spec, {2, 3, false, true}));
+  a.Initialize(11, 0.02);
+  b.Initialize(11, 0.02);
+  const std::string name = "model.layers.2.mlp.experts.3.up_proj.weight";
+  CHECK(std::equal(b.Find(name), b.Find(name) + 6 * 8, a.Find(name)));
+  CHECK(a.Find("model.norm.weight")[0] == 1.0f);
+  Parameters<float> c(StageTensors(spec, {0, 3, true, true}));
+  c.Initialize(12, 0.02);
+  CHECK_FALSE(std::equal(c.Find(name), c.Find(name) + 48, a.Find(name)));
+}
+
+TEST_CASE("aux-loss-free bias: overloaded experts go down, underloaded up") {
+  ModelSpec spec = TinySpec();
+  StageRange all{0, 3, true, true};
+  Parameters<float> params(StageTensors(spec, all));
+  params.Initialize(1, 0.02);
+  ModelStage<float> stage(spec, all, &params);
+  const int64_t counts[4] = {10, 2, 4, 4};  // mean 5
+  stage.UpdateBalanceBias(1, counts, 0.001);
+  const float* b = params.Find("model.layers.1.mlp.gate.e_score_correction_bias");
+  CHECK(b[0] == doctest::Approx(-0.001));
+  CHECK(b[1] == doctest::Approx(0.001));
+  CHECK(b[2] == doctest::Approx(0.001));
+}

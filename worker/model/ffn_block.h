@@ -1,0 +1,66 @@
+// The feed-forward half of a decoder layer: the SwiGLU MLP (dense layers, shared experts and
+// each routed expert) and the MoE block (router, dispatch, experts, combine, balance loss).
+// Internal to ModelStage. Buffers are row-major [rows, width].
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/cpu/moe_dispatch.h"
+#include "kernels/cpu/router.h"
+
+namespace moerun::model {
+
+template <typename T>
+struct MlpWeights {
+  const T *gate, *up, *down;  // [H, D], [H, D], [D, H]
+  T *dgate, *dup, *ddown;     // their gradients (+=)
+  int64_t hidden;
+};
+
+// y (= or +=) down(silu(x gateᵀ) * x upᵀ); saves g, u, a [n, hidden].
+template <typename T>
+void MlpForward(const T* x, int64_t n, int64_t d, const MlpWeights<T>& w, T* g, T* u, T* a, T* y,
+                bool accumulate_y);
+
+// dx (= or +=); weight gradients (+=). `scratch` holds 3·n·hidden values.
+template <typename T>
+void MlpBackward(const T* dy, const T* x, int64_t n, int64_t d, const MlpWeights<T>& w, const T* g,
+                 const T* u, const T* a, T* dx, bool accumulate_dx, std::vector<T>& scratch);
+
+template <typename T>
+struct MoeActivations {
+  std::vector<T> scores, gates;  // [N, E], [N, K]
+  std::vector<int32_t> idx;      // [N, K]
+  kernels::cpu::DispatchPlan plan;
+  std::vector<T> buf, eg, eu, ea, eo;  // [N·K, D], [N·K, He] x3, [N·K, D]
+  std::vector<T> sg, su, sa;           // shared experts [N, Hs]
+  double balance_loss = 0;
+};
+
+struct MoeShape {
+  kernels::cpu::RouterConfig router;
+  int64_t d_model = 0, expert_hidden = 0, shared_hidden = 0;  // shared_hidden 0: none
+  double seq_aux_alpha = 0;
+};
+
+template <typename T>
+struct MoeWeights {
+  const T* router;  // [E, D]
+  T* drouter;
+  const float* bias;  // [E] balancing bias
+  std::vector<MlpWeights<T>> experts;
+  MlpWeights<T> shared;
+};
+
+// y (=) MoE(x) for b sequences of s tokens; x [N, D].
+template <typename T>
+void MoeForward(const T* x, int64_t b, int64_t s, const MoeShape& shape, const MoeWeights<T>& w,
+                MoeActivations<T>& act, T* y);
+
+// dx (=) from dy; the balance loss's gradient is scaled by dloss.
+template <typename T>
+void MoeBackward(const T* dy, const T* x, int64_t b, int64_t s, const MoeShape& shape,
+                 const MoeWeights<T>& w, MoeActivations<T>& act, double dloss, T* dx);
+
+}  // namespace moerun::model

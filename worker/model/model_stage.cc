@@ -1,0 +1,286 @@
+#include "worker/model/model_stage.h"
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/gemm.h"
+#include "worker/model/ffn_block.h"
+
+namespace moerun::model {
+
+namespace cpu = kernels::cpu;
+
+template <typename T>
+struct LayerActivations {
+  std::vector<T> x;          // layer input [N, D]
+  std::vector<T> n1, rstd1;  // input_layernorm output [N, D] and 1/rms [N]
+  std::vector<T> q, k, v;    // projections, q and k after RoPE [N, H·hd]
+  std::vector<T> probs;      // [B, H, S, S]
+  std::vector<T> att;        // attention output before o_proj [N, H·hd]
+  std::vector<T> mid;        // x + attention [N, D]
+  std::vector<T> n2, rstd2;  // post_attention_layernorm
+  std::vector<T> g, u, a;    // dense MLP [N, F]
+  MoeActivations<T> moe;
+};
+
+template <typename T>
+StageActivations<T>::StageActivations() = default;
+template <typename T>
+StageActivations<T>::~StageActivations() = default;
+template <typename T>
+StageActivations<T>::StageActivations(StageActivations&&) noexcept = default;
+
+namespace {
+
+std::string LayerName(int64_t layer, const char* suffix) {
+  return "model.layers." + std::to_string(layer) + "." + suffix;
+}
+
+template <typename T>
+T* Need(T* p, const std::string& name) {
+  if (p == nullptr) throw std::logic_error("model stage: missing parameter " + name);
+  return p;
+}
+
+}  // namespace
+
+std::vector<TensorInfo> StageTensors(const ModelSpec& spec, const StageRange& r) {
+  std::vector<TensorInfo> out;
+  for (TensorInfo& t : ModelTensors(spec)) {
+    const bool here = t.layer >= 0
+                          ? (t.layer >= r.layer_begin && t.layer < r.layer_end)
+                          : (t.role == TensorRole::kEmbedding ? r.has_embedding : r.has_head);
+    if (here) out.push_back(std::move(t));
+  }
+  return out;
+}
+
+template <typename T>
+ModelStage<T>::ModelStage(const ModelSpec& spec, StageRange range, Parameters<T>* params)
+    : spec_(spec), range_(range), params_(params) {
+  if (spec.attention != AttentionKind::kMha) {
+    throw std::invalid_argument("model.attention: mla is not implemented by the CPU trainer yet");
+  }
+  for (int64_t l = range.layer_begin; l < range.layer_end; ++l) {
+    if (l >= spec.dense_layers) moe_layers_.push_back(l);
+  }
+  expert_counts_.assign(moe_layers_.size(), std::vector<int64_t>(spec.moe.routed_experts, 0));
+  moe_shape_.router = {spec.moe.routed_experts,
+                       spec.moe.top_k,
+                       spec.moe.n_groups,
+                       spec.moe.topk_groups,
+                       spec.moe.score_func == ScoreFunc::kSoftmax,
+                       spec.moe.route_scale};
+  moe_shape_.d_model = spec.d_model;
+  moe_shape_.expert_hidden = spec.moe.expert_hidden;
+  moe_shape_.shared_hidden = spec.moe.expert_hidden * spec.moe.shared_experts;
+  moe_shape_.seq_aux_alpha = spec.moe.balance.seq_aux_alpha;
+}
+
+template <typename T>
+double ModelStage<T>::Forward(StageActivations<T>& acts, const int32_t* ids, const T* hidden_in,
+                              const int32_t* targets, int64_t b, int64_t s, T* hidden_out) {
+  const int64_t n = b * s, d = spec_.d_model;
+  acts.batch = b;
+  acts.seq = s;
+  acts.balance_loss = 0;
+  acts.layers.clear();
+  std::vector<T> h(static_cast<size_t>(n * d));
+  if (range_.has_embedding) {
+    acts.ids.assign(ids, ids + n);
+    cpu::EmbeddingForward(Need(params_->Find("model.embed_tokens.weight"), "embed"), ids, h.data(),
+                          n, d);
+  } else {
+    std::copy(hidden_in, hidden_in + n * d, h.begin());
+  }
+  std::vector<T> next(h.size());
+  for (int64_t l = range_.layer_begin; l < range_.layer_end; ++l) {
+    acts.layers.push_back(std::make_unique<LayerActivations<T>>());
+    LayerForward(l, *acts.layers.back(), h.data(), next.data(), b, s);
+    acts.balance_loss += acts.layers.back()->moe.balance_loss;
+    h.swap(next);
+  }
+  if (!range_.has_head) {
+    std::copy(h.begin(), h.end(), hidden_out);
+    return 0.0;
+  }
+  const int64_t v = spec_.vocab_size;
+  acts.targets.assign(targets, targets + n);
+  acts.final_in = std::move(h);
+  acts.final_norm.resize(static_cast<size_t>(n * d));
+  acts.final_rstd.resize(static_cast<size_t>(n));
+  cpu::RmsNormForward(acts.final_in.data(), Need(params_->Find("model.norm.weight"), "norm"),
+                      acts.final_norm.data(), acts.final_rstd.data(), n, d);
+  acts.logits.resize(static_cast<size_t>(n * v));
+  cpu::LinearForward(acts.final_norm.data(), Need(params_->Find("lm_head.weight"), "head"),
+                     acts.logits.data(), n, d, v);
+  acts.loss = cpu::CrossEntropy<T>(acts.logits.data(), targets, nullptr, n, v, 1.0);
+  return acts.loss;
+}
+
+template <typename T>
+void ModelStage<T>::Backward(StageActivations<T>& acts, double dloss, const T* dhidden_out,
+                             T* dhidden_in) {
+  const int64_t b = acts.batch, s = acts.seq, n = b * s, d = spec_.d_model;
+  std::vector<T> dh(static_cast<size_t>(n * d));
+  if (range_.has_head) {
+    const int64_t v = spec_.vocab_size;
+    std::vector<T> dlogits(static_cast<size_t>(n * v)), dnorm(static_cast<size_t>(n * d));
+    cpu::CrossEntropy<T>(acts.logits.data(), acts.targets.data(), dlogits.data(), n, v, dloss);
+    cpu::LinearBackward(dlogits.data(), acts.final_norm.data(), params_->Find("lm_head.weight"),
+                        dnorm.data(), params_->Grad("lm_head.weight"), n, d, v, false);
+    cpu::RmsNormBackward(dnorm.data(), acts.final_in.data(), params_->Find("model.norm.weight"),
+                         acts.final_rstd.data(), dh.data(), params_->Grad("model.norm.weight"), n,
+                         d);
+  } else {
+    std::copy(dhidden_out, dhidden_out + n * d, dh.begin());
+  }
+  for (int64_t l = range_.layer_end - 1; l >= range_.layer_begin; --l) {
+    LayerBackward(l, *acts.layers[l - range_.layer_begin], dloss, dh.data(), b, s);
+  }
+  if (range_.has_embedding) {
+    cpu::EmbeddingBackward(dh.data(), acts.ids.data(), params_->Grad("model.embed_tokens.weight"),
+                           n, d);
+  } else {
+    std::copy(dh.begin(), dh.end(), dhidden_in);
+  }
+}
+
+template <typename T>
+T* ModelStage<T>::Param(int64_t layer, const char* suffix) {
+  const std::string name = LayerName(layer, suffix);
+  return Need(params_->Find(name), name);
+}
+
+template <typename T>
+T* ModelStage<T>::ParamGrad(int64_t layer, const char* suffix) {
+  const std::string name = LayerName(layer, suffix);
+  return Need(params_->Grad(name), name);
+}
+
+template <typename T>
+MlpWeights<T> ModelStage<T>::Mlp(int64_t layer, const std::string& prefix, int64_t hidden) {
+  const std::string g = prefix + ".gate_proj.weight", u = prefix + ".up_proj.weight",
+                    dn = prefix + ".down_proj.weight";
+  return {Param(layer, g.c_str()),
+          Param(layer, u.c_str()),
+          Param(layer, dn.c_str()),
+          ParamGrad(layer, g.c_str()),
+          ParamGrad(layer, u.c_str()),
+          ParamGrad(layer, dn.c_str()),
+          hidden};
+}
+
+template <typename T>
+MoeWeights<T> ModelStage<T>::Moe(int64_t layer, std::vector<float>* bias) {
+  const int64_t e = spec_.moe.routed_experts;
+  const T* b = Param(layer, "mlp.gate.e_score_correction_bias");
+  bias->assign(b, b + e);
+  MoeWeights<T> w{
+      Param(layer, "mlp.gate.weight"), ParamGrad(layer, "mlp.gate.weight"), bias->data(), {}, {}};
+  for (int64_t x = 0; x < e; ++x) {
+    w.experts.push_back(Mlp(layer, "mlp.experts." + std::to_string(x), spec_.moe.expert_hidden));
+  }
+  if (moe_shape_.shared_hidden > 0)
+    w.shared = Mlp(layer, "mlp.shared_experts", moe_shape_.shared_hidden);
+  return w;
+}
+
+template <typename T>
+void ModelStage<T>::LayerForward(int64_t l, LayerActivations<T>& a, const T* x, T* y, int64_t b,
+                                 int64_t s) {
+  const int64_t n = b * s, d = spec_.d_model, h = spec_.n_heads, hd = d / h, hh = h * hd;
+  a.x.assign(x, x + n * d);
+  a.n1.resize(static_cast<size_t>(n * d));
+  a.rstd1.resize(static_cast<size_t>(n));
+  cpu::RmsNormForward(x, Param(l, "input_layernorm.weight"), a.n1.data(), a.rstd1.data(), n, d);
+  for (auto* buf : {&a.q, &a.k, &a.v, &a.att}) buf->resize(static_cast<size_t>(n * hh));
+  cpu::LinearForward(a.n1.data(), Param(l, "self_attn.q_proj.weight"), a.q.data(), n, d, hh);
+  cpu::LinearForward(a.n1.data(), Param(l, "self_attn.k_proj.weight"), a.k.data(), n, d, hh);
+  cpu::LinearForward(a.n1.data(), Param(l, "self_attn.v_proj.weight"), a.v.data(), n, d, hh);
+  cpu::Rope(a.q.data(), b, s, h, hd, spec_.rope_theta, false);
+  cpu::Rope(a.k.data(), b, s, h, hd, spec_.rope_theta, false);
+  a.probs.resize(static_cast<size_t>(b * h * s * s));
+  cpu::AttentionForward(a.q.data(), a.k.data(), a.v.data(), a.att.data(), a.probs.data(), b, s, h,
+                        hd, hd, 1.0 / std::sqrt(double(hd)));
+  a.mid.assign(x, x + n * d);  // residual: mid = x + att · Woᵀ
+  cpu::Gemm<T>(false, true, n, d, hh, T(1), a.att.data(), hh, Param(l, "self_attn.o_proj.weight"),
+               hh, T(1), a.mid.data(), d);
+  a.n2.resize(static_cast<size_t>(n * d));
+  a.rstd2.resize(static_cast<size_t>(n));
+  cpu::RmsNormForward(a.mid.data(), Param(l, "post_attention_layernorm.weight"), a.n2.data(),
+                      a.rstd2.data(), n, d);
+  if (l < spec_.dense_layers) {
+    const int64_t f = spec_.ffn_hidden;
+    for (auto* buf : {&a.g, &a.u, &a.a}) buf->resize(static_cast<size_t>(n * f));
+    MlpForward(a.n2.data(), n, d, Mlp(l, "mlp", f), a.g.data(), a.u.data(), a.a.data(), y, false);
+  } else {
+    std::vector<float> bias;
+    MoeForward(a.n2.data(), b, s, moe_shape_, Moe(l, &bias), a.moe, y);
+    expert_counts_[static_cast<size_t>(l - moe_layers_.front())] = a.moe.plan.counts;
+  }
+  for (int64_t i = 0; i < n * d; ++i) y[i] += a.mid[i];
+}
+
+template <typename T>
+void ModelStage<T>::LayerBackward(int64_t l, LayerActivations<T>& a, double dloss, T* dh, int64_t b,
+                                  int64_t s) {
+  const int64_t n = b * s, d = spec_.d_model, h = spec_.n_heads, hd = d / h, hh = h * hd;
+  // FFN half: out = mid + FFN(norm2(mid)).
+  std::vector<T> dn(static_cast<size_t>(n * d)), dx(static_cast<size_t>(n * d));
+  if (l < spec_.dense_layers) {
+    std::vector<T> scratch;
+    MlpBackward(dh, a.n2.data(), n, d, Mlp(l, "mlp", spec_.ffn_hidden), a.g.data(), a.u.data(),
+                a.a.data(), dn.data(), false, scratch);
+  } else {
+    std::vector<float> bias;
+    MoeBackward(dh, a.n2.data(), b, s, moe_shape_, Moe(l, &bias), a.moe, dloss, dn.data());
+  }
+  cpu::RmsNormBackward(dn.data(), a.mid.data(), Param(l, "post_attention_layernorm.weight"),
+                       a.rstd2.data(), dx.data(), ParamGrad(l, "post_attention_layernorm.weight"),
+                       n, d);
+  for (int64_t i = 0; i < n * d; ++i) dh[i] += dx[i];  // dh is now d(mid)
+
+  // Attention half: mid = x + o_proj(attention(rope(q), rope(k), v)).
+  std::vector<T> datt(static_cast<size_t>(n * hh));
+  cpu::LinearBackward(dh, a.att.data(), Param(l, "self_attn.o_proj.weight"), datt.data(),
+                      ParamGrad(l, "self_attn.o_proj.weight"), n, hh, d, false);
+  std::vector<T> dq(datt.size()), dk(datt.size()), dv(datt.size());
+  cpu::AttentionBackward(datt.data(), a.q.data(), a.k.data(), a.v.data(), a.probs.data(), dq.data(),
+                         dk.data(), dv.data(), b, s, h, hd, hd, 1.0 / std::sqrt(double(hd)));
+  cpu::Rope(dq.data(), b, s, h, hd, spec_.rope_theta, true);
+  cpu::Rope(dk.data(), b, s, h, hd, spec_.rope_theta, true);
+  cpu::LinearBackward(dq.data(), a.n1.data(), Param(l, "self_attn.q_proj.weight"), dn.data(),
+                      ParamGrad(l, "self_attn.q_proj.weight"), n, d, hh, false);
+  cpu::LinearBackward(dk.data(), a.n1.data(), Param(l, "self_attn.k_proj.weight"), dn.data(),
+                      ParamGrad(l, "self_attn.k_proj.weight"), n, d, hh, true);
+  cpu::LinearBackward(dv.data(), a.n1.data(), Param(l, "self_attn.v_proj.weight"), dn.data(),
+                      ParamGrad(l, "self_attn.v_proj.weight"), n, d, hh, true);
+  cpu::RmsNormBackward(dn.data(), a.x.data(), Param(l, "input_layernorm.weight"), a.rstd1.data(),
+                       dx.data(), ParamGrad(l, "input_layernorm.weight"), n, d);
+  for (int64_t i = 0; i < n * d; ++i) dh[i] += dx[i];  // dh is now d(x)
+}
+
+template <typename T>
+void ModelStage<T>::UpdateBalanceBias(int64_t layer, const int64_t* counts, double gamma) {
+  const int64_t e = spec_.moe.routed_experts;
+  T* bias = Param(layer, "mlp.gate.e_score_correction_bias");
+  double mean = 0;
+  for (int64_t i = 0; i < e; ++i) mean += double(counts[i]);
+  mean /= double(e);
+  for (int64_t i = 0; i < e; ++i) {
+    const double load = double(counts[i]);
+    const double sign = load < mean ? 1.0 : (load > mean ? -1.0 : 0.0);
+    bias[i] = T(double(bias[i]) + gamma * sign);
+  }
+}
+
+template class ModelStage<float>;
+template class ModelStage<double>;
+template struct StageActivations<float>;
+template struct StageActivations<double>;
+
+}  // namespace moerun::model

@@ -1,0 +1,89 @@
+// A contiguous range of the MoE transformer (DESIGN.md §4): optionally the embedding, layers
+// [layer_begin, layer_end), optionally the final norm and LM head. The whole model is one
+// stage; pipeline parallelism cuts it into several. Forward and backward on the CPU kernels.
+//
+// Activations of one micro-batch live in a StageActivations, so several micro-batches can be
+// in flight (pipeline schedules). Parameter gradients accumulate into Parameters::grads().
+// Instantiated for float (training) and double (gradient tests). Not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/job_spec.h"
+#include "worker/model/ffn_block.h"
+#include "worker/model/parameters.h"
+
+namespace moerun::model {
+
+struct StageRange {
+  int64_t layer_begin = 0, layer_end = 0;
+  bool has_embedding = true, has_head = true;
+};
+
+// The tensors a stage holds, in ModelTensors() order.
+std::vector<TensorInfo> StageTensors(const ModelSpec& spec, const StageRange& range);
+
+template <typename T>
+struct LayerActivations;  // defined in model_stage.cc
+
+template <typename T>
+struct StageActivations {
+  StageActivations();
+  ~StageActivations();
+  StageActivations(StageActivations&&) noexcept;
+  int64_t batch = 0, seq = 0;
+  std::vector<int32_t> ids, targets;
+  std::vector<std::unique_ptr<LayerActivations<T>>> layers;
+  std::vector<T> final_in, final_norm, final_rstd, logits;
+  double loss = 0;          // mean cross-entropy (head stage)
+  double balance_loss = 0;  // Σ over this stage's MoE layers of the sequence-wise loss
+};
+
+template <typename T>
+class ModelStage {
+ public:
+  ModelStage(const ModelSpec& spec, StageRange range, Parameters<T>* params);
+
+  // B sequences of S tokens (N = B·S). Input: ids [N] with the embedding, else hidden [N, D].
+  // With the head, targets [N] give the loss (returned); else hidden_out [N, D] is written.
+  double Forward(StageActivations<T>& acts, const int32_t* ids, const T* hidden_in,
+                 const int32_t* targets, int64_t batch, int64_t seq, T* hidden_out);
+
+  // From the loss (head stage; scaled by dloss) or from dhidden_out [N, D]. Writes
+  // dhidden_in [N, D] when the stage has no embedding. The balance losses are scaled by dloss.
+  void Backward(StageActivations<T>& acts, double dloss, const T* dhidden_out, T* dhidden_in);
+
+  // Tokens routed to each expert in the last Forward, per MoE layer of this stage:
+  // [moe layer index within the stage][expert].
+  const std::vector<std::vector<int64_t>>& expert_counts() const { return expert_counts_; }
+  // MoE layers held, in order (global layer indices).
+  const std::vector<int64_t>& moe_layers() const { return moe_layers_; }
+  // Aux-loss-free balancing: b_i += γ · sign(mean_load − load_i) for one MoE layer, from the
+  // step's global counts [E]. `layer` is a global layer index.
+  void UpdateBalanceBias(int64_t layer, const int64_t* counts, double gamma);
+
+  const StageRange& range() const { return range_; }
+
+ private:
+  void LayerForward(int64_t layer, LayerActivations<T>& a, const T* x, T* y, int64_t b, int64_t s);
+  // dh: in, the gradient of the layer's output; out, of its input.
+  void LayerBackward(int64_t layer, LayerActivations<T>& a, double dloss, T* dh, int64_t b,
+                     int64_t s);
+  T* Param(int64_t layer, const char* suffix);
+  T* ParamGrad(int64_t layer, const char* suffix);
+  MlpWeights<T> Mlp(int64_t layer, const std::string& prefix, int64_t hidden);
+  // `bias` receives the layer's balancing bias as fp32 (the router's input type).
+  MoeWeights<T> Moe(int64_t layer, std::vector<float>* bias);
+
+  ModelSpec spec_;
+  MoeShape moe_shape_;
+  StageRange range_;
+  Parameters<T>* params_;
+  std::vector<int64_t> moe_layers_;
+  std::vector<std::vector<int64_t>> expert_counts_;
+};
+
+}  // namespace moerun::model
