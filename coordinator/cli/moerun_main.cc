@@ -9,6 +9,10 @@ int main(int argc, char** argv) {
   int exit_code = moerun::kExitOk;
   moerun::cli::AddValidateCommand(app, &exit_code);
   moerun::cli::AddPlanCommand(app, &exit_code);
+  moerun::cli::AddTrainCommand(app, &exit_code);
+  moerun::cli::AddCheckpointCommand(app, &exit_code);
+  moerun::cli::AddEvalCommand(app, &exit_code);
+  moerun::cli::AddExportCommand(app, &exit_code);
   moerun::cli::AddVersionCommand(app, &exit_code);
   try {
     app.parse(argc, argv);

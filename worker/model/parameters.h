@@ -32,7 +32,9 @@ class Parameters {
   T* Grad(const std::string& name);
   const std::vector<ParameterView>& views() const { return views_; }
   std::vector<T>& values() { return values_; }
+  const std::vector<T>& values() const { return values_; }
   std::vector<T>& grads() { return grads_; }
+  const std::vector<T>& grads() const { return grads_; }
   int64_t size() const { return static_cast<int64_t>(values_.size()); }
   void ZeroGrads();
 

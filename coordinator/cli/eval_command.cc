@@ -1,0 +1,87 @@
+// moerun eval --run-dir DIR [--step S] --text FILE [--max-windows N]
+// Mean next-token cross-entropy of a checkpoint on a text file's bytes (nats per token,
+// balance losses excluded): window k takes tokens [k·T, k·T+T], inputs the first T and
+// targets the last T, for every window that fits, at most --max-windows.
+#include <cstdio>
+#include <fstream>
+#include <optional>
+
+#include "common/exit_codes.h"
+#include "common/model_tensors.h"
+#include "coordinator/cli/commands.h"
+#include "coordinator/cli/run_dir.h"
+#include "worker/trainer/evaluate.h"
+#include "worker/trainer/train_state.h"
+
+namespace moerun::cli {
+namespace {
+
+constexpr int64_t kEvalBatch = 8;
+
+struct EvalArgs {
+  std::string run_dir, text;
+  std::optional<int64_t> step;
+  int64_t max_windows = 64;
+};
+
+int Fail(const Status& s) {
+  std::fprintf(stderr, "moerun eval: %s\n", s.message().c_str());
+  return ExitCodeFor(s);
+}
+
+int RunEval(const EvalArgs& a) {
+  auto run = OpenRun(a.run_dir);
+  if (!run.ok()) return Fail(run.status());
+  const ModelSpec& m = run->spec.model;
+  if (m.vocab_size < 256)
+    return Fail(Status::InvalidArgument("--text needs a byte-level model (vocab_size >= 256)"));
+  std::ifstream in(a.text, std::ios::binary);
+  if (!in) return Fail(Status::InvalidArgument("--text " + a.text + ": cannot open"));
+  std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)), {});
+  const int64_t t = m.seq_len;
+  const int64_t windows = std::min<int64_t>(a.max_windows, (int64_t(bytes.size()) - 1) / t);
+  if (windows <= 0) {
+    return Fail(
+        Status::InvalidArgument("--text " + a.text + ": " + std::to_string(bytes.size()) +
+                                " bytes hold no window of seq_len + 1 = " + std::to_string(t + 1)));
+  }
+  auto ckpts = checkpoint::RunCheckpoints::Open(run->checkpoint_dir);
+  if (!ckpts.ok()) return Fail(ckpts.status());
+  auto step = ChooseStep(ckpts.value(), a.step);
+  if (!step.ok()) return Fail(step.status());
+  auto entries = ckpts->ReadStep(step.value());
+  if (!entries.ok()) return Fail(entries.status());
+  model::Parameters<float> params(ModelTensors(m));
+  int64_t restored = 0;
+  Status s = trainer::RestoreState(entries.value(), &params, nullptr, &restored);
+  if (!s.ok()) return Fail(s);
+  model::ModelStage<float> stage(m, {0, m.n_layers, true, true}, &params);
+  const double ce = trainer::MeanCrossEntropy(stage, windows, t, kEvalBatch,
+                                              [&](int64_t k, int32_t* x, int32_t* y) {
+                                                for (int64_t i = 0; i < t; ++i) {
+                                                  x[i] = bytes[size_t(k * t + i)];
+                                                  y[i] = bytes[size_t(k * t + i + 1)];
+                                                }
+                                              });
+  std::printf(
+      "step %lld: mean cross-entropy %.4f nats/token (%.4f bits/byte) over %lld windows of %lld "
+      "tokens\n",
+      (long long)restored, ce, ce / std::log(2.0), (long long)windows, (long long)t);
+  return kExitOk;
+}
+
+}  // namespace
+
+void AddEvalCommand(CLI::App& app, int* exit_code) {
+  auto a = std::make_shared<EvalArgs>();
+  CLI::App* cmd = app.add_subcommand("eval", "Cross-entropy of a checkpoint on a text file");
+  cmd->add_option("--run-dir", a->run_dir, "the run directory")->required();
+  cmd->add_option("--step", a->step, "a complete step (default: the newest readable)");
+  cmd->add_option("--text", a->text, "text file; its bytes are the tokens")->required();
+  cmd->add_option("--max-windows", a->max_windows, "windows evaluated at most")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->callback([a, exit_code] { *exit_code = RunEval(*a); });
+}
+
+}  // namespace moerun::cli

@@ -1,0 +1,41 @@
+#include "coordinator/cli/run_dir.h"
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "common/exit_codes.h"
+#include "common/spec_loader.h"
+#include "worker/trainer/trainer.h"
+
+namespace moerun::cli {
+
+Result<Run> OpenRun(const std::string& run_dir) {
+  const std::string path = run_dir + "/job.yaml";
+  std::ifstream in(path);
+  if (!in) return Status::NotFound(path + " not found: is " + run_dir + " a moerun run directory?");
+  std::stringstream text;
+  text << in.rdbuf();
+  LoadedJobSpec loaded = LoadJobSpecText(text.str(), path);
+  if (!loaded.ok())
+    return Status::InvalidArgument("the run's job spec is invalid:\n" + loaded.Report());
+  return Run{loaded.spec, trainer::CheckpointDir(loaded.spec, run_dir)};
+}
+
+Result<int64_t> ChooseStep(const checkpoint::RunCheckpoints& ckpts, std::optional<int64_t> step) {
+  if (step) {
+    auto entries = ckpts.ReadStep(*step);
+    if (!entries.ok()) return entries.status();
+    return *step;
+  }
+  std::vector<std::string> refused;
+  auto newest = ckpts.NewestReadableStep(&refused);
+  for (const auto& r : refused) std::fprintf(stderr, "refused checkpoint %s\n", r.c_str());
+  return newest;
+}
+
+int ExitCodeFor(const Status& s) {
+  return s.code() == Status::Code::kInvalidArgument ? kExitInvalidConfig : kExitFailure;
+}
+
+}  // namespace moerun::cli

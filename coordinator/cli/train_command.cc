@@ -1,0 +1,57 @@
+// moerun train JOB.yaml --run-dir DIR [--steps N] [--resume] [--no-progress]
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "common/exit_codes.h"
+#include "common/spec_loader.h"
+#include "coordinator/cli/commands.h"
+#include "worker/trainer/trainer.h"
+
+namespace moerun::cli {
+namespace {
+
+struct TrainArgs {
+  std::string file;
+  trainer::TrainOptions opts;
+  bool no_progress = false;
+};
+
+int RunTrain(TrainArgs& a) {
+  LoadedJobSpec loaded = LoadJobSpecFile(a.file);
+  std::fputs(loaded.Report().c_str(), stderr);
+  if (!loaded.ok()) return kExitInvalidConfig;
+  std::ifstream in(a.file);
+  std::stringstream text;
+  text << in.rdbuf();
+  a.opts.progress = !a.no_progress;
+  int code = kExitFailure;
+  auto summary = trainer::Train(loaded.spec, text.str(), a.opts, &code);
+  if (!summary.ok()) {
+    std::fprintf(stderr, "moerun train: %s\n", summary.status().message().c_str());
+    return code;
+  }
+  std::printf("trained steps %lld-%lld: loss %.4f", (long long)summary->first_step,
+              (long long)summary->last_step, summary->final_loss);
+  if (summary->final_val_loss >= 0) std::printf(", held-out loss %.4f", summary->final_val_loss);
+  std::printf(", %.0f tokens/s; run dir %s\n", summary->tokens_per_s, a.opts.run_dir.c_str());
+  return kExitOk;
+}
+
+}  // namespace
+
+void AddTrainCommand(CLI::App& app, int* exit_code) {
+  auto a = std::make_shared<TrainArgs>();
+  CLI::App* cmd = app.add_subcommand("train", "Train a job in this one process (world size 1)");
+  cmd->add_option("file", a->file, "job spec YAML file")->required();
+  cmd->add_option("--run-dir", a->opts.run_dir,
+                  "directory for metrics.jsonl, train.log, checkpoints")
+      ->required();
+  cmd->add_option("--steps", a->opts.steps, "train this many steps instead of train.steps")
+      ->check(CLI::PositiveNumber);
+  cmd->add_flag("--resume", a->opts.resume, "continue from the newest readable checkpoint");
+  cmd->add_flag("--no-progress", a->no_progress, "no progress bar, even on a terminal");
+  cmd->callback([a, exit_code] { *exit_code = RunTrain(*a); });
+}
+
+}  // namespace moerun::cli

@@ -1,0 +1,28 @@
+#include "worker/trainer/evaluate.h"
+
+#include <algorithm>
+#include <vector>
+
+namespace moerun::trainer {
+
+double MeanCrossEntropy(model::ModelStage<float>& stage, int64_t windows, int64_t seq_len,
+                        int64_t batch,
+                        const std::function<void(int64_t, int32_t*, int32_t*)>& window) {
+  if (windows <= 0) return 0.0;
+  model::StageActivations<float> acts;
+  std::vector<int32_t> inputs, targets;
+  double total = 0;
+  for (int64_t first = 0; first < windows; first += batch) {
+    const int64_t b = std::min(batch, windows - first);
+    inputs.resize(static_cast<size_t>(b * seq_len));
+    targets.resize(inputs.size());
+    for (int64_t i = 0; i < b; ++i) {
+      window(first + i, inputs.data() + i * seq_len, targets.data() + i * seq_len);
+    }
+    total += stage.Forward(acts, inputs.data(), nullptr, targets.data(), b, seq_len, nullptr) *
+             double(b);
+  }
+  return total / double(windows);
+}
+
+}  // namespace moerun::trainer

@@ -1,0 +1,18 @@
+// Mean next-token cross-entropy of a model over fixed windows (nats per token; balance
+// losses excluded). Used for held-out evaluation during training and by `moerun eval`.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+#include "worker/model/model_stage.h"
+
+namespace moerun::trainer {
+
+// window(k, inputs, targets) fills window k of `seq_len` tokens; windows run in batches of
+// `batch` sequences through a whole-model stage.
+double MeanCrossEntropy(model::ModelStage<float>& stage, int64_t windows, int64_t seq_len,
+                        int64_t batch,
+                        const std::function<void(int64_t, int32_t*, int32_t*)>& window);
+
+}  // namespace moerun::trainer

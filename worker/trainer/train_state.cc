@@ -1,0 +1,79 @@
+#include "worker/trainer/train_state.h"
+
+#include <cstring>
+#include <unordered_map>
+
+namespace moerun::trainer {
+
+using checkpoint::Entry;
+
+uint64_t ModelFingerprint(const model::Parameters<float>& params) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  auto mix = [&h](const void* p, size_t n) {
+    for (size_t i = 0; i < n; ++i) {
+      h ^= static_cast<const unsigned char*>(p)[i];
+      h *= 0x100000001b3ull;
+    }
+  };
+  for (const auto& v : params.views()) {
+    mix(v.info.name.data(), v.info.name.size() + 1);
+    mix(v.info.shape.data(), v.info.shape.size() * sizeof(int64_t));
+  }
+  return h;
+}
+
+std::vector<Entry> SnapshotState(const model::Parameters<float>& params, const OptimizerState& opt,
+                                 int64_t step, uint64_t seed) {
+  std::vector<Entry> out;
+  for (const auto& v : params.views()) {
+    const int64_t n = v.info.numel();
+    out.push_back(
+        Entry::F32("param/" + v.info.name, v.info.shape, params.values().data() + v.offset, n));
+    if (!v.info.trainable()) continue;
+    out.push_back(Entry::F32("adam_m/" + v.info.name, v.info.shape, opt.m.data() + v.offset, n));
+    out.push_back(Entry::F32("adam_v/" + v.info.name, v.info.shape, opt.v.data() + v.offset, n));
+  }
+  out.push_back(Entry::I64("meta/step", step));
+  out.push_back(Entry::I64("meta/seed", static_cast<int64_t>(seed)));
+  out.push_back(Entry::I64("meta/fingerprint", static_cast<int64_t>(ModelFingerprint(params))));
+  return out;
+}
+
+Status RestoreState(const std::vector<Entry>& entries, model::Parameters<float>* params,
+                    OptimizerState* opt, int64_t* step) {
+  std::unordered_map<std::string, const Entry*> by_name;
+  for (const Entry& e : entries) by_name[e.name] = &e;
+  auto meta = [&](const char* name) -> const Entry* {
+    auto it = by_name.find(name);
+    return it == by_name.end() || it->second->dtype != checkpoint::DType::kI64 ? nullptr
+                                                                               : it->second;
+  };
+  const Entry* fp = meta("meta/fingerprint");
+  const Entry* st = meta("meta/step");
+  if (fp == nullptr || st == nullptr)
+    return Status::Corruption("checkpoint lacks meta/step or meta/fingerprint");
+  if (uint64_t(fp->i64()) != ModelFingerprint(*params)) {
+    return Status::FailedPrecondition(
+        "checkpoint is of a different model (tensor names or shapes differ from the job's)");
+  }
+  auto load = [&](const std::string& name, const model::ParameterView& v, float* dst) -> Status {
+    auto it = by_name.find(name);
+    if (it == by_name.end()) return Status::Corruption("checkpoint lacks " + name);
+    const Entry& e = *it->second;
+    if (e.dtype != checkpoint::DType::kF32 || e.shape != v.info.shape) {
+      return Status::Corruption("checkpoint entry " + name + " has another type or shape");
+    }
+    std::memcpy(dst + v.offset, e.bytes.data(), e.bytes.size());
+    return Status::OK();
+  };
+  for (const auto& v : params->views()) {
+    MOERUN_RETURN_IF_ERROR(load("param/" + v.info.name, v, params->values().data()));
+    if (opt == nullptr || !v.info.trainable()) continue;
+    MOERUN_RETURN_IF_ERROR(load("adam_m/" + v.info.name, v, opt->m.data()));
+    MOERUN_RETURN_IF_ERROR(load("adam_v/" + v.info.name, v, opt->v.data()));
+  }
+  *step = st->i64();
+  return Status::OK();
+}
+
+}  // namespace moerun::trainer

@@ -1,0 +1,31 @@
+// What a trainer saves and restores: weights (balancing biases included), both AdamW
+// moments, the step, and the seed. Data position and every RNG are functions of (seed,
+// step), so the step restores them too. A fingerprint of tensor names and shapes refuses a
+// checkpoint of a different model.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "common/status.h"
+#include "worker/checkpoint/shard_store.h"
+#include "worker/model/parameters.h"
+
+namespace moerun::trainer {
+
+struct OptimizerState {
+  std::vector<float> m, v;  // same layout as Parameters::values()
+};
+
+uint64_t ModelFingerprint(const model::Parameters<float>& params);
+
+std::vector<checkpoint::Entry> SnapshotState(const model::Parameters<float>& params,
+                                             const OptimizerState& opt, int64_t step,
+                                             uint64_t seed);
+
+// Fills params (and opt when non-null) from a checkpoint; *step gets its step. Fails with the
+// entry's name when a tensor is missing or has another shape, or when the model differs.
+Status RestoreState(const std::vector<checkpoint::Entry>& entries, model::Parameters<float>* params,
+                    OptimizerState* opt, int64_t* step);
+
+}  // namespace moerun::trainer
