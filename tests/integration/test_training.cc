@@ -1,0 +1,180 @@
+// Training with real processes: determinism, SIGKILL and resume, a corrupt checkpoint,
+// eval, export and exit codes. Every run is short and bounded.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+#include <rocksdb/db.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "tests/integration/process.h"
+
+namespace fs = std::filesystem;
+using moerun::testing::Output;
+using moerun::testing::ReadAll;
+using moerun::testing::RunMoerun;
+using moerun::testing::SpawnMoerun;
+
+namespace {
+
+const std::string kJob = std::string(MOERUN_SOURCE_DIR) + "/tests/configs/train-fast.yaml";
+
+std::string RunDir(const std::string& name) {
+  std::string d = "/tmp/moerun_train_test_" + std::to_string(getpid()) + "_" + name;
+  fs::remove_all(d);
+  return d;
+}
+
+// The loss column of metrics.jsonl, as text: equal text means bitwise-equal doubles.
+std::vector<std::string> Losses(const std::string& run_dir) {
+  std::vector<std::string> out;
+  std::istringstream in(ReadAll(run_dir + "/metrics.jsonl"));
+  std::string line;
+  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line)["loss"].dump());
+  return out;
+}
+
+size_t Lines(const std::string& path) {
+  std::string s = ReadAll(path);
+  return size_t(std::count(s.begin(), s.end(), '\n'));
+}
+
+std::string Digest(const std::string& run_dir) {
+  Output d = RunMoerun("checkpoint digest --run-dir " + run_dir);
+  REQUIRE_MESSAGE(d.exit_code == 0, d.err);
+  return d.out.substr(0, 64);
+}
+
+Output Train(const std::string& run_dir, const std::string& extra = "") {
+  Output r = RunMoerun("train " + kJob + " --run-dir " + run_dir + " --no-progress " + extra);
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("the same job twice: bitwise-identical losses and weights") {
+  const std::string a = RunDir("a"), b = RunDir("b");
+  Train(a);
+  Train(b);
+  CHECK(Losses(a).size() == 40);
+  CHECK(Losses(a) == Losses(b));
+  CHECK(Digest(a) == Digest(b));
+  fs::remove_all(a);
+  fs::remove_all(b);
+}
+
+TEST_CASE(
+    "SIGKILL mid-run, then --resume: the same losses and digest as a run that never stopped") {
+  const std::string whole = RunDir("whole"), killed = RunDir("killed");
+  const std::string steps = "--steps 300";
+  Train(whole, steps);
+  const pid_t pid =
+      SpawnMoerun({"train", kJob, "--run-dir", killed, "--no-progress", "--steps", "300"});
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (Lines(killed + "/metrics.jsonl") < 150 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  REQUIRE(kill(pid, SIGKILL) == 0);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  REQUIRE(WIFSIGNALED(status));
+  const size_t at_kill = Lines(killed + "/metrics.jsonl");
+  INFO("killed after ", at_kill, " steps");
+  REQUIRE(at_kill < 300);
+  Output resumed = Train(killed, steps + " --resume");
+  CHECK(ReadAll(killed + "/train.log").find("resumed from checkpoint step") != std::string::npos);
+  CHECK(Losses(killed) == Losses(whole));
+  CHECK(Digest(killed) == Digest(whole));
+  fs::remove_all(whole);
+  fs::remove_all(killed);
+}
+
+TEST_CASE("a corrupt newest checkpoint is refused by name and the previous one is used") {
+  const std::string run = RunDir("corrupt"), ref = RunDir("ref");
+  Train(ref);
+  Train(run);
+  {
+    rocksdb::DB* db = nullptr;
+    const std::string shard = run + "/checkpoints/stage-0/dp-0";
+    REQUIRE(rocksdb::DB::Open(rocksdb::Options(), shard, &db).ok());
+    const std::string key = "000000000040/param/model.norm.weight";
+    std::string v;
+    REQUIRE(db->Get(rocksdb::ReadOptions(), key, &v).ok());
+    v[v.size() / 2] ^= 0x01;
+    REQUIRE(db->Put(rocksdb::WriteOptions(), key, v).ok());
+    delete db;
+  }
+  Output list = RunMoerun("checkpoint list --run-dir " + run);
+  CHECK(list.out.find("refused: checkpoint") != std::string::npos);
+  CHECK(list.out.find("step 40, entry param/model.norm.weight: CRC32C mismatch") !=
+        std::string::npos);
+  Train(run, "--resume");
+  const std::string log = ReadAll(run + "/train.log");
+  CHECK(log.find("checkpoint step 40 refused") != std::string::npos);
+  CHECK(log.find("resumed from checkpoint step 30") != std::string::npos);
+  // Retraining steps 31-40 from step 30 reproduces the original weights exactly.
+  CHECK(Digest(run) == Digest(ref));
+  fs::remove_all(run);
+  fs::remove_all(ref);
+}
+
+TEST_CASE("eval and export of a trained run") {
+  const std::string run = RunDir("export");
+  Train(run);
+  Output e = RunMoerun("eval --run-dir " + run +
+                       " --text /usr/share/games/fortunes/linux --max-windows 16");
+  INFO(e.err);
+  REQUIRE(e.exit_code == 0);
+  const double ce = std::stod(e.out.substr(e.out.find("cross-entropy ") + 14));
+  CHECK(ce > 0.5);
+  CHECK(ce < std::log(256.0));
+  CHECK(e.out.find("over 16 windows of 32 tokens") != std::string::npos);
+
+  Output x = RunMoerun("export --run-dir " + run + " --out " + run + "/hf");
+  REQUIRE(x.exit_code == 0);
+  const std::string st = ReadAll(run + "/hf/model.safetensors");
+  uint64_t n = 0;
+  std::memcpy(&n, st.data(), 8);
+  auto header = nlohmann::json::parse(st.substr(8, n));
+  size_t tensors = 0;
+  uint64_t end = 0;
+  for (auto& [name, info] : header.items()) {
+    if (name == "__metadata__") continue;
+    ++tensors;
+    CHECK(info["dtype"] == "F32");
+    end = std::max<uint64_t>(end, info["data_offsets"][1].get<uint64_t>());
+  }
+  CHECK(8 + n + end == st.size());
+  CHECK(header.contains("model.layers.2.mlp.experts.3.down_proj.weight"));
+  CHECK(header["lm_head.weight"]["shape"] == nlohmann::json::array({256, 32}));
+  auto cfg = nlohmann::json::parse(ReadAll(run + "/hf/config.json"));
+  CHECK(cfg["n_routed_experts"] == 4);
+  CHECK(cfg["first_k_dense_replace"] == 1);
+  fs::remove_all(run);
+}
+
+TEST_CASE("exit codes: bad data 3, bad spec 2, missing run 1") {
+  const std::string run = RunDir("codes");
+  std::string text = ReadAll(kJob);
+  text.replace(text.find("/usr/share/games/fortunes"), 25, "/nonexistent/corpus");
+  const std::string job = run + ".yaml";
+  std::ofstream(job) << text;
+  Output bad_data = RunMoerun("train " + job + " --run-dir " + run + " --no-progress");
+  CHECK(bad_data.exit_code == 3);
+  CHECK(bad_data.err.find("data: data.paths: /nonexistent/corpus does not exist") !=
+        std::string::npos);
+  Output bad_spec = RunMoerun("train /nonexistent.yaml --run-dir " + run);
+  CHECK(bad_spec.exit_code == 2);
+  Output no_run = RunMoerun("checkpoint digest --run-dir /nonexistent/run");
+  CHECK(no_run.exit_code == 1);
+  CHECK(no_run.err.find("is /nonexistent/run a moerun run directory?") != std::string::npos);
+  fs::remove_all(run);
+  fs::remove(job);
+}

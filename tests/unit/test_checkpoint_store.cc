@@ -1,0 +1,135 @@
+// Checkpoint values, the RocksDB shard store, the async writer and the digest.
+#include <doctest/doctest.h>
+#include <rocksdb/db.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "common/crc32c.h"
+#include "worker/checkpoint/checkpoint_reader.h"
+#include "worker/checkpoint/checkpoint_writer.h"
+#include "worker/checkpoint/digest.h"
+#include "worker/checkpoint/shard_store.h"
+
+using namespace moerun::checkpoint;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string TempDir(const char* name) {
+  std::string d = "/tmp/moerun_ckpt_test_" + std::to_string(getpid()) + "_" + name;
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+std::vector<Entry> Step(float base) {
+  std::vector<float> w = {base, base + 1, base + 2, base + 3, base + 4, base + 5};
+  return {Entry::F32("param/a.weight", {2, 3}, w.data(), 6),
+          Entry::F32("param/b", {2}, w.data(), 2), Entry::I64("meta/step", int64_t(base))};
+}
+
+}  // namespace
+
+TEST_CASE("CRC32C matches the standard check value") {
+  CHECK(moerun::Crc32c("123456789", 9) == 0xE3069283u);
+  CHECK(moerun::Crc32c("", 0) == 0u);
+  std::string big(1000, 'x');
+  CHECK(moerun::Crc32c(big.data() + 10, 990, moerun::Crc32c(big.data(), 10)) ==
+        moerun::Crc32c(big.data(), 1000));
+}
+
+TEST_CASE("entry encoding round-trips and refuses damage") {
+  Entry e = Step(1)[0];
+  std::string v = EncodeEntry(e);
+  auto back = DecodeEntry(e.name, v, "here");
+  REQUIRE(back.ok());
+  CHECK(back->shape == e.shape);
+  CHECK(back->bytes == e.bytes);
+  std::string flipped = v;
+  flipped[20] ^= 1;
+  auto bad = DecodeEntry(e.name, flipped, "step 7, entry param/a.weight");
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.status().message() == "step 7, entry param/a.weight: CRC32C mismatch");
+  CHECK_FALSE(DecodeEntry(e.name, v.substr(0, 3), "x").ok());
+  // A newer format version is named, not misread.
+  std::string future = v;
+  future[0] = 9;
+  uint32_t crc = moerun::Crc32c(future.data(), future.size() - 4);
+  std::memcpy(future.data() + future.size() - 4, &crc, 4);
+  auto f = DecodeEntry(e.name, future, "x");
+  REQUIRE_FALSE(f.ok());
+  CHECK(f.status().message().find("entry format version 9") != std::string::npos);
+}
+
+TEST_CASE("a step is complete only with its manifest; reads verify every entry") {
+  const std::string dir = TempDir("store");
+  {
+    auto store = ShardStore::Open(dir, true);
+    REQUIRE(store.ok());
+    REQUIRE(store.value()->WriteStep(10, Step(10)).ok());
+    REQUIRE(store.value()->WriteStep(20, Step(20)).ok());
+    auto steps = store.value()->CompleteSteps();
+    CHECK(steps.value() == std::vector<int64_t>{10, 20});
+  }
+  {
+    // Damage one entry of step 20 and leave an orphan entry of a step 30 without manifest.
+    rocksdb::DB* db = nullptr;
+    REQUIRE(rocksdb::DB::Open(rocksdb::Options(), dir, &db).ok());
+    std::string v;
+    REQUIRE(db->Get(rocksdb::ReadOptions(), "000000000020/param/b", &v).ok());
+    v[v.size() / 2] ^= 0x40;
+    REQUIRE(db->Put(rocksdb::WriteOptions(), "000000000020/param/b", v).ok());
+    REQUIRE(
+        db->Put(rocksdb::WriteOptions(), "000000000030/param/b", EncodeEntry(Step(30)[1])).ok());
+    delete db;
+  }
+  auto store = ShardStore::Open(dir, false);
+  REQUIRE(store.ok());
+  CHECK(store.value()->CompleteSteps().value() == std::vector<int64_t>{10, 20});
+  auto bad = store.value()->ReadStep(20);
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.status().message().find("step 20, entry param/b") != std::string::npos);
+  CHECK(store.value()->ReadStep(10).ok());
+  CHECK(store.value()->ReadStep(30).status().code() == moerun::Status::Code::kNotFound);
+  store.value().reset();
+
+  auto run = RunCheckpoints::Open(dir);
+  REQUIRE(run.ok());
+  std::vector<std::string> refused;
+  auto newest = run->NewestReadableStep(&refused);
+  REQUIRE(newest.ok());
+  CHECK(newest.value() == 10);
+  REQUIRE(refused.size() == 1);
+  CHECK(refused[0].rfind("step 20: ", 0) == 0);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("the async writer keeps the newest `keep` steps") {
+  const std::string dir = TempDir("writer");
+  auto store = ShardStore::Open(dir, true);
+  REQUIRE(store.ok());
+  std::vector<int64_t> done;
+  {
+    CheckpointWriter w(store.value().get(), 2, true, [&](const WriteReport& r) {
+      CHECK(r.status.ok());
+      done.push_back(r.step);
+    });
+    for (int s = 1; s <= 5; ++s) w.Submit(s, Step(float(s)));
+    w.Wait();
+  }
+  CHECK(done == std::vector<int64_t>{1, 2, 3, 4, 5});
+  CHECK(store.value()->CompleteSteps().value() == std::vector<int64_t>{4, 5});
+  fs::remove_all(dir);
+}
+
+TEST_CASE("the digest covers weights only, in name order, from any shard split") {
+  auto a = Step(1), b = Step(1), c = Step(2);
+  std::vector<const Entry*> pa = {&a[0], &a[1], &a[2]}, pb = {&b[2], &b[1], &b[0]},
+                            pc = {&c[0], &c[1]};
+  CHECK(WeightsDigest(pa) == WeightsDigest(pb));
+  CHECK(WeightsDigest(pa).size() == 64);
+  CHECK(WeightsDigest(pa) != WeightsDigest(pc));
+  std::vector<const Entry*> no_meta = {&a[0], &a[1]};
+  CHECK(WeightsDigest(pa) == WeightsDigest(no_meta));
+}
