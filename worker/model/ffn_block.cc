@@ -3,7 +3,6 @@
 #include <algorithm>
 
 #include "kernels/cpu/elementwise.h"
-#include "kernels/cpu/gemm.h"
 
 namespace moerun::model {
 
@@ -13,10 +12,10 @@ template <typename T>
 void MlpForward(const T* x, int64_t n, int64_t d, const MlpWeights<T>& w, T* g, T* u, T* a, T* y,
                 bool accumulate_y) {
   const int64_t h = w.hidden;
-  cpu::LinearForward(x, w.gate, g, n, d, h);
-  cpu::LinearForward(x, w.up, u, n, d, h);
+  LinearForwardP(x, w.gate, g, n, d, h, w.precision);
+  LinearForwardP(x, w.up, u, n, d, h, w.precision);
   cpu::SwiGluForward(g, u, a, n * h);
-  cpu::Gemm<T>(false, true, n, d, h, T(1), a, h, w.down, h, accumulate_y ? T(1) : T(0), y, d);
+  LinearForwardP(a, w.down, y, n, h, d, w.precision, accumulate_y);
 }
 
 template <typename T>
@@ -27,10 +26,10 @@ void MlpBackward(const T* dy, const T* x, int64_t n, int64_t d, const MlpWeights
   T* da = scratch.data();
   T* dg = da + n * h;
   T* du = dg + n * h;
-  cpu::LinearBackward(dy, a, w.down, da, w.ddown, n, h, d, false);
+  LinearBackwardP(dy, a, w.down, da, w.ddown, n, h, d, false, w.precision);
   cpu::SwiGluBackward(da, g, u, dg, du, n * h);
-  cpu::LinearBackward(dg, x, w.gate, dx, w.dgate, n, d, h, accumulate_dx);
-  cpu::LinearBackward(du, x, w.up, dx, w.dup, n, d, h, true);
+  LinearBackwardP(dg, x, w.gate, dx, w.dgate, n, d, h, accumulate_dx, w.precision);
+  LinearBackwardP(du, x, w.up, dx, w.dup, n, d, h, true, w.precision);
 }
 
 template <typename T>
@@ -43,7 +42,7 @@ void MoeForward(const T* x, int64_t b, int64_t s, const MoeShape& shape, const M
   act.scores.resize(logits.size());
   act.idx.resize(static_cast<size_t>(n * k));
   act.gates.resize(static_cast<size_t>(n * k));
-  cpu::LinearForward(x, w.router, logits.data(), n, d, e);
+  LinearForwardP(x, w.router, logits.data(), n, d, e, shape.router_precision);
   cpu::RouterScores(logits.data(), act.scores.data(), n, cfg);
   cpu::RouterSelect(act.scores.data(), w.bias, act.idx.data(), act.gates.data(), n, cfg);
   act.plan = cpu::PlanDispatch(act.idx.data(), n, k, e);
@@ -110,7 +109,8 @@ void MoeBackward(const T* dy, const T* x, int64_t b, int64_t s, const MoeShape& 
                         dscores.data(), dloss);
   }
   cpu::RouterScoresBackward(dscores.data(), act.scores.data(), dlogits.data(), n, cfg);
-  cpu::LinearBackward(dlogits.data(), x, w.router, dx, w.drouter, n, d, e, true);
+  LinearBackwardP(dlogits.data(), x, w.router, dx, w.drouter, n, d, e, true,
+                  shape.router_precision);
 }
 
 #define MOERUN_INSTANTIATE(T)                                                                    \

@@ -8,6 +8,7 @@
 
 #include "kernels/cpu/moe_dispatch.h"
 #include "kernels/cpu/router.h"
+#include "worker/model/linear.h"
 
 namespace moerun::model {
 
@@ -16,6 +17,7 @@ struct MlpWeights {
   const T *gate, *up, *down;  // [H, D], [H, D], [D, H]
   T *dgate, *dup, *ddown;     // their gradients (+=)
   int64_t hidden;
+  GemmPrecision precision = GemmPrecision::kFp32;
 };
 
 // y (= or +=) down(silu(x gateᵀ) * x upᵀ); saves g, u, a [n, hidden].
@@ -42,6 +44,7 @@ struct MoeShape {
   kernels::cpu::RouterConfig router;
   int64_t d_model = 0, expert_hidden = 0, shared_hidden = 0;  // shared_hidden 0: none
   double seq_aux_alpha = 0;
+  GemmPrecision router_precision = GemmPrecision::kFp32;  // gating stays high precision
 };
 
 template <typename T>

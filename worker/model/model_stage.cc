@@ -59,8 +59,15 @@ std::vector<TensorInfo> StageTensors(const ModelSpec& spec, const StageRange& r)
 }
 
 template <typename T>
-ModelStage<T>::ModelStage(const ModelSpec& spec, StageRange range, Parameters<T>* params)
+ModelStage<T>::ModelStage(const ModelSpec& spec, StageRange range, Parameters<T>* params,
+                          Precision precision)
     : spec_(spec), range_(range), params_(params) {
+  if (precision == Precision::kBf16) {
+    linear_precision_ = head_precision_ = GemmPrecision::kBf16;
+  } else if (precision == Precision::kFp8) {
+    linear_precision_ = GemmPrecision::kFp8;
+    head_precision_ = GemmPrecision::kBf16;
+  }
   if (spec.attention != AttentionKind::kMha) {
     throw std::invalid_argument("model.attention: mla is not implemented by the CPU trainer yet");
   }
@@ -78,6 +85,7 @@ ModelStage<T>::ModelStage(const ModelSpec& spec, StageRange range, Parameters<T>
   moe_shape_.expert_hidden = spec.moe.expert_hidden;
   moe_shape_.shared_hidden = spec.moe.expert_hidden * spec.moe.shared_experts;
   moe_shape_.seq_aux_alpha = spec.moe.balance.seq_aux_alpha;
+  moe_shape_.router_precision = head_precision_;
 }
 
 template <typename T>
@@ -115,8 +123,8 @@ double ModelStage<T>::Forward(StageActivations<T>& acts, const int32_t* ids, con
   cpu::RmsNormForward(acts.final_in.data(), Need(params_->Find("model.norm.weight"), "norm"),
                       acts.final_norm.data(), acts.final_rstd.data(), n, d);
   acts.logits.resize(static_cast<size_t>(n * v));
-  cpu::LinearForward(acts.final_norm.data(), Need(params_->Find("lm_head.weight"), "head"),
-                     acts.logits.data(), n, d, v);
+  LinearForwardP(acts.final_norm.data(), Need(params_->Find("lm_head.weight"), "head"),
+                 acts.logits.data(), n, d, v, head_precision_);
   acts.loss = cpu::CrossEntropy<T>(acts.logits.data(), targets, nullptr, n, v, 1.0);
   return acts.loss;
 }
@@ -130,8 +138,8 @@ void ModelStage<T>::Backward(StageActivations<T>& acts, double dloss, const T* d
     const int64_t v = spec_.vocab_size;
     std::vector<T> dlogits(static_cast<size_t>(n * v)), dnorm(static_cast<size_t>(n * d));
     cpu::CrossEntropy<T>(acts.logits.data(), acts.targets.data(), dlogits.data(), n, v, dloss);
-    cpu::LinearBackward(dlogits.data(), acts.final_norm.data(), params_->Find("lm_head.weight"),
-                        dnorm.data(), params_->Grad("lm_head.weight"), n, d, v, false);
+    LinearBackwardP(dlogits.data(), acts.final_norm.data(), params_->Find("lm_head.weight"),
+                    dnorm.data(), params_->Grad("lm_head.weight"), n, d, v, false, head_precision_);
     cpu::RmsNormBackward(dnorm.data(), acts.final_in.data(), params_->Find("model.norm.weight"),
                          acts.final_rstd.data(), dh.data(), params_->Grad("model.norm.weight"), n,
                          d);
@@ -171,7 +179,8 @@ MlpWeights<T> ModelStage<T>::Mlp(int64_t layer, const std::string& prefix, int64
           ParamGrad(layer, g.c_str()),
           ParamGrad(layer, u.c_str()),
           ParamGrad(layer, dn.c_str()),
-          hidden};
+          hidden,
+          linear_precision_};
 }
 
 template <typename T>
@@ -198,17 +207,20 @@ void ModelStage<T>::LayerForward(int64_t l, LayerActivations<T>& a, const T* x, 
   a.rstd1.resize(static_cast<size_t>(n));
   cpu::RmsNormForward(x, Param(l, "input_layernorm.weight"), a.n1.data(), a.rstd1.data(), n, d);
   for (auto* buf : {&a.q, &a.k, &a.v, &a.att}) buf->resize(static_cast<size_t>(n * hh));
-  cpu::LinearForward(a.n1.data(), Param(l, "self_attn.q_proj.weight"), a.q.data(), n, d, hh);
-  cpu::LinearForward(a.n1.data(), Param(l, "self_attn.k_proj.weight"), a.k.data(), n, d, hh);
-  cpu::LinearForward(a.n1.data(), Param(l, "self_attn.v_proj.weight"), a.v.data(), n, d, hh);
+  LinearForwardP(a.n1.data(), Param(l, "self_attn.q_proj.weight"), a.q.data(), n, d, hh,
+                 linear_precision_);
+  LinearForwardP(a.n1.data(), Param(l, "self_attn.k_proj.weight"), a.k.data(), n, d, hh,
+                 linear_precision_);
+  LinearForwardP(a.n1.data(), Param(l, "self_attn.v_proj.weight"), a.v.data(), n, d, hh,
+                 linear_precision_);
   cpu::Rope(a.q.data(), b, s, h, hd, spec_.rope_theta, false);
   cpu::Rope(a.k.data(), b, s, h, hd, spec_.rope_theta, false);
   a.probs.resize(static_cast<size_t>(b * h * s * s));
   cpu::AttentionForward(a.q.data(), a.k.data(), a.v.data(), a.att.data(), a.probs.data(), b, s, h,
                         hd, hd, 1.0 / std::sqrt(double(hd)));
   a.mid.assign(x, x + n * d);  // residual: mid = x + att · Woᵀ
-  cpu::Gemm<T>(false, true, n, d, hh, T(1), a.att.data(), hh, Param(l, "self_attn.o_proj.weight"),
-               hh, T(1), a.mid.data(), d);
+  LinearForwardP(a.att.data(), Param(l, "self_attn.o_proj.weight"), a.mid.data(), n, hh, d,
+                 linear_precision_, true);
   a.n2.resize(static_cast<size_t>(n * d));
   a.rstd2.resize(static_cast<size_t>(n));
   cpu::RmsNormForward(a.mid.data(), Param(l, "post_attention_layernorm.weight"), a.n2.data(),
@@ -246,19 +258,19 @@ void ModelStage<T>::LayerBackward(int64_t l, LayerActivations<T>& a, double dlos
 
   // Attention half: mid = x + o_proj(attention(rope(q), rope(k), v)).
   std::vector<T> datt(static_cast<size_t>(n * hh));
-  cpu::LinearBackward(dh, a.att.data(), Param(l, "self_attn.o_proj.weight"), datt.data(),
-                      ParamGrad(l, "self_attn.o_proj.weight"), n, hh, d, false);
+  LinearBackwardP(dh, a.att.data(), Param(l, "self_attn.o_proj.weight"), datt.data(),
+                  ParamGrad(l, "self_attn.o_proj.weight"), n, hh, d, false, linear_precision_);
   std::vector<T> dq(datt.size()), dk(datt.size()), dv(datt.size());
   cpu::AttentionBackward(datt.data(), a.q.data(), a.k.data(), a.v.data(), a.probs.data(), dq.data(),
                          dk.data(), dv.data(), b, s, h, hd, hd, 1.0 / std::sqrt(double(hd)));
   cpu::Rope(dq.data(), b, s, h, hd, spec_.rope_theta, true);
   cpu::Rope(dk.data(), b, s, h, hd, spec_.rope_theta, true);
-  cpu::LinearBackward(dq.data(), a.n1.data(), Param(l, "self_attn.q_proj.weight"), dn.data(),
-                      ParamGrad(l, "self_attn.q_proj.weight"), n, d, hh, false);
-  cpu::LinearBackward(dk.data(), a.n1.data(), Param(l, "self_attn.k_proj.weight"), dn.data(),
-                      ParamGrad(l, "self_attn.k_proj.weight"), n, d, hh, true);
-  cpu::LinearBackward(dv.data(), a.n1.data(), Param(l, "self_attn.v_proj.weight"), dn.data(),
-                      ParamGrad(l, "self_attn.v_proj.weight"), n, d, hh, true);
+  LinearBackwardP(dq.data(), a.n1.data(), Param(l, "self_attn.q_proj.weight"), dn.data(),
+                  ParamGrad(l, "self_attn.q_proj.weight"), n, d, hh, false, linear_precision_);
+  LinearBackwardP(dk.data(), a.n1.data(), Param(l, "self_attn.k_proj.weight"), dn.data(),
+                  ParamGrad(l, "self_attn.k_proj.weight"), n, d, hh, true, linear_precision_);
+  LinearBackwardP(dv.data(), a.n1.data(), Param(l, "self_attn.v_proj.weight"), dn.data(),
+                  ParamGrad(l, "self_attn.v_proj.weight"), n, d, hh, true, linear_precision_);
   cpu::RmsNormBackward(dn.data(), a.x.data(), Param(l, "input_layernorm.weight"), a.rstd1.data(),
                        dx.data(), ParamGrad(l, "input_layernorm.weight"), n, d);
   for (int64_t i = 0; i < n * d; ++i) dh[i] += dx[i];  // dh is now d(x)

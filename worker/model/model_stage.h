@@ -45,7 +45,10 @@ struct StageActivations {
 template <typename T>
 class ModelStage {
  public:
-  ModelStage(const ModelSpec& spec, StageRange range, Parameters<T>* params);
+  // `precision` sets the GEMM precision (DESIGN.md §4): bf16 rounds every linear layer's
+  // inputs; fp8 quantizes the decoder's linear layers and keeps head and router in bf16.
+  ModelStage(const ModelSpec& spec, StageRange range, Parameters<T>* params,
+             Precision precision = Precision::kFp32);
 
   // B sequences of S tokens (N = B·S). Input: ids [N] with the embedding, else hidden [N, D].
   // With the head, targets [N] give the loss (returned); else hidden_out [N, D] is written.
@@ -80,6 +83,8 @@ class ModelStage {
 
   ModelSpec spec_;
   MoeShape moe_shape_;
+  GemmPrecision linear_precision_ = GemmPrecision::kFp32;  // decoder projections and MLPs
+  GemmPrecision head_precision_ = GemmPrecision::kFp32;    // LM head (and router: moe_shape_)
   StageRange range_;
   Parameters<T>* params_;
   std::vector<int64_t> moe_layers_;

@@ -139,7 +139,7 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
 
   model::Parameters<float> params(ModelTensors(m));
   params.Initialize(spec.train.seed, m.init_std);
-  model::ModelStage<float> stage(m, {0, m.n_layers, true, true}, &params);
+  model::ModelStage<float> stage(m, {0, m.n_layers, true, true}, &params, spec.train.precision);
   OptimizerState opt{std::vector<float>(params.values().size(), 0.0f),
                      std::vector<float>(params.values().size(), 0.0f)};
 

@@ -1,0 +1,89 @@
+// Linear layers in bf16 and fp8 emulation are the fp32 GEMM of rounded operands, and a model
+// in each precision stays close to fp32 while differing from it.
+#include <doctest/doctest.h>
+
+#include <cmath>
+
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/precision.h"
+#include "tests/unit/grad_check.h"
+#include "worker/model/linear.h"
+#include "worker/model/model_stage.h"
+
+namespace cpu = moerun::kernels::cpu;
+using moerun::model::GemmPrecision;
+
+namespace {
+
+std::vector<float> RandomF(size_t n, uint32_t seed) {
+  auto d = moerun::testing::Random(n, seed);
+  return std::vector<float>(d.begin(), d.end());
+}
+
+}  // namespace
+
+TEST_CASE("bf16 and fp8 linear layers multiply rounded operands") {
+  const int64_t n = 5, in = 200, out = 130;  // ragged 128-tiles in both dimensions
+  auto x = RandomF(n * in, 1), w = RandomF(out * in, 2), dy = RandomF(n * out, 3);
+  for (auto p : {GemmPrecision::kBf16, GemmPrecision::kFp8}) {
+    CAPTURE(int(p));
+    std::vector<float> qx(x.size()), qw(w.size()), qdy(dy.size());
+    if (p == GemmPrecision::kBf16) {
+      cpu::RoundToBf16(x.data(), qx.data(), int64_t(x.size()));
+      cpu::RoundToBf16(w.data(), qw.data(), int64_t(w.size()));
+      cpu::RoundToBf16(dy.data(), qdy.data(), int64_t(dy.size()));
+    } else {
+      std::vector<float> s(4096);
+      cpu::FakeQuantE4M3Tiles1x128(x.data(), qx.data(), s.data(), n, in);
+      cpu::FakeQuantE4M3Blocks128x128(w.data(), qw.data(), s.data(), out, in);
+      cpu::FakeQuantE4M3Tiles1x128(dy.data(), qdy.data(), s.data(), n, out);
+    }
+    std::vector<float> y(n * out), want(n * out);
+    moerun::model::LinearForwardP(x.data(), w.data(), y.data(), n, in, out, p);
+    cpu::LinearForward(qx.data(), qw.data(), want.data(), n, in, out);
+    CHECK(y == want);
+    std::vector<float> dx(x.size()), dw(w.size(), 0.0f), want_dx(x.size()), want_dw(w.size(), 0.0f);
+    moerun::model::LinearBackwardP(dy.data(), x.data(), w.data(), dx.data(), dw.data(), n, in, out,
+                                   false, p);
+    cpu::LinearBackward(qdy.data(), qx.data(), qw.data(), want_dx.data(), want_dw.data(), n, in,
+                        out, false);
+    CHECK(dx == want_dx);
+    CHECK(dw == want_dw);
+    // And the rounding is real: the fp32 product differs.
+    std::vector<float> exact(n * out);
+    cpu::LinearForward(x.data(), w.data(), exact.data(), n, in, out);
+    CHECK(exact != y);
+  }
+}
+
+TEST_CASE("a model's loss in bf16 and fp8 is near fp32's but not equal") {
+  moerun::ModelSpec m;
+  m.vocab_size = 64;
+  m.seq_len = 16;
+  m.d_model = 32;
+  m.n_layers = 2;
+  m.n_heads = 2;
+  m.dense_layers = 1;
+  m.ffn_hidden = 64;
+  m.init_std = 0.1;
+  m.has_moe_section = true;
+  m.moe.routed_experts = 4;
+  m.moe.top_k = 2;
+  m.moe.expert_hidden = 32;
+  moerun::model::StageRange all{0, 2, true, true};
+  moerun::model::Parameters<float> params(moerun::model::StageTensors(m, all));
+  params.Initialize(5, m.init_std);
+  std::vector<int32_t> ids(32), tg(32);
+  for (int i = 0; i < 32; ++i) ids[i] = (i * 7) % 64, tg[i] = (i * 11 + 3) % 64;
+  double loss[3];
+  int i = 0;
+  for (auto prec : {moerun::Precision::kFp32, moerun::Precision::kBf16, moerun::Precision::kFp8}) {
+    moerun::model::ModelStage<float> stage(m, all, &params, prec);
+    moerun::model::StageActivations<float> acts;
+    loss[i++] = stage.Forward(acts, ids.data(), nullptr, tg.data(), 2, 16, nullptr);
+  }
+  CHECK(loss[1] != loss[0]);
+  CHECK(loss[2] != loss[0]);
+  CHECK(std::fabs(loss[1] - loss[0]) / loss[0] < 0.01);
+  CHECK(std::fabs(loss[2] - loss[0]) / loss[0] < 0.05);
+}
