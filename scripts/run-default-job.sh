@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# The default job end to end on this machine: install, build, then check and plan
-# configs/tiny-cpu.yaml. (Training arrives with the trainer; this script will run it then.)
+# The default job end to end on this machine: install, build, check and plan
+# configs/tiny-cpu.yaml, train it (about a minute on 2 cores) into runs/<job>/, then list and
+# fingerprint its checkpoints. Usage: scripts/run-default-job.sh [JOB.yaml]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build.sh
 job=${1:-configs/tiny-cpu.yaml}
+name=$(basename "$job" .yaml)
 build/bin/moerun validate "$job"
 build/bin/moerun plan "$job"
+build/bin/moerun train "$job" --run-dir "runs/$name"
+build/bin/moerun checkpoint list --run-dir "runs/$name"
+build/bin/moerun checkpoint digest --run-dir "runs/$name"

@@ -8,7 +8,6 @@ namespace moerun::kernels::cpu {
 namespace {
 
 constexpr int kE4M3MantissaBits = 3;
-constexpr int kE4M3MinNormalExp = -6;  // smallest normal is 2^-6
 
 float ScaleFor(float amax) { return amax > 0.0f ? amax / kE4M3Max : 1.0f; }
 
@@ -38,14 +37,21 @@ float RoundToE4M3(float x) {
   if (std::isnan(x)) return x;
   const float a = std::fabs(x);
   if (a >= kE4M3Max) return std::copysign(kE4M3Max, x);
-  if (a == 0.0f) return x;
-  int exp;
-  std::frexp(a, &exp);  // a = f * 2^exp, f in [0.5, 1): the leading bit has weight 2^(exp-1)
-  const int e = std::max(exp - 1, kE4M3MinNormalExp);
-  const float quantum = std::ldexp(1.0f, e - kE4M3MantissaBits);
-  float r = std::nearbyint(a / quantum) * quantum;  // default rounding mode: ties to even
-  r = std::min(r, kE4M3Max);
-  return std::copysign(r, x);
+  float r;
+  if (a < 0x1p-6f) {
+    // Subnormal range: multiples of 2^-9; the scaled value is exact in fp32.
+    r = std::nearbyint(a * 512.0f) * (1.0f / 512.0f);  // default rounding: ties to even
+  } else {
+    // Normal range: keep 3 of fp32's 23 mantissa bits, round to nearest even on the bits
+    // (a carry into the exponent is the correct result).
+    uint32_t bits;
+    std::memcpy(&bits, &a, sizeof bits);
+    constexpr int kDrop = 23 - kE4M3MantissaBits;
+    bits += ((1u << (kDrop - 1)) - 1u) + ((bits >> kDrop) & 1u);
+    bits &= ~((1u << kDrop) - 1u);
+    std::memcpy(&r, &bits, sizeof r);
+  }
+  return std::copysign(std::min(r, kE4M3Max), x);
 }
 
 void FakeQuantE4M3Tiles1x128(const float* in, float* out, float* scales, int64_t rows,

@@ -1,0 +1,142 @@
+// moerun-bench: measurements printed as one JSON object per line.
+//   moerun-bench sgemm [--m M --n N --k K] [--threads N] [--reps R]
+//       OpenBLAS cblas_sgemm: this machine's fp32 GEMM ceiling.
+//   moerun-bench moe-layer --tokens T --d-model D --experts E --top-k K --expert-hidden H
+//       --shared S [--threads N] [--reps R]
+//       One MoE layer's forward + backward (router, dispatch, experts, combine, shared
+//       experts, balance loss) on the CPU kernels.
+// Times are medians of --reps runs after one warm-up run.
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu/gemm.h"
+#include "worker/model/ffn_block.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+namespace cpu = moerun::kernels::cpu;
+namespace model = moerun::model;
+
+template <typename F>
+double MedianSeconds(int reps, F&& f) {
+  f();  // warm-up: page faults, thread pool start
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    const auto s = Clock::now();
+    f();
+    t.push_back(std::chrono::duration<double>(Clock::now() - s).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+std::vector<float> Random(size_t n, uint32_t seed, float std) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, std);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+struct SgemmArgs {
+  int64_t m = 2048, n = 2048, k = 2048;
+  int threads = 1, reps = 5;
+};
+
+void RunSgemm(const SgemmArgs& a) {
+  cpu::SetBlasThreads(a.threads);
+  auto x = Random(size_t(a.m * a.k), 1, 1.0f), w = Random(size_t(a.k * a.n), 2, 1.0f);
+  std::vector<float> y(size_t(a.m * a.n));
+  const double s = MedianSeconds(a.reps, [&] {
+    cpu::Gemm<float>(false, false, a.m, a.n, a.k, 1.0f, x.data(), a.k, w.data(), a.n, 0.0f, y.data(), a.n);
+  });
+  const double flops = 2.0 * double(a.m) * double(a.n) * double(a.k);
+  nlohmann::json j = {{"bench", "sgemm"}, {"m", a.m}, {"n", a.n}, {"k", a.k}, {"threads", a.threads},
+                      {"median_s", s}, {"gflops", flops / s / 1e9}};
+  std::printf("%s\n", j.dump().c_str());
+}
+
+struct MoeArgs {
+  int64_t tokens = 4096, d = 512, experts = 16, top_k = 4, hidden = 256, shared = 1;
+  int threads = 1, reps = 5;
+};
+
+void RunMoeLayer(const MoeArgs& a) {
+  cpu::SetBlasThreads(a.threads);
+  model::MoeShape shape;
+  shape.router = {a.experts, a.top_k, 1, 1, false, 1.0};
+  shape.d_model = a.d;
+  shape.expert_hidden = a.hidden;
+  shape.shared_hidden = a.hidden * a.shared;
+  shape.seq_aux_alpha = 1e-4;
+  const float std = 0.02f;
+  auto router = Random(size_t(a.experts * a.d), 3, std);
+  std::vector<float> drouter(router.size()), bias(size_t(a.experts), 0.0f);
+  struct Mlp {
+    std::vector<float> g, u, d, dg, du, dd;
+  };
+  auto make = [&](int64_t h, uint32_t seed) {
+    Mlp m{Random(size_t(h * a.d), seed, std), Random(size_t(h * a.d), seed + 1, std),
+          Random(size_t(a.d * h), seed + 2, std), {}, {}, {}};
+    m.dg.resize(m.g.size());
+    m.du.resize(m.u.size());
+    m.dd.resize(m.d.size());
+    return m;
+  };
+  std::vector<Mlp> experts;
+  for (int64_t e = 0; e < a.experts; ++e) experts.push_back(make(a.hidden, uint32_t(10 + 3 * e)));
+  Mlp shared = make(std::max<int64_t>(1, shape.shared_hidden), 7);
+  model::MoeWeights<float> w{router.data(), drouter.data(), bias.data(), {}, {}};
+  for (auto& m : experts) w.experts.push_back({m.g.data(), m.u.data(), m.d.data(), m.dg.data(), m.du.data(), m.dd.data(), a.hidden});
+  w.shared = {shared.g.data(), shared.u.data(), shared.d.data(), shared.dg.data(), shared.du.data(), shared.dd.data(), shape.shared_hidden};
+  auto x = Random(size_t(a.tokens * a.d), 4, 1.0f), dy = Random(x.size(), 5, 1.0f);
+  std::vector<float> y(x.size()), dx(x.size());
+  model::MoeActivations<float> act;
+  const double s = MedianSeconds(a.reps, [&] {
+    model::MoeForward(x.data(), 1, a.tokens, shape, w, act, y.data());
+    model::MoeBackward(dy.data(), x.data(), 1, a.tokens, shape, w, act, 1.0, dx.data());
+  });
+  // Forward + backward GEMM work: 3 matrices per MLP, 2 FLOPs per MAC, 3x for fwd + 2 bwd.
+  const double t = double(a.tokens), d = double(a.d);
+  const double flops = 18.0 * t * d * (double(a.top_k) * double(a.hidden) + double(shape.shared_hidden)) +
+                       6.0 * t * d * double(a.experts);
+  nlohmann::json j = {{"bench", "moe-layer"}, {"impl", "moerun"}, {"tokens", a.tokens}, {"d_model", a.d},
+                      {"experts", a.experts}, {"top_k", a.top_k}, {"expert_hidden", a.hidden},
+                      {"shared", a.shared}, {"threads", a.threads}, {"median_s", s},
+                      {"tokens_per_s", t / s}, {"gflops", flops / s / 1e9}};
+  std::printf("%s\n", j.dump().c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"moerun-bench: measurements as JSON lines"};
+  app.require_subcommand(1);
+  SgemmArgs sg;
+  CLI::App* s = app.add_subcommand("sgemm", "OpenBLAS sgemm: the fp32 GEMM ceiling");
+  s->add_option("--m", sg.m)->capture_default_str();
+  s->add_option("--n", sg.n)->capture_default_str();
+  s->add_option("--k", sg.k)->capture_default_str();
+  s->add_option("--threads", sg.threads)->capture_default_str();
+  s->add_option("--reps", sg.reps)->capture_default_str();
+  s->callback([&] { RunSgemm(sg); });
+  MoeArgs mo;
+  CLI::App* m = app.add_subcommand("moe-layer", "one MoE layer, forward + backward");
+  m->add_option("--tokens", mo.tokens)->capture_default_str();
+  m->add_option("--d-model", mo.d)->capture_default_str();
+  m->add_option("--experts", mo.experts)->capture_default_str();
+  m->add_option("--top-k", mo.top_k)->capture_default_str();
+  m->add_option("--expert-hidden", mo.hidden)->capture_default_str();
+  m->add_option("--shared", mo.shared)->capture_default_str();
+  m->add_option("--threads", mo.threads)->capture_default_str();
+  m->add_option("--reps", mo.reps)->capture_default_str();
+  m->callback([&] { RunMoeLayer(mo); });
+  CLI11_PARSE(app, argc, argv);
+  return 0;
+}
