@@ -35,7 +35,11 @@ def main():
 
     router = param(E, D)
     bias = torch.zeros(E)
-    wg, wu, wd = param(E, H, D), param(E, H, D), param(E, D, H)
+    # One weight set per expert, as nn.ModuleList experts hold them (Hugging Face's
+    # DeepseekV3MoE); slicing one stacked tensor would cost a full-size gradient per slice.
+    wg = [param(H, D) for _ in range(E)]
+    wu = [param(H, D) for _ in range(E)]
+    wd = [param(D, H) for _ in range(E)]
     sg, su, sd = param(H * S, D), param(H * S, D), param(D, H * S)
     x = torch.randn(T, D, requires_grad=True)
     dy = torch.randn(T, D)
@@ -51,10 +55,7 @@ def main():
         counts = torch.bincount(flat, minlength=E).tolist()
         xs = x[token_of]
         outs = []
-        start = 0
-        for e in range(E):
-            rows = xs[start:start + counts[e]]
-            start += counts[e]
+        for e, rows in enumerate(xs.split(counts)):
             h = F.silu(rows @ wg[e].t()) * (rows @ wu[e].t())
             outs.append(h @ wd[e].t())
         out = torch.cat(outs)

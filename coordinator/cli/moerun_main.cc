@@ -1,9 +1,16 @@
+#include <malloc.h>
+
 #include <CLI/CLI.hpp>
 
 #include "common/exit_codes.h"
 #include "coordinator/cli/commands.h"
 
 int main(int argc, char** argv) {
+  // Training allocates and frees the same large activation buffers every micro-batch; keep
+  // them on the heap (up to glibc's 32 MiB limit) instead of an mmap/munmap and page faults
+  // per buffer.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
   CLI::App app{"moerun: train Mixture-of-Experts models on a cluster and keep the run alive"};
   app.require_subcommand(1);
   int exit_code = moerun::kExitOk;

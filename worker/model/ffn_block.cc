@@ -38,7 +38,8 @@ void MoeForward(const T* x, int64_t b, int64_t s, const MoeShape& shape, const M
   const auto& cfg = shape.router;
   const int64_t n = b * s, d = shape.d_model, e = cfg.experts, k = cfg.top_k;
   const int64_t he = shape.expert_hidden;
-  std::vector<T> logits(static_cast<size_t>(n * e));
+  std::vector<T>& logits = act.logits;
+  logits.resize(static_cast<size_t>(n * e));
   act.scores.resize(logits.size());
   act.idx.resize(static_cast<size_t>(n * k));
   act.gates.resize(static_cast<size_t>(n * k));
@@ -82,16 +83,20 @@ void MoeBackward(const T* dy, const T* x, int64_t b, int64_t s, const MoeShape& 
   const auto& cfg = shape.router;
   const int64_t n = b * s, d = shape.d_model, e = cfg.experts, k = cfg.top_k;
   const int64_t he = shape.expert_hidden, rows = n * k;
-  std::vector<T> scratch;
+  std::vector<T>& scratch = act.mlp_scratch;
   if (shape.shared_hidden > 0) {
     MlpBackward(dy, x, n, d, w.shared, act.sg.data(), act.su.data(), act.sa.data(), dx, false,
                 scratch);
   } else {
     std::fill(dx, dx + n * d, T(0));
   }
-  std::vector<T> deo(static_cast<size_t>(rows * d)), dgates(static_cast<size_t>(n * k));
+  std::vector<T>& deo = act.deo;
+  std::vector<T>& dgates = act.dgates;
+  deo.resize(static_cast<size_t>(rows * d));
+  dgates.resize(static_cast<size_t>(n * k));
   cpu::CombineBackward(dy, act.eo.data(), act.gates.data(), act.plan, deo.data(), dgates.data(), d);
-  std::vector<T> dbuf(static_cast<size_t>(rows * d));
+  std::vector<T>& dbuf = act.dbuf;
+  dbuf.resize(static_cast<size_t>(rows * d));
   for (int64_t x_e = 0; x_e < e; ++x_e) {
     const int64_t o = act.plan.offsets[x_e], c = act.plan.counts[x_e];
     if (c == 0) continue;
@@ -101,7 +106,10 @@ void MoeBackward(const T* dy, const T* x, int64_t b, int64_t s, const MoeShape& 
   }
   cpu::DispatchRowsBackward(dbuf.data(), act.plan, dx, d);
 
-  std::vector<T> dscores(static_cast<size_t>(n * e), T(0)), dlogits(dscores.size());
+  std::vector<T>& dscores = act.dscores;
+  dscores.assign(static_cast<size_t>(n * e), T(0));
+  std::vector<T>& dlogits = act.logits;  // the forward's logits are not needed any more
+  dlogits.resize(dscores.size());
   cpu::RouterGatesBackward(dgates.data(), act.scores.data(), act.idx.data(), dscores.data(), n,
                            cfg);
   if (shape.seq_aux_alpha > 0) {

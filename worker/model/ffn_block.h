@@ -38,6 +38,9 @@ struct MoeActivations {
   std::vector<T> buf, eg, eu, ea, eo;  // [N·K, D], [N·K, He] x3, [N·K, D]
   std::vector<T> sg, su, sa;           // shared experts [N, Hs]
   double balance_loss = 0;
+  // Scratch reused across calls: large buffers freed and reallocated every micro-batch cost
+  // more in page faults than the arithmetic around them.
+  std::vector<T> logits, dscores, dgates, deo, dbuf, mlp_scratch;
 };
 
 struct MoeShape {
