@@ -54,11 +54,17 @@ void RunSgemm(const SgemmArgs& a) {
   auto x = Random(size_t(a.m * a.k), 1, 1.0f), w = Random(size_t(a.k * a.n), 2, 1.0f);
   std::vector<float> y(size_t(a.m * a.n));
   const double s = MedianSeconds(a.reps, [&] {
-    cpu::Gemm<float>(false, false, a.m, a.n, a.k, 1.0f, x.data(), a.k, w.data(), a.n, 0.0f, y.data(), a.n);
+    cpu::Gemm<float>(false, false, a.m, a.n, a.k, 1.0f, x.data(), a.k, w.data(), a.n, 0.0f,
+                     y.data(), a.n);
   });
   const double flops = 2.0 * double(a.m) * double(a.n) * double(a.k);
-  nlohmann::json j = {{"bench", "sgemm"}, {"m", a.m}, {"n", a.n}, {"k", a.k}, {"threads", a.threads},
-                      {"median_s", s}, {"gflops", flops / s / 1e9}};
+  nlohmann::json j = {{"bench", "sgemm"},
+                      {"m", a.m},
+                      {"n", a.n},
+                      {"k", a.k},
+                      {"threads", a.threads},
+                      {"median_s", s},
+                      {"gflops", flops / s / 1e9}};
   std::printf("%s\n", j.dump().c_str());
 }
 
@@ -82,8 +88,12 @@ void RunMoeLayer(const MoeArgs& a) {
     std::vector<float> g, u, d, dg, du, dd;
   };
   auto make = [&](int64_t h, uint32_t seed) {
-    Mlp m{Random(size_t(h * a.d), seed, std), Random(size_t(h * a.d), seed + 1, std),
-          Random(size_t(a.d * h), seed + 2, std), {}, {}, {}};
+    Mlp m{Random(size_t(h * a.d), seed, std),
+          Random(size_t(h * a.d), seed + 1, std),
+          Random(size_t(a.d * h), seed + 2, std),
+          {},
+          {},
+          {}};
     m.dg.resize(m.g.size());
     m.du.resize(m.u.size());
     m.dd.resize(m.d.size());
@@ -93,8 +103,11 @@ void RunMoeLayer(const MoeArgs& a) {
   for (int64_t e = 0; e < a.experts; ++e) experts.push_back(make(a.hidden, uint32_t(10 + 3 * e)));
   Mlp shared = make(std::max<int64_t>(1, shape.shared_hidden), 7);
   model::MoeWeights<float> w{router.data(), drouter.data(), bias.data(), {}, {}};
-  for (auto& m : experts) w.experts.push_back({m.g.data(), m.u.data(), m.d.data(), m.dg.data(), m.du.data(), m.dd.data(), a.hidden});
-  w.shared = {shared.g.data(), shared.u.data(), shared.d.data(), shared.dg.data(), shared.du.data(), shared.dd.data(), shape.shared_hidden};
+  for (auto& m : experts)
+    w.experts.push_back(
+        {m.g.data(), m.u.data(), m.d.data(), m.dg.data(), m.du.data(), m.dd.data(), a.hidden});
+  w.shared = {shared.g.data(),  shared.u.data(),  shared.d.data(),    shared.dg.data(),
+              shared.du.data(), shared.dd.data(), shape.shared_hidden};
   auto x = Random(size_t(a.tokens * a.d), 4, 1.0f), dy = Random(x.size(), 5, 1.0f);
   std::vector<float> y(x.size()), dx(x.size());
   model::MoeActivations<float> act;
@@ -104,12 +117,15 @@ void RunMoeLayer(const MoeArgs& a) {
   });
   // Forward + backward GEMM work: 3 matrices per MLP, 2 FLOPs per MAC, 3x for fwd + 2 bwd.
   const double t = double(a.tokens), d = double(a.d);
-  const double flops = 18.0 * t * d * (double(a.top_k) * double(a.hidden) + double(shape.shared_hidden)) +
-                       6.0 * t * d * double(a.experts);
-  nlohmann::json j = {{"bench", "moe-layer"}, {"impl", "moerun"}, {"tokens", a.tokens}, {"d_model", a.d},
-                      {"experts", a.experts}, {"top_k", a.top_k}, {"expert_hidden", a.hidden},
-                      {"shared", a.shared}, {"threads", a.threads}, {"median_s", s},
-                      {"tokens_per_s", t / s}, {"gflops", flops / s / 1e9}};
+  const double flops =
+      18.0 * t * d * (double(a.top_k) * double(a.hidden) + double(shape.shared_hidden)) +
+      6.0 * t * d * double(a.experts);
+  nlohmann::json j = {{"bench", "moe-layer"},      {"impl", "moerun"},
+                      {"tokens", a.tokens},        {"d_model", a.d},
+                      {"experts", a.experts},      {"top_k", a.top_k},
+                      {"expert_hidden", a.hidden}, {"shared", a.shared},
+                      {"threads", a.threads},      {"median_s", s},
+                      {"tokens_per_s", t / s},     {"gflops", flops / s / 1e9}};
   std::printf("%s\n", j.dump().c_str());
 }
 

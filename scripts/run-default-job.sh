@@ -9,6 +9,7 @@ job=${1:-configs/tiny-cpu.yaml}
 name=$(basename "$job" .yaml)
 build/bin/moerun validate "$job"
 build/bin/moerun plan "$job"
-build/bin/moerun train "$job" --run-dir "runs/$name"
+# --resume: a second run of this script continues (or finds complete) the first one's run.
+build/bin/moerun train "$job" --run-dir "runs/$name" --resume
 build/bin/moerun checkpoint list --run-dir "runs/$name"
 build/bin/moerun checkpoint digest --run-dir "runs/$name"

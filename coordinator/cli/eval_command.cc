@@ -55,7 +55,8 @@ int RunEval(const EvalArgs& a) {
   int64_t restored = 0;
   Status s = trainer::RestoreState(entries.value(), &params, nullptr, &restored);
   if (!s.ok()) return Fail(s);
-  model::ModelStage<float> stage(m, {0, m.n_layers, true, true}, &params, run->spec.train.precision);
+  model::ModelStage<float> stage(m, {0, m.n_layers, true, true}, &params,
+                                 run->spec.train.precision);
   const double ce = trainer::MeanCrossEntropy(stage, windows, t, kEvalBatch,
                                               [&](int64_t k, int32_t* x, int32_t* y) {
                                                 for (int64_t i = 0; i < t; ++i) {

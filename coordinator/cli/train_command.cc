@@ -31,6 +31,11 @@ int RunTrain(TrainArgs& a) {
     std::fprintf(stderr, "moerun train: %s\n", summary.status().message().c_str());
     return code;
   }
+  if (summary->first_step > summary->last_step) {
+    std::printf("nothing to train: the run in %s is complete at step %lld\n",
+                a.opts.run_dir.c_str(), (long long)summary->last_step);
+    return kExitOk;
+  }
   std::printf("trained steps %lld-%lld: loss %.4f", (long long)summary->first_step,
               (long long)summary->last_step, summary->final_loss);
   if (summary->final_val_loss >= 0) std::printf(", held-out loss %.4f", summary->final_val_loss);

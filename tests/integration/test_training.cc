@@ -172,6 +172,13 @@ TEST_CASE("exit codes: bad data 3, bad spec 2, missing run 1") {
         std::string::npos);
   Output bad_spec = RunMoerun("train /nonexistent.yaml --run-dir " + run);
   CHECK(bad_spec.exit_code == 2);
+  // A fresh run into a directory that holds another run's checkpoints is refused.
+  Train(run);
+  Output again = RunMoerun("train " + kJob + " --run-dir " + run + " --no-progress");
+  CHECK(again.exit_code == 2);
+  CHECK(
+      again.err.find("already holds checkpoints up to step 40: continue that run with --resume") !=
+      std::string::npos);
   Output no_run = RunMoerun("checkpoint digest --run-dir /nonexistent/run");
   CHECK(no_run.exit_code == 1);
   CHECK(no_run.err.find("is /nonexistent/run a moerun run directory?") != std::string::npos);

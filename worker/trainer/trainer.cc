@@ -148,9 +148,16 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
   auto store = checkpoint::ShardStore::Open(shard, true);
   if (!store.ok()) return store.status();
   int64_t step = 0;
+  auto steps = store.value()->CompleteSteps();
+  if (!steps.ok()) return steps.status();
+  if (!opts.resume && !steps->empty()) {
+    // A fresh run must not mix with an earlier run's checkpoints (its newest step would win).
+    *exit_code = kExitInvalidConfig;
+    return Status::FailedPrecondition(
+        shard + " already holds checkpoints up to step " + std::to_string(steps->back()) +
+        ": continue that run with --resume, or train into a new --run-dir");
+  }
   if (opts.resume) {
-    auto steps = store.value()->CompleteSteps();
-    if (!steps.ok()) return steps.status();
     for (auto it = steps->rbegin(); it != steps->rend(); ++it) {
       auto entries = store.value()->ReadStep(*it);
       Status s =
