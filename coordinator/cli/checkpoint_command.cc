@@ -16,18 +16,13 @@ struct CheckpointArgs {
   std::optional<int64_t> step;
 };
 
-int Fail(const Status& s) {
-  std::fprintf(stderr, "moerun checkpoint: %s\n", s.message().c_str());
-  return ExitCodeFor(s);
-}
-
 int RunList(const CheckpointArgs& a) {
   auto run = OpenRun(a.run_dir);
-  if (!run.ok()) return Fail(run.status());
+  if (!run.ok()) return Fail("checkpoint", run.status());
   auto ckpts = checkpoint::RunCheckpoints::Open(run->checkpoint_dir);
-  if (!ckpts.ok()) return Fail(ckpts.status());
+  if (!ckpts.ok()) return Fail("checkpoint", ckpts.status());
   auto steps = ckpts->CompleteSteps();
-  if (!steps.ok()) return Fail(steps.status());
+  if (!steps.ok()) return Fail("checkpoint", steps.status());
   std::printf("%-10s %-10s %-12s %s\n", "step", "entries", "MiB", "state");
   for (int64_t s : steps.value()) {
     auto entries = ckpts->ReadStep(s);
@@ -44,17 +39,11 @@ int RunList(const CheckpointArgs& a) {
 }
 
 int RunDigest(const CheckpointArgs& a) {
-  auto run = OpenRun(a.run_dir);
-  if (!run.ok()) return Fail(run.status());
-  auto ckpts = checkpoint::RunCheckpoints::Open(run->checkpoint_dir);
-  if (!ckpts.ok()) return Fail(ckpts.status());
-  auto step = ChooseStep(ckpts.value(), a.step);
-  if (!step.ok()) return Fail(step.status());
-  auto entries = ckpts->ReadStep(step.value());
-  if (!entries.ok()) return Fail(entries.status());
+  auto rs = OpenRunStep(a.run_dir, a.step);
+  if (!rs.ok()) return Fail("checkpoint", rs.status());
   std::vector<const checkpoint::Entry*> ptrs;
-  for (const auto& e : entries.value()) ptrs.push_back(&e);
-  std::printf("%s  step %lld\n", checkpoint::WeightsDigest(ptrs).c_str(), (long long)step.value());
+  for (const auto& e : rs->entries) ptrs.push_back(&e);
+  std::printf("%s  step %lld\n", checkpoint::WeightsDigest(ptrs).c_str(), (long long)rs->step);
   return kExitOk;
 }
 

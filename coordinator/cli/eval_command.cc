@@ -24,39 +24,29 @@ struct EvalArgs {
   int64_t max_windows = 64;
 };
 
-int Fail(const Status& s) {
-  std::fprintf(stderr, "moerun eval: %s\n", s.message().c_str());
-  return ExitCodeFor(s);
-}
-
 int RunEval(const EvalArgs& a) {
-  auto run = OpenRun(a.run_dir);
-  if (!run.ok()) return Fail(run.status());
-  const ModelSpec& m = run->spec.model;
+  auto rs = OpenRunStep(a.run_dir, a.step);
+  if (!rs.ok()) return Fail("eval", rs.status());
+  const ModelSpec& m = rs->run.spec.model;
   if (m.vocab_size < 256)
-    return Fail(Status::InvalidArgument("--text needs a byte-level model (vocab_size >= 256)"));
+    return Fail("eval",
+                Status::InvalidArgument("--text needs a byte-level model (vocab_size >= 256)"));
   std::ifstream in(a.text, std::ios::binary);
-  if (!in) return Fail(Status::InvalidArgument("--text " + a.text + ": cannot open"));
+  if (!in) return Fail("eval", Status::InvalidArgument("--text " + a.text + ": cannot open"));
   std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)), {});
   const int64_t t = m.seq_len;
   const int64_t windows = std::min<int64_t>(a.max_windows, (int64_t(bytes.size()) - 1) / t);
   if (windows <= 0) {
-    return Fail(
-        Status::InvalidArgument("--text " + a.text + ": " + std::to_string(bytes.size()) +
-                                " bytes hold no window of seq_len + 1 = " + std::to_string(t + 1)));
+    return Fail("eval", Status::InvalidArgument(
+                            "--text " + a.text + ": " + std::to_string(bytes.size()) +
+                            " bytes hold no window of seq_len + 1 = " + std::to_string(t + 1)));
   }
-  auto ckpts = checkpoint::RunCheckpoints::Open(run->checkpoint_dir);
-  if (!ckpts.ok()) return Fail(ckpts.status());
-  auto step = ChooseStep(ckpts.value(), a.step);
-  if (!step.ok()) return Fail(step.status());
-  auto entries = ckpts->ReadStep(step.value());
-  if (!entries.ok()) return Fail(entries.status());
   model::Parameters<float> params(ModelTensors(m));
   int64_t restored = 0;
-  Status s = trainer::RestoreState(entries.value(), &params, nullptr, &restored);
-  if (!s.ok()) return Fail(s);
+  Status s = trainer::RestoreState(rs->entries, &params, nullptr, &restored);
+  if (!s.ok()) return Fail("eval", s);
   model::ModelStage<float> stage(m, {0, m.n_layers, true, true}, &params,
-                                 run->spec.train.precision);
+                                 rs->run.spec.train.precision);
   const double ce = trainer::MeanCrossEntropy(stage, windows, t, kEvalBatch,
                                               [&](int64_t k, int32_t* x, int32_t* y) {
                                                 for (int64_t i = 0; i < t; ++i) {

@@ -16,22 +16,12 @@ struct ExportArgs {
 };
 
 int RunExport(const ExportArgs& a) {
-  auto fail = [](const Status& s) {
-    std::fprintf(stderr, "moerun export: %s\n", s.message().c_str());
-    return ExitCodeFor(s);
-  };
-  auto run = OpenRun(a.run_dir);
-  if (!run.ok()) return fail(run.status());
-  auto ckpts = checkpoint::RunCheckpoints::Open(run->checkpoint_dir);
-  if (!ckpts.ok()) return fail(ckpts.status());
-  auto step = ChooseStep(ckpts.value(), a.step);
-  if (!step.ok()) return fail(step.status());
-  auto entries = ckpts->ReadStep(step.value());
-  if (!entries.ok()) return fail(entries.status());
-  Status s = trainer::ExportHuggingFace(run->spec, entries.value(), step.value(), a.out);
-  if (!s.ok()) return fail(s);
+  auto rs = OpenRunStep(a.run_dir, a.step);
+  if (!rs.ok()) return Fail("export", rs.status());
+  Status s = trainer::ExportHuggingFace(rs->run.spec, rs->entries, rs->step, a.out);
+  if (!s.ok()) return Fail("export", s);
   std::printf("exported step %lld to %s/model.safetensors and %s/config.json\n",
-              (long long)step.value(), a.out.c_str(), a.out.c_str());
+              (long long)rs->step, a.out.c_str(), a.out.c_str());
   return kExitOk;
 }
 

@@ -34,7 +34,20 @@ Result<int64_t> ChooseStep(const checkpoint::RunCheckpoints& ckpts, std::optiona
   return newest;
 }
 
-int ExitCodeFor(const Status& s) {
+Result<RunStep> OpenRunStep(const std::string& run_dir, std::optional<int64_t> step) {
+  auto run = OpenRun(run_dir);
+  if (!run.ok()) return run.status();
+  auto ckpts = checkpoint::RunCheckpoints::Open(run->checkpoint_dir);
+  if (!ckpts.ok()) return ckpts.status();
+  auto chosen = ChooseStep(ckpts.value(), step);
+  if (!chosen.ok()) return chosen.status();
+  auto entries = ckpts->ReadStep(chosen.value());
+  if (!entries.ok()) return entries.status();
+  return RunStep{std::move(run.value()), chosen.value(), std::move(entries.value())};
+}
+
+int Fail(const char* command, const Status& s) {
+  std::fprintf(stderr, "moerun %s: %s\n", command, s.message().c_str());
   return s.code() == Status::Code::kInvalidArgument ? kExitInvalidConfig : kExitFailure;
 }
 

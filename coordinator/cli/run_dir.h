@@ -23,7 +23,17 @@ Result<Run> OpenRun(const std::string& run_dir);
 // steps refused on the way are printed to stderr with their reason.
 Result<int64_t> ChooseStep(const checkpoint::RunCheckpoints& ckpts, std::optional<int64_t> step);
 
-// Exit code for a failed command: 2 for bad arguments, 1 otherwise.
-int ExitCodeFor(const Status& s);
+// One verified checkpoint step of a run, with the run's spec.
+struct RunStep {
+  Run run;
+  int64_t step = 0;
+  std::vector<checkpoint::Entry> entries;
+};
+// OpenRun + ChooseStep + reading the step from every shard.
+Result<RunStep> OpenRunStep(const std::string& run_dir, std::optional<int64_t> step);
+
+// Prints "moerun <command>: <message>" to stderr and returns the exit code for `s`:
+// 2 for bad arguments, 1 otherwise.
+int Fail(const char* command, const Status& s);
 
 }  // namespace moerun::cli

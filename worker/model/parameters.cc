@@ -1,6 +1,7 @@
 #include "worker/model/parameters.h"
 
 #include <cmath>
+#include <numbers>
 #include <stdexcept>
 
 namespace moerun::model {
@@ -49,8 +50,8 @@ void Parameters<T>::Initialize(uint64_t seed, double init_std) {
         const double u1 = (double(SplitMix64(state) >> 11) + 1.0) * 0x1.0p-53;
         const double u2 = double(SplitMix64(state) >> 11) * 0x1.0p-53;
         const double r = std::sqrt(-2.0 * std::log(u1)) * init_std;
-        p[i] = T(r * std::cos(2 * M_PI * u2));
-        if (i + 1 < n) p[i + 1] = T(r * std::sin(2 * M_PI * u2));
+        p[i] = T(r * std::cos(2 * std::numbers::pi * u2));
+        if (i + 1 < n) p[i + 1] = T(r * std::sin(2 * std::numbers::pi * u2));
       }
     }
   }

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <numbers>
 #include <sstream>
 
 #include "common/exit_codes.h"
@@ -98,7 +99,7 @@ double LearningRate(const OptimizerSpec& o, int64_t step, int64_t total) {
   const int64_t span = total - o.warmup_steps;
   if (span <= 0) return o.lr;
   const double progress = std::min(1.0, double(step - o.warmup_steps) / double(span));
-  return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1.0 + std::cos(M_PI * progress));
+  return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1.0 + std::cos(std::numbers::pi * progress));
 }
 
 Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
