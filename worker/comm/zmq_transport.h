@@ -1,0 +1,75 @@
+// ZmqTransport: the sockets under ZeroMQ communicators, one per process. Each rank binds one
+// PULL socket at its endpoint (ipc:// on one host, tcp:// across hosts) and connects a PUSH
+// socket to each peer on first use. A message is two frames: a fixed header (format version,
+// group id, source rank, tag, length) and the payload.
+//
+// Receiving pulls frames from the socket until the wanted (group, source, tag) arrives,
+// parking others in a mailbox, so collectives of different groups may interleave. Waiting
+// is sliced (kPollSliceMs) so Abort() from another thread takes effect promptly.
+// Not thread-safe except Abort().
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+#include <zmq.hpp>
+
+#include "common/status.h"
+
+namespace moerun::comm {
+
+inline constexpr int kPollSliceMs = 20;  // longest delay before Abort() is noticed
+// On a normal close, queued sends get this long to leave (the last collective's messages
+// must reach peers even when this process exits right after). After Abort() or a timeout
+// (a peer is gone): none.
+inline constexpr int kCloseLingerMs = 10000;
+inline constexpr uint16_t kWireVersion = 1;
+
+class ZmqTransport {
+ public:
+  // endpoints[r] is world rank r's address; this process is `rank`.
+  static Result<std::shared_ptr<ZmqTransport>> Create(int rank, std::vector<std::string> endpoints);
+  ~ZmqTransport();
+
+  int rank() const { return rank_; }
+  int world_size() const { return int(endpoints_.size()); }
+
+  Status Send(uint32_t group, int dest, uint64_t tag, const void* data, size_t bytes);
+  // Receives the next message of (group, src, tag) into data (exactly `bytes`), waiting until
+  // `deadline`.
+  Status Recv(uint32_t group, int src, uint64_t tag, void* data, size_t bytes,
+              std::chrono::steady_clock::time_point deadline);
+
+  void Abort(const std::string& reason);
+  bool aborted() const { return aborted_.load(); }
+
+  // Messages dropped because their header could not be read.
+  uint64_t malformed() const { return malformed_; }
+
+ private:
+  ZmqTransport(int rank, std::vector<std::string> endpoints);
+  Status AbortedStatus() const;
+  zmq::socket_t& PeerSocket(int dest);
+
+  using Key = std::tuple<uint32_t, int, uint64_t>;  // group, source, tag
+  int rank_;
+  std::vector<std::string> endpoints_;
+  zmq::context_t ctx_;
+  zmq::socket_t pull_;
+  std::vector<std::unique_ptr<zmq::socket_t>> push_;
+  std::map<Key, std::deque<zmq::message_t>> mailbox_;
+  std::atomic<bool> aborted_{false};
+  bool timed_out_ = false;  // a Recv timed out: some peer is gone, do not linger for it
+  mutable std::mutex abort_mu_;
+  std::string abort_reason_;
+  uint64_t malformed_ = 0;
+};
+
+}  // namespace moerun::comm
