@@ -1,11 +1,20 @@
 // moerun-bench: measurements printed as one JSON object per line.
 //   moerun-bench sgemm [--m M --n N --k K] [--threads N] [--reps R]
 //       OpenBLAS cblas_sgemm: this machine's fp32 GEMM ceiling.
+//   moerun-bench allreduce|alltoall --nproc N --bytes B [--transport ipc|tcp] [--reps R]
+//       The ZeroMQ data plane between N processes on this machine: algorithm bandwidth
+//       (bytes / time) and bus bandwidth (all-reduce: x 2(N-1)/N; all-to-all: x (N-1)/N),
+//       the figures NCCL's tests report. B is the per-rank buffer.
 //   moerun-bench moe-layer --tokens T --d-model D --experts E --top-k K --expert-hidden H
 //       --shared S [--threads N] [--reps R]
 //       One MoE layer's forward + backward (router, dispatch, experts, combine, shared
 //       experts, balance loss) on the CPU kernels.
 // Times are medians of --reps runs after one warm-up run.
+#include <malloc.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
@@ -15,6 +24,7 @@
 #include <vector>
 
 #include "kernels/cpu/gemm.h"
+#include "worker/comm/zmq_communicator.h"
 #include "worker/model/ffn_block.h"
 
 namespace {
@@ -129,9 +139,87 @@ void RunMoeLayer(const MoeArgs& a) {
   std::printf("%s\n", j.dump().c_str());
 }
 
+struct CollectiveArgs {
+  std::string op;
+  int nproc = 2;
+  int64_t bytes = 64 << 20;
+  std::string transport = "ipc";
+  int reps = 5;
+};
+
+void RunCollective(const CollectiveArgs& a) {
+  std::vector<std::string> endpoints;
+  for (int r = 0; r < a.nproc; ++r) {
+    endpoints.push_back(a.transport == "tcp"
+                            ? "tcp://127.0.0.1:" + std::to_string(29500 + (getpid() % 2000) * 8 + r)
+                            : "ipc://@moerun-bench-" + std::to_string(getpid()) + "-" +
+                                  std::to_string(r));
+  }
+  std::fflush(stdout);
+  std::vector<pid_t> pids;
+  for (int r = 0; r < a.nproc; ++r) {
+    const pid_t pid = fork();
+    if (pid != 0) {
+      pids.push_back(pid);
+      continue;
+    }
+    auto comm = moerun::comm::ZmqCommunicator::Create(r, endpoints, 120000);
+    if (!comm.ok()) {
+      std::fprintf(stderr, "rank %d: %s\n", r, comm.status().ToString().c_str());
+      _exit(1);
+    }
+    auto& c = *comm.value();
+    const size_t n = size_t(a.bytes) / sizeof(float);
+    std::vector<float> buf(n, 1.0f), out(n);
+    std::vector<size_t> split(size_t(a.nproc), size_t(a.bytes) / size_t(a.nproc));
+    moerun::Status st;
+    auto once = [&] {
+      if (a.op == "allreduce") {
+        std::fill(buf.begin(), buf.end(), 1.0f);
+        st = c.AllReduceSum(buf.data(), n);
+      } else {
+        st = c.AllToAllV(buf.data(), split, out.data(), split);
+      }
+      if (st.ok()) st = c.Barrier();
+    };
+    const double s = MedianSeconds(a.reps, once);
+    if (!st.ok()) {
+      std::fprintf(stderr, "rank %d: %s\n", r, st.ToString().c_str());
+      _exit(1);
+    }
+    if (r == 0) {
+      const double algbw = double(a.bytes) / s / 1e9;
+      const double factor =
+          a.op == "allreduce" ? 2.0 * (a.nproc - 1) / a.nproc : double(a.nproc - 1) / a.nproc;
+      nlohmann::json j = {{"bench", a.op},
+                          {"impl", "moerun-zmq"},
+                          {"transport", a.transport},
+                          {"nproc", a.nproc},
+                          {"bytes", a.bytes},
+                          {"median_s", s},
+                          {"algbw_gbps", algbw},
+                          {"busbw_gbps", algbw * factor}};
+      std::printf("%s\n", j.dump().c_str());
+      std::fflush(stdout);
+    }
+    comm.value().reset();
+    _exit(0);
+  }
+  int failed = 0;
+  for (pid_t p : pids) {
+    int status = 0;
+    waitpid(p, &status, 0);
+    failed += !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
+  if (failed) std::exit(1);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  // As in moerun's own main: large buffers come from the heap, not one mmap each.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
   CLI::App app{"moerun-bench: measurements as JSON lines"};
   app.require_subcommand(1);
   SgemmArgs sg;
@@ -153,6 +241,20 @@ int main(int argc, char** argv) {
   m->add_option("--threads", mo.threads)->capture_default_str();
   m->add_option("--reps", mo.reps)->capture_default_str();
   m->callback([&] { RunMoeLayer(mo); });
+  CollectiveArgs co;
+  for (const char* op : {"allreduce", "alltoall"}) {
+    CLI::App* c = app.add_subcommand(op, std::string("the ZeroMQ data plane's ") + op);
+    c->add_option("--nproc", co.nproc)->capture_default_str()->check(CLI::Range(1, 64));
+    c->add_option("--bytes", co.bytes, "per-rank buffer")->capture_default_str();
+    c->add_option("--transport", co.transport)
+        ->capture_default_str()
+        ->check(CLI::IsMember({"ipc", "tcp"}));
+    c->add_option("--reps", co.reps)->capture_default_str();
+    c->callback([&co, op] {
+      co.op = op;
+      RunCollective(co);
+    });
+  }
   CLI11_PARSE(app, argc, argv);
   return 0;
 }

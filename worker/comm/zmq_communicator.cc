@@ -1,5 +1,6 @@
 #include "worker/comm/zmq_communicator.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace moerun::comm {
@@ -68,7 +69,8 @@ Status ZmqCommunicator::AllReduceSum(float* data, size_t count) {
   };
   auto chunk = [&](int c) { return std::make_pair(begin(c), begin(c + 1) - begin(c)); };
   const int next = (me_ + 1) % p, prev = (me_ + p - 1) % p;
-  std::vector<float> incoming(count / size_t(p) + 1);
+  std::vector<float>& incoming = incoming_;
+  incoming.resize(std::max(incoming.size(), count / size_t(p) + 1));
   uint64_t step = 0;
   // Reduce-scatter: after p−1 steps member r holds the full sum of chunk (r + 1) mod p.
   for (int s = 0; s < p - 1; ++s, ++step) {

@@ -57,6 +57,7 @@ class ZmqCommunicator : public Communicator {
   int me_;
   int64_t timeout_ms_;
   uint64_t collective_seq_ = 0;
+  std::vector<float> incoming_;  // all-reduce receive buffer, kept between calls
 };
 
 }  // namespace moerun::comm

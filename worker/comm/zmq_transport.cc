@@ -1,5 +1,6 @@
 #include "worker/comm/zmq_transport.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace moerun::comm {
@@ -13,9 +14,10 @@ struct WireHeader {
   int32_t source;
   uint32_t pad;
   uint64_t tag;
-  uint64_t bytes;
+  uint64_t bytes;   // the whole message
+  uint64_t offset;  // of this chunk
 };
-static_assert(sizeof(WireHeader) == 32);
+static_assert(sizeof(WireHeader) == 40);
 
 }  // namespace
 
@@ -45,6 +47,7 @@ Result<std::shared_ptr<ZmqTransport>> ZmqTransport::Create(int rank,
   std::shared_ptr<ZmqTransport> t(new ZmqTransport(rank, std::move(endpoints)));
   try {
     t->pull_.set(zmq::sockopt::rcvhwm, 0);
+    t->pull_.set(zmq::sockopt::rcvbuf, kSocketBufferBytes);
     t->pull_.set(zmq::sockopt::linger, 0);
     t->pull_.bind(t->endpoints_[size_t(rank)]);
   } catch (const zmq::error_t& e) {
@@ -58,7 +61,9 @@ zmq::socket_t& ZmqTransport::PeerSocket(int dest) {
   auto& s = push_[size_t(dest)];
   if (!s) {
     s = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::push);
-    s->set(zmq::sockopt::sndhwm, 0);  // never block a send: the receiver's timeout decides
+    s->set(zmq::sockopt::sndhwm, 0);
+    s->set(zmq::sockopt::sndbuf,
+           kSocketBufferBytes);  // never block a send: the receiver's timeout decides
     s->connect(endpoints_[size_t(dest)]);
   }
   return *s;
@@ -80,15 +85,24 @@ Status ZmqTransport::Send(uint32_t group, int dest, uint64_t tag, const void* da
   if (aborted_.load()) return AbortedStatus();
   if (dest < 0 || dest >= world_size())
     return Status::InvalidArgument("send to rank " + std::to_string(dest));
+  const auto* p = static_cast<const uint8_t*>(data);
   if (dest == rank_) {
-    mailbox_[Key{group, rank_, tag}].emplace_back(data, bytes);
+    Pending m;
+    m.chunks.emplace_back(p, bytes);
+    m.have = m.total = bytes;
+    mailbox_[Key{group, rank_, tag}].push_back(std::move(m));
     return Status::OK();
   }
-  WireHeader h{kWireVersion, 0, group, rank_, 0, tag, bytes};
   try {
     zmq::socket_t& s = PeerSocket(dest);
-    s.send(zmq::buffer(&h, sizeof h), zmq::send_flags::sndmore);
-    s.send(zmq::message_t(data, bytes), zmq::send_flags::none);
+    size_t off = 0;
+    do {  // at least one chunk, so empty messages travel too
+      const size_t n = std::min(kChunkBytes, bytes - off);
+      WireHeader h{kWireVersion, 0, group, rank_, 0, tag, bytes, off};
+      s.send(zmq::buffer(&h, sizeof h), zmq::send_flags::sndmore);
+      s.send(zmq::message_t(p + off, n), zmq::send_flags::none);
+      off += n;
+    } while (off < bytes);
   } catch (const zmq::error_t& e) {
     return Status::Unavailable("data plane: send to rank " + std::to_string(dest) +
                                " failed: " + e.what());
@@ -99,41 +113,62 @@ Status ZmqTransport::Send(uint32_t group, int dest, uint64_t tag, const void* da
 Status ZmqTransport::Recv(uint32_t group, int src, uint64_t tag, void* data, size_t bytes,
                           std::chrono::steady_clock::time_point deadline) {
   const Key want{group, src, tag};
-  auto take = [&](zmq::message_t& m) -> Status {
-    if (m.size() != bytes) {
-      return Status::Internal("data plane: rank " + std::to_string(src) + " sent " +
-                              std::to_string(m.size()) + " bytes, expected " +
-                              std::to_string(bytes));
-    }
-    if (bytes > 0) std::memcpy(data, m.data(), bytes);
-    return Status::OK();
+  std::deque<Pending>& queue = mailbox_[want];  // std::map references stay valid
+  auto* out = static_cast<uint8_t*>(data);
+  // The front message of `queue` is placed straight into `data` once this call owns it:
+  // chunks parked earlier are copied now, later chunks as they arrive (no second buffer).
+  bool placing = false;
+  auto finish = [&](Status st) {
+    if (!st.ok() && placing && !queue.empty()) queue.front().lost = true;  // half in `data`
+    if (queue.empty()) mailbox_.erase(want);
+    return st;
   };
   const auto start = std::chrono::steady_clock::now();
   while (true) {
-    auto it = mailbox_.find(want);
-    if (it != mailbox_.end() && !it->second.empty()) {
-      zmq::message_t m = std::move(it->second.front());
-      it->second.pop_front();
-      if (it->second.empty()) mailbox_.erase(it);
-      return take(m);
+    if (!queue.empty()) {
+      Pending& m = queue.front();
+      if (m.lost) {
+        queue.pop_front();
+        return finish(Status::Internal("data plane: a message from rank " + std::to_string(src) +
+                                       " was lost when an earlier receive failed"));
+      }
+      if (!placing) {
+        if (m.total != bytes) {
+          return finish(Status::Internal("data plane: rank " + std::to_string(src) + " sent " +
+                                         std::to_string(m.total) + " bytes, expected " +
+                                         std::to_string(bytes)));
+        }
+        uint64_t off = 0;
+        for (const auto& c : m.chunks) {
+          if (c.size() > 0) std::memcpy(out + off, c.data(), c.size());
+          off += c.size();
+        }
+        m.chunks.clear();
+        placing = true;
+      }
+      if (m.have == m.total) {
+        queue.pop_front();
+        placing = false;
+        return finish(Status::OK());
+      }
     }
-    if (aborted_.load()) return AbortedStatus();
+    if (aborted_.load()) return finish(AbortedStatus());
     const auto now = std::chrono::steady_clock::now();
     if (now >= deadline) {
       const auto waited =
           std::chrono::duration_cast<std::chrono::milliseconds>(now - start).count();
       timed_out_ = true;
-      return Status::TimedOut("data plane: waited " + std::to_string(waited) + " ms for rank " +
-                              std::to_string(src) + " (group " + std::to_string(group) + ", tag " +
-                              std::to_string(tag) + "); the peer is dead, frozen or partitioned");
+      return finish(Status::TimedOut("data plane: waited " + std::to_string(waited) +
+                                     " ms for rank " + std::to_string(src) + " (group " +
+                                     std::to_string(group) + ", tag " + std::to_string(tag) +
+                                     "); the peer is dead, frozen or partitioned"));
     }
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now).count();
-    zmq::pollitem_t item{pull_.handle(), 0, ZMQ_POLLIN, 0};
     try {
-      zmq::poll(&item, 1, std::chrono::milliseconds(std::min<long>(kPollSliceMs, long(left) + 1)));
-      if (!(item.revents & ZMQ_POLLIN)) continue;
+      // A blocking receive bounded by the slice: cheaper than poll + receive per chunk.
+      pull_.set(zmq::sockopt::rcvtimeo, int(std::min<long>(kPollSliceMs, long(left) + 1)));
       zmq::message_t head, body;
-      (void)pull_.recv(head, zmq::recv_flags::dontwait);
+      if (!pull_.recv(head)) continue;  // the slice ended without a message
       if (!head.more()) {
         ++malformed_;
         continue;
@@ -153,12 +188,32 @@ Status ZmqTransport::Recv(uint32_t group, int src, uint64_t tag, void* data, siz
         continue;
       }
       std::memcpy(&h, head.data(), sizeof h);
-      if (h.version != kWireVersion || h.bytes != body.size() || h.source < 0 ||
-          h.source >= world_size()) {
+      if (h.version != kWireVersion || h.source < 0 || h.source >= world_size() ||
+          h.offset + body.size() > h.bytes) {
         ++malformed_;
         continue;
       }
-      mailbox_[Key{h.group, h.source, h.tag}].push_back(std::move(body));
+      // Chunks of one (group, source, tag) arrive in order: append to the message in progress.
+      auto& q = mailbox_[Key{h.group, h.source, h.tag}];
+      if (q.empty() || q.back().have == q.back().total) {
+        if (h.offset != 0) {
+          ++malformed_;
+          continue;
+        }
+        q.emplace_back();
+        q.back().total = h.bytes;
+      }
+      Pending& m = q.back();
+      if (h.offset != m.have || h.bytes != m.total) {
+        ++malformed_;
+        continue;
+      }
+      m.have += body.size();
+      if (placing && &q == &queue && q.size() == 1) {
+        if (body.size() > 0) std::memcpy(out + h.offset, body.data(), body.size());
+      } else {
+        m.chunks.push_back(std::move(body));
+      }
     } catch (const zmq::error_t& e) {
       if (e.num() == EINTR) continue;
       return Status::Unavailable(std::string("data plane: receive failed: ") + e.what());

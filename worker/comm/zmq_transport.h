@@ -1,7 +1,10 @@
 // ZmqTransport: the sockets under ZeroMQ communicators, one per process. Each rank binds one
 // PULL socket at its endpoint (ipc:// on one host, tcp:// across hosts) and connects a PUSH
-// socket to each peer on first use. A message is two frames: a fixed header (format version,
-// group id, source rank, tag, length) and the payload.
+// socket to each peer on first use. A payload travels as chunks of at most kChunkBytes, each
+// its own two-frame ZeroMQ message: a fixed header (format version, group id, source rank,
+// tag, total length, offset) and the chunk. Separate messages let the receiver copy one chunk
+// while the next is in flight: 1 MiB chunks move about four times faster here than one
+// multipart message or one 32 MiB frame.
 //
 // Receiving pulls frames from the socket until the wanted (group, source, tag) arrives,
 // parking others in a mailbox, so collectives of different groups may interleave. Waiting
@@ -31,6 +34,8 @@ inline constexpr int kPollSliceMs = 20;  // longest delay before Abort() is noti
 // (a peer is gone): none.
 inline constexpr int kCloseLingerMs = 10000;
 inline constexpr uint16_t kWireVersion = 1;
+inline constexpr size_t kChunkBytes = size_t(1) << 20;  // payload bytes per chunk
+inline constexpr int kSocketBufferBytes = 4 << 20;      // SO_SNDBUF / SO_RCVBUF
 
 class ZmqTransport {
  public:
@@ -64,7 +69,12 @@ class ZmqTransport {
   zmq::context_t ctx_;
   zmq::socket_t pull_;
   std::vector<std::unique_ptr<zmq::socket_t>> push_;
-  std::map<Key, std::deque<zmq::message_t>> mailbox_;
+  struct Pending {                       // one message, complete when have == total
+    std::vector<zmq::message_t> chunks;  // not yet placed in a receiver's buffer
+    uint64_t have = 0, total = 0;
+    bool lost = false;  // partly placed into the buffer of a receive that then failed
+  };
+  std::map<Key, std::deque<Pending>> mailbox_;
   std::atomic<bool> aborted_{false};
   bool timed_out_ = false;  // a Recv timed out: some peer is gone, do not linger for it
   mutable std::mutex abort_mu_;
