@@ -43,7 +43,8 @@ int RunEval(const EvalArgs& a) {
   }
   model::Parameters<float> params(ModelTensors(m));
   int64_t restored = 0;
-  Status s = trainer::RestoreState(rs->entries, &params, nullptr, &restored);
+  Status s =
+      trainer::RestoreState(rs->entries, &params, nullptr, &restored, trainer::ModelFingerprint(m));
   if (!s.ok()) return Fail("eval", s);
   model::ModelStage<float> stage(m, {0, m.n_layers, true, true}, &params,
                                  rs->run.spec.train.precision);

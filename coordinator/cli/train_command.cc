@@ -15,7 +15,16 @@ struct TrainArgs {
   std::string file;
   trainer::TrainOptions opts;
   bool no_progress = false;
+  std::string endpoints;  // comma-separated, one per rank (set by `moerun launch`)
 };
+
+std::vector<std::string> SplitCommas(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  std::string item;
+  while (std::getline(in, item, ',')) out.push_back(item);
+  return out;
+}
 
 int RunTrain(TrainArgs& a) {
   LoadedJobSpec loaded = LoadJobSpecFile(a.file);
@@ -25,12 +34,21 @@ int RunTrain(TrainArgs& a) {
   std::stringstream text;
   text << in.rdbuf();
   a.opts.progress = !a.no_progress;
+  if (a.opts.world > 1) {
+    a.opts.endpoints = SplitCommas(a.endpoints);
+    if (int(a.opts.endpoints.size()) != a.opts.world || a.opts.rank < 0 ||
+        a.opts.rank >= a.opts.world) {
+      std::fprintf(stderr, "moerun train: --rank/--world/--endpoints do not fit together\n");
+      return kExitInvalidConfig;
+    }
+  }
   int code = kExitFailure;
   auto summary = trainer::Train(loaded.spec, text.str(), a.opts, &code);
   if (!summary.ok()) {
     std::fprintf(stderr, "moerun train: %s\n", summary.status().message().c_str());
     return code;
   }
+  if (a.opts.rank != 0) return kExitOk;  // rank 0 speaks for the run
   if (summary->first_step > summary->last_step) {
     std::printf("nothing to train: the run in %s is complete at step %lld\n",
                 a.opts.run_dir.c_str(), (long long)summary->last_step);
@@ -56,6 +74,13 @@ void AddTrainCommand(CLI::App& app, int* exit_code) {
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--resume", a->opts.resume, "continue from the newest readable checkpoint");
   cmd->add_flag("--no-progress", a->no_progress, "no progress bar, even on a terminal");
+  // Set by `moerun launch` for each rank of a parallel run.
+  cmd->add_option("--rank", a->opts.rank, "this process's rank in a parallel run")->group("");
+  cmd->add_option("--world", a->opts.world, "ranks in a parallel run")->group("");
+  cmd->add_option("--endpoints", a->endpoints, "data-plane address of every rank")->group("");
+  cmd->add_option("--data-plane-timeout-ms", a->opts.data_plane_timeout_ms,
+                  "a data-plane call waiting longer than this fails the rank")
+      ->capture_default_str();
   cmd->callback([a, exit_code] { *exit_code = RunTrain(*a); });
 }
 

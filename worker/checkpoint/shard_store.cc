@@ -125,7 +125,9 @@ Result<std::unique_ptr<ShardStore>> ShardStore::Open(const std::string& dir, boo
   options.compression = rocksdb::kNoCompression;
   options.write_buffer_size = 64 << 20;
   rocksdb::DB* db = nullptr;
-  rocksdb::Status s = rocksdb::DB::Open(options, dir, &db);
+  // Readers open read-only: no lock, so they may read a shard its writer holds open.
+  rocksdb::Status s = create ? rocksdb::DB::Open(options, dir, &db)
+                             : rocksdb::DB::OpenForReadOnly(options, dir, &db);
   if (!s.ok()) {
     if (!create && s.IsInvalidArgument())
       return Status::NotFound("checkpoint shard " + dir + " does not exist");

@@ -47,6 +47,8 @@ Result<Entry> DecodeEntry(const std::string& name, const std::string& value,
 
 class ShardStore {
  public:
+  // create_if_missing = false opens read-only (no lock: a shard its writer holds open can be
+  // read); such a store cannot write or delete.
   static Result<std::unique_ptr<ShardStore>> Open(const std::string& dir, bool create_if_missing);
   ~ShardStore();
 

@@ -35,6 +35,8 @@ class Communicator {
 
   // data[i] = Σ over ranks of data[i] (ring reduce-scatter + all-gather).
   virtual Status AllReduceSum(float* data, size_t count) = 0;
+  // The same in double: exact counts to 2^53, and norms and losses without fp32 rounding.
+  virtual Status AllReduceSum(double* data, size_t count) = 0;
 
   // Rank r sends send_bytes[j] bytes (contiguous, in peer order, starting at `send`) to each
   // rank j and receives recv_bytes[j] bytes from each rank j into `recv` (same layout).

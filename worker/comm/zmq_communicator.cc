@@ -58,7 +58,8 @@ Status ZmqCommunicator::Recv(int peer, uint32_t tag, void* data, size_t bytes) {
   return CRecv(peer, kUserTagBit | tag, data, bytes, Deadline());
 }
 
-Status ZmqCommunicator::AllReduceSum(float* data, size_t count) {
+template <typename V>
+Status ZmqCommunicator::RingAllReduce(V* data, size_t count, std::vector<V>& incoming) {
   const int p = size();
   const uint64_t seq = NextCollective();
   if (p == 1) return transport_->aborted() ? Status::Aborted("data plane aborted") : Status::OK();
@@ -69,27 +70,34 @@ Status ZmqCommunicator::AllReduceSum(float* data, size_t count) {
   };
   auto chunk = [&](int c) { return std::make_pair(begin(c), begin(c + 1) - begin(c)); };
   const int next = (me_ + 1) % p, prev = (me_ + p - 1) % p;
-  std::vector<float>& incoming = incoming_;
   incoming.resize(std::max(incoming.size(), count / size_t(p) + 1));
   uint64_t step = 0;
   // Reduce-scatter: after p−1 steps member r holds the full sum of chunk (r + 1) mod p.
   for (int s = 0; s < p - 1; ++s, ++step) {
     const auto [so, sn] = chunk(((me_ - s) % p + p) % p);
     const auto [ro, rn] = chunk(((me_ - s - 1) % p + p) % p);
-    MOERUN_RETURN_IF_ERROR(CSend(next, CollectiveTag(seq, step), data + so, sn * sizeof(float)));
+    MOERUN_RETURN_IF_ERROR(CSend(next, CollectiveTag(seq, step), data + so, sn * sizeof(V)));
     MOERUN_RETURN_IF_ERROR(
-        CRecv(prev, CollectiveTag(seq, step), incoming.data(), rn * sizeof(float), deadline));
+        CRecv(prev, CollectiveTag(seq, step), incoming.data(), rn * sizeof(V), deadline));
     for (size_t i = 0; i < rn; ++i) data[ro + i] = incoming[i] + data[ro + i];
   }
   // All-gather the reduced chunks around the ring.
   for (int s = 0; s < p - 1; ++s, ++step) {
     const auto [so, sn] = chunk(((me_ + 1 - s) % p + p) % p);
     const auto [ro, rn] = chunk(((me_ - s) % p + p) % p);
-    MOERUN_RETURN_IF_ERROR(CSend(next, CollectiveTag(seq, step), data + so, sn * sizeof(float)));
+    MOERUN_RETURN_IF_ERROR(CSend(next, CollectiveTag(seq, step), data + so, sn * sizeof(V)));
     MOERUN_RETURN_IF_ERROR(
-        CRecv(prev, CollectiveTag(seq, step), data + ro, rn * sizeof(float), deadline));
+        CRecv(prev, CollectiveTag(seq, step), data + ro, rn * sizeof(V), deadline));
   }
   return Status::OK();
+}
+
+Status ZmqCommunicator::AllReduceSum(float* data, size_t count) {
+  return RingAllReduce(data, count, incoming_f_);
+}
+
+Status ZmqCommunicator::AllReduceSum(double* data, size_t count) {
+  return RingAllReduce(data, count, incoming_d_);
 }
 
 Status ZmqCommunicator::AllToAllV(const void* send, const std::vector<size_t>& send_bytes,

@@ -32,6 +32,7 @@ class ZmqCommunicator : public Communicator {
   Status Send(int peer, uint32_t tag, const void* data, size_t bytes) override;
   Status Recv(int peer, uint32_t tag, void* data, size_t bytes) override;
   Status AllReduceSum(float* data, size_t count) override;
+  Status AllReduceSum(double* data, size_t count) override;
   Status AllToAllV(const void* send, const std::vector<size_t>& send_bytes, void* recv,
                    const std::vector<size_t>& recv_bytes) override;
   Status Broadcast(int root, void* data, size_t bytes) override;
@@ -46,6 +47,8 @@ class ZmqCommunicator : public Communicator {
   ZmqCommunicator(std::shared_ptr<ZmqTransport> t, uint32_t group, std::vector<int> members, int me,
                   int64_t timeout_ms);
   std::chrono::steady_clock::time_point Deadline() const;
+  template <typename V>
+  Status RingAllReduce(V* data, size_t count, std::vector<V>& incoming);
   uint64_t NextCollective() { return ++collective_seq_; }
   Status CSend(int peer, uint64_t tag, const void* data, size_t bytes);
   Status CRecv(int peer, uint64_t tag, void* data, size_t bytes,
@@ -57,7 +60,8 @@ class ZmqCommunicator : public Communicator {
   int me_;
   int64_t timeout_ms_;
   uint64_t collective_seq_ = 0;
-  std::vector<float> incoming_;  // all-reduce receive buffer, kept between calls
+  std::vector<float> incoming_f_;  // all-reduce receive buffers, kept between calls
+  std::vector<double> incoming_d_;
 };
 
 }  // namespace moerun::comm

@@ -32,9 +32,105 @@ void MlpBackward(const T* dy, const T* x, int64_t n, int64_t d, const MlpWeights
   LinearBackwardP(du, x, w.up, dx, w.dup, n, d, h, true, w.precision);
 }
 
+namespace {
+
+void Exchange(comm::Communicator* g, const void* send, const std::vector<size_t>& sb, void* recv,
+              const std::vector<size_t>& rb, const char* what) {
+  Status st = g->AllToAllV(send, sb, recv, rb);
+  if (!st.ok()) throw DataPlaneError(std::string("expert ") + what + ": " + st.ToString());
+}
+
+// Rows of each (source member, local expert) pair, received in source-major order, are
+// regrouped by local expert so every local expert runs one GEMM per matrix.
+template <typename T>
+void ExpertsForwardParallel(const MoeShape& shape, const MoeWeights<T>& w, MoeActivations<T>& act,
+                            const ExpertParallel& ep) {
+  const int64_t d = shape.d_model, he = shape.expert_hidden, epr = ep.experts_per_rank;
+  const int p = ep.group->size();
+  const auto& plan = act.plan;
+  // 1. How many rows each member sends each of our experts. plan.counts is in global expert
+  //    order, which is owner-major, so it is already laid out per destination.
+  std::vector<int64_t> recv_counts(static_cast<size_t>(p * epr));
+  std::vector<size_t> count_bytes(static_cast<size_t>(p), size_t(epr) * sizeof(int64_t));
+  Exchange(ep.group, plan.counts.data(), count_bytes, recv_counts.data(), count_bytes, "counts");
+  // 2. The rows themselves.
+  act.send_bytes.assign(static_cast<size_t>(p), 0);
+  act.recv_bytes.assign(static_cast<size_t>(p), 0);
+  std::vector<int64_t> src_start(static_cast<size_t>(p) + 1, 0);
+  for (int j = 0; j < p; ++j) {
+    const int64_t sent = plan.offsets[size_t((j + 1) * epr)] - plan.offsets[size_t(j * epr)];
+    act.send_bytes[size_t(j)] = size_t(sent * d) * sizeof(T);
+    int64_t got = 0;
+    for (int64_t le = 0; le < epr; ++le) got += recv_counts[size_t(j * epr + le)];
+    act.recv_bytes[size_t(j)] = size_t(got * d) * sizeof(T);
+    src_start[size_t(j) + 1] = src_start[size_t(j)] + got;
+  }
+  const int64_t r = src_start[size_t(p)];
+  act.rbuf.resize(static_cast<size_t>(r * d));
+  Exchange(ep.group, act.buf.data(), act.send_bytes, act.rbuf.data(), act.recv_bytes, "dispatch");
+  // 3. Group by local expert (source order inside each expert, so results are deterministic).
+  act.perm.clear();
+  act.lcounts.assign(static_cast<size_t>(epr), 0);
+  for (int64_t le = 0; le < epr; ++le) {
+    for (int j = 0; j < p; ++j) {
+      int64_t start = src_start[size_t(j)];
+      for (int64_t q = 0; q < le; ++q) start += recv_counts[size_t(j * epr + q)];
+      const int64_t c = recv_counts[size_t(j * epr + le)];
+      for (int64_t i = 0; i < c; ++i) act.perm.push_back(start + i);
+      act.lcounts[size_t(le)] += c;
+    }
+  }
+  act.gbuf.resize(act.rbuf.size());
+  for (int64_t i = 0; i < r; ++i)
+    std::copy_n(act.rbuf.data() + act.perm[size_t(i)] * d, d, act.gbuf.data() + i * d);
+  // 4. Our experts.
+  act.geg.resize(static_cast<size_t>(r * he));
+  act.geu.resize(act.geg.size());
+  act.gea.resize(act.geg.size());
+  act.geo.resize(act.gbuf.size());
+  for (int64_t le = 0, o = 0; le < epr; o += act.lcounts[size_t(le)], ++le) {
+    const int64_t c = act.lcounts[size_t(le)];
+    if (c == 0) continue;
+    MlpForward(act.gbuf.data() + o * d, c, d, w.experts[size_t(le)], act.geg.data() + o * he,
+               act.geu.data() + o * he, act.gea.data() + o * he, act.geo.data() + o * d, false);
+  }
+  // 5. Outputs back to where their rows came from.
+  act.rout.resize(act.rbuf.size());
+  for (int64_t i = 0; i < r; ++i)
+    std::copy_n(act.geo.data() + i * d, d, act.rout.data() + act.perm[size_t(i)] * d);
+  Exchange(ep.group, act.rout.data(), act.recv_bytes, act.eo.data(), act.send_bytes, "combine");
+}
+
+// The mirror: output gradients travel to the experts, input gradients come back.
+template <typename T>
+void ExpertsBackwardParallel(const MoeShape& shape, const MoeWeights<T>& w, MoeActivations<T>& act,
+                             const ExpertParallel& ep) {
+  const int64_t d = shape.d_model, he = shape.expert_hidden, epr = ep.experts_per_rank;
+  const int64_t r = int64_t(act.perm.size());
+  // rout receives the output gradients (source-major), geo takes them grouped by expert.
+  Exchange(ep.group, act.deo.data(), act.send_bytes, act.rout.data(), act.recv_bytes,
+           "combine backward");
+  for (int64_t i = 0; i < r; ++i)
+    std::copy_n(act.rout.data() + act.perm[size_t(i)] * d, d, act.geo.data() + i * d);
+  // rbuf (the forward's received rows, no longer needed) takes the grouped input gradients.
+  for (int64_t le = 0, o = 0; le < epr; o += act.lcounts[size_t(le)], ++le) {
+    const int64_t c = act.lcounts[size_t(le)];
+    if (c == 0) continue;
+    MlpBackward(act.geo.data() + o * d, act.gbuf.data() + o * d, c, d, w.experts[size_t(le)],
+                act.geg.data() + o * he, act.geu.data() + o * he, act.gea.data() + o * he,
+                act.rbuf.data() + o * d, false, act.mlp_scratch);
+  }
+  for (int64_t i = 0; i < r; ++i)
+    std::copy_n(act.rbuf.data() + i * d, d, act.rout.data() + act.perm[size_t(i)] * d);
+  Exchange(ep.group, act.rout.data(), act.recv_bytes, act.dbuf.data(), act.send_bytes,
+           "dispatch backward");
+}
+
+}  // namespace
+
 template <typename T>
 void MoeForward(const T* x, int64_t b, int64_t s, const MoeShape& shape, const MoeWeights<T>& w,
-                MoeActivations<T>& act, T* y) {
+                MoeActivations<T>& act, T* y, const ExpertParallel* ep) {
   const auto& cfg = shape.router;
   const int64_t n = b * s, d = shape.d_model, e = cfg.experts, k = cfg.top_k;
   const int64_t he = shape.expert_hidden;
@@ -51,15 +147,19 @@ void MoeForward(const T* x, int64_t b, int64_t s, const MoeShape& shape, const M
   const int64_t rows = n * k;
   act.buf.resize(static_cast<size_t>(rows * d));
   act.eo.resize(static_cast<size_t>(rows * d));
-  act.eg.resize(static_cast<size_t>(rows * he));
-  act.eu.resize(act.eg.size());
-  act.ea.resize(act.eg.size());
   cpu::DispatchRows(x, act.plan, act.buf.data(), d);
-  for (int64_t x_e = 0; x_e < e; ++x_e) {
-    const int64_t o = act.plan.offsets[x_e], c = act.plan.counts[x_e];
-    if (c == 0) continue;
-    MlpForward(act.buf.data() + o * d, c, d, w.experts[x_e], act.eg.data() + o * he,
-               act.eu.data() + o * he, act.ea.data() + o * he, act.eo.data() + o * d, false);
+  if (ep != nullptr && ep->group != nullptr) {
+    ExpertsForwardParallel(shape, w, act, *ep);
+  } else {
+    act.eg.resize(static_cast<size_t>(rows * he));
+    act.eu.resize(act.eg.size());
+    act.ea.resize(act.eg.size());
+    for (int64_t x_e = 0; x_e < e; ++x_e) {
+      const int64_t o = act.plan.offsets[x_e], c = act.plan.counts[x_e];
+      if (c == 0) continue;
+      MlpForward(act.buf.data() + o * d, c, d, w.experts[x_e], act.eg.data() + o * he,
+                 act.eu.data() + o * he, act.ea.data() + o * he, act.eo.data() + o * d, false);
+    }
   }
   if (shape.shared_hidden > 0) {
     const size_t sz = static_cast<size_t>(n * shape.shared_hidden);
@@ -79,7 +179,8 @@ void MoeForward(const T* x, int64_t b, int64_t s, const MoeShape& shape, const M
 
 template <typename T>
 void MoeBackward(const T* dy, const T* x, int64_t b, int64_t s, const MoeShape& shape,
-                 const MoeWeights<T>& w, MoeActivations<T>& act, double dloss, T* dx) {
+                 const MoeWeights<T>& w, MoeActivations<T>& act, double dloss, T* dx,
+                 const ExpertParallel* ep) {
   const auto& cfg = shape.router;
   const int64_t n = b * s, d = shape.d_model, e = cfg.experts, k = cfg.top_k;
   const int64_t he = shape.expert_hidden, rows = n * k;
@@ -97,12 +198,16 @@ void MoeBackward(const T* dy, const T* x, int64_t b, int64_t s, const MoeShape& 
   cpu::CombineBackward(dy, act.eo.data(), act.gates.data(), act.plan, deo.data(), dgates.data(), d);
   std::vector<T>& dbuf = act.dbuf;
   dbuf.resize(static_cast<size_t>(rows * d));
-  for (int64_t x_e = 0; x_e < e; ++x_e) {
-    const int64_t o = act.plan.offsets[x_e], c = act.plan.counts[x_e];
-    if (c == 0) continue;
-    MlpBackward(deo.data() + o * d, act.buf.data() + o * d, c, d, w.experts[x_e],
-                act.eg.data() + o * he, act.eu.data() + o * he, act.ea.data() + o * he,
-                dbuf.data() + o * d, false, scratch);
+  if (ep != nullptr && ep->group != nullptr) {
+    ExpertsBackwardParallel(shape, w, act, *ep);
+  } else {
+    for (int64_t x_e = 0; x_e < e; ++x_e) {
+      const int64_t o = act.plan.offsets[x_e], c = act.plan.counts[x_e];
+      if (c == 0) continue;
+      MlpBackward(deo.data() + o * d, act.buf.data() + o * d, c, d, w.experts[x_e],
+                  act.eg.data() + o * he, act.eu.data() + o * he, act.ea.data() + o * he,
+                  dbuf.data() + o * d, false, scratch);
+    }
   }
   cpu::DispatchRowsBackward(dbuf.data(), act.plan, dx, d);
 
@@ -127,9 +232,10 @@ void MoeBackward(const T* dy, const T* x, int64_t b, int64_t s, const MoeShape& 
   template void MlpBackward<T>(const T*, const T*, int64_t, int64_t, const MlpWeights<T>&,       \
                                const T*, const T*, const T*, T*, bool, std::vector<T>&);         \
   template void MoeForward<T>(const T*, int64_t, int64_t, const MoeShape&, const MoeWeights<T>&, \
-                              MoeActivations<T>&, T*);                                           \
+                              MoeActivations<T>&, T*, const ExpertParallel*);                    \
   template void MoeBackward<T>(const T*, const T*, int64_t, int64_t, const MoeShape&,            \
-                               const MoeWeights<T>&, MoeActivations<T>&, double, T*);
+                               const MoeWeights<T>&, MoeActivations<T>&, double, T*,             \
+                               const ExpertParallel*);
 MOERUN_INSTANTIATE(float)
 MOERUN_INSTANTIATE(double)
 #undef MOERUN_INSTANTIATE

@@ -4,10 +4,12 @@
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
 #include <vector>
 
 #include "kernels/cpu/moe_dispatch.h"
 #include "kernels/cpu/router.h"
+#include "worker/comm/communicator.h"
 #include "worker/model/linear.h"
 
 namespace moerun::model {
@@ -41,6 +43,12 @@ struct MoeActivations {
   // Scratch reused across calls: large buffers freed and reallocated every micro-batch cost
   // more in page faults than the arithmetic around them.
   std::vector<T> logits, dscores, dgates, deo, dbuf, mlp_scratch;
+  // Expert parallelism: rows exchanged with the group. rbuf holds received rows by source
+  // member, then by local expert; perm[i] is the rbuf row of the i-th row grouped by local
+  // expert (gbuf, geg, geu, gea, geo); lcounts are rows per local expert.
+  std::vector<size_t> send_bytes, recv_bytes;
+  std::vector<int64_t> perm, lcounts;
+  std::vector<T> rbuf, gbuf, geg, geu, gea, geo, rout;
 };
 
 struct MoeShape {
@@ -54,19 +62,34 @@ template <typename T>
 struct MoeWeights {
   const T* router;  // [E, D]
   T* drouter;
-  const float* bias;  // [E] balancing bias
-  std::vector<MlpWeights<T>> experts;
+  const float* bias;                   // [E] balancing bias
+  std::vector<MlpWeights<T>> experts;  // the experts this rank holds, in expert order
   MlpWeights<T> shared;
+};
+
+// Expert parallelism (DESIGN.md §5): a layer's routed experts are spread over `group`, member
+// m holding experts [m·experts_per_rank, (m+1)·experts_per_rank). Tokens travel to their
+// experts' owners by all-to-all (dispatch) and their outputs come back the same way
+// (combine); the backward pass mirrors both. A null group keeps every expert local.
+// Data-plane failures throw DataPlaneError (the trainer turns it into an error exit).
+struct ExpertParallel {
+  comm::Communicator* group = nullptr;
+  int64_t experts_per_rank = 0;
+};
+
+struct DataPlaneError : std::runtime_error {
+  using std::runtime_error::runtime_error;
 };
 
 // y (=) MoE(x) for b sequences of s tokens; x [N, D].
 template <typename T>
 void MoeForward(const T* x, int64_t b, int64_t s, const MoeShape& shape, const MoeWeights<T>& w,
-                MoeActivations<T>& act, T* y);
+                MoeActivations<T>& act, T* y, const ExpertParallel* ep = nullptr);
 
 // dx (=) from dy; the balance loss's gradient is scaled by dloss.
 template <typename T>
 void MoeBackward(const T* dy, const T* x, int64_t b, int64_t s, const MoeShape& shape,
-                 const MoeWeights<T>& w, MoeActivations<T>& act, double dloss, T* dx);
+                 const MoeWeights<T>& w, MoeActivations<T>& act, double dloss, T* dx,
+                 const ExpertParallel* ep = nullptr);
 
 }  // namespace moerun::model

@@ -49,10 +49,13 @@ T* Need(T* p, const std::string& name) {
 
 std::vector<TensorInfo> StageTensors(const ModelSpec& spec, const StageRange& r) {
   std::vector<TensorInfo> out;
+  const int64_t e_end = r.expert_end < 0 ? spec.moe.routed_experts : r.expert_end;
   for (TensorInfo& t : ModelTensors(spec)) {
-    const bool here = t.layer >= 0
-                          ? (t.layer >= r.layer_begin && t.layer < r.layer_end)
-                          : (t.role == TensorRole::kEmbedding ? r.has_embedding : r.has_head);
+    bool here = t.layer >= 0 ? (t.layer >= r.layer_begin && t.layer < r.layer_end)
+                             : (t.role == TensorRole::kEmbedding ? r.has_embedding : r.has_head);
+    if (t.role == TensorRole::kRoutedExpert) {
+      here = here && t.expert >= r.expert_begin && t.expert < e_end;
+    }
     if (here) out.push_back(std::move(t));
   }
   return out;
@@ -60,8 +63,10 @@ std::vector<TensorInfo> StageTensors(const ModelSpec& spec, const StageRange& r)
 
 template <typename T>
 ModelStage<T>::ModelStage(const ModelSpec& spec, StageRange range, Parameters<T>* params,
-                          Precision precision)
+                          Precision precision, ExpertParallel ep)
     : spec_(spec), range_(range), params_(params) {
+  ep_ = ep;
+  if (range_.expert_end < 0) range_.expert_end = spec.moe.routed_experts;
   if (precision == Precision::kBf16) {
     linear_precision_ = head_precision_ = GemmPrecision::kBf16;
   } else if (precision == Precision::kFp8) {
@@ -190,7 +195,7 @@ MoeWeights<T> ModelStage<T>::Moe(int64_t layer, std::vector<float>* bias) {
   bias->assign(b, b + e);
   MoeWeights<T> w{
       Param(layer, "mlp.gate.weight"), ParamGrad(layer, "mlp.gate.weight"), bias->data(), {}, {}};
-  for (int64_t x = 0; x < e; ++x) {
+  for (int64_t x = range_.expert_begin; x < range_.expert_end; ++x) {
     w.experts.push_back(Mlp(layer, "mlp.experts." + std::to_string(x), spec_.moe.expert_hidden));
   }
   if (moe_shape_.shared_hidden > 0)
@@ -231,7 +236,7 @@ void ModelStage<T>::LayerForward(int64_t l, LayerActivations<T>& a, const T* x, 
     MlpForward(a.n2.data(), n, d, Mlp(l, "mlp", f), a.g.data(), a.u.data(), a.a.data(), y, false);
   } else {
     std::vector<float> bias;
-    MoeForward(a.n2.data(), b, s, moe_shape_, Moe(l, &bias), a.moe, y);
+    MoeForward(a.n2.data(), b, s, moe_shape_, Moe(l, &bias), a.moe, y, &ep_);
     expert_counts_[static_cast<size_t>(l - moe_layers_.front())] = a.moe.plan.counts;
   }
   for (int64_t i = 0; i < n * d; ++i) y[i] += a.mid[i];
@@ -249,7 +254,7 @@ void ModelStage<T>::LayerBackward(int64_t l, LayerActivations<T>& a, double dlos
                 a.a.data(), dn.data(), false, scratch);
   } else {
     std::vector<float> bias;
-    MoeBackward(dh, a.n2.data(), b, s, moe_shape_, Moe(l, &bias), a.moe, dloss, dn.data());
+    MoeBackward(dh, a.n2.data(), b, s, moe_shape_, Moe(l, &bias), a.moe, dloss, dn.data(), &ep_);
   }
   cpu::RmsNormBackward(dn.data(), a.mid.data(), Param(l, "post_attention_layernorm.weight"),
                        a.rstd2.data(), dx.data(), ParamGrad(l, "post_attention_layernorm.weight"),

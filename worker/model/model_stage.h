@@ -21,6 +21,8 @@ namespace moerun::model {
 struct StageRange {
   int64_t layer_begin = 0, layer_end = 0;
   bool has_embedding = true, has_head = true;
+  // Routed experts held, [expert_begin, expert_end); expert_end < 0 means all of them.
+  int64_t expert_begin = 0, expert_end = -1;
 };
 
 // The tensors a stage holds, in ModelTensors() order.
@@ -47,8 +49,10 @@ class ModelStage {
  public:
   // `precision` sets the GEMM precision (DESIGN.md §4): bf16 rounds every linear layer's
   // inputs; fp8 quantizes the decoder's linear layers and keeps head and router in bf16.
+  // With `ep`, the stage holds only the experts of `range` and exchanges tokens with the
+  // other holders through ep->group (which must outlive the stage).
   ModelStage(const ModelSpec& spec, StageRange range, Parameters<T>* params,
-             Precision precision = Precision::kFp32);
+             Precision precision = Precision::kFp32, ExpertParallel ep = {});
 
   // B sequences of S tokens (N = B·S). Input: ids [N] with the embedding, else hidden [N, D].
   // With the head, targets [N] give the loss (returned); else hidden_out [N, D] is written.
@@ -85,6 +89,7 @@ class ModelStage {
   MoeShape moe_shape_;
   GemmPrecision linear_precision_ = GemmPrecision::kFp32;  // decoder projections and MLPs
   GemmPrecision head_precision_ = GemmPrecision::kFp32;    // LM head (and router: moe_shape_)
+  ExpertParallel ep_;
   StageRange range_;
   Parameters<T>* params_;
   std::vector<int64_t> moe_layers_;

@@ -7,7 +7,7 @@ namespace moerun::trainer {
 
 using checkpoint::Entry;
 
-uint64_t ModelFingerprint(const model::Parameters<float>& params) {
+uint64_t ModelFingerprint(const ModelSpec& model) {
   uint64_t h = 0xcbf29ce484222325ull;
   auto mix = [&h](const void* p, size_t n) {
     for (size_t i = 0; i < n; ++i) {
@@ -15,15 +15,15 @@ uint64_t ModelFingerprint(const model::Parameters<float>& params) {
       h *= 0x100000001b3ull;
     }
   };
-  for (const auto& v : params.views()) {
-    mix(v.info.name.data(), v.info.name.size() + 1);
-    mix(v.info.shape.data(), v.info.shape.size() * sizeof(int64_t));
+  for (const auto& t : ModelTensors(model)) {
+    mix(t.name.data(), t.name.size() + 1);
+    mix(t.shape.data(), t.shape.size() * sizeof(int64_t));
   }
   return h;
 }
 
 std::vector<Entry> SnapshotState(const model::Parameters<float>& params, const OptimizerState& opt,
-                                 int64_t step, uint64_t seed) {
+                                 int64_t step, uint64_t seed, uint64_t fingerprint) {
   std::vector<Entry> out;
   for (const auto& v : params.views()) {
     const int64_t n = v.info.numel();
@@ -35,12 +35,12 @@ std::vector<Entry> SnapshotState(const model::Parameters<float>& params, const O
   }
   out.push_back(Entry::I64("meta/step", step));
   out.push_back(Entry::I64("meta/seed", static_cast<int64_t>(seed)));
-  out.push_back(Entry::I64("meta/fingerprint", static_cast<int64_t>(ModelFingerprint(params))));
+  out.push_back(Entry::I64("meta/fingerprint", static_cast<int64_t>(fingerprint)));
   return out;
 }
 
 Status RestoreState(const std::vector<Entry>& entries, model::Parameters<float>* params,
-                    OptimizerState* opt, int64_t* step) {
+                    OptimizerState* opt, int64_t* step, uint64_t fingerprint) {
   std::unordered_map<std::string, const Entry*> by_name;
   for (const Entry& e : entries) by_name[e.name] = &e;
   auto meta = [&](const char* name) -> const Entry* {
@@ -52,7 +52,7 @@ Status RestoreState(const std::vector<Entry>& entries, model::Parameters<float>*
   const Entry* st = meta("meta/step");
   if (fp == nullptr || st == nullptr)
     return Status::Corruption("checkpoint lacks meta/step or meta/fingerprint");
-  if (uint64_t(fp->i64()) != ModelFingerprint(*params)) {
+  if (uint64_t(fp->i64()) != fingerprint) {
     return Status::FailedPrecondition(
         "checkpoint is of a different model (tensor names or shapes differ from the job's)");
   }

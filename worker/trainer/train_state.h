@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/job_spec.h"
 #include "common/status.h"
 #include "worker/checkpoint/shard_store.h"
 #include "worker/model/parameters.h"
@@ -17,15 +18,18 @@ struct OptimizerState {
   std::vector<float> m, v;  // same layout as Parameters::values()
 };
 
-uint64_t ModelFingerprint(const model::Parameters<float>& params);
+// Names and shapes of every tensor of the whole model: equal for every shard of one job.
+uint64_t ModelFingerprint(const ModelSpec& model);
 
+// `fingerprint` is ModelFingerprint of the whole model (the snapshot may be one shard of it).
 std::vector<checkpoint::Entry> SnapshotState(const model::Parameters<float>& params,
-                                             const OptimizerState& opt, int64_t step,
-                                             uint64_t seed);
+                                             const OptimizerState& opt, int64_t step, uint64_t seed,
+                                             uint64_t fingerprint);
 
-// Fills params (and opt when non-null) from a checkpoint; *step gets its step. Fails with the
-// entry's name when a tensor is missing or has another shape, or when the model differs.
+// Fills params (and opt when non-null) from a checkpoint (entries of one or several shards);
+// *step gets its step. Fails with the entry's name when a tensor is missing or has another
+// shape, or when the checkpoint is of another model than `fingerprint`.
 Status RestoreState(const std::vector<checkpoint::Entry>& entries, model::Parameters<float>* params,
-                    OptimizerState* opt, int64_t* step);
+                    OptimizerState* opt, int64_t* step, uint64_t fingerprint);
 
 }  // namespace moerun::trainer

@@ -19,10 +19,14 @@
 #include "common/exit_codes.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/optimizer.h"
+#include "worker/checkpoint/checkpoint_reader.h"
 #include "worker/checkpoint/checkpoint_writer.h"
+#include "worker/comm/solo_communicator.h"
+#include "worker/comm/zmq_communicator.h"
 #include "worker/data/corpus.h"
 #include "worker/model/model_stage.h"
-#include "worker/trainer/evaluate.h"
+#include "worker/trainer/step_runner.h"
+#include "worker/trainer/topology.h"
 #include "worker/trainer/train_state.h"
 
 namespace moerun::trainer {
@@ -37,9 +41,9 @@ constexpr int64_t kEvalMaxWindows = 32;  // held-out windows per evaluation duri
 std::atomic<bool> g_stop{false};
 void OnStopSignal(int) { g_stop.store(true); }
 
-std::shared_ptr<spdlog::logger> MakeLogger(const std::string& run_dir, bool to_stderr) {
+std::shared_ptr<spdlog::logger> MakeLogger(const std::string& path, bool to_stderr) {
   std::vector<spdlog::sink_ptr> sinks;
-  sinks.push_back(std::make_shared<spdlog::sinks::basic_file_sink_mt>(run_dir + "/train.log"));
+  sinks.push_back(std::make_shared<spdlog::sinks::basic_file_sink_mt>(path));
   if (to_stderr) sinks.push_back(std::make_shared<spdlog::sinks::stderr_sink_mt>());
   auto log = std::make_shared<spdlog::logger>("train", sinks.begin(), sinks.end());
   log->set_pattern("%Y-%m-%d %H:%M:%S.%e %l %v");
@@ -89,10 +93,6 @@ std::string CheckpointDir(const JobSpec& spec, const std::string& run_dir) {
   return spec.checkpoint.dir.empty() ? run_dir + "/checkpoints" : spec.checkpoint.dir;
 }
 
-std::string SingleShardPath(const JobSpec& spec, const std::string& run_dir) {
-  return CheckpointDir(spec, run_dir) + "/stage-0/dp-0";
-}
-
 double LearningRate(const OptimizerSpec& o, int64_t step, int64_t total) {
   if (o.warmup_steps > 0 && step <= o.warmup_steps)
     return o.lr * double(step) / double(o.warmup_steps);
@@ -119,13 +119,31 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
     return Status::Unimplemented("model.attention: mla is not implemented by the CPU trainer yet");
   }
   *exit_code = kExitFailure;
+  const bool lead = opts.rank == 0;  // writes metrics and the main log
   std::error_code ec;
   fs::create_directories(opts.run_dir, ec);
   if (ec) return Status::IOError("run dir " + opts.run_dir + ": " + ec.message());
-  { std::ofstream(opts.run_dir + "/job.yaml") << spec_yaml; }
-  const bool tty = opts.progress && isatty(STDERR_FILENO);
-  auto log = MakeLogger(opts.run_dir, !tty);
+  if (lead) std::ofstream(opts.run_dir + "/job.yaml") << spec_yaml;
+  const bool tty = lead && opts.progress && isatty(STDERR_FILENO);
+  auto log = MakeLogger(
+      opts.run_dir + (lead ? "/train.log" : "/train-rank-" + std::to_string(opts.rank) + ".log"),
+      lead && !tty);
   cpu::SetBlasThreads(int(spec.resources.threads_per_trainer));
+
+  std::unique_ptr<comm::Communicator> world;
+  if (opts.world == 1) {
+    world = std::make_unique<comm::SoloCommunicator>();
+  } else {
+    auto z = comm::ZmqCommunicator::Create(opts.rank, opts.endpoints, opts.data_plane_timeout_ms);
+    if (!z.ok()) return z.status();
+    world = std::move(z.value());
+  }
+  auto topo_or = MakeTopology(spec, std::move(world));
+  if (!topo_or.ok()) {
+    *exit_code = kExitInvalidConfig;
+    return topo_or.status();
+  }
+  Topology& topo = topo_or.value();
 
   const ModelSpec& m = spec.model;
   auto corpus = data::Corpus::Load(spec.data, m.vocab_size, m.seq_len);
@@ -134,35 +152,50 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
     return corpus.status().WithContext("data");
   }
   *exit_code = kExitFailure;
-  log->info("job {}: {} data files, {} tokens ({} for training), {} validation windows", spec.name,
-            corpus->files().size(), corpus->tokens(), corpus->train_tokens(),
-            corpus->validation_windows());
+  log->info(
+      "job {} rank {}/{}: stage {} (layers {}-{}), replica {}, experts {}-{}; {} data files, {} "
+      "tokens",
+      spec.name, topo.rank, topo.world, topo.stage, topo.range.layer_begin,
+      topo.range.layer_end - 1, topo.d, topo.range.expert_begin, topo.range.expert_end - 1,
+      corpus->files().size(), corpus->tokens());
 
-  model::Parameters<float> params(ModelTensors(m));
+  const uint64_t fingerprint = ModelFingerprint(m);
+  model::Parameters<float> params(model::StageTensors(m, topo.range));
   params.Initialize(spec.train.seed, m.init_std);
-  model::ModelStage<float> stage(m, {0, m.n_layers, true, true}, &params, spec.train.precision);
+  model::ExpertParallel ep;
+  if (topo.expert > 1) ep = {topo.expert_group.get(), m.moe.routed_experts / topo.expert};
+  model::ModelStage<float> stage(m, topo.range, &params, spec.train.precision, ep);
   OptimizerState opt{std::vector<float>(params.values().size(), 0.0f),
                      std::vector<float>(params.values().size(), 0.0f)};
 
-  const std::string shard = SingleShardPath(spec, opts.run_dir);
-  fs::create_directories(shard, ec);
-  auto store = checkpoint::ShardStore::Open(shard, true);
-  if (!store.ok()) return store.status();
-  int64_t step = 0;
-  auto steps = store.value()->CompleteSteps();
-  if (!steps.ok()) return steps.status();
-  if (!opts.resume && !steps->empty()) {
-    // A fresh run must not mix with an earlier run's checkpoints (its newest step would win).
-    *exit_code = kExitInvalidConfig;
-    return Status::FailedPrecondition(
-        shard + " already holds checkpoints up to step " + std::to_string(steps->back()) +
-        ": continue that run with --resume, or train into a new --run-dir");
+  // Every rank opens its shard, then all read the same set of shards, so they agree on the
+  // step to resume from.
+  const std::string ckpt_dir = CheckpointDir(spec, opts.run_dir);
+  const std::string shard = ckpt_dir + "/" + topo.ShardName();
+  std::unique_ptr<checkpoint::ShardStore> store;
+  if (topo.writes_checkpoint()) {
+    fs::create_directories(shard, ec);
+    auto s = checkpoint::ShardStore::Open(shard, true);
+    if (!s.ok()) return s.status();
+    store = std::move(s.value());
   }
-  if (opts.resume) {
-    for (auto it = steps->rbegin(); it != steps->rend(); ++it) {
-      auto entries = store.value()->ReadStep(*it);
-      Status s =
-          entries.ok() ? RestoreState(entries.value(), &params, &opt, &step) : entries.status();
+  MOERUN_RETURN_IF_ERROR(topo.world_comm->Barrier());
+  int64_t step = 0;
+  if (fs::exists(ckpt_dir)) {
+    auto run = checkpoint::RunCheckpoints::Open(ckpt_dir);
+    auto steps =
+        run.ok() ? run->CompleteSteps() : Result<std::vector<int64_t>>(std::vector<int64_t>{});
+    if (!steps.ok()) return steps.status();
+    if (!opts.resume && !steps->empty()) {
+      *exit_code = kExitInvalidConfig;
+      return Status::FailedPrecondition(
+          ckpt_dir + " already holds checkpoints up to step " + std::to_string(steps->back()) +
+          ": continue that run with --resume, or train into a new --run-dir");
+    }
+    for (auto it = steps->rbegin(); opts.resume && it != steps->rend(); ++it) {
+      auto entries = run->ReadStep(*it);
+      Status s = entries.ok() ? RestoreState(entries.value(), &params, &opt, &step, fingerprint)
+                              : entries.status();
       if (s.ok()) {
         log->info("resumed from checkpoint step {}", step);
         break;
@@ -171,33 +204,35 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
       params.Initialize(spec.train.seed, m.init_std);  // undo a partial restore
       step = 0;
     }
-    if (step == 0 && !steps->empty()) log->warn("no readable checkpoint: starting from step 0");
   }
+  MOERUN_RETURN_IF_ERROR(topo.world_comm->Barrier());  // nobody writes before all have read
+
   const std::string metrics_path = opts.run_dir + "/metrics.jsonl";
-  if (opts.resume) {
-    MOERUN_RETURN_IF_ERROR(TruncateMetrics(metrics_path, step));
-  } else {
-    std::ofstream(metrics_path, std::ios::trunc);
+  std::ofstream metrics;
+  if (lead) {
+    if (opts.resume) {
+      MOERUN_RETURN_IF_ERROR(TruncateMetrics(metrics_path, step));
+    } else {
+      std::ofstream(metrics_path, std::ios::trunc);
+    }
+    metrics.open(metrics_path, std::ios::app);
   }
-  std::ofstream metrics(metrics_path, std::ios::app);
+  std::unique_ptr<checkpoint::CheckpointWriter> writer;
+  if (store) {
+    writer = std::make_unique<checkpoint::CheckpointWriter>(
+        store.get(), spec.checkpoint.keep, spec.checkpoint.async,
+        [&log](const checkpoint::WriteReport& r) {
+          if (r.status.ok()) {
+            log->info("checkpoint step {} written: {:.1f} MiB in {:.3f} s", r.step,
+                      double(r.bytes) / (1 << 20), r.seconds);
+          } else {
+            log->error("checkpoint step {} failed: {}", r.step, r.status.message());
+          }
+        });
+  }
 
-  checkpoint::CheckpointWriter writer(
-      store.value().get(), spec.checkpoint.keep, spec.checkpoint.async,
-      [&log](const checkpoint::WriteReport& r) {
-        if (r.status.ok()) {
-          log->info("checkpoint step {} written: {:.1f} MiB in {:.3f} s", r.step,
-                    double(r.bytes) / (1 << 20), r.seconds);
-        } else {
-          log->error("checkpoint step {} failed: {}", r.step, r.status.message());
-        }
-      });
-
-  const int64_t micro = spec.parallel.data * spec.parallel.micro_batches;
-  const int64_t mb = spec.train.global_batch / micro, seq = m.seq_len;
+  StepRunner runner(spec, &topo, &params, &stage, &opt, &corpus.value());
   const int64_t total = spec.train.steps;
-  std::vector<int32_t> inputs(size_t(mb * seq)), targets(inputs.size());
-  model::StageActivations<float> acts;
-  std::vector<std::vector<int64_t>> counts;
   TrainSummary summary;
   summary.first_step = step + 1;
   g_stop.store(false);
@@ -210,59 +245,29 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
   while (step < total) {
     const auto t0 = Clock::now();
     ++step;
-    params.ZeroGrads();
-    counts.assign(stage.moe_layers().size(), std::vector<int64_t>(size_t(m.moe.routed_experts), 0));
-    double loss = 0, balance = 0;
-    for (int64_t i = 0; i < micro; ++i) {
-      for (int64_t j = 0; j < mb; ++j) {
-        corpus->SampleTrain(spec.train.seed, step - 1, i * mb + j, inputs.data() + j * seq,
-                            targets.data() + j * seq);
-      }
-      loss += stage.Forward(acts, inputs.data(), nullptr, targets.data(), mb, seq, nullptr) /
-              double(micro);
-      balance += acts.balance_loss / double(micro);
-      stage.Backward(acts, 1.0 / double(micro), nullptr, nullptr);
-      for (size_t l = 0; l < counts.size(); ++l)
-        for (size_t e = 0; e < counts[l].size(); ++e) counts[l][e] += stage.expert_counts()[l][e];
-    }
-    double sq = 0;
-    for (const auto& v : params.views())
-      if (v.info.trainable())
-        sq += cpu::SumOfSquares(params.grads().data() + v.offset, v.info.numel());
-    const double grad_norm = std::sqrt(sq);
-    const double clip = cpu::ClipFactor(grad_norm, spec.train.optimizer.grad_clip);
-    const double lr = LearningRate(spec.train.optimizer, step, total);
-    cpu::AdamWStep adam{lr,
-                        spec.train.optimizer.beta1,
-                        spec.train.optimizer.beta2,
-                        spec.train.optimizer.eps,
-                        spec.train.optimizer.weight_decay,
-                        step};
-    for (const auto& v : params.views()) {
-      if (!v.info.trainable()) continue;
-      float* g = params.grads().data() + v.offset;
-      if (clip != 1.0) cpu::ScaleInPlace(g, v.info.numel(), float(clip));
-      cpu::AdamWUpdate(params.values().data() + v.offset, g, opt.m.data() + v.offset,
-                       opt.v.data() + v.offset, v.info.numel(), adam, v.info.is_matrix());
+    auto r = runner.Run(step, total);
+    if (!r.ok()) {
+      result = r.status().WithContext("step " + std::to_string(step));
+      break;
     }
     nlohmann::json load = nlohmann::json::object();
     double imbalance = 0;
-    for (size_t l = 0; l < counts.size(); ++l) {
-      stage.UpdateBalanceBias(stage.moe_layers()[l], counts[l].data(),
-                              m.moe.balance.bias_update_speed);
-      const double mean = double(mb * micro * seq * m.moe.top_k) / double(m.moe.routed_experts);
-      imbalance += double(*std::max_element(counts[l].begin(), counts[l].end())) / mean /
-                   double(counts.size());
-      load[std::to_string(stage.moe_layers()[l])] = counts[l];
+    const double mean = double(spec.train.global_batch * m.seq_len * m.moe.top_k) /
+                        double(std::max<int64_t>(1, m.moe.routed_experts));
+    for (size_t l = 0; l < r->expert_load.size(); ++l) {
+      const auto& c = r->expert_load[l];
+      imbalance +=
+          double(*std::max_element(c.begin(), c.end())) / mean / double(r->expert_load.size());
+      load[std::to_string(m.dense_layers + int64_t(l))] = c;
     }
     const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-    const int64_t tokens = spec.train.global_batch * seq;
+    const int64_t tokens = spec.train.global_batch * m.seq_len;
     run_tokens += tokens;
     nlohmann::json line = {{"step", step},
-                           {"loss", loss},
-                           {"balance_loss", balance},
-                           {"lr", lr},
-                           {"grad_norm", grad_norm},
+                           {"loss", r->loss},
+                           {"balance_loss", r->balance_loss},
+                           {"lr", r->lr},
+                           {"grad_norm", r->grad_norm},
                            {"step_time_s", seconds},
                            {"tokens_per_s", double(tokens) / seconds},
                            {"max_over_mean_load", imbalance},
@@ -271,36 +276,44 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
         spec.train.eval_interval > 0 && (step % spec.train.eval_interval == 0 || step == total);
     if (eval_now && corpus->validation_windows() > 0) {
       const int64_t windows = std::min(kEvalMaxWindows, corpus->validation_windows());
-      const double val = MeanCrossEntropy(
-          stage, windows, seq, mb,
-          [&](int64_t k, int32_t* in, int32_t* tg) { corpus->ValidationWindow(k, in, tg); });
-      line["val_loss"] = val;
-      summary.final_val_loss = val;
-      log->info("step {} held-out loss {:.4f} over {} windows", step, val, windows);
+      auto val = runner.Evaluate(windows);
+      if (!val.ok()) {
+        result = val.status().WithContext("evaluation at step " + std::to_string(step));
+        break;
+      }
+      line["val_loss"] = val.value();
+      summary.final_val_loss = val.value();
+      log->info("step {} held-out loss {:.4f} over {} windows", step, val.value(), windows);
     }
-    metrics << line.dump() << "\n";
-    metrics.flush();
-    summary.final_loss = loss;
+    if (lead) {
+      metrics << line.dump() << "\n";
+      metrics.flush();
+    }
+    summary.final_loss = r->loss;
     const double elapsed = std::chrono::duration<double>(Clock::now() - run_start).count();
-    const double tps = double(run_tokens) / elapsed;
     if (tty) {
-      DrawProgress(step, total, loss, tps,
+      DrawProgress(step, total, r->loss, double(run_tokens) / elapsed,
                    elapsed / double(step - summary.first_step + 1) * double(total - step));
     }
     log->info("step {}/{} loss {:.4f} lr {:.3e} grad_norm {:.3f} load max/mean {:.2f} {:.0f} tok/s",
-              step, total, loss, lr, grad_norm, imbalance, double(tokens) / seconds);
-    const bool stopping = g_stop.load();
+              step, total, r->loss, r->lr, r->grad_norm, imbalance, double(tokens) / seconds);
+    auto stopping = runner.AnyRank(g_stop.load());
+    if (!stopping.ok()) {
+      result = stopping.status();
+      break;
+    }
     const bool ckpt_now = spec.checkpoint.interval_steps > 0 &&
                           (step % spec.checkpoint.interval_steps == 0 || step == total);
-    if (ckpt_now || stopping)
-      writer.Submit(step, SnapshotState(params, opt, step, spec.train.seed));
-    if (stopping) {
+    if (writer && (ckpt_now || stopping.value())) {
+      writer->Submit(step, SnapshotState(params, opt, step, spec.train.seed, fingerprint));
+    }
+    if (stopping.value()) {
       result = Status::Aborted("interrupted after step " + std::to_string(step) +
                                "; a checkpoint was written: continue with --resume");
       break;
     }
   }
-  writer.Wait();
+  if (writer) writer->Wait();
   std::signal(SIGINT, old_int);
   std::signal(SIGTERM, old_term);
   if (tty) std::fprintf(stderr, "\n");
@@ -308,7 +321,11 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
   const double elapsed = std::chrono::duration<double>(Clock::now() - run_start).count();
   summary.tokens_per_s = elapsed > 0 ? double(run_tokens) / elapsed : 0;
   if (!result.ok()) {
-    *exit_code = kExitInterrupted;
+    log->error("{}", result.message());
+    *exit_code =
+        result.code() == Status::Code::kAborted && g_stop.load() ? kExitInterrupted : kExitFailure;
+    // A broken data plane must not wait for peers that are gone.
+    topo.world_comm->Abort(result.message());
     return result;
   }
   *exit_code = kExitOk;

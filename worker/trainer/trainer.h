@@ -1,16 +1,17 @@
-// Trainer: one process that trains a whole job by itself (world size 1; `parallel` only sets
-// how a step is cut into micro-batches, so the numbers match a parallel run of the job).
+// Trainer: one rank of a job. Alone (world 1) it trains the whole model, running
+// data × micro_batches micro-batches per step so the numbers match a parallel run; in a
+// parallel run (world = pipeline × data) it trains its stage and experts with the others
+// (worker/trainer/step_runner.h has the step).
 //
-// Each step: data × micro_batches micro-batches of global_batch / (data × micro_batches)
-// sequences, gradients summed with weight 1/micro-batches, global-norm clipping, linear
-// warm-up then cosine decay, AdamW, then the aux-loss-free bias update from the step's
-// expert token counts. Writes <run dir>/metrics.jsonl (one JSON object per step),
-// <run dir>/train.log, and checkpoints under checkpoint.dir (default <run dir>/checkpoints).
-// Not thread-safe; one per process.
+// Rank 0 writes <run dir>/metrics.jsonl (one JSON object per step) and train.log; other
+// ranks log to train-rank-R.log. Ranks of the first expert group write checkpoint shards
+// stage-S/dp-D under checkpoint.dir (default <run dir>/checkpoints). Not thread-safe; one
+// per process.
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "common/job_spec.h"
 #include "common/status.h"
@@ -22,6 +23,12 @@ struct TrainOptions {
   int64_t steps = 0;     // > 0 replaces train.steps (and the schedule's length)
   bool resume = false;   // continue from the newest readable checkpoint, if any
   bool progress = true;  // a progress bar when stderr is a terminal
+  // A parallel run: this process is `rank` of `world` (= pipeline x data); rank r's data
+  // plane listens at endpoints[r]. world 1 trains alone without sockets.
+  int rank = 0;
+  int world = 1;
+  std::vector<std::string> endpoints;
+  int64_t data_plane_timeout_ms = 30000;
 };
 
 struct TrainSummary {
@@ -43,8 +50,6 @@ inline constexpr int kExitInterrupted = 130;
 
 // The checkpoint directory of a run: checkpoint.dir or <run dir>/checkpoints.
 std::string CheckpointDir(const JobSpec& spec, const std::string& run_dir);
-// The shard store path of a single-process run (DESIGN.md §7: stage-S/dp-D).
-std::string SingleShardPath(const JobSpec& spec, const std::string& run_dir);
 
 // Learning rate at 1-based `step`: linear warm-up to lr, then cosine to min_lr.
 double LearningRate(const OptimizerSpec& o, int64_t step, int64_t total_steps);
