@@ -139,19 +139,27 @@ Status NcclCommunicator::Recv(int peer, uint32_t, void* data, size_t bytes) {
   return Wait("recv");
 }
 
+namespace {
+
+// One all-reduce of `count` elements of `type`, in place.
+ncclResult_t EnqueueSum(void* data, size_t count, ncclDataType_t type, ncclComm_t comm,
+                        cudaStream_t stream) {
+  return ncclAllReduce(data, data, count, type, ncclSum, comm, stream);
+}
+
+}  // namespace
+
 Status NcclCommunicator::AllReduceSum(float* data, size_t count) {
   if (state_->comm == nullptr) return Status::Aborted("NCCL all-reduce: communicator aborted");
   MOERUN_RETURN_IF_ERROR(
-      Enqueued(ncclAllReduce(data, data, count, ncclFloat32, ncclSum, state_->comm, state_->stream),
-               "all-reduce"));
+      Enqueued(EnqueueSum(data, count, ncclFloat32, state_->comm, state_->stream), "all-reduce"));
   return Wait("all-reduce");
 }
 
 Status NcclCommunicator::AllReduceSum(double* data, size_t count) {
   if (state_->comm == nullptr) return Status::Aborted("NCCL all-reduce: communicator aborted");
   MOERUN_RETURN_IF_ERROR(
-      Enqueued(ncclAllReduce(data, data, count, ncclFloat64, ncclSum, state_->comm, state_->stream),
-               "all-reduce"));
+      Enqueued(EnqueueSum(data, count, ncclFloat64, state_->comm, state_->stream), "all-reduce"));
   return Wait("all-reduce");
 }
 
