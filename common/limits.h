@@ -16,4 +16,9 @@ inline constexpr int kMaxJobSpecIndentDepth = 32;
 // A file with more errors than this reports the first ones and a count of the rest.
 inline constexpr std::size_t kMaxSpecDiagnostics = 100;
 
+// Control-plane messages: the whole encoded envelope, its ids, and its JSON body's nesting.
+inline constexpr std::size_t kMaxMessageBytes = 4 << 20;
+inline constexpr std::size_t kMaxMessageIdBytes = 256;
+inline constexpr int kMaxMessageJsonDepth = 32;
+
 }  // namespace moerun
