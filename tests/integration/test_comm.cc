@@ -210,6 +210,31 @@ TEST_CASE("a killed peer becomes a timeout on every other rank, within the timeo
   CHECK(codes[2] == -SIGKILL);
 }
 
+TEST_CASE("a frozen (SIGSTOPped) peer becomes a timeout too") {
+  const int64_t timeout_ms = 1000;
+  const std::string name = "frozen";
+  // Rank 1 stops itself; rank 0 must report it within the timeout, then wakes and kills it.
+  auto codes = RunRanks(
+      2, name, timeout_ms,
+      [&](ZmqCommunicator& c) {
+        if (c.rank() == 1) {
+          raise(SIGSTOP);
+          return std::string();  // resumed only to be killed below
+        }
+        float v = 1.0f;
+        const auto t0 = Clock::now();
+        Status s = c.AllReduceSum(&v, 1);
+        const auto ms =
+            std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+        if (s.code() != Status::Code::kTimedOut) return "expected TimedOut, got " + s.ToString();
+        return Check(ms >= timeout_ms && ms < timeout_ms + 500,
+                     "timed out after " + std::to_string(ms) + " ms");
+      },
+      std::chrono::seconds(3));
+  CHECK(codes[0] == 0);
+  CHECK(codes[1] == -SIGKILL);  // still stopped when the limit came: RunRanks killed it
+}
+
 TEST_CASE("Abort from another thread ends a blocked call promptly") {
   auto codes = RunRanks(2, "abort", 60000, [](ZmqCommunicator& c) {
     if (c.rank() == 1) {
