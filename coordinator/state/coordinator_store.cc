@@ -1,0 +1,179 @@
+#include "coordinator/state/coordinator_store.h"
+
+#include <rocksdb/db.h>
+
+#include <cstdio>
+#include <cstring>
+
+#include "common/crc32c.h"
+
+namespace moerun::coordinator {
+namespace {
+
+std::string Step12(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%012lld", static_cast<long long>(step));
+  return buf;
+}
+
+std::string Frame(const std::string& payload) {
+  std::string out(6, '\0');
+  const uint16_t v = kStoreValueVersion;
+  const uint32_t crc = Crc32c(payload.data(), payload.size());
+  std::memcpy(out.data(), &v, 2);
+  std::memcpy(out.data() + 2, &crc, 4);
+  return out + payload;
+}
+
+Result<std::string> Unframe(const std::string& key, const std::string& value) {
+  if (value.size() < 6) return Status::Corruption("coordinator state " + key + ": truncated value");
+  uint16_t v;
+  uint32_t crc;
+  std::memcpy(&v, value.data(), 2);
+  std::memcpy(&crc, value.data() + 2, 4);
+  if (v != kStoreValueVersion) {
+    return Status::Corruption("coordinator state " + key + ": value format version " +
+                              std::to_string(v) + "; this build reads " +
+                              std::to_string(kStoreValueVersion));
+  }
+  std::string payload = value.substr(6);
+  if (Crc32c(payload.data(), payload.size()) != crc)
+    return Status::Corruption("coordinator state " + key + ": CRC32C mismatch");
+  return payload;
+}
+
+Status FromRocks(const rocksdb::Status& s, const std::string& what) {
+  if (s.ok()) return Status::OK();
+  if (s.IsNotFound()) return Status::NotFound(what);
+  if (s.IsCorruption()) return Status::Corruption(what + ": " + s.ToString());
+  return Status::IOError(what + ": " + s.ToString());
+}
+
+Result<nlohmann::json> ParseJson(const std::string& key, const std::string& payload) {
+  auto j = nlohmann::json::parse(payload, nullptr, false);
+  if (j.is_discarded()) return Status::Corruption("coordinator state " + key + ": not JSON");
+  return j;
+}
+
+}  // namespace
+
+CoordinatorStore::CoordinatorStore(rocksdb::DB* db) : db_(db) {}
+CoordinatorStore::~CoordinatorStore() = default;
+
+Result<std::unique_ptr<CoordinatorStore>> CoordinatorStore::Open(const std::string& dir) {
+  rocksdb::Options options;
+  options.create_if_missing = true;
+  options.paranoid_checks = true;
+  rocksdb::DB* db = nullptr;
+  MOERUN_RETURN_IF_ERROR(
+      FromRocks(rocksdb::DB::Open(options, dir, &db), "coordinator state " + dir));
+  return std::unique_ptr<CoordinatorStore>(new CoordinatorStore(db));
+}
+
+Status CoordinatorStore::Put(const std::string& key, const std::string& payload, bool sync) {
+  rocksdb::WriteOptions w;
+  w.sync = sync;
+  return FromRocks(db_->Put(w, key, Frame(payload)), "coordinator state " + key);
+}
+
+Result<std::string> CoordinatorStore::Get(const std::string& key) const {
+  std::string value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), key, &value);
+  if (s.IsNotFound()) return Status::NotFound("coordinator state " + key + ": not stored");
+  MOERUN_RETURN_IF_ERROR(FromRocks(s, "coordinator state " + key));
+  return Unframe(key, value);
+}
+
+Result<std::vector<std::pair<std::string, std::string>>> CoordinatorStore::Scan(
+    const std::string& prefix) const {
+  std::vector<std::pair<std::string, std::string>> out;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    const std::string key = it->key().ToString();
+    auto payload = Unframe(key, it->value().ToString());
+    if (!payload.ok()) return payload.status();
+    out.emplace_back(key, std::move(payload.value()));
+  }
+  MOERUN_RETURN_IF_ERROR(FromRocks(it->status(), "coordinator state scan " + prefix));
+  return out;
+}
+
+Status CoordinatorStore::PutJob(const JobState& job) {
+  return Put("job/" + job.job_id(), job.ToJson().dump(), true);
+}
+
+Status CoordinatorStore::PutSpec(const std::string& job_id, const std::string& yaml) {
+  return Put("spec/" + job_id, yaml, true);
+}
+
+Result<std::string> CoordinatorStore::GetSpec(const std::string& job_id) const {
+  return Get("spec/" + job_id);
+}
+
+Result<std::vector<JobState>> CoordinatorStore::LoadJobs() const {
+  auto rows = Scan("job/");
+  if (!rows.ok()) return rows.status();
+  std::vector<JobState> jobs;
+  for (const auto& [key, payload] : rows.value()) {
+    auto j = ParseJson(key, payload);
+    if (!j.ok()) return j.status();
+    auto state = JobState::FromJson(j.value());
+    if (!state.ok()) return state.status().WithContext(key);
+    jobs.push_back(std::move(state.value()));
+  }
+  return jobs;
+}
+
+Status CoordinatorStore::PutMetric(const std::string& job_id, int64_t step,
+                                   const nlohmann::json& report) {
+  return Put("metric/" + job_id + "/" + Step12(step), report.dump(), false);
+}
+
+Result<std::vector<nlohmann::json>> CoordinatorStore::Metrics(const std::string& job_id,
+                                                              int64_t since_step,
+                                                              size_t limit) const {
+  std::vector<nlohmann::json> out;
+  const std::string prefix = "metric/" + job_id + "/";
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(prefix + Step12(since_step + 1));
+       it->Valid() && it->key().starts_with(prefix) && out.size() < limit; it->Next()) {
+    const std::string key = it->key().ToString();
+    auto payload = Unframe(key, it->value().ToString());
+    if (!payload.ok()) return payload.status();
+    auto j = ParseJson(key, payload.value());
+    if (!j.ok()) return j.status();
+    out.push_back(std::move(j.value()));
+  }
+  MOERUN_RETURN_IF_ERROR(FromRocks(it->status(), "coordinator state scan " + prefix));
+  return out;
+}
+
+Status CoordinatorStore::CommitManifest(const std::string& job_id, int64_t step,
+                                        const nlohmann::json& manifest) {
+  return Put("manifest/" + job_id + "/" + Step12(step), manifest.dump(), true);
+}
+
+Result<std::vector<int64_t>> CoordinatorStore::CommittedSteps(const std::string& job_id) const {
+  auto rows = Scan("manifest/" + job_id + "/");
+  if (!rows.ok()) return rows.status();
+  std::vector<int64_t> steps;
+  for (const auto& [key, payload] : rows.value())
+    steps.push_back(std::stoll(key.substr(key.size() - 12)));
+  return steps;
+}
+
+Result<nlohmann::json> CoordinatorStore::Manifest(const std::string& job_id, int64_t step) const {
+  const std::string key = "manifest/" + job_id + "/" + Step12(step);
+  auto payload = Get(key);
+  if (!payload.ok()) return payload.status();
+  return ParseJson(key, payload.value());
+}
+
+Status CoordinatorStore::DeleteManifest(const std::string& job_id, int64_t step) {
+  rocksdb::WriteOptions w;
+  w.sync = true;
+  const std::string key = "manifest/" + job_id + "/" + Step12(step);
+  return FromRocks(db_->Delete(w, key), "coordinator state " + key);
+}
+
+}  // namespace moerun::coordinator

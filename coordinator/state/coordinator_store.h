@@ -1,0 +1,62 @@
+// CoordinatorStore: the coordinator's durable state in one RocksDB (DESIGN.md §1, §5, §7), so
+// a coordinator killed with SIGKILL reloads every job on restart.
+//   job/<id>                   JobState (phase, generation, restarts, events)
+//   spec/<id>                  the job's YAML, as submitted
+//   metric/<id>/<step:12>      one step report
+//   manifest/<id>/<step:12>    a committed checkpoint manifest: present means committed
+// Every value is framed as  u16 format version | u32 CRC32C of the payload | payload (JSON
+// or text), and is refused with Corruption (naming the key) when the version is unknown or
+// the CRC does not match. Writes that commit something (job state, manifests) are fsynced.
+// Thread-safe (RocksDB is).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "coordinator/jobs/job_state.h"
+
+namespace rocksdb {
+class DB;
+}
+
+namespace moerun::coordinator {
+
+inline constexpr uint16_t kStoreValueVersion = 1;
+
+class CoordinatorStore {
+ public:
+  static Result<std::unique_ptr<CoordinatorStore>> Open(const std::string& dir);
+  ~CoordinatorStore();
+
+  Status PutJob(const JobState& job);
+  Status PutSpec(const std::string& job_id, const std::string& yaml);
+  Result<std::string> GetSpec(const std::string& job_id) const;
+  // Every stored job, in id order. A record that cannot be read fails the call (naming it).
+  Result<std::vector<JobState>> LoadJobs() const;
+
+  Status PutMetric(const std::string& job_id, int64_t step, const nlohmann::json& report);
+  // Reports with step > since_step, ascending, at most `limit`.
+  Result<std::vector<nlohmann::json>> Metrics(const std::string& job_id, int64_t since_step,
+                                              size_t limit) const;
+
+  // The commit point of a checkpoint step (two-phase commit, DESIGN.md §7).
+  Status CommitManifest(const std::string& job_id, int64_t step, const nlohmann::json& manifest);
+  Result<std::vector<int64_t>> CommittedSteps(const std::string& job_id) const;
+  Result<nlohmann::json> Manifest(const std::string& job_id, int64_t step) const;
+  Status DeleteManifest(const std::string& job_id, int64_t step);
+
+ private:
+  explicit CoordinatorStore(rocksdb::DB* db);
+  Status Put(const std::string& key, const std::string& payload, bool sync);
+  Result<std::string> Get(const std::string& key) const;
+  // Keys under `prefix` (in order) with their verified payloads.
+  Result<std::vector<std::pair<std::string, std::string>>> Scan(const std::string& prefix) const;
+
+  std::unique_ptr<rocksdb::DB> db_;
+};
+
+}  // namespace moerun::coordinator
