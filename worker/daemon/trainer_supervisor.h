@@ -1,0 +1,67 @@
+// TrainerSupervisor: the worker daemon's children (DESIGN.md §1). Starts one trainer process
+// per assigned rank, reports each exit with its code or signal, and stops trainers on
+// command: SIGTERM first, SIGKILL after a grace period, so a hung trainer cannot outlive its
+// generation. Each child gets its own process group (a trainer's helpers die with it) and
+// its stdout/stderr in a log file.
+//
+// Poll() reaps finished children without blocking and fires on_exit for each. Thread-safe
+// for one owner thread plus Stop*/Running from others.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace moerun::worker {
+
+inline constexpr int64_t kTrainerStopGraceMs = 5000;  // SIGTERM -> SIGKILL
+
+struct TrainerExit {
+  std::string job_id;
+  uint64_t generation = 0;
+  int rank = 0;
+  pid_t pid = 0;
+  int exit_code = -1;            // when exited normally, else -1
+  int signal = 0;                // when killed by a signal, else 0
+  std::string Describe() const;  // "exited with code 3" / "killed by signal 9 (Killed)"
+};
+
+struct TrainerLaunch {
+  std::string job_id;
+  uint64_t generation = 0;
+  int rank = 0;
+  std::vector<std::string> argv;  // argv[0] is the program path
+  std::string log_path;           // stdout and stderr, appended
+};
+
+class TrainerSupervisor {
+ public:
+  explicit TrainerSupervisor(std::function<void(const TrainerExit&)> on_exit);
+  ~TrainerSupervisor();  // stops every child
+
+  Result<pid_t> Start(const TrainerLaunch& launch);
+  // Reaps children that ended; returns how many.
+  int Poll();
+  // SIGTERM now; SIGKILL to whoever is still alive after grace_ms (blocking, polling).
+  void StopJob(const std::string& job_id, int64_t grace_ms = kTrainerStopGraceMs);
+  // Stops trainers of `job_id` whose generation is older than `generation` (fencing).
+  void StopOlderThan(const std::string& job_id, uint64_t generation,
+                     int64_t grace_ms = kTrainerStopGraceMs);
+  size_t Running() const;
+
+ private:
+  void StopWhere(const std::function<bool(const TrainerLaunch&)>& match, int64_t grace_ms);
+
+  std::function<void(const TrainerExit&)> on_exit_;
+  mutable std::mutex mu_;
+  std::map<pid_t, TrainerLaunch> children_;
+};
+
+}  // namespace moerun::worker
