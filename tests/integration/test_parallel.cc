@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "tests/integration/process.h"
+#include "tests/temp_path.h"
 #include "worker/checkpoint/checkpoint_reader.h"
 
 namespace fs = std::filesystem;
@@ -27,9 +28,7 @@ namespace {
 const std::string kJob = std::string(MOERUN_SOURCE_DIR) + "/tests/configs/train-fast.yaml";
 
 std::string Tmp(const std::string& name) {
-  std::string d = "/tmp/moerun_parallel_test_" + std::to_string(getpid()) + "_" + name;
-  fs::remove_all(d);
-  return d;
+  return moerun::testing::FreshTempPath("parallel", name, false);
 }
 
 // train-fast.yaml with another parallel layout.

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "tests/integration/process.h"
+#include "tests/temp_path.h"
 
 namespace fs = std::filesystem;
 using moerun::testing::Output;
@@ -25,9 +26,7 @@ namespace {
 const std::string kJob = std::string(MOERUN_SOURCE_DIR) + "/tests/configs/train-fast.yaml";
 
 std::string RunDir(const std::string& name) {
-  std::string d = "/tmp/moerun_train_test_" + std::to_string(getpid()) + "_" + name;
-  fs::remove_all(d);
-  return d;
+  return moerun::testing::FreshTempPath("training", name, false);
 }
 
 // The loss column of metrics.jsonl, as text: equal text means bitwise-equal doubles.

@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "common/crc32c.h"
+#include "tests/temp_path.h"
 #include "worker/checkpoint/checkpoint_reader.h"
 #include "worker/checkpoint/checkpoint_writer.h"
 #include "worker/checkpoint/digest.h"
@@ -16,12 +17,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string TempDir(const char* name) {
-  std::string d = "/tmp/moerun_ckpt_test_" + std::to_string(getpid()) + "_" + name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
+std::string TempDir(const char* name) { return moerun::testing::FreshTempPath("ckpt", name, true); }
 
 std::vector<Entry> Step(float base) {
   std::vector<float> w = {base, base + 1, base + 2, base + 3, base + 4, base + 5};

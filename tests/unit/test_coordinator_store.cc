@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "coordinator/state/coordinator_store.h"
+#include "tests/temp_path.h"
 
 using moerun::Status;
 using moerun::coordinator::CoordinatorStore;
@@ -16,11 +17,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string Dir(const char* name) {
-  std::string d = "/tmp/moerun_store_test_" + std::to_string(getpid()) + "_" + name;
-  fs::remove_all(d);
-  return d;
-}
+std::string Dir(const char* name) { return moerun::testing::FreshTempPath("store", name, false); }
 
 }  // namespace
 

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "tests/temp_path.h"
 #include "worker/data/corpus.h"
 
 namespace fs = std::filesystem;
@@ -17,10 +18,7 @@ using moerun::data::Corpus;
 namespace {
 
 std::string TempDir(const char* name) {
-  std::string d = "/tmp/moerun_corpus_test_" + std::to_string(getpid()) + "_" + name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
+  return moerun::testing::FreshTempPath("corpus", name, true);
 }
 
 void WriteShard(const std::string& path, const std::vector<uint16_t>& tokens,
