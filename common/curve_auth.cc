@@ -68,7 +68,13 @@ Result<std::set<std::string>> LoadAuthorizedKeys(const std::string& path) {
   std::set<std::string> keys;
   std::string line;
   for (int n = 1; std::getline(in, line); ++n) {
-    line = line.substr(0, line.find('#'));
+    // '#' is a Z85 character too: a comment starts only at a '#' that begins a word.
+    for (size_t i = 0; i < line.size(); ++i) {
+      if (line[i] == '#' && (i == 0 || line[i - 1] == ' ' || line[i - 1] == '\t')) {
+        line.resize(i);
+        break;
+      }
+    }
     std::istringstream words(line);
     std::string key;
     if (!(words >> key)) continue;

@@ -4,7 +4,8 @@
 // Files in a state directory:
 //   <name>.key          the public key (Z85, 40 characters)
 //   <name>.key_secret   the secret key, mode 0600
-//   authorized_keys     one client public key per line; '#' starts a comment
+//   authorized_keys     one client public key per line; a '#' that begins a word starts a
+//                       comment ('#' inside a key is one of Z85's characters)
 // A CURVE server socket in a context with a ZapAuthenticator accepts a client only when the
 // client's public key is authorized; anything else is denied (and counted) before a single
 // message reaches the server's code.
