@@ -24,6 +24,18 @@ class SystemClock : public Clock {
   }
 };
 
+// Milliseconds since the Unix epoch: for times that outlive the process (job events, restart
+// deadlines the coordinator reloads after a restart). It follows the system's wall clock, so
+// an operator's clock step moves it; nothing that needs monotonic time may use it.
+class WallClock : public Clock {
+ public:
+  int64_t NowMs() const override {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  }
+};
+
 class FakeClock : public Clock {
  public:
   explicit FakeClock(int64_t start_ms = 0) : now_(start_ms) {}

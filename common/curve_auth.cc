@@ -105,6 +105,12 @@ void ZapAuthenticator::Allow(const std::string& key) {
   keys_.insert(key);
 }
 
+void ZapAuthenticator::OnDenied(
+    std::function<void(const std::string& address, const std::string& key)> cb) {
+  std::lock_guard<std::mutex> lock(mu_);
+  on_denied_ = std::move(cb);
+}
+
 void ZapAuthenticator::Loop() {
   while (!stop_.load()) {
     zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
@@ -118,13 +124,19 @@ void ZapAuthenticator::Loop() {
         (void)socket_.recv(frames.back(), zmq::recv_flags::none);
       } while (frames.back().more());
       bool ok = false;
+      std::string key = frames.size() >= 6 ? frames[5].to_string() : "?";
       if (frames.size() >= 7 && frames[5].to_string() == "CURVE" && frames[6].size() == 32) {
         char z85[41];
         zmq_z85_encode(z85, static_cast<const uint8_t*>(frames[6].data()), 32);
+        key = z85;
         std::lock_guard<std::mutex> lock(mu_);
         ok = keys_.count(z85) > 0;
       }
       (ok ? allowed_ : denied_).fetch_add(1);
+      if (!ok) {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (on_denied_) on_denied_(frames.size() > 3 ? frames[3].to_string() : "?", key);
+      }
       const std::string request_id = frames.size() > 1 ? frames[1].to_string() : "";
       socket_.send(zmq::str_buffer("1.0"), zmq::send_flags::sndmore);
       socket_.send(zmq::buffer(request_id), zmq::send_flags::sndmore);

@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <set>
 #include <string>
@@ -44,6 +45,9 @@ class ZapAuthenticator {
   ~ZapAuthenticator();
 
   void Allow(const std::string& public_key_z85);
+  // Called (on the handler's thread) for every refused client: its address and key (Z85, or
+  // the mechanism's name when it did not use CURVE), so the owner can log who knocked.
+  void OnDenied(std::function<void(const std::string& address, const std::string& key)> cb);
   uint64_t allowed() const { return allowed_.load(); }
   uint64_t denied() const { return denied_.load(); }
 
@@ -53,6 +57,7 @@ class ZapAuthenticator {
   zmq::socket_t socket_;
   std::mutex mu_;
   std::set<std::string> keys_;
+  std::function<void(const std::string&, const std::string&)> on_denied_;
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> allowed_{0}, denied_{0};
   std::thread thread_;

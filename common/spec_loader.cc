@@ -398,7 +398,9 @@ LoadedJobSpec LoadJobSpecText(std::string_view text, const std::string& display_
   return LoadText(text, sink);
 }
 
-LoadedJobSpec LoadJobSpecFile(const std::string& path) {
+LoadedJobSpec LoadJobSpecFile(const std::string& path) { return LoadJobSpecFile(path, ""); }
+
+LoadedJobSpec LoadJobSpecFile(const std::string& path, const std::string& base_dir) {
   DiagnosticSink sink(path);
   std::error_code ec;
   auto status = fs::status(path, ec);
@@ -427,7 +429,8 @@ LoadedJobSpec LoadJobSpecFile(const std::string& path) {
   if (!out.ok()) return out;
 
   // Relative data paths mean "next to the spec file", wherever moerun is started from.
-  fs::path base = fs::absolute(fs::path(path)).parent_path();
+  fs::path base =
+      base_dir.empty() ? fs::absolute(fs::path(path)).parent_path() : fs::path(base_dir);
   for (std::size_t i = 0; i < out.spec.data.paths.size(); ++i) {
     fs::path p(out.spec.data.paths[i]);
     if (p.is_relative()) p = (base / p).lexically_normal();

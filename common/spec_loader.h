@@ -33,6 +33,9 @@ struct LoadedJobSpec {
 // and paths that do not exist on this machine produce warnings (they may exist on the hosts
 // that run the trainers).
 LoadedJobSpec LoadJobSpecFile(const std::string& path);
+// The same, with relative data.paths resolved against `base_dir` instead: a spec that was
+// submitted from another directory (the trainer of a submitted job gets the submitter's).
+LoadedJobSpec LoadJobSpecFile(const std::string& path, const std::string& base_dir);
 
 // Validates text; `display_name` stands for the file in diagnostics. Paths are kept as written.
 LoadedJobSpec LoadJobSpecText(std::string_view text, const std::string& display_name);

@@ -1,24 +1,92 @@
 // moerun-worker: the per-host daemon that registers with the coordinator and supervises one
-// trainer process per device (DESIGN.md §1). This build parses the daemon's command line and
-// stops there: supervision and the control protocol are not implemented yet.
+// trainer process per device (DESIGN.md §1, worker/daemon/worker_daemon.h).
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
+#include <atomic>
+#include <csignal>
 #include <cstdio>
+#include <filesystem>
 
 #include "common/exit_codes.h"
+#include "worker/daemon/worker_daemon.h"
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+void OnSignal(int) { g_stop.store(true); }
+
+std::string HostName() {
+  char buf[256] = {0};
+  gethostname(buf, sizeof buf - 1);
+  return buf;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
+  namespace fs = std::filesystem;
+  using namespace moerun;
   CLI::App app{"moerun-worker: per-host daemon that supervises one trainer per device"};
-  std::string coordinator, state_dir;
-  int devices = 1;
-  app.add_option("--coordinator", coordinator,
+  worker::DaemonOptions o;
+  o.host = HostName();
+  app.add_option("--coordinator", o.coordinator,
                  "coordinator control address, e.g. tcp://10.0.0.1:7100")
-      ->required();
-  app.add_option("--state-dir", state_dir, "directory for keys, logs and trainer run dirs");
-  app.add_option("--devices", devices, "devices (trainer slots) this host offers")
-      ->check(CLI::PositiveNumber);
-  CLI11_PARSE(app, argc, argv);
-  std::fprintf(stderr,
-               "moerun-worker: the worker daemon is not implemented in this build yet; use "
-               "`moerun validate` and `moerun plan`\n");
-  return moerun::kExitUnsupported;
+      ->required()
+      ->envname("MOERUN_COORDINATOR");
+  app.add_option("--keys", o.keys_dir,
+                 "directory with client.key, client.key_secret and coordinator.key")
+      ->required()
+      ->envname("MOERUN_KEYS");
+  app.add_option("--state-dir", o.state_dir, "directory for trainer logs and specs")->required();
+  app.add_option("--id", o.id, "this daemon's id, unique in the cluster [host name]");
+  app.add_option("--devices", o.devices, "devices (trainer slots) this host offers")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t(1), int64_t(4096)));
+  app.add_option("--backend", o.backend, "cpu | cuda")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--data-host", o.data_host,
+                 "address this host's trainers bind their data plane on (reachable by peers)")
+      ->capture_default_str();
+  app.add_option("--trainer", o.trainer_program, "the moerun binary [next to this one]");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? kExitOk : kExitInvalidConfig;
+  }
+  if (o.id.empty()) o.id = o.host;
+  if (o.trainer_program.empty()) {
+    o.trainer_program = (fs::read_symlink("/proc/self/exe").parent_path() / "moerun").string();
+  }
+  std::error_code ec;
+  fs::create_directories(o.state_dir, ec);
+  if (ec) {
+    std::fprintf(stderr, "moerun-worker: state dir %s: %s\n", o.state_dir.c_str(),
+                 ec.message().c_str());
+    return kExitFailure;
+  }
+  o.state_dir = fs::absolute(o.state_dir).lexically_normal().string();
+  o.keys_dir = fs::absolute(o.keys_dir).lexically_normal().string();
+  auto file_sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(o.state_dir + "/worker.log");
+  auto err_sink = std::make_shared<spdlog::sinks::stderr_sink_mt>();
+  auto logger =
+      std::make_shared<spdlog::logger>("worker", spdlog::sinks_init_list{file_sink, err_sink});
+  logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %l [" + o.id + "] %v");
+  logger->flush_on(spdlog::level::info);
+  spdlog::set_default_logger(logger);
+
+  auto daemon = worker::WorkerDaemon::Create(o);
+  if (!daemon.ok()) {
+    spdlog::error("{}", daemon.status().message());
+    return kExitInvalidConfig;
+  }
+  std::signal(SIGTERM, OnSignal);
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGPIPE, SIG_IGN);
+  daemon.value()->Run(g_stop);
+  return kExitOk;
 }

@@ -14,5 +14,8 @@ void AddLaunchCommand(CLI::App& app, int* exit_code);
 void AddCheckpointCommand(CLI::App& app, int* exit_code);
 void AddEvalCommand(CLI::App& app, int* exit_code);
 void AddExportCommand(CLI::App& app, int* exit_code);
+// submit, status, cancel, events, logs, keygen: talking to a coordinator.
+void AddRemoteCommands(CLI::App& app, int* exit_code);
+void AddLocalCommand(CLI::App& app, int* exit_code);
 
 }  // namespace moerun::cli

@@ -18,6 +18,8 @@ int main(int argc, char** argv) {
   moerun::cli::AddPlanCommand(app, &exit_code);
   moerun::cli::AddTrainCommand(app, &exit_code);
   moerun::cli::AddLaunchCommand(app, &exit_code);
+  moerun::cli::AddLocalCommand(app, &exit_code);
+  moerun::cli::AddRemoteCommands(app, &exit_code);
   moerun::cli::AddCheckpointCommand(app, &exit_code);
   moerun::cli::AddEvalCommand(app, &exit_code);
   moerun::cli::AddExportCommand(app, &exit_code);

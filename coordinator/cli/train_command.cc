@@ -16,6 +16,9 @@ struct TrainArgs {
   trainer::TrainOptions opts;
   bool no_progress = false;
   std::string endpoints;  // comma-separated, one per rank (set by `moerun launch`)
+  // Set by a worker daemon: the job generation this trainer belongs to.
+  trainer::ControlChannelOptions control;
+  std::string spec_dir;
 };
 
 std::vector<std::string> SplitCommas(const std::string& s) {
@@ -27,14 +30,28 @@ std::vector<std::string> SplitCommas(const std::string& s) {
 }
 
 int RunTrain(TrainArgs& a) {
-  LoadedJobSpec loaded = LoadJobSpecFile(a.file);
+  LoadedJobSpec loaded = LoadJobSpecFile(a.file, a.spec_dir);
   std::fputs(loaded.Report().c_str(), stderr);
   if (!loaded.ok()) return kExitInvalidConfig;
   std::ifstream in(a.file);
   std::stringstream text;
   text << in.rdbuf();
   a.opts.progress = !a.no_progress;
-  if (a.opts.world > 1) {
+  std::unique_ptr<trainer::ControlChannel> channel;
+  if (!a.control.address.empty()) {
+    if (a.control.job_id.empty() || a.control.generation == 0 || a.control.keys_dir.empty()) {
+      std::fprintf(stderr, "moerun train: --coordinator needs --keys, --job and --generation\n");
+      return kExitInvalidConfig;
+    }
+    a.control.rank = a.opts.rank;
+    auto c = trainer::ControlChannel::Connect(a.control);
+    if (!c.ok()) {
+      std::fprintf(stderr, "moerun train: %s\n", c.status().message().c_str());
+      return kExitInvalidConfig;
+    }
+    channel = std::move(c.value());
+    a.opts.control = channel.get();
+  } else if (a.opts.world > 1) {
     a.opts.endpoints = SplitCommas(a.endpoints);
     if (int(a.opts.endpoints.size()) != a.opts.world || a.opts.rank < 0 ||
         a.opts.rank >= a.opts.world) {
@@ -81,6 +98,13 @@ void AddTrainCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--data-plane-timeout-ms", a->opts.data_plane_timeout_ms,
                   "a data-plane call waiting longer than this fails the rank")
       ->capture_default_str();
+  // Set by a worker daemon for the trainers of a submitted job.
+  cmd->add_option("--coordinator", a->control.address, "report to this coordinator")->group("");
+  cmd->add_option("--keys", a->control.keys_dir, "client key directory")->group("");
+  cmd->add_option("--job", a->control.job_id, "job id")->group("");
+  cmd->add_option("--generation", a->control.generation, "job generation")->group("");
+  cmd->add_option("--data-host", a->opts.data_host, "bind the data plane here")->group("");
+  cmd->add_option("--spec-dir", a->spec_dir, "resolve relative data paths here")->group("");
   cmd->callback([a, exit_code] { *exit_code = RunTrain(*a); });
 }
 

@@ -3,6 +3,7 @@
 #include <rocksdb/db.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "common/crc32c.h"
@@ -122,6 +123,38 @@ Result<std::vector<JobState>> CoordinatorStore::LoadJobs() const {
     jobs.push_back(std::move(state.value()));
   }
   return jobs;
+}
+
+Status CoordinatorStore::PutDocument(const std::string& kind, const std::string& id,
+                                     const nlohmann::json& doc, bool sync) {
+  return Put(kind + "/" + id, doc.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+             sync);
+}
+
+Result<std::vector<std::pair<std::string, nlohmann::json>>> CoordinatorStore::LoadDocuments(
+    const std::string& kind) const {
+  auto rows = Scan(kind + "/");
+  if (!rows.ok()) return rows.status();
+  std::vector<std::pair<std::string, nlohmann::json>> out;
+  for (const auto& [key, payload] : rows.value()) {
+    auto j = ParseJson(key, payload);
+    if (!j.ok()) return j.status();
+    out.emplace_back(key.substr(kind.size() + 1), std::move(j.value()));
+  }
+  return out;
+}
+
+Result<int64_t> CoordinatorStore::NextJobSequence() {
+  const std::string key = "meta/job_sequence";
+  int64_t last = 0;
+  auto cur = Get(key);
+  if (cur.ok()) {
+    last = std::strtoll(cur->c_str(), nullptr, 10);
+  } else if (cur.status().code() != Status::Code::kNotFound) {
+    return cur.status();
+  }
+  MOERUN_RETURN_IF_ERROR(Put(key, std::to_string(last + 1), true));
+  return last + 1;
 }
 
 Status CoordinatorStore::PutMetric(const std::string& job_id, int64_t step,

@@ -4,6 +4,9 @@
 //   spec/<id>                  the job's YAML, as submitted
 //   metric/<id>/<step:12>      one step report
 //   manifest/<id>/<step:12>    a committed checkpoint manifest: present means committed
+//   run/<id>                   a job's run: placement, rendezvous table, rank exits, progress
+//   worker/<id>                a daemon's registration (host, devices, backend)
+//   meta/job_sequence          the last job sequence number handed out
 // Every value is framed as  u16 format version | u32 CRC32C of the payload | payload (JSON
 // or text), and is refused with Corruption (naming the key) when the version is unknown or
 // the CRC does not match. Writes that commit something (job state, manifests) are fsynced.
@@ -37,6 +40,14 @@ class CoordinatorStore {
   Result<std::string> GetSpec(const std::string& job_id) const;
   // Every stored job, in id order. A record that cannot be read fails the call (naming it).
   Result<std::vector<JobState>> LoadJobs() const;
+
+  // Documents beside jobs, keyed <kind>/<id> ("run", "worker").
+  Status PutDocument(const std::string& kind, const std::string& id, const nlohmann::json& doc,
+                     bool sync);
+  Result<std::vector<std::pair<std::string, nlohmann::json>>> LoadDocuments(
+      const std::string& kind) const;
+  // 1, 2, 3, ...: durable, so a restarted coordinator never reuses a job id.
+  Result<int64_t> NextJobSequence();
 
   Status PutMetric(const std::string& job_id, int64_t step, const nlohmann::json& report);
   // Reports with step > since_step, ascending, at most `limit`.

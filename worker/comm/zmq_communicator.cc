@@ -33,6 +33,15 @@ Result<std::unique_ptr<ZmqCommunicator>> ZmqCommunicator::Create(int rank,
       new ZmqCommunicator(t.value(), 0, std::move(all), rank, timeout_ms));
 }
 
+std::unique_ptr<ZmqCommunicator> ZmqCommunicator::Create(std::shared_ptr<ZmqTransport> t,
+                                                         int64_t timeout_ms) {
+  const int world = t->world_size(), rank = t->rank();
+  std::vector<int> all(static_cast<size_t>(world));
+  for (int i = 0; i < world; ++i) all[size_t(i)] = i;
+  return std::unique_ptr<ZmqCommunicator>(
+      new ZmqCommunicator(std::move(t), 0, std::move(all), rank, timeout_ms));
+}
+
 std::chrono::steady_clock::time_point ZmqCommunicator::Deadline() const {
   return std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms_);
 }

@@ -27,6 +27,10 @@ class ZmqCommunicator : public Communicator {
       int rank, std::vector<std::string> endpoints,
       int64_t timeout_ms = kDefaultDataPlaneTimeoutMs);
 
+  // The world communicator over a transport that is already bound (and has its peers' table).
+  static std::unique_ptr<ZmqCommunicator> Create(std::shared_ptr<ZmqTransport> transport,
+                                                 int64_t timeout_ms = kDefaultDataPlaneTimeoutMs);
+
   int rank() const override { return me_; }
   int size() const override { return int(members_.size()); }
   Status Send(int peer, uint32_t tag, const void* data, size_t bytes) override;

@@ -38,6 +38,16 @@ ZmqTransport::~ZmqTransport() {
   ctx_.close();
 }
 
+Status ZmqTransport::SetEndpoints(std::vector<std::string> endpoints) {
+  if (endpoints.size() != endpoints_.size() || endpoints[size_t(rank_)] != local_endpoint()) {
+    return Status::InvalidArgument("data plane: the rendezvous table (" +
+                                   std::to_string(endpoints.size()) + " ranks) does not list " +
+                                   local_endpoint() + " as rank " + std::to_string(rank_));
+  }
+  endpoints_ = std::move(endpoints);
+  return Status::OK();
+}
+
 Result<std::shared_ptr<ZmqTransport>> ZmqTransport::Create(int rank,
                                                            std::vector<std::string> endpoints) {
   if (rank < 0 || rank >= int(endpoints.size())) {
@@ -50,6 +60,7 @@ Result<std::shared_ptr<ZmqTransport>> ZmqTransport::Create(int rank,
     t->pull_.set(zmq::sockopt::rcvbuf, kSocketBufferBytes);
     t->pull_.set(zmq::sockopt::linger, 0);
     t->pull_.bind(t->endpoints_[size_t(rank)]);
+    t->endpoints_[size_t(rank)] = t->pull_.get(zmq::sockopt::last_endpoint);
   } catch (const zmq::error_t& e) {
     return Status::Unavailable("data plane: cannot bind " + t->endpoints_[size_t(rank)] + ": " +
                                e.what());

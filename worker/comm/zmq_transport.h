@@ -43,6 +43,13 @@ class ZmqTransport {
   static Result<std::shared_ptr<ZmqTransport>> Create(int rank, std::vector<std::string> endpoints);
   ~ZmqTransport();
 
+  // Where this rank listens. An endpoint bound with a wildcard port (tcp://host:*) is
+  // resolved to the port it got, so a trainer can report it at the rendezvous.
+  const std::string& local_endpoint() const { return endpoints_[size_t(rank_)]; }
+  // The peers' addresses, learned at the rendezvous; call before the first Send. The table
+  // must have this world's size and list local_endpoint() at this rank.
+  Status SetEndpoints(std::vector<std::string> endpoints);
+
   int rank() const { return rank_; }
   int world_size() const { return int(endpoints_.size()); }
 

@@ -54,6 +54,21 @@ Result<pid_t> TrainerSupervisor::Start(const TrainerLaunch& launch) {
 }
 
 int TrainerSupervisor::Poll() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto now = std::chrono::steady_clock::now();
+    for (auto it = kill_at_.begin(); it != kill_at_.end();) {
+      if (!children_.count(it->first)) {
+        it = kill_at_.erase(it);
+      } else if (now >= it->second) {
+        kill(-it->first, SIGKILL);
+        it->second = std::chrono::steady_clock::time_point::max();  // once
+        ++it;
+      } else {
+        ++it;
+      }
+    }
+  }
   int reaped = 0;
   while (true) {
     TrainerExit e;
@@ -111,6 +126,24 @@ void TrainerSupervisor::StopOlderThan(const std::string& job_id, uint64_t genera
                                       int64_t grace_ms) {
   StopWhere([&](const TrainerLaunch& l) { return l.job_id == job_id && l.generation < generation; },
             grace_ms);
+}
+
+void TrainerSupervisor::Terminate(const std::string& job_id, uint64_t below_generation,
+                                  int64_t grace_ms) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(grace_ms);
+  for (const auto& [pid, l] : children_) {
+    if (l.job_id != job_id || l.generation >= below_generation || kill_at_.count(pid)) continue;
+    kill(-pid, SIGTERM);
+    kill_at_[pid] = deadline;
+  }
+}
+
+size_t TrainerSupervisor::Count(const std::string& job_id, uint64_t below_generation) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  size_t n = 0;
+  for (const auto& [pid, l] : children_) n += l.job_id == job_id && l.generation < below_generation;
+  return n;
 }
 
 size_t TrainerSupervisor::Running() const {

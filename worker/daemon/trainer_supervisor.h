@@ -10,6 +10,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -56,12 +57,21 @@ class TrainerSupervisor {
                      int64_t grace_ms = kTrainerStopGraceMs);
   size_t Running() const;
 
+  // The same stop for an event loop that must not block: SIGTERM now to trainers of job_id
+  // with generation < below_generation, and Poll() sends SIGKILL to any of them still alive
+  // grace_ms later. Repeating it for a trainer already stopping changes nothing.
+  void Terminate(const std::string& job_id, uint64_t below_generation,
+                 int64_t grace_ms = kTrainerStopGraceMs);
+  // Trainers of job_id with generation < below_generation that are still alive.
+  size_t Count(const std::string& job_id, uint64_t below_generation) const;
+
  private:
   void StopWhere(const std::function<bool(const TrainerLaunch&)>& match, int64_t grace_ms);
 
   std::function<void(const TrainerExit&)> on_exit_;
   mutable std::mutex mu_;
   std::map<pid_t, TrainerLaunch> children_;
+  std::map<pid_t, std::chrono::steady_clock::time_point> kill_at_;  // after Terminate()
 };
 
 }  // namespace moerun::worker

@@ -16,6 +16,7 @@
 #include <numbers>
 #include <sstream>
 
+#include "common/control_timeouts.h"
 #include "common/exit_codes.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/optimizer.h"
@@ -127,11 +128,37 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
   const bool tty = lead && opts.progress && isatty(STDERR_FILENO);
   auto log = MakeLogger(
       opts.run_dir + (lead ? "/train.log" : "/train-rank-" + std::to_string(opts.rank) + ".log"),
-      lead && !tty);
+      (lead && !tty) || opts.control != nullptr);  // a daemon keeps every rank's stderr
   cpu::SetBlasThreads(int(spec.resources.threads_per_trainer));
 
   std::unique_ptr<comm::Communicator> world;
-  if (opts.world == 1) {
+  if (opts.control != nullptr) {
+    // Bind first, tell the coordinator where, and learn where everyone else listens.
+    std::shared_ptr<comm::ZmqTransport> transport;
+    std::string endpoint;
+    if (opts.world > 1) {
+      std::vector<std::string> endpoints(size_t(opts.world));
+      endpoints[size_t(opts.rank)] = "tcp://" + opts.data_host + ":*";
+      auto t = comm::ZmqTransport::Create(opts.rank, endpoints);
+      if (!t.ok()) return t.status();
+      transport = t.value();
+      endpoint = transport->local_endpoint();
+    }
+    auto table = opts.control->Rendezvous(endpoint, kRendezvousTimeoutMs);
+    if (!table.ok()) return table.status();
+    log->info("rendezvous: {} ranks, this one at {}", table->size(),
+              endpoint.empty() ? "(no data plane)" : endpoint);
+    if (int(table->size()) != opts.world) {
+      return Status::InvalidArgument("rendezvous table of " + std::to_string(table->size()) +
+                                     " ranks for a world of " + std::to_string(opts.world));
+    }
+    if (opts.world == 1) {
+      world = std::make_unique<comm::SoloCommunicator>();
+    } else {
+      MOERUN_RETURN_IF_ERROR(transport->SetEndpoints(table.value()));
+      world = comm::ZmqCommunicator::Create(transport, opts.data_plane_timeout_ms);
+    }
+  } else if (opts.world == 1) {
     world = std::make_unique<comm::SoloCommunicator>();
   } else {
     auto z = comm::ZmqCommunicator::Create(opts.rank, opts.endpoints, opts.data_plane_timeout_ms);
@@ -288,6 +315,12 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
     if (lead) {
       metrics << line.dump() << "\n";
       metrics.flush();
+    }
+    if (opts.control) {
+      nlohmann::json report = line;
+      report["total_steps"] = total;
+      if (!lead) report.erase("expert_load");  // rank 0's report is the one stored
+      opts.control->ReportStep(report);
     }
     summary.final_loss = r->loss;
     const double elapsed = std::chrono::duration<double>(Clock::now() - run_start).count();

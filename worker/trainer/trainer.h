@@ -15,6 +15,7 @@
 
 #include "common/job_spec.h"
 #include "common/status.h"
+#include "worker/trainer/control_channel.h"
 
 namespace moerun::trainer {
 
@@ -29,6 +30,10 @@ struct TrainOptions {
   int world = 1;
   std::vector<std::string> endpoints;
   int64_t data_plane_timeout_ms = 30000;
+  // Started by a worker daemon: the rendezvous and per-step reports go through the
+  // coordinator, and the data plane binds a free port on data_host. Not owned.
+  ControlChannel* control = nullptr;
+  std::string data_host = "127.0.0.1";
 };
 
 struct TrainSummary {

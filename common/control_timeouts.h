@@ -1,0 +1,39 @@
+// Every timeout and interval of the control plane (DESIGN.md §6), in one place, each with its
+// unit in its name. Heartbeat and progress timeouts of a job come from its spec
+// (fault_tolerance.*); these are the protocol's own.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace moerun {
+
+// DEALER sockets reconnect to a coordinator that went away: first after this long, then
+// doubling up to the maximum (libzmq's own backoff).
+inline constexpr int kControlReconnectMs = 100;
+inline constexpr int kControlReconnectMaxMs = 2000;
+// Messages a DEALER queues while its coordinator is unreachable; beyond that they are dropped
+// (heartbeats and step reports are superseded by the next one anyway).
+inline constexpr int kControlSendQueueMessages = 1000;
+// How long the coordinator's loop waits for a message before it runs its timers.
+inline constexpr int kCoordinatorTickMs = 50;
+// A CLI request (submit, status, cancel, ...) gives up after this long without an answer.
+inline constexpr int64_t kCliRequestTimeoutMs = 10000;
+// A trainer asks for its generation's rendezvous table every kRendezvousRetryMs until it has
+// it, and gives up (exit code 1) after kRendezvousTimeoutMs.
+inline constexpr int64_t kRendezvousRetryMs = 1000;
+inline constexpr int64_t kRendezvousTimeoutMs = 120000;
+// STARTING must reach RUNNING (every rank at the rendezvous) within this long, or the start
+// counts as a failure of the generation.
+inline constexpr int64_t kJobStartTimeoutMs = 180000;
+// The coordinator repeats StartTrainers to a daemon whose heartbeats do not show the ranks
+// after this long (the first message may have been lost with a coordinator restart).
+inline constexpr int64_t kStartTrainersResendMs = 5000;
+// A log request forwarded to a daemon is answered with an error after this long.
+inline constexpr int64_t kForwardedRequestTimeoutMs = 5000;
+// Log bytes per `moerun logs` answer.
+inline constexpr std::size_t kLogChunkBytes = 256 << 10;
+// The daemon's wait for a message before it polls its trainers.
+inline constexpr int kDaemonTickMs = 50;
+
+}  // namespace moerun

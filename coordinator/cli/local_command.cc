@@ -1,0 +1,292 @@
+// moerun local JOB.yaml [--run-dir DIR] [--workers N] [--steps N] [--no-progress]
+// The embedded cluster (DESIGN.md §1): a coordinator and N worker daemons on this machine,
+// the same binaries and protocol as a cluster, with keys generated on first use. It submits
+// the job, shows its progress until it ends, prints a summary and stops the daemons. State:
+//   <run dir>/control/coordinator/   the coordinator's state dir (keys, RocksDB, log)
+//   <run dir>/control/keys/          the client keys the CLI, daemons and trainers share
+//   <run dir>/control/worker-I/      daemon I's state dir (trainer logs)
+// The job resumes from checkpoints already in the run dir, so running it again continues (or
+// finds complete) the previous run. Ctrl-C cancels the job and stops everything.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "common/clock.h"
+#include "common/control_socket.h"
+#include "common/control_timeouts.h"
+#include "common/curve_auth.h"
+#include "common/exit_codes.h"
+#include "common/spec_loader.h"
+#include "coordinator/cli/commands.h"
+#include "coordinator/cli/control_client.h"
+#include "coordinator/cli/status_format.h"
+
+namespace moerun::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using SteadyClock = std::chrono::steady_clock;
+
+constexpr int64_t kCoordinatorStartTimeoutMs = 10000;
+constexpr int64_t kLocalPollMs = 500;
+constexpr int64_t kChildStopTimeoutMs = 15000;
+
+std::atomic<bool> g_interrupted{false};
+void OnInterrupt(int) { g_interrupted.store(true); }
+
+struct LocalArgs {
+  std::string file, run_dir;
+  int64_t workers = 0, steps = 0;
+  bool no_progress = false;
+};
+
+// A child in its own process group (Ctrl-C reaches only us; we stop it in order), its
+// output appended to `log`.
+pid_t Spawn(const std::vector<std::string>& args, const std::string& log) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const pid_t pid = fork();
+  if (pid != 0) return pid;
+  setpgid(0, 0);
+  FILE* out = std::fopen(log.c_str(), "a");
+  if (out) {
+    dup2(fileno(out), STDOUT_FILENO);
+    dup2(fileno(out), STDERR_FILENO);
+  }
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  execv(argv[0], argv.data());
+  _exit(127);
+}
+
+bool Alive(pid_t pid) {
+  int status;
+  return waitpid(pid, &status, WNOHANG) == 0;
+}
+
+void Stop(pid_t pid) {
+  if (pid <= 0) return;
+  kill(pid, SIGTERM);
+  const auto deadline = SteadyClock::now() + std::chrono::milliseconds(kChildStopTimeoutMs);
+  int status;
+  while (waitpid(pid, &status, WNOHANG) == 0) {
+    if (SteadyClock::now() > deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+// Keys on first use: the coordinator's pair, one client pair for everyone, authorized_keys.
+Status PrepareKeys(const std::string& coord_dir, const std::string& keys_dir) {
+  std::error_code ec;
+  fs::create_directories(coord_dir, ec);
+  fs::create_directories(keys_dir, ec);
+  if (ec) return Status::IOError("cannot create " + keys_dir + ": " + ec.message());
+  if (!LoadCurveKeyPair(coord_dir, kCoordinatorKeyName).ok()) {
+    auto k = GenerateCurveKeyPair();
+    if (!k.ok()) return k.status();
+    MOERUN_RETURN_IF_ERROR(SaveCurveKeyPair(coord_dir, kCoordinatorKeyName, k.value()));
+  }
+  auto client = LoadCurveKeyPair(keys_dir, kClientKeyName);
+  if (!client.ok()) {
+    client = GenerateCurveKeyPair();
+    if (!client.ok()) return client.status();
+    MOERUN_RETURN_IF_ERROR(SaveCurveKeyPair(keys_dir, kClientKeyName, client.value()));
+  }
+  fs::copy_file(coord_dir + "/coordinator.key", keys_dir + "/coordinator.key",
+                fs::copy_options::overwrite_existing, ec);
+  if (ec) return Status::IOError("cannot copy the coordinator's key: " + ec.message());
+  std::ofstream auth(coord_dir + "/authorized_keys", std::ios::trunc);
+  auth << "# written by `moerun local`: the key of its CLI, daemons and trainers\n"
+       << client->public_key << "\n";
+  return auth ? Status::OK() : Status::IOError("cannot write authorized_keys in " + coord_dir);
+}
+
+std::string ReadEndpoint(const std::string& path) {
+  std::ifstream in(path);
+  std::string ep;
+  in >> ep;
+  return ep;
+}
+
+int RunLocal(const LocalArgs& a) {
+  LoadedJobSpec loaded = LoadJobSpecFile(a.file);
+  std::fputs(loaded.Report().c_str(), stderr);
+  if (!loaded.ok()) return kExitInvalidConfig;
+  const JobSpec& spec = loaded.spec;
+  const int64_t world = spec.parallel.world_size();
+  const int64_t workers =
+      std::clamp<int64_t>(a.workers > 0 ? a.workers : spec.resources.workers, 1, world);
+  const int64_t slots = (world + workers - 1) / workers;
+  const std::string run_dir =
+      fs::absolute(a.run_dir.empty() ? "runs/" + spec.name : a.run_dir).lexically_normal().string();
+  const std::string control = run_dir + "/control";
+  const std::string coord_dir = control + "/coordinator", keys_dir = control + "/keys";
+  Status s = PrepareKeys(coord_dir, keys_dir);
+  if (!s.ok()) {
+    std::fprintf(stderr, "moerun local: %s\n", s.message().c_str());
+    return kExitFailure;
+  }
+  const fs::path bin = fs::read_symlink("/proc/self/exe").parent_path();
+  fs::remove(coord_dir + "/endpoint");
+  const auto& ft = spec.fault_tolerance;
+  std::vector<pid_t> children;
+  const pid_t coord = Spawn(
+      {(bin / "moerun-coordinator").string(), "--state-dir", coord_dir, "--bind",
+       "tcp://127.0.0.1:*", "--heartbeat-interval-ms", std::to_string(ft.heartbeat_interval_ms),
+       "--heartbeat-timeout-ms", std::to_string(ft.heartbeat_timeout_ms)},
+      control + "/coordinator.out");
+  auto shutdown = [&] {
+    for (auto it = children.rbegin(); it != children.rend(); ++it) Stop(*it);
+    Stop(coord);
+  };
+  std::string endpoint;
+  const auto start_deadline =
+      SteadyClock::now() + std::chrono::milliseconds(kCoordinatorStartTimeoutMs);
+  while ((endpoint = ReadEndpoint(coord_dir + "/endpoint")).empty()) {
+    if (!Alive(coord) || SteadyClock::now() > start_deadline) {
+      std::fprintf(stderr, "moerun local: the coordinator did not start; see %s/coordinator.out\n",
+                   control.c_str());
+      Stop(coord);
+      return kExitFailure;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  for (int64_t i = 0; i < workers; ++i) {
+    const std::string id = "local-" + std::to_string(i);
+    children.push_back(
+        Spawn({(bin / "moerun-worker").string(), "--coordinator", endpoint, "--keys", keys_dir,
+               "--state-dir", control + "/worker-" + std::to_string(i), "--id", id, "--devices",
+               std::to_string(slots), "--data-host", "127.0.0.1"},
+              control + "/worker-" + std::to_string(i) + ".out"));
+  }
+  std::fprintf(stderr,
+               "moerun local: coordinator at %s, %lld worker(s) x %lld slot(s); state in %s\n",
+               endpoint.c_str(), (long long)workers, (long long)slots, control.c_str());
+
+  auto client = ControlClient::Connect(endpoint, keys_dir);
+  if (!client.ok()) {
+    std::fprintf(stderr, "moerun local: %s\n", client.status().message().c_str());
+    shutdown();
+    return kExitFailure;
+  }
+  std::ifstream in(a.file);
+  std::stringstream text;
+  text << in.rdbuf();
+  auto submitted =
+      client.value()->Request(MessageType::kSubmitJob, "",
+                              {{"spec_yaml", text.str()},
+                               {"source", a.file},
+                               {"spec_dir", fs::absolute(a.file).parent_path().string()},
+                               {"run_dir", run_dir},
+                               {"steps", a.steps},
+                               {"resume", true}},
+                              kCliRequestTimeoutMs);
+  if (!submitted.ok()) {
+    std::fprintf(stderr, "moerun local: %s\n", submitted.status().message().c_str());
+    shutdown();
+    return kExitFailure;
+  }
+  const std::string job = submitted->value("job_id", "");
+  std::fprintf(stderr, "moerun local: job %s submitted (%lld ranks), run dir %s\n", job.c_str(),
+               (long long)world, run_dir.c_str());
+
+  g_interrupted.store(false);
+  auto old_int = std::signal(SIGINT, OnInterrupt);
+  auto old_term = std::signal(SIGTERM, OnInterrupt);
+  const bool tty = !a.no_progress && isatty(STDERR_FILENO);
+  const auto t0 = SteadyClock::now();
+  std::string phase, last_line;
+  int64_t last_printed_step = -1;
+  nlohmann::json detail;
+  bool cancelled = false;
+  for (;;) {
+    if (g_interrupted.load() && !cancelled) {
+      std::fprintf(stderr, "\nmoerun local: interrupted; cancelling %s\n", job.c_str());
+      (void)client.value()->Request(MessageType::kCancelJob, job, nlohmann::json::object(),
+                                    kCliRequestTimeoutMs);
+      cancelled = true;
+    }
+    auto reply =
+        client.value()->Request(MessageType::kQuery, job, {{"what", "job"}}, kCliRequestTimeoutMs);
+    if (!reply.ok()) {
+      std::fprintf(stderr, "\nmoerun local: %s\n", reply.status().message().c_str());
+      break;
+    }
+    detail = reply.value();
+    const std::string now_phase = detail.value("phase", "");
+    if (now_phase != phase) {
+      if (tty && !phase.empty()) std::fprintf(stderr, "\n");
+      std::fprintf(stderr, "moerun local: %s %s%s\n", job.c_str(), now_phase.c_str(),
+                   detail.contains("last_event")
+                       ? (": " + detail["last_event"].get<std::string>()).c_str()
+                       : "");
+      phase = now_phase;
+    }
+    if (phase == "SUCCEEDED" || phase == "FAILED" || phase == "CANCELLED") break;
+    const int64_t step = detail.value("step", int64_t(0));
+    const int64_t total = std::max<int64_t>(1, detail.value("total_steps", int64_t(1)));
+    if (phase == "RUNNING" && step > 0) {
+      if (tty) {
+        const std::string line = FormatProgress(detail);
+        std::fprintf(stderr, "\r%s   ", line.c_str());
+      } else if (step * 10 / total != last_printed_step * 10 / total || last_printed_step < 0) {
+        std::fprintf(stderr, "%s\n", FormatProgress(detail).c_str());
+        last_printed_step = step;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(kLocalPollMs));
+  }
+  std::signal(SIGINT, old_int);
+  std::signal(SIGTERM, old_term);
+  shutdown();
+  const double wall = std::chrono::duration<double>(SteadyClock::now() - t0).count();
+  std::printf("job %s %s in %s: step %lld/%lld", job.c_str(), phase.c_str(),
+              FormatSeconds(wall).c_str(), (long long)detail.value("step", int64_t(0)),
+              (long long)detail.value("total_steps", int64_t(0)));
+  if (detail.contains("loss")) std::printf(", loss %.4f", detail["loss"].get<double>());
+  if (detail.contains("val_loss")) std::printf(", held-out %.4f", detail["val_loss"].get<double>());
+  if (detail.contains("tokens_per_s"))
+    std::printf(", %.0f tokens/s", detail["tokens_per_s"].get<double>());
+  std::printf("; %lld restart(s)\nrun dir %s (metrics.jsonl, checkpoints/, control/)\n",
+              (long long)detail.value("restarts", int64_t(0)), run_dir.c_str());
+  if (phase == "SUCCEEDED") return kExitOk;
+  if (phase == "CANCELLED") return cancelled ? 130 : kExitFailure;
+  std::fprintf(stderr,
+               "moerun local: %s\n  coordinator log: %s/coordinator.log\n  trainer logs: "
+               "%s/worker-*/logs/%s/rank-*.log\n",
+               detail.value("last_event", std::string("the job failed")).c_str(), coord_dir.c_str(),
+               control.c_str(), job.c_str());
+  return kExitFailure;
+}
+
+}  // namespace
+
+void AddLocalCommand(CLI::App& app, int* exit_code) {
+  auto a = std::make_shared<LocalArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "local", "Run a job on this machine through a local coordinator and worker daemons");
+  cmd->add_option("file", a->file, "job spec YAML file")->required();
+  cmd->add_option("--run-dir", a->run_dir, "run directory [runs/<job name>]");
+  cmd->add_option("--workers", a->workers, "worker daemons to start [resources.workers]")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--steps", a->steps, "train this many steps instead of train.steps")
+      ->check(CLI::PositiveNumber);
+  cmd->add_flag("--no-progress", a->no_progress, "no progress line, even on a terminal");
+  cmd->callback([a, exit_code] { *exit_code = RunLocal(*a); });
+}
+
+}  // namespace moerun::cli

@@ -1,0 +1,123 @@
+// Coordinator: the coordinator's logic without its sockets (DESIGN.md §6, §8). It owns the
+// jobs (submit, FIFO queue, placement, rendezvous, per-step reports, completion, cancel,
+// restarts), the membership of worker daemons, and their durable state in a
+// CoordinatorStore. Messages arrive through Handle() already authenticated and decoded; what
+// it sends goes out through the Send callback, addressed by the peer's routing id:
+//   worker:<id>                    a daemon
+//   trainer:<job>:<gen>:<rank>     a trainer
+//   anything else                  a client (the CLI)
+// Tick() runs its timers (dead daemons, the progress watchdog, restart backoff, start
+// timeouts, the queue); the loop calls it every few tens of milliseconds.
+//
+// Bad input never crashes it: a body with missing or mistyped fields, a message from the wrong
+// kind of peer, or a report of a generation that is over is dropped and counted (counters()),
+// and a client gets an Error envelope that says why. Open() reloads every job and daemon from
+// the store, so a coordinator killed with SIGKILL goes on where it was: daemons and trainers
+// reconnect by themselves and their next messages re-establish the rest.
+// Not thread-safe: one loop owns it. Time comes from the injected clock (wall milliseconds,
+// since events and restart deadlines outlive the process).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/protocol.h"
+#include "common/status.h"
+#include "coordinator/membership/worker_registry.h"
+#include "coordinator/service/job_run.h"
+#include "coordinator/state/coordinator_store.h"
+
+namespace moerun::coordinator {
+
+struct CoordinatorSettings {
+  int64_t heartbeat_interval_ms = 1000;  // told to daemons when they register
+  int64_t heartbeat_timeout_ms = 5000;   // a daemon silent this long is dead
+  std::string jobs_dir;                  // default parent of a job's run dir
+};
+
+struct CoordinatorCounters {
+  uint64_t received = 0;     // envelopes handled
+  uint64_t malformed = 0;    // bytes that were not an envelope (counted by the server)
+  uint64_t invalid = 0;      // envelopes with a body or sender this coordinator cannot use
+  uint64_t stale = 0;        // reports of a generation that is over
+  uint64_t sent = 0;         // envelopes sent
+  uint64_t unroutable = 0;   // sends to a peer that is not connected
+  uint64_t auth_denied = 0;  // clients refused by CURVE (counted by the server)
+};
+
+class Coordinator {
+ public:
+  using Send = std::function<bool(const std::string& peer, const Envelope& e)>;
+
+  static Result<std::unique_ptr<Coordinator>> Open(CoordinatorStore* store, const Clock* clock,
+                                                   CoordinatorSettings settings, Send send);
+
+  void Handle(const std::string& peer, const Envelope& e);
+  void Tick();
+
+  CoordinatorCounters& counters() { return counters_; }
+  const std::map<std::string, JobRun>& jobs() const { return jobs_; }
+  const WorkerRegistry& workers() const { return workers_; }
+
+ private:
+  Coordinator(CoordinatorStore* store, const Clock* clock, CoordinatorSettings settings, Send send);
+  Status Load();
+
+  // Messages, by sender kind.
+  void OnWorkerMessage(const std::string& worker_id, const Envelope& e);
+  void OnTrainerMessage(const std::string& peer, const Envelope& e);
+  void OnClientMessage(const std::string& peer, const Envelope& e);
+  void ReconcileTrainers(const std::string& worker_id, const nlohmann::json& trainers,
+                         nlohmann::json* acked);
+  void OnRankExit(JobRun& job, int rank, int exit_code, int signal, const std::string& text);
+  void OnRendezvous(const std::string& peer, JobRun& job, int rank, const std::string& endpoint);
+  void OnStepReport(JobRun& job, int rank, const nlohmann::json& body);
+
+  // Client requests.
+  void Submit(const std::string& peer, const nlohmann::json& body);
+  void Cancel(const std::string& peer, const std::string& job_id);
+  void Query(const std::string& peer, const Envelope& e);
+  void ForwardLogRequest(const std::string& peer, const nlohmann::json& body);
+  void OnForwardedReply(const Envelope& e);
+  nlohmann::json JobSummary(const JobRun& job) const;
+  nlohmann::json JobDetail(const JobRun& job) const;
+  nlohmann::json WorkerTable() const;
+
+  // Lifecycle.
+  void Schedule();                    // queue heads and due restarts get slots
+  bool StartGeneration(JobRun& job);  // places ranks and sends StartTrainers; false: no room
+  void SendStart(JobRun& job, const std::string& worker_id);
+  void FailJob(JobRun& job, const std::string& cause, int rank, const std::string& host,
+               bool non_retryable);
+  void StopTrainers(const JobRun& job, uint64_t below_generation);
+  void FinishIfDone(JobRun& job);
+  std::map<std::string, int64_t> FreeSlots() const;
+
+  void Persist(JobRun& job, bool sync = true);
+  bool SendTo(const std::string& peer, MessageType type, const std::string& job_id,
+              uint64_t generation, nlohmann::json body);
+  void Reply(const std::string& peer, nlohmann::json body);
+  void ReplyError(const std::string& peer, const std::string& why);
+  void Log(const std::string& line);
+
+  CoordinatorStore* store_;
+  const Clock* clock_;
+  CoordinatorSettings settings_;
+  Send send_;
+  CoordinatorCounters counters_;
+  WorkerRegistry workers_;
+  std::map<std::string, JobRun> jobs_;
+  struct Forwarded {
+    std::string client;
+    int64_t deadline_ms = 0;
+  };
+  std::map<std::string, Forwarded> forwarded_;  // request id -> the client waiting
+  uint64_t next_request_ = 1;
+};
+
+}  // namespace moerun::coordinator

@@ -1,0 +1,309 @@
+// The coordinator's answers to clients (the CLI): submit, cancel, status, events, metrics
+// and logs (forwarded to the daemon that holds them).
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <set>
+
+#include "common/control_timeouts.h"
+#include "common/limits.h"
+#include "common/placement.h"
+#include "common/spec_loader.h"
+#include "coordinator/service/coordinator.h"
+
+namespace moerun::coordinator {
+namespace {
+
+constexpr size_t kMaxMetricsPerQuery = 10000;
+
+nlohmann::json EventJson(const JobEvent& ev) {
+  return {{"time_ms", ev.time_ms}, {"from", ToString(ev.from)},
+          {"to", ToString(ev.to)}, {"generation", ev.generation},
+          {"cause", ev.cause},     {"rank", ev.rank},
+          {"host", ev.host}};
+}
+
+}  // namespace
+
+void Coordinator::OnClientMessage(const std::string& peer, const Envelope& e) {
+  switch (e.type) {
+    case MessageType::kSubmitJob:
+      Submit(peer, e.body);
+      return;
+    case MessageType::kCancelJob:
+      Cancel(peer, e.job_id);
+      return;
+    case MessageType::kQuery:
+      Query(peer, e);
+      return;
+    default:
+      ++counters_.invalid;
+      ReplyError(peer, std::string("a client cannot send ") + std::string(ToString(e.type)));
+  }
+}
+
+void Coordinator::Submit(const std::string& peer, const nlohmann::json& body) {
+  const std::string yaml = body.at("spec_yaml").get<std::string>();
+  const std::string source = body.value("source", std::string("submitted job"));
+  LoadedJobSpec loaded = LoadJobSpecText(yaml, source);
+  if (!loaded.ok()) {
+    ReplyError(peer, "the job spec is invalid:\n" + loaded.Report());
+    return;
+  }
+  const int64_t steps = body.value("steps", int64_t(0));
+  if (steps < 0 || (steps > 0 && steps < loaded.spec.train.optimizer.warmup_steps)) {
+    ReplyError(peer, "steps " + std::to_string(steps) +
+                         " must be positive and at least train.optimizer.warmup_steps");
+    return;
+  }
+  std::string run_dir = body.value("run_dir", std::string());
+  if (!run_dir.empty() && run_dir[0] != '/') {
+    ReplyError(peer, "run_dir " + run_dir +
+                         " must be an absolute path (it names a directory "
+                         "on every worker host)");
+    return;
+  }
+  auto seq = store_->NextJobSequence();
+  if (!seq.ok()) {
+    ReplyError(peer, "the coordinator cannot store the job: " + seq.status().message());
+    return;
+  }
+  const std::string id = loaded.spec.name + "-" + std::to_string(seq.value());
+  if (run_dir.empty()) run_dir = settings_.jobs_dir + "/" + id;
+  const int64_t now = clock_->NowMs();
+  const FaultToleranceSpec& ft = loaded.spec.fault_tolerance;
+  JobRun job(JobState(id, {ft.max_restarts, ft.restart_backoff_ms, ft.restart_backoff_max_ms}, now),
+             loaded.spec, yaml);
+  job.sequence = seq.value();
+  job.run_dir = run_dir;
+  job.spec_dir = body.value("spec_dir", std::string());
+  job.steps_override = steps;
+  job.resume = body.value("resume", false);
+  job.submitted_ms = now;
+  Status s = store_->PutSpec(id, yaml);
+  if (s.ok()) s = store_->PutJob(job.state);
+  if (s.ok()) s = store_->PutDocument("run", id, job.ToRecord(), true);
+  if (!s.ok()) {
+    ReplyError(peer, "the coordinator cannot store the job: " + s.message());
+    return;
+  }
+  int64_t capacity = 0;
+  for (const auto& w : workers_.All()) capacity += w.alive ? w.devices : 0;
+  spdlog::info("job {} submitted: {} ranks, run dir {}", id, job.world(), run_dir);
+  JobRun& stored = jobs_.emplace(id, std::move(job)).first->second;
+  Schedule();
+  nlohmann::json reply = {{"job_id", id},
+                          {"phase", ToString(stored.state.phase())},
+                          {"run_dir", run_dir},
+                          {"world", stored.world()}};
+  if (stored.state.phase() == JobPhase::kQueued) {
+    reply["note"] = stored.world() > capacity
+                        ? "queued: it needs " + std::to_string(stored.world()) +
+                              " trainer slots and the live workers offer " +
+                              std::to_string(capacity) + " in all"
+                        : "queued behind earlier jobs until enough slots are free";
+  }
+  Reply(peer, reply);
+}
+
+void Coordinator::Cancel(const std::string& peer, const std::string& job_id) {
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) {
+    ReplyError(peer, "no job " + job_id + " (see `moerun status`)");
+    return;
+  }
+  JobRun& job = it->second;
+  Status s = job.state.Cancel(clock_->NowMs(), "cancelled by a client");
+  if (!s.ok()) {
+    ReplyError(peer, s.message());
+    return;
+  }
+  spdlog::info("job {} CANCELLED", job_id);
+  StopTrainers(job, UINT64_MAX);
+  Persist(job);
+  Reply(peer, {{"job_id", job_id}, {"phase", ToString(job.state.phase())}});
+  Schedule();
+}
+
+nlohmann::json Coordinator::JobSummary(const JobRun& job) const {
+  const int64_t step = job.progress.value("step", int64_t(0));
+  nlohmann::json j = {{"job_id", job.state.job_id()},
+                      {"name", job.spec.name},
+                      {"phase", ToString(job.state.phase())},
+                      {"generation", job.state.generation()},
+                      {"restarts", job.state.restarts()},
+                      {"world", job.world()},
+                      {"step", step},
+                      {"total_steps", job.total_steps()},
+                      {"submitted_ms", job.submitted_ms},
+                      {"run_dir", job.run_dir}};
+  for (const char* k : {"loss", "val_loss", "tokens_per_s", "step_time_s"}) {
+    if (job.progress.contains(k)) j[k] = job.progress[k];
+  }
+  // ETA from this generation's pace so far.
+  const int64_t last_ms = job.progress.value("time_ms", int64_t(0));
+  if (job.state.phase() == JobPhase::kRunning && job.first_step_ms > 0 && step > job.first_step) {
+    const double ms_per_step = double(last_ms - job.first_step_ms) / double(step - job.first_step);
+    j["eta_s"] = ms_per_step * double(job.total_steps() - step) / 1000.0;
+  }
+  if (!job.state.events().empty()) j["last_event"] = job.state.events().back().cause;
+  std::set<std::string> workers;
+  for (const auto& r : job.ranks) workers.insert(r.worker);
+  j["workers"] = workers;
+  return j;
+}
+
+nlohmann::json Coordinator::JobDetail(const JobRun& job) const {
+  nlohmann::json j = JobSummary(job);
+  Placement layout(job.spec);
+  nlohmann::json ranks = nlohmann::json::array();
+  for (size_t r = 0; r < job.ranks.size(); ++r) {
+    const RankRun& rr = job.ranks[r];
+    const RankPlacement p = layout.Rank(int64_t(r));
+    const WorkerInfo* w = workers_.Find(rr.worker);
+    std::string state = rr.exited    ? rr.exit_text
+                        : rr.running ? (job.table.empty() ? "at rendezvous" : "running")
+                        : job.state.phase() == JobPhase::kRunning ||
+                                job.state.phase() == JobPhase::kStarting ||
+                                job.state.phase() == JobPhase::kRecovering
+                            ? "starting"
+                            : "-";
+    ranks.push_back({{"rank", r},
+                     {"stage", p.stage},
+                     {"data_index", p.data_index},
+                     {"expert_group", p.expert_group},
+                     {"worker", rr.worker},
+                     {"host", w ? w->host : ""},
+                     {"pid", rr.pid},
+                     {"state", state},
+                     {"step", rr.step}});
+  }
+  j["ranks"] = ranks;
+  return j;
+}
+
+nlohmann::json Coordinator::WorkerTable() const {
+  std::map<std::string, int64_t> used;
+  for (const auto& [id, job] : jobs_) {
+    if (IsTerminal(job.state.phase()) || job.state.phase() == JobPhase::kQueued) continue;
+    for (const auto& r : job.ranks) ++used[r.worker];
+  }
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& w : workers_.All()) {
+    out.push_back({{"worker", w.id},
+                   {"host", w.host},
+                   {"backend", w.backend},
+                   {"devices", w.devices},
+                   {"used", used[w.id]},
+                   {"alive", w.alive},
+                   {"heartbeat_age_ms", workers_.HeartbeatAgeMs(w.id)}});
+  }
+  return out;
+}
+
+void Coordinator::Query(const std::string& peer, const Envelope& e) {
+  const std::string what = e.body.at("what").get<std::string>();
+  if (what == "status") {
+    nlohmann::json jobs = nlohmann::json::array();
+    std::vector<const JobRun*> order;
+    for (const auto& [id, job] : jobs_) order.push_back(&job);
+    std::sort(order.begin(), order.end(),
+              [](const JobRun* a, const JobRun* b) { return a->sequence < b->sequence; });
+    for (const JobRun* job : order) jobs.push_back(JobSummary(*job));
+    Reply(peer, {{"jobs", jobs},
+                 {"workers", WorkerTable()},
+                 {"counters",
+                  {{"received", counters_.received},
+                   {"malformed", counters_.malformed},
+                   {"invalid", counters_.invalid},
+                   {"stale", counters_.stale},
+                   {"sent", counters_.sent},
+                   {"unroutable", counters_.unroutable},
+                   {"auth_denied", counters_.auth_denied}}}});
+    return;
+  }
+  if (what == "log") {
+    ForwardLogRequest(peer, e.body);
+    return;
+  }
+  auto it = jobs_.find(e.job_id);
+  if (it == jobs_.end()) {
+    ReplyError(peer, "no job " + e.job_id + " (see `moerun status`)");
+    return;
+  }
+  const JobRun& job = it->second;
+  if (what == "job") {
+    Reply(peer, JobDetail(job));
+  } else if (what == "events") {
+    nlohmann::json events = nlohmann::json::array();
+    for (const auto& ev : job.state.events()) events.push_back(EventJson(ev));
+    Reply(peer, {{"job_id", e.job_id}, {"events", events}});
+  } else if (what == "metrics") {
+    const int64_t since = e.body.value("since_step", int64_t(0));
+    const size_t limit =
+        std::min<size_t>(kMaxMetricsPerQuery, e.body.value("limit", kMaxMetricsPerQuery));
+    auto m = store_->Metrics(e.job_id, since, limit);
+    if (!m.ok()) {
+      ReplyError(peer, m.status().message());
+      return;
+    }
+    Reply(peer, {{"job_id", e.job_id}, {"metrics", m.value()}});
+  } else {
+    ++counters_.invalid;
+    ReplyError(peer, "unknown query '" + what + "' (status, job, events, metrics, log)");
+  }
+}
+
+void Coordinator::ForwardLogRequest(const std::string& peer, const nlohmann::json& body) {
+  const std::string job_id = body.at("job").get<std::string>();
+  const int rank = body.value("rank", 0);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) {
+    ReplyError(peer, "no job " + job_id + " (see `moerun status`)");
+    return;
+  }
+  const JobRun& job = it->second;
+  if (!job.placed()) {
+    ReplyError(peer, "job " + job_id + " has not started yet: no logs");
+    return;
+  }
+  if (rank < 0 || rank >= int(job.ranks.size())) {
+    ReplyError(peer, "job " + job_id + " has ranks 0.." + std::to_string(job.ranks.size() - 1));
+    return;
+  }
+  const std::string& worker = job.ranks[size_t(rank)].worker;
+  const WorkerInfo* w = workers_.Find(worker);
+  if (!w || !w->alive) {
+    ReplyError(peer, "rank " + std::to_string(rank) + "'s worker " + worker +
+                         " is not connected; its log stays on that host");
+    return;
+  }
+  const std::string request_id = "log-" + std::to_string(next_request_++);
+  forwarded_[request_id] = {peer, clock_->NowMs() + kForwardedRequestTimeoutMs};
+  nlohmann::json fwd = {
+      {"what", "log"},
+      {"request_id", request_id},
+      {"rank", rank},
+      {"offset", body.value("offset", int64_t(0))},
+      {"max_bytes", std::min<int64_t>(body.value("max_bytes", int64_t(kLogChunkBytes)),
+                                      int64_t(kLogChunkBytes))}};
+  if (!SendTo("worker:" + worker, MessageType::kQuery, job_id, 0, fwd)) {
+    forwarded_.erase(request_id);
+    ReplyError(peer, "worker " + worker + " is not reachable right now");
+  }
+}
+
+void Coordinator::OnForwardedReply(const Envelope& e) {
+  const std::string request_id = e.body.value("request_id", std::string());
+  auto it = forwarded_.find(request_id);
+  if (it == forwarded_.end()) {
+    ++counters_.stale;  // answered after its deadline
+    return;
+  }
+  nlohmann::json body = e.body;
+  body.erase("request_id");
+  SendTo(it->second.client, e.type, e.job_id, 0, body);
+  forwarded_.erase(it);
+}
+
+}  // namespace moerun::coordinator

@@ -1,0 +1,66 @@
+#include "coordinator/service/job_run.h"
+
+namespace moerun::coordinator {
+
+nlohmann::json JobRun::ToRecord() const {
+  nlohmann::json ranks_j = nlohmann::json::array();
+  for (const auto& r : ranks) {
+    ranks_j.push_back({{"worker", r.worker},
+                       {"pid", r.pid},
+                       {"exited", r.exited},
+                       {"exit_code", r.exit_code},
+                       {"signal", r.signal},
+                       {"exit_text", r.exit_text}});
+  }
+  return {{"version", kJobRunRecordVersion},
+          {"sequence", sequence},
+          {"run_dir", run_dir},
+          {"spec_dir", spec_dir},
+          {"steps_override", steps_override},
+          {"resume", resume},
+          {"submitted_ms", submitted_ms},
+          {"ranks", ranks_j},
+          {"table", table},
+          {"started_generation", started_generation},
+          {"generation_started_ms", generation_started_ms},
+          {"progress", progress},
+          {"first_step_ms", first_step_ms},
+          {"first_step", first_step}};
+}
+
+Status JobRun::FromRecord(const nlohmann::json& j) {
+  if (!j.is_object() || j.value("version", 0) != kJobRunRecordVersion) {
+    return Status::Corruption("run record: unknown format version (this build reads " +
+                              std::to_string(kJobRunRecordVersion) + ")");
+  }
+  try {
+    sequence = j.at("sequence").get<int64_t>();
+    run_dir = j.at("run_dir").get<std::string>();
+    spec_dir = j.at("spec_dir").get<std::string>();
+    steps_override = j.at("steps_override").get<int64_t>();
+    resume = j.at("resume").get<bool>();
+    submitted_ms = j.at("submitted_ms").get<int64_t>();
+    ranks.clear();
+    for (const auto& r : j.at("ranks")) {
+      RankRun rr;
+      rr.worker = r.at("worker").get<std::string>();
+      rr.pid = r.at("pid").get<int64_t>();
+      rr.exited = r.at("exited").get<bool>();
+      rr.exit_code = r.at("exit_code").get<int>();
+      rr.signal = r.at("signal").get<int>();
+      rr.exit_text = r.at("exit_text").get<std::string>();
+      ranks.push_back(rr);
+    }
+    table = j.at("table").get<std::vector<std::string>>();
+    started_generation = j.at("started_generation").get<uint64_t>();
+    generation_started_ms = j.at("generation_started_ms").get<int64_t>();
+    progress = j.at("progress");
+    first_step_ms = j.at("first_step_ms").get<int64_t>();
+    first_step = j.at("first_step").get<int64_t>();
+    return Status::OK();
+  } catch (const nlohmann::json::exception& e) {
+    return Status::Corruption(std::string("run record: ") + e.what());
+  }
+}
+
+}  // namespace moerun::coordinator

@@ -1,0 +1,70 @@
+// JobRun: everything the coordinator knows about one job (DESIGN.md §6, §8): its state
+// machine, its spec, where its ranks run in the current generation, the generation's
+// rendezvous table, each rank's exit and the latest progress. The durable part is stored as
+// run/<id> (versioned JSON) next to job/<id> and spec/<id>; the rest is rebuilt from the
+// daemons' heartbeats and the trainers' messages after a coordinator restart.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "common/job_spec.h"
+#include "common/status.h"
+#include "coordinator/jobs/job_state.h"
+
+namespace moerun::coordinator {
+
+inline constexpr int kJobRunRecordVersion = 1;
+
+struct RankRun {
+  std::string worker;     // daemon id running this rank in the current generation
+  int64_t pid = 0;        // as its daemon reported it; 0 until then
+  bool running = false;   // seen running in a heartbeat
+  bool exited = false;    // its daemon reported the exit
+  int exit_code = -1;     // when it exited normally
+  int signal = 0;         // when a signal killed it
+  std::string exit_text;  // "exited with code 1" / "killed by signal 9 (Killed)"
+  std::string endpoint;   // its data-plane endpoint at the rendezvous (volatile)
+  std::string peer;       // the trainer's routing id waiting for the table (volatile)
+  int64_t step = 0;       // last finished step it reported (volatile)
+};
+
+struct JobRun {
+  JobRun(JobState s, JobSpec sp, std::string yaml)
+      : state(std::move(s)), spec(std::move(sp)), spec_yaml(std::move(yaml)) {}
+
+  JobState state;
+  JobSpec spec;
+  std::string spec_yaml;
+  int64_t sequence = 0;  // submission order: the queue is FIFO by it
+  std::string run_dir;   // where trainers write metrics, logs and checkpoints
+  std::string spec_dir;  // relative data.paths resolve against it (the submitter's directory)
+  int64_t steps_override = 0;
+  bool resume = false;  // generation 1 continues from checkpoints already in run_dir
+  int64_t submitted_ms = 0;
+
+  std::vector<RankRun> ranks;       // one per rank once placed; empty while QUEUED
+  std::vector<std::string> table;   // the current generation's rendezvous, once complete
+  uint64_t started_generation = 0;  // the generation StartTrainers went out for
+  int64_t generation_started_ms = 0;
+  nlohmann::json progress = nlohmann::json::object();  // rank 0's latest step report
+  int64_t first_step_ms = 0;  // wall time of the first step report of this generation
+  int64_t first_step = 0;     // the step of that report
+
+  // Volatile bookkeeping of the coordinator's loop.
+  std::map<std::string, int64_t> start_sent_ms;  // daemon -> last StartTrainers
+  int64_t last_progress_ms = 0;                  // any rank finished a step (watchdog)
+
+  int64_t world() const { return spec.parallel.world_size(); }
+  int64_t total_steps() const { return steps_override > 0 ? steps_override : spec.train.steps; }
+  bool placed() const { return !ranks.empty(); }
+
+  nlohmann::json ToRecord() const;  // the run/<id> document
+  // Restores the durable part; state, spec and spec_yaml are set by the caller.
+  Status FromRecord(const nlohmann::json& j);
+};
+
+}  // namespace moerun::coordinator

@@ -1,0 +1,68 @@
+#include "worker/trainer/control_channel.h"
+
+#include <chrono>
+
+#include "common/control_socket.h"
+#include "common/control_timeouts.h"
+
+namespace moerun::trainer {
+
+ControlChannel::~ControlChannel() { dealer_.reset(); }
+
+Result<std::unique_ptr<ControlChannel>> ControlChannel::Connect(const ControlChannelOptions& o) {
+  auto keys = LoadClientKeys(o.keys_dir);
+  if (!keys.ok()) return keys.status();
+  std::unique_ptr<ControlChannel> c(new ControlChannel());
+  c->opts_ = o;
+  const std::string id =
+      "trainer:" + o.job_id + ":" + std::to_string(o.generation) + ":" + std::to_string(o.rank);
+  auto dealer = ConnectDealer(c->ctx_, keys.value(), {o.address, id, /*immediate=*/true});
+  if (!dealer.ok()) return dealer.status();
+  c->dealer_ = std::move(dealer.value());
+  return c;
+}
+
+Result<std::vector<std::string>> ControlChannel::Rendezvous(const std::string& endpoint,
+                                                            int64_t timeout_ms) {
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  const Envelope ask{MessageType::kRendezvous,
+                     opts_.generation,
+                     opts_.job_id,
+                     "trainer",
+                     {{"rank", opts_.rank}, {"endpoint", endpoint}}};
+  auto next_ask = Clock::now();
+  while (Clock::now() < deadline) {
+    if (Clock::now() >= next_ask) {
+      auto sent = SendEnvelope(*dealer_, ask);
+      if (!sent.ok()) return sent.status();
+      next_ask = Clock::now() + std::chrono::milliseconds(kRendezvousRetryMs);
+    }
+    auto msg = ReceiveEnvelope(*dealer_, 50);
+    if (!msg.ok() || !msg->has_value()) continue;
+    const Envelope& e = **msg;
+    if (e.type == MessageType::kError) {
+      return Status::Aborted("the coordinator refused the rendezvous: " +
+                             e.body.value("error", std::string("?")));
+    }
+    if (e.type != MessageType::kRendezvous || e.generation != opts_.generation) continue;
+    const auto& list = e.body.value("endpoints", nlohmann::json::array());
+    std::vector<std::string> table;
+    for (const auto& ep : list) {
+      if (!ep.is_string()) return Status::InvalidArgument("rendezvous: a non-string endpoint");
+      table.push_back(ep.get<std::string>());
+    }
+    return table;
+  }
+  return Status::TimedOut("no rendezvous table from the coordinator at " + opts_.address +
+                          " within " + std::to_string(timeout_ms) + " ms");
+}
+
+void ControlChannel::ReportStep(const nlohmann::json& report) {
+  nlohmann::json body = report;
+  body["rank"] = opts_.rank;
+  (void)SendEnvelope(*dealer_,
+                     {MessageType::kStepReport, opts_.generation, opts_.job_id, "trainer", body});
+}
+
+}  // namespace moerun::trainer

@@ -1,0 +1,46 @@
+// ControlChannel: a trainer's line to the coordinator (DESIGN.md §6) when a worker daemon
+// started it for a job generation. Its routing id is trainer:<job>:<generation>:<rank>.
+//   Rendezvous  reports this rank's data-plane endpoint and waits for the generation's table
+//               (asking again every kRendezvousRetryMs: the coordinator may restart meanwhile)
+//   ReportStep  one step's metrics; never blocks, dropped while the coordinator is away
+// Not thread-safe; one per trainer process.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+#include <zmq.hpp>
+
+#include "common/status.h"
+
+namespace moerun::trainer {
+
+struct ControlChannelOptions {
+  std::string address;   // the coordinator, as the daemon connects to it
+  std::string keys_dir;  // client keys (common/control_socket.h)
+  std::string job_id;
+  uint64_t generation = 0;
+  int rank = 0;
+};
+
+class ControlChannel {
+ public:
+  static Result<std::unique_ptr<ControlChannel>> Connect(const ControlChannelOptions& opts);
+  ~ControlChannel();
+
+  // The table of every rank's endpoint. Fails when the coordinator says the generation is
+  // over (Aborted) or nothing came within timeout_ms (TimedOut).
+  Result<std::vector<std::string>> Rendezvous(const std::string& endpoint, int64_t timeout_ms);
+  void ReportStep(const nlohmann::json& report);
+
+ private:
+  ControlChannel() = default;
+
+  ControlChannelOptions opts_;
+  zmq::context_t ctx_;
+  std::unique_ptr<zmq::socket_t> dealer_;
+};
+
+}  // namespace moerun::trainer
