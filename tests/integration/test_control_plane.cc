@@ -1,0 +1,401 @@
+// The control plane with real processes: a moerun-coordinator, moerun-worker daemons and the
+// trainers they start, driven through the `moerun` CLI. Processes are killed for real.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+#include <zmq.hpp>
+
+#include "common/control_socket.h"
+#include "common/protocol.h"
+#include "tests/integration/process.h"
+#include "tests/temp_path.h"
+
+namespace moerun::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::string BinDir() { return fs::path(MOERUN_BIN).parent_path().string(); }
+
+// Starts `program args...` with stdout and stderr appended to `log`; returns its pid.
+pid_t SpawnLogged(const std::string& program, const std::vector<std::string>& args,
+                  const std::string& log) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    FILE* out = std::fopen(log.c_str(), "a");
+    if (out) {
+      dup2(fileno(out), STDOUT_FILENO);
+      dup2(fileno(out), STDERR_FILENO);
+    }
+    std::vector<char*> argv;
+    argv.push_back(const_cast<char*>(program.c_str()));
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(program.c_str(), argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+bool Alive(pid_t pid) {
+  int status;
+  return waitpid(pid, &status, WNOHANG) == 0;
+}
+
+void Terminate(pid_t pid, int sig = SIGTERM) {
+  if (pid <= 0) return;
+  kill(pid, sig);
+  int status;
+  for (int i = 0; i < 1000 && waitpid(pid, &status, WNOHANG) == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  kill(pid, SIGKILL);
+  waitpid(pid, &status, 0);
+}
+
+bool WaitFor(const std::function<bool()>& pred, double seconds) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(int64_t(seconds * 1000));
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  return pred();
+}
+
+// Child pids of `pid` (its trainers, for a daemon).
+std::vector<pid_t> Children(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
+  std::vector<pid_t> out;
+  pid_t c;
+  while (in >> c) out.push_back(c);
+  return out;
+}
+
+// A coordinator and daemons in a fresh directory, with an authorized client key.
+class Cluster {
+ public:
+  explicit Cluster(const std::string& name)
+      : dir_(FreshTempPath("control", name, true)),
+        coord_dir_(dir_ + "/coordinator"),
+        keys_(dir_ + "/keys"),
+        address_("ipc://@moerun-test-" + std::to_string(getpid()) + "-" + name) {
+    Output k = RunMoerun("keygen " + keys_);
+    REQUIRE(k.exit_code == 0);
+    fs::create_directories(coord_dir_);
+    std::ofstream(coord_dir_ + "/authorized_keys") << k.out;
+    StartCoordinator();
+    fs::copy_file(coord_dir_ + "/coordinator.key", keys_ + "/coordinator.key");
+  }
+  ~Cluster() {
+    for (pid_t w : workers_) Terminate(w);
+    Terminate(coordinator_);
+  }
+
+  void StartCoordinator() {
+    fs::remove(coord_dir_ + "/endpoint");
+    coordinator_ = SpawnLogged(BinDir() + "/moerun-coordinator",
+                               {"--state-dir", coord_dir_, "--bind", address_,
+                                "--heartbeat-interval-ms", "200", "--heartbeat-timeout-ms", "3000"},
+                               dir_ + "/coordinator.out");
+    REQUIRE(WaitFor([&] { return fs::exists(coord_dir_ + "/endpoint"); }, 10));
+  }
+  void KillCoordinator() {
+    kill(coordinator_, SIGKILL);
+    int status;
+    waitpid(coordinator_, &status, 0);
+    coordinator_ = -1;
+  }
+  pid_t StartWorker(const std::string& id, int slots, const std::string& keys = "") {
+    const pid_t pid = SpawnLogged(
+        BinDir() + "/moerun-worker",
+        {"--coordinator", address_, "--keys", keys.empty() ? keys_ : keys, "--state-dir",
+         dir_ + "/" + id, "--id", id, "--devices", std::to_string(slots)},
+        dir_ + "/" + id + ".out");
+    workers_.push_back(pid);
+    return pid;
+  }
+  Output Cli(const std::string& args, const std::string& keys = "") const {
+    return RunMoerun(args + " --coordinator " + address_ + " --keys " +
+                     (keys.empty() ? keys_ : keys));
+  }
+  json Status() const {
+    Output o = Cli("status --json");
+    REQUIRE_MESSAGE(o.exit_code == 0, o.err);
+    return json::parse(o.out);
+  }
+  json Job(const std::string& id) const {
+    Output o = Cli("status " + id + " --json");
+    REQUIRE_MESSAGE(o.exit_code == 0, o.err);
+    return json::parse(o.out);
+  }
+  std::string Phase(const std::string& id) const { return Job(id).value("phase", ""); }
+  void WaitForWorkers(size_t n) const {
+    REQUIRE(WaitFor(
+        [&] {
+          size_t alive = 0;
+          const json st = Status();
+          for (const auto& w : st["workers"]) alive += w.value("alive", false);
+          return alive >= n;
+        },
+        20));
+  }
+  std::string Submit(const std::string& spec, const std::string& extra = "") const {
+    Output o = Cli("submit " + spec + " --json " + extra);
+    REQUIRE_MESSAGE(o.exit_code == 0, o.err);
+    return json::parse(o.out).value("job_id", "");
+  }
+  // A world-2 job (2 stages x 1 replica) written into the cluster dir.
+  std::string SmallSpec(const std::string& name) const {
+    std::string text = ReadAll(std::string(MOERUN_SOURCE_DIR) + "/tests/configs/train-fast.yaml");
+    auto replace = [&](const std::string& from, const std::string& to) {
+      const size_t at = text.find(from);
+      REQUIRE(at != std::string::npos);
+      text.replace(at, from.size(), to);
+    };
+    replace("name: train-fast", "name: " + name);
+    replace("  data: 2\n", "  data: 1\n");
+    replace("  expert: 2\n", "  expert: 1\n");
+    replace("devices_per_worker: 2", "devices_per_worker: 1");
+    const std::string path = dir_ + "/" + name + ".yaml";
+    std::ofstream(path) << text;
+    return path;
+  }
+
+  const std::string& dir() const { return dir_; }
+  const std::string& keys() const { return keys_; }
+  const std::string& address() const { return address_; }
+  pid_t coordinator() const { return coordinator_; }
+
+ private:
+  std::string dir_, coord_dir_, keys_, address_;
+  pid_t coordinator_ = -1;
+  std::vector<pid_t> workers_;
+};
+
+bool Terminal(const std::string& phase) {
+  return phase == "SUCCEEDED" || phase == "FAILED" || phase == "CANCELLED";
+}
+
+TEST_CASE("two jobs run at once while a third waits in the FIFO queue; all three finish") {
+  Cluster c("queue");
+  c.StartWorker("w0", 2);
+  c.StartWorker("w1", 2);
+  c.WaitForWorkers(2);
+  const std::string spec = c.SmallSpec("small");
+  std::vector<std::string> jobs;
+  std::vector<std::string> phases;
+  for (int i = 0; i < 3; ++i) {
+    Output o = c.Cli("submit " + spec + " --json --steps 60 --run-dir " + c.dir() + "/run-" +
+                     std::to_string(i));
+    REQUIRE_MESSAGE(o.exit_code == 0, o.err);
+    const json reply = json::parse(o.out);
+    jobs.push_back(reply["job_id"]);
+    phases.push_back(reply["phase"]);
+  }
+  CHECK(phases[0] == "STARTING");
+  CHECK(phases[1] == "STARTING");
+  CHECK(phases[2] == "QUEUED");  // 4 slots, 2 ranks each
+  // While the first two hold all four slots, the third stays queued.
+  const json status = c.Status();
+  int busy = 0;
+  for (const auto& w : status["workers"]) busy += w.value("used", 0);
+  CHECK(busy <= 4);
+  REQUIRE(WaitFor(
+      [&] {
+        for (const auto& j : jobs)
+          if (c.Phase(j) != "SUCCEEDED") return false;
+        return true;
+      },
+      180));
+  // The third started only after one of the first two ended.
+  const json events = json::parse(c.Cli("events " + jobs[2] + " --json").out);
+  REQUIRE(events.size() >= 3);
+  CHECK(events[1]["to"] == "STARTING");
+  int64_t first_done = INT64_MAX;
+  for (int i = 0; i < 2; ++i) {
+    for (const auto& e : json::parse(c.Cli("events " + jobs[i] + " --json").out))
+      if (e["to"] == "SUCCEEDED") first_done = std::min<int64_t>(first_done, e["time_ms"]);
+  }
+  CHECK(events[1]["time_ms"].get<int64_t>() >= first_done);
+  for (int i = 0; i < 3; ++i) {
+    const json j = c.Job(jobs[size_t(i)]);
+    CHECK(j["step"] == 60);
+    CHECK(j["restarts"] == 0);
+  }
+  // People get tables.
+  Output table = c.Cli("status");
+  CHECK(table.out.find("SUCCEEDED") != std::string::npos);
+  CHECK(table.out.find("WORKER") != std::string::npos);
+  Output log = c.Cli("logs " + jobs[0] + " --rank 1");
+  CHECK(log.exit_code == 0);
+  CHECK(log.out.find("step 60/60") != std::string::npos);
+}
+
+TEST_CASE("cancel stops a running job's trainers and frees its slots") {
+  Cluster c("cancel");
+  const pid_t w = c.StartWorker("w0", 2);
+  c.WaitForWorkers(1);
+  const std::string job = c.Submit(c.SmallSpec("long"), "--steps 100000");
+  REQUIRE(WaitFor([&] { return c.Job(job).value("step", 0) >= 3; }, 60));
+  CHECK(Children(w).size() == 2);
+  Output o = c.Cli("cancel " + job);
+  CHECK_MESSAGE(o.exit_code == 0, o.err);
+  CHECK(c.Phase(job) == "CANCELLED");
+  CHECK(WaitFor([&] { return Children(w).empty(); }, 20));
+  const json events = json::parse(c.Cli("events " + job + " --json").out);
+  CHECK(events.back()["to"] == "CANCELLED");
+  CHECK(c.Status()["workers"][0]["used"] == 0);
+  // Cancelling twice is a clear error, not a crash.
+  Output again = c.Cli("cancel " + job);
+  CHECK(again.exit_code != 0);
+  CHECK(again.err.find("already ended") != std::string::npos);
+  CHECK(Alive(c.coordinator()));
+}
+
+TEST_CASE("a client or a daemon without an authorized key is refused") {
+  Cluster c("auth");
+  const std::string stranger = c.dir() + "/stranger";
+  REQUIRE(RunMoerun("keygen " + stranger + " --coordinator-key " + c.keys() + "/coordinator.key")
+              .exit_code == 0);
+  Output o = c.Cli("submit " + c.SmallSpec("sneaky"), stranger);
+  CHECK(o.exit_code != 0);
+  CHECK(o.err.find("refused this client's key") != std::string::npos);
+  c.StartWorker("intruder", 4, stranger);
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  const json status = c.Status();
+  CHECK(status["workers"].empty());
+  CHECK(status["jobs"].empty());
+  CHECK(status["counters"]["auth_denied"].get<int>() >= 2);
+  CHECK(ReadAll(c.dir() + "/coordinator.out").find("not in authorized_keys") != std::string::npos);
+}
+
+TEST_CASE("a coordinator killed with SIGKILL and restarted lets the running job finish") {
+  Cluster c("restart");
+  c.StartWorker("w0", 1);
+  c.StartWorker("w1", 1);
+  c.WaitForWorkers(2);
+  const std::string job = c.Submit(c.SmallSpec("survivor"), "--steps 1500");
+  REQUIRE(WaitFor([&] { return c.Job(job).value("step", 0) >= 10; }, 60));
+  c.KillCoordinator();
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // trainers keep training
+  c.StartCoordinator();
+  // The reloaded job is still running, and the trainers' reports reach the new coordinator.
+  const json first = c.Job(job);
+  CHECK(first["phase"] == "RUNNING");
+  REQUIRE(WaitFor([&] { return c.Job(job).value("step", 0) > first.value("step", 0); }, 60));
+  REQUIRE(WaitFor([&] { return Terminal(c.Phase(job)); }, 240));
+  const json j = c.Job(job);
+  CHECK(j["phase"] == "SUCCEEDED");
+  CHECK(j["generation"] == 1);  // no restart of training
+  CHECK(j["restarts"] == 0);
+  CHECK(j["step"] == 1500);
+  for (const auto& w : c.Status()["workers"]) CHECK(w["alive"] == true);
+}
+
+TEST_CASE("10,000 malformed messages leave the coordinator serving") {
+  Cluster c("malformed");
+  auto keys = LoadClientKeys(c.keys());
+  REQUIRE(keys.ok());
+  zmq::context_t ctx;
+  std::vector<std::unique_ptr<zmq::socket_t>> sockets;
+  for (const char* id : {"cli:fuzz", "worker:fuzz", "trainer:nojob:1:0"}) {
+    auto s = ConnectDealer(ctx, keys.value(), {c.address(), id, false});
+    REQUIRE(s.ok());
+    sockets.push_back(std::move(s.value()));
+  }
+  std::mt19937 rng(2026);
+  auto bytes = [&](size_t n) {
+    std::string s(n, '\0');
+    for (auto& ch : s) ch = char(rng());
+    return s;
+  };
+  const std::vector<MessageType> types = {
+      MessageType::kRegister,   MessageType::kHeartbeat,  MessageType::kTrainerExited,
+      MessageType::kRendezvous, MessageType::kStepReport, MessageType::kSubmitJob,
+      MessageType::kCancelJob,  MessageType::kQuery,      MessageType::kReply};
+  const std::vector<json> bodies = {
+      {{"host", 7}},
+      {{"host", "h"}, {"devices", "many"}, {"backend", "cpu"}, {"data_host", "x"}, {"pid", 1}},
+      {{"trainers", "none"}},
+      {{"trainers", {{{"job", 1}}}}},
+      {{"rank", "zero"}},
+      {{"spec_yaml", 42}},
+      {{"spec_yaml", "job: {name: [}"}},
+      {{"what", 7}},
+      {{"what", "log"}, {"job", "nojob"}},
+      {{"what", "nonsense"}},
+      json::object()};
+  int undecodable = 0;
+  for (int i = 0; i < 10000; ++i) {
+    zmq::socket_t& s = *sockets[size_t(i) % sockets.size()];
+    const int kind = int(rng() % 10);
+    std::string msg;
+    if (kind < 4) {
+      msg = bytes(rng() % 300);  // noise
+      ++undecodable;
+    } else if (kind < 6) {
+      // A real header with a lie in it: bad version, type or lengths.
+      Envelope e{types[rng() % types.size()], rng() % 3, "j", "fuzz", json::object()};
+      msg = EncodeEnvelope(e).value();
+      const size_t at = 4 + rng() % (msg.size() - 4);
+      msg[at] = char(msg[at] ^ (1 + rng() % 255));
+      if (msg.size() > 24 && rng() % 2) msg.resize(rng() % msg.size());
+      if (!DecodeEnvelope(msg).ok()) ++undecodable;
+    } else if (kind < 9) {
+      // A valid envelope whose body makes no sense.
+      Envelope e{types[rng() % types.size()], rng() % 3, rng() % 2 ? "nojob" : "", "fuzz",
+                 bodies[rng() % bodies.size()]};
+      msg = EncodeEnvelope(e).value();
+    } else {
+      // Two frames where one is expected.
+      s.send(zmq::buffer(bytes(8)), zmq::send_flags::sndmore);
+      msg = bytes(8);
+      ++undecodable;
+    }
+    REQUIRE(s.send(zmq::buffer(msg), zmq::send_flags::none));
+  }
+  REQUIRE(
+      WaitFor([&] { return c.Status()["counters"]["malformed"].get<int>() >= undecodable; }, 60));
+  CHECK(Alive(c.coordinator()));
+  const json counters = c.Status()["counters"];
+  MESSAGE("counters after 10,000 bad messages: " << counters.dump());
+  CHECK(counters["invalid"].get<int>() > 0);
+  // Still serving: a worker registers and a real job runs to the end.
+  c.StartWorker("w0", 2);
+  c.WaitForWorkers(1);
+  const std::string job = c.Submit(c.SmallSpec("after"), "--steps 20");
+  CHECK(WaitFor([&] { return c.Phase(job) == "SUCCEEDED"; }, 120));
+}
+
+TEST_CASE("moerun local trains to the same checkpoint digest as moerun launch") {
+  const std::string dir = FreshTempPath("control", "local", true);
+  const std::string spec = std::string(MOERUN_SOURCE_DIR) + "/tests/configs/train-fast.yaml";
+  Output local = RunMoerun("local " + spec + " --run-dir " + dir + "/local --workers 2");
+  REQUIRE_MESSAGE(local.exit_code == 0, local.err);
+  CHECK(local.out.find("SUCCEEDED") != std::string::npos);
+  Output launch =
+      RunMoerun("launch --nproc 4 " + spec + " --run-dir " + dir + "/launch --no-progress");
+  REQUIRE_MESSAGE(launch.exit_code == 0, launch.err);
+  Output a = RunMoerun("checkpoint digest --run-dir " + dir + "/local");
+  Output b = RunMoerun("checkpoint digest --run-dir " + dir + "/launch");
+  REQUIRE(a.exit_code == 0);
+  CHECK(a.out == b.out);
+  // Again: the run is complete, so the job succeeds at once with the same weights.
+  Output again = RunMoerun("local " + spec + " --run-dir " + dir + "/local --workers 2");
+  CHECK(again.exit_code == 0);
+  CHECK(RunMoerun("checkpoint digest --run-dir " + dir + "/local").out == a.out);
+}
+
+}  // namespace
+}  // namespace moerun::testing
