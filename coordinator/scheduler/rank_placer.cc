@@ -49,13 +49,18 @@ std::optional<std::vector<std::string>> PlaceRanks(const PlacementRequest& req) 
       used.insert(best);
       continue;
     }
-    // Split: most free slots first, so the group touches as few hosts as possible.
-    for (int64_t r : open) {
-      auto it = std::max_element(free.begin(), free.end(),
-                                 [](const auto& a, const auto& b) { return a.second < b.second; });
-      out[size_t(r)] = it->first;
-      --it->second;
-      used.insert(it->first);
+    // Split: fill the workers with most free slots first, so the group touches as few hosts
+    // as possible.
+    std::vector<std::pair<std::string, int64_t>> order(free.begin(), free.end());
+    std::stable_sort(order.begin(), order.end(),
+                     [](const auto& a, const auto& b) { return a.second > b.second; });
+    size_t next = 0;
+    for (const auto& [id, n] : order) {
+      int64_t taken = 0;
+      for (; taken < n && next < open.size(); ++taken) out[size_t(open[next++])] = id;
+      if (taken > 0) used.insert(id);
+      free[id] = n - taken;
+      if (next == open.size()) break;
     }
   }
   return out;

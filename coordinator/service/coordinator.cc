@@ -116,6 +116,8 @@ void Coordinator::Handle(const std::string& peer, const Envelope& e) {
     // A field of the wrong type: the message is unusable, the coordinator is fine.
     ++counters_.invalid;
     spdlog::warn("dropped {} from {}: {}", ToString(e.type), peer, ex.what());
+    const bool client = peer.rfind(kWorkerPrefix, 0) != 0 && peer.rfind(kTrainerPrefix, 0) != 0;
+    if (client) ReplyError(peer, std::string("malformed request: ") + ex.what());
   }
 }
 

@@ -1,0 +1,268 @@
+// The coordinator's logic without sockets: messages in, envelopes out, a fake clock stepped
+// by hand. Placement, rendezvous, FIFO queue, dead daemons, restarts with a new generation,
+// fencing of stale reports, reload from the store, and bodies of the wrong shape.
+#include <doctest/doctest.h>
+
+#include <fstream>
+#include <optional>
+#include <sstream>
+
+#include "common/clock.h"
+#include "coordinator/service/coordinator.h"
+#include "tests/temp_path.h"
+
+namespace moerun::coordinator {
+namespace {
+
+using nlohmann::json;
+
+struct Sent {
+  std::string peer;
+  Envelope e;
+};
+
+// A world-2 job (2 stages x 1 replica): train-fast with one replica.
+std::string SmallSpec(const std::string& name) {
+  std::ifstream in(std::string(MOERUN_SOURCE_DIR) + "/tests/configs/train-fast.yaml");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string text = ss.str();
+  auto replace = [&](const std::string& from, const std::string& to) {
+    const size_t at = text.find(from);
+    REQUIRE(at != std::string::npos);
+    text.replace(at, from.size(), to);
+  };
+  replace("name: train-fast", "name: " + name);
+  replace("  data: 2\n", "  data: 1\n");
+  replace("  expert: 2\n", "  expert: 1\n");
+  replace("devices_per_worker: 2", "devices_per_worker: 1");
+  return text;
+}
+
+class Harness {
+ public:
+  explicit Harness(const std::string& name)
+      : dir_(testing::FreshTempPath("coordinator", name, false)) {
+    Reopen();
+  }
+  void Reopen() {
+    coordinator_.reset();
+    store_.reset();
+    store_ = std::move(CoordinatorStore::Open(dir_).value());
+    auto c = Coordinator::Open(store_.get(), &clock, {1000, 5000, "/tmp/jobs"},
+                               [this](const std::string& peer, const Envelope& e) {
+                                 sent.push_back({peer, e});
+                                 return true;
+                               });
+    REQUIRE(c.ok());
+    coordinator_ = std::move(c.value());
+  }
+  Coordinator& c() { return *coordinator_; }
+
+  void Beat(const std::string& worker, int slots, json trainers = json::array()) {
+    c().Handle("worker:" + worker, {MessageType::kHeartbeat,
+                                    0,
+                                    "",
+                                    "worker:" + worker,
+                                    {{"host", worker + ".example"},
+                                     {"devices", slots},
+                                     {"backend", "cpu"},
+                                     {"data_host", "127.0.0.1"},
+                                     {"pid", 100},
+                                     {"trainers", trainers}}});
+  }
+  json Submit(const std::string& name) {
+    c().Handle("cli:1", {MessageType::kSubmitJob, 0, "", "cli", {{"spec_yaml", SmallSpec(name)}}});
+    return Last("cli:1").e.body;
+  }
+  void Rendezvous(const std::string& job, uint64_t gen, int rank) {
+    c().Handle(Trainer(job, gen, rank),
+               {MessageType::kRendezvous,
+                gen,
+                job,
+                "trainer",
+                {{"rank", rank}, {"endpoint", "tcp://h:" + std::to_string(rank)}}});
+  }
+  void Exit(const std::string& worker, const std::string& job, uint64_t gen, int rank, int code) {
+    c().Handle("worker:" + worker, {MessageType::kTrainerExited,
+                                    0,
+                                    "",
+                                    "worker:" + worker,
+                                    {{"trainers", json::array({{{"job", job},
+                                                                {"generation", gen},
+                                                                {"rank", rank},
+                                                                {"pid", 1},
+                                                                {"running", false},
+                                                                {"exit_code", code},
+                                                                {"signal", 0}}})}}});
+  }
+  static std::string Trainer(const std::string& job, uint64_t gen, int rank) {
+    return "trainer:" + job + ":" + std::to_string(gen) + ":" + std::to_string(rank);
+  }
+  Sent Last(const std::string& peer, std::optional<MessageType> type = std::nullopt) {
+    for (auto it = sent.rbegin(); it != sent.rend(); ++it)
+      if (it->peer == peer && (!type || it->e.type == *type)) return *it;
+    FAIL("nothing sent to " << peer);
+    return {};
+  }
+  int Count(MessageType t, const std::string& peer) const {
+    int n = 0;
+    for (const auto& s : sent) n += s.e.type == t && s.peer == peer;
+    return n;
+  }
+  const JobRun& Job(const std::string& id) { return c().jobs().at(id); }
+
+  FakeClock clock{1'700'000'000'000};
+  std::vector<Sent> sent;
+
+ private:
+  std::string dir_;
+  std::unique_ptr<CoordinatorStore> store_;
+  std::unique_ptr<Coordinator> coordinator_;
+};
+
+TEST_CASE("a job is placed, meets at the rendezvous, runs and succeeds") {
+  Harness h("happy");
+  h.Beat("a", 2);
+  const json reply = h.Submit("small");
+  const std::string id = reply["job_id"];
+  CHECK(id == "small-1");
+  CHECK(reply["phase"] == "STARTING");
+  CHECK(reply["run_dir"] == "/tmp/jobs/small-1");
+  const Sent start = h.Last("worker:a", MessageType::kStartTrainers);
+  CHECK(start.e.type == MessageType::kStartTrainers);
+  CHECK(start.e.generation == 1);
+  CHECK(start.e.body["ranks"] == json::array({0, 1}));
+  h.Rendezvous(id, 1, 0);
+  CHECK(h.Job(id).state.phase() == JobPhase::kStarting);  // rank 1 has not come yet
+  h.Rendezvous(id, 1, 1);
+  CHECK(h.Job(id).state.phase() == JobPhase::kRunning);
+  for (int r = 0; r < 2; ++r) {
+    const Sent table = h.Last(Harness::Trainer(id, 1, r));
+    CHECK(table.e.type == MessageType::kRendezvous);
+    CHECK(table.e.body["endpoints"] == json::array({"tcp://h:0", "tcp://h:1"}));
+  }
+  h.c().Handle(Harness::Trainer(id, 1, 0),
+               {MessageType::kStepReport, 1, id, "t", {{"rank", 0}, {"step", 7}, {"loss", 2.5}}});
+  CHECK(h.Job(id).progress["step"] == 7);
+  h.Exit("a", id, 1, 0, 0);
+  CHECK(h.Job(id).state.phase() == JobPhase::kRunning);
+  h.Exit("a", id, 1, 1, 0);
+  CHECK(h.Job(id).state.phase() == JobPhase::kSucceeded);
+  // The exits are acknowledged so the daemon can forget them.
+  CHECK(h.Last("worker:a").e.body["acked"].size() == 1);
+}
+
+TEST_CASE("the queue is FIFO: a job waits for slots and starts when they free up") {
+  Harness h("fifo");
+  h.Beat("a", 2);
+  const std::string first = h.Submit("one")["job_id"];
+  const json second = h.Submit("two");
+  const json third = h.Submit("three");
+  CHECK(second["phase"] == "QUEUED");
+  CHECK(third["phase"] == "QUEUED");
+  h.Rendezvous(first, 1, 0);
+  h.Rendezvous(first, 1, 1);
+  h.Exit("a", first, 1, 0, 0);
+  h.Exit("a", first, 1, 1, 0);
+  CHECK(h.Job(second["job_id"]).state.phase() == JobPhase::kStarting);
+  CHECK(h.Job(third["job_id"]).state.phase() == JobPhase::kQueued);
+}
+
+TEST_CASE("a silent daemon fails its job; the restart goes to a live one with a new generation") {
+  Harness h("dead");
+  h.Beat("a", 2);
+  const std::string id = h.Submit("small")["job_id"];
+  h.Beat("b", 2);
+  h.Rendezvous(id, 1, 0);
+  h.Rendezvous(id, 1, 1);
+  REQUIRE(h.Job(id).state.phase() == JobPhase::kRunning);
+  for (int i = 0; i < 6; ++i) {  // b beats, a is silent
+    h.clock.AdvanceMs(1000);
+    h.Beat("b", 2);
+    h.c().Tick();
+  }
+  CHECK(h.Job(id).state.phase() == JobPhase::kRecovering);
+  CHECK(h.Job(id).state.generation() == 2);
+  CHECK(h.Job(id).state.events().back().cause.find("worker a") != std::string::npos);
+  CHECK(h.Count(MessageType::kStopTrainers, "worker:a") == 1);
+  h.clock.AdvanceMs(1000);  // restart_backoff_ms
+  h.c().Tick();
+  const Sent start = h.Last("worker:b", MessageType::kStartTrainers);
+  CHECK(start.e.type == MessageType::kStartTrainers);
+  CHECK(start.e.generation == 2);
+  CHECK(start.e.body["resume"] == true);
+  // Generation 1 is over: its reports are dropped and its rendezvous refused.
+  const uint64_t stale_before = h.c().counters().stale;
+  h.c().Handle(Harness::Trainer(id, 1, 0),
+               {MessageType::kStepReport, 1, id, "t", {{"rank", 0}, {"step", 99}}});
+  CHECK(h.c().counters().stale == stale_before + 1);
+  CHECK_FALSE(h.Job(id).progress.contains("step"));
+  h.Rendezvous(id, 1, 0);
+  CHECK(h.Last(Harness::Trainer(id, 1, 0)).e.type == MessageType::kError);
+  h.Rendezvous(id, 2, 0);
+  h.Rendezvous(id, 2, 1);
+  CHECK(h.Job(id).state.phase() == JobPhase::kRunning);
+  // A daemon still running a trainer of generation 1 is told to stop it.
+  h.Beat(
+      "a", 2,
+      json::array({{{"job", id}, {"generation", 1}, {"rank", 0}, {"pid", 5}, {"running", true}}}));
+  const Sent stop = h.Last("worker:a", MessageType::kStopTrainers);
+  CHECK(stop.e.type == MessageType::kStopTrainers);
+  CHECK(stop.e.body["below_generation"] == 2);
+}
+
+TEST_CASE("an exit the policy cannot retry fails the job at once") {
+  Harness h("fatal");
+  h.Beat("a", 2);
+  const std::string id = h.Submit("small")["job_id"];
+  h.Exit("a", id, 1, 1, 3);  // kExitBadData
+  CHECK(h.Job(id).state.phase() == JobPhase::kFailed);
+  CHECK(h.Job(id).state.events().back().cause.find("not retryable") != std::string::npos);
+}
+
+TEST_CASE("a restarted coordinator reloads its jobs and answers the rendezvous from the store") {
+  Harness h("reload");
+  h.Beat("a", 2);
+  const std::string id = h.Submit("small")["job_id"];
+  h.Rendezvous(id, 1, 0);
+  h.Rendezvous(id, 1, 1);
+  h.c().Handle(Harness::Trainer(id, 1, 0),
+               {MessageType::kStepReport, 1, id, "t", {{"rank", 0}, {"step", 3}}});
+  h.Reopen();
+  CHECK(h.Job(id).state.phase() == JobPhase::kRunning);
+  CHECK(h.Job(id).state.generation() == 1);
+  CHECK(h.Job(id).progress["step"] == 3);
+  CHECK(h.c().workers().Find("a") != nullptr);
+  h.sent.clear();
+  h.Rendezvous(id, 1, 1);  // a trainer that asks again after the restart
+  CHECK(h.Last(Harness::Trainer(id, 1, 1)).e.body["endpoints"].size() == 2);
+  // The daemon's heartbeat shows both ranks running: nothing is started again.
+  h.Beat(
+      "a", 2,
+      json::array({{{"job", id}, {"generation", 1}, {"rank", 0}, {"pid", 5}, {"running", true}},
+                   {{"job", id}, {"generation", 1}, {"rank", 1}, {"pid", 6}, {"running", true}}}));
+  CHECK(h.Count(MessageType::kStartTrainers, "worker:a") == 0);
+  // A new job id never repeats one from before the restart.
+  CHECK(h.Submit("small")["job_id"] == "small-2");
+}
+
+TEST_CASE("bodies of the wrong shape are counted and answered, never fatal") {
+  Harness h("shapes");
+  h.c().Handle("worker:x", {MessageType::kHeartbeat, 0, "", "w", {{"host", 7}}});
+  h.c().Handle("worker:x", {MessageType::kSubmitJob, 0, "", "w", json::object()});
+  h.c().Handle("trainer:x:1:0", {MessageType::kStepReport, 1, "nope", "t", {{"rank", "0"}}});
+  h.c().Handle("cli:1", {MessageType::kSubmitJob, 0, "", "cli", {{"spec_yaml", 5}}});
+  h.c().Handle("cli:1", {MessageType::kQuery, 0, "", "cli", {{"what", "bogus"}}});
+  CHECK(h.c().counters().invalid >= 4);
+  CHECK(h.Last("cli:1").e.type == MessageType::kError);
+  h.c().Handle("cli:1", {MessageType::kSubmitJob, 0, "", "cli", {{"spec_yaml", "job: {}\n"}}});
+  const Sent bad = h.Last("cli:1");
+  CHECK(bad.e.type == MessageType::kError);
+  CHECK(bad.e.body["error"].get<std::string>().find("job.name") != std::string::npos);
+  CHECK(h.c().workers().All().empty());
+  CHECK(h.c().jobs().empty());
+}
+
+}  // namespace
+}  // namespace moerun::coordinator
