@@ -5,6 +5,8 @@
 //       The ZeroMQ data plane between N processes on this machine: algorithm bandwidth
 //       (bytes / time) and bus bandwidth (all-reduce: x 2(N-1)/N; all-to-all: x (N-1)/N),
 //       the figures NCCL's tests report. B is the per-rank buffer.
+//   moerun-bench coordinator --daemons N [--interval-ms I] [--seconds S]
+//       A coordinator under N simulated daemons' heartbeats (bench/coordinator_bench.h).
 //   moerun-bench moe-layer --tokens T --d-model D --experts E --top-k K --expert-hidden H
 //       --shared S [--threads N] [--reps R]
 //       One MoE layer's forward + backward (router, dispatch, experts, combine, shared
@@ -23,6 +25,7 @@
 #include <random>
 #include <vector>
 
+#include "bench/coordinator_bench.h"
 #include "kernels/cpu/gemm.h"
 #include "worker/comm/zmq_communicator.h"
 #include "worker/model/ffn_block.h"
@@ -255,6 +258,14 @@ int main(int argc, char** argv) {
       RunCollective(co);
     });
   }
+  moerun::bench::CoordinatorBenchArgs cb;
+  int rc = 0;
+  CLI::App* cd =
+      app.add_subcommand("coordinator", "N simulated daemons heartbeating a coordinator");
+  cd->add_option("--daemons", cb.daemons)->capture_default_str()->check(CLI::Range(1, 100000));
+  cd->add_option("--interval-ms", cb.interval_ms)->capture_default_str();
+  cd->add_option("--seconds", cb.seconds)->capture_default_str();
+  cd->callback([&] { rc = moerun::bench::RunCoordinatorBench(cb); });
   CLI11_PARSE(app, argc, argv);
-  return 0;
+  return rc;
 }

@@ -20,5 +20,9 @@ inline constexpr std::size_t kMaxSpecDiagnostics = 100;
 inline constexpr std::size_t kMaxMessageBytes = 4 << 20;
 inline constexpr std::size_t kMaxMessageIdBytes = 256;
 inline constexpr int kMaxMessageJsonDepth = 32;
+// Pending connections the coordinator's listening socket queues (capped by the kernel's
+// net.core.somaxconn). libzmq's default of 100 makes thousands of daemons reconnecting after a
+// coordinator restart wait out TCP SYN retries: seconds, then tens of seconds.
+inline constexpr int kControlListenBacklog = 4096;
 
 }  // namespace moerun

@@ -43,6 +43,7 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Bind(const std::string& ad
     r.set(zmq::sockopt::router_handover, 1);   // a reconnecting peer takes over its id
     r.set(zmq::sockopt::maxmsgsize, int64_t(kMaxMessageBytes));
     r.set(zmq::sockopt::linger, 0);
+    r.set(zmq::sockopt::backlog, kControlListenBacklog);
     r.bind(address);
     s->endpoint_ = r.get(zmq::sockopt::last_endpoint);
   } catch (const zmq::error_t& e) {

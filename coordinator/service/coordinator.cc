@@ -141,7 +141,8 @@ void Coordinator::OnWorkerMessage(const std::string& worker_id, const Envelope& 
       if (workers_.Upsert(w)) {
         spdlog::info("worker {} {}: host {}, {} {} devices, data plane on {}", worker_id,
                      known ? "is back" : "registered", w.host, w.devices, w.backend, w.data_host);
-        Status s = store_->PutDocument("worker", worker_id, w.ToJson(), true);
+        // Not synced: a daemon re-registers with every heartbeat anyway.
+        Status s = store_->PutDocument("worker", worker_id, w.ToJson(), false);
         if (!s.ok()) spdlog::error("cannot store worker {}: {}", worker_id, s.message());
       }
       nlohmann::json acked = nlohmann::json::array();
@@ -373,6 +374,14 @@ std::map<std::string, int64_t> Coordinator::FreeSlots() const {
 
 void Coordinator::Schedule() {
   const int64_t now = clock_->NowMs();
+  // Called after every heartbeat: cheap when nothing waits for slots.
+  const bool waiting = std::any_of(jobs_.begin(), jobs_.end(), [&](const auto& kv) {
+    const JobRun& j = kv.second;
+    return j.state.phase() == JobPhase::kQueued ||
+           (j.state.phase() == JobPhase::kRecovering &&
+            j.started_generation != j.state.generation() && now >= j.state.restart_not_before_ms());
+  });
+  if (!waiting) return;
   std::vector<JobRun*> order;
   for (auto& [id, job] : jobs_) order.push_back(&job);
   std::sort(order.begin(), order.end(),
