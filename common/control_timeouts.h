@@ -33,6 +33,11 @@ inline constexpr int64_t kStartTrainersResendMs = 5000;
 inline constexpr int64_t kForwardedRequestTimeoutMs = 5000;
 // Log bytes per `moerun logs` answer.
 inline constexpr std::size_t kLogChunkBytes = 256 << 10;
+// Stopping trainers: a cancelled job's trainers get kCancelGraceMs after SIGTERM to finish
+// their step and write a checkpoint before SIGKILL; a failed generation's get none (its
+// collectives are broken, waiting only delays the restart).
+inline constexpr int64_t kCancelGraceMs = 5000;
+inline constexpr int64_t kFenceGraceMs = 0;
 // The daemon's wait for a message before it polls its trainers.
 inline constexpr int kDaemonTickMs = 50;
 

@@ -10,6 +10,9 @@ inline constexpr int kExitFailure = 1;        // a runtime failure; retrying may
 inline constexpr int kExitInvalidConfig = 2;  // bad job spec or command line: never retry
 inline constexpr int kExitBadData = 3;        // data missing or unreadable: never retry
 inline constexpr int kExitUnsupported = 4;    // asks for a feature this build lacks: never retry
+// The checkpoint step a trainer was told to restore is unreadable (a shard missing, a CRC
+// that does not match): the coordinator drops that step and restarts from the one before.
+inline constexpr int kExitBadCheckpoint = 5;
 
 // True when restarting the process with the same inputs cannot succeed.
 inline constexpr bool IsNonRetryableExit(int code) {

@@ -105,6 +105,7 @@ void AddTrainCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--generation", a->control.generation, "job generation")->group("");
   cmd->add_option("--data-host", a->opts.data_host, "bind the data plane here")->group("");
   cmd->add_option("--spec-dir", a->spec_dir, "resolve relative data paths here")->group("");
+  cmd->add_option("--restore-step", a->opts.restore_step, "restore exactly this step")->group("");
   cmd->callback([a, exit_code] { *exit_code = RunTrain(*a); });
 }
 

@@ -15,6 +15,7 @@
 namespace moerun::coordinator {
 namespace {
 
+constexpr size_t kMaxNcclUniqueIdChars = 512;  // ncclUniqueId is 128 bytes: 256 in hex
 constexpr char kWorkerPrefix[] = "worker:";
 constexpr char kTrainerPrefix[] = "trainer:";
 
@@ -59,15 +60,28 @@ Status Coordinator::Load() {
   std::map<std::string, nlohmann::json> run_docs(runs->begin(), runs->end());
   const int64_t now = clock_->NowMs();
   for (auto& state : states.value()) {
+    // A job this build cannot read is left in the store, untouched, and named in the log;
+    // the others go on.
     const std::string id = state.job_id();
     auto yaml = store_->GetSpec(id);
-    if (!yaml.ok()) return yaml.status();
+    if (!yaml.ok()) {
+      spdlog::error("job {} not loaded: {}", id, yaml.status().message());
+      continue;
+    }
     LoadedJobSpec loaded = LoadJobSpecText(yaml.value(), "spec/" + id);
-    if (!loaded.ok()) return Status::Corruption("spec/" + id + ": " + loaded.Report());
+    if (!loaded.ok()) {
+      spdlog::error("job {} not loaded: its stored spec no longer validates:\n{}", id,
+                    loaded.Report());
+      continue;
+    }
     auto doc = run_docs.find(id);
-    if (doc == run_docs.end()) return Status::Corruption("run/" + id + ": missing");
     JobRun job(std::move(state), loaded.spec, yaml.value());
-    MOERUN_RETURN_IF_ERROR(job.FromRecord(doc->second).WithContext("run/" + id));
+    Status s = doc == run_docs.end() ? Status::Corruption("run/" + id + " is missing")
+                                     : job.FromRecord(doc->second).WithContext("run/" + id);
+    if (!s.ok()) {
+      spdlog::error("job {} not loaded: {}", id, s.message());
+      continue;
+    }
     job.last_progress_ms = now;
     jobs_.emplace(id, std::move(job));
   }
@@ -137,7 +151,9 @@ void Coordinator::OnWorkerMessage(const std::string& worker_id, const Envelope& 
         ++counters_.invalid;
         return;
       }
-      const bool known = workers_.Find(worker_id) != nullptr;
+      const WorkerInfo* before = workers_.Find(worker_id);
+      const bool known = before != nullptr;
+      const int64_t old_pid = known ? before->pid : 0;
       if (workers_.Upsert(w)) {
         spdlog::info("worker {} {}: host {}, {} {} devices, data plane on {}", worker_id,
                      known ? "is back" : "registered", w.host, w.devices, w.backend, w.data_host);
@@ -145,8 +161,13 @@ void Coordinator::OnWorkerMessage(const std::string& worker_id, const Envelope& 
         Status s = store_->PutDocument("worker", worker_id, w.ToJson(), false);
         if (!s.ok()) spdlog::error("cannot store worker {}: {}", worker_id, s.message());
       }
+      if (known && old_pid != w.pid) {
+        // A new daemon process: the old one's trainers died with it (PR_SET_PDEATHSIG).
+        FailJobsOn(worker_id, "worker " + worker_id + " restarted (pid " + std::to_string(old_pid) +
+                                  " -> " + std::to_string(w.pid) + "): its trainers are gone");
+      }
       nlohmann::json acked = nlohmann::json::array();
-      ReconcileTrainers(worker_id, b.value("trainers", nlohmann::json::array()), &acked);
+      ReconcileTrainers(worker_id, b.value("trainers", nlohmann::json::array()), true, &acked);
       if (e.type == MessageType::kRegister) {
         SendTo(kWorkerPrefix + worker_id, MessageType::kRegistered, "", 0,
                {{"heartbeat_interval_ms", settings_.heartbeat_interval_ms},
@@ -165,7 +186,7 @@ void Coordinator::OnWorkerMessage(const std::string& worker_id, const Envelope& 
         return;
       }
       nlohmann::json acked = nlohmann::json::array();
-      ReconcileTrainers(worker_id, b.at("trainers"), &acked);
+      ReconcileTrainers(worker_id, b.at("trainers"), false, &acked);
       SendTo(kWorkerPrefix + worker_id, MessageType::kReply, "", 0, {{"acked", acked}});
       Schedule();
       return;
@@ -181,7 +202,7 @@ void Coordinator::OnWorkerMessage(const std::string& worker_id, const Envelope& 
 
 // A daemon's view of its trainers: start what is missing, record exits, fence the stale.
 void Coordinator::ReconcileTrainers(const std::string& worker_id, const nlohmann::json& trainers,
-                                    nlohmann::json* acked) {
+                                    bool full_state, nlohmann::json* acked) {
   const int64_t now = clock_->NowMs();
   std::set<std::pair<std::string, int>> seen;  // (job, rank) of the current generation
   std::set<std::string> fence;                 // jobs with stale trainers on this daemon
@@ -226,15 +247,31 @@ void Coordinator::ReconcileTrainers(const std::string& worker_id, const nlohmann
                                ? UINT64_MAX
                                : it->second.state.generation();
     SendTo(kWorkerPrefix + worker_id, MessageType::kStopTrainers, job_id, 0,
-           {{"below_generation", below}});
+           {{"below_generation", below}, {"grace_ms", kFenceGraceMs}});
   }
-  // Ranks this daemon should run but does not report: the StartTrainers may have been lost.
+  if (!full_state) return;  // a TrainerExited lists only the new exits
+  // Ranks this daemon should run but does not report. Never seen running: the StartTrainers
+  // may have been lost, so it goes again. Seen running before: the trainer vanished without
+  // an exit report (its daemon lost track of it), a failure of the generation.
   for (auto& [id, job] : jobs_) {
     if (!Active(job) || job.started_generation != job.state.generation()) continue;
     bool missing = false;
+    int vanished = -1;
     for (size_t r = 0; r < job.ranks.size(); ++r) {
       const RankRun& rr = job.ranks[r];
-      if (rr.worker == worker_id && !rr.exited && !seen.count({id, int(r)})) missing = true;
+      if (rr.worker != worker_id || rr.exited || seen.count({id, int(r)})) continue;
+      if (rr.running) {
+        vanished = int(r);
+      } else {
+        missing = true;
+      }
+    }
+    if (vanished >= 0) {
+      const WorkerInfo* w = workers_.Find(worker_id);
+      FailJob(job,
+              "rank " + std::to_string(vanished) + " is no longer running on worker " + worker_id,
+              vanished, w ? w->host : worker_id, false);
+      continue;
     }
     auto sent = job.start_sent_ms.find(worker_id);
     const int64_t last = sent == job.start_sent_ms.end() ? 0 : sent->second;
@@ -260,8 +297,18 @@ void Coordinator::OnRankExit(JobRun& job, int rank, int exit_code, int signal,
     return;
   }
   const WorkerInfo* w = workers_.Find(r.worker);
-  FailJob(job, "rank " + std::to_string(rank) + " " + r.exit_text, rank, w ? w->host : r.worker,
-          signal == 0 && NonRetryableExit(exit_code));
+  std::string cause = "rank " + std::to_string(rank) + " " + r.exit_text;
+  if (signal == 0 && exit_code == kExitBadCheckpoint && job.restore_step > 0) {
+    // Never restore this step again: the next generation falls back to the one before it.
+    const int64_t bad = job.restore_step;
+    (void)store_->DeleteManifest(job.state.job_id(), bad);
+    auto left = store_->CommittedSteps(job.state.job_id());
+    const int64_t fallback = left.ok() && !left->empty() ? left->back() : 0;
+    job.committed_step = fallback;
+    cause += ": checkpoint step " + std::to_string(bad) + " is unreadable; falling back to " +
+             (fallback > 0 ? "step " + std::to_string(fallback) : "the start");
+  }
+  FailJob(job, cause, rank, w ? w->host : r.worker, signal == 0 && NonRetryableExit(exit_code));
 }
 
 void Coordinator::FinishIfDone(JobRun& job) {
@@ -288,7 +335,10 @@ void Coordinator::OnTrainerMessage(const std::string& peer, const Envelope& e) {
   }
   JobRun& job = it->second;
   const int rank = e.body.at("rank").get<int>();
-  if (e.generation != job.state.generation() || !Active(job) || rank < 0 ||
+  // The last shards of a run may arrive after its exits made the job SUCCEEDED.
+  const bool late_shard =
+      e.type == MessageType::kShardWritten && job.state.phase() == JobPhase::kSucceeded;
+  if (e.generation != job.state.generation() || (!Active(job) && !late_shard) || rank < 0 ||
       rank >= int(job.ranks.size())) {
     ++counters_.stale;
     if (e.type == MessageType::kRendezvous) {
@@ -302,10 +352,14 @@ void Coordinator::OnTrainerMessage(const std::string& peer, const Envelope& e) {
   }
   switch (e.type) {
     case MessageType::kRendezvous:
-      OnRendezvous(peer, job, rank, e.body.at("endpoint").get<std::string>());
+      OnRendezvous(peer, job, rank, e.body.at("endpoint").get<std::string>(),
+                   e.body.value("nccl_unique_id", std::string()));
       return;
     case MessageType::kStepReport:
       OnStepReport(job, rank, e.body);
+      return;
+    case MessageType::kShardWritten:
+      OnShardWritten(job, rank, e.body);
       return;
     default:
       ++counters_.invalid;
@@ -313,15 +367,18 @@ void Coordinator::OnTrainerMessage(const std::string& peer, const Envelope& e) {
 }
 
 void Coordinator::OnRendezvous(const std::string& peer, JobRun& job, int rank,
-                               const std::string& endpoint) {
+                               const std::string& endpoint, const std::string& nccl_unique_id) {
   const std::string& id = job.state.job_id();
   const uint64_t gen = job.state.generation();
   if (!job.table.empty()) {  // a late or repeated ask (the coordinator may have restarted)
-    SendTo(peer, MessageType::kRendezvous, id, gen, {{"endpoints", job.table}});
+    SendTo(peer, MessageType::kRendezvous, id, gen, TableBody(job));
     return;
   }
   job.ranks[size_t(rank)].endpoint = endpoint;
   job.ranks[size_t(rank)].peer = peer;
+  // CUDA jobs: rank 0 creates the NCCL communicator's unique id; everyone gets it with the
+  // table (opaque here: 128 bytes, hex-encoded by the trainer).
+  if (rank == 0) job.nccl_unique_id = nccl_unique_id.substr(0, kMaxNcclUniqueIdChars);
   for (const auto& r : job.ranks) {
     if (r.peer.empty()) return;
   }
@@ -333,8 +390,64 @@ void Coordinator::OnRendezvous(const std::string& peer, JobRun& job, int rank,
   if (!s.ok()) spdlog::warn("{}", s.message());
   spdlog::info("job {} generation {} RUNNING on {} ranks", id, gen, job.ranks.size());
   Persist(job);
-  for (const auto& r : job.ranks)
-    SendTo(r.peer, MessageType::kRendezvous, id, gen, {{"endpoints", job.table}});
+  for (const auto& r : job.ranks) SendTo(r.peer, MessageType::kRendezvous, id, gen, TableBody(job));
+}
+
+void Coordinator::OnShardWritten(JobRun& job, int rank, const nlohmann::json& body) {
+  const int64_t step = body.at("step").get<int64_t>();
+  const std::string shard = body.at("shard").get<std::string>();
+  const int64_t bytes = body.at("bytes").get<int64_t>();
+  const std::set<std::string> expected = ExpectedShards(job);
+  if (step <= job.committed_step || !expected.count(shard)) {
+    ++counters_.stale;  // a repeat, or a shard this job does not have
+    return;
+  }
+  auto& written = job.shards_written[step];
+  written[shard] = bytes;
+  if (written.size() < expected.size()) return;
+  // Every shard of the step is durable: the commit point.
+  nlohmann::json shards = nlohmann::json::array();
+  int64_t total = 0;
+  for (const auto& [name, n] : written) {
+    shards.push_back({{"shard", name}, {"bytes", n}});
+    total += n;
+  }
+  const nlohmann::json manifest = {
+      {"version", 1},     {"step", step},   {"generation", job.state.generation()},
+      {"shards", shards}, {"bytes", total}, {"time_ms", clock_->NowMs()}};
+  const std::string& id = job.state.job_id();
+  Status s = store_->CommitManifest(id, step, manifest);
+  if (!s.ok()) {
+    spdlog::error("job {}: cannot commit checkpoint step {}: {}", id, step, s.message());
+    return;
+  }
+  job.committed_step = step;
+  job.shards_written.erase(job.shards_written.begin(), job.shards_written.upper_bound(step));
+  spdlog::info("job {}: checkpoint step {} committed ({} shards, {:.1f} MiB; rank {} last)", id,
+               step, expected.size(), double(total) / (1 << 20), rank);
+  // Retention: the newest checkpoint.keep committed steps.
+  auto steps = store_->CommittedSteps(id);
+  const int64_t keep = std::max<int64_t>(1, job.spec.checkpoint.keep);
+  if (steps.ok()) {
+    for (size_t i = 0; i + size_t(keep) < steps->size(); ++i)
+      (void)store_->DeleteManifest(id, (*steps)[i]);
+  }
+  Persist(job, false);
+}
+
+std::set<std::string> Coordinator::ExpectedShards(const JobRun& job) const {
+  // The ranks of each stage's first expert group write stage-S/dp-D (worker/trainer/topology.h).
+  std::set<std::string> out;
+  for (int64_t st = 0; st < job.spec.parallel.pipeline; ++st)
+    for (int64_t d = 0; d < job.spec.parallel.expert; ++d)
+      out.insert("stage-" + std::to_string(st) + "/dp-" + std::to_string(d));
+  return out;
+}
+
+nlohmann::json Coordinator::TableBody(const JobRun& job) const {
+  nlohmann::json body = {{"endpoints", job.table}};
+  if (!job.nccl_unique_id.empty()) body["nccl_unique_id"] = job.nccl_unique_id;
+  return body;
 }
 
 void Coordinator::OnStepReport(JobRun& job, int rank, const nlohmann::json& body) {
@@ -427,6 +540,10 @@ bool Coordinator::StartGeneration(JobRun& job) {
   job.ranks.assign(placement->size(), RankRun{});
   for (size_t r = 0; r < placement->size(); ++r) job.ranks[r].worker = (*placement)[r];
   job.table.clear();
+  job.nccl_unique_id.clear();
+  job.shards_written.clear();
+  auto committed = store_->CommittedSteps(job.state.job_id());
+  job.restore_step = committed.ok() && !committed->empty() ? committed->back() : -1;
   job.started_generation = job.state.generation();
   job.generation_started_ms = now;
   job.first_step_ms = 0;
@@ -453,15 +570,17 @@ void Coordinator::SendStart(JobRun& job, const std::string& worker_id) {
           {"run_dir", job.run_dir},
           {"spec_dir", job.spec_dir},
           {"resume", job.resume || job.state.generation() > 1},
-          {"steps", job.steps_override}});
+          {"steps", job.steps_override},
+          {"restore_step", job.restore_step},
+          {"data_plane_timeout_ms", job.spec.fault_tolerance.progress_timeout_ms}});
 }
 
-void Coordinator::StopTrainers(const JobRun& job, uint64_t below_generation) {
+void Coordinator::StopTrainers(const JobRun& job, uint64_t below_generation, int64_t grace_ms) {
   std::set<std::string> workers;
   for (const auto& r : job.ranks) workers.insert(r.worker);
   for (const auto& w : workers) {
     SendTo(kWorkerPrefix + w, MessageType::kStopTrainers, job.state.job_id(), 0,
-           {{"below_generation", below_generation}});
+           {{"below_generation", below_generation}, {"grace_ms", grace_ms}});
   }
 }
 
@@ -475,7 +594,8 @@ void Coordinator::FailJob(JobRun& job, const std::string& cause, int rank, const
   }
   spdlog::warn("job {} {}: {}", job.state.job_id(), ToString(job.state.phase()), cause);
   // Fence the generation that failed: its trainers stop before any new one starts.
-  StopTrainers(job, IsTerminal(job.state.phase()) ? UINT64_MAX : job.state.generation());
+  StopTrainers(job, IsTerminal(job.state.phase()) ? UINT64_MAX : job.state.generation(),
+               kFenceGraceMs);
   for (auto& r : job.ranks) {
     const std::string worker = r.worker;
     r = RankRun{};
@@ -486,24 +606,25 @@ void Coordinator::FailJob(JobRun& job, const std::string& cause, int rank, const
   Schedule();
 }
 
+void Coordinator::FailJobsOn(const std::string& worker_id, const std::string& cause) {
+  const WorkerInfo* w = workers_.Find(worker_id);
+  const std::string host = w ? w->host : worker_id;
+  for (auto& [job_id, job] : jobs_) {
+    if (!Active(job) || job.started_generation != job.state.generation()) continue;
+    const bool hit = std::any_of(job.ranks.begin(), job.ranks.end(),
+                                 [&](const RankRun& r) { return r.worker == worker_id; });
+    if (hit) FailJob(job, cause, -1, host, false);
+  }
+}
+
 void Coordinator::Tick() {
   const int64_t now = clock_->NowMs();
   for (const auto& id : workers_.CheckDead()) {
     const WorkerInfo* w = workers_.Find(id);
-    const std::string host = w ? w->host : id;
-    spdlog::warn("worker {} ({}) is dead: no heartbeat for {} ms", id, host,
+    spdlog::warn("worker {} ({}) is dead: no heartbeat for {} ms", id, w ? w->host : id,
                  settings_.heartbeat_timeout_ms);
-    for (auto& [job_id, job] : jobs_) {
-      if (!Active(job) || job.started_generation != job.state.generation()) continue;
-      const bool hit = std::any_of(job.ranks.begin(), job.ranks.end(),
-                                   [&](const RankRun& r) { return r.worker == id; });
-      if (hit) {
-        FailJob(job,
-                "worker " + id + " on " + host + " sent no heartbeat for " +
-                    std::to_string(settings_.heartbeat_timeout_ms) + " ms",
-                -1, host, false);
-      }
-    }
+    FailJobsOn(id, "worker " + id + " sent no heartbeat for " +
+                       std::to_string(settings_.heartbeat_timeout_ms) + " ms");
   }
   for (auto& [id, job] : jobs_) {
     if (!Active(job) || job.started_generation != job.state.generation()) continue;

@@ -22,6 +22,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -72,11 +73,16 @@ class Coordinator {
   void OnWorkerMessage(const std::string& worker_id, const Envelope& e);
   void OnTrainerMessage(const std::string& peer, const Envelope& e);
   void OnClientMessage(const std::string& peer, const Envelope& e);
+  // full_state: the list is every trainer the daemon has (a heartbeat), not just news.
   void ReconcileTrainers(const std::string& worker_id, const nlohmann::json& trainers,
-                         nlohmann::json* acked);
+                         bool full_state, nlohmann::json* acked);
   void OnRankExit(JobRun& job, int rank, int exit_code, int signal, const std::string& text);
-  void OnRendezvous(const std::string& peer, JobRun& job, int rank, const std::string& endpoint);
+  void OnRendezvous(const std::string& peer, JobRun& job, int rank, const std::string& endpoint,
+                    const std::string& nccl_unique_id);
+  nlohmann::json TableBody(const JobRun& job) const;
   void OnStepReport(JobRun& job, int rank, const nlohmann::json& body);
+  void OnShardWritten(JobRun& job, int rank, const nlohmann::json& body);
+  std::set<std::string> ExpectedShards(const JobRun& job) const;
 
   // Client requests.
   void Submit(const std::string& peer, const nlohmann::json& body);
@@ -94,8 +100,10 @@ class Coordinator {
   void SendStart(JobRun& job, const std::string& worker_id);
   void FailJob(JobRun& job, const std::string& cause, int rank, const std::string& host,
                bool non_retryable);
-  void StopTrainers(const JobRun& job, uint64_t below_generation);
+  void StopTrainers(const JobRun& job, uint64_t below_generation, int64_t grace_ms);
   void FinishIfDone(JobRun& job);
+  // Fails every active job with a rank on the daemon (it died or restarted).
+  void FailJobsOn(const std::string& worker_id, const std::string& cause);
   std::map<std::string, int64_t> FreeSlots() const;
 
   void Persist(JobRun& job, bool sync = true);

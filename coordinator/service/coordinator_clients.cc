@@ -119,7 +119,7 @@ void Coordinator::Cancel(const std::string& peer, const std::string& job_id) {
     return;
   }
   spdlog::info("job {} CANCELLED", job_id);
-  StopTrainers(job, UINT64_MAX);
+  StopTrainers(job, UINT64_MAX, kCancelGraceMs);
   Persist(job);
   Reply(peer, {{"job_id", job_id}, {"phase", ToString(job.state.phase())}});
   Schedule();

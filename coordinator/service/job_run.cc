@@ -22,6 +22,9 @@ nlohmann::json JobRun::ToRecord() const {
           {"ranks", ranks_j},
           {"table", table},
           {"started_generation", started_generation},
+          {"nccl_unique_id", nccl_unique_id},
+          {"restore_step", restore_step},
+          {"committed_step", committed_step},
           {"generation_started_ms", generation_started_ms},
           {"progress", progress},
           {"first_step_ms", first_step_ms},
@@ -53,6 +56,9 @@ Status JobRun::FromRecord(const nlohmann::json& j) {
     }
     table = j.at("table").get<std::vector<std::string>>();
     started_generation = j.at("started_generation").get<uint64_t>();
+    nccl_unique_id = j.at("nccl_unique_id").get<std::string>();
+    restore_step = j.at("restore_step").get<int64_t>();
+    committed_step = j.at("committed_step").get<int64_t>();
     generation_started_ms = j.at("generation_started_ms").get<int64_t>();
     progress = j.at("progress");
     first_step_ms = j.at("first_step_ms").get<int64_t>();

@@ -49,6 +49,11 @@ struct JobRun {
   std::vector<RankRun> ranks;       // one per rank once placed; empty while QUEUED
   std::vector<std::string> table;   // the current generation's rendezvous, once complete
   uint64_t started_generation = 0;  // the generation StartTrainers went out for
+  std::string nccl_unique_id;       // rank 0's, for CUDA jobs; empty on the CPU backend
+  // The step this generation restores (-1: the newest complete one on disk; used while the
+  // job has no committed step) and the newest step committed so far (0: none).
+  int64_t restore_step = -1;
+  int64_t committed_step = 0;
   int64_t generation_started_ms = 0;
   nlohmann::json progress = nlohmann::json::object();  // rank 0's latest step report
   int64_t first_step_ms = 0;  // wall time of the first step report of this generation
@@ -56,7 +61,9 @@ struct JobRun {
 
   // Volatile bookkeeping of the coordinator's loop.
   std::map<std::string, int64_t> start_sent_ms;  // daemon -> last StartTrainers
-  int64_t last_progress_ms = 0;                  // any rank finished a step (watchdog)
+  // Two-phase commit: shards reported written, per step, until every shard of the step is in.
+  std::map<int64_t, std::map<std::string, int64_t>> shards_written;  // step -> shard -> bytes
+  int64_t last_progress_ms = 0;  // any rank finished a step (watchdog)
 
   int64_t world() const { return spec.parallel.world_size(); }
   int64_t total_steps() const { return steps_override > 0 ? steps_override : spec.train.steps; }

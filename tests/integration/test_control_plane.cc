@@ -384,6 +384,7 @@ TEST_CASE("moerun local trains to the same checkpoint digest as moerun launch") 
   Output local = RunMoerun("local " + spec + " --run-dir " + dir + "/local --workers 2");
   REQUIRE_MESSAGE(local.exit_code == 0, local.err);
   CHECK(local.out.find("SUCCEEDED") != std::string::npos);
+  CHECK(local.out.find("0 restart(s)") != std::string::npos);
   Output launch =
       RunMoerun("launch --nproc 4 " + spec + " --run-dir " + dir + "/launch --no-progress");
   REQUIRE_MESSAGE(launch.exit_code == 0, launch.err);

@@ -133,7 +133,12 @@ TEST_CASE("a job is placed, meets at the rendezvous, runs and succeeds") {
   CHECK(start.e.type == MessageType::kStartTrainers);
   CHECK(start.e.generation == 1);
   CHECK(start.e.body["ranks"] == json::array({0, 1}));
-  h.Rendezvous(id, 1, 0);
+  h.c().Handle(Harness::Trainer(id, 1, 0),
+               {MessageType::kRendezvous,
+                1,
+                id,
+                "trainer",
+                {{"rank", 0}, {"endpoint", "tcp://h:0"}, {"nccl_unique_id", "00ff"}}});
   CHECK(h.Job(id).state.phase() == JobPhase::kStarting);  // rank 1 has not come yet
   h.Rendezvous(id, 1, 1);
   CHECK(h.Job(id).state.phase() == JobPhase::kRunning);
@@ -141,6 +146,7 @@ TEST_CASE("a job is placed, meets at the rendezvous, runs and succeeds") {
     const Sent table = h.Last(Harness::Trainer(id, 1, r));
     CHECK(table.e.type == MessageType::kRendezvous);
     CHECK(table.e.body["endpoints"] == json::array({"tcp://h:0", "tcp://h:1"}));
+    CHECK(table.e.body["nccl_unique_id"] == "00ff");  // rank 0's, handed to every rank
   }
   h.c().Handle(Harness::Trainer(id, 1, 0),
                {MessageType::kStepReport, 1, id, "t", {{"rank", 0}, {"step", 7}, {"loss", 2.5}}});

@@ -3,9 +3,11 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 
@@ -34,6 +36,7 @@ Result<pid_t> TrainerSupervisor::Start(const TrainerLaunch& launch) {
   std::vector<char*> argv;
   for (const auto& a : launch.argv) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
+  const pid_t parent = getpid();
   const pid_t pid = fork();
   if (pid < 0) {
     close(log_fd);
@@ -41,6 +44,10 @@ Result<pid_t> TrainerSupervisor::Start(const TrainerLaunch& launch) {
   }
   if (pid == 0) {
     setpgid(0, 0);  // its own group: StopJob signals the trainer and everything it started
+    // A trainer never outlives its daemon: a daemon that died (SIGKILL included) cannot
+    // fence it any more, and its replacement does not know it.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);  // the daemon died before prctl took effect
     dup2(log_fd, STDOUT_FILENO);
     dup2(log_fd, STDERR_FILENO);
     execv(argv[0], argv.data());
@@ -133,7 +140,12 @@ void TrainerSupervisor::Terminate(const std::string& job_id, uint64_t below_gene
   std::lock_guard<std::mutex> lock(mu_);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(grace_ms);
   for (const auto& [pid, l] : children_) {
-    if (l.job_id != job_id || l.generation >= below_generation || kill_at_.count(pid)) continue;
+    if (l.job_id != job_id || l.generation >= below_generation) continue;
+    auto it = kill_at_.find(pid);
+    if (it != kill_at_.end()) {
+      it->second = std::min(it->second, deadline);  // a shorter grace wins
+      continue;
+    }
     kill(-pid, SIGTERM);
     kill_at_[pid] = deadline;
   }

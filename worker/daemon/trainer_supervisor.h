@@ -1,8 +1,9 @@
 // TrainerSupervisor: the worker daemon's children (DESIGN.md §1). Starts one trainer process
 // per assigned rank, reports each exit with its code or signal, and stops trainers on
 // command: SIGTERM first, SIGKILL after a grace period, so a hung trainer cannot outlive its
-// generation. Each child gets its own process group (a trainer's helpers die with it) and
-// its stdout/stderr in a log file.
+// generation. Each child gets its own process group (a trainer's helpers die with it), its
+// stdout/stderr in a log file, and SIGKILL when the supervising process dies (so a daemon
+// killed with SIGKILL leaves no orphan trainers behind).
 //
 // Poll() reaps finished children without blocking and fires on_exit for each. Thread-safe
 // for one owner thread plus Stop*/Running from others.

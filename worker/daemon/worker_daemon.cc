@@ -47,7 +47,13 @@ WorkerDaemon::WorkerDaemon(DaemonOptions opts)
                      e.pid, t.text);
       }) {}
 
-WorkerDaemon::~WorkerDaemon() = default;
+WorkerDaemon::~WorkerDaemon() {
+  // Here, not in the supervisor's destructor: its exit callback touches members that are
+  // destroyed before it.
+  std::set<std::string> jobs;
+  for (const auto& [key, t] : trainers_) jobs.insert(std::get<0>(key));
+  for (const auto& j : jobs) supervisor_.StopJob(j, 1000);
+}
 
 Result<std::unique_ptr<WorkerDaemon>> WorkerDaemon::Create(DaemonOptions opts) {
   auto keys = LoadClientKeys(opts.keys_dir);
@@ -198,7 +204,7 @@ void WorkerDaemon::OnStart(const Envelope& e) {
     return;
   }
   // Fencing: older generations of the job stop before this one starts.
-  supervisor_.Terminate(e.job_id, e.generation);
+  supervisor_.Terminate(e.job_id, e.generation, kFenceGraceMs);
   for (auto it = started_.begin(); it != started_.end();) {
     it = std::get<0>(*it) == e.job_id && std::get<1>(*it) < e.generation ? started_.erase(it)
                                                                          : std::next(it);
@@ -212,8 +218,11 @@ void WorkerDaemon::OnStart(const Envelope& e) {
 
 void WorkerDaemon::OnStop(const Envelope& e) {
   const uint64_t below = e.body.at("below_generation").get<uint64_t>();
-  spdlog::info("stopping job {} trainers of generations below {}", e.job_id, below);
-  supervisor_.Terminate(e.job_id, below);
+  const int64_t grace_ms =
+      std::clamp<int64_t>(e.body.value("grace_ms", kTrainerStopGraceMs), 0, kTrainerStopGraceMs);
+  spdlog::info("stopping job {} trainers of generations below {} (grace {} ms)", e.job_id, below,
+               grace_ms);
+  supervisor_.Terminate(e.job_id, below, grace_ms);
   std::erase_if(pending_, [&](const PendingStart& p) {
     return p.job_id == e.job_id && p.generation < below;
   });
@@ -280,6 +289,11 @@ Status WorkerDaemon::StartRank(const PendingStart& p, int rank) {
   const std::string spec_dir = b.value("spec_dir", std::string());
   if (!spec_dir.empty()) argv.insert(argv.end(), {"--spec-dir", spec_dir});
   if (b.value("resume", false)) argv.push_back("--resume");
+  const int64_t restore = b.value("restore_step", int64_t(-1));
+  if (restore > 0) argv.insert(argv.end(), {"--restore-step", std::to_string(restore)});
+  const int64_t dp_timeout = b.value("data_plane_timeout_ms", int64_t(0));
+  if (dp_timeout > 0)
+    argv.insert(argv.end(), {"--data-plane-timeout-ms", std::to_string(dp_timeout)});
   const int64_t steps = b.value("steps", int64_t(0));
   if (steps > 0) argv.insert(argv.end(), {"--steps", std::to_string(steps)});
   const std::string log = LogPath(p.job_id, rank);

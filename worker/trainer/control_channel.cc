@@ -66,3 +66,14 @@ void ControlChannel::ReportStep(const nlohmann::json& report) {
 }
 
 }  // namespace moerun::trainer
+
+namespace moerun::trainer {
+
+void ControlChannel::ReportShard(const nlohmann::json& shard) {
+  nlohmann::json body = shard;
+  body["rank"] = opts_.rank;
+  (void)SendEnvelope(*dealer_,
+                     {MessageType::kShardWritten, opts_.generation, opts_.job_id, "trainer", body});
+}
+
+}  // namespace moerun::trainer

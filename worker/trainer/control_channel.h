@@ -3,6 +3,8 @@
 //   Rendezvous  reports this rank's data-plane endpoint and waits for the generation's table
 //               (asking again every kRendezvousRetryMs: the coordinator may restart meanwhile)
 //   ReportStep  one step's metrics; never blocks, dropped while the coordinator is away
+//   ReportShard a checkpoint shard is durable; never blocks (a lost report only means that
+//               step is never committed, and the next one is)
 // Not thread-safe; one per trainer process.
 #pragma once
 
@@ -34,6 +36,8 @@ class ControlChannel {
   // over (Aborted) or nothing came within timeout_ms (TimedOut).
   Result<std::vector<std::string>> Rendezvous(const std::string& endpoint, int64_t timeout_ms);
   void ReportStep(const nlohmann::json& report);
+  // A checkpoint shard is durable: {step, shard, bytes} (the coordinator's two-phase commit).
+  void ReportShard(const nlohmann::json& shard);
 
  private:
   ControlChannel() = default;

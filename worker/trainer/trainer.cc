@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <numbers>
 #include <sstream>
@@ -219,7 +220,22 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
           ckpt_dir + " already holds checkpoints up to step " + std::to_string(steps->back()) +
           ": continue that run with --resume, or train into a new --run-dir");
     }
-    for (auto it = steps->rbegin(); opts.resume && it != steps->rend(); ++it) {
+    if (opts.restore_step > 0) {
+      // The coordinator's newest committed step, and no other: if it cannot be read, the
+      // coordinator drops it and restarts everyone from the one before.
+      auto entries = run.ok() ? run->ReadStep(opts.restore_step)
+                              : Result<std::vector<checkpoint::Entry>>(run.status());
+      Status s = entries.ok() ? RestoreState(entries.value(), &params, &opt, &step, fingerprint)
+                              : entries.status();
+      if (!s.ok()) {
+        *exit_code = kExitBadCheckpoint;
+        return Status::Corruption("committed checkpoint step " + std::to_string(opts.restore_step) +
+                                  " is unreadable: " + s.message());
+      }
+      log->info("restored committed checkpoint step {}", step);
+    }
+    for (auto it = steps->rbegin(); opts.resume && opts.restore_step <= 0 && it != steps->rend();
+         ++it) {
       auto entries = run->ReadStep(*it);
       Status s = entries.ok() ? RestoreState(entries.value(), &params, &opt, &step, fingerprint)
                               : entries.status();
@@ -244,14 +260,28 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
     }
     metrics.open(metrics_path, std::ios::app);
   }
+  // Two-phase commit: shards the writer thread finished, for the coordinator.
+  std::mutex shards_mu;
+  std::vector<nlohmann::json> shards_written;
+  auto report_shards = [&] {
+    if (!opts.control) return;
+    std::lock_guard<std::mutex> lock(shards_mu);
+    for (const auto& j : shards_written) opts.control->ReportShard(j);
+    shards_written.clear();
+  };
   std::unique_ptr<checkpoint::CheckpointWriter> writer;
   if (store) {
     writer = std::make_unique<checkpoint::CheckpointWriter>(
         store.get(), spec.checkpoint.keep, spec.checkpoint.async,
-        [&log](const checkpoint::WriteReport& r) {
+        [&log, &shards_mu, &shards_written, &topo, &opts](const checkpoint::WriteReport& r) {
           if (r.status.ok()) {
             log->info("checkpoint step {} written: {:.1f} MiB in {:.3f} s", r.step,
                       double(r.bytes) / (1 << 20), r.seconds);
+            if (opts.control) {  // reported from the training thread (ReportShards)
+              std::lock_guard<std::mutex> lock(shards_mu);
+              shards_written.push_back(
+                  {{"step", r.step}, {"shard", topo.ShardName()}, {"bytes", r.bytes}});
+            }
           } else {
             log->error("checkpoint step {} failed: {}", r.step, r.status.message());
           }
@@ -340,6 +370,7 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
     if (writer && (ckpt_now || stopping.value())) {
       writer->Submit(step, SnapshotState(params, opt, step, spec.train.seed, fingerprint));
     }
+    report_shards();
     if (stopping.value()) {
       result = Status::Aborted("interrupted after step " + std::to_string(step) +
                                "; a checkpoint was written: continue with --resume");
@@ -347,6 +378,7 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
     }
   }
   if (writer) writer->Wait();
+  report_shards();
   std::signal(SIGINT, old_int);
   std::signal(SIGTERM, old_term);
   if (tty) std::fprintf(stderr, "\n");

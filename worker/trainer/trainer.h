@@ -33,6 +33,9 @@ struct TrainOptions {
   // Started by a worker daemon: the rendezvous and per-step reports go through the
   // coordinator, and the data plane binds a free port on data_host. Not owned.
   ControlChannel* control = nullptr;
+  // > 0: restore exactly this (committed) step, and fail with kExitBadCheckpoint if it cannot
+  // be read. -1: with resume, the newest readable step on disk.
+  int64_t restore_step = -1;
   std::string data_host = "127.0.0.1";
 };
 
