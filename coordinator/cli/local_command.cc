@@ -39,6 +39,8 @@ using SteadyClock = std::chrono::steady_clock;
 constexpr int64_t kCoordinatorStartTimeoutMs = 10000;
 constexpr int64_t kLocalPollMs = 500;
 constexpr int64_t kChildStopTimeoutMs = 15000;
+// Without an answer from the (possibly relaunched) coordinator for this long, stop waiting.
+constexpr int64_t kLocalGiveUpMs = 60000;
 
 std::atomic<bool> g_interrupted{false};
 void OnInterrupt(int) { g_interrupted.store(true); }
@@ -73,6 +75,30 @@ bool Alive(pid_t pid) {
   int status;
   return waitpid(pid, &status, WNOHANG) == 0;
 }
+
+// A process `moerun local` keeps alive: relaunched with the same arguments when it dies, as
+// the fault-recovery design asks of the embedded cluster.
+struct Child {
+  std::string name;
+  std::vector<std::string> args;
+  std::string log;
+  pid_t pid = -1;
+  int relaunches = 0;
+
+  void Launch() { pid = Spawn(args, log); }
+  // Relaunches a dead child; returns false while it is alive.
+  bool ReviveIfDead() {
+    int status = 0;
+    if (pid <= 0 || waitpid(pid, &status, WNOHANG) != pid) return false;
+    std::fprintf(stderr, "\nmoerun local: %s (pid %d) %s; relaunching it\n", name.c_str(), pid,
+                 WIFSIGNALED(status)
+                     ? ("was killed by signal " + std::to_string(WTERMSIG(status))).c_str()
+                     : ("exited with code " + std::to_string(WEXITSTATUS(status))).c_str());
+    ++relaunches;
+    Launch();
+    return true;
+  }
+};
 
 void Stop(pid_t pid) {
   if (pid <= 0) return;
@@ -143,39 +169,46 @@ int RunLocal(const LocalArgs& a) {
   const fs::path bin = fs::read_symlink("/proc/self/exe").parent_path();
   fs::remove(coord_dir + "/endpoint");
   const auto& ft = spec.fault_tolerance;
-  std::vector<pid_t> children;
-  const pid_t coord = Spawn(
+  Child coord{
+      "the coordinator",
       {(bin / "moerun-coordinator").string(), "--state-dir", coord_dir, "--bind",
        "tcp://127.0.0.1:*", "--heartbeat-interval-ms", std::to_string(ft.heartbeat_interval_ms),
        "--heartbeat-timeout-ms", std::to_string(ft.heartbeat_timeout_ms)},
-      control + "/coordinator.out");
+      control + "/coordinator.out"};
+  coord.Launch();
+  std::vector<Child> daemons;
   auto shutdown = [&] {
-    for (auto it = children.rbegin(); it != children.rend(); ++it) Stop(*it);
-    Stop(coord);
+    for (auto it = daemons.rbegin(); it != daemons.rend(); ++it) Stop(it->pid);
+    Stop(coord.pid);
   };
   std::string endpoint;
   const auto start_deadline =
       SteadyClock::now() + std::chrono::milliseconds(kCoordinatorStartTimeoutMs);
   while ((endpoint = ReadEndpoint(coord_dir + "/endpoint")).empty()) {
-    if (!Alive(coord) || SteadyClock::now() > start_deadline) {
+    if (!Alive(coord.pid) || SteadyClock::now() > start_deadline) {
       std::fprintf(stderr, "moerun local: the coordinator did not start; see %s/coordinator.out\n",
                    control.c_str());
-      Stop(coord);
+      Stop(coord.pid);
       return kExitFailure;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  for (int64_t i = 0; i < workers; ++i) {
-    const std::string id = "local-" + std::to_string(i);
-    children.push_back(
-        Spawn({(bin / "moerun-worker").string(), "--coordinator", endpoint, "--keys", keys_dir,
-               "--state-dir", control + "/worker-" + std::to_string(i), "--id", id, "--devices",
-               std::to_string(slots), "--data-host", "127.0.0.1"},
-              control + "/worker-" + std::to_string(i) + ".out"));
+  coord.args[4] = endpoint;  // a relaunched coordinator listens where the daemons look
+  // fault_tolerance.spares extra daemons: free slots a failed rank can move to.
+  const int64_t spares = ft.spares;
+  for (int64_t i = 0; i < workers + spares; ++i) {
+    const std::string n = std::to_string(i);
+    daemons.push_back({"worker local-" + n,
+                       {(bin / "moerun-worker").string(), "--coordinator", endpoint, "--keys",
+                        keys_dir, "--state-dir", control + "/worker-" + n, "--id", "local-" + n,
+                        "--devices", std::to_string(slots), "--data-host", "127.0.0.1"},
+                       control + "/worker-" + n + ".out"});
+    daemons.back().Launch();
   }
-  std::fprintf(stderr,
-               "moerun local: coordinator at %s, %lld worker(s) x %lld slot(s); state in %s\n",
-               endpoint.c_str(), (long long)workers, (long long)slots, control.c_str());
+  std::fprintf(
+      stderr, "moerun local: coordinator at %s, %lld worker(s) x %lld slot(s)%s; state in %s\n",
+      endpoint.c_str(), (long long)workers, (long long)slots,
+      spares > 0 ? (" + " + std::to_string(spares) + " spare(s)").c_str() : "", control.c_str());
 
   auto client = ControlClient::Connect(endpoint, keys_dir);
   if (!client.ok()) {
@@ -213,6 +246,7 @@ int RunLocal(const LocalArgs& a) {
   int64_t last_printed_step = -1;
   nlohmann::json detail;
   bool cancelled = false;
+  auto last_answer = SteadyClock::now();
   for (;;) {
     if (g_interrupted.load() && !cancelled) {
       std::fprintf(stderr, "\nmoerun local: interrupted; cancelling %s\n", job.c_str());
@@ -220,12 +254,19 @@ int RunLocal(const LocalArgs& a) {
                                     kCliRequestTimeoutMs);
       cancelled = true;
     }
+    coord.ReviveIfDead();
+    for (auto& d : daemons) d.ReviveIfDead();
     auto reply =
         client.value()->Request(MessageType::kQuery, job, {{"what", "job"}}, kCliRequestTimeoutMs);
     if (!reply.ok()) {
-      std::fprintf(stderr, "\nmoerun local: %s\n", reply.status().message().c_str());
-      break;
+      // The coordinator may be restarting; it gets a while before we give up.
+      if (SteadyClock::now() - last_answer > std::chrono::milliseconds(kLocalGiveUpMs)) {
+        std::fprintf(stderr, "\nmoerun local: %s\n", reply.status().message().c_str());
+        break;
+      }
+      continue;
     }
+    last_answer = SteadyClock::now();
     detail = reply.value();
     const std::string now_phase = detail.value("phase", "");
     if (now_phase != phase) {

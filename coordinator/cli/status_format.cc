@@ -120,8 +120,12 @@ std::string FormatJob(const nlohmann::json& j, int64_t now_ms) {
   std::string out = "job        " + j.value("job_id", "") + "\n" + "state      " +
                     j.value("phase", "") + " (generation " +
                     std::to_string(j.value("generation", 0)) + ", " +
-                    std::to_string(j.value("restarts", 0)) + " restarts)\n" + "progress   " +
-                    FormatProgress(j) + "\n";
+                    std::to_string(j.value("restarts", 0)) + " restarts, " +
+                    std::to_string(j.value("lost_steps", 0)) + " steps redone)\n" + "checkpoint " +
+                    (j.value("committed_step", 0) > 0
+                         ? "step " + std::to_string(j.value("committed_step", 0)) + " committed"
+                         : std::string("none committed yet")) +
+                    "\n" + "progress   " + FormatProgress(j) + "\n";
   if (j.contains("val_loss")) out += "held-out   " + Num(j, "val_loss", 4) + "\n";
   out += "submitted  " + WallTime(j.value("submitted_ms", now_ms)) + "\n";
   out += "run dir    " + j.value("run_dir", "") + "\n";

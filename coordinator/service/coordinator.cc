@@ -305,8 +305,10 @@ void Coordinator::OnRankExit(JobRun& job, int rank, int exit_code, int signal,
     auto left = store_->CommittedSteps(job.state.job_id());
     const int64_t fallback = left.ok() && !left->empty() ? left->back() : 0;
     job.committed_step = fallback;
+    job.lost_steps += bad - fallback;
     cause += ": checkpoint step " + std::to_string(bad) + " is unreadable; falling back to " +
-             (fallback > 0 ? "step " + std::to_string(fallback) : "the start");
+             (fallback > 0 ? "step " + std::to_string(fallback) : "the start") + " (" +
+             std::to_string(bad - fallback) + " more steps to redo)";
   }
   FailJob(job, cause, rank, w ? w->host : r.worker, signal == 0 && NonRetryableExit(exit_code));
 }
@@ -587,11 +589,20 @@ void Coordinator::StopTrainers(const JobRun& job, uint64_t below_generation, int
 void Coordinator::FailJob(JobRun& job, const std::string& cause, int rank, const std::string& host,
                           bool non_retryable) {
   const int64_t now = clock_->NowMs();
-  Status s = job.state.Fail(now, cause, rank, host, non_retryable);
+  // Steps past the newest committed checkpoint are trained again by the next generation.
+  // (This generation's reports only: steps an earlier failure already counted are not
+  // counted again.)
+  int64_t reached = 0;
+  for (const auto& r : job.ranks) reached = std::max(reached, r.step);
+  const int64_t lost = reached > 0 ? std::max<int64_t>(0, reached - job.committed_step) : 0;
+  Status s = job.state.Fail(
+      now, lost > 0 ? cause + " (" + std::to_string(lost) + " steps to redo)" : cause, rank, host,
+      non_retryable);
   if (!s.ok()) {
     spdlog::warn("{}", s.message());
     return;
   }
+  if (!IsTerminal(job.state.phase())) job.lost_steps += lost;
   spdlog::warn("job {} {}: {}", job.state.job_id(), ToString(job.state.phase()), cause);
   // Fence the generation that failed: its trainers stop before any new one starts.
   StopTrainers(job, IsTerminal(job.state.phase()) ? UINT64_MAX : job.state.generation(),

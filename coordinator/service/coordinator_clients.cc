@@ -132,6 +132,8 @@ nlohmann::json Coordinator::JobSummary(const JobRun& job) const {
                       {"phase", ToString(job.state.phase())},
                       {"generation", job.state.generation()},
                       {"restarts", job.state.restarts()},
+                      {"lost_steps", job.lost_steps},
+                      {"committed_step", job.committed_step},
                       {"world", job.world()},
                       {"step", step},
                       {"total_steps", job.total_steps()},

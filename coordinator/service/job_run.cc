@@ -25,6 +25,7 @@ nlohmann::json JobRun::ToRecord() const {
           {"nccl_unique_id", nccl_unique_id},
           {"restore_step", restore_step},
           {"committed_step", committed_step},
+          {"lost_steps", lost_steps},
           {"generation_started_ms", generation_started_ms},
           {"progress", progress},
           {"first_step_ms", first_step_ms},
@@ -59,6 +60,7 @@ Status JobRun::FromRecord(const nlohmann::json& j) {
     nccl_unique_id = j.at("nccl_unique_id").get<std::string>();
     restore_step = j.at("restore_step").get<int64_t>();
     committed_step = j.at("committed_step").get<int64_t>();
+    lost_steps = j.at("lost_steps").get<int64_t>();
     generation_started_ms = j.at("generation_started_ms").get<int64_t>();
     progress = j.at("progress");
     first_step_ms = j.at("first_step_ms").get<int64_t>();

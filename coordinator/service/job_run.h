@@ -54,6 +54,7 @@ struct JobRun {
   // job has no committed step) and the newest step committed so far (0: none).
   int64_t restore_step = -1;
   int64_t committed_step = 0;
+  int64_t lost_steps = 0;  // steps trained and then redone after restarts, in all
   int64_t generation_started_ms = 0;
   nlohmann::json progress = nlohmann::json::object();  // rank 0's latest step report
   int64_t first_step_ms = 0;  // wall time of the first step report of this generation

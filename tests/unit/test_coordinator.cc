@@ -272,3 +272,104 @@ TEST_CASE("bodies of the wrong shape are counted and answered, never fatal") {
 
 }  // namespace
 }  // namespace moerun::coordinator
+
+namespace moerun::coordinator {
+namespace {
+
+void Shard(Harness& h, const std::string& id, uint64_t gen, int rank, int64_t step,
+           const std::string& shard) {
+  h.c().Handle(Harness::Trainer(id, gen, rank),
+               {MessageType::kShardWritten,
+                gen,
+                id,
+                "t",
+                {{"rank", rank}, {"step", step}, {"shard", shard}, {"bytes", 1000}}});
+}
+
+TEST_CASE("a checkpoint step commits only when every shard is in; restarts restore it") {
+  Harness h("commit");
+  h.Beat("a", 2);
+  auto Wait = [&](int64_t ms) {  // time passes; the daemon keeps beating
+    for (int64_t t = 0; t < ms; t += 500) {
+      h.clock.AdvanceMs(500);
+      h.Beat("a", 2);
+      h.c().Tick();
+    }
+  };
+  const std::string id = h.Submit("small")["job_id"];  // 2 stages x 1 replica: 2 shards
+  h.Rendezvous(id, 1, 0);
+  h.Rendezvous(id, 1, 1);
+  Shard(h, id, 1, 0, 10, "stage-0/dp-0");
+  CHECK(h.Job(id).committed_step == 0);  // half a step is not a checkpoint
+  Shard(h, id, 1, 1, 10, "stage-1/dp-0");
+  CHECK(h.Job(id).committed_step == 10);
+  Shard(h, id, 1, 0, 20, "stage-0/dp-0");
+  Shard(h, id, 1, 0, 20, "stage-7/dp-0");  // not a shard of this job
+  CHECK(h.Job(id).committed_step == 10);
+  // Retention: checkpoint.keep (2 in train-fast) committed steps.
+  for (int64_t step : {20, 30, 40}) {
+    Shard(h, id, 1, 0, step, "stage-0/dp-0");
+    Shard(h, id, 1, 1, step, "stage-1/dp-0");
+  }
+  CHECK(h.Job(id).committed_step == 40);
+  h.c().Handle(Harness::Trainer(id, 1, 0),
+               {MessageType::kStepReport, 1, id, "t", {{"rank", 0}, {"step", 47}}});
+  h.Exit("a", id, 1, 1, 1);
+  CHECK(h.Job(id).state.phase() == JobPhase::kRecovering);
+  CHECK(h.Job(id).lost_steps == 7);
+  CHECK(h.Job(id).state.events().back().cause.find("7 steps to redo") != std::string::npos);
+  Wait(1000);
+  CHECK(h.Last("worker:a", MessageType::kStartTrainers).e.body["restore_step"] == 40);
+  // Generation 2 cannot read step 40: it is dropped and generation 3 restores step 30.
+  h.Exit("a", id, 2, 0, 5);  // kExitBadCheckpoint
+  CHECK(h.Job(id).state.phase() == JobPhase::kRecovering);
+  CHECK(h.Job(id).state.events().back().cause.find(
+            "step 40 is unreadable; falling back to step 30 (10 more steps to redo)") !=
+        std::string::npos);
+  CHECK(h.Job(id).lost_steps == 17);
+  Wait(5000);
+  const Sent third = h.Last("worker:a", MessageType::kStartTrainers);
+  CHECK(third.e.generation == 3);
+  CHECK(third.e.body["restore_step"] == 30);
+  // Then step 30 is bad too: nothing committed is left, so the trainers pick what is on disk.
+  h.Exit("a", id, 3, 1, 5);
+  Wait(5000);
+  CHECK(h.Last("worker:a", MessageType::kStartTrainers).e.body["restore_step"] == -1);
+}
+
+TEST_CASE("the last shards of a run still commit after the job SUCCEEDED") {
+  Harness h("late");
+  h.Beat("a", 2);
+  const std::string id = h.Submit("small")["job_id"];
+  h.Rendezvous(id, 1, 0);
+  h.Rendezvous(id, 1, 1);
+  h.Exit("a", id, 1, 0, 0);
+  h.Exit("a", id, 1, 1, 0);
+  REQUIRE(h.Job(id).state.phase() == JobPhase::kSucceeded);
+  Shard(h, id, 1, 0, 40, "stage-0/dp-0");
+  Shard(h, id, 1, 1, 40, "stage-1/dp-0");
+  CHECK(h.Job(id).committed_step == 40);
+}
+
+TEST_CASE("a daemon that restarted fails the generation it was running") {
+  Harness h("restarted");
+  h.Beat("a", 2);
+  const std::string id = h.Submit("small")["job_id"];
+  h.Rendezvous(id, 1, 0);
+  h.Rendezvous(id, 1, 1);
+  h.c().Handle("worker:a", {MessageType::kRegister,
+                            0,
+                            "",
+                            "worker:a",
+                            {{"host", "a.example"},
+                             {"devices", 2},
+                             {"backend", "cpu"},
+                             {"data_host", "127.0.0.1"},
+                             {"pid", 101},  // was 100
+                             {"trainers", json::array()}}});
+  CHECK(h.Job(id).state.phase() == JobPhase::kRecovering);
+  CHECK(h.Job(id).state.events().back().cause.find("restarted") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace moerun::coordinator

@@ -124,6 +124,10 @@ Result<std::unique_ptr<ShardStore>> ShardStore::Open(const std::string& dir, boo
   // Checkpoint values are large and written once: no compression, fewer, larger files.
   options.compression = rocksdb::kNoCompression;
   options.write_buffer_size = 64 << 20;
+  if (create) {
+    options.disable_auto_compactions = true;  // until AllowCompaction()
+    options.avoid_flush_during_recovery = true;
+  }
   rocksdb::DB* db = nullptr;
   // Readers open read-only: no lock, so they may read a shard its writer holds open.
   rocksdb::Status s = create ? rocksdb::DB::Open(options, dir, &db)
@@ -134,6 +138,11 @@ Result<std::unique_ptr<ShardStore>> ShardStore::Open(const std::string& dir, boo
     return FromRocks(s, "checkpoint shard " + dir);
   }
   return std::unique_ptr<ShardStore>(new ShardStore(dir, db));
+}
+
+Status ShardStore::AllowCompaction() {
+  return FromRocks(db_->SetOptions({{"disable_auto_compactions", "false"}}),
+                   "checkpoint shard " + dir_);
 }
 
 Result<int64_t> ShardStore::WriteStep(int64_t step, const std::vector<Entry>& entries) {

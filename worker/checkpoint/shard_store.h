@@ -49,7 +49,12 @@ class ShardStore {
  public:
   // create_if_missing = false opens read-only (no lock: a shard its writer holds open can be
   // read); such a store cannot write or delete.
+  // The writer's store opens with compactions off and no flush during recovery, so no file
+  // of the shard disappears while other ranks open it read-only to restore (RocksDB deletes
+  // the files a compaction or a recovery flush made obsolete). Call AllowCompaction() once
+  // every reader is done.
   static Result<std::unique_ptr<ShardStore>> Open(const std::string& dir, bool create_if_missing);
+  Status AllowCompaction();
   ~ShardStore();
 
   // Writes every entry, then the manifest with fsync. Returns the bytes written.

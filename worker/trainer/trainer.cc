@@ -249,6 +249,7 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
     }
   }
   MOERUN_RETURN_IF_ERROR(topo.world_comm->Barrier());  // nobody writes before all have read
+  if (store) MOERUN_RETURN_IF_ERROR(store->AllowCompaction());
 
   const std::string metrics_path = opts.run_dir + "/metrics.jsonl";
   std::ofstream metrics;
