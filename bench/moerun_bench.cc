@@ -7,6 +7,8 @@
 //       the figures NCCL's tests report. B is the per-rank buffer.
 //   moerun-bench coordinator --daemons N [--interval-ms I] [--seconds S]
 //       A coordinator under N simulated daemons' heartbeats (bench/coordinator_bench.h).
+//   moerun-bench recovery [--trials N] [--faults kill,stop]
+//       Fault -> detected -> next completed step on moerun local (bench/recovery_bench.h).
 //   moerun-bench moe-layer --tokens T --d-model D --experts E --top-k K --expert-hidden H
 //       --shared S [--threads N] [--reps R]
 //       One MoE layer's forward + backward (router, dispatch, experts, combine, shared
@@ -26,6 +28,7 @@
 #include <vector>
 
 #include "bench/coordinator_bench.h"
+#include "bench/recovery_bench.h"
 #include "kernels/cpu/gemm.h"
 #include "worker/comm/zmq_communicator.h"
 #include "worker/model/ffn_block.h"
@@ -266,6 +269,14 @@ int main(int argc, char** argv) {
   cd->add_option("--interval-ms", cb.interval_ms)->capture_default_str();
   cd->add_option("--seconds", cb.seconds)->capture_default_str();
   cd->callback([&] { rc = moerun::bench::RunCoordinatorBench(cb); });
+  moerun::bench::RecoveryBenchArgs rb;
+  CLI::App* rv = app.add_subcommand("recovery", "fault -> detection -> next step, on moerun local");
+  rv->add_option("--job", rb.job)->capture_default_str();
+  rv->add_option("--trials", rb.trials)->capture_default_str();
+  rv->add_option("--steps", rb.steps)->capture_default_str();
+  rv->add_option("--at-step", rb.at_step)->capture_default_str();
+  rv->add_option("--faults", rb.faults, "kill, stop")->delimiter(',');
+  rv->callback([&] { rc = moerun::bench::RunRecoveryBench(rb); });
   CLI11_PARSE(app, argc, argv);
   return rc;
 }

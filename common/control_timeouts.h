@@ -22,6 +22,7 @@ inline constexpr int64_t kCliRequestTimeoutMs = 10000;
 // A trainer asks for its generation's rendezvous table every kRendezvousRetryMs until it has
 // it, and gives up (exit code 1) after kRendezvousTimeoutMs.
 inline constexpr int64_t kRendezvousRetryMs = 1000;
+inline constexpr int64_t kRendezvousResendMs = 10;  // the ask could not leave yet
 inline constexpr int64_t kRendezvousTimeoutMs = 120000;
 // STARTING must reach RUNNING (every rank at the rendezvous) within this long, or the start
 // counts as a failure of the generation.

@@ -36,7 +36,10 @@ Result<std::vector<std::string>> ControlChannel::Rendezvous(const std::string& e
     if (Clock::now() >= next_ask) {
       auto sent = SendEnvelope(*dealer_, ask);
       if (!sent.ok()) return sent.status();
-      next_ask = Clock::now() + std::chrono::milliseconds(kRendezvousRetryMs);
+      // Not sent: the connection is still coming up (the CURVE handshake), so try again
+      // soon rather than a whole retry period later.
+      next_ask = Clock::now() +
+                 std::chrono::milliseconds(sent.value() ? kRendezvousRetryMs : kRendezvousResendMs);
     }
     auto msg = ReceiveEnvelope(*dealer_, 50);
     if (!msg.ok() || !msg->has_value()) continue;

@@ -209,7 +209,33 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
   }
   MOERUN_RETURN_IF_ERROR(topo.world_comm->Barrier());
   int64_t step = 0;
-  if (fs::exists(ckpt_dir)) {
+  if (opts.restore_step > 0) {
+    // The coordinator's newest committed step, and no other: if it cannot be read, the
+    // coordinator drops it and restarts everyone from the one before. Only this rank's shard
+    // is read (it holds every tensor the rank has), which keeps a restart fast.
+    std::unique_ptr<checkpoint::ShardStore> reader;
+    checkpoint::ShardStore* src = store.get();
+    Status opened;
+    if (!src) {
+      auto r = checkpoint::ShardStore::Open(shard, false);
+      if (r.ok()) {
+        reader = std::move(r.value());
+      } else {
+        opened = r.status();
+      }
+      src = reader.get();
+    }
+    auto entries =
+        src ? src->ReadStep(opts.restore_step) : Result<std::vector<checkpoint::Entry>>(opened);
+    Status s = entries.ok() ? RestoreState(entries.value(), &params, &opt, &step, fingerprint)
+                            : entries.status();
+    if (!s.ok()) {
+      *exit_code = kExitBadCheckpoint;
+      return Status::Corruption("committed checkpoint step " + std::to_string(opts.restore_step) +
+                                " is unreadable: " + s.message());
+    }
+    log->info("restored committed checkpoint step {} from {}", step, topo.ShardName());
+  } else if (fs::exists(ckpt_dir)) {
     auto run = checkpoint::RunCheckpoints::Open(ckpt_dir);
     auto steps =
         run.ok() ? run->CompleteSteps() : Result<std::vector<int64_t>>(std::vector<int64_t>{});
@@ -220,22 +246,7 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
           ckpt_dir + " already holds checkpoints up to step " + std::to_string(steps->back()) +
           ": continue that run with --resume, or train into a new --run-dir");
     }
-    if (opts.restore_step > 0) {
-      // The coordinator's newest committed step, and no other: if it cannot be read, the
-      // coordinator drops it and restarts everyone from the one before.
-      auto entries = run.ok() ? run->ReadStep(opts.restore_step)
-                              : Result<std::vector<checkpoint::Entry>>(run.status());
-      Status s = entries.ok() ? RestoreState(entries.value(), &params, &opt, &step, fingerprint)
-                              : entries.status();
-      if (!s.ok()) {
-        *exit_code = kExitBadCheckpoint;
-        return Status::Corruption("committed checkpoint step " + std::to_string(opts.restore_step) +
-                                  " is unreadable: " + s.message());
-      }
-      log->info("restored committed checkpoint step {}", step);
-    }
-    for (auto it = steps->rbegin(); opts.resume && opts.restore_step <= 0 && it != steps->rend();
-         ++it) {
+    for (auto it = steps->rbegin(); opts.resume && it != steps->rend(); ++it) {
       auto entries = run->ReadStep(*it);
       Status s = entries.ok() ? RestoreState(entries.value(), &params, &opt, &step, fingerprint)
                               : entries.status();
