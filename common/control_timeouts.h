@@ -11,7 +11,7 @@ namespace moerun {
 // DEALER sockets reconnect to a coordinator that went away: first after this long, then
 // doubling up to the maximum (libzmq's own backoff).
 inline constexpr int kControlReconnectMs = 100;
-inline constexpr int kControlReconnectMaxMs = 2000;
+inline constexpr int kControlReconnectMaxMs = 500;
 // Messages a DEALER queues while its coordinator is unreachable; beyond that they are dropped
 // (heartbeats and step reports are superseded by the next one anyway).
 inline constexpr int kControlSendQueueMessages = 1000;

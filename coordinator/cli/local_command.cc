@@ -41,6 +41,7 @@ constexpr int64_t kLocalPollMs = 500;
 constexpr int64_t kChildStopTimeoutMs = 15000;
 // Without an answer from the (possibly relaunched) coordinator for this long, stop waiting.
 constexpr int64_t kLocalGiveUpMs = 60000;
+constexpr int64_t kLocalPollTimeoutMs = 1000;
 
 std::atomic<bool> g_interrupted{false};
 void OnInterrupt(int) { g_interrupted.store(true); }
@@ -256,8 +257,9 @@ int RunLocal(const LocalArgs& a) {
     }
     coord.ReviveIfDead();
     for (auto& d : daemons) d.ReviveIfDead();
+    // A short wait: a dead coordinator is noticed and relaunched within about a second.
     auto reply =
-        client.value()->Request(MessageType::kQuery, job, {{"what", "job"}}, kCliRequestTimeoutMs);
+        client.value()->Request(MessageType::kQuery, job, {{"what", "job"}}, kLocalPollTimeoutMs);
     if (!reply.ok()) {
       // The coordinator may be restarting; it gets a while before we give up.
       if (SteadyClock::now() - last_answer > std::chrono::milliseconds(kLocalGiveUpMs)) {

@@ -288,7 +288,8 @@ TEST_CASE("a coordinator killed with SIGKILL and restarted lets the running job 
   const std::string job = c.Submit(c.SmallSpec("survivor"), "--steps 1500");
   REQUIRE(WaitFor([&] { return c.Job(job).value("step", 0) >= 10; }, 60));
   c.KillCoordinator();
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // trainers keep training
+  // Trainers keep training; the daemons' lease (the 3 s heartbeat timeout) outlasts this.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
   c.StartCoordinator();
   // The reloaded job is still running, and the trainers' reports reach the new coordinator.
   const json first = c.Job(job);

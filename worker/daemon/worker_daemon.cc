@@ -151,6 +151,21 @@ void WorkerDaemon::Run(const std::atomic<bool>& stop) {
       spdlog::warn("no answer from the coordinator for {} ms: reconnecting; trainers keep running",
                    now - last_answer_ms_);
     }
+    // The lease: silent for the heartbeat timeout, the coordinator has declared this daemon
+    // dead and restarts its ranks elsewhere. Its trainers must not go on beside the new
+    // generation (a shared checkpoint shard has one writer), so they stop here.
+    if (lease_ms_ > 0 && !self_fenced_ && now - last_answer_ms_ > lease_ms_ &&
+        supervisor_.Running() > 0) {
+      self_fenced_ = true;
+      spdlog::warn(
+          "no answer from the coordinator for {} ms (the heartbeat timeout): stopping "
+          "{} trainer(s), whose generation it has ended",
+          now - last_answer_ms_, supervisor_.Running());
+      std::set<std::string> jobs;
+      for (const auto& [key, t] : trainers_) jobs.insert(std::get<0>(key));
+      for (const auto& j : jobs) supervisor_.Terminate(j, UINT64_MAX, kFenceGraceMs);
+    }
+    if (now - last_answer_ms_ <= lease_ms_) self_fenced_ = false;
   }
   spdlog::info("worker {} stopping: {} trainer(s) to stop", opts_.id, supervisor_.Running());
   std::set<std::string> jobs;
@@ -167,6 +182,7 @@ void WorkerDaemon::OnMessage(const Envelope& e) {
       registered_ = true;
       heartbeat_interval_ms_ =
           std::max<int64_t>(10, e.body.value("heartbeat_interval_ms", heartbeat_interval_ms_));
+      lease_ms_ = std::max<int64_t>(0, e.body.value("heartbeat_timeout_ms", int64_t(0)));
       OnAcked(e.body.value("acked", nlohmann::json::array()));
       return;
     case MessageType::kReply:

@@ -7,8 +7,11 @@
 // trainers' logs to the coordinator in chunks.
 //
 // The coordinator may vanish and come back (restart, network): the DEALER reconnects with
-// backoff, heartbeats go on, and the daemon never exits because of it; its trainers keep
-// training. Files under state_dir:
+// backoff, heartbeats go on, and the daemon never exits because of it. Its trainers keep
+// training for as long as the coordinator's heartbeat timeout (the lease): after that the
+// coordinator has declared this daemon dead and restarted its ranks elsewhere, so the daemon
+// stops them itself (it cannot tell a coordinator restart from a network partition). Files under
+// state_dir:
 //   jobs/<job>/gen-<G>.yaml         the spec its trainers of generation G read
 //   logs/<job>/rank-<R>.log         each trainer's stdout and stderr, all generations
 //   worker.log                      the daemon's own log
@@ -92,6 +95,8 @@ class WorkerDaemon {
   int64_t last_answer_ms_ = 0;  // steady ms of the coordinator's last message
   bool coordinator_away_ = false;
   bool registered_ = false;  // a Registered answer came (after that: Heartbeat, not Register)
+  int64_t lease_ms_ = 0;     // the coordinator's heartbeat timeout: silent longer, self-fence
+  bool self_fenced_ = false;
 };
 
 }  // namespace moerun::worker
