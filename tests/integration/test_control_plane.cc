@@ -106,7 +106,7 @@ class Cluster {
     fs::remove(coord_dir_ + "/endpoint");
     coordinator_ = SpawnLogged(BinDir() + "/moerun-coordinator",
                                {"--state-dir", coord_dir_, "--bind", address_,
-                                "--heartbeat-interval-ms", "200", "--heartbeat-timeout-ms", "3000"},
+                                "--heartbeat-interval-ms", "200", "--heartbeat-timeout-ms", "5000"},
                                dir_ + "/coordinator.out");
     REQUIRE(WaitFor([&] { return fs::exists(coord_dir_ + "/endpoint"); }, 10));
   }
@@ -288,7 +288,7 @@ TEST_CASE("a coordinator killed with SIGKILL and restarted lets the running job 
   const std::string job = c.Submit(c.SmallSpec("survivor"), "--steps 1500");
   REQUIRE(WaitFor([&] { return c.Job(job).value("step", 0) >= 10; }, 60));
   c.KillCoordinator();
-  // Trainers keep training; the daemons' lease (the 3 s heartbeat timeout) outlasts this.
+  // Trainers keep training; the daemons' lease (the 5 s heartbeat timeout) outlasts this.
   std::this_thread::sleep_for(std::chrono::milliseconds(1000));
   c.StartCoordinator();
   // The reloaded job is still running, and the trainers' reports reach the new coordinator.
