@@ -15,7 +15,7 @@ inline constexpr int kControlReconnectMaxMs = 500;
 // Messages a DEALER queues while its coordinator is unreachable; beyond that they are dropped
 // (heartbeats and step reports are superseded by the next one anyway).
 inline constexpr int kControlSendQueueMessages = 1000;
-// How long the coordinator's loop waits for a message before it runs its timers.
+// How often the coordinator's loop runs its timers (dead daemons, watchdog, backoff, queue).
 inline constexpr int kCoordinatorTickMs = 50;
 // A CLI request (submit, status, cancel, ...) gives up after this long without an answer.
 inline constexpr int64_t kCliRequestTimeoutMs = 10000;

@@ -5,11 +5,13 @@
 //   db/                                       RocksDB: jobs, events, metrics, manifests
 //   endpoint                                  the address it listens on, port resolved
 //   coordinator.log                           its log (also on stderr)
+//   http.token, http_endpoint                 the HTTP API's bearer token (0600) and URL
 // SIGTERM/SIGINT stop it cleanly; after a SIGKILL, starting it again on the same state dir
 // and address picks every job up where it was.
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 
 #include <CLI/CLI.hpp>
 #include <atomic>
@@ -22,6 +24,7 @@
 #include "common/control_socket.h"
 #include "common/curve_auth.h"
 #include "common/exit_codes.h"
+#include "coordinator/http/http_api.h"
 #include "coordinator/service/control_server.h"
 #include "coordinator/service/coordinator.h"
 #include "coordinator/state/coordinator_store.h"
@@ -30,6 +33,26 @@ namespace {
 
 std::atomic<bool> g_stop{false};
 void OnSignal(int) { g_stop.store(true); }
+
+// The bearer token for HTTP writes: made on first start (random, 0600), kept after.
+moerun::Result<std::string> HttpToken(const std::string& path) {
+  std::ifstream in(path);
+  std::string token;
+  if (in >> token && token.size() >= 16) return token;
+  std::ifstream urandom("/dev/urandom", std::ios::binary);
+  unsigned char raw[24];
+  if (!urandom.read(reinterpret_cast<char*>(raw), sizeof raw))
+    return moerun::Status::IOError("cannot read /dev/urandom for the HTTP token");
+  static const char* hex = "0123456789abcdef";
+  token.clear();
+  for (unsigned char b : raw) token += std::string{hex[b >> 4], hex[b & 15]};
+  std::ofstream(path, std::ios::trunc).close();
+  if (chmod(path.c_str(), 0600) != 0) return moerun::Status::IOError("cannot restrict " + path);
+  std::ofstream out(path, std::ios::trunc);
+  out << token << "\n";
+  if (!out) return moerun::Status::IOError("cannot write " + path);
+  return token;
+}
 
 int Fail(const std::string& what) {
   spdlog::error("{}", what);
@@ -58,6 +81,11 @@ int main(int argc, char** argv) {
                  "a daemon silent this long is dead")
       ->capture_default_str()
       ->check(CLI::Range(int64_t(50), int64_t(3600000)));
+  std::string http = "127.0.0.1:7180";
+  app.add_option("--http", http,
+                 "HOST:PORT of the HTTP API and Prometheus /metrics (PORT 0: any free port; "
+                 "'off': none)")
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -107,11 +135,43 @@ int main(int argc, char** argv) {
   if (!store.ok()) return Fail(store.status().message());
   auto server = coordinator::ControlServer::Bind(bind, keys.value(), authorized.value());
   if (!server.ok()) return Fail(server.status().message());
+  std::unique_ptr<coordinator::HttpApi> http_api;
+  if (http != "off") {
+    const size_t colon = http.rfind(':');
+    int port = -1;
+    try {
+      port = colon == std::string::npos ? -1 : std::stoi(http.substr(colon + 1));
+    } catch (const std::exception&) {
+    }
+    if (port < 0 || port > 65535) {
+      std::fprintf(stderr, "moerun-coordinator: --http %s: expected HOST:PORT or off\n",
+                   http.c_str());
+      return kExitInvalidConfig;
+    }
+    auto token = HttpToken(state_dir + "/http.token");
+    if (!token.ok()) return Fail(token.status().message());
+    auto api = coordinator::HttpApi::Start(http.substr(0, colon), port, token.value());
+    if (!api.ok()) {
+      // The control plane matters more than its web view: go on without it, loudly.
+      spdlog::error("{}; the coordinator runs without its HTTP API", api.status().message());
+    } else {
+      http_api = std::move(api.value());
+      const std::string url =
+          "http://" + http.substr(0, colon) + ":" + std::to_string(http_api->port());
+      std::ofstream(state_dir + "/http_endpoint", std::ios::trunc) << url << "\n";
+      spdlog::info("HTTP API and /metrics at {} (writes need the bearer token in {}/http.token)",
+                   url, state_dir);
+    }
+  }
   WallClock clock;
   coordinator::ControlServer* srv = server.value().get();
-  auto coord = coordinator::Coordinator::Open(
-      store.value().get(), &clock, settings,
-      [srv](const std::string& peer, const Envelope& e) { return srv->Send(peer, e); });
+  auto coord =
+      coordinator::Coordinator::Open(store.value().get(), &clock, settings,
+                                     [srv, &http_api](const std::string& peer, const Envelope& e) {
+                                       if (peer.rfind("http:", 0) == 0)
+                                         return http_api && http_api->Deliver(peer, e);
+                                       return srv->Send(peer, e);
+                                     });
   if (!coord.ok()) return Fail(coord.status().message());
   {
     std::ofstream out(state_dir + "/endpoint.tmp", std::ios::trunc);
@@ -123,7 +183,11 @@ int main(int argc, char** argv) {
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
   std::signal(SIGPIPE, SIG_IGN);
-  srv->Run(coord.value().get(), g_stop);
+  coordinator::Coordinator* c = coord.value().get();
+  srv->Run(c, g_stop, [&http_api, c] {
+    if (!http_api) return;
+    for (const auto& [peer, env] : http_api->TakeRequests()) c->Handle(peer, env);
+  });
   spdlog::info("coordinator stopping");
   return kExitOk;
 }

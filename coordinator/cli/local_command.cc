@@ -169,12 +169,13 @@ int RunLocal(const LocalArgs& a) {
   }
   const fs::path bin = fs::read_symlink("/proc/self/exe").parent_path();
   fs::remove(coord_dir + "/endpoint");
+  fs::remove(coord_dir + "/http_endpoint");
   const auto& ft = spec.fault_tolerance;
   Child coord{
       "the coordinator",
       {(bin / "moerun-coordinator").string(), "--state-dir", coord_dir, "--bind",
        "tcp://127.0.0.1:*", "--heartbeat-interval-ms", std::to_string(ft.heartbeat_interval_ms),
-       "--heartbeat-timeout-ms", std::to_string(ft.heartbeat_timeout_ms)},
+       "--heartbeat-timeout-ms", std::to_string(ft.heartbeat_timeout_ms), "--http", "127.0.0.1:0"},
       control + "/coordinator.out"};
   coord.Launch();
   std::vector<Child> daemons;
@@ -205,6 +206,12 @@ int RunLocal(const LocalArgs& a) {
                         "--devices", std::to_string(slots), "--data-host", "127.0.0.1"},
                        control + "/worker-" + n + ".out"});
     daemons.back().Launch();
+  }
+  std::string http_url;
+  std::ifstream(coord_dir + "/http_endpoint") >> http_url;
+  if (!http_url.empty()) {
+    std::fprintf(stderr, "moerun local: HTTP API at %s/api/status, Prometheus at %s/metrics\n",
+                 http_url.c_str(), http_url.c_str());
   }
   std::fprintf(
       stderr, "moerun local: coordinator at %s, %lld worker(s) x %lld slot(s)%s; state in %s\n",

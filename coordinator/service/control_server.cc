@@ -13,6 +13,8 @@ namespace {
 
 // Log the first refusals and then one in a thousand: a flood must not fill the disk.
 constexpr int kMaxMessagesPerDrain = 1000;
+// The loop's longest sleep: also how long an HTTP request may wait to be picked up.
+constexpr int kControlPollMs = 10;
 
 bool ShouldLog(uint64_t n) { return n <= 10 || n % 1000 == 0; }
 
@@ -107,17 +109,19 @@ void ControlServer::Drain(Coordinator* coordinator) {
   }
 }
 
-void ControlServer::Run(Coordinator* coordinator, const std::atomic<bool>& stop) {
+void ControlServer::Run(Coordinator* coordinator, const std::atomic<bool>& stop,
+                        const std::function<void()>& each_iteration) {
   using Clock = std::chrono::steady_clock;
   auto next_tick = Clock::now();
   while (!stop.load()) {
     zmq::pollitem_t item{router_->handle(), 0, ZMQ_POLLIN, 0};
     try {
-      zmq::poll(&item, 1, std::chrono::milliseconds(kCoordinatorTickMs));
+      zmq::poll(&item, 1, std::chrono::milliseconds(kControlPollMs));
       if (item.revents & ZMQ_POLLIN) Drain(coordinator);
     } catch (const zmq::error_t& e) {
       if (e.num() != EINTR) spdlog::error("control plane: {}", e.what());
     }
+    if (each_iteration) each_iteration();
     if (Clock::now() >= next_tick) {
       coordinator->counters().auth_denied = zap_->denied();
       coordinator->Tick();

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
@@ -35,7 +36,10 @@ class ControlServer {
   // The bound address with the port resolved (what clients connect to).
   const std::string& endpoint() const { return endpoint_; }
   bool Send(const std::string& peer, const Envelope& e);
-  void Run(Coordinator* coordinator, const std::atomic<bool>& stop);
+  // each_iteration (optional) runs on the loop's thread after every poll: other request
+  // sources (the HTTP API) feed the coordinator there.
+  void Run(Coordinator* coordinator, const std::atomic<bool>& stop,
+           const std::function<void()>& each_iteration = nullptr);
   uint64_t malformed() const { return malformed_; }
   uint64_t auth_denied() const { return zap_->denied(); }
 

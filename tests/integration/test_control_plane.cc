@@ -2,6 +2,7 @@
 // trainers they start, driven through the `moerun` CLI. Processes are killed for real.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
+#include <httplib.h>
 
 #include <chrono>
 #include <filesystem>
@@ -104,10 +105,11 @@ class Cluster {
 
   void StartCoordinator() {
     fs::remove(coord_dir_ + "/endpoint");
-    coordinator_ = SpawnLogged(BinDir() + "/moerun-coordinator",
-                               {"--state-dir", coord_dir_, "--bind", address_,
-                                "--heartbeat-interval-ms", "200", "--heartbeat-timeout-ms", "5000"},
-                               dir_ + "/coordinator.out");
+    coordinator_ =
+        SpawnLogged(BinDir() + "/moerun-coordinator",
+                    {"--state-dir", coord_dir_, "--bind", address_, "--heartbeat-interval-ms",
+                     "200", "--heartbeat-timeout-ms", "5000", "--http", "127.0.0.1:0"},
+                    dir_ + "/coordinator.out");
     REQUIRE(WaitFor([&] { return fs::exists(coord_dir_ + "/endpoint"); }, 10));
   }
   void KillCoordinator() {
@@ -173,6 +175,7 @@ class Cluster {
   }
 
   const std::string& dir() const { return dir_; }
+  const std::string& coordinator_dir() const { return coord_dir_; }
   const std::string& keys() const { return keys_; }
   const std::string& address() const { return address_; }
   pid_t coordinator() const { return coordinator_; }
@@ -377,6 +380,72 @@ TEST_CASE("10,000 malformed messages leave the coordinator serving") {
   c.WaitForWorkers(1);
   const std::string job = c.Submit(c.SmallSpec("after"), "--steps 20");
   CHECK(WaitFor([&] { return c.Phase(job) == "SUCCEEDED"; }, 120));
+}
+
+TEST_CASE("the HTTP API: reads, token-guarded writes, malformed bodies, Prometheus text") {
+  Cluster c("http");
+  c.StartWorker("w0", 2);
+  c.WaitForWorkers(1);
+  std::string url, token;
+  std::ifstream(c.coordinator_dir() + "/http_endpoint") >> url;
+  std::ifstream(c.coordinator_dir() + "/http.token") >> token;
+  REQUIRE(url.rfind("http://127.0.0.1:", 0) == 0);
+  REQUIRE(token.size() >= 16);
+  httplib::Client http(url);
+  const httplib::Headers auth = {{"Authorization", "Bearer " + token}};
+  const httplib::Headers wrong = {{"Authorization", "Bearer " + std::string(token.size(), 'x')}};
+
+  auto st = http.Get("/api/status");
+  REQUIRE(st);
+  CHECK(st->status == 200);
+  CHECK(json::parse(st->body)["workers"].size() == 1);
+
+  const std::string yaml = ReadAll(c.SmallSpec("viahttp"));
+  const std::string good = json({{"spec_yaml", yaml}, {"steps", 20}}).dump();
+  auto no_token = http.Post("/api/jobs", good, "application/json");
+  REQUIRE(no_token);
+  CHECK(no_token->status == 401);
+  auto bad_token = http.Post("/api/jobs", wrong, good, "application/json");
+  REQUIRE(bad_token);
+  CHECK(bad_token->status == 401);
+  for (const std::string& body :
+       {std::string("not json"), std::string("{\"spec_yaml\": 5}"), std::string("[1,2]")}) {
+    auto r = http.Post("/api/jobs", auth, body, "application/json");
+    REQUIRE(r);
+    CHECK_MESSAGE(r->status == 400, body);
+  }
+  auto invalid =
+      http.Post("/api/jobs", auth, json({{"spec_yaml", "job: {}\n"}}).dump(), "application/json");
+  REQUIRE(invalid);
+  CHECK(invalid->status == 400);
+  CHECK(invalid->body.find("job.name") != std::string::npos);
+  CHECK(http.Post("/api/jobs/nojob-1/cancel", "", "application/json")->status == 401);
+  CHECK(http.Get("/api/jobs/nojob-1")->status == 404);
+
+  auto submitted = http.Post("/api/jobs", auth, good, "application/json");
+  REQUIRE(submitted);
+  REQUIRE_MESSAGE(submitted->status == 200, submitted->body);
+  const std::string job = json::parse(submitted->body)["job_id"];
+  REQUIRE(WaitFor(
+      [&] {
+        auto r = http.Get("/api/jobs/" + job);
+        return r && r->status == 200 && json::parse(r->body)["phase"] == "SUCCEEDED";
+      },
+      120));
+  auto metrics = http.Get("/api/jobs/" + job + "/metrics?since=10");
+  REQUIRE(metrics);
+  CHECK(json::parse(metrics->body)["metrics"].size() == 10);
+  CHECK(http.Get("/api/jobs/" + job + "/metrics?since=ten")->status == 400);
+  auto events = http.Get("/api/jobs/" + job + "/events");
+  REQUIRE(events);
+  CHECK(json::parse(events->body)["events"].back()["to"] == "SUCCEEDED");
+  auto prom = http.Get("/metrics");
+  REQUIRE(prom);
+  CHECK(prom->status == 200);
+  CHECK(prom->body.find("moerun_job_step{job=\"" + job + "\"} 20") != std::string::npos);
+  CHECK(prom->body.find("moerun_job_state{job=\"" + job + "\",state=\"SUCCEEDED\"} 1") !=
+        std::string::npos);
+  CHECK(prom->body.find("moerun_worker_up{worker=\"w0\"") != std::string::npos);
 }
 
 TEST_CASE("moerun local trains to the same checkpoint digest as moerun launch") {

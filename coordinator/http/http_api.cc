@@ -1,0 +1,244 @@
+#include "coordinator/http/http_api.h"
+
+#include <httplib.h>
+
+#include <chrono>
+#include <sstream>
+
+namespace moerun::coordinator {
+namespace {
+
+void SendJson(httplib::Response& res, int status, const nlohmann::json& body) {
+  res.status = status;
+  res.set_content(body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+                  "application/json");
+}
+
+// Constant time, so the token cannot be guessed byte by byte from response times.
+bool SameToken(const std::string& a, const std::string& b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+std::string Label(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<HttpApi>> HttpApi::Start(const std::string& host, int port,
+                                                std::string token) {
+  std::unique_ptr<HttpApi> api(new HttpApi());
+  api->token_ = std::move(token);
+  api->server_ = std::make_unique<httplib::Server>();
+  api->Routes();
+  api->port_ = port == 0 ? api->server_->bind_to_any_port(host.c_str())
+                         : (api->server_->bind_to_port(host.c_str(), port) ? port : -1);
+  if (api->port_ <= 0) {
+    return Status::Unavailable("HTTP: cannot listen on " + host + ":" + std::to_string(port) +
+                               " (in use? choose another with --http HOST:PORT)");
+  }
+  HttpApi* raw = api.get();
+  api->thread_ = std::thread([raw] { raw->server_->listen_after_bind(); });
+  return api;
+}
+
+HttpApi::~HttpApi() {
+  if (server_) server_->stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+std::vector<std::pair<std::string, Envelope>> HttpApi::TakeRequests() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::pair<std::string, Envelope>> out(requests_.begin(), requests_.end());
+  requests_.clear();
+  return out;
+}
+
+bool HttpApi::Deliver(const std::string& peer, const Envelope& e) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = waiting_.find(peer);
+  if (it == waiting_.end()) return false;  // its handler gave up
+  it->second = e;
+  answered_.notify_all();
+  return true;
+}
+
+std::optional<Envelope> HttpApi::Ask(MessageType type, const std::string& job_id,
+                                     nlohmann::json body) {
+  std::unique_lock<std::mutex> lock(mu_);
+  const std::string peer = "http:" + std::to_string(next_++);
+  waiting_[peer] = std::nullopt;
+  requests_.push_back({peer, Envelope{type, 0, job_id, "http", std::move(body)}});
+  answered_.wait_for(lock, std::chrono::milliseconds(kHttpRequestTimeoutMs),
+                     [&] { return waiting_[peer].has_value(); });
+  std::optional<Envelope> answer = waiting_[peer];
+  waiting_.erase(peer);
+  return answer;
+}
+
+void HttpApi::Routes() {
+  httplib::Server& s = *server_;
+  // The coordinator's answer as an HTTP response: Reply 200, Error 404/400, silence 503.
+  auto answer = [this](httplib::Response& res, MessageType type, const std::string& job,
+                       nlohmann::json body) {
+    auto e = Ask(type, job, std::move(body));
+    if (!e) {
+      SendJson(res, 503, {{"error", "the coordinator did not answer in time"}});
+    } else if (e->type == MessageType::kError) {
+      const std::string why = e->body.value("error", std::string("error"));
+      SendJson(res, why.rfind("no job", 0) == 0 ? 404 : 400, e->body);
+    } else {
+      SendJson(res, 200, e->body);
+    }
+  };
+  auto authorized = [this](const httplib::Request& req, httplib::Response& res) {
+    const std::string h = req.get_header_value("Authorization");
+    if (h.rfind("Bearer ", 0) == 0 && SameToken(h.substr(7), token_)) return true;
+    res.set_header("WWW-Authenticate", "Bearer");
+    SendJson(res, 401,
+             {{"error",
+               "writes need 'Authorization: Bearer <token>' (the token is in the "
+               "coordinator's state dir, http.token)"}});
+    return false;
+  };
+  s.Get("/api/status", [answer](const httplib::Request&, httplib::Response& res) {
+    answer(res, MessageType::kQuery, "", {{"what", "status"}});
+  });
+  s.Get(R"(/api/jobs/([A-Za-z0-9._-]+))",
+        [answer](const httplib::Request& req, httplib::Response& res) {
+          answer(res, MessageType::kQuery, req.matches[1], {{"what", "job"}});
+        });
+  s.Get(R"(/api/jobs/([A-Za-z0-9._-]+)/events)",
+        [answer](const httplib::Request& req, httplib::Response& res) {
+          answer(res, MessageType::kQuery, req.matches[1], {{"what", "events"}});
+        });
+  s.Get(R"(/api/jobs/([A-Za-z0-9._-]+)/metrics)",
+        [answer](const httplib::Request& req, httplib::Response& res) {
+          int64_t since = 0, limit = 10000;
+          try {
+            if (req.has_param("since")) since = std::stoll(req.get_param_value("since"));
+            if (req.has_param("limit")) limit = std::stoll(req.get_param_value("limit"));
+          } catch (const std::exception&) {
+            SendJson(res, 400, {{"error", "since and limit are integers"}});
+            return;
+          }
+          answer(res, MessageType::kQuery, req.matches[1],
+                 {{"what", "metrics"}, {"since_step", since}, {"limit", limit}});
+        });
+  s.Post("/api/jobs", [answer, authorized](const httplib::Request& req, httplib::Response& res) {
+    if (!authorized(req, res)) return;
+    auto body = nlohmann::json::parse(req.body, nullptr, false);
+    if (!body.is_object() || !body.contains("spec_yaml") || !body["spec_yaml"].is_string()) {
+      SendJson(res, 400, {{"error", "the body is a JSON object with a \"spec_yaml\" string"}});
+      return;
+    }
+    answer(res, MessageType::kSubmitJob, "", body);
+  });
+  s.Post(R"(/api/jobs/([A-Za-z0-9._-]+)/cancel)",
+         [answer, authorized](const httplib::Request& req, httplib::Response& res) {
+           if (!authorized(req, res)) return;
+           answer(res, MessageType::kCancelJob, req.matches[1], nlohmann::json::object());
+         });
+  s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    auto status = Ask(MessageType::kQuery, "", {{"what", "status"}});
+    if (!status || status->type != MessageType::kReply) {
+      res.status = 503;
+      return;
+    }
+    std::map<std::string, nlohmann::json> last;
+    for (const auto& j : status->body.value("jobs", nlohmann::json::array())) {
+      const std::string phase = j.value("phase", "");
+      if (phase != "RUNNING") continue;
+      const int64_t step = j.value("step", int64_t(0));
+      auto m = Ask(MessageType::kQuery, j.value("job_id", ""),
+                   {{"what", "metrics"}, {"since_step", step - 1}, {"limit", 1}});
+      if (m && m->type == MessageType::kReply && !m->body["metrics"].empty())
+        last[j.value("job_id", "")] = m->body["metrics"][0];
+    }
+    res.set_content(PrometheusText(status->body, last), "text/plain; version=0.0.4");
+  });
+}
+
+std::string HttpApi::PrometheusText(const nlohmann::json& status,
+                                    const std::map<std::string, nlohmann::json>& last_steps) {
+  std::ostringstream o;
+  auto help = [&](const char* name, const char* type, const char* text) {
+    o << "# HELP " << name << " " << text << "\n# TYPE " << name << " " << type << "\n";
+  };
+  const auto& jobs = status.value("jobs", nlohmann::json::array());
+  const auto& workers = status.value("workers", nlohmann::json::array());
+  struct Gauge {
+    const char* name;
+    const char* key;
+    const char* type;
+    const char* text;
+  };
+  const Gauge job_gauges[] = {
+      {"moerun_job_step", "step", "gauge", "Last step reported by rank 0."},
+      {"moerun_job_total_steps", "total_steps", "gauge", "Steps the job trains."},
+      {"moerun_job_loss", "loss", "gauge", "Training loss of the last step."},
+      {"moerun_job_val_loss", "val_loss", "gauge", "Held-out loss of the last evaluation."},
+      {"moerun_job_tokens_per_second", "tokens_per_s", "gauge", "Training throughput."},
+      {"moerun_job_generation", "generation", "gauge", "Job generation (bumped per restart)."},
+      {"moerun_job_restarts_total", "restarts", "counter", "Restarts after failures."},
+      {"moerun_job_lost_steps_total", "lost_steps", "counter",
+       "Steps trained again after restarts."},
+      {"moerun_job_committed_step", "committed_step", "gauge", "Newest committed checkpoint step."},
+  };
+  for (const auto& g : job_gauges) {
+    help(g.name, g.type, g.text);
+    for (const auto& j : jobs) {
+      if (!j.contains(g.key) || !j[g.key].is_number()) continue;
+      o << g.name << "{job=\"" << Label(j.value("job_id", "")) << "\"} " << j[g.key].dump() << "\n";
+    }
+  }
+  help("moerun_job_state", "gauge", "1 for the job's current state.");
+  for (const auto& j : jobs) {
+    o << "moerun_job_state{job=\"" << Label(j.value("job_id", "")) << "\",state=\""
+      << Label(j.value("phase", "")) << "\"} 1\n";
+  }
+  help("moerun_expert_load", "gauge", "Tokens routed to each expert in the last step.");
+  for (const auto& [job, m] : last_steps) {
+    const nlohmann::json load = m.value("expert_load", nlohmann::json::object());
+    for (const auto& [layer, counts] : load.items()) {
+      for (size_t e = 0; e < counts.size(); ++e) {
+        o << "moerun_expert_load{job=\"" << Label(job) << "\",layer=\"" << Label(layer)
+          << "\",expert=\"" << e << "\"} " << counts[e].dump() << "\n";
+      }
+    }
+  }
+  help("moerun_worker_up", "gauge", "1 while the daemon heartbeats.");
+  help("moerun_worker_heartbeat_age_seconds", "gauge", "Time since the daemon's last message.");
+  help("moerun_worker_slots", "gauge", "Trainer slots the daemon offers.");
+  help("moerun_worker_slots_used", "gauge", "Trainer slots running ranks.");
+  for (const auto& w : workers) {
+    const std::string l = "{worker=\"" + Label(w.value("worker", "")) + "\",host=\"" +
+                          Label(w.value("host", "")) + "\"}";
+    o << "moerun_worker_up" << l << " " << (w.value("alive", false) ? 1 : 0) << "\n";
+    const int64_t age = w.value("heartbeat_age_ms", int64_t(-1));
+    if (age >= 0)
+      o << "moerun_worker_heartbeat_age_seconds" << l << " " << double(age) / 1000.0 << "\n";
+    o << "moerun_worker_slots" << l << " " << w.value("devices", 0) << "\n";
+    o << "moerun_worker_slots_used" << l << " " << w.value("used", 0) << "\n";
+  }
+  help("moerun_coordinator_messages_total", "counter", "Control-plane messages by outcome.");
+  const nlohmann::json counters = status.value("counters", nlohmann::json::object());
+  for (const auto& [kind, n] : counters.items()) {
+    o << "moerun_coordinator_messages_total{kind=\"" << Label(kind) << "\"} " << n.dump() << "\n";
+  }
+  return o.str();
+}
+
+}  // namespace moerun::coordinator
