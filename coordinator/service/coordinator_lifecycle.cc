@@ -1,0 +1,220 @@
+// The job lifecycle: slots, the FIFO queue, starting a generation, failing and fencing one,
+// and the timers (dead daemons, the progress watchdog, start timeouts).
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <set>
+
+#include "common/control_timeouts.h"
+#include "common/exit_codes.h"
+#include "common/spec_loader.h"
+#include "coordinator/scheduler/rank_placer.h"
+#include "coordinator/service/coordinator.h"
+#include "coordinator/service/coordinator_internal.h"
+
+namespace moerun::coordinator {
+
+using internal::Active;
+using internal::kMaxNcclUniqueIdChars;
+using internal::kTrainerPrefix;
+using internal::kWorkerPrefix;
+using internal::NonRetryableExit;
+
+// ---- lifecycle --------------------------------------------------------------------------
+
+std::map<std::string, int64_t> Coordinator::FreeSlots() const {
+  std::map<std::string, int64_t> free;
+  for (const auto& w : workers_.All()) {
+    if (w.alive && w.heard) free[w.id] = w.devices;
+  }
+  for (const auto& [id, job] : jobs_) {
+    if (!Active(job)) continue;
+    for (const auto& r : job.ranks) {
+      auto it = free.find(r.worker);
+      if (it != free.end()) --it->second;
+    }
+  }
+  return free;
+}
+
+void Coordinator::Schedule() {
+  const int64_t now = clock_->NowMs();
+  // Called after every heartbeat: cheap when nothing waits for slots.
+  const bool waiting = std::any_of(jobs_.begin(), jobs_.end(), [&](const auto& kv) {
+    const JobRun& j = kv.second;
+    return j.state.phase() == JobPhase::kQueued ||
+           (j.state.phase() == JobPhase::kRecovering &&
+            j.started_generation != j.state.generation() && now >= j.state.restart_not_before_ms());
+  });
+  if (!waiting) return;
+  std::vector<JobRun*> order;
+  for (auto& [id, job] : jobs_) order.push_back(&job);
+  std::sort(order.begin(), order.end(),
+            [](const JobRun* a, const JobRun* b) { return a->sequence < b->sequence; });
+  // Restarts first: their jobs were already admitted.
+  for (JobRun* job : order) {
+    if (job->state.phase() == JobPhase::kRecovering &&
+        job->started_generation != job->state.generation() &&
+        now >= job->state.restart_not_before_ms()) {
+      StartGeneration(*job);
+    }
+  }
+  // The queue is FIFO: a head that does not fit holds back the jobs behind it.
+  for (JobRun* job : order) {
+    if (job->state.phase() != JobPhase::kQueued) continue;
+    if (!StartGeneration(*job)) break;
+  }
+}
+
+bool Coordinator::StartGeneration(JobRun& job) {
+  PlacementRequest req;
+  req.world = job.world();
+  req.expert = job.spec.parallel.expert;
+  req.free_slots = FreeSlots();
+  if (job.placed()) {  // a restart: survivors keep their daemon (their slots are counted)
+    for (const auto& r : job.ranks) {
+      const WorkerInfo* w = workers_.Find(r.worker);
+      req.pinned.push_back(w && w->alive && w->heard ? r.worker : "");
+    }
+  }
+  auto placement = PlaceRanks(req);
+  if (!placement) return false;
+  const int64_t now = clock_->NowMs();
+  if (job.state.phase() == JobPhase::kQueued) {
+    std::set<std::string> hosts(placement->begin(), placement->end());
+    Status s = job.state.Start(now, "placed " + std::to_string(req.world) + " ranks on " +
+                                        std::to_string(hosts.size()) + " worker(s)");
+    if (!s.ok()) {
+      spdlog::error("{}", s.message());
+      return false;
+    }
+  }
+  job.ranks.assign(placement->size(), RankRun{});
+  for (size_t r = 0; r < placement->size(); ++r) job.ranks[r].worker = (*placement)[r];
+  job.table.clear();
+  job.nccl_unique_id.clear();
+  job.shards_written.clear();
+  auto committed = store_->CommittedSteps(job.state.job_id());
+  job.restore_step = committed.ok() && !committed->empty() ? committed->back() : -1;
+  job.started_generation = job.state.generation();
+  job.generation_started_ms = now;
+  job.first_step_ms = 0;
+  job.start_sent_ms.clear();
+  Persist(job);
+  std::set<std::string> workers(placement->begin(), placement->end());
+  spdlog::info("job {} generation {}: starting {} ranks on {}", job.state.job_id(),
+               job.state.generation(), placement->size(), fmt::join(workers, ", "));
+  for (const auto& w : workers) SendStart(job, w);
+  return true;
+}
+
+void Coordinator::SendStart(JobRun& job, const std::string& worker_id) {
+  nlohmann::json ranks = nlohmann::json::array();
+  for (size_t r = 0; r < job.ranks.size(); ++r) {
+    if (job.ranks[r].worker == worker_id && !job.ranks[r].exited) ranks.push_back(r);
+  }
+  job.start_sent_ms[worker_id] = clock_->NowMs();
+  SendTo(kWorkerPrefix + worker_id, MessageType::kStartTrainers, job.state.job_id(),
+         job.state.generation(),
+         {{"world", job.world()},
+          {"ranks", ranks},
+          {"spec_yaml", job.spec_yaml},
+          {"run_dir", job.run_dir},
+          {"spec_dir", job.spec_dir},
+          {"resume", job.resume || job.state.generation() > 1},
+          {"steps", job.steps_override},
+          {"restore_step", job.restore_step},
+          {"data_plane_timeout_ms", job.spec.fault_tolerance.progress_timeout_ms}});
+}
+
+void Coordinator::StopTrainers(const JobRun& job, uint64_t below_generation, int64_t grace_ms) {
+  std::set<std::string> workers;
+  for (const auto& r : job.ranks) workers.insert(r.worker);
+  for (const auto& w : workers) {
+    SendTo(kWorkerPrefix + w, MessageType::kStopTrainers, job.state.job_id(), 0,
+           {{"below_generation", below_generation}, {"grace_ms", grace_ms}});
+  }
+}
+
+void Coordinator::FailJob(JobRun& job, const std::string& cause, int rank, const std::string& host,
+                          bool non_retryable) {
+  const int64_t now = clock_->NowMs();
+  // Steps past the newest committed checkpoint are trained again by the next generation.
+  // (This generation's reports only: steps an earlier failure already counted are not
+  // counted again.)
+  int64_t reached = 0;
+  for (const auto& r : job.ranks) reached = std::max(reached, r.step);
+  const int64_t lost = reached > 0 ? std::max<int64_t>(0, reached - job.committed_step) : 0;
+  Status s = job.state.Fail(
+      now, lost > 0 ? cause + " (" + std::to_string(lost) + " steps to redo)" : cause, rank, host,
+      non_retryable);
+  if (!s.ok()) {
+    spdlog::warn("{}", s.message());
+    return;
+  }
+  if (!IsTerminal(job.state.phase())) job.lost_steps += lost;
+  spdlog::warn("job {} {}: {}", job.state.job_id(), ToString(job.state.phase()), cause);
+  // Fence the generation that failed: its trainers stop before any new one starts.
+  StopTrainers(job, IsTerminal(job.state.phase()) ? UINT64_MAX : job.state.generation(),
+               kFenceGraceMs);
+  for (auto& r : job.ranks) {
+    const std::string worker = r.worker;
+    r = RankRun{};
+    r.worker = worker;  // kept: a restart reuses the survivors' daemons
+  }
+  job.table.clear();
+  Persist(job);
+  Schedule();
+}
+
+void Coordinator::FailJobsOn(const std::string& worker_id, const std::string& cause) {
+  const WorkerInfo* w = workers_.Find(worker_id);
+  const std::string host = w ? w->host : worker_id;
+  for (auto& [job_id, job] : jobs_) {
+    if (!Active(job) || job.started_generation != job.state.generation()) continue;
+    const bool hit = std::any_of(job.ranks.begin(), job.ranks.end(),
+                                 [&](const RankRun& r) { return r.worker == worker_id; });
+    if (hit) FailJob(job, cause, -1, host, false);
+  }
+}
+
+void Coordinator::Tick() {
+  const int64_t now = clock_->NowMs();
+  for (const auto& id : workers_.CheckDead()) {
+    const WorkerInfo* w = workers_.Find(id);
+    spdlog::warn("worker {} ({}) is dead: no heartbeat for {} ms", id, w ? w->host : id,
+                 settings_.heartbeat_timeout_ms);
+    FailJobsOn(id, "worker " + id + " sent no heartbeat for " +
+                       std::to_string(settings_.heartbeat_timeout_ms) + " ms");
+  }
+  for (auto& [id, job] : jobs_) {
+    if (!Active(job) || job.started_generation != job.state.generation()) continue;
+    const int64_t progress_timeout = job.spec.fault_tolerance.progress_timeout_ms;
+    if (job.state.phase() == JobPhase::kRunning && progress_timeout > 0 &&
+        now - job.last_progress_ms > progress_timeout) {
+      FailJob(job,
+              "no rank finished a step for " + std::to_string(progress_timeout) +
+                  " ms (a hung trainer or a stuck collective)",
+              -1, "", false);
+    } else if (job.table.empty() && now - job.generation_started_ms > kJobStartTimeoutMs) {
+      int missing = 0;
+      for (const auto& r : job.ranks) missing += r.peer.empty() ? 1 : 0;
+      FailJob(job,
+              std::to_string(missing) + " rank(s) did not reach the rendezvous within " +
+                  std::to_string(kJobStartTimeoutMs) + " ms",
+              -1, "", false);
+    }
+  }
+  for (auto it = forwarded_.begin(); it != forwarded_.end();) {
+    if (now > it->second.deadline_ms) {
+      ReplyError(it->second.client, "the worker holding that log did not answer within " +
+                                        std::to_string(kForwardedRequestTimeoutMs) + " ms");
+      it = forwarded_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  Schedule();
+}
+
+}  // namespace moerun::coordinator

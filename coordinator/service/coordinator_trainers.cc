@@ -1,0 +1,166 @@
+// The coordinator and the trainers: rendezvous, per-step reports, the two-phase checkpoint
+// commit.
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <set>
+
+#include "common/control_timeouts.h"
+#include "common/exit_codes.h"
+#include "common/spec_loader.h"
+#include "coordinator/scheduler/rank_placer.h"
+#include "coordinator/service/coordinator.h"
+#include "coordinator/service/coordinator_internal.h"
+
+namespace moerun::coordinator {
+
+using internal::Active;
+using internal::kMaxNcclUniqueIdChars;
+using internal::kTrainerPrefix;
+using internal::kWorkerPrefix;
+using internal::NonRetryableExit;
+
+void Coordinator::OnTrainerMessage(const std::string& peer, const Envelope& e) {
+  auto it = jobs_.find(e.job_id);
+  if (it == jobs_.end()) {
+    ++counters_.invalid;
+    SendTo(peer, MessageType::kError, e.job_id, e.generation,
+           {{"error", "job " + e.job_id + " is unknown to this coordinator"}, {"fatal", true}});
+    return;
+  }
+  JobRun& job = it->second;
+  const int rank = e.body.at("rank").get<int>();
+  // The last shards of a run may arrive after its exits made the job SUCCEEDED.
+  const bool late_shard =
+      e.type == MessageType::kShardWritten && job.state.phase() == JobPhase::kSucceeded;
+  if (e.generation != job.state.generation() || (!Active(job) && !late_shard) || rank < 0 ||
+      rank >= int(job.ranks.size())) {
+    ++counters_.stale;
+    if (e.type == MessageType::kRendezvous) {
+      SendTo(peer, MessageType::kError, e.job_id, e.generation,
+             {{"error", "generation " + std::to_string(e.generation) + " of job " + e.job_id +
+                            " is over (the job is " + std::string(ToString(job.state.phase())) +
+                            ", generation " + std::to_string(job.state.generation()) + ")"},
+              {"fatal", true}});
+    }
+    return;
+  }
+  switch (e.type) {
+    case MessageType::kRendezvous:
+      OnRendezvous(peer, job, rank, e.body.at("endpoint").get<std::string>(),
+                   e.body.value("nccl_unique_id", std::string()));
+      return;
+    case MessageType::kStepReport:
+      OnStepReport(job, rank, e.body);
+      return;
+    case MessageType::kShardWritten:
+      OnShardWritten(job, rank, e.body);
+      return;
+    default:
+      ++counters_.invalid;
+  }
+}
+
+void Coordinator::OnRendezvous(const std::string& peer, JobRun& job, int rank,
+                               const std::string& endpoint, const std::string& nccl_unique_id) {
+  const std::string& id = job.state.job_id();
+  const uint64_t gen = job.state.generation();
+  if (!job.table.empty()) {  // a late or repeated ask (the coordinator may have restarted)
+    SendTo(peer, MessageType::kRendezvous, id, gen, TableBody(job));
+    return;
+  }
+  job.ranks[size_t(rank)].endpoint = endpoint;
+  job.ranks[size_t(rank)].peer = peer;
+  // CUDA jobs: rank 0 creates the NCCL communicator's unique id; everyone gets it with the
+  // table (opaque here: 128 bytes, hex-encoded by the trainer).
+  if (rank == 0) job.nccl_unique_id = nccl_unique_id.substr(0, kMaxNcclUniqueIdChars);
+  for (const auto& r : job.ranks) {
+    if (r.peer.empty()) return;
+  }
+  for (const auto& r : job.ranks) job.table.push_back(r.endpoint);
+  const int64_t now = clock_->NowMs();
+  job.last_progress_ms = now;
+  Status s = job.state.Running(
+      now, "all " + std::to_string(job.ranks.size()) + " ranks met at the rendezvous");
+  if (!s.ok()) spdlog::warn("{}", s.message());
+  spdlog::info("job {} generation {} RUNNING on {} ranks", id, gen, job.ranks.size());
+  Persist(job);
+  for (const auto& r : job.ranks) SendTo(r.peer, MessageType::kRendezvous, id, gen, TableBody(job));
+}
+
+void Coordinator::OnShardWritten(JobRun& job, int rank, const nlohmann::json& body) {
+  const int64_t step = body.at("step").get<int64_t>();
+  const std::string shard = body.at("shard").get<std::string>();
+  const int64_t bytes = body.at("bytes").get<int64_t>();
+  const std::set<std::string> expected = ExpectedShards(job);
+  if (step <= job.committed_step || !expected.count(shard)) {
+    ++counters_.stale;  // a repeat, or a shard this job does not have
+    return;
+  }
+  auto& written = job.shards_written[step];
+  written[shard] = bytes;
+  if (written.size() < expected.size()) return;
+  // Every shard of the step is durable: the commit point.
+  nlohmann::json shards = nlohmann::json::array();
+  int64_t total = 0;
+  for (const auto& [name, n] : written) {
+    shards.push_back({{"shard", name}, {"bytes", n}});
+    total += n;
+  }
+  const nlohmann::json manifest = {
+      {"version", 1},     {"step", step},   {"generation", job.state.generation()},
+      {"shards", shards}, {"bytes", total}, {"time_ms", clock_->NowMs()}};
+  const std::string& id = job.state.job_id();
+  Status s = store_->CommitManifest(id, step, manifest);
+  if (!s.ok()) {
+    spdlog::error("job {}: cannot commit checkpoint step {}: {}", id, step, s.message());
+    return;
+  }
+  job.committed_step = step;
+  job.shards_written.erase(job.shards_written.begin(), job.shards_written.upper_bound(step));
+  spdlog::info("job {}: checkpoint step {} committed ({} shards, {:.1f} MiB; rank {} last)", id,
+               step, expected.size(), double(total) / (1 << 20), rank);
+  // Retention: the newest checkpoint.keep committed steps.
+  auto steps = store_->CommittedSteps(id);
+  const int64_t keep = std::max<int64_t>(1, job.spec.checkpoint.keep);
+  if (steps.ok()) {
+    for (size_t i = 0; i + size_t(keep) < steps->size(); ++i)
+      (void)store_->DeleteManifest(id, (*steps)[i]);
+  }
+  Persist(job, false);
+}
+
+std::set<std::string> Coordinator::ExpectedShards(const JobRun& job) const {
+  // The ranks of each stage's first expert group write stage-S/dp-D (worker/trainer/topology.h).
+  std::set<std::string> out;
+  for (int64_t st = 0; st < job.spec.parallel.pipeline; ++st)
+    for (int64_t d = 0; d < job.spec.parallel.expert; ++d)
+      out.insert("stage-" + std::to_string(st) + "/dp-" + std::to_string(d));
+  return out;
+}
+
+nlohmann::json Coordinator::TableBody(const JobRun& job) const {
+  nlohmann::json body = {{"endpoints", job.table}};
+  if (!job.nccl_unique_id.empty()) body["nccl_unique_id"] = job.nccl_unique_id;
+  return body;
+}
+
+void Coordinator::OnStepReport(JobRun& job, int rank, const nlohmann::json& body) {
+  const int64_t step = body.at("step").get<int64_t>();
+  const int64_t now = clock_->NowMs();
+  job.ranks[size_t(rank)].step = step;
+  job.last_progress_ms = now;
+  if (rank != 0) return;
+  if (job.first_step_ms == 0 || step <= job.first_step) {
+    job.first_step_ms = now;
+    job.first_step = step;
+  }
+  job.progress = body;
+  job.progress["time_ms"] = now;
+  Status s = store_->PutMetric(job.state.job_id(), step, job.progress);
+  if (!s.ok())
+    spdlog::error("job {}: cannot store step {}: {}", job.state.job_id(), step, s.message());
+  Persist(job, false);
+}
+
+}  // namespace moerun::coordinator
