@@ -24,6 +24,7 @@
 #include "common/control_socket.h"
 #include "common/control_timeouts.h"
 #include "common/curve_auth.h"
+#include "common/duration_text.h"
 #include "common/exit_codes.h"
 #include "common/spec_loader.h"
 #include "coordinator/cli/commands.h"
@@ -305,7 +306,7 @@ int RunLocal(const LocalArgs& a) {
   shutdown();
   const double wall = std::chrono::duration<double>(SteadyClock::now() - t0).count();
   std::printf("job %s %s in %s: step %lld/%lld", job.c_str(), phase.c_str(),
-              FormatSeconds(wall).c_str(), (long long)detail.value("step", int64_t(0)),
+              DurationText(wall).c_str(), (long long)detail.value("step", int64_t(0)),
               (long long)detail.value("total_steps", int64_t(0)));
   if (detail.contains("loss")) std::printf(", loss %.4f", detail["loss"].get<double>());
   if (detail.contains("val_loss")) std::printf(", held-out %.4f", detail["val_loss"].get<double>());

@@ -6,6 +6,8 @@
 #include <ctime>
 #include <vector>
 
+#include "common/duration_text.h"
+
 namespace moerun::cli {
 namespace {
 
@@ -56,24 +58,12 @@ std::string WallTime(int64_t ms) {
 
 }  // namespace
 
-std::string FormatSeconds(double s) {
-  if (!(s >= 0) || !std::isfinite(s)) return "-";
-  char buf[32];
-  if (s >= 3600)
-    std::snprintf(buf, sizeof buf, "%dh%02dm", int(s / 3600), int(std::fmod(s, 3600) / 60));
-  else if (s >= 60)
-    std::snprintf(buf, sizeof buf, "%dm%02ds", int(s / 60), int(std::fmod(s, 60)));
-  else
-    std::snprintf(buf, sizeof buf, "%.0fs", s);
-  return buf;
-}
-
 std::string FormatProgress(const nlohmann::json& j) {
   std::string out = "step " + std::to_string(j.value("step", int64_t(0))) + "/" +
                     std::to_string(j.value("total_steps", int64_t(0)));
   if (j.contains("loss")) out += "  loss " + Num(j, "loss", 4);
   if (j.contains("tokens_per_s")) out += "  " + Num(j, "tokens_per_s", 0) + " tok/s";
-  if (j.contains("eta_s")) out += "  ETA " + FormatSeconds(j["eta_s"].get<double>());
+  if (j.contains("eta_s")) out += "  ETA " + DurationText(j["eta_s"].get<double>());
   return out;
 }
 
@@ -91,9 +81,9 @@ std::string FormatStatus(const nlohmann::json& status, int64_t now_ms) {
       t.Row({j.value("job_id", ""), j.value("phase", ""), std::to_string(j.value("generation", 0)),
              std::to_string(j.value("step", 0)) + "/" + std::to_string(j.value("total_steps", 0)),
              Num(j, "loss", 4), Num(j, "tokens_per_s", 0),
-             j.contains("eta_s") ? FormatSeconds(j["eta_s"].get<double>()) : "-",
+             j.contains("eta_s") ? DurationText(j["eta_s"].get<double>()) : "-",
              std::to_string(j.value("restarts", 0)),
-             FormatSeconds(double(now_ms - j.value("submitted_ms", now_ms)) / 1000.0),
+             DurationText(double(now_ms - j.value("submitted_ms", now_ms)) / 1000.0),
              workers.empty() ? "-" : workers});
     }
     out += t.Render();

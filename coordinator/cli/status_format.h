@@ -7,7 +7,6 @@
 
 namespace moerun::cli {
 
-std::string FormatSeconds(double s);  // "42s", "3m05s", "2h10m"
 std::string FormatStatus(const nlohmann::json& status, int64_t now_ms);
 std::string FormatJob(const nlohmann::json& job, int64_t now_ms);
 std::string FormatEvents(const nlohmann::json& events);

@@ -75,6 +75,9 @@ Status Coordinator::Load() {
       spdlog::error("job {} not loaded: {}", id, s.message());
       continue;
     }
+    // Step reports are stored as metrics, not in the run record: the newest is the progress.
+    auto last = store_->LastMetric(id);
+    if (last.ok()) job.progress = std::move(last.value());
     job.last_progress_ms = now;
     jobs_.emplace(id, std::move(job));
   }

@@ -160,7 +160,6 @@ void Coordinator::OnStepReport(JobRun& job, int rank, const nlohmann::json& body
   Status s = store_->PutMetric(job.state.job_id(), step, job.progress);
   if (!s.ok())
     spdlog::error("job {}: cannot store step {}: {}", job.state.job_id(), step, s.message());
-  Persist(job, false);
 }
 
 }  // namespace moerun::coordinator

@@ -56,7 +56,9 @@ struct JobRun {
   int64_t committed_step = 0;
   int64_t lost_steps = 0;  // steps trained and then redone after restarts, in all
   int64_t generation_started_ms = 0;
-  nlohmann::json progress = nlohmann::json::object();  // rank 0's latest step report
+  // Rank 0's latest step report. Durable as the newest metric/<id>/<step> record, which a
+  // restarted coordinator reads back; the run record's copy is only as new as its last write.
+  nlohmann::json progress = nlohmann::json::object();
   int64_t first_step_ms = 0;  // wall time of the first step report of this generation
   int64_t first_step = 0;     // the step of that report
 

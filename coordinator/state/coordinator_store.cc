@@ -162,6 +162,19 @@ Status CoordinatorStore::PutMetric(const std::string& job_id, int64_t step,
   return Put("metric/" + job_id + "/" + Step12(step), report.dump(), false);
 }
 
+Result<nlohmann::json> CoordinatorStore::LastMetric(const std::string& job_id) const {
+  const std::string prefix = "metric/" + job_id + "/";
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  it->SeekForPrev(prefix + "999999999999");
+  MOERUN_RETURN_IF_ERROR(FromRocks(it->status(), "coordinator state scan " + prefix));
+  if (!it->Valid() || !it->key().starts_with(prefix))
+    return Status::NotFound("no step reports of job " + job_id);
+  const std::string key = it->key().ToString();
+  auto payload = Unframe(key, it->value().ToString());
+  if (!payload.ok()) return payload.status();
+  return ParseJson(key, payload.value());
+}
+
 Result<std::vector<nlohmann::json>> CoordinatorStore::Metrics(const std::string& job_id,
                                                               int64_t since_step,
                                                               size_t limit) const {

@@ -50,6 +50,8 @@ class CoordinatorStore {
   Result<int64_t> NextJobSequence();
 
   Status PutMetric(const std::string& job_id, int64_t step, const nlohmann::json& report);
+  // The report of the highest step stored (NotFound when there is none).
+  Result<nlohmann::json> LastMetric(const std::string& job_id) const;
   // Reports with step > since_step, ascending, at most `limit`.
   Result<std::vector<nlohmann::json>> Metrics(const std::string& job_id, int64_t since_step,
                                               size_t limit) const;

@@ -8,9 +8,13 @@
 #include <unistd.h>
 
 #include <array>
+#include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace moerun::testing {
@@ -59,6 +63,79 @@ inline pid_t SpawnMoerun(const std::vector<std::string>& args) {
     _exit(127);
   }
   return pid;
+}
+
+// The directory of the moerun binaries (moerun, moerun-coordinator, moerun-worker).
+inline std::string BinDir() { return std::filesystem::path(MOERUN_BIN).parent_path().string(); }
+
+// Starts `program args...` (a path, or a name looked up in PATH) with stdout and stderr
+// appended to `log`; returns its pid.
+inline pid_t SpawnLogged(const std::string& program, const std::vector<std::string>& args,
+                         const std::string& log) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    FILE* out = std::fopen(log.c_str(), "a");
+    if (out) {
+      dup2(fileno(out), STDOUT_FILENO);
+      dup2(fileno(out), STDERR_FILENO);
+    }
+    std::vector<char*> argv;
+    argv.push_back(const_cast<char*>(program.c_str()));
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execvp(program.c_str(), argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+inline bool Alive(pid_t pid) {
+  int status;
+  return waitpid(pid, &status, WNOHANG) == 0;
+}
+
+// `sig`, then SIGKILL if the process is still there 10 s later; reaps it.
+inline void Terminate(pid_t pid, int sig = SIGTERM) {
+  if (pid <= 0) return;
+  kill(pid, sig);
+  int status;
+  for (int i = 0; i < 1000 && waitpid(pid, &status, WNOHANG) == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  kill(pid, SIGKILL);
+  waitpid(pid, &status, 0);
+}
+
+// Polls `pred` until it holds or `seconds` pass; returns its last value.
+inline bool WaitFor(const std::function<bool()>& pred, double seconds) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(int64_t(seconds * 1000));
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  return pred();
+}
+
+// Child pids of `pid` (a daemon's trainers, `moerun local`'s coordinator and daemons).
+inline std::vector<pid_t> Children(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
+  std::vector<pid_t> out;
+  pid_t c;
+  while (in >> c) out.push_back(c);
+  return out;
+}
+
+// Children of `parent` whose command line mentions `program`.
+inline std::vector<pid_t> ChildrenRunning(pid_t parent, const std::string& program) {
+  std::vector<pid_t> out;
+  for (pid_t c : Children(parent)) {
+    std::string cmd = ReadAll("/proc/" + std::to_string(c) + "/cmdline");
+    if (cmd.find(program) != std::string::npos) out.push_back(c);
+  }
+  return out;
 }
 
 }  // namespace moerun::testing

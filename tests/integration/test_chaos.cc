@@ -22,27 +22,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::vector<pid_t> Children(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
-  std::vector<pid_t> out;
-  pid_t c;
-  while (in >> c) out.push_back(c);
-  return out;
-}
-
-std::string Cmdline(pid_t pid) {
-  std::string s = ReadAll("/proc/" + std::to_string(pid) + "/cmdline");
-  for (char& c : s) c = c == '\0' ? ' ' : c;
-  return s;
-}
-
-std::vector<pid_t> ChildrenRunning(pid_t parent, const std::string& program) {
-  std::vector<pid_t> out;
-  for (pid_t c : Children(parent))
-    if (Cmdline(c).find(program) != std::string::npos) out.push_back(c);
-  return out;
-}
-
 // The last step in metrics.jsonl (rank 0 rewrites it on a restore).
 int64_t LastStep(const std::string& run_dir) {
   std::ifstream in(run_dir + "/metrics.jsonl");

@@ -16,6 +16,7 @@
 #include "common/control_socket.h"
 #include "common/protocol.h"
 #include "tests/integration/process.h"
+#include "tests/spec_text.h"
 #include "tests/temp_path.h"
 
 namespace moerun::testing {
@@ -23,65 +24,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-std::string BinDir() { return fs::path(MOERUN_BIN).parent_path().string(); }
-
-// Starts `program args...` with stdout and stderr appended to `log`; returns its pid.
-pid_t SpawnLogged(const std::string& program, const std::vector<std::string>& args,
-                  const std::string& log) {
-  std::fflush(stdout);
-  std::fflush(stderr);
-  const pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    FILE* out = std::fopen(log.c_str(), "a");
-    if (out) {
-      dup2(fileno(out), STDOUT_FILENO);
-      dup2(fileno(out), STDERR_FILENO);
-    }
-    std::vector<char*> argv;
-    argv.push_back(const_cast<char*>(program.c_str()));
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv(program.c_str(), argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-bool Alive(pid_t pid) {
-  int status;
-  return waitpid(pid, &status, WNOHANG) == 0;
-}
-
-void Terminate(pid_t pid, int sig = SIGTERM) {
-  if (pid <= 0) return;
-  kill(pid, sig);
-  int status;
-  for (int i = 0; i < 1000 && waitpid(pid, &status, WNOHANG) == 0; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  kill(pid, SIGKILL);
-  waitpid(pid, &status, 0);
-}
-
-bool WaitFor(const std::function<bool()>& pred, double seconds) {
-  const auto deadline =
-      std::chrono::steady_clock::now() + std::chrono::milliseconds(int64_t(seconds * 1000));
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
-  return pred();
-}
-
-// Child pids of `pid` (its trainers, for a daemon).
-std::vector<pid_t> Children(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
-  std::vector<pid_t> out;
-  pid_t c;
-  while (in >> c) out.push_back(c);
-  return out;
-}
 
 // A coordinator and daemons in a fresh directory, with an authorized client key.
 class Cluster {
@@ -159,18 +101,8 @@ class Cluster {
   }
   // A world-2 job (2 stages x 1 replica) written into the cluster dir.
   std::string SmallSpec(const std::string& name) const {
-    std::string text = ReadAll(std::string(MOERUN_SOURCE_DIR) + "/tests/configs/train-fast.yaml");
-    auto replace = [&](const std::string& from, const std::string& to) {
-      const size_t at = text.find(from);
-      REQUIRE(at != std::string::npos);
-      text.replace(at, from.size(), to);
-    };
-    replace("name: train-fast", "name: " + name);
-    replace("  data: 2\n", "  data: 1\n");
-    replace("  expert: 2\n", "  expert: 1\n");
-    replace("devices_per_worker: 2", "devices_per_worker: 1");
     const std::string path = dir_ + "/" + name + ".yaml";
-    std::ofstream(path) << text;
+    std::ofstream(path) << WorldTwoSpecText(name);
     return path;
   }
 

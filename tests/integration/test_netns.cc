@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "tests/integration/process.h"
+#include "tests/spec_text.h"
 #include "tests/temp_path.h"
 
 namespace moerun::testing {
@@ -22,8 +23,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-std::string BinDir() { return fs::path(MOERUN_BIN).parent_path().string(); }
 
 int Sh(const std::string& cmd) {
   const int rc = std::system((cmd + " >/dev/null 2>&1").c_str());
@@ -69,45 +68,10 @@ class Network {
   std::vector<std::string> made_;
 };
 
-pid_t SpawnIn(const std::string& ns, const std::vector<std::string>& args, const std::string& log) {
-  std::fflush(stdout);
-  std::fflush(stderr);
-  const pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    FILE* out = std::fopen(log.c_str(), "a");
-    if (out) {
-      dup2(fileno(out), STDOUT_FILENO);
-      dup2(fileno(out), STDERR_FILENO);
-    }
-    std::vector<std::string> all = {"ip", "netns", "exec", ns};
-    all.insert(all.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (auto& a : all) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execvp("ip", argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-void Stop(pid_t pid) {
-  kill(pid, SIGTERM);
-  int status;
-  for (int i = 0; i < 1000 && waitpid(pid, &status, WNOHANG) == 0; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  kill(pid, SIGKILL);
-  waitpid(pid, &status, 0);
-}
-
-bool WaitFor(const std::function<bool()>& pred, double seconds) {
-  const auto end =
-      std::chrono::steady_clock::now() + std::chrono::milliseconds(int64_t(seconds * 1000));
-  while (std::chrono::steady_clock::now() < end) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(250));
-  }
-  return pred();
+// `args` run inside network namespace `ns`.
+pid_t SpawnIn(const std::string& ns, std::vector<std::string> args, const std::string& log) {
+  args.insert(args.begin(), {"netns", "exec", ns});
+  return SpawnLogged("ip", args, log);
 }
 
 TEST_CASE("a daemon cut off the network: its rank moves to the spare and the job completes") {
@@ -169,16 +133,7 @@ TEST_CASE("a daemon cut off the network: its rank moves to the spare and the job
       20));
 
   // A world-2 job (2 stages x 1 replica) that notices a silent peer within 10 s.
-  std::string text = ReadAll(std::string(MOERUN_SOURCE_DIR) + "/tests/configs/train-fast.yaml");
-  for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{
-           {"name: train-fast", "name: spread"},
-           {"  data: 2\n", "  data: 1\n"},
-           {"  expert: 2\n", "  expert: 1\n"},
-           {"devices_per_worker: 2", "devices_per_worker: 1"}}) {
-    const size_t at = text.find(from);
-    REQUIRE(at != std::string::npos);
-    text.replace(at, from.size(), to);
-  }
+  std::string text = WorldTwoSpecText("spread");
   text += "fault_tolerance:\n  progress_timeout_ms: 10000\n  restart_backoff_ms: 200\n";
   std::ofstream(dir + "/spread.yaml") << text;
   const json submitted =
@@ -212,7 +167,7 @@ TEST_CASE("a daemon cut off the network: its rank moves to the spare and the job
         return ReadAll(dir + "/b/worker.log").find("stopping 1 trainer(s)") != std::string::npos;
       },
       10));
-  for (auto it = pids.rbegin(); it != pids.rend(); ++it) Stop(*it);
+  for (auto it = pids.rbegin(); it != pids.rend(); ++it) Terminate(*it);
 }
 
 }  // namespace

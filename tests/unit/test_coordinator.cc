@@ -9,6 +9,7 @@
 
 #include "common/clock.h"
 #include "coordinator/service/coordinator.h"
+#include "tests/spec_text.h"
 #include "tests/temp_path.h"
 
 namespace moerun::coordinator {
@@ -20,24 +21,6 @@ struct Sent {
   std::string peer;
   Envelope e;
 };
-
-// A world-2 job (2 stages x 1 replica): train-fast with one replica.
-std::string SmallSpec(const std::string& name) {
-  std::ifstream in(std::string(MOERUN_SOURCE_DIR) + "/tests/configs/train-fast.yaml");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::string text = ss.str();
-  auto replace = [&](const std::string& from, const std::string& to) {
-    const size_t at = text.find(from);
-    REQUIRE(at != std::string::npos);
-    text.replace(at, from.size(), to);
-  };
-  replace("name: train-fast", "name: " + name);
-  replace("  data: 2\n", "  data: 1\n");
-  replace("  expert: 2\n", "  expert: 1\n");
-  replace("devices_per_worker: 2", "devices_per_worker: 1");
-  return text;
-}
 
 class Harness {
  public:
@@ -72,7 +55,9 @@ class Harness {
                                      {"trainers", trainers}}});
   }
   json Submit(const std::string& name) {
-    c().Handle("cli:1", {MessageType::kSubmitJob, 0, "", "cli", {{"spec_yaml", SmallSpec(name)}}});
+    c().Handle(
+        "cli:1",
+        {MessageType::kSubmitJob, 0, "", "cli", {{"spec_yaml", testing::WorldTwoSpecText(name)}}});
     return Last("cli:1").e.body;
   }
   void Rendezvous(const std::string& job, uint64_t gen, int rank) {

@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include "common/control_timeouts.h"
+#include "common/duration_text.h"
 #include "common/exit_codes.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/optimizer.h"
@@ -68,24 +69,13 @@ Status TruncateMetrics(const std::string& path, int64_t last_step) {
   return out.good() ? Status::OK() : Status::IOError("cannot rewrite " + path);
 }
 
-std::string Duration(double s) {
-  char buf[32];
-  if (s >= 3600)
-    std::snprintf(buf, sizeof buf, "%dh%02dm", int(s / 3600), int(std::fmod(s, 3600) / 60));
-  else if (s >= 60)
-    std::snprintf(buf, sizeof buf, "%dm%02ds", int(s / 60), int(std::fmod(s, 60)));
-  else
-    std::snprintf(buf, sizeof buf, "%.0fs", s);
-  return buf;
-}
-
 void DrawProgress(int64_t step, int64_t total, double loss, double tps, double eta_s) {
   constexpr int kWidth = 30;
   const int filled = int(double(kWidth) * double(step) / double(total));
   std::string bar(size_t(filled), '#');
   bar.resize(kWidth, '.');
   std::fprintf(stderr, "\r[%s] step %lld/%lld  loss %.4f  %.0f tok/s  ETA %s   ", bar.c_str(),
-               (long long)step, (long long)total, loss, tps, Duration(eta_s).c_str());
+               (long long)step, (long long)total, loss, tps, DurationText(eta_s).c_str());
   std::fflush(stderr);
 }
 
