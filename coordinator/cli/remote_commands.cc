@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -92,10 +93,13 @@ int RunStatus(const Remote& r, const std::string& job, bool json, bool watch) {
     auto reply = job.empty() ? Ask(r, MessageType::kQuery, "", {{"what", "status"}})
                              : Ask(r, MessageType::kQuery, job, {{"what", "job"}});
     if (!reply) return kExitFailure;
-    std::string text =
-        json ? reply->dump() + "\n"
-             : (job.empty() ? FormatStatus(*reply, NowMs()) : FormatJob(*reply, NowMs()));
-    if (watch && isatty(STDOUT_FILENO)) text = "\033[H\033[2J" + text;
+    const bool tty = isatty(STDOUT_FILENO);
+    // Colours on a terminal, unless NO_COLOR asks otherwise (no-color.org).
+    const bool color = tty && std::getenv("NO_COLOR") == nullptr;
+    std::string text = json ? reply->dump() + "\n"
+                            : (job.empty() ? FormatStatus(*reply, NowMs(), color)
+                                           : FormatJob(*reply, NowMs(), color));
+    if (watch && tty && !json) text = "\033[H\033[2J" + text;
     std::fputs(text.c_str(), stdout);
     std::fflush(stdout);
     if (!watch) return kExitOk;

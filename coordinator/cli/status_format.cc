@@ -1,6 +1,7 @@
 #include "coordinator/cli/status_format.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
@@ -14,27 +15,39 @@ namespace {
 // Columns padded to their widest cell; the last column is not padded.
 class Table {
  public:
-  explicit Table(std::vector<std::string> header) { rows_.push_back(std::move(header)); }
-  void Row(std::vector<std::string> r) { rows_.push_back(std::move(r)); }
-  std::string Render() const {
+  explicit Table(std::vector<std::string> header) {
+    rows_.push_back(std::move(header));
+    colours_.push_back(nullptr);
+  }
+  void Row(std::vector<std::string> r, const char* colour = nullptr) {
+    rows_.push_back(std::move(r));
+    colours_.push_back(colour);
+  }
+  std::string Render(bool color = false) const {
     std::vector<size_t> width(rows_[0].size(), 0);
     for (const auto& r : rows_)
       for (size_t c = 0; c < r.size() && c < width.size(); ++c)
         width[c] = std::max(width[c], r[c].size());
     std::string out;
-    for (const auto& r : rows_) {
+    for (size_t i = 0; i < rows_.size(); ++i) {
+      const auto& r = rows_[i];
       std::string line;
       for (size_t c = 0; c < r.size(); ++c) {
         line += r[c];
         if (c + 1 < r.size()) line += std::string(width[c] - r[c].size() + 2, ' ');
       }
-      out += line + "\n";
+      out += Paint(line, colours_[i], color) + "\n";
     }
     return out;
   }
 
  private:
+  static std::string Paint(const std::string& line, const char* colour, bool color) {
+    if (!color || colour == nullptr) return line;
+    return colour + line + "\033[0m";
+  }
   std::vector<std::vector<std::string>> rows_;
+  std::vector<const char*> colours_;
 };
 
 std::string Fixed(double v, int digits) {
@@ -56,7 +69,27 @@ std::string WallTime(int64_t ms) {
   return buf;
 }
 
+constexpr const char* kRed = "\033[1;31m";
+constexpr const char* kYellow = "\033[1;33m";
+constexpr const char* kGreen = "\033[32m";
+
+const char* PhaseColour(const std::string& phase) {
+  if (phase == "FAILED") return kRed;
+  if (phase == "RECOVERING" || phase == "STARTING") return kYellow;
+  if (phase == "SUCCEEDED") return kGreen;
+  return nullptr;
+}
+
 }  // namespace
+
+std::string ProgressBar(int64_t step, int64_t total, int width) {
+  const double f = total > 0 ? std::clamp(double(step) / double(total), 0.0, 1.0) : 0.0;
+  const int filled = int(std::lround(f * width));
+  char pct[16];
+  std::snprintf(pct, sizeof pct, " %3d%%", int(std::floor(f * 100)));
+  return "[" + std::string(size_t(filled), '#') + std::string(size_t(width - filled), '-') + "]" +
+         pct;
+}
 
 std::string FormatProgress(const nlohmann::json& j) {
   std::string out = "step " + std::to_string(j.value("step", int64_t(0))) + "/" +
@@ -67,55 +100,77 @@ std::string FormatProgress(const nlohmann::json& j) {
   return out;
 }
 
-std::string FormatStatus(const nlohmann::json& status, int64_t now_ms) {
+std::string FormatStatus(const nlohmann::json& status, int64_t now_ms, bool color) {
   std::string out;
   const auto& jobs = status.at("jobs");
   if (jobs.empty()) {
     out += "no jobs\n";
   } else {
-    Table t({"JOB", "STATE", "GEN", "STEP", "LOSS", "TOK/S", "ETA", "RESTARTS", "AGE", "WORKERS"});
+    Table t({"JOB", "STATE", "GEN", "PROGRESS", "STEP", "LOSS", "TOK/S", "ETA", "RESTARTS", "AGE",
+             "WORKERS"});
     for (const auto& j : jobs) {
       std::string workers;
       for (const auto& w : j.value("workers", nlohmann::json::array()))
         workers += (workers.empty() ? "" : ",") + w.get<std::string>();
-      t.Row({j.value("job_id", ""), j.value("phase", ""), std::to_string(j.value("generation", 0)),
+      const std::string phase = j.value("phase", "");
+      t.Row({j.value("job_id", ""), phase, std::to_string(j.value("generation", 0)),
+             ProgressBar(j.value("step", int64_t(0)), j.value("total_steps", int64_t(0)), 20),
              std::to_string(j.value("step", 0)) + "/" + std::to_string(j.value("total_steps", 0)),
              Num(j, "loss", 4), Num(j, "tokens_per_s", 0),
              j.contains("eta_s") ? DurationText(j["eta_s"].get<double>()) : "-",
              std::to_string(j.value("restarts", 0)),
              DurationText(double(now_ms - j.value("submitted_ms", now_ms)) / 1000.0),
-             workers.empty() ? "-" : workers});
+             workers.empty() ? "-" : workers},
+            PhaseColour(phase));
     }
-    out += t.Render();
+    out += t.Render(color);
   }
   out += "\n";
   const auto& workers = status.at("workers");
   if (workers.empty()) {
     out += "no workers\n";
   } else {
-    Table t({"WORKER", "HOST", "BACKEND", "SLOTS", "STATE", "HEARTBEAT"});
+    Table t({"WORKER", "HOST", "BACKEND", "SLOTS", "TRAINERS", "FAILURES", "HEALTH", "HEARTBEAT"});
+    int unhealthy = 0;
     for (const auto& w : workers) {
       const int64_t age = w.value("heartbeat_age_ms", int64_t(-1));
+      // Older coordinators send no health: alive or dead is all there is.
+      const std::string health =
+          w.value("health", std::string(w.value("alive", false) ? "ok" : "dead"));
+      const bool ok = health == "ok";
+      unhealthy += ok ? 0 : 1;
+      std::string shown = health;
+      std::transform(shown.begin(), shown.end(), shown.begin(),
+                     [ok](char c) { return ok ? c : char(std::toupper(c)); });
       t.Row({w.value("worker", ""), w.value("host", ""), w.value("backend", ""),
              std::to_string(w.value("used", 0)) + "/" + std::to_string(w.value("devices", 0)),
-             w.value("alive", false) ? "alive" : "DEAD",
-             age >= 0 ? Fixed(double(age) / 1000.0, 1) + "s ago" : "-"});
+             std::to_string(w.value("trainers", 0)), std::to_string(w.value("trainer_failures", 0)),
+             shown, age >= 0 ? Fixed(double(age) / 1000.0, 1) + "s ago" : "-"},
+            ok                 ? nullptr
+            : health == "late" ? kYellow
+                               : kRed);
     }
-    out += t.Render();
+    out += t.Render(color);
+    if (unhealthy > 0)
+      out += std::to_string(unhealthy) +
+             " unhealthy worker(s): LATE missed heartbeats, DEAD "
+             "timed out (its jobs restart elsewhere)\n";
   }
   return out;
 }
 
-std::string FormatJob(const nlohmann::json& j, int64_t now_ms) {
-  std::string out = "job        " + j.value("job_id", "") + "\n" + "state      " +
-                    j.value("phase", "") + " (generation " +
-                    std::to_string(j.value("generation", 0)) + ", " +
-                    std::to_string(j.value("restarts", 0)) + " restarts, " +
-                    std::to_string(j.value("lost_steps", 0)) + " steps redone)\n" + "checkpoint " +
-                    (j.value("committed_step", 0) > 0
-                         ? "step " + std::to_string(j.value("committed_step", 0)) + " committed"
-                         : std::string("none committed yet")) +
-                    "\n" + "progress   " + FormatProgress(j) + "\n";
+std::string FormatJob(const nlohmann::json& j, int64_t now_ms, bool color) {
+  std::string out =
+      "job        " + j.value("job_id", "") + "\n" + "state      " + j.value("phase", "") +
+      " (generation " + std::to_string(j.value("generation", 0)) + ", " +
+      std::to_string(j.value("restarts", 0)) + " restarts, " +
+      std::to_string(j.value("lost_steps", 0)) + " steps redone)\n" + "checkpoint " +
+      (j.value("committed_step", 0) > 0
+           ? "step " + std::to_string(j.value("committed_step", 0)) + " committed"
+           : std::string("none committed yet")) +
+      "\n" + "progress   " +
+      ProgressBar(j.value("step", int64_t(0)), j.value("total_steps", int64_t(0)), 30) + "  " +
+      FormatProgress(j) + "\n";
   if (j.contains("val_loss")) out += "held-out   " + Num(j, "val_loss", 4) + "\n";
   out += "submitted  " + WallTime(j.value("submitted_ms", now_ms)) + "\n";
   out += "run dir    " + j.value("run_dir", "") + "\n";
@@ -123,14 +178,21 @@ std::string FormatJob(const nlohmann::json& j, int64_t now_ms) {
   const auto& ranks = j.value("ranks", nlohmann::json::array());
   if (!ranks.empty()) {
     out += "\n";
-    Table t({"RANK", "STAGE", "REPLICA", "WORKER", "HOST", "PID", "STEP", "STATE"});
+    // The last step's wall time: compute / data-plane wait / pipeline bubble, seconds.
+    Table t({"RANK", "STAGE", "REPLICA", "WORKER", "HOST", "PID", "STEP", "COMPUTE", "DATA-WAIT",
+             "BUBBLE", "STATE"});
     for (const auto& r : ranks) {
+      const std::string state = r.value("state", "");
+      const bool bad = state.rfind("exited with code 0", 0) != 0 &&
+                       (state.rfind("exited", 0) == 0 || state.rfind("killed", 0) == 0);
       t.Row({std::to_string(r.value("rank", 0)), std::to_string(r.value("stage", 0)),
              std::to_string(r.value("data_index", 0)), r.value("worker", ""), r.value("host", ""),
              r.value("pid", 0) ? std::to_string(r.value("pid", 0)) : "-",
-             std::to_string(r.value("step", 0)), r.value("state", "")});
+             std::to_string(r.value("step", 0)), Num(r, "compute_s", 3), Num(r, "data_wait_s", 3),
+             Num(r, "bubble_s", 3), state},
+            bad ? kRed : nullptr);
     }
-    out += t.Render();
+    out += t.Render(color);
   }
   return out;
 }

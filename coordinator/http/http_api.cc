@@ -3,7 +3,10 @@
 #include <httplib.h>
 
 #include <chrono>
+#include <cmath>
 #include <sstream>
+
+#include "coordinator/dashboard/dashboard_assets.h"
 
 namespace moerun::coordinator {
 namespace {
@@ -113,6 +116,18 @@ void HttpApi::Routes() {
                "coordinator's state dir, http.token)"}});
     return false;
   };
+  // The dashboard: embedded files, served from this thread (they need no coordinator state).
+  for (const DashboardAsset& a : DashboardAssets()) {
+    std::string pattern;
+    for (char c : a.path) pattern += c == '.' ? std::string("\\.") : std::string(1, c);
+    s.Get(pattern, [a](const httplib::Request&, httplib::Response& res) {
+      res.set_header("Cache-Control", a.versioned ? "public, max-age=86400" : "no-cache");
+      res.set_header("X-Content-Type-Options", "nosniff");
+      res.set_header("Content-Security-Policy",
+                     "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:");
+      res.set_content(a.body.data(), a.body.size(), std::string(a.content_type));
+    });
+  }
   s.Get("/api/status", [answer](const httplib::Request&, httplib::Response& res) {
     answer(res, MessageType::kQuery, "", {{"what", "status"}});
   });
@@ -209,6 +224,37 @@ std::string HttpApi::PrometheusText(const nlohmann::json& status,
     o << "moerun_job_state{job=\"" << Label(j.value("job_id", "")) << "\",state=\""
       << Label(j.value("phase", "")) << "\"} 1\n";
   }
+  const Gauge step_gauges[] = {
+      {"moerun_train_learning_rate", "lr", "gauge", "Learning rate of the last step."},
+      {"moerun_train_grad_norm", "grad_norm", "gauge", "Gradient norm before clipping."},
+      {"moerun_train_balance_loss", "balance_loss", "gauge",
+       "Sequence-wise balance loss, summed over MoE layers."},
+      {"moerun_train_step_seconds", "step_time_s", "gauge", "Wall time of rank 0's last step."},
+      {"moerun_train_expert_load_max_over_mean", "max_over_mean_load", "gauge",
+       "Busiest expert's load over the mean, averaged over MoE layers."},
+  };
+  for (const auto& g : step_gauges) {
+    help(g.name, g.type, g.text);
+    for (const auto& [job, m] : last_steps) {
+      if (!m.contains(g.key) || !m[g.key].is_number()) continue;
+      o << g.name << "{job=\"" << Label(job) << "\"} " << m[g.key].dump() << "\n";
+    }
+  }
+  help("moerun_rank_step_phase_seconds", "gauge",
+       "A rank's last step split: compute, data_plane_wait (collectives and sends), bubble "
+       "(waiting on a neighbouring pipeline stage).");
+  for (const auto& [job, m] : last_steps) {
+    for (const auto& r : m.value("ranks", nlohmann::json::array())) {
+      const std::string l = "{job=\"" + Label(job) + "\",rank=\"" +
+                            std::to_string(r.value("rank", 0)) + "\",phase=\"";
+      o << "moerun_rank_step_phase_seconds" << l << "compute\"} " << r.value("compute_s", 0.0)
+        << "\n";
+      o << "moerun_rank_step_phase_seconds" << l << "data_plane_wait\"} "
+        << r.value("data_wait_s", 0.0) << "\n";
+      o << "moerun_rank_step_phase_seconds" << l << "bubble\"} " << r.value("bubble_s", 0.0)
+        << "\n";
+    }
+  }
   help("moerun_expert_load", "gauge", "Tokens routed to each expert in the last step.");
   for (const auto& [job, m] : last_steps) {
     const nlohmann::json load = m.value("expert_load", nlohmann::json::object());
@@ -219,19 +265,39 @@ std::string HttpApi::PrometheusText(const nlohmann::json& status,
       }
     }
   }
-  help("moerun_worker_up", "gauge", "1 while the daemon heartbeats.");
-  help("moerun_worker_heartbeat_age_seconds", "gauge", "Time since the daemon's last message.");
-  help("moerun_worker_slots", "gauge", "Trainer slots the daemon offers.");
-  help("moerun_worker_slots_used", "gauge", "Trainer slots running ranks.");
-  for (const auto& w : workers) {
-    const std::string l = "{worker=\"" + Label(w.value("worker", "")) + "\",host=\"" +
-                          Label(w.value("host", "")) + "\"}";
-    o << "moerun_worker_up" << l << " " << (w.value("alive", false) ? 1 : 0) << "\n";
-    const int64_t age = w.value("heartbeat_age_ms", int64_t(-1));
-    if (age >= 0)
-      o << "moerun_worker_heartbeat_age_seconds" << l << " " << double(age) / 1000.0 << "\n";
-    o << "moerun_worker_slots" << l << " " << w.value("devices", 0) << "\n";
-    o << "moerun_worker_slots_used" << l << " " << w.value("used", 0) << "\n";
+  // One family at a time: the exposition format wants a metric's samples together.
+  struct WorkerGauge {
+    const char* name;
+    const char* type;
+    const char* text;
+    double (*value)(const nlohmann::json& w);  // NaN: no sample
+  };
+  const WorkerGauge worker_gauges[] = {
+      {"moerun_worker_up", "gauge", "1 while the daemon heartbeats.",
+       [](const nlohmann::json& w) { return w.value("alive", false) ? 1.0 : 0.0; }},
+      {"moerun_worker_heartbeat_age_seconds", "gauge", "Time since the daemon's last message.",
+       [](const nlohmann::json& w) {
+         const int64_t age = w.value("heartbeat_age_ms", int64_t(-1));
+         return age >= 0 ? double(age) / 1000.0 : std::nan("");
+       }},
+      {"moerun_worker_slots", "gauge", "Trainer slots the daemon offers.",
+       [](const nlohmann::json& w) { return double(w.value("devices", 0)); }},
+      {"moerun_worker_slots_used", "gauge", "Trainer slots running ranks.",
+       [](const nlohmann::json& w) { return double(w.value("used", 0)); }},
+      {"moerun_worker_trainers", "gauge", "Trainers running at the daemon's last heartbeat.",
+       [](const nlohmann::json& w) { return double(w.value("trainers", 0)); }},
+      {"moerun_worker_trainer_failures_total", "counter",
+       "Trainers that failed on the daemon since the coordinator started.",
+       [](const nlohmann::json& w) { return double(w.value("trainer_failures", 0)); }},
+  };
+  for (const auto& g : worker_gauges) {
+    help(g.name, g.type, g.text);
+    for (const auto& w : workers) {
+      const double v = g.value(w);
+      if (std::isnan(v)) continue;
+      o << g.name << "{worker=\"" << Label(w.value("worker", "")) << "\",host=\""
+        << Label(w.value("host", "")) << "\"} " << v << "\n";
+    }
   }
   help("moerun_coordinator_messages_total", "counter", "Control-plane messages by outcome.");
   const nlohmann::json counters = status.value("counters", nlohmann::json::object());

@@ -6,6 +6,7 @@
 //   POST /api/jobs                        submit {"spec_yaml", "run_dir"?, "steps"?, "resume"?}
 //   POST /api/jobs/<id>/cancel
 //   GET  /metrics                         Prometheus text exposition
+//   GET  /, /dashboard.js, /dashboard.css, /vendor/...   the dashboard (dashboard_assets.h)
 // Writes need "Authorization: Bearer <token>" (401 without it); a body that is not the
 // expected JSON is a 400. Every request becomes the envelope a CLI would send, answered by
 // the coordinator's own loop (peer "http:<n>"), so HTTP and the control plane never

@@ -246,6 +246,9 @@ void Coordinator::ReconcileTrainers(const std::string& worker_id, const nlohmann
            {{"below_generation", below}, {"grace_ms", kFenceGraceMs}});
   }
   if (!full_state) return;  // a TrainerExited lists only the new exits
+  int64_t running = 0;
+  for (const auto& t : trainers) running += t.at("running").get<bool>() ? 1 : 0;
+  activity_[worker_id].trainers = running;
   // Ranks this daemon should run but does not report. Never seen running: the StartTrainers
   // may have been lost, so it goes again. Seen running before: the trainer vanished without
   // an exit report (its daemon lost track of it), a failure of the generation.
@@ -292,6 +295,7 @@ void Coordinator::OnRankExit(JobRun& job, int rank, int exit_code, int signal,
     FinishIfDone(job);
     return;
   }
+  ++activity_[r.worker].trainer_failures;
   const WorkerInfo* w = workers_.Find(r.worker);
   std::string cause = "rank " + std::to_string(rank) + " " + r.exit_text;
   if (signal == 0 && exit_code == kExitBadCheckpoint && job.restore_step > 0) {

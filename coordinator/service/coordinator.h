@@ -120,6 +120,13 @@ class Coordinator {
   CoordinatorCounters counters_;
   WorkerRegistry workers_;
   std::map<std::string, JobRun> jobs_;
+  // Per daemon since this coordinator started (volatile): trainers running at its last
+  // heartbeat and trainers that failed on it.
+  struct WorkerActivity {
+    int64_t trainers = 0;
+    int64_t trainer_failures = 0;
+  };
+  std::map<std::string, WorkerActivity> activity_;
   struct Forwarded {
     std::string client;
     int64_t deadline_ms = 0;

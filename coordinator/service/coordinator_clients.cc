@@ -15,6 +15,7 @@ namespace moerun::coordinator {
 namespace {
 
 constexpr size_t kMaxMetricsPerQuery = 10000;
+constexpr int64_t kLateHeartbeats = 2;  // heartbeat intervals of silence that mark a daemon late
 
 nlohmann::json EventJson(const JobEvent& ev) {
   return {{"time_ms", ev.time_ms}, {"from", ToString(ev.from)},
@@ -139,8 +140,12 @@ nlohmann::json Coordinator::JobSummary(const JobRun& job) const {
                       {"total_steps", job.total_steps()},
                       {"submitted_ms", job.submitted_ms},
                       {"run_dir", job.run_dir}};
-  for (const char* k : {"loss", "val_loss", "tokens_per_s", "step_time_s"}) {
+  for (const char* k : {"loss", "tokens_per_s", "step_time_s"}) {
     if (job.progress.contains(k)) j[k] = job.progress[k];
+  }
+  if (job.held_out.contains("val_loss")) {
+    j["val_loss"] = job.held_out["val_loss"];
+    j["val_step"] = job.held_out["step"];
   }
   // ETA from this generation's pace so far.
   const int64_t last_ms = job.progress.value("time_ms", int64_t(0));
@@ -178,7 +183,10 @@ nlohmann::json Coordinator::JobDetail(const JobRun& job) const {
                      {"host", w ? w->host : ""},
                      {"pid", rr.pid},
                      {"state", state},
-                     {"step", rr.step}});
+                     {"step", rr.step},
+                     {"compute_s", rr.compute_s},
+                     {"data_wait_s", rr.data_wait_s},
+                     {"bubble_s", rr.bubble_s}});
   }
   j["ranks"] = ranks;
   return j;
@@ -192,13 +200,22 @@ nlohmann::json Coordinator::WorkerTable() const {
   }
   nlohmann::json out = nlohmann::json::array();
   for (const auto& w : workers_.All()) {
+    const int64_t age = workers_.HeartbeatAgeMs(w.id);
+    // late: missed two heartbeats, still inside its timeout — the first sign of a sick host.
+    const char* health = !w.alive                                                  ? "dead"
+                         : age > kLateHeartbeats * settings_.heartbeat_interval_ms ? "late"
+                                                                                   : "ok";
+    auto a = activity_.find(w.id);
     out.push_back({{"worker", w.id},
                    {"host", w.host},
                    {"backend", w.backend},
                    {"devices", w.devices},
                    {"used", used[w.id]},
                    {"alive", w.alive},
-                   {"heartbeat_age_ms", workers_.HeartbeatAgeMs(w.id)}});
+                   {"health", health},
+                   {"heartbeat_age_ms", age},
+                   {"trainers", a == activity_.end() ? 0 : a->second.trainers},
+                   {"trainer_failures", a == activity_.end() ? 0 : a->second.trainer_failures}});
   }
   return out;
 }

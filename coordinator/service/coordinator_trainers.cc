@@ -11,6 +11,7 @@
 #include "coordinator/scheduler/rank_placer.h"
 #include "coordinator/service/coordinator.h"
 #include "coordinator/service/coordinator_internal.h"
+#include "coordinator/state/metric_retention.h"
 
 namespace moerun::coordinator {
 
@@ -148,7 +149,14 @@ nlohmann::json Coordinator::TableBody(const JobRun& job) const {
 void Coordinator::OnStepReport(JobRun& job, int rank, const nlohmann::json& body) {
   const int64_t step = body.at("step").get<int64_t>();
   const int64_t now = clock_->NowMs();
-  job.ranks[size_t(rank)].step = step;
+  // Read before anything changes: a field of the wrong type drops the whole report.
+  const double compute = body.value("compute_s", 0.0), data_wait = body.value("data_wait_s", 0.0),
+               bubble = body.value("bubble_s", 0.0);
+  RankRun& rr = job.ranks[size_t(rank)];
+  rr.step = step;
+  rr.compute_s = compute;
+  rr.data_wait_s = data_wait;
+  rr.bubble_s = bubble;
   job.last_progress_ms = now;
   if (rank != 0) return;
   if (job.first_step_ms == 0 || step <= job.first_step) {
@@ -157,9 +165,30 @@ void Coordinator::OnStepReport(JobRun& job, int rank, const nlohmann::json& body
   }
   job.progress = body;
   job.progress["time_ms"] = now;
+  // Every rank's newest split (a rank may still be on the previous step): which rank waits.
+  nlohmann::json ranks = nlohmann::json::array();
+  for (size_t r = 0; r < job.ranks.size(); ++r) {
+    const RankRun& x = job.ranks[r];
+    ranks.push_back({{"rank", r},
+                     {"step", x.step},
+                     {"compute_s", x.compute_s},
+                     {"data_wait_s", x.data_wait_s},
+                     {"bubble_s", x.bubble_s}});
+  }
+  job.progress["ranks"] = std::move(ranks);
   Status s = store_->PutMetric(job.state.job_id(), step, job.progress);
   if (!s.ok())
     spdlog::error("job {}: cannot store step {}: {}", job.state.job_id(), step, s.message());
+  if (body.contains("val_loss") && body["val_loss"].is_number()) {
+    job.held_out = {{"step", step}, {"val_loss", body["val_loss"]}};
+    Persist(job, false);
+  }
+  if (step % kMetricThinEverySteps == 0) {
+    auto thinned = store_->ThinMetrics(job.state.job_id(), step);
+    if (!thinned.ok())
+      spdlog::error("job {}: cannot thin old step reports: {}", job.state.job_id(),
+                    thinned.status().message());
+  }
 }
 
 }  // namespace moerun::coordinator

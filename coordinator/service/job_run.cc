@@ -28,6 +28,7 @@ nlohmann::json JobRun::ToRecord() const {
           {"lost_steps", lost_steps},
           {"generation_started_ms", generation_started_ms},
           {"progress", progress},
+          {"held_out", held_out},
           {"first_step_ms", first_step_ms},
           {"first_step", first_step}};
 }
@@ -63,6 +64,7 @@ Status JobRun::FromRecord(const nlohmann::json& j) {
     lost_steps = j.at("lost_steps").get<int64_t>();
     generation_started_ms = j.at("generation_started_ms").get<int64_t>();
     progress = j.at("progress");
+    held_out = j.value("held_out", nlohmann::json::object());  // absent in older records
     first_step_ms = j.at("first_step_ms").get<int64_t>();
     first_step = j.at("first_step").get<int64_t>();
     return Status::OK();

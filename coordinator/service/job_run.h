@@ -30,6 +30,9 @@ struct RankRun {
   std::string endpoint;   // its data-plane endpoint at the rendezvous (volatile)
   std::string peer;       // the trainer's routing id waiting for the table (volatile)
   int64_t step = 0;       // last finished step it reported (volatile)
+  // That step's wall time split, seconds (volatile): compute, data-plane wait (collectives
+  // and sends) and pipeline bubble (waiting on a neighbouring stage).
+  double compute_s = 0, data_wait_s = 0, bubble_s = 0;
 };
 
 struct JobRun {
@@ -59,6 +62,8 @@ struct JobRun {
   // Rank 0's latest step report. Durable as the newest metric/<id>/<step> record, which a
   // restarted coordinator reads back; the run record's copy is only as new as its last write.
   nlohmann::json progress = nlohmann::json::object();
+  // The newest held-out evaluation {"step", "val_loss"}: most step reports carry none.
+  nlohmann::json held_out = nlohmann::json::object();
   int64_t first_step_ms = 0;  // wall time of the first step report of this generation
   int64_t first_step = 0;     // the step of that report
 

@@ -1,12 +1,14 @@
 #include "coordinator/state/coordinator_store.h"
 
 #include <rocksdb/db.h>
+#include <rocksdb/write_batch.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
 #include "common/crc32c.h"
+#include "coordinator/state/metric_retention.h"
 
 namespace moerun::coordinator {
 namespace {
@@ -173,6 +175,32 @@ Result<nlohmann::json> CoordinatorStore::LastMetric(const std::string& job_id) c
   auto payload = Unframe(key, it->value().ToString());
   if (!payload.ok()) return payload.status();
   return ParseJson(key, payload.value());
+}
+
+Result<int64_t> CoordinatorStore::ThinMetrics(const std::string& job_id, int64_t newest) {
+  const std::string prefix = "metric/" + job_id + "/";
+  rocksdb::WriteBatch batch;
+  int64_t dropped = 0;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    const std::string digits = it->key().ToString().substr(prefix.size());
+    int64_t step = 0;
+    try {
+      step = std::stoll(digits);
+    } catch (const std::exception&) {
+      return Status::Corruption("coordinator state: metric key " + it->key().ToString() +
+                                " has no step number");
+    }
+    if (step >= newest || KeepMetricStep(step, newest)) continue;
+    batch.Delete(it->key());
+    ++dropped;
+  }
+  MOERUN_RETURN_IF_ERROR(FromRocks(it->status(), "coordinator state scan " + prefix));
+  if (dropped > 0) {
+    MOERUN_RETURN_IF_ERROR(
+        FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "thinning " + prefix));
+  }
+  return dropped;
 }
 
 Result<std::vector<nlohmann::json>> CoordinatorStore::Metrics(const std::string& job_id,

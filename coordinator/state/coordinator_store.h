@@ -2,7 +2,7 @@
 // a coordinator killed with SIGKILL reloads every job on restart.
 //   job/<id>                   JobState (phase, generation, restarts, events)
 //   spec/<id>                  the job's YAML, as submitted
-//   metric/<id>/<step:12>      one step report
+//   metric/<id>/<step:12>      one step report (older ones thinned: metric_retention.h)
 //   manifest/<id>/<step:12>    a committed checkpoint manifest: present means committed
 //   run/<id>                   a job's run: placement, rendezvous table, rank exits, progress
 //   worker/<id>                a daemon's registration (host, devices, backend)
@@ -52,6 +52,9 @@ class CoordinatorStore {
   Status PutMetric(const std::string& job_id, int64_t step, const nlohmann::json& report);
   // The report of the highest step stored (NotFound when there is none).
   Result<nlohmann::json> LastMetric(const std::string& job_id) const;
+  // Deletes the reports KeepMetricStep() no longer keeps once `newest` is stored; returns
+  // how many went. Reads keys only, so it costs one key scan of the job's reports.
+  Result<int64_t> ThinMetrics(const std::string& job_id, int64_t newest);
   // Reports with step > since_step, ascending, at most `limit`.
   Result<std::vector<nlohmann::json>> Metrics(const std::string& job_id, int64_t since_step,
                                               size_t limit) const;

@@ -255,9 +255,6 @@ TEST_CASE("bodies of the wrong shape are counted and answered, never fatal") {
   CHECK(h.c().jobs().empty());
 }
 
-}  // namespace
-}  // namespace moerun::coordinator
-
 namespace moerun::coordinator {
 namespace {
 
@@ -354,6 +351,64 @@ TEST_CASE("a daemon that restarted fails the generation it was running") {
                              {"trainers", json::array()}}});
   CHECK(h.Job(id).state.phase() == JobPhase::kRecovering);
   CHECK(h.Job(id).state.events().back().cause.find("restarted") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace moerun::coordinator
+
+TEST_CASE("step reports: every rank's time split, the newest held-out loss, worker health") {
+  Harness h("observe");
+  h.Beat("a", 2);
+  const std::string id = h.Submit("watch")["job_id"];
+  h.Rendezvous(id, 1, 0);
+  h.Rendezvous(id, 1, 1);
+  auto report = [&](int rank, int64_t step, json extra) {
+    json body = {{"rank", rank},        {"step", step},
+                 {"loss", 3.0},         {"compute_s", 0.5 + rank},
+                 {"data_wait_s", 0.25}, {"bubble_s", 0.125}};
+    body.update(extra);
+    h.c().Handle(Harness::Trainer(id, 1, rank), {MessageType::kStepReport, 1, id, "t", body});
+  };
+  report(1, 10, json::object());
+  report(0, 10, {{"val_loss", 2.75}});
+  report(0, 11, json::object());
+  // The stored report of step 11 carries both ranks' newest split.
+  h.c().Handle("cli:2", {MessageType::kQuery, 0, id, "cli", {{"what", "metrics"}}});
+  const json metrics = h.Last("cli:2").e.body["metrics"];
+  REQUIRE(metrics.size() == 2);
+  const json ranks = metrics[1]["ranks"];
+  REQUIRE(ranks.size() == 2);
+  CHECK(ranks[1]["compute_s"] == 1.5);
+  CHECK(ranks[1]["step"] == 10);
+  CHECK(ranks[0]["bubble_s"] == 0.125);
+  // The held-out loss of step 10 stays in the summary after step 11, which had none.
+  h.c().Handle("cli:2", {MessageType::kQuery, 0, id, "cli", {{"what", "job"}}});
+  const json job = h.Last("cli:2").e.body;
+  CHECK(job["val_loss"] == 2.75);
+  CHECK(job["val_step"] == 10);
+  CHECK(job["ranks"][1]["data_wait_s"] == 0.25);
+  // A split of the wrong type drops the report whole: the rank's step does not move.
+  const uint64_t invalid = h.c().counters().invalid;
+  report(1, 12, {{"compute_s", "fast"}});
+  CHECK(h.c().counters().invalid == invalid + 1);
+  CHECK(h.Job(id).ranks[1].step == 10);
+  // Health: a daemon silent for more than two heartbeat intervals is late, then dead.
+  h.Beat(
+      "a", 2,
+      json::array({{{"job", id}, {"generation", 1}, {"rank", 0}, {"pid", 7}, {"running", true}},
+                   {{"job", id}, {"generation", 1}, {"rank", 1}, {"pid", 8}, {"running", true}}}));
+  auto worker = [&] {
+    h.c().Handle("cli:2", {MessageType::kQuery, 0, "", "cli", {{"what", "status"}}});
+    return h.Last("cli:2").e.body["workers"][0];
+  };
+  CHECK(worker()["health"] == "ok");
+  CHECK(worker()["trainers"] == 2);
+  h.clock.AdvanceMs(2500);
+  CHECK(worker()["health"] == "late");
+  h.clock.AdvanceMs(3000);
+  h.c().Tick();
+  CHECK(worker()["health"] == "dead");
+  CHECK(worker()["trainer_failures"] == 0);
 }
 
 }  // namespace

@@ -7,12 +7,14 @@
 #include <filesystem>
 
 #include "coordinator/state/coordinator_store.h"
+#include "coordinator/state/metric_retention.h"
 #include "tests/temp_path.h"
 
 using moerun::Status;
 using moerun::coordinator::CoordinatorStore;
 using moerun::coordinator::JobPhase;
 using moerun::coordinator::JobState;
+using moerun::coordinator::KeepMetricStep;
 namespace fs = std::filesystem;
 
 namespace {
@@ -20,6 +22,62 @@ namespace {
 std::string Dir(const char* name) { return moerun::testing::FreshTempPath("store", name, false); }
 
 }  // namespace
+
+TEST_CASE("metric retention keeps recent steps whole and older ones geometrically thinner") {
+  // Age < R: everything; [R, 2R): even steps; [2R, 4R): multiples of 4; and so on.
+  for (int64_t s = 900; s <= 1000; ++s) CHECK(KeepMetricStep(s, 1000, 100));
+  CHECK(KeepMetricStep(850, 1000, 100));
+  CHECK_FALSE(KeepMetricStep(851, 1000, 100));
+  CHECK(KeepMetricStep(700, 1000, 100));
+  CHECK_FALSE(KeepMetricStep(702, 1000, 100));
+  CHECK(KeepMetricStep(400, 1000, 100));
+  CHECK_FALSE(KeepMetricStep(404, 1000, 100));
+  // Monotone: once dropped, dropped for every later newest step.
+  int64_t revived = 0;
+  for (int64_t s = 1; s <= 3000; ++s) {
+    bool dropped = false;
+    for (int64_t newest = s; newest <= 6000; newest += 7) {
+      const bool keep = KeepMetricStep(s, newest, 100);
+      revived += dropped && keep ? 1 : 0;
+      dropped = dropped || !keep;
+    }
+  }
+  CHECK(revived == 0);
+  // Bounded: about R + R/2 per doubling of the run.
+  int64_t kept = 0;
+  const int64_t newest = 1'000'000;
+  for (int64_t s = 1; s <= newest; ++s) kept += KeepMetricStep(s, newest) ? 1 : 0;
+  CHECK(kept < 7000);
+  CHECK(kept > 5000);
+}
+
+TEST_CASE("thinning the store drops exactly what retention no longer keeps") {
+  const std::string dir = Dir("thin");
+  auto s = CoordinatorStore::Open(dir);
+  REQUIRE(s.ok());
+  const int64_t last = 5000;
+  int64_t dropped = 0;
+  for (int64_t step = 1; step <= last; ++step) {
+    REQUIRE(s.value()->PutMetric("j", step, {{"step", step}}).ok());
+    if (step % moerun::coordinator::kMetricThinEverySteps == 0)
+      dropped += s.value()->ThinMetrics("j", step).value();
+  }
+  dropped += s.value()->ThinMetrics("j", last).value();
+  auto all = s.value()->Metrics("j", 0, 100000);
+  REQUIRE(all.ok());
+  std::vector<int64_t> expected, stored;
+  for (int64_t step = 1; step <= last; ++step)
+    if (KeepMetricStep(step, last)) expected.push_back(step);
+  for (const auto& m : all.value()) stored.push_back(m["step"].get<int64_t>());
+  CHECK(stored == expected);
+  CHECK(dropped == last - int64_t(expected.size()));
+  CHECK(s.value()->LastMetric("j").value()["step"] == last);
+  // Another job's reports are untouched.
+  REQUIRE(s.value()->PutMetric("k", 3, {{"step", 3}}).ok());
+  CHECK(s.value()->ThinMetrics("j", last).value() == 0);
+  CHECK(s.value()->Metrics("k", 0, 10)->size() == 1);
+  fs::remove_all(dir);
+}
 
 TEST_CASE("jobs, specs, metrics and manifests survive closing and reopening") {
   const std::string dir = Dir("reopen");

@@ -25,6 +25,7 @@
 #include "worker/checkpoint/checkpoint_reader.h"
 #include "worker/checkpoint/checkpoint_writer.h"
 #include "worker/comm/solo_communicator.h"
+#include "worker/comm/timed_communicator.h"
 #include "worker/comm/zmq_communicator.h"
 #include "worker/data/corpus.h"
 #include "worker/model/model_stage.h"
@@ -156,6 +157,9 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
     if (!z.ok()) return z.status();
     world = std::move(z.value());
   }
+  // Every communicator of the topology is split from this one, so all add to `wait`.
+  auto wait = std::make_shared<comm::DataPlaneWait>();
+  world = std::make_unique<comm::TimedCommunicator>(std::move(world), wait);
   auto topo_or = MakeTopology(spec, std::move(world));
   if (!topo_or.ok()) {
     *exit_code = kExitInvalidConfig;
@@ -303,6 +307,7 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
 
   while (step < total) {
     const auto t0 = Clock::now();
+    const comm::DataPlaneWait wait0 = *wait;
     ++step;
     auto r = runner.Run(step, total);
     if (!r.ok()) {
@@ -320,6 +325,8 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
       load[std::to_string(m.dense_layers + int64_t(l))] = c;
     }
     const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    const double bubble = wait->pipeline_s - wait0.pipeline_s;
+    const double data_wait = wait->collective_s - wait0.collective_s;
     const int64_t tokens = spec.train.global_batch * m.seq_len;
     run_tokens += tokens;
     nlohmann::json line = {{"step", step},
@@ -328,6 +335,9 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
                            {"lr", r->lr},
                            {"grad_norm", r->grad_norm},
                            {"step_time_s", seconds},
+                           {"compute_s", std::max(0.0, seconds - bubble - data_wait)},
+                           {"data_wait_s", data_wait},
+                           {"bubble_s", bubble},
                            {"tokens_per_s", double(tokens) / seconds},
                            {"max_over_mean_load", imbalance},
                            {"expert_load", load}};

@@ -1,0 +1,317 @@
+// The coordinator's dashboard: polls the JSON API (docs/observability.md) once a second and
+// draws what it returns. Nothing here computes a metric; every number comes from the API.
+// Exposes window.moerun {state, charts} so tests and curious users can read what is drawn.
+'use strict';
+
+const POLL_MS = 1000;
+const HEATMAP_STEPS = 500;  // the newest reports the heat map shows
+const MAX_POINTS = 20000;   // kept in the page; older ones thin out like the store's
+
+const state = {
+  jobId: null,      // the job shown
+  metrics: [],      // its step reports, ascending by step
+  lastStep: 0,      // the newest step in `metrics`
+  layer: null,      // MoE layer of the heat map
+  eventsShown: -1,  // rows in the events table
+};
+const charts = {};
+window.moerun = { state, charts };
+
+const $ = (id) => document.getElementById(id);
+
+async function getJson(path) {
+  const res = await fetch(path, { cache: 'no-store' });
+  if (!res.ok) throw new Error(path + ': HTTP ' + res.status);
+  return res.json();
+}
+
+function fmt(x, digits) {
+  if (x === undefined || x === null || Number.isNaN(x)) return '–';
+  return Number(x).toFixed(digits);
+}
+
+function fmtCount(x) {
+  if (x === undefined || x === null) return '–';
+  return Math.round(x).toLocaleString('en-US');
+}
+
+function fmtDuration(s) {
+  if (s === undefined || s === null || !Number.isFinite(s)) return '–';
+  s = Math.max(0, Math.round(s));
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+  if (h > 0) return h + 'h' + String(m).padStart(2, '0') + 'm';
+  if (m > 0) return m + 'm' + String(sec).padStart(2, '0') + 's';
+  return sec + 's';
+}
+
+function fmtTime(ms) {
+  const d = new Date(ms);
+  return d.toLocaleTimeString('en-GB', { hour12: false }) + '.' +
+         String(d.getMilliseconds()).padStart(3, '0');
+}
+
+function cell(row, text, cls) {
+  const td = document.createElement('td');
+  td.textContent = text;
+  if (cls) {
+    const span = document.createElement('span');
+    span.className = 'pill ' + cls;
+    span.textContent = text;
+    td.textContent = '';
+    td.appendChild(span);
+  }
+  row.appendChild(td);
+}
+
+// ---- charts ----------------------------------------------------------------------------------
+
+function lineChart(id, series, yName) {
+  const c = echarts.init($(id));
+  c.setOption({
+    animation: false,
+    grid: { left: 56, right: 16, top: 30, bottom: 30 },
+    tooltip: { trigger: 'axis' },
+    legend: { top: 0 },
+    xAxis: { type: 'value', name: 'step', nameLocation: 'end', minInterval: 1 },
+    yAxis: { type: 'value', name: yName, scale: true },
+    series: series.map((s) => Object.assign(
+        { type: 'line', showSymbol: false, data: [] }, s)),
+  });
+  return c;
+}
+
+function makeCharts() {
+  if (typeof echarts === 'undefined') {
+    $('no-charts').hidden = false;
+    return;
+  }
+  charts.loss = lineChart('loss-chart', [
+    { name: 'train', id: 'loss' },
+    { name: 'held-out', id: 'val_loss', showSymbol: true, symbolSize: 6 },
+  ], 'loss');
+  charts.throughput = lineChart('throughput-chart', [{ name: 'tokens/s', id: 'tokens_per_s' }],
+                                'tokens/s');
+  charts.split = lineChart('split-chart', [
+    { name: 'compute', id: 'compute_s', stack: 't', areaStyle: {} },
+    { name: 'data-plane wait', id: 'data_wait_s', stack: 't', areaStyle: {} },
+    { name: 'pipeline bubble', id: 'bubble_s', stack: 't', areaStyle: {} },
+  ], 'seconds');
+  charts.ranks = echarts.init($('rank-chart'));
+  charts.ranks.setOption({
+    animation: false,
+    grid: { left: 56, right: 16, top: 30, bottom: 30 },
+    tooltip: { trigger: 'axis', axisPointer: { type: 'shadow' } },
+    legend: { top: 0 },
+    xAxis: { type: 'category', name: 'rank', data: [] },
+    yAxis: { type: 'value', name: 'seconds' },
+    series: ['compute', 'data-plane wait', 'pipeline bubble'].map((name) => (
+        { name, type: 'bar', stack: 't', data: [] })),
+  });
+  charts.heatmap = echarts.init($('heatmap-chart'));
+  charts.heatmap.setOption({
+    animation: false,
+    grid: { left: 56, right: 90, top: 10, bottom: 40 },
+    tooltip: {
+      formatter: (p) => 'step ' + p.name + ', expert ' + p.value[1] + ': ' +
+                        fmtCount(p.value[2]) + ' tokens',
+    },
+    xAxis: { type: 'category', name: 'step', nameLocation: 'middle', nameGap: 26, data: [] },
+    yAxis: { type: 'category', name: 'expert', data: [] },
+    visualMap: { min: 0, max: 1, calculable: true, orient: 'vertical', right: 0, top: 'center',
+                 inRange: { color: ['#f7fbff', '#6baed6', '#08306b'] } },
+    series: [{ type: 'heatmap', id: 'load', data: [] }],
+  });
+  window.addEventListener('resize', () => Object.values(charts).forEach((c) => c.resize()));
+}
+
+function drawCharts() {
+  if (!charts.loss) return;
+  const m = state.metrics;
+  const pick = (key) => m.filter((r) => typeof r[key] === 'number').map((r) => [r.step, r[key]]);
+  charts.loss.setOption({ series: [{ id: 'loss', data: pick('loss') },
+                                   { id: 'val_loss', data: pick('val_loss') }] });
+  charts.throughput.setOption({ series: [{ id: 'tokens_per_s', data: pick('tokens_per_s') }] });
+  charts.split.setOption({ series: [{ id: 'compute_s', data: pick('compute_s') },
+                                    { id: 'data_wait_s', data: pick('data_wait_s') },
+                                    { id: 'bubble_s', data: pick('bubble_s') }] });
+  const last = m.length ? m[m.length - 1] : null;
+  const ranks = (last && last.ranks) || [];
+  charts.ranks.setOption({
+    xAxis: { data: ranks.map((r) => String(r.rank)) },
+    series: [{ data: ranks.map((r) => r.compute_s) }, { data: ranks.map((r) => r.data_wait_s) },
+             { data: ranks.map((r) => r.bubble_s) }],
+  });
+  drawHeatmap();
+}
+
+function layersOf(reports) {
+  for (let i = reports.length - 1; i >= 0; --i) {
+    if (reports[i].expert_load) return Object.keys(reports[i].expert_load).sort((a, b) => a - b);
+  }
+  return [];
+}
+
+function drawHeatmap() {
+  const layers = layersOf(state.metrics);
+  const select = $('layer-select');
+  if (select.options.length !== layers.length) {
+    select.replaceChildren(...layers.map((l) => new Option(l, l)));
+    if (state.layer === null || !layers.includes(state.layer)) state.layer = layers[0] || null;
+    if (state.layer !== null) select.value = state.layer;
+  }
+  if (state.layer === null) return;
+  const reports = state.metrics.filter((r) => r.expert_load && r.expert_load[state.layer])
+                      .slice(-HEATMAP_STEPS);
+  const experts = reports.length ? reports[reports.length - 1].expert_load[state.layer].length : 0;
+  const data = [];
+  let max = 1;
+  reports.forEach((r, x) => r.expert_load[state.layer].forEach((n, e) => {
+    data.push([x, e, n]);
+    if (n > max) max = n;
+  }));
+  charts.heatmap.setOption({
+    xAxis: { data: reports.map((r) => String(r.step)) },
+    yAxis: { data: Array.from({ length: experts }, (_, e) => String(e)) },
+    visualMap: { max },
+    series: [{ id: 'load', data }],
+  });
+}
+
+// ---- tables and the job panel ----------------------------------------------------------------
+
+function drawWorkers(workers) {
+  const body = $('workers').tBodies[0];
+  body.replaceChildren(...workers.map((w) => {
+    const tr = document.createElement('tr');
+    tr.dataset.worker = w.worker;
+    if (w.health !== 'ok') tr.className = 'unhealthy';
+    cell(tr, w.worker);
+    cell(tr, w.host);
+    cell(tr, w.health, w.health);
+    cell(tr, w.heartbeat_age_ms >= 0 ? (w.heartbeat_age_ms / 1000).toFixed(1) + ' s' : '–');
+    cell(tr, w.used + '/' + w.devices);
+    cell(tr, String(w.trainers));
+    cell(tr, String(w.trainer_failures));
+    cell(tr, w.backend);
+    return tr;
+  }));
+}
+
+function drawEvents(events) {
+  if (events.length === state.eventsShown) return;
+  state.eventsShown = events.length;
+  const body = $('events').tBodies[0];
+  body.replaceChildren(...events.slice().reverse().map((ev) => {
+    const tr = document.createElement('tr');
+    if (ev.to === 'RECOVERING' || ev.to === 'FAILED') tr.className = 'failure';
+    else if (ev.from === 'RECOVERING') tr.className = 'recovered';
+    cell(tr, fmtTime(ev.time_ms));
+    cell(tr, String(ev.generation));
+    cell(tr, ev.from + ' → ' + ev.to);
+    cell(tr, ev.cause);
+    cell(tr, ev.rank >= 0 ? String(ev.rank) : '');
+    cell(tr, ev.host || '');
+    return tr;
+  }));
+}
+
+function drawJob(job) {
+  $('job-title').textContent = job.job_id + (job.name ? ' · ' + job.name : '');
+  const phase = $('job-phase');
+  phase.textContent = job.phase;
+  phase.className = 'pill ' + job.phase;
+  const total = job.total_steps || 0;
+  $('job-progress-bar').style.width = (total ? 100 * job.step / total : 0).toFixed(1) + '%';
+  $('stat-step').textContent = job.step + '/' + total;
+  $('stat-loss').textContent = fmt(job.loss, 4);
+  $('stat-val-loss').textContent = fmt(job.val_loss, 4);
+  $('stat-tokens').textContent = fmtCount(job.tokens_per_s);
+  $('stat-eta').textContent = job.phase === 'RUNNING' ? fmtDuration(job.eta_s) : '–';
+  $('stat-generation').textContent = String(job.generation);
+  $('stat-restarts').textContent = String(job.restarts);
+  $('stat-committed').textContent = job.committed_step > 0 ? 'step ' + job.committed_step : '–';
+}
+
+function drawJobList(jobs) {
+  const select = $('job-select');
+  const ids = jobs.map((j) => j.job_id);
+  const current = Array.from(select.options).map((o) => o.value);
+  if (ids.join() !== current.join()) {
+    select.replaceChildren(...jobs.map((j) => new Option(j.job_id + ' (' + j.name + ')', j.job_id)));
+  }
+  if (state.jobId === null || !ids.includes(state.jobId)) {
+    const fromHash = new URLSearchParams(location.hash.slice(1)).get('job');
+    const running = jobs.filter((j) => j.phase === 'RUNNING');
+    const pick = ids.includes(fromHash) ? fromHash
+               : running.length ? running[running.length - 1].job_id
+               : ids[ids.length - 1];
+    if (pick !== undefined) showJob(pick);
+  }
+  if (state.jobId !== null) select.value = state.jobId;
+}
+
+function showJob(id) {
+  state.jobId = id;
+  state.metrics = [];
+  state.lastStep = 0;
+  state.layer = null;
+  state.eventsShown = -1;
+  $('layer-select').replaceChildren();
+  history.replaceState(null, '', '#job=' + encodeURIComponent(id));
+}
+
+function thin(reports) {
+  if (reports.length <= MAX_POINTS) return reports;
+  const half = Math.floor(reports.length / 2);
+  return reports.slice(0, half).filter((r, i) => i % 2 === 0).concat(reports.slice(half));
+}
+
+// ---- polling ---------------------------------------------------------------------------------
+
+async function poll() {
+  const conn = $('connection');
+  try {
+    const status = await getJson('/api/status');
+    drawJobList(status.jobs);
+    drawWorkers(status.workers);
+    if (state.jobId !== null) {
+      const id = encodeURIComponent(state.jobId);
+      const job = await getJson('/api/jobs/' + id);
+      // A restart resumes from a checkpoint: steps after it are trained (and reported) again.
+      if (job.step < state.lastStep) {
+        state.metrics = state.metrics.filter((r) => r.step <= job.step);
+        state.lastStep = state.metrics.length ? state.metrics[state.metrics.length - 1].step : 0;
+      }
+      drawJob(job);
+      let grew = false;
+      for (;;) {
+        const page = await getJson('/api/jobs/' + id + '/metrics?since=' + state.lastStep +
+                                   '&limit=5000');
+        if (page.metrics.length === 0) break;
+        state.metrics = thin(state.metrics.concat(page.metrics));
+        state.lastStep = page.metrics[page.metrics.length - 1].step;
+        grew = true;
+        if (page.metrics.length < 5000) break;
+      }
+      if (grew) drawCharts();
+      drawEvents((await getJson('/api/jobs/' + id + '/events')).events);
+    }
+    conn.textContent = 'live';
+    conn.className = 'pill live';
+  } catch (err) {
+    conn.textContent = 'offline: ' + err.message;
+    conn.className = 'pill offline';
+  }
+  setTimeout(poll, POLL_MS);
+}
+
+$('job-select').addEventListener('change', (ev) => {
+  showJob(ev.target.value);
+  drawCharts();
+});
+$('layer-select').addEventListener('change', (ev) => {
+  state.layer = ev.target.value;
+  drawHeatmap();
+});
+makeCharts();
+poll();

@@ -1,0 +1,62 @@
+#include "worker/comm/timed_communicator.h"
+
+#include <chrono>
+#include <utility>
+
+namespace moerun::comm {
+namespace {
+
+// Runs `call` and adds its wall time to `*into`.
+template <typename Call>
+auto Timed(double* into, Call&& call) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto result = call();
+  *into += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return result;
+}
+
+}  // namespace
+
+TimedCommunicator::TimedCommunicator(std::unique_ptr<Communicator> inner,
+                                     std::shared_ptr<DataPlaneWait> wait)
+    : inner_(std::move(inner)), wait_(std::move(wait)) {}
+
+Status TimedCommunicator::Send(int peer, uint32_t tag, const void* data, size_t bytes) {
+  return Timed(&wait_->collective_s, [&] { return inner_->Send(peer, tag, data, bytes); });
+}
+
+Status TimedCommunicator::Recv(int peer, uint32_t tag, void* data, size_t bytes) {
+  return Timed(&wait_->pipeline_s, [&] { return inner_->Recv(peer, tag, data, bytes); });
+}
+
+Status TimedCommunicator::AllReduceSum(float* data, size_t count) {
+  return Timed(&wait_->collective_s, [&] { return inner_->AllReduceSum(data, count); });
+}
+
+Status TimedCommunicator::AllReduceSum(double* data, size_t count) {
+  return Timed(&wait_->collective_s, [&] { return inner_->AllReduceSum(data, count); });
+}
+
+Status TimedCommunicator::AllToAllV(const void* send, const std::vector<size_t>& send_bytes,
+                                    void* recv, const std::vector<size_t>& recv_bytes) {
+  return Timed(&wait_->collective_s,
+               [&] { return inner_->AllToAllV(send, send_bytes, recv, recv_bytes); });
+}
+
+Status TimedCommunicator::Broadcast(int root, void* data, size_t bytes) {
+  return Timed(&wait_->collective_s, [&] { return inner_->Broadcast(root, data, bytes); });
+}
+
+Status TimedCommunicator::Barrier() {
+  return Timed(&wait_->collective_s, [&] { return inner_->Barrier(); });
+}
+
+Result<std::unique_ptr<Communicator>> TimedCommunicator::Split(const std::vector<int>& members,
+                                                               const std::string& name) {
+  auto inner = inner_->Split(members, name);
+  if (!inner.ok()) return inner.status();
+  return std::unique_ptr<Communicator>(
+      std::make_unique<TimedCommunicator>(std::move(inner.value()), wait_));
+}
+
+}  // namespace moerun::comm

@@ -1,0 +1,49 @@
+// TimedCommunicator: a Communicator that measures how long its caller waits on the data plane,
+// for the per-step time split (DESIGN.md §9): compute, data-plane wait, pipeline bubble.
+//   Recv                       -> wait.pipeline_s: blocked on a neighbouring stage's
+//                                 activations or gradients — the pipeline bubble (idle by the
+//                                 schedule, plus the transfer itself);
+//   Send and every collective  -> wait.collective_s: token all-to-all in MoE layers,
+//                                 gradient, count and norm all-reduces, barriers.
+// Communicators made by Split() add to the same DataPlaneWait, so one object sums a rank's
+// waits over all its groups. Times are wall-clock seconds (steady clock). Like every
+// Communicator, calls come from one thread at a time; the counters are not atomic.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "worker/comm/communicator.h"
+
+namespace moerun::comm {
+
+struct DataPlaneWait {
+  double pipeline_s = 0;    // in Recv
+  double collective_s = 0;  // in Send and collectives
+};
+
+class TimedCommunicator : public Communicator {
+ public:
+  TimedCommunicator(std::unique_ptr<Communicator> inner, std::shared_ptr<DataPlaneWait> wait);
+
+  int rank() const override { return inner_->rank(); }
+  int size() const override { return inner_->size(); }
+  Status Send(int peer, uint32_t tag, const void* data, size_t bytes) override;
+  Status Recv(int peer, uint32_t tag, void* data, size_t bytes) override;
+  Status AllReduceSum(float* data, size_t count) override;
+  Status AllReduceSum(double* data, size_t count) override;
+  Status AllToAllV(const void* send, const std::vector<size_t>& send_bytes, void* recv,
+                   const std::vector<size_t>& recv_bytes) override;
+  Status Broadcast(int root, void* data, size_t bytes) override;
+  Status Barrier() override;
+  Result<std::unique_ptr<Communicator>> Split(const std::vector<int>& members,
+                                              const std::string& name) override;
+  void Abort(const std::string& reason) override { inner_->Abort(reason); }
+
+ private:
+  std::unique_ptr<Communicator> inner_;
+  std::shared_ptr<DataPlaneWait> wait_;
+};
+
+}  // namespace moerun::comm
