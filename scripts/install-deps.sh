@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages moerun needs to build, test and run. Idempotent:
 # packages already present are left alone and apt is not touched when nothing is missing.
-# Usage: scripts/install-deps.sh [--with-torch]   (python3-torch only for the comparison benchmarks)
+# Usage: scripts/install-deps.sh [--with-torch] [--for-tests]
+#   --with-torch  python3-torch, for the comparison benchmarks only
+#   --for-tests   what the tests drive besides moerun: chromium (dashboard browser test),
+#                 prometheus (scrape test), tmux (status --watch in a terminal)
 set -euo pipefail
 
 packages=(
@@ -13,7 +16,16 @@ packages=(
   clang libclang-rt-14-dev clang-format
   fortunes
 )
-if [[ "${1:-}" == "--with-torch" ]]; then packages+=(python3-torch); fi
+for arg in "$@"; do
+  case "$arg" in
+    --with-torch) packages+=(python3-torch) ;;
+    --for-tests) packages+=(chromium prometheus tmux) ;;
+    *) echo "install-deps: unknown option $arg (--with-torch, --for-tests)" >&2; exit 2 ;;
+  esac
+done
+# npm fetches the dashboard's charting library at build time. A Node.js that already brings
+# its own npm (e.g. NodeSource's) is used as it is: Debian's npm would conflict with it.
+if ! command -v npm >/dev/null 2>&1; then packages+=(npm); fi
 
 missing=()
 for p in "${packages[@]}"; do

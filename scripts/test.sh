@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # All tests: install, build with warnings as errors, check formatting, fuzz the spec loader
 # for MOERUN_FUZZ_SECONDS (default 60; 0 skips it) and the message decoder for half that,
-# then run CTest (unit, CLI, training, data plane, parallel, fuzz-corpus replays; GPU tests
-# report "Skipped" without a GPU).
+# then run CTest (unit, CLI, training, data plane, parallel, control plane, chaos, the
+# dashboard in chromium, a Prometheus scrape, `status --watch` in tmux, fuzz-corpus replays;
+# GPU tests report "Skipped" without a GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/install-deps.sh --for-tests
 scripts/build.sh -DMOERUN_WERROR=ON
 
 # Formatting is part of the build: .clang-format (Google base) over every C++/CUDA source.

@@ -49,7 +49,7 @@ void OnInterrupt(int) { g_interrupted.store(true); }
 
 struct LocalArgs {
   std::string file, run_dir;
-  int64_t workers = 0, steps = 0;
+  int64_t workers = 0, steps = 0, linger_s = 0;
   bool no_progress = false;
 };
 
@@ -211,8 +211,10 @@ int RunLocal(const LocalArgs& a) {
   std::string http_url;
   std::ifstream(coord_dir + "/http_endpoint") >> http_url;
   if (!http_url.empty()) {
-    std::fprintf(stderr, "moerun local: HTTP API at %s/api/status, Prometheus at %s/metrics\n",
-                 http_url.c_str(), http_url.c_str());
+    std::fprintf(stderr,
+                 "moerun local: dashboard at %s/, HTTP API at %s/api/status, Prometheus at "
+                 "%s/metrics\n",
+                 http_url.c_str(), http_url.c_str(), http_url.c_str());
   }
   std::fprintf(
       stderr, "moerun local: coordinator at %s, %lld worker(s) x %lld slot(s)%s; state in %s\n",
@@ -301,6 +303,16 @@ int RunLocal(const LocalArgs& a) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(kLocalPollMs));
   }
+  if (a.linger_s > 0 && !http_url.empty() && !g_interrupted.load()) {
+    std::fprintf(stderr,
+                 "moerun local: the dashboard stays up at %s/ for %s (Ctrl-C ends it sooner)\n",
+                 http_url.c_str(), DurationText(double(a.linger_s)).c_str());
+    const auto until = SteadyClock::now() + std::chrono::seconds(a.linger_s);
+    while (!g_interrupted.load() && SteadyClock::now() < until) {
+      coord.ReviveIfDead();
+      std::this_thread::sleep_for(std::chrono::milliseconds(kLocalPollMs));
+    }
+  }
   std::signal(SIGINT, old_int);
   std::signal(SIGTERM, old_term);
   shutdown();
@@ -337,6 +349,10 @@ void AddLocalCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--steps", a->steps, "train this many steps instead of train.steps")
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--no-progress", a->no_progress, "no progress line, even on a terminal");
+  cmd->add_option("--linger", a->linger_s,
+                  "keep the coordinator's dashboard and API up this many seconds after the job "
+                  "ends [0]")
+      ->check(CLI::NonNegativeNumber);
   cmd->callback([a, exit_code] { *exit_code = RunLocal(*a); });
 }
 
