@@ -153,7 +153,7 @@ std::string FormatStatus(const nlohmann::json& status, int64_t now_ms, bool colo
     out += t.Render(color);
     if (unhealthy > 0)
       out += std::to_string(unhealthy) +
-             " unhealthy worker(s): LATE missed heartbeats, DEAD "
+             " unhealthy worker(s): LATE silent past half the heartbeat timeout, DEAD "
              "timed out (its jobs restart elsewhere)\n";
   }
   return out;

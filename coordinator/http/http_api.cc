@@ -131,6 +131,19 @@ void HttpApi::Routes() {
   s.Get("/api/status", [answer](const httplib::Request&, httplib::Response& res) {
     answer(res, MessageType::kQuery, "", {{"what", "status"}});
   });
+  // Slices of the status answer, for scripts that want one list.
+  auto slice = [this](httplib::Response& res, const char* key) {
+    auto e = Ask(MessageType::kQuery, "", {{"what", "status"}});
+    if (!e || e->type != MessageType::kReply) {
+      SendJson(res, 503, {{"error", "the coordinator did not answer in time"}});
+      return;
+    }
+    SendJson(res, 200, {{key, e->body.value(key, nlohmann::json::array())}});
+  };
+  s.Get("/api/jobs",
+        [slice](const httplib::Request&, httplib::Response& res) { slice(res, "jobs"); });
+  s.Get("/api/workers",
+        [slice](const httplib::Request&, httplib::Response& res) { slice(res, "workers"); });
   s.Get(R"(/api/jobs/([A-Za-z0-9._-]+))",
         [answer](const httplib::Request& req, httplib::Response& res) {
           answer(res, MessageType::kQuery, req.matches[1], {{"what", "job"}});

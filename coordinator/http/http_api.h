@@ -1,5 +1,6 @@
 // HttpApi: the coordinator's HTTP surface (DESIGN.md §9), on cpp-httplib.
 //   GET  /api/status                      jobs, workers, counters
+//   GET  /api/jobs, /api/workers          {"jobs": [...]}, {"workers": [...]}: the same lists
 //   GET  /api/jobs/<id>                   one job: progress and every rank
 //   GET  /api/jobs/<id>/events            state transitions with time and cause
 //   GET  /api/jobs/<id>/metrics?since=S&limit=N   per-step reports after step S

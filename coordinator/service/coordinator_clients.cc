@@ -201,10 +201,11 @@ nlohmann::json Coordinator::WorkerTable() const {
   nlohmann::json out = nlohmann::json::array();
   for (const auto& w : workers_.All()) {
     const int64_t age = workers_.HeartbeatAgeMs(w.id);
-    // late: missed two heartbeats, still inside its timeout — the first sign of a sick host.
-    const char* health = !w.alive                                                  ? "dead"
-                         : age > kLateHeartbeats * settings_.heartbeat_interval_ms ? "late"
-                                                                                   : "ok";
+    // late: silent past half its timeout (and at least two heartbeats), not yet dead — the
+    // first sign of a sick host, without flapping on one slow heartbeat.
+    const int64_t late_ms = std::max(kLateHeartbeats * settings_.heartbeat_interval_ms,
+                                     settings_.heartbeat_timeout_ms / 2);
+    const char* health = !w.alive ? "dead" : age > late_ms ? "late" : "ok";
     auto a = activity_.find(w.id);
     out.push_back({{"worker", w.id},
                    {"host", w.host},

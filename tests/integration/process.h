@@ -46,6 +46,18 @@ inline Output RunMoerun(const std::string& args) {
   return r;
 }
 
+// Runs `cmd` through the shell; returns its standard output.
+inline std::string ShellOutput(const std::string& cmd) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  pclose(p);
+  return out;
+}
+
 // Starts `MOERUN_BIN args...` in the background with output discarded; returns its pid.
 inline pid_t SpawnMoerun(const std::vector<std::string>& args) {
   std::fflush(stdout);  // or the child would flush the parent's buffered output again

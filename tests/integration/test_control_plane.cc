@@ -378,6 +378,34 @@ TEST_CASE("the HTTP API: reads, token-guarded writes, malformed bodies, Promethe
   CHECK(prom->body.find("moerun_job_state{job=\"" + job + "\",state=\"SUCCEEDED\"} 1") !=
         std::string::npos);
   CHECK(prom->body.find("moerun_worker_up{worker=\"w0\"") != std::string::npos);
+  auto jobs = http.Get("/api/jobs");
+  REQUIRE(jobs);
+  CHECK(json::parse(jobs->body)["jobs"].back()["job_id"] == job);
+  auto workers = http.Get("/api/workers");
+  REQUIRE(workers);
+  CHECK(json::parse(workers->body)["workers"][0]["health"] == "ok");
+
+  // The dashboard: the page, its script and the embedded charting library with its licences.
+  auto page = http.Get("/");
+  REQUIRE(page);
+  CHECK(page->status == 200);
+  CHECK(page->get_header_value("Content-Type").rfind("text/html", 0) == 0);
+  CHECK(page->body.find("/vendor/echarts.min.js") != std::string::npos);
+  CHECK(page->get_header_value("Content-Security-Policy").find("default-src 'self'") !=
+        std::string::npos);
+  auto script = http.Get("/dashboard.js");
+  REQUIRE(script);
+  CHECK(script->body.find("/api/jobs/") != std::string::npos);
+  auto library = http.Get("/vendor/echarts.min.js");
+  REQUIRE(library);
+  CHECK(library->status == 200);
+  auto licences = http.Get("/vendor/LICENSES.txt");
+  REQUIRE(licences);
+  if (library->body.size() > 100000) {  // built with the library (npm or MOERUN_ECHARTS_DIR)
+    CHECK(licences->body.find("Apache License") != std::string::npos);
+    CHECK(licences->body.find("zrender/LICENSE") != std::string::npos);
+  }
+  CHECK(http.Get("/dashboardXjs")->status == 404);  // a dot in a path is a dot
 }
 
 TEST_CASE("moerun local trains to the same checkpoint digest as moerun launch") {

@@ -12,6 +12,7 @@
 using moerun::testing::ChildrenRunning;
 using moerun::testing::FreshTempPath;
 using moerun::testing::ReadAll;
+using moerun::testing::ShellOutput;
 using moerun::testing::SpawnLogged;
 using moerun::testing::Terminate;
 using moerun::testing::WaitFor;
@@ -19,21 +20,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string Shell(const std::string& cmd) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  pclose(p);
-  return out;
-}
-
 // The pane as the user sees it; with_escapes keeps the colours (as tmux re-emits them).
 std::string Pane(const std::string& session, bool with_escapes = false) {
-  return Shell("tmux capture-pane -p " + std::string(with_escapes ? "-e " : "") + "-t " + session +
-               " 2>/dev/null");
+  return ShellOutput("tmux capture-pane -p " + std::string(with_escapes ? "-e " : "") + "-t " +
+                     session + " 2>/dev/null");
 }
 
 // The step shown in the job's row ("123/3000"), or -1.
@@ -55,7 +45,7 @@ std::string LineOf(const std::string& pane, const std::string& worker) {
 }  // namespace
 
 TEST_CASE("moerun status --watch in a terminal: live progress, unhealthy workers highlighted") {
-  if (Shell("command -v tmux").empty()) {
+  if (ShellOutput("command -v tmux").empty()) {
     std::fprintf(stderr, "skipped: tmux not found (apt install tmux)\n");
     std::exit(77);
   }
@@ -82,9 +72,9 @@ TEST_CASE("moerun status --watch in a terminal: live progress, unhealthy workers
   const std::string session = "moerun-watch-" + std::to_string(getpid());
   const std::string watch = "MOERUN_COORDINATOR=" + endpoint.substr(0, endpoint.find('\n')) +
                             " MOERUN_KEYS=" + control + "/keys " + MOERUN_BIN + " status --watch";
-  REQUIRE(
-      Shell("tmux new-session -d -s " + session + " -x 160 -y 40 '" + watch + "' && echo started")
-          .find("started") != std::string::npos);
+  REQUIRE(ShellOutput("tmux new-session -d -s " + session + " -x 160 -y 40 '" + watch +
+                      "' && echo started")
+              .find("started") != std::string::npos);
 
   // The job's row shows a progress bar, and the step moves between refreshes.
   int64_t first = -1, later = -1;
@@ -120,7 +110,7 @@ TEST_CASE("moerun status --watch in a terminal: live progress, unhealthy workers
   CHECK(LineOf(Pane(session, true), "local-0").find("\033[") == std::string::npos);
   kill(frozen, SIGCONT);
 
-  Shell("tmux kill-session -t " + session);
+  ShellOutput("tmux kill-session -t " + session);
   Terminate(local, SIGINT);
   fs::remove_all(dir);
 }

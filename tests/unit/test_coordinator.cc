@@ -392,7 +392,7 @@ TEST_CASE("step reports: every rank's time split, the newest held-out loss, work
   report(1, 12, {{"compute_s", "fast"}});
   CHECK(h.c().counters().invalid == invalid + 1);
   CHECK(h.Job(id).ranks[1].step == 10);
-  // Health: a daemon silent for more than two heartbeat intervals is late, then dead.
+  // Health: a daemon silent past half its timeout is late, then dead.
   h.Beat(
       "a", 2,
       json::array({{{"job", id}, {"generation", 1}, {"rank", 0}, {"pid", 7}, {"running", true}},
@@ -403,7 +403,9 @@ TEST_CASE("step reports: every rank's time split, the newest held-out loss, work
   };
   CHECK(worker()["health"] == "ok");
   CHECK(worker()["trainers"] == 2);
-  h.clock.AdvanceMs(2500);
+  h.clock.AdvanceMs(2500);  // half the 5 s timeout: still ok
+  CHECK(worker()["health"] == "ok");
+  h.clock.AdvanceMs(100);
   CHECK(worker()["health"] == "late");
   h.clock.AdvanceMs(3000);
   h.c().Tick();
