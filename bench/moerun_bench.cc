@@ -9,6 +9,9 @@
 //       A coordinator under N simulated daemons' heartbeats (bench/coordinator_bench.h).
 //   moerun-bench recovery [--trials N] [--faults kill,stop]
 //       Fault -> detected -> next completed step on moerun local (bench/recovery_bench.h).
+//   moerun-bench metrics [--steps S] [--layers L] [--experts E] [--ranks R]
+//       Per-step reports at DeepSeek-V3's shape through the coordinator's store, retention
+//       and Prometheus text (bench/metrics_bench.h).
 //   moerun-bench moe-layer --tokens T --d-model D --experts E --top-k K --expert-hidden H
 //       --shared S [--threads N] [--reps R]
 //       One MoE layer's forward + backward (router, dispatch, experts, combine, shared
@@ -28,6 +31,7 @@
 #include <vector>
 
 #include "bench/coordinator_bench.h"
+#include "bench/metrics_bench.h"
 #include "bench/recovery_bench.h"
 #include "kernels/cpu/gemm.h"
 #include "worker/comm/zmq_communicator.h"
@@ -277,6 +281,14 @@ int main(int argc, char** argv) {
   rv->add_option("--at-step", rb.at_step)->capture_default_str();
   rv->add_option("--faults", rb.faults, "kill, stop")->delimiter(',');
   rv->callback([&] { rc = moerun::bench::RunRecoveryBench(rb); });
+  moerun::bench::MetricsBenchArgs mb;
+  CLI::App* mt = app.add_subcommand(
+      "metrics", "per-step reports at DeepSeek-V3's shape through the coordinator's store");
+  mt->add_option("--steps", mb.steps)->capture_default_str()->check(CLI::PositiveNumber);
+  mt->add_option("--layers", mb.layers)->capture_default_str()->check(CLI::PositiveNumber);
+  mt->add_option("--experts", mb.experts)->capture_default_str()->check(CLI::PositiveNumber);
+  mt->add_option("--ranks", mb.ranks)->capture_default_str()->check(CLI::PositiveNumber);
+  mt->callback([&] { rc = moerun::bench::RunMetricsBench(mb); });
   CLI11_PARSE(app, argc, argv);
   return rc;
 }

@@ -12,6 +12,8 @@ const state = {
   metrics: [],      // its step reports, ascending by step
   lastStep: 0,      // the newest step in `metrics`
   layer: null,      // MoE layer of the heat map
+  load: { layer: null, steps: [], load: [] },  // its newest HEATMAP_STEPS steps
+  ranks: [],        // every rank's newest step split (from the job's detail)
   eventsShown: -1,  // rows in the events table
 };
 const charts = {};
@@ -134,24 +136,21 @@ function drawCharts() {
   charts.split.setOption({ series: [{ id: 'compute_s', data: pick('compute_s') },
                                     { id: 'data_wait_s', data: pick('data_wait_s') },
                                     { id: 'bubble_s', data: pick('bubble_s') }] });
-  const last = m.length ? m[m.length - 1] : null;
-  const ranks = (last && last.ranks) || [];
+  const ranks = state.ranks;
   charts.ranks.setOption({
     xAxis: { data: ranks.map((r) => String(r.rank)) },
     series: [{ data: ranks.map((r) => r.compute_s) }, { data: ranks.map((r) => r.data_wait_s) },
              { data: ranks.map((r) => r.bubble_s) }],
   });
-  drawHeatmap();
 }
 
 function layersOf(reports) {
-  for (let i = reports.length - 1; i >= 0; --i) {
-    if (reports[i].expert_load) return Object.keys(reports[i].expert_load).sort((a, b) => a - b);
-  }
-  return [];
+  const last = reports.length ? reports[reports.length - 1] : null;
+  return ((last && last.expert_layers) || []).slice().sort((a, b) => a - b);
 }
 
-function drawHeatmap() {
+// The heat map's layer follows the select; its series is fetched in drawHeatmap's caller.
+function syncLayers() {
   const layers = layersOf(state.metrics);
   const select = $('layer-select');
   if (select.options.length !== layers.length) {
@@ -159,18 +158,38 @@ function drawHeatmap() {
     if (state.layer === null || !layers.includes(state.layer)) state.layer = layers[0] || null;
     if (state.layer !== null) select.value = state.layer;
   }
-  if (state.layer === null) return;
-  const reports = state.metrics.filter((r) => r.expert_load && r.expert_load[state.layer])
-                      .slice(-HEATMAP_STEPS);
-  const experts = reports.length ? reports[reports.length - 1].expert_load[state.layer].length : 0;
+}
+
+// New steps of the shown layer's load (GET /api/jobs/<id>/expert-load), the newest kept.
+async function fetchLoad(id) {
+  if (state.layer === null) return false;
+  const l = state.load;
+  if (l.layer !== state.layer) {
+    state.load = { layer: state.layer, steps: [], load: [] };
+  }
+  const since = state.load.steps.length ? state.load.steps[state.load.steps.length - 1]
+                                        : Math.max(0, state.lastStep - HEATMAP_STEPS);
+  const page = await getJson('/api/jobs/' + id + '/expert-load?layer=' +
+                             encodeURIComponent(state.layer) + '&since=' + since +
+                             '&limit=' + HEATMAP_STEPS);
+  if (page.layer !== state.load.layer || page.steps.length === 0) return false;
+  state.load.steps = state.load.steps.concat(page.steps).slice(-HEATMAP_STEPS);
+  state.load.load = state.load.load.concat(page.load).slice(-HEATMAP_STEPS);
+  return true;
+}
+
+function drawHeatmap() {
+  if (!charts.heatmap) return;
+  const { steps, load } = state.load;
+  const experts = load.length ? load[load.length - 1].length : 0;
   const data = [];
   let max = 1;
-  reports.forEach((r, x) => r.expert_load[state.layer].forEach((n, e) => {
+  load.forEach((counts, x) => counts.forEach((n, e) => {
     data.push([x, e, n]);
     if (n > max) max = n;
   }));
   charts.heatmap.setOption({
-    xAxis: { data: reports.map((r) => String(r.step)) },
+    xAxis: { data: steps.map(String) },
     yAxis: { data: Array.from({ length: experts }, (_, e) => String(e)) },
     visualMap: { max },
     series: [{ id: 'load', data }],
@@ -255,6 +274,8 @@ function showJob(id) {
   state.metrics = [];
   state.lastStep = 0;
   state.layer = null;
+  state.load = { layer: null, steps: [], load: [] };
+  state.ranks = [];
   state.eventsShown = -1;
   $('layer-select').replaceChildren();
   history.replaceState(null, '', '#job=' + encodeURIComponent(id));
@@ -281,7 +302,9 @@ async function poll() {
       if (job.step < state.lastStep) {
         state.metrics = state.metrics.filter((r) => r.step <= job.step);
         state.lastStep = state.metrics.length ? state.metrics[state.metrics.length - 1].step : 0;
+        state.load = { layer: null, steps: [], load: [] };
       }
+      state.ranks = job.ranks || [];
       drawJob(job);
       let grew = false;
       for (;;) {
@@ -294,6 +317,8 @@ async function poll() {
         if (page.metrics.length < 5000) break;
       }
       if (grew) drawCharts();
+      syncLayers();
+      if (await fetchLoad(id)) drawHeatmap();
       drawEvents((await getJson('/api/jobs/' + id + '/events')).events);
     }
     conn.textContent = 'live';
@@ -308,10 +333,10 @@ async function poll() {
 $('job-select').addEventListener('change', (ev) => {
   showJob(ev.target.value);
   drawCharts();
+  drawHeatmap();
 });
 $('layer-select').addEventListener('change', (ev) => {
-  state.layer = ev.target.value;
-  drawHeatmap();
+  state.layer = ev.target.value;  // the next poll fetches its series
 });
 makeCharts();
 poll();

@@ -165,6 +165,22 @@ void HttpApi::Routes() {
           answer(res, MessageType::kQuery, req.matches[1],
                  {{"what", "metrics"}, {"since_step", since}, {"limit", limit}});
         });
+  s.Get(R"(/api/jobs/([A-Za-z0-9._-]+)/expert-load)",
+        [answer](const httplib::Request& req, httplib::Response& res) {
+          int64_t since = 0, limit = 10000;
+          try {
+            if (req.has_param("since")) since = std::stoll(req.get_param_value("since"));
+            if (req.has_param("limit")) limit = std::stoll(req.get_param_value("limit"));
+          } catch (const std::exception&) {
+            SendJson(res, 400, {{"error", "since and limit are integers"}});
+            return;
+          }
+          answer(res, MessageType::kQuery, req.matches[1],
+                 {{"what", "expert_load"},
+                  {"layer", req.get_param_value("layer")},
+                  {"since_step", since},
+                  {"limit", limit}});
+        });
   s.Post("/api/jobs", [answer, authorized](const httplib::Request& req, httplib::Response& res) {
     if (!authorized(req, res)) return;
     auto body = nlohmann::json::parse(req.body, nullptr, false);
@@ -189,11 +205,9 @@ void HttpApi::Routes() {
     for (const auto& j : status->body.value("jobs", nlohmann::json::array())) {
       const std::string phase = j.value("phase", "");
       if (phase != "RUNNING") continue;
-      const int64_t step = j.value("step", int64_t(0));
-      auto m = Ask(MessageType::kQuery, j.value("job_id", ""),
-                   {{"what", "metrics"}, {"since_step", step - 1}, {"limit", 1}});
-      if (m && m->type == MessageType::kReply && !m->body["metrics"].empty())
-        last[j.value("job_id", "")] = m->body["metrics"][0];
+      auto m = Ask(MessageType::kQuery, j.value("job_id", ""), {{"what", "live"}});
+      if (m && m->type == MessageType::kReply && m->body.contains("step"))
+        last[j.value("job_id", "")] = m->body;
     }
     res.set_content(PrometheusText(status->body, last), "text/plain; version=0.0.4");
   });

@@ -3,7 +3,9 @@
 //   GET  /api/jobs, /api/workers          {"jobs": [...]}, {"workers": [...]}: the same lists
 //   GET  /api/jobs/<id>                   one job: progress and every rank
 //   GET  /api/jobs/<id>/events            state transitions with time and cause
-//   GET  /api/jobs/<id>/metrics?since=S&limit=N   per-step reports after step S
+//   GET  /api/jobs/<id>/metrics?since=S&limit=N   per-step reports (scalars) after step S
+//   GET  /api/jobs/<id>/expert-load?layer=L&since=S&limit=N   one MoE layer's tokens per
+//                                         expert per step; without layer, the layers
 //   POST /api/jobs                        submit {"spec_yaml", "run_dir"?, "steps"?, "resume"?}
 //   POST /api/jobs/<id>/cancel
 //   GET  /metrics                         Prometheus text exposition

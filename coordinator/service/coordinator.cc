@@ -78,6 +78,8 @@ Status Coordinator::Load() {
     // Step reports are stored as metrics, not in the run record: the newest is the progress.
     auto last = store_->LastMetric(id);
     if (last.ok()) job.progress = std::move(last.value());
+    for (const auto& l : job.progress.value("expert_layers", nlohmann::json::array()))
+      if (l.is_string()) job.expert_layers.push_back(l.get<std::string>());
     job.last_progress_ms = now;
     jobs_.emplace(id, std::move(job));
   }

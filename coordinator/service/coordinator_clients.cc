@@ -268,9 +268,50 @@ void Coordinator::Query(const std::string& peer, const Envelope& e) {
       return;
     }
     Reply(peer, {{"job_id", e.job_id}, {"metrics", m.value()}});
+  } else if (what == "expert_load") {
+    // One layer's tokens per expert over steps (the heat map); without a layer, the layers.
+    const std::string layer = e.body.value("layer", std::string());
+    nlohmann::json reply = {{"job_id", e.job_id}, {"layers", job.expert_layers}};
+    if (!layer.empty()) {
+      if (std::find(job.expert_layers.begin(), job.expert_layers.end(), layer) ==
+          job.expert_layers.end()) {
+        ReplyError(peer, "job " + e.job_id + " has no MoE layer '" + layer +
+                             "' (its layers: " + nlohmann::json(job.expert_layers).dump() + ")");
+        return;
+      }
+      const size_t limit =
+          std::min<size_t>(kMaxMetricsPerQuery, e.body.value("limit", kMaxMetricsPerQuery));
+      auto series =
+          store_->ExpertLoad(e.job_id, layer, e.body.value("since_step", int64_t(0)), limit);
+      if (!series.ok()) {
+        ReplyError(peer, series.status().message());
+        return;
+      }
+      reply["layer"] = layer;
+      reply["steps"] = series->steps;
+      reply["load"] = series->load;
+    }
+    Reply(peer, reply);
+  } else if (what == "live") {
+    // The newest step in full, for the Prometheus exposition: scalars, the load of every
+    // layer, every rank's split.
+    nlohmann::json live = job.progress;
+    live["expert_load"] = job.expert_load;
+    nlohmann::json ranks = nlohmann::json::array();
+    for (size_t r = 0; r < job.ranks.size(); ++r) {
+      const RankRun& x = job.ranks[r];
+      ranks.push_back({{"rank", r},
+                       {"step", x.step},
+                       {"compute_s", x.compute_s},
+                       {"data_wait_s", x.data_wait_s},
+                       {"bubble_s", x.bubble_s}});
+    }
+    live["ranks"] = std::move(ranks);
+    Reply(peer, live);
   } else {
     ++counters_.invalid;
-    ReplyError(peer, "unknown query '" + what + "' (status, job, events, metrics, log)");
+    ReplyError(peer, "unknown query '" + what +
+                         "' (status, job, events, metrics, expert_load, live, log)");
   }
 }
 

@@ -152,6 +152,10 @@ void Coordinator::OnStepReport(JobRun& job, int rank, const nlohmann::json& body
   // Read before anything changes: a field of the wrong type drops the whole report.
   const double compute = body.value("compute_s", 0.0), data_wait = body.value("data_wait_s", 0.0),
                bubble = body.value("bubble_s", 0.0);
+  std::map<std::string, std::vector<int64_t>> load;
+  if (rank == 0 && body.contains("expert_load")) {
+    load = body.at("expert_load").get<std::map<std::string, std::vector<int64_t>>>();
+  }
   RankRun& rr = job.ranks[size_t(rank)];
   rr.step = step;
   rr.compute_s = compute;
@@ -163,20 +167,15 @@ void Coordinator::OnStepReport(JobRun& job, int rank, const nlohmann::json& body
     job.first_step_ms = now;
     job.first_step = step;
   }
+  // The scalars are the stored report; the load goes per layer beside it (coordinator_store.h).
   job.progress = body;
+  job.progress.erase("expert_load");
   job.progress["time_ms"] = now;
-  // Every rank's newest split (a rank may still be on the previous step): which rank waits.
-  nlohmann::json ranks = nlohmann::json::array();
-  for (size_t r = 0; r < job.ranks.size(); ++r) {
-    const RankRun& x = job.ranks[r];
-    ranks.push_back({{"rank", r},
-                     {"step", x.step},
-                     {"compute_s", x.compute_s},
-                     {"data_wait_s", x.data_wait_s},
-                     {"bubble_s", x.bubble_s}});
-  }
-  job.progress["ranks"] = std::move(ranks);
-  Status s = store_->PutMetric(job.state.job_id(), step, job.progress);
+  job.expert_layers.clear();
+  for (const auto& [layer, counts] : load) job.expert_layers.push_back(layer);
+  job.progress["expert_layers"] = job.expert_layers;
+  job.expert_load = std::move(load);
+  Status s = store_->PutMetric(job.state.job_id(), step, job.progress, job.expert_load);
   if (!s.ok())
     spdlog::error("job {}: cannot store step {}: {}", job.state.job_id(), step, s.message());
   if (body.contains("val_loss") && body["val_loss"].is_number()) {
@@ -184,7 +183,7 @@ void Coordinator::OnStepReport(JobRun& job, int rank, const nlohmann::json& body
     Persist(job, false);
   }
   if (step % kMetricThinEverySteps == 0) {
-    auto thinned = store_->ThinMetrics(job.state.job_id(), step);
+    auto thinned = store_->ThinMetrics(job.state.job_id(), step, job.expert_layers);
     if (!thinned.ok())
       spdlog::error("job {}: cannot thin old step reports: {}", job.state.job_id(),
                     thinned.status().message());

@@ -62,6 +62,10 @@ struct JobRun {
   // Rank 0's latest step report. Durable as the newest metric/<id>/<step> record, which a
   // restarted coordinator reads back; the run record's copy is only as new as its last write.
   nlohmann::json progress = nlohmann::json::object();
+  // Rank 0's newest tokens per expert, by MoE layer (volatile; stored per step beside the
+  // report), and the layers' names (also in every stored report, "expert_layers").
+  std::map<std::string, std::vector<int64_t>> expert_load;
+  std::vector<std::string> expert_layers;
   // The newest held-out evaluation {"step", "val_loss"}: most step reports carry none.
   nlohmann::json held_out = nlohmann::json::object();
   int64_t first_step_ms = 0;  // wall time of the first step report of this generation

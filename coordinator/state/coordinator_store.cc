@@ -160,8 +160,42 @@ Result<int64_t> CoordinatorStore::NextJobSequence() {
 }
 
 Status CoordinatorStore::PutMetric(const std::string& job_id, int64_t step,
-                                   const nlohmann::json& report) {
-  return Put("metric/" + job_id + "/" + Step12(step), report.dump(), false);
+                                   const nlohmann::json& report,
+                                   const std::map<std::string, std::vector<int64_t>>& expert_load) {
+  rocksdb::WriteBatch batch;
+  const std::string key = "metric/" + job_id + "/" + Step12(step);
+  MOERUN_RETURN_IF_ERROR(FromRocks(batch.Put(key, Frame(report.dump())), key));
+  for (const auto& [layer, counts] : expert_load) {
+    const std::string k = "load/" + job_id + "/" + layer + "/" + Step12(step);
+    MOERUN_RETURN_IF_ERROR(FromRocks(batch.Put(k, Frame(nlohmann::json(counts).dump())), k));
+  }
+  return FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "coordinator state " + key);
+}
+
+Result<CoordinatorStore::LoadSeries> CoordinatorStore::ExpertLoad(const std::string& job_id,
+                                                                  const std::string& layer,
+                                                                  int64_t since_step,
+                                                                  size_t limit) const {
+  LoadSeries out;
+  const std::string prefix = "load/" + job_id + "/" + layer + "/";
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(prefix + Step12(since_step + 1));
+       it->Valid() && it->key().starts_with(prefix) && out.steps.size() < limit; it->Next()) {
+    const std::string key = it->key().ToString();
+    auto payload = Unframe(key, it->value().ToString());
+    if (!payload.ok()) return payload.status();
+    auto j = ParseJson(key, payload.value());
+    if (!j.ok()) return j.status();
+    try {
+      out.load.push_back(j.value().get<std::vector<int64_t>>());
+      out.steps.push_back(std::stoll(key.substr(prefix.size())));
+    } catch (const std::exception& e) {
+      return Status::Corruption("coordinator state " + key + ": not a step's expert load (" +
+                                e.what() + ")");
+    }
+  }
+  MOERUN_RETURN_IF_ERROR(FromRocks(it->status(), "coordinator state scan " + prefix));
+  return out;
 }
 
 Result<nlohmann::json> CoordinatorStore::LastMetric(const std::string& job_id) const {
@@ -177,7 +211,8 @@ Result<nlohmann::json> CoordinatorStore::LastMetric(const std::string& job_id) c
   return ParseJson(key, payload.value());
 }
 
-Result<int64_t> CoordinatorStore::ThinMetrics(const std::string& job_id, int64_t newest) {
+Result<int64_t> CoordinatorStore::ThinMetrics(const std::string& job_id, int64_t newest,
+                                              const std::vector<std::string>& layers) {
   const std::string prefix = "metric/" + job_id + "/";
   rocksdb::WriteBatch batch;
   int64_t dropped = 0;
@@ -192,7 +227,11 @@ Result<int64_t> CoordinatorStore::ThinMetrics(const std::string& job_id, int64_t
                                 " has no step number");
     }
     if (step >= newest || KeepMetricStep(step, newest)) continue;
-    batch.Delete(it->key());
+    MOERUN_RETURN_IF_ERROR(FromRocks(batch.Delete(it->key()), "thinning " + prefix));
+    for (const auto& layer : layers) {
+      MOERUN_RETURN_IF_ERROR(FromRocks(
+          batch.Delete("load/" + job_id + "/" + layer + "/" + Step12(step)), "thinning " + prefix));
+    }
     ++dropped;
   }
   MOERUN_RETURN_IF_ERROR(FromRocks(it->status(), "coordinator state scan " + prefix));

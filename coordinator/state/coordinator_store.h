@@ -2,7 +2,9 @@
 // a coordinator killed with SIGKILL reloads every job on restart.
 //   job/<id>                   JobState (phase, generation, restarts, events)
 //   spec/<id>                  the job's YAML, as submitted
-//   metric/<id>/<step:12>      one step report (older ones thinned: metric_retention.h)
+//   metric/<id>/<step:12>      one step report's scalars (older ones thinned: metric_retention.h)
+//   load/<id>/<layer>/<step:12>  tokens per expert of one MoE layer at that step (thinned alike),
+//                              apart so reading curves never parses the load of every layer
 //   manifest/<id>/<step:12>    a committed checkpoint manifest: present means committed
 //   run/<id>                   a job's run: placement, rendezvous table, rank exits, progress
 //   worker/<id>                a daemon's registration (host, devices, backend)
@@ -14,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -49,12 +52,23 @@ class CoordinatorStore {
   // 1, 2, 3, ...: durable, so a restarted coordinator never reuses a job id.
   Result<int64_t> NextJobSequence();
 
-  Status PutMetric(const std::string& job_id, int64_t step, const nlohmann::json& report);
+  // One step: the report's scalars, and per MoE layer (its name) the tokens of each expert.
+  Status PutMetric(const std::string& job_id, int64_t step, const nlohmann::json& report,
+                   const std::map<std::string, std::vector<int64_t>>& expert_load = {});
   // The report of the highest step stored (NotFound when there is none).
   Result<nlohmann::json> LastMetric(const std::string& job_id) const;
   // Deletes the reports KeepMetricStep() no longer keeps once `newest` is stored; returns
   // how many went. Reads keys only, so it costs one key scan of the job's reports.
-  Result<int64_t> ThinMetrics(const std::string& job_id, int64_t newest);
+  // `layers`: the job's MoE layers, whose load records go with the step's report.
+  Result<int64_t> ThinMetrics(const std::string& job_id, int64_t newest,
+                              const std::vector<std::string>& layers = {});
+  // One layer's load at steps > since_step, ascending, at most `limit` steps.
+  struct LoadSeries {
+    std::vector<int64_t> steps;
+    std::vector<std::vector<int64_t>> load;  // load[i][e]: tokens of expert e at steps[i]
+  };
+  Result<LoadSeries> ExpertLoad(const std::string& job_id, const std::string& layer,
+                                int64_t since_step, size_t limit) const;
   // Reports with step > since_step, ascending, at most `limit`.
   Result<std::vector<nlohmann::json>> Metrics(const std::string& job_id, int64_t since_step,
                                               size_t limit) const;

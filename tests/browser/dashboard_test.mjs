@@ -1,6 +1,7 @@
 // End-to-end test of the dashboard: a live `moerun local` job (a real coordinator, worker
 // daemons and trainer processes), Debian's chromium driven by playwright-core.
-//   1. the loss, held-out and heat-map series the page draws equal the job's stored reports;
+//   1. the loss, held-out and heat-map series the page draws equal what the trainer itself
+//      wrote to the run's metrics.jsonl (rank 0's line per step), and the API's answers;
 //   2. a trainer killed with SIGKILL shows up in the page's event timeline, and the page
 //      follows the job through its restart to SUCCEEDED;
 //   3. a full-page screenshot is saved (--out).
@@ -101,7 +102,8 @@ async function main() {
 
     // 1. What the page draws is what the coordinator stored.
     await page.waitForFunction(() => window.moerun.state.metrics.length >= 20 &&
-                                     window.moerun.state.metrics.some((r) => 'val_loss' in r),
+                                     window.moerun.state.metrics.some((r) => 'val_loss' in r) &&
+                                     window.moerun.state.load.steps.length >= 20,
                                null, { timeout: 90_000 });
     const drawn = await page.evaluate(() => {
       const c = window.moerun.charts;
@@ -118,15 +120,21 @@ async function main() {
       };
     });
     check(drawn.jobId === jobId, 'the page shows job ' + drawn.jobId + ', not ' + jobId);
+    // The trainer's own record, independent of the coordinator (complete lines only).
+    const lines = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').split('\n');
+    const written = lines.slice(0, -1).map((l) => JSON.parse(l));
+    const byStep = new Map(written.map((r) => [r.step, r]));
     const stored = (await api('/api/jobs/' + jobId + '/metrics?since=0&limit=10000')).metrics;
-    const byStep = new Map(stored.map((r) => [r.step, r]));
+    for (const r of stored.filter((x) => byStep.has(x.step))) {
+      check(r.loss === byStep.get(r.step).loss, 'the API and metrics.jsonl disagree at ' + r.step);
+    }
     check(drawn.train.length >= 20, 'only ' + drawn.train.length + ' loss points drawn');
     for (const [step, loss] of drawn.train) {
       check(byStep.has(step), 'the loss curve has step ' + step + ', which was never reported');
       check(byStep.get(step).loss === loss,
             'step ' + step + ': drawn loss ' + loss + ', reported ' + byStep.get(step).loss);
     }
-    const evals = stored.filter((r) => 'val_loss' in r && r.step <= drawn.train.at(-1)[0]);
+    const evals = written.filter((r) => 'val_loss' in r && r.step <= drawn.train.at(-1)[0]);
     check(drawn.heldOut.length === evals.length && drawn.heldOut.length > 0,
           'held-out points: drawn ' + drawn.heldOut.length + ', reported ' + evals.length);
     evals.forEach((r, i) => check(drawn.heldOut[i][0] === r.step &&
@@ -140,10 +148,15 @@ async function main() {
             'heat map cell step ' + drawn.heatSteps[x] + ' expert ' + expert + ' is ' + tokens);
       ++cells;
     }
-    const experts = stored[0].expert_load[drawn.layer].length;
+    const experts = written[0].expert_load[drawn.layer].length;
     check(drawn.heatExperts === experts, 'heat map rows ' + drawn.heatExperts + ' != ' + experts);
     check(cells === drawn.heatSteps.length * experts, 'heat map has ' + cells + ' cells');
     check(drawn.heat.some((c) => c[2] > 0), 'every heat map cell is zero');
+    const series = await api('/api/jobs/' + jobId + '/expert-load?layer=' + drawn.layer +
+                             '&since=' + (Number(drawn.heatSteps[0]) - 1) + '&limit=5');
+    series.steps.forEach((step, i) => check(
+        JSON.stringify(series.load[i]) === JSON.stringify(byStep.get(step).expert_load[drawn.layer]),
+        'the expert-load API and metrics.jsonl disagree at step ' + step));
     log('curves match', drawn.train.length, 'reports,', drawn.heldOut.length,
         'held-out points; heat map layer', drawn.layer, cells, 'cells match');
 

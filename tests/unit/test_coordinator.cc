@@ -370,13 +370,32 @@ TEST_CASE("step reports: every rank's time split, the newest held-out loss, work
     h.c().Handle(Harness::Trainer(id, 1, rank), {MessageType::kStepReport, 1, id, "t", body});
   };
   report(1, 10, json::object());
-  report(0, 10, {{"val_loss", 2.75}});
-  report(0, 11, json::object());
-  // The stored report of step 11 carries both ranks' newest split.
+  report(0, 10, {{"val_loss", 2.75}, {"expert_load", {{"1", {1, 2}}, {"2", {5, 6}}}}});
+  report(0, 11, {{"expert_load", {{"1", {3, 4}}, {"2", {7, 8}}}}});
+  // Stored: the scalars per step, the expert load per layer beside them.
   h.c().Handle("cli:2", {MessageType::kQuery, 0, id, "cli", {{"what", "metrics"}}});
   const json metrics = h.Last("cli:2").e.body["metrics"];
   REQUIRE(metrics.size() == 2);
-  const json ranks = metrics[1]["ranks"];
+  CHECK(metrics[0]["loss"] == 3.0);
+  CHECK_FALSE(metrics[0].contains("expert_load"));
+  CHECK(metrics[0]["expert_layers"] == json::array({"1", "2"}));
+  h.c().Handle("cli:2", {MessageType::kQuery,
+                         0,
+                         id,
+                         "cli",
+                         {{"what", "expert_load"}, {"layer", "2"}, {"since_step", 0}}});
+  const json load = h.Last("cli:2").e.body;
+  CHECK(load["steps"] == json::array({10, 11}));
+  CHECK(load["load"][0] == json::array({5, 6}));
+  CHECK(load["load"][1] == json::array({7, 8}));
+  h.c().Handle("cli:2",
+               {MessageType::kQuery, 0, id, "cli", {{"what", "expert_load"}, {"layer", "9"}}});
+  CHECK(h.Last("cli:2").e.type == MessageType::kError);  // no such layer: named in the error
+  // Live: the newest step in full, with both ranks' newest split (rank 1 is a step behind).
+  h.c().Handle("cli:2", {MessageType::kQuery, 0, id, "cli", {{"what", "live"}}});
+  const json live = h.Last("cli:2").e.body;
+  CHECK(live["expert_load"]["2"] == json::array({7, 8}));
+  const json ranks = live["ranks"];
   REQUIRE(ranks.size() == 2);
   CHECK(ranks[1]["compute_s"] == 1.5);
   CHECK(ranks[1]["step"] == 10);

@@ -57,12 +57,15 @@ TEST_CASE("thinning the store drops exactly what retention no longer keeps") {
   REQUIRE(s.ok());
   const int64_t last = 5000;
   int64_t dropped = 0;
+  const std::vector<std::string> layers = {"1", "2"};
   for (int64_t step = 1; step <= last; ++step) {
-    REQUIRE(s.value()->PutMetric("j", step, {{"step", step}}).ok());
+    REQUIRE(s.value()
+                ->PutMetric("j", step, {{"step", step}}, {{"1", {step, 1}}, {"2", {2, step}}})
+                .ok());
     if (step % moerun::coordinator::kMetricThinEverySteps == 0)
-      dropped += s.value()->ThinMetrics("j", step).value();
+      dropped += s.value()->ThinMetrics("j", step, layers).value();
   }
-  dropped += s.value()->ThinMetrics("j", last).value();
+  dropped += s.value()->ThinMetrics("j", last, layers).value();
   auto all = s.value()->Metrics("j", 0, 100000);
   REQUIRE(all.ok());
   std::vector<int64_t> expected, stored;
@@ -71,6 +74,16 @@ TEST_CASE("thinning the store drops exactly what retention no longer keeps") {
   for (const auto& m : all.value()) stored.push_back(m["step"].get<int64_t>());
   CHECK(stored == expected);
   CHECK(dropped == last - int64_t(expected.size()));
+  // Each layer's load went with its step's report.
+  for (const auto& layer : layers) {
+    auto load = s.value()->ExpertLoad("j", layer, 0, 100000);
+    REQUIRE(load.ok());
+    CHECK(load->steps == expected);
+  }
+  auto tail = s.value()->ExpertLoad("j", "2", last - 3, 2);
+  REQUIRE(tail.ok());
+  CHECK(tail->steps == std::vector<int64_t>{last - 2, last - 1});
+  CHECK(tail->load[1] == std::vector<int64_t>{2, last - 1});
   CHECK(s.value()->LastMetric("j").value()["step"] == last);
   // Another job's reports are untouched.
   REQUIRE(s.value()->PutMetric("k", 3, {{"step", 3}}).ok());
