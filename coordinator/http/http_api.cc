@@ -152,34 +152,33 @@ void HttpApi::Routes() {
         [answer](const httplib::Request& req, httplib::Response& res) {
           answer(res, MessageType::kQuery, req.matches[1], {{"what", "events"}});
         });
+  // ?since=S&limit=N as the query's since_step and limit; false (after a 400) when malformed.
+  auto range = [](const httplib::Request& req, httplib::Response& res, nlohmann::json* query) {
+    int64_t since = 0, limit = 10000;
+    try {
+      if (req.has_param("since")) since = std::stoll(req.get_param_value("since"));
+      if (req.has_param("limit")) limit = std::stoll(req.get_param_value("limit"));
+    } catch (const std::exception&) {
+      SendJson(res, 400, {{"error", "since and limit are integers"}});
+      return false;
+    }
+    if (limit < 0) {
+      SendJson(res, 400, {{"error", "limit is at least 0"}});
+      return false;
+    }
+    (*query)["since_step"] = since;
+    (*query)["limit"] = limit;
+    return true;
+  };
   s.Get(R"(/api/jobs/([A-Za-z0-9._-]+)/metrics)",
-        [answer](const httplib::Request& req, httplib::Response& res) {
-          int64_t since = 0, limit = 10000;
-          try {
-            if (req.has_param("since")) since = std::stoll(req.get_param_value("since"));
-            if (req.has_param("limit")) limit = std::stoll(req.get_param_value("limit"));
-          } catch (const std::exception&) {
-            SendJson(res, 400, {{"error", "since and limit are integers"}});
-            return;
-          }
-          answer(res, MessageType::kQuery, req.matches[1],
-                 {{"what", "metrics"}, {"since_step", since}, {"limit", limit}});
+        [answer, range](const httplib::Request& req, httplib::Response& res) {
+          nlohmann::json query = {{"what", "metrics"}};
+          if (range(req, res, &query)) answer(res, MessageType::kQuery, req.matches[1], query);
         });
   s.Get(R"(/api/jobs/([A-Za-z0-9._-]+)/expert-load)",
-        [answer](const httplib::Request& req, httplib::Response& res) {
-          int64_t since = 0, limit = 10000;
-          try {
-            if (req.has_param("since")) since = std::stoll(req.get_param_value("since"));
-            if (req.has_param("limit")) limit = std::stoll(req.get_param_value("limit"));
-          } catch (const std::exception&) {
-            SendJson(res, 400, {{"error", "since and limit are integers"}});
-            return;
-          }
-          answer(res, MessageType::kQuery, req.matches[1],
-                 {{"what", "expert_load"},
-                  {"layer", req.get_param_value("layer")},
-                  {"since_step", since},
-                  {"limit", limit}});
+        [answer, range](const httplib::Request& req, httplib::Response& res) {
+          nlohmann::json query = {{"what", "expert_load"}, {"layer", req.get_param_value("layer")}};
+          if (range(req, res, &query)) answer(res, MessageType::kQuery, req.matches[1], query);
         });
   s.Post("/api/jobs", [answer, authorized](const httplib::Request& req, httplib::Response& res) {
     if (!authorized(req, res)) return;

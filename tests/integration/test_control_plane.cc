@@ -368,6 +368,19 @@ TEST_CASE("the HTTP API: reads, token-guarded writes, malformed bodies, Promethe
   REQUIRE(metrics);
   CHECK(json::parse(metrics->body)["metrics"].size() == 10);
   CHECK(http.Get("/api/jobs/" + job + "/metrics?since=ten")->status == 400);
+  CHECK(http.Get("/api/jobs/" + job + "/metrics?limit=-1")->status == 400);
+  auto layers = http.Get("/api/jobs/" + job + "/expert-load");
+  REQUIRE(layers);
+  const json layer_list = json::parse(layers->body)["layers"];
+  REQUIRE(!layer_list.empty());
+  auto load = http.Get("/api/jobs/" + job +
+                       "/expert-load?layer=" + layer_list[0].get<std::string>() + "&since=15");
+  REQUIRE(load);
+  CHECK(json::parse(load->body)["steps"] == json::array({16, 17, 18, 19, 20}));
+  auto no_layer = http.Get("/api/jobs/" + job + "/expert-load?layer=99");
+  REQUIRE(no_layer);
+  CHECK(no_layer->status == 400);
+  CHECK(no_layer->body.find("its layers") != std::string::npos);
   auto events = http.Get("/api/jobs/" + job + "/events");
   REQUIRE(events);
   CHECK(json::parse(events->body)["events"].back()["to"] == "SUCCEEDED");
