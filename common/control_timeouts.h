@@ -41,5 +41,8 @@ inline constexpr int64_t kCancelGraceMs = 5000;
 inline constexpr int64_t kFenceGraceMs = 0;
 // The daemon's wait for a message before it polls its trainers.
 inline constexpr int kDaemonTickMs = 50;
+// A daemon is shown "late" once silent for max(kLateHeartbeatIntervals x its heartbeat
+// interval, half its heartbeat timeout); "dead" at the timeout itself.
+inline constexpr int64_t kLateHeartbeatIntervals = 2;
 
 }  // namespace moerun

@@ -15,7 +15,6 @@ namespace moerun::coordinator {
 namespace {
 
 constexpr size_t kMaxMetricsPerQuery = 10000;
-constexpr int64_t kLateHeartbeats = 2;  // heartbeat intervals of silence that mark a daemon late
 
 nlohmann::json EventJson(const JobEvent& ev) {
   return {{"time_ms", ev.time_ms}, {"from", ToString(ev.from)},
@@ -203,7 +202,7 @@ nlohmann::json Coordinator::WorkerTable() const {
     const int64_t age = workers_.HeartbeatAgeMs(w.id);
     // late: silent past half its timeout (and at least two heartbeats), not yet dead — the
     // first sign of a sick host, without flapping on one slow heartbeat.
-    const int64_t late_ms = std::max(kLateHeartbeats * settings_.heartbeat_interval_ms,
+    const int64_t late_ms = std::max(kLateHeartbeatIntervals * settings_.heartbeat_interval_ms,
                                      settings_.heartbeat_timeout_ms / 2);
     const char* health = !w.alive ? "dead" : age > late_ms ? "late" : "ok";
     auto a = activity_.find(w.id);
