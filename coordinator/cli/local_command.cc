@@ -320,9 +320,11 @@ int RunLocal(const LocalArgs& a) {
   std::printf("job %s %s in %s: step %lld/%lld", job.c_str(), phase.c_str(),
               DurationText(wall).c_str(), (long long)detail.value("step", int64_t(0)),
               (long long)detail.value("total_steps", int64_t(0)));
-  if (detail.contains("loss")) std::printf(", loss %.4f", detail["loss"].get<double>());
-  if (detail.contains("val_loss")) std::printf(", held-out %.4f", detail["val_loss"].get<double>());
-  if (detail.contains("tokens_per_s"))
+  if (detail.contains("loss") && detail["loss"].is_number())
+    std::printf(", loss %.4f", detail["loss"].get<double>());
+  if (detail.contains("val_loss") && detail["val_loss"].is_number())
+    std::printf(", held-out %.4f", detail["val_loss"].get<double>());
+  if (detail.contains("tokens_per_s") && detail["tokens_per_s"].is_number())
     std::printf(", %.0f tokens/s", detail["tokens_per_s"].get<double>());
   std::printf("; %lld restart(s)\nrun dir %s (metrics.jsonl, checkpoints/, control/)\n",
               (long long)detail.value("restarts", int64_t(0)), run_dir.c_str());

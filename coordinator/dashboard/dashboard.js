@@ -15,6 +15,8 @@ const state = {
   load: { layer: null, steps: [], load: [] },  // its newest HEATMAP_STEPS steps
   ranks: [],        // every rank's newest step split (from the job's detail)
   eventsShown: -1,  // rows in the events table
+  generation: 0,    // the job's generation the series belong to
+  epoch: 0,         // bumped by every switch of job: answers for an older one are dropped
 };
 const charts = {};
 window.moerun = { state, charts };
@@ -161,18 +163,22 @@ function syncLayers() {
 }
 
 // New steps of the shown layer's load (GET /api/jobs/<id>/expert-load), the newest kept.
-async function fetchLoad(id) {
+async function fetchLoad(id, epoch) {
   if (state.layer === null) return false;
-  const l = state.load;
-  if (l.layer !== state.layer) {
+  if (state.load.layer !== state.layer) {
     state.load = { layer: state.layer, steps: [], load: [] };
   }
+  const layer = state.layer;
   const since = state.load.steps.length ? state.load.steps[state.load.steps.length - 1]
                                         : Math.max(0, state.lastStep - HEATMAP_STEPS);
   const page = await getJson('/api/jobs/' + id + '/expert-load?layer=' +
-                             encodeURIComponent(state.layer) + '&since=' + since +
+                             encodeURIComponent(layer) + '&since=' + since +
                              '&limit=' + HEATMAP_STEPS);
-  if (page.layer !== state.load.layer || page.steps.length === 0) return false;
+  // Dropped when the job or the layer changed while the answer was on its way.
+  if (epoch !== state.epoch || layer !== state.layer || state.load.layer !== layer ||
+      page.steps.length === 0) {
+    return false;
+  }
   state.load.steps = state.load.steps.concat(page.steps).slice(-HEATMAP_STEPS);
   state.load.load = state.load.load.concat(page.load).slice(-HEATMAP_STEPS);
   return true;
@@ -270,7 +276,9 @@ function drawJobList(jobs) {
 }
 
 function showJob(id) {
+  state.epoch += 1;
   state.jobId = id;
+  state.generation = 0;
   state.metrics = [];
   state.lastStep = 0;
   state.layer = null;
@@ -296,13 +304,18 @@ async function poll() {
     drawJobList(status.jobs);
     drawWorkers(status.workers);
     if (state.jobId !== null) {
+      const epoch = state.epoch;  // every await below may return to a different job shown
       const id = encodeURIComponent(state.jobId);
       const job = await getJson('/api/jobs/' + id);
-      // A restart resumes from a checkpoint: steps after it are trained (and reported) again.
-      if (job.step < state.lastStep) {
-        state.metrics = state.metrics.filter((r) => r.step <= job.step);
-        state.lastStep = state.metrics.length ? state.metrics[state.metrics.length - 1].step : 0;
+      if (epoch !== state.epoch) throw new Error('switched');
+      // A restart resumes from a checkpoint and the coordinator drops the reports after it:
+      // a new generation reloads the series.
+      if (job.generation !== state.generation) {
+        state.generation = job.generation;
+        state.metrics = [];
+        state.lastStep = 0;
         state.load = { layer: null, steps: [], load: [] };
+        drawHeatmap();
       }
       state.ranks = job.ranks || [];
       drawJob(job);
@@ -310,22 +323,27 @@ async function poll() {
       for (;;) {
         const page = await getJson('/api/jobs/' + id + '/metrics?since=' + state.lastStep +
                                    '&limit=5000');
+        if (epoch !== state.epoch) throw new Error('switched');
         if (page.metrics.length === 0) break;
         state.metrics = thin(state.metrics.concat(page.metrics));
         state.lastStep = page.metrics[page.metrics.length - 1].step;
         grew = true;
         if (page.metrics.length < 5000) break;
       }
-      if (grew) drawCharts();
+      if (grew || state.metrics.length === 0) drawCharts();
       syncLayers();
-      if (await fetchLoad(id)) drawHeatmap();
-      drawEvents((await getJson('/api/jobs/' + id + '/events')).events);
+      if (await fetchLoad(id, epoch)) drawHeatmap();
+      const events = (await getJson('/api/jobs/' + id + '/events')).events;
+      if (epoch !== state.epoch) throw new Error('switched');
+      drawEvents(events);
     }
     conn.textContent = 'live';
     conn.className = 'pill live';
   } catch (err) {
-    conn.textContent = 'offline: ' + err.message;
-    conn.className = 'pill offline';
+    if (err.message !== 'switched') {  // a job switch mid-poll is not an outage
+      conn.textContent = 'offline: ' + err.message;
+      conn.className = 'pill offline';
+    }
   }
   setTimeout(poll, POLL_MS);
 }

@@ -153,6 +153,7 @@ void HttpApi::Routes() {
           answer(res, MessageType::kQuery, req.matches[1], {{"what", "events"}});
         });
   // ?since=S&limit=N as the query's since_step and limit; false (after a 400) when malformed.
+  constexpr int64_t kMaxStep = 1'000'000'000'000;  // steps are stored as 12 digits
   auto range = [](const httplib::Request& req, httplib::Response& res, nlohmann::json* query) {
     int64_t since = 0, limit = 10000;
     try {
@@ -162,8 +163,8 @@ void HttpApi::Routes() {
       SendJson(res, 400, {{"error", "since and limit are integers"}});
       return false;
     }
-    if (limit < 0) {
-      SendJson(res, 400, {{"error", "limit is at least 0"}});
+    if (limit < 0 || since < 0 || since > kMaxStep) {
+      SendJson(res, 400, {{"error", "since is a step (0 to 10^12) and limit at least 0"}});
       return false;
     }
     (*query)["since_step"] = since;

@@ -214,7 +214,7 @@ nlohmann::json Coordinator::WorkerTable() const {
                    {"alive", w.alive},
                    {"health", health},
                    {"heartbeat_age_ms", age},
-                   {"trainers", a == activity_.end() ? 0 : a->second.trainers},
+                   {"trainers", a == activity_.end() || !w.alive ? 0 : a->second.trainers},
                    {"trainer_failures", a == activity_.end() ? 0 : a->second.trainer_failures}});
   }
   return out;

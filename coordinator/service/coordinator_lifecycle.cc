@@ -96,6 +96,16 @@ bool Coordinator::StartGeneration(JobRun& job) {
   job.shards_written.clear();
   auto committed = store_->CommittedSteps(job.state.job_id());
   job.restore_step = committed.ok() && !committed->empty() ? committed->back() : -1;
+  if (job.state.generation() > 1 && job.restore_step >= 0) {
+    // The steps after the checkpoint will be reported again: their old reports go, so curves
+    // show the run that counts, and the progress and held-out loss step back with it.
+    Status d = store_->DeleteMetricsAfter(job.state.job_id(), job.restore_step, job.expert_layers);
+    if (!d.ok()) spdlog::error("job {}: {}", job.state.job_id(), d.message());
+    auto last = store_->LastMetric(job.state.job_id());
+    job.progress = last.ok() ? last.value() : nlohmann::json::object();
+    if (job.held_out.value("step", int64_t(0)) > job.restore_step)
+      job.held_out = nlohmann::json::object();
+  }
   job.started_generation = job.state.generation();
   job.generation_started_ms = now;
   job.first_step_ms = 0;

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cctype>
 #include <set>
 
 #include "common/control_timeouts.h"
@@ -152,9 +153,29 @@ void Coordinator::OnStepReport(JobRun& job, int rank, const nlohmann::json& body
   // Read before anything changes: a field of the wrong type drops the whole report.
   const double compute = body.value("compute_s", 0.0), data_wait = body.value("data_wait_s", 0.0),
                bubble = body.value("bubble_s", 0.0);
+  if (step < 1 || step > job.total_steps()) {
+    ++counters_.invalid;  // would thin or misorder the stored history
+    spdlog::warn("job {}: dropped a step report of rank {} for step {} (the job has {} steps)",
+                 job.state.job_id(), rank, step, job.total_steps());
+    return;
+  }
   std::map<std::string, std::vector<int64_t>> load;
   if (rank == 0 && body.contains("expert_load")) {
     load = body.at("expert_load").get<std::map<std::string, std::vector<int64_t>>>();
+    for (const auto& [layer, counts] : load) {
+      // Layer names become key segments (load/<job>/<layer>/<step>): no '/' or oddities.
+      const bool ok =
+          !layer.empty() && layer.size() <= 16 &&
+          std::all_of(layer.begin(), layer.end(), [](char c) {
+            return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+          });
+      if (!ok) {
+        ++counters_.invalid;
+        spdlog::warn("job {}: dropped step {}: MoE layer name '{}' is not [A-Za-z0-9._-]{{1,16}}",
+                     job.state.job_id(), step, layer);
+        return;
+      }
+    }
   }
   RankRun& rr = job.ranks[size_t(rank)];
   rr.step = step;

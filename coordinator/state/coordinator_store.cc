@@ -172,6 +172,24 @@ Status CoordinatorStore::PutMetric(const std::string& job_id, int64_t step,
   return FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "coordinator state " + key);
 }
 
+Status CoordinatorStore::DeleteMetricsAfter(const std::string& job_id, int64_t step,
+                                            const std::vector<std::string>& layers) {
+  const std::string prefix = "metric/" + job_id + "/";
+  rocksdb::WriteBatch batch;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(prefix + Step12(step + 1)); it->Valid() && it->key().starts_with(prefix);
+       it->Next()) {
+    const std::string digits = it->key().ToString().substr(prefix.size());
+    MOERUN_RETURN_IF_ERROR(FromRocks(batch.Delete(it->key()), "deleting " + prefix));
+    for (const auto& layer : layers) {
+      MOERUN_RETURN_IF_ERROR(FromRocks(batch.Delete("load/" + job_id + "/" + layer + "/" + digits),
+                                       "deleting " + prefix));
+    }
+  }
+  MOERUN_RETURN_IF_ERROR(FromRocks(it->status(), "coordinator state scan " + prefix));
+  return FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "deleting " + prefix);
+}
+
 Result<CoordinatorStore::LoadSeries> CoordinatorStore::ExpertLoad(const std::string& job_id,
                                                                   const std::string& layer,
                                                                   int64_t since_step,

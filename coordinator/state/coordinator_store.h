@@ -62,6 +62,10 @@ class CoordinatorStore {
   // `layers`: the job's MoE layers, whose load records go with the step's report.
   Result<int64_t> ThinMetrics(const std::string& job_id, int64_t newest,
                               const std::vector<std::string>& layers = {});
+  // Deletes the reports (and their layers' load) of steps after `step`: a restart resumes
+  // from a checkpoint, and the steps after it will be trained and reported again.
+  Status DeleteMetricsAfter(const std::string& job_id, int64_t step,
+                            const std::vector<std::string>& layers);
   // One layer's load at steps > since_step, ascending, at most `limit` steps.
   struct LoadSeries {
     std::vector<int64_t> steps;

@@ -20,7 +20,8 @@ inline bool KeepMetricStep(int64_t step, int64_t newest,
   const int64_t age = newest - step;
   if (age < full_resolution) return true;
   int64_t stride = 2;
-  for (int64_t band = full_resolution * 2; age >= band && stride < (int64_t(1) << 61); band *= 2) {
+  // band stops at 2^62: no overflow for any age.
+  for (int64_t band = full_resolution * 2; age >= band && band <= (int64_t(1) << 61); band *= 2) {
     stride *= 2;
   }
   return step % stride == 0;

@@ -164,6 +164,8 @@ async function main() {
     const detail = await api('/api/jobs/' + jobId);
     const victim = detail.ranks.find((r) => r.rank === 1);
     check(victim && victim.pid > 0, 'no pid for rank 1: ' + JSON.stringify(detail.ranks));
+    check(detail.phase === 'RUNNING',
+          'the job is ' + detail.phase + ' before the kill: give it more --steps');
     process.kill(victim.pid, 'SIGKILL');
     log('killed rank 1 (pid', victim.pid + ') at step', detail.step);
     await page.waitForFunction(() => Array.from(document.querySelectorAll('#events tr.failure'))

@@ -51,11 +51,14 @@ TEST_CASE("moerun status --watch in a terminal: live progress, unhealthy workers
   }
   const std::string dir = FreshTempPath("watch", "tmux", true);
   const std::string log = dir + "/local.log";
-  const pid_t local =
-      SpawnLogged(MOERUN_BIN,
-                  {"local", std::string(MOERUN_SOURCE_DIR) + "/tests/configs/train-fast.yaml",
-                   "--run-dir", dir + "/run", "--steps", "3000", "--no-progress"},
-                  log);
+  // train-fast with a 10 s heartbeat timeout: LATE (past half of it) shows for 5 s, long
+  // enough for a 1 s refresh on a loaded machine to catch.
+  const std::string spec = dir + "/watch.yaml";
+  std::ofstream(spec) << ReadAll(std::string(MOERUN_SOURCE_DIR) + "/tests/configs/train-fast.yaml")
+                      << "fault_tolerance:\n  heartbeat_timeout_ms: 10000\n";
+  const pid_t local = SpawnLogged(
+      MOERUN_BIN, {"local", spec, "--run-dir", dir + "/run", "--steps", "3000", "--no-progress"},
+      log);
   std::string job;
   REQUIRE(WaitFor(
       [&] {
@@ -96,14 +99,14 @@ TEST_CASE("moerun status --watch in a terminal: live progress, unhealthy workers
         line = LineOf(Pane(session, true), "local-1");
         return line.find("LATE") != std::string::npos;
       },
-      15));
+      20));
   CHECK(line.find("33m") != std::string::npos);  // yellow
   CHECK(WaitFor(
       [&] {
         line = LineOf(Pane(session, true), "local-1");
         return line.find("DEAD") != std::string::npos;
       },
-      15));
+      20));
   CHECK(line.find("31m") != std::string::npos);  // red
   CHECK(Pane(session).find("unhealthy worker(s)") != std::string::npos);
   // The healthy daemon's line is plain.

@@ -55,9 +55,13 @@ class Harness {
                                      {"trainers", trainers}}});
   }
   json Submit(const std::string& name) {
-    c().Handle(
-        "cli:1",
-        {MessageType::kSubmitJob, 0, "", "cli", {{"spec_yaml", testing::WorldTwoSpecText(name)}}});
+    // 400 steps: room for the step numbers these tests report (the coordinator drops reports
+    // past a job's last step).
+    std::string spec = testing::WorldTwoSpecText(name);
+    const size_t at = spec.find("steps: 40\n");
+    REQUIRE(at != std::string::npos);
+    spec.replace(at, 10, "steps: 400\n");
+    c().Handle("cli:1", {MessageType::kSubmitJob, 0, "", "cli", {{"spec_yaml", spec}}});
     return Last("cli:1").e.body;
   }
   void Rendezvous(const std::string& job, uint64_t gen, int rank) {
@@ -255,6 +259,9 @@ TEST_CASE("bodies of the wrong shape are counted and answered, never fatal") {
   CHECK(h.c().jobs().empty());
 }
 
+}  // namespace
+}  // namespace moerun::coordinator
+
 namespace moerun::coordinator {
 namespace {
 
@@ -302,6 +309,10 @@ TEST_CASE("a checkpoint step commits only when every shard is in; restarts resto
   CHECK(h.Job(id).state.events().back().cause.find("7 steps to redo") != std::string::npos);
   Wait(1000);
   CHECK(h.Last("worker:a", MessageType::kStartTrainers).e.body["restore_step"] == 40);
+  // Step 47 will be trained again: its report is gone, and the progress stepped back.
+  CHECK(h.Job(id).progress.value("step", int64_t(0)) <= 40);
+  h.c().Handle("cli:2", {MessageType::kQuery, 0, id, "cli", {{"what", "metrics"}}});
+  CHECK(h.Last("cli:2").e.body["metrics"].empty());
   // Generation 2 cannot read step 40: it is dropped and generation 3 restores step 30.
   h.Exit("a", id, 2, 0, 5);  // kExitBadCheckpoint
   CHECK(h.Job(id).state.phase() == JobPhase::kRecovering);
@@ -352,9 +363,6 @@ TEST_CASE("a daemon that restarted fails the generation it was running") {
   CHECK(h.Job(id).state.phase() == JobPhase::kRecovering);
   CHECK(h.Job(id).state.events().back().cause.find("restarted") != std::string::npos);
 }
-
-}  // namespace
-}  // namespace moerun::coordinator
 
 TEST_CASE("step reports: every rank's time split, the newest held-out loss, worker health") {
   Harness h("observe");
@@ -411,6 +419,12 @@ TEST_CASE("step reports: every rank's time split, the newest held-out loss, work
   report(1, 12, {{"compute_s", "fast"}});
   CHECK(h.c().counters().invalid == invalid + 1);
   CHECK(h.Job(id).ranks[1].step == 10);
+  // Steps outside the job and layer names that would break the store's keys are dropped too.
+  report(0, 401, json::object());
+  report(0, 0, json::object());
+  report(0, 12, {{"expert_load", {{"1/5", {1, 2}}}}});
+  CHECK(h.c().counters().invalid == invalid + 4);
+  CHECK(h.Job(id).progress["step"] == 11);
   // Health: a daemon silent past half its timeout is late, then dead.
   h.Beat(
       "a", 2,

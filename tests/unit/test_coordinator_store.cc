@@ -85,6 +85,10 @@ TEST_CASE("thinning the store drops exactly what retention no longer keeps") {
   CHECK(tail->steps == std::vector<int64_t>{last - 2, last - 1});
   CHECK(tail->load[1] == std::vector<int64_t>{2, last - 1});
   CHECK(s.value()->LastMetric("j").value()["step"] == last);
+  // A restart from step last - 10 drops the reports after it, and their load.
+  REQUIRE(s.value()->DeleteMetricsAfter("j", last - 10, layers).ok());
+  CHECK(s.value()->LastMetric("j").value()["step"] == last - 10);
+  CHECK(s.value()->ExpertLoad("j", "1", last - 11, 100)->steps == std::vector<int64_t>{last - 10});
   // Another job's reports are untouched.
   REQUIRE(s.value()->PutMetric("k", 3, {{"step", 3}}).ok());
   CHECK(s.value()->ThinMetrics("j", last).value() == 0);
