@@ -1,6 +1,5 @@
-// CUDA precision kernels against their CPU twins, bit for bit. Needs a GPU: without one the
-// binary prints why and exits 77, which CTest reports as skipped.
-#define DOCTEST_CONFIG_IMPLEMENT
+// CUDA precision kernels against their CPU twins, bit for bit (tests/gpu/gpu_main.cc skips
+// them without a GPU).
 #include <cuda_runtime.h>
 #include <doctest/doctest.h>
 
@@ -11,11 +10,8 @@
 
 #include "kernels/cpu/precision.h"
 #include "kernels/cuda/precision.cuh"
-#include "kernels/cuda/runtime_info.h"
 
 namespace {
-
-constexpr int kSkipExitCode = 77;
 
 #define CUDA_OK(expr) REQUIRE_EQ(cudaSuccess, (expr))
 
@@ -91,16 +87,4 @@ TEST_CASE("E4M3 1x128 tiles and 128x128 blocks: CUDA equals CPU bit for bit") {
     CHECK(Mismatches(ToHost(out_b), want_b) == 0);
     CHECK(Mismatches(ToHost(s_b), want_bs) == 0);
   }
-}
-
-int main(int argc, char** argv) {
-  auto info = moerun::kernels::cuda::QueryRuntimeInfo();
-  if (info.device_count == 0) {
-    std::printf("SKIPPED: no CUDA device (%s); GPU tests run on a machine with a GPU\n",
-                info.driver_error.empty() ? "none found" : info.driver_error.c_str());
-    return kSkipExitCode;
-  }
-  std::printf("GPU: %s (sm_%d)\n", info.device0_name.c_str(), info.device0_sm);
-  doctest::Context ctx(argc, argv);
-  return ctx.run();
 }

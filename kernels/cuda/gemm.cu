@@ -1,0 +1,191 @@
+#include <cuda_runtime.h>
+
+#include <vector>
+
+#include "kernels/cuda/gemm.cuh"
+
+namespace moerun::kernels::cuda {
+namespace {
+
+template <typename T>
+constexpr cudaDataType_t DataType();
+template <>
+constexpr cudaDataType_t DataType<float>() {
+  return CUDA_R_32F;
+}
+template <>
+constexpr cudaDataType_t DataType<__nv_bfloat16>() {
+  return CUDA_R_16BF;
+}
+
+cublasOperation_t Op(bool trans) { return trans ? CUBLAS_OP_T : CUBLAS_OP_N; }
+
+// Row-major C = op(A) op(B) is column-major Cᵀ = op(B)ᵀ op(A)ᵀ: swap the operands.
+cublasStatus_t RowMajorGemm(cublasHandle_t h, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+                            float alpha, const void* a, cudaDataType_t at, int64_t lda,
+                            const void* b, cudaDataType_t bt, int64_t ldb, float beta, void* c,
+                            cudaDataType_t ct, int64_t ldc) {
+  return cublasGemmEx(h, Op(tb), Op(ta), static_cast<int>(n), static_cast<int>(m),
+                      static_cast<int>(k), &alpha, b, bt, static_cast<int>(ldb), a, at,
+                      static_cast<int>(lda), &beta, c, ct, static_cast<int>(ldc),
+                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+}
+
+// One group per expert with rows > 0 (cuBLAS rejects empty problems), as a row-major
+// C_e = op(A_e) op(B_e) + beta C_e through the column-major swap. A/B/C hold each expert's
+// base pointers; the pointer arrays are staged into `pointers` on the handle's stream.
+cublasStatus_t Grouped(cublasHandle_t h, bool ta, bool tb, const std::vector<int>& m,
+                       const std::vector<int>& n, const std::vector<int>& k,
+                       const std::vector<const void*>& a, cudaDataType_t at,
+                       const std::vector<int>& lda, const std::vector<const void*>& b,
+                       cudaDataType_t bt, const std::vector<int>& ldb, float beta,
+                       const std::vector<void*>& c, cudaDataType_t ct, const std::vector<int>& ldc,
+                       void** pointers) {
+  const int groups = static_cast<int>(m.size());
+  if (groups == 0) return CUBLAS_STATUS_SUCCESS;
+  cudaStream_t stream = nullptr;
+  cublasStatus_t st = cublasGetStream(h, &stream);
+  if (st != CUBLAS_STATUS_SUCCESS) return st;
+  // Column-major view: A' = B (op tb), B' = A (op ta), m' = n, n' = m.
+  std::vector<const void*> host(3 * static_cast<size_t>(groups));
+  for (int g = 0; g < groups; ++g) {
+    host[g] = b[g];
+    host[groups + g] = a[g];
+    host[2 * groups + g] = c[g];
+  }
+  if (cudaMemcpyAsync(pointers, host.data(), host.size() * sizeof(void*), cudaMemcpyHostToDevice,
+                      stream) != cudaSuccess ||
+      cudaStreamSynchronize(stream) != cudaSuccess) {  // `host` dies with this call
+    return CUBLAS_STATUS_EXECUTION_FAILED;
+  }
+  std::vector<cublasOperation_t> opa(groups, Op(tb)), opb(groups, Op(ta));
+  std::vector<float> alpha(groups, 1.0f), betas(groups, beta);
+  std::vector<int> size(groups, 1);
+  const void* const* dev = const_cast<const void* const*>(pointers);
+  return cublasGemmGroupedBatchedEx(h, opa.data(), opb.data(), n.data(), m.data(), k.data(),
+                                    alpha.data(), dev, bt, ldb.data(), dev + groups, at, lda.data(),
+                                    betas.data(),
+                                    reinterpret_cast<void* const*>(pointers + 2 * groups), ct,
+                                    ldc.data(), groups, size.data(), CUBLAS_COMPUTE_32F);
+}
+
+}  // namespace
+
+template <typename T>
+cublasStatus_t Gemm(cublasHandle_t handle, bool trans_a, bool trans_b, int64_t m, int64_t n,
+                    int64_t k, float alpha, const T* a, int64_t lda, const T* b, int64_t ldb,
+                    float beta, T* c, int64_t ldc) {
+  if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+  return RowMajorGemm(handle, trans_a, trans_b, m, n, k, alpha, a, DataType<T>(), lda, b,
+                      DataType<T>(), ldb, beta, c, DataType<T>(), ldc);
+}
+
+template <typename T>
+cublasStatus_t LinearForward(cublasHandle_t handle, const T* x, const T* w, T* y, int64_t n,
+                             int64_t in, int64_t out) {
+  return Gemm<T>(handle, false, true, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+}
+
+template <typename T>
+cublasStatus_t LinearBackward(cublasHandle_t handle, const T* dy, const T* x, const T* w, T* dx,
+                              float* dw, int64_t n, int64_t in, int64_t out, bool accumulate_dx) {
+  if (n == 0) return CUBLAS_STATUS_SUCCESS;
+  cublasStatus_t s = Gemm<T>(handle, false, false, n, in, out, 1.0f, dy, out, w, in,
+                             accumulate_dx ? 1.0f : 0.0f, dx, in);
+  if (s != CUBLAS_STATUS_SUCCESS) return s;
+  // dw[out, in] += dyᵀ[out, n] · x[n, in], written in fp32.
+  return RowMajorGemm(handle, true, false, out, in, n, 1.0f, dy, DataType<T>(), out, x,
+                      DataType<T>(), in, 1.0f, dw, CUDA_R_32F, in);
+}
+
+template <typename T>
+cublasStatus_t ExpertLinearForward(cublasHandle_t handle, const T* x, const T* w, T* y,
+                                   const int64_t* rows, int64_t experts, int64_t in, int64_t out,
+                                   void** pointers) {
+  std::vector<int> m, n, k, lda, ldb, ldc;
+  std::vector<const void*> a, b;
+  std::vector<void*> c;
+  int64_t offset = 0;
+  for (int64_t e = 0; e < experts; ++e) {
+    if (rows[e] > 0) {
+      m.push_back(static_cast<int>(rows[e]));
+      n.push_back(static_cast<int>(out));
+      k.push_back(static_cast<int>(in));
+      a.push_back(x + offset * in);
+      lda.push_back(static_cast<int>(in));
+      b.push_back(w + e * out * in);
+      ldb.push_back(static_cast<int>(in));
+      c.push_back(y + offset * out);
+      ldc.push_back(static_cast<int>(out));
+    }
+    offset += rows[e];
+  }
+  return Grouped(handle, false, true, m, n, k, a, DataType<T>(), lda, b, DataType<T>(), ldb, 0.0f,
+                 c, DataType<T>(), ldc, pointers);
+}
+
+template <typename T>
+cublasStatus_t ExpertLinearBackward(cublasHandle_t handle, const T* dy, const T* x, const T* w,
+                                    T* dx, float* dw, const int64_t* rows, int64_t experts,
+                                    int64_t in, int64_t out, void** pointers) {
+  // dx_e[rows, in] = dy_e[rows, out] · W_e[out, in]
+  std::vector<int> m, n, k, lda, ldb, ldc;
+  std::vector<const void*> a, b;
+  std::vector<void*> c;
+  int64_t offset = 0;
+  for (int64_t e = 0; e < experts; ++e) {
+    if (rows[e] > 0) {
+      m.push_back(static_cast<int>(rows[e]));
+      n.push_back(static_cast<int>(in));
+      k.push_back(static_cast<int>(out));
+      a.push_back(dy + offset * out);
+      lda.push_back(static_cast<int>(out));
+      b.push_back(w + e * out * in);
+      ldb.push_back(static_cast<int>(in));
+      c.push_back(dx + offset * in);
+      ldc.push_back(static_cast<int>(in));
+    }
+    offset += rows[e];
+  }
+  cublasStatus_t s = Grouped(handle, false, false, m, n, k, a, DataType<T>(), lda, b, DataType<T>(),
+                             ldb, 0.0f, c, DataType<T>(), ldc, pointers);
+  if (s != CUBLAS_STATUS_SUCCESS) return s;
+  // dw_e[out, in] += dy_eᵀ[out, rows] · x_e[rows, in], in fp32.
+  m.clear(), n.clear(), k.clear(), lda.clear(), ldb.clear(), ldc.clear();
+  a.clear(), b.clear(), c.clear();
+  offset = 0;
+  for (int64_t e = 0; e < experts; ++e) {
+    if (rows[e] > 0) {
+      m.push_back(static_cast<int>(out));
+      n.push_back(static_cast<int>(in));
+      k.push_back(static_cast<int>(rows[e]));
+      a.push_back(dy + offset * out);
+      lda.push_back(static_cast<int>(out));
+      b.push_back(x + offset * in);
+      ldb.push_back(static_cast<int>(in));
+      c.push_back(dw + e * out * in);
+      ldc.push_back(static_cast<int>(in));
+    }
+    offset += rows[e];
+  }
+  return Grouped(handle, true, false, m, n, k, a, DataType<T>(), lda, b, DataType<T>(), ldb, 1.0f,
+                 c, CUDA_R_32F, ldc, pointers);
+}
+
+#define MOERUN_INSTANTIATE(T)                                                                     \
+  template cublasStatus_t Gemm<T>(cublasHandle_t, bool, bool, int64_t, int64_t, int64_t, float,   \
+                                  const T*, int64_t, const T*, int64_t, float, T*, int64_t);      \
+  template cublasStatus_t LinearForward<T>(cublasHandle_t, const T*, const T*, T*, int64_t,       \
+                                           int64_t, int64_t);                                     \
+  template cublasStatus_t LinearBackward<T>(cublasHandle_t, const T*, const T*, const T*, T*,     \
+                                            float*, int64_t, int64_t, int64_t, bool);             \
+  template cublasStatus_t ExpertLinearForward<T>(                                                 \
+      cublasHandle_t, const T*, const T*, T*, const int64_t*, int64_t, int64_t, int64_t, void**); \
+  template cublasStatus_t ExpertLinearBackward<T>(cublasHandle_t, const T*, const T*, const T*,   \
+                                                  T*, float*, const int64_t*, int64_t, int64_t,   \
+                                                  int64_t, void**);
+MOERUN_INSTANTIATE(float)
+MOERUN_INSTANTIATE(__nv_bfloat16)
+#undef MOERUN_INSTANTIATE
+
+}  // namespace moerun::kernels::cuda
