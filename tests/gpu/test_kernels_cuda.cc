@@ -1,6 +1,6 @@
 // Every CUDA op against its CPU twin on fresh random inputs, in fp32 and bf16 storage:
-// embedding, RMSNorm, RoPE, SwiGLU, cross-entropy, the router, dispatch and combine, AdamW
-// and the gradient norm, GEMMs and the grouped expert GEMMs. The CPU twin runs in fp32 on the
+// attention, embedding, RMSNorm, RoPE, SwiGLU, cross-entropy, the router, dispatch and combine,
+// AdamW and the gradient norm, GEMMs and the grouped expert GEMMs. The CPU twin runs in fp32 on the
 // same (for bf16: bf16-rounded) inputs; the bound per precision is gpu_test_util.h's.
 // Selections and the dispatch plan must match exactly. Each op adds a row to the table.
 #include <cublas_v2.h>
@@ -8,11 +8,13 @@
 
 #include <numeric>
 
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/moe_dispatch.h"
 #include "kernels/cpu/optimizer.h"
 #include "kernels/cpu/router.h"
+#include "kernels/cuda/attention.cuh"
 #include "kernels/cuda/elementwise.cuh"
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/moe_dispatch.cuh"
@@ -409,4 +411,49 @@ TEST_CASE("AdamW, the gradient norm and clipping match the CPU") {
   cpu::ScaleInPlace(g.data(), n, factor);
   CUDA_OK(cuda::LaunchScaleInPlace(d_g.ptr, n, factor, nullptr));
   Check<float>("clip scale", d_g.Download(), g);
+}
+
+namespace {
+
+template <typename T>
+void AttentionOps() {
+  const int64_t b = 2, t = 96, h = 4, dk = 48, dv = 32;
+  const double scale = 1.0 / std::sqrt(double(dk));
+  auto q = AsStored<T>(Normal(size_t(b * t * h * dk), 27));
+  auto k = AsStored<T>(Normal(size_t(b * t * h * dk), 28));
+  auto v = AsStored<T>(Normal(size_t(b * t * h * dv), 29));
+  std::vector<float> out(size_t(b * t * h * dv)), probs(size_t(b * h * t * t));
+  cpu::AttentionForward(q.data(), k.data(), v.data(), out.data(), probs.data(), b, t, h, dk, dv,
+                        scale);
+  DeviceArray<T> d_q(q.size()), d_k(k.size()), d_v(v.size()), d_out(out.size());
+  DeviceArray<float> d_probs(probs.size()), d_ds(probs.size());
+  d_q.Upload(FromFloats<T>(q));
+  d_k.Upload(FromFloats<T>(k));
+  d_v.Upload(FromFloats<T>(v));
+  const double ms = TimeMs([&] {
+    CUDA_OK(cuda::LaunchAttentionForward<T>(d_q.ptr, d_k.ptr, d_v.ptr, d_out.ptr, d_probs.ptr, b, t,
+                                            h, dk, dv, scale, nullptr));
+  });
+  Check<T>("attention forward", Get(d_out), out, ms, 0,
+           2.0 * b * h * (t * (t + 1) / 2.0) * double(dk + dv));
+  Check<T>("attention probs", d_probs.Download(), probs);
+  auto dout = AsStored<T>(Normal(out.size(), 30));
+  std::vector<float> dq(q.size()), dk_(k.size()), dv_(v.size());
+  cpu::AttentionBackward(dout.data(), q.data(), k.data(), v.data(), probs.data(), dq.data(),
+                         dk_.data(), dv_.data(), b, t, h, dk, dv, scale);
+  DeviceArray<T> d_dout(dout.size()), d_dq(q.size()), d_dk(k.size()), d_dv(v.size());
+  d_dout.Upload(FromFloats<T>(dout));
+  CUDA_OK(cuda::LaunchAttentionBackward<T>(d_dout.ptr, d_q.ptr, d_k.ptr, d_v.ptr, d_probs.ptr,
+                                           d_ds.ptr, d_dq.ptr, d_dk.ptr, d_dv.ptr, b, t, h, dk, dv,
+                                           scale, nullptr));
+  Check<T>("attention backward dq", Get(d_dq), dq);
+  Check<T>("attention backward dk", Get(d_dk), dk_);
+  Check<T>("attention backward dv", Get(d_dv), dv_);
+}
+
+}  // namespace
+
+TEST_CASE("causal attention forward and backward match the CPU") {
+  AttentionOps<float>();
+  AttentionOps<__nv_bfloat16>();
 }
