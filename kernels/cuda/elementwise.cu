@@ -150,7 +150,20 @@ __global__ void MeanKernel(const float* row_loss, double* loss, int64_t n) {
   if (threadIdx.x == 0) *loss = n > 0 ? s / static_cast<double>(n) : 0.0;
 }
 
+template <typename T>
+__global__ void CastKernel(const float* in, T* out, int64_t count) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < count) out[i] = FromFloat<T>(in[i]);
+}
+
 }  // namespace
+
+template <typename T>
+cudaError_t LaunchCastFromFloat(const float* in, T* out, int64_t count, cudaStream_t stream) {
+  if (count == 0) return cudaSuccess;
+  CastKernel<T><<<Blocks(count, kThreads), kThreads, 0, stream>>>(in, out, count);
+  return cudaGetLastError();
+}
 
 template <typename T>
 cudaError_t LaunchEmbeddingForward(const T* table, const int32_t* ids, T* out, int64_t n, int64_t d,
@@ -238,6 +251,7 @@ cudaError_t LaunchCrossEntropy(const T* logits, const int32_t* targets, T* dlogi
   template cudaError_t LaunchSwiGluForward<T>(const T*, const T*, T*, int64_t, cudaStream_t);    \
   template cudaError_t LaunchSwiGluBackward<T>(const T*, const T*, const T*, T*, T*, int64_t,    \
                                                cudaStream_t);                                    \
+  template cudaError_t LaunchCastFromFloat<T>(const float*, T*, int64_t, cudaStream_t);          \
   template cudaError_t LaunchCrossEntropy<T>(const T*, const int32_t*, T*, float*, double*,      \
                                              int64_t, int64_t, double, cudaStream_t);
 MOERUN_INSTANTIATE(float)

@@ -127,7 +127,7 @@ cublasStatus_t ExpertLinearForward(cublasHandle_t handle, const T* x, const T* w
 template <typename T>
 cublasStatus_t ExpertLinearBackward(cublasHandle_t handle, const T* dy, const T* x, const T* w,
                                     T* dx, float* dw, const int64_t* rows, int64_t experts,
-                                    int64_t in, int64_t out, void** pointers) {
+                                    int64_t in, int64_t out, void** pointers, bool accumulate_dx) {
   // dx_e[rows, in] = dy_e[rows, out] · W_e[out, in]
   std::vector<int> m, n, k, lda, ldb, ldc;
   std::vector<const void*> a, b;
@@ -148,7 +148,7 @@ cublasStatus_t ExpertLinearBackward(cublasHandle_t handle, const T* dy, const T*
     offset += rows[e];
   }
   cublasStatus_t s = Grouped(handle, false, false, m, n, k, a, DataType<T>(), lda, b, DataType<T>(),
-                             ldb, 0.0f, c, DataType<T>(), ldc, pointers);
+                             ldb, accumulate_dx ? 1.0f : 0.0f, c, DataType<T>(), ldc, pointers);
   if (s != CUBLAS_STATUS_SUCCESS) return s;
   // dw_e[out, in] += dy_eᵀ[out, rows] · x_e[rows, in], in fp32.
   m.clear(), n.clear(), k.clear(), lda.clear(), ldb.clear(), ldc.clear();
@@ -172,6 +172,14 @@ cublasStatus_t ExpertLinearBackward(cublasHandle_t handle, const T* dy, const T*
                  c, CUDA_R_32F, ldc, pointers);
 }
 
+template <typename T>
+cublasStatus_t GemmNTToFloat(cublasHandle_t handle, int64_t m, int64_t n, int64_t k, const T* a,
+                             const T* b, float* c) {
+  if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+  return RowMajorGemm(handle, false, true, m, n, k, 1.0f, a, DataType<T>(), k, b, DataType<T>(), k,
+                      0.0f, c, CUDA_R_32F, n);
+}
+
 #define MOERUN_INSTANTIATE(T)                                                                     \
   template cublasStatus_t Gemm<T>(cublasHandle_t, bool, bool, int64_t, int64_t, int64_t, float,   \
                                   const T*, int64_t, const T*, int64_t, float, T*, int64_t);      \
@@ -183,7 +191,9 @@ cublasStatus_t ExpertLinearBackward(cublasHandle_t handle, const T* dy, const T*
       cublasHandle_t, const T*, const T*, T*, const int64_t*, int64_t, int64_t, int64_t, void**); \
   template cublasStatus_t ExpertLinearBackward<T>(cublasHandle_t, const T*, const T*, const T*,   \
                                                   T*, float*, const int64_t*, int64_t, int64_t,   \
-                                                  int64_t, void**);
+                                                  int64_t, void**, bool);                         \
+  template cublasStatus_t GemmNTToFloat<T>(cublasHandle_t, int64_t, int64_t, int64_t, const T*,   \
+                                           const T*, float*);
 MOERUN_INSTANTIATE(float)
 MOERUN_INSTANTIATE(__nv_bfloat16)
 #undef MOERUN_INSTANTIATE

@@ -38,9 +38,17 @@ template <typename T>
 cublasStatus_t ExpertLinearForward(cublasHandle_t handle, const T* x, const T* w, T* y,
                                    const int64_t* rows, int64_t experts, int64_t in, int64_t out,
                                    void** pointers);
+// accumulate_dx: dx += (two products feeding one input, e.g. an MLP's gate and up).
 template <typename T>
 cublasStatus_t ExpertLinearBackward(cublasHandle_t handle, const T* dy, const T* x, const T* w,
                                     T* dx, float* dw, const int64_t* rows, int64_t experts,
-                                    int64_t in, int64_t out, void** pointers);
+                                    int64_t in, int64_t out, void** pointers,
+                                    bool accumulate_dx = false);
+
+// c[m,n] (fp32, =) = a[m,k] · b[n,k]ᵀ with a and b in T: the router's logits in fp32 from
+// activations and weights in storage precision.
+template <typename T>
+cublasStatus_t GemmNTToFloat(cublasHandle_t handle, int64_t m, int64_t n, int64_t k, const T* a,
+                             const T* b, float* c);
 
 }  // namespace moerun::kernels::cuda

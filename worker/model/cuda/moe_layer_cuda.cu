@@ -1,0 +1,225 @@
+#include <string>
+#include <type_traits>
+
+#include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/gemm.cuh"
+#include "kernels/cuda/moe_dispatch.cuh"
+#include "kernels/cuda/router.cuh"
+#include "worker/model/cuda/moe_layer_cuda.h"
+
+namespace moerun::model::cuda {
+namespace {
+
+namespace kc = moerun::kernels::cuda;
+
+Status Cuda(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return Status::OK();
+  return Status::Internal(std::string("MoE layer on the GPU: ") + what + ": " +
+                          cudaGetErrorString(e));
+}
+
+Status Blas(cublasStatus_t s, const char* what) {
+  if (s == CUBLAS_STATUS_SUCCESS) return Status::OK();
+  return Status::Internal(std::string("MoE layer on the GPU: ") + what + ": cuBLAS status " +
+                          std::to_string(static_cast<int>(s)));
+}
+
+}  // namespace
+
+template <typename T>
+Result<std::unique_ptr<MoeLayerCuda<T>>> MoeLayerCuda<T>::Create(const MoeShape& shape,
+                                                                 int64_t max_tokens,
+                                                                 cudaStream_t stream,
+                                                                 cublasHandle_t handle) {
+  if (shape.seq_aux_alpha != 0) {
+    return Status::Unimplemented(
+        "MoE layer on the GPU: the sequence-wise balance loss has no CUDA twin yet (set "
+        "model.moe.balance.seq_aux_alpha: 0 for the cuda backend)");
+  }
+  if (shape.router.experts <= 0 || shape.router.top_k <= 0 || max_tokens <= 0) {
+    return Status::InvalidArgument("MoE layer on the GPU: experts, top_k and max_tokens > 0");
+  }
+  std::unique_ptr<MoeLayerCuda<T>> layer(new MoeLayerCuda<T>());
+  layer->shape_ = shape;
+  layer->max_tokens_ = max_tokens;
+  layer->stream_ = stream;
+  layer->handle_ = handle;
+  MOERUN_RETURN_IF_ERROR(Blas(cublasSetStream(handle, stream), "binding the stream"));
+  MOERUN_RETURN_IF_ERROR(layer->Allocate());
+  return Result<std::unique_ptr<MoeLayerCuda<T>>>(std::move(layer));
+}
+
+template <typename T>
+MoeLayerCuda<T>::~MoeLayerCuda() {
+  for (void* p : owned_) cudaFree(p);
+  if (host_counts_) cudaFreeHost(host_counts_);
+}
+
+template <typename T>
+Status MoeLayerCuda<T>::Allocate() {
+  const int64_t n = max_tokens_, e = shape_.router.experts, k = shape_.router.top_k;
+  const int64_t d = shape_.d_model, h = shape_.expert_hidden, hs = shape_.shared_hidden;
+  Status st;
+  auto alloc = [&](auto** ptr, int64_t count) {
+    if (!st.ok()) return;
+    void* p = nullptr;
+    const size_t bytes = static_cast<size_t>(count > 0 ? count : 1) * sizeof(**ptr);
+    st = Cuda(cudaMalloc(&p, bytes), "allocating activations");
+    if (st.ok()) {
+      owned_.push_back(p);
+      *ptr = static_cast<std::remove_reference_t<decltype(*ptr)>>(p);
+    }
+  };
+  alloc(&logits_, n * e);
+  alloc(&scores_, n * e);
+  alloc(&gates_, n * k);
+  alloc(&idx_, n * k);
+  alloc(&counts_, e);
+  alloc(&offsets_, e + 1);
+  alloc(&slot_row_, n * k);
+  alloc(&row_token_, n * k);
+  alloc(&row_slot_, n * k);
+  alloc(&buf_, n * k * d);
+  alloc(&eg_, n * k * h);
+  alloc(&eu_, n * k * h);
+  alloc(&ea_, n * k * h);
+  alloc(&eo_, n * k * d);
+  alloc(&sg_, n * hs);
+  alloc(&su_, n * hs);
+  alloc(&sa_, n * hs);
+  alloc(&dscores_, n * e);
+  alloc(&dgates_, n * k);
+  alloc(&dlogits_, n * e);
+  alloc(&dlogits_f_, n * e);
+  alloc(&deo_, n * k * d);
+  alloc(&dea_, n * k * h);
+  alloc(&deg_, n * k * h);
+  alloc(&deu_, n * k * h);
+  alloc(&dbuf_, n * k * d);
+  alloc(&dsa_, n * hs);
+  alloc(&dsg_, n * hs);
+  alloc(&dsu_, n * hs);
+  alloc(&pointers_, 3 * e);
+  MOERUN_RETURN_IF_ERROR(st);
+  return Cuda(cudaMallocHost(&host_counts_, static_cast<size_t>(e) * sizeof(int64_t)),
+              "allocating pinned counts");
+}
+
+template <typename T>
+Status MoeLayerCuda<T>::Forward(const T* x, int64_t n, const MoeLayerWeightsCuda<T>& w, T* y) {
+  if (n > max_tokens_) {
+    return Status::InvalidArgument("MoE layer on the GPU: " + std::to_string(n) +
+                                   " tokens, sized for " + std::to_string(max_tokens_));
+  }
+  const auto& r = shape_.router;
+  const int64_t e = r.experts, k = r.top_k, d = shape_.d_model, h = shape_.expert_hidden,
+                hs = shape_.shared_hidden;
+  last_n_ = n;
+  // Router: fp32 logits, scores, top-k.
+  MOERUN_RETURN_IF_ERROR(
+      Blas(kc::GemmNTToFloat<T>(handle_, n, e, d, x, w.router, logits_), "router GEMM"));
+  MOERUN_RETURN_IF_ERROR(Cuda(kc::LaunchRouterScores(logits_, scores_, n, r, stream_), "scores"));
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(kc::LaunchRouterSelect(scores_, w.bias, idx_, gates_, n, r, stream_), "top-k"));
+  // Dispatch: rows grouped by expert, counts to the host for the grouped GEMMs.
+  const kc::DeviceDispatchPlan plan{n, k, e, counts_, offsets_, row_token_, row_slot_, slot_row_};
+  MOERUN_RETURN_IF_ERROR(Cuda(kc::LaunchPlanDispatch(idx_, plan, stream_), "dispatch plan"));
+  MOERUN_RETURN_IF_ERROR(Cuda(
+      cudaMemcpyAsync(host_counts_, counts_, e * sizeof(int64_t), cudaMemcpyDeviceToHost, stream_),
+      "reading expert counts"));
+  MOERUN_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(stream_), "reading expert counts"));
+  MOERUN_RETURN_IF_ERROR(Cuda(kc::LaunchDispatchRows<T>(x, plan, buf_, d, stream_), "dispatch"));
+  // Experts: gate and up, SwiGLU, down.
+  MOERUN_RETURN_IF_ERROR(
+      Blas(kc::ExpertLinearForward<T>(handle_, buf_, w.gate, eg_, host_counts_, e, d, h, pointers_),
+           "expert gate GEMM"));
+  MOERUN_RETURN_IF_ERROR(
+      Blas(kc::ExpertLinearForward<T>(handle_, buf_, w.up, eu_, host_counts_, e, d, h, pointers_),
+           "expert up GEMM"));
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(kc::LaunchSwiGluForward<T>(eg_, eu_, ea_, n * k * h, stream_), "expert SwiGLU"));
+  MOERUN_RETURN_IF_ERROR(
+      Blas(kc::ExpertLinearForward<T>(handle_, ea_, w.down, eo_, host_counts_, e, h, d, pointers_),
+           "expert down GEMM"));
+  // Shared experts write y; the routed experts' weighted sum is added in slot order.
+  if (hs > 0) {
+    MOERUN_RETURN_IF_ERROR(
+        Blas(kc::LinearForward<T>(handle_, x, w.shared_gate, sg_, n, d, hs), "shared gate"));
+    MOERUN_RETURN_IF_ERROR(
+        Blas(kc::LinearForward<T>(handle_, x, w.shared_up, su_, n, d, hs), "shared up"));
+    MOERUN_RETURN_IF_ERROR(
+        Cuda(kc::LaunchSwiGluForward<T>(sg_, su_, sa_, n * hs, stream_), "shared SwiGLU"));
+    MOERUN_RETURN_IF_ERROR(
+        Blas(kc::LinearForward<T>(handle_, sa_, w.shared_down, y, n, hs, d), "shared down"));
+  } else {
+    MOERUN_RETURN_IF_ERROR(Cuda(cudaMemsetAsync(y, 0, n * d * sizeof(T), stream_), "zero y"));
+  }
+  return Cuda(kc::LaunchCombine<T>(eo_, gates_, plan, y, d, stream_), "combine");
+}
+
+template <typename T>
+Status MoeLayerCuda<T>::Backward(const T* dy, const T* x, int64_t n,
+                                 const MoeLayerWeightsCuda<T>& w, const MoeLayerGradsCuda& g,
+                                 T* dx) {
+  if (n != last_n_) {
+    return Status::InvalidArgument("MoE layer on the GPU: Backward for " + std::to_string(n) +
+                                   " tokens after a Forward of " + std::to_string(last_n_));
+  }
+  const auto& r = shape_.router;
+  const int64_t e = r.experts, k = r.top_k, d = shape_.d_model, h = shape_.expert_hidden,
+                hs = shape_.shared_hidden;
+  const kc::DeviceDispatchPlan plan{n, k, e, counts_, offsets_, row_token_, row_slot_, slot_row_};
+  // Combine: each routed row's gradient and each gate's.
+  MOERUN_RETURN_IF_ERROR(Cuda(
+      kc::LaunchCombineBackward<T>(dy, eo_, gates_, plan, deo_, dgates_, d, stream_), "combine"));
+  // Experts, down then SwiGLU then gate and up (both feed dbuf).
+  MOERUN_RETURN_IF_ERROR(Blas(kc::ExpertLinearBackward<T>(handle_, deo_, ea_, w.down, dea_, g.down,
+                                                          host_counts_, e, h, d, pointers_),
+                              "expert down backward"));
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(kc::LaunchSwiGluBackward<T>(dea_, eg_, eu_, deg_, deu_, n * k * h, stream_),
+           "expert SwiGLU backward"));
+  MOERUN_RETURN_IF_ERROR(Blas(kc::ExpertLinearBackward<T>(handle_, deg_, buf_, w.gate, dbuf_,
+                                                          g.gate, host_counts_, e, d, h, pointers_),
+                              "expert gate backward"));
+  MOERUN_RETURN_IF_ERROR(Blas(kc::ExpertLinearBackward<T>(handle_, deu_, buf_, w.up, dbuf_, g.up,
+                                                          host_counts_, e, d, h, pointers_, true),
+                              "expert up backward"));
+  // dx: the shared experts' path writes it, the routed rows and the router add to it.
+  if (hs > 0) {
+    MOERUN_RETURN_IF_ERROR(Blas(kc::LinearBackward<T>(handle_, dy, sa_, w.shared_down, dsa_,
+                                                      g.shared_down, n, hs, d, false),
+                                "shared down backward"));
+    MOERUN_RETURN_IF_ERROR(
+        Cuda(kc::LaunchSwiGluBackward<T>(dsa_, sg_, su_, dsg_, dsu_, n * hs, stream_),
+             "shared SwiGLU backward"));
+    MOERUN_RETURN_IF_ERROR(Blas(
+        kc::LinearBackward<T>(handle_, dsg_, x, w.shared_gate, dx, g.shared_gate, n, d, hs, false),
+        "shared gate backward"));
+    MOERUN_RETURN_IF_ERROR(
+        Blas(kc::LinearBackward<T>(handle_, dsu_, x, w.shared_up, dx, g.shared_up, n, d, hs, true),
+             "shared up backward"));
+  } else {
+    MOERUN_RETURN_IF_ERROR(Cuda(cudaMemsetAsync(dx, 0, n * d * sizeof(T), stream_), "zero dx"));
+  }
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(kc::LaunchDispatchRowsBackward<T>(dbuf_, plan, dx, d, stream_), "dispatch backward"));
+  // Router: through the gates to the scores, the logits, then the fp32 router GEMM.
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(cudaMemsetAsync(dscores_, 0, n * e * sizeof(float), stream_), "zero dscores"));
+  MOERUN_RETURN_IF_ERROR(Cuda(
+      kc::LaunchRouterGatesBackward(dgates_, scores_, idx_, dscores_, n, r, stream_), "gates"));
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(kc::LaunchRouterScoresBackward(dscores_, scores_, dlogits_f_, n, r, stream_), "scores"));
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(kc::LaunchCastFromFloat<T>(dlogits_f_, dlogits_, n * e, stream_), "cast dlogits"));
+  MOERUN_RETURN_IF_ERROR(
+      Blas(kc::LinearBackward<T>(handle_, dlogits_, x, w.router, dx, g.router, n, d, e, true),
+           "router backward"));
+  return Cuda(cudaStreamSynchronize(stream_), "backward");
+}
+
+template class MoeLayerCuda<float>;
+template class MoeLayerCuda<__nv_bfloat16>;
+
+}  // namespace moerun::model::cuda

@@ -1,0 +1,85 @@
+// MoeLayerCuda: one MoE layer of DeepSeek-V3 (DESIGN.md §4) on one GPU, forward and backward,
+// composed from the CUDA kernels: router GEMM in fp32, sigmoid/softmax scores, bias-corrected
+// group-limited top-k, the dispatch plan, the experts' gate/up/down GEMMs as grouped cuBLAS
+// calls, SwiGLU, the deterministic combine, and the shared experts. It is the GPU twin of
+// model::MoeForward / MoeBackward with every routed expert local (no expert parallelism) and
+// without the sequence-wise balance loss (seq_aux_alpha must be 0 here).
+// T is the activation and weight storage type (float or __nv_bfloat16); weight gradients are
+// fp32 and accumulated (+=). All pointers are device pointers; the layer owns its activation
+// buffers, sized for `max_tokens` at Create. Work goes on `stream` (the cuBLAS handle is bound
+// to it); Forward/Backward synchronize once each, to read the experts' row counts on the host
+// for the grouped GEMMs. Not thread-safe.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "common/status.h"
+#include "worker/model/ffn_block.h"
+
+namespace moerun::model::cuda {
+
+template <typename T>
+struct MoeLayerWeightsCuda {
+  const T* router = nullptr;                                // [E, D]
+  const float* bias = nullptr;                              // [E] balancing bias (may be null)
+  const T *gate = nullptr, *up = nullptr, *down = nullptr;  // [E, H, D], [E, H, D], [E, D, H]
+  const T *shared_gate = nullptr, *shared_up = nullptr, *shared_down = nullptr;  // [Hs, D] x2,
+                                                                                 // [D, Hs]
+};
+
+struct MoeLayerGradsCuda {  // fp32, +=; same shapes as the weights
+  float* router = nullptr;
+  float *gate = nullptr, *up = nullptr, *down = nullptr;
+  float *shared_gate = nullptr, *shared_up = nullptr, *shared_down = nullptr;
+};
+
+template <typename T>
+class MoeLayerCuda {
+ public:
+  static Result<std::unique_ptr<MoeLayerCuda>> Create(const MoeShape& shape, int64_t max_tokens,
+                                                      cudaStream_t stream, cublasHandle_t handle);
+  ~MoeLayerCuda();
+
+  // y [n, D] (=) MoE(x); keeps what Backward needs for this x.
+  Status Forward(const T* x, int64_t n, const MoeLayerWeightsCuda<T>& w, T* y);
+  // dx [n, D] (=); weight gradients (+=). x and w as in the last Forward.
+  Status Backward(const T* dy, const T* x, int64_t n, const MoeLayerWeightsCuda<T>& w,
+                  const MoeLayerGradsCuda& g, T* dx);
+
+  // The last Forward's choices, for tests: idx [n, K] and gates [n, K].
+  const int32_t* idx() const { return idx_; }
+  const float* gates() const { return gates_; }
+
+ private:
+  MoeLayerCuda() = default;
+  Status Allocate();
+
+  MoeShape shape_;
+  int64_t max_tokens_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t handle_ = nullptr;
+  std::vector<void*> owned_;  // every cudaMalloc, freed by the destructor
+  // Forward: router, plan, expert activations (rows grouped by expert), shared experts.
+  float *logits_ = nullptr, *scores_ = nullptr, *gates_ = nullptr;
+  int32_t* idx_ = nullptr;
+  int64_t *counts_ = nullptr, *offsets_ = nullptr, *slot_row_ = nullptr;
+  int32_t *row_token_ = nullptr, *row_slot_ = nullptr;
+  T *buf_ = nullptr, *eg_ = nullptr, *eu_ = nullptr, *ea_ = nullptr, *eo_ = nullptr;
+  T *sg_ = nullptr, *su_ = nullptr, *sa_ = nullptr;
+  // Backward scratch.
+  float *dscores_ = nullptr, *dgates_ = nullptr;
+  T *dlogits_ = nullptr, *deo_ = nullptr, *dea_ = nullptr, *deg_ = nullptr, *deu_ = nullptr,
+    *dbuf_ = nullptr, *dsa_ = nullptr, *dsg_ = nullptr, *dsu_ = nullptr;
+  float* dlogits_f_ = nullptr;
+  void** pointers_ = nullptr;       // 3·E pointers for the grouped GEMMs
+  int64_t* host_counts_ = nullptr;  // pinned [E]
+  int64_t last_n_ = 0;
+};
+
+}  // namespace moerun::model::cuda
