@@ -16,6 +16,7 @@
 //       --shared S [--threads N] [--reps R]
 //       One MoE layer's forward + backward (router, dispatch, experts, combine, shared
 //       experts, balance loss) on the CPU kernels.
+//   moerun-bench gemm-gpu | moe-layer-gpu   (builds with CUDA; bench/gpu_bench.h)
 // Times are medians of --reps runs after one warm-up run.
 #include <malloc.h>
 #include <signal.h>
@@ -31,6 +32,9 @@
 #include <vector>
 
 #include "bench/coordinator_bench.h"
+#ifdef MOERUN_BENCH_GPU
+#include "bench/gpu_bench.h"
+#endif
 #include "bench/metrics_bench.h"
 #include "bench/recovery_bench.h"
 #include "kernels/cpu/gemm.h"
@@ -289,6 +293,28 @@ int main(int argc, char** argv) {
   mt->add_option("--experts", mb.experts)->capture_default_str()->check(CLI::PositiveNumber);
   mt->add_option("--ranks", mb.ranks)->capture_default_str()->check(CLI::PositiveNumber);
   mt->callback([&] { rc = moerun::bench::RunMetricsBench(mb); });
+#ifdef MOERUN_BENCH_GPU
+  moerun::bench::GemmGpuArgs gg;
+  CLI::App* ggc = app.add_subcommand("gemm-gpu", "cuBLAS GEMM: the GPU's measured peak");
+  ggc->add_option("--m", gg.m)->capture_default_str();
+  ggc->add_option("--n", gg.n)->capture_default_str();
+  ggc->add_option("--k", gg.k)->capture_default_str();
+  ggc->add_option("--precision", gg.precision)->check(CLI::IsMember({"bf16", "fp32"}));
+  ggc->add_option("--reps", gg.reps)->capture_default_str();
+  ggc->callback([&] { rc = moerun::bench::RunGemmGpu(gg); });
+  moerun::bench::MoeGpuArgs mg;
+  CLI::App* mgc =
+      app.add_subcommand("moe-layer-gpu", "one MoE layer forward + backward on the GPU");
+  mgc->add_option("--tokens", mg.tokens)->capture_default_str();
+  mgc->add_option("--d-model", mg.d)->capture_default_str();
+  mgc->add_option("--experts", mg.experts)->capture_default_str();
+  mgc->add_option("--top-k", mg.top_k)->capture_default_str();
+  mgc->add_option("--expert-hidden", mg.hidden)->capture_default_str();
+  mgc->add_option("--shared", mg.shared)->capture_default_str();
+  mgc->add_option("--precision", mg.precision)->check(CLI::IsMember({"bf16", "fp32"}));
+  mgc->add_option("--reps", mg.reps)->capture_default_str();
+  mgc->callback([&] { rc = moerun::bench::RunMoeLayerGpu(mg); });
+#endif
   CLI11_PARSE(app, argc, argv);
   return rc;
 }

@@ -1,0 +1,208 @@
+#include "bench/gpu_bench.h"
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <curand.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <type_traits>
+#include <vector>
+
+#include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/gemm.cuh"
+#include "kernels/cuda/runtime_info.h"
+#include "worker/model/cuda/moe_layer_cuda.h"
+
+namespace moerun::bench {
+namespace {
+
+constexpr int kSkip = 77;
+
+bool HaveGpu() {
+  auto info = kernels::cuda::QueryRuntimeInfo();
+  if (info.device_count == 0) {
+    std::fprintf(stderr, "SKIPPED: no CUDA device (%s)\n",
+                 info.driver_error.empty() ? "none found" : info.driver_error.c_str());
+    return false;
+  }
+  return true;
+}
+
+// A device buffer of n values drawn from N(0, std²) on the GPU (cuRAND, then a cast to T):
+// filling billions of weights on the host would take longer than the benchmark.
+template <typename T>
+T* Filled(size_t n, float std, uint32_t seed) {
+  const size_t even = n + (n & 1);  // cuRAND draws normals in pairs
+  float* f = nullptr;
+  T* p = nullptr;
+  if (cudaMalloc(&f, even * sizeof(float)) != cudaSuccess) return nullptr;
+  curandGenerator_t gen;
+  bool ok = curandCreateGenerator(&gen, CURAND_RNG_PSEUDO_PHILOX4_32_10) == CURAND_STATUS_SUCCESS;
+  ok = ok && curandSetPseudoRandomGeneratorSeed(gen, seed) == CURAND_STATUS_SUCCESS &&
+       curandGenerateNormal(gen, f, even, 0.0f, std) == CURAND_STATUS_SUCCESS;
+  if (ok) curandDestroyGenerator(gen);
+  if (ok && std::is_same_v<T, float>) return reinterpret_cast<T*>(f);
+  ok = ok && cudaMalloc(&p, n * sizeof(T)) == cudaSuccess &&
+       kernels::cuda::LaunchCastFromFloat<T>(f, p, int64_t(n), nullptr) == cudaSuccess &&
+       cudaDeviceSynchronize() == cudaSuccess;
+  cudaFree(f);
+  return ok ? p : nullptr;
+}
+
+template <typename F>
+double MedianMs(int reps, cudaStream_t stream, F&& f) {
+  f();
+  cudaStreamSynchronize(stream);
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  std::vector<float> t;
+  for (int i = 0; i < reps; ++i) {
+    cudaEventRecord(a, stream);
+    f();
+    cudaEventRecord(b, stream);
+    cudaEventSynchronize(b);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    t.push_back(ms);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+template <typename T>
+double GemmTflops(const GemmGpuArgs& a, cublasHandle_t h, cudaStream_t stream) {
+  T* x = Filled<T>(size_t(a.m * a.k), 1.0f, 1);
+  T* w = Filled<T>(size_t(a.k * a.n), 1.0f, 2);
+  T* c = nullptr;
+  cudaMalloc(&c, size_t(a.m * a.n) * sizeof(T));
+  const double ms = MedianMs(a.reps, stream, [&] {
+    kernels::cuda::Gemm<T>(h, false, false, a.m, a.n, a.k, 1.0f, x, a.k, w, a.n, 0.0f, c, a.n);
+  });
+  cudaFree(x);
+  cudaFree(w);
+  cudaFree(c);
+  return 2.0 * double(a.m) * double(a.n) * double(a.k) / ms / 1e9;
+}
+
+template <typename T>
+int MoeLayer(const MoeGpuArgs& a, cublasHandle_t h, cudaStream_t stream) {
+  model::MoeShape shape;
+  shape.router = {a.experts, a.top_k, 1, 1, false, 1.0};
+  shape.d_model = a.d;
+  shape.expert_hidden = a.hidden;
+  shape.shared_hidden = a.hidden * a.shared;
+  shape.seq_aux_alpha = 0;
+  auto layer = model::cuda::MoeLayerCuda<T>::Create(shape, a.tokens, stream, h);
+  if (!layer.ok()) {
+    std::fprintf(stderr, "moe-layer-gpu: %s\n", layer.status().message().c_str());
+    return 1;
+  }
+  const int64_t e = a.experts, d = a.d, hh = a.hidden, hs = shape.shared_hidden;
+  const float std = 0.02f;
+  model::cuda::MoeLayerWeightsCuda<T> w;
+  w.router = Filled<T>(size_t(e * d), std, 3);
+  w.gate = Filled<T>(size_t(e * hh * d), std, 4);
+  w.up = Filled<T>(size_t(e * hh * d), std, 5);
+  w.down = Filled<T>(size_t(e * d * hh), std, 6);
+  if (hs > 0) {
+    w.shared_gate = Filled<T>(size_t(hs * d), std, 7);
+    w.shared_up = Filled<T>(size_t(hs * d), std, 8);
+    w.shared_down = Filled<T>(size_t(d * hs), std, 9);
+  }
+  model::cuda::MoeLayerGradsCuda g;
+  auto zeros = [](size_t n) {
+    float* p = nullptr;
+    if (n > 0 && cudaMalloc(&p, n * sizeof(float)) == cudaSuccess)
+      cudaMemset(p, 0, n * sizeof(float));
+    return p;
+  };
+  g.router = zeros(size_t(e * d));
+  g.gate = zeros(size_t(e * hh * d));
+  g.up = zeros(size_t(e * hh * d));
+  g.down = zeros(size_t(e * d * hh));
+  g.shared_gate = zeros(size_t(hs * d));
+  g.shared_up = zeros(size_t(hs * d));
+  g.shared_down = zeros(size_t(d * hs));
+  T* x = Filled<T>(size_t(a.tokens * d), 1.0f, 10);
+  T* dy = Filled<T>(size_t(a.tokens * d), 1.0f, 11);
+  T *y = nullptr, *dx = nullptr;
+  cudaMalloc(&y, size_t(a.tokens * d) * sizeof(T));
+  cudaMalloc(&dx, size_t(a.tokens * d) * sizeof(T));
+  if (!w.router || !w.gate || !w.up || !w.down || !g.down || !x || !dy || !y || !dx) {
+    std::fprintf(stderr, "moe-layer-gpu: out of GPU memory at this shape\n");
+    return 1;
+  }
+  bool ok = true;
+  const double ms = MedianMs(a.reps, stream, [&] {
+    ok = ok && layer.value()->Forward(x, a.tokens, w, y).ok();
+    ok = ok && layer.value()->Backward(dy, x, a.tokens, w, g, dx).ok();
+  });
+  if (!ok) {
+    std::fprintf(stderr, "moe-layer-gpu: a forward or backward pass failed\n");
+    return 1;
+  }
+  // GEMM work: 3 matrices per MLP, 2 FLOPs per multiply-add, forward + 2x backward; the router.
+  const double t = double(a.tokens), dd = double(d);
+  const double flops =
+      18.0 * t * dd * (double(a.top_k) * double(hh) + double(hs)) + 6.0 * t * dd * double(e);
+  const double tflops = flops / ms / 1e9;
+  GemmGpuArgs peak_args;
+  peak_args.precision = a.precision;
+  const double peak = GemmTflops<T>(peak_args, h, stream);
+  nlohmann::json j = {{"bench", "moe-layer-gpu"},
+                      {"precision", a.precision},
+                      {"tokens", a.tokens},
+                      {"d_model", d},
+                      {"experts", e},
+                      {"top_k", a.top_k},
+                      {"expert_hidden", hh},
+                      {"shared", a.shared},
+                      {"median_ms", ms},
+                      {"tokens_per_s", t / ms * 1e3},
+                      {"tflops", tflops},
+                      {"gemm_peak_tflops", peak},
+                      {"fraction_of_gemm_peak", tflops / peak}};
+  std::printf("%s\n", j.dump().c_str());
+  return 0;
+}
+
+}  // namespace
+
+int RunGemmGpu(const GemmGpuArgs& a) {
+  if (!HaveGpu()) return kSkip;
+  cublasHandle_t h;
+  cudaStream_t stream;
+  cudaStreamCreate(&stream);
+  cublasCreate(&h);
+  cublasSetStream(h, stream);
+  const double tflops = a.precision == "fp32" ? GemmTflops<float>(a, h, stream)
+                                              : GemmTflops<__nv_bfloat16>(a, h, stream);
+  nlohmann::json j = {
+      {"bench", "gemm-gpu"}, {"precision", a.precision}, {"m", a.m}, {"n", a.n}, {"k", a.k},
+      {"tflops", tflops}};
+  std::printf("%s\n", j.dump().c_str());
+  cublasDestroy(h);
+  cudaStreamDestroy(stream);
+  return 0;
+}
+
+int RunMoeLayerGpu(const MoeGpuArgs& a) {
+  if (!HaveGpu()) return kSkip;
+  cublasHandle_t h;
+  cudaStream_t stream;
+  cudaStreamCreate(&stream);
+  cublasCreate(&h);
+  const int rc =
+      a.precision == "fp32" ? MoeLayer<float>(a, h, stream) : MoeLayer<__nv_bfloat16>(a, h, stream);
+  cublasDestroy(h);
+  cudaStreamDestroy(stream);
+  return rc;
+}
+
+}  // namespace moerun::bench
