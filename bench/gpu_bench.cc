@@ -97,7 +97,7 @@ int MoeLayer(const MoeGpuArgs& a, cublasHandle_t h, cudaStream_t stream) {
   shape.d_model = a.d;
   shape.expert_hidden = a.hidden;
   shape.shared_hidden = a.hidden * a.shared;
-  shape.seq_aux_alpha = 0;
+  shape.seq_aux_alpha = 1e-4;  // as the CPU benchmark
   auto layer = model::cuda::MoeLayerCuda<T>::Create(shape, a.tokens, stream, h);
   if (!layer.ok()) {
     std::fprintf(stderr, "moe-layer-gpu: %s\n", layer.status().message().c_str());
@@ -140,8 +140,8 @@ int MoeLayer(const MoeGpuArgs& a, cublasHandle_t h, cudaStream_t stream) {
   }
   bool ok = true;
   const double ms = MedianMs(a.reps, stream, [&] {
-    ok = ok && layer.value()->Forward(x, a.tokens, w, y).ok();
-    ok = ok && layer.value()->Backward(dy, x, a.tokens, w, g, dx).ok();
+    ok = ok && layer.value()->Forward(x, 1, a.tokens, w, y).ok();
+    ok = ok && layer.value()->Backward(dy, x, 1, a.tokens, w, g, 1.0, dx).ok();
   });
   if (!ok) {
     std::fprintf(stderr, "moe-layer-gpu: a forward or backward pass failed\n");

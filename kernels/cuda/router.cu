@@ -5,6 +5,7 @@ namespace moerun::kernels::cuda {
 namespace {
 
 using detail::Blocks;
+using detail::BlockSum;
 
 constexpr int kThreads = 128;  // one thread per token
 
@@ -129,6 +130,62 @@ __global__ void SoftmaxBackwardKernel(const float* dscores, const float* scores,
         static_cast<float>(static_cast<double>(s[j]) * (static_cast<double>(ds[j]) - dot));
 }
 
+// One thread per token: Σ_j s_j, in double.
+__global__ void RowSumKernel(const float* scores, double* row_sum, int64_t n, int64_t e) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  double s = 0;
+  for (int64_t j = 0; j < e; ++j) s += static_cast<double>(scores[i * e + j]);
+  row_sum[i] = s;
+}
+
+// One block per sequence; thread j owns expert j: its count f_j and its mean normalized
+// affinity, tokens in order. seq[bi] = Σ_j f_j · f_scale · P_j / t, summed over j in order.
+__global__ void SequenceKernel(const float* scores, const int32_t* idx, const double* row_sum,
+                               double* f, double* seq, int64_t t, int64_t e, int64_t k) {
+  __shared__ double scratch[32];
+  const int64_t bi = blockIdx.x;
+  const double f_scale = static_cast<double>(e) / (static_cast<double>(k) * static_cast<double>(t));
+  double part = 0;
+  for (int64_t j = threadIdx.x; j < e; j += blockDim.x) {
+    double count = 0, p = 0;
+    for (int64_t ti = 0; ti < t; ++ti) {
+      const int64_t row = bi * t + ti;
+      for (int64_t q = 0; q < k; ++q) count += idx[row * k + q] == j ? 1.0 : 0.0;
+      p += static_cast<double>(scores[row * e + j]) / row_sum[row];
+    }
+    f[bi * e + j] = count;
+    part += count * f_scale * p / static_cast<double>(t);
+  }
+  // The CPU sums over j in index order; a block sum orders it differently (last bits only).
+  part = BlockSum(part, scratch);
+  if (threadIdx.x == 0) seq[bi] = part;
+}
+
+__global__ void LossKernel(const double* seq, int64_t b, double alpha, double* loss) {
+  if (threadIdx.x != 0) return;
+  double l = 0;
+  for (int64_t bi = 0; bi < b; ++bi) l += alpha * seq[bi] / static_cast<double>(b);
+  *loss = l;
+}
+
+// One thread per token: ds_j += dloss (dsn_j − Σ_i dsn_i s'_i) / Σ s, dsn_j = α f_j f_scale/(t b).
+__global__ void BalanceBackwardKernel(const float* scores, const double* row_sum, const double* f,
+                                      float* dscores, int64_t b, int64_t t, int64_t e, int64_t k,
+                                      double alpha, double dloss) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (row >= b * t) return;
+  const int64_t bi = row / t;
+  const double f_scale = static_cast<double>(e) / (static_cast<double>(k) * static_cast<double>(t));
+  const double c = alpha * f_scale / (static_cast<double>(t) * static_cast<double>(b));
+  const double sum = row_sum[row];
+  const float* s = scores + row * e;
+  double dot = 0;
+  for (int64_t j = 0; j < e; ++j) dot += c * f[bi * e + j] * static_cast<double>(s[j]) / sum;
+  for (int64_t j = 0; j < e; ++j)
+    dscores[row * e + j] += static_cast<float>(dloss * (c * f[bi * e + j] - dot) / sum);
+}
+
 bool Supported(const cpu::RouterConfig& cfg) {
   return cfg.experts > 0 && cfg.top_k > 0 && cfg.top_k <= kRouterMaxTopK && cfg.n_groups >= 1 &&
          cfg.n_groups <= kRouterMaxGroups && cfg.experts % cfg.n_groups == 0 &&
@@ -182,6 +239,26 @@ cudaError_t LaunchRouterScoresBackward(const float* dscores, const float* scores
   } else {
     SigmoidBackwardKernel<<<Blocks(n * cfg.experts, 256), 256, 0, stream>>>(
         dscores, scores, dlogits, n * cfg.experts);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchSeqBalanceLoss(const float* scores, const int32_t* idx, int64_t b, int64_t t,
+                                 double alpha, const cpu::RouterConfig& cfg, float* dscores,
+                                 double dloss, double* loss, const BalanceScratch& scratch,
+                                 cudaStream_t stream) {
+  if (!Supported(cfg)) return cudaErrorInvalidValue;
+  const int64_t n = b * t, e = cfg.experts;
+  if (n == 0) {
+    return cudaMemsetAsync(loss, 0, sizeof(double), stream);
+  }
+  RowSumKernel<<<Blocks(n, kThreads), kThreads, 0, stream>>>(scores, scratch.row_sum, n, e);
+  SequenceKernel<<<static_cast<unsigned>(b), kThreads, 0, stream>>>(
+      scores, idx, scratch.row_sum, scratch.f, scratch.seq, t, e, cfg.top_k);
+  LossKernel<<<1, 32, 0, stream>>>(scratch.seq, b, alpha, loss);
+  if (dscores != nullptr) {
+    BalanceBackwardKernel<<<Blocks(n, kThreads), kThreads, 0, stream>>>(
+        scores, scratch.row_sum, scratch.f, dscores, b, t, e, cfg.top_k, alpha, dloss);
   }
   return cudaGetLastError();
 }

@@ -36,4 +36,18 @@ cudaError_t LaunchRouterScoresBackward(const float* dscores, const float* scores
                                        int64_t n, const cpu::RouterConfig& cfg,
                                        cudaStream_t stream);
 
+// DeepSeek-V3's sequence-wise balance loss over b sequences of t tokens (the CPU twin's
+// definition and double-precision order): *loss (device double) = α Σ_seqs Σ_i f_i P_i / b.
+// When dscores is non-null, adds dloss · d(loss)/d(scores) into it.
+// Scratch (device doubles): row_sum [b·t], f [b·E], seq [b].
+struct BalanceScratch {
+  double* row_sum = nullptr;
+  double* f = nullptr;
+  double* seq = nullptr;
+};
+cudaError_t LaunchSeqBalanceLoss(const float* scores, const int32_t* idx, int64_t b, int64_t t,
+                                 double alpha, const cpu::RouterConfig& cfg, float* dscores,
+                                 double dloss, double* loss, const BalanceScratch& scratch,
+                                 cudaStream_t stream);
+
 }  // namespace moerun::kernels::cuda

@@ -219,6 +219,36 @@ TEST_CASE("router: scores, bias-corrected group-limited top-k and backward match
                                              nullptr));
     Check<float>("router scores backward", d_dlogits.Download(), dlogits);
   }
+  // The sequence-wise balance loss and its gradient, grouped routing's choices as input.
+  {
+    cpu::RouterConfig cfg;
+    cfg.experts = 64;
+    cfg.top_k = 6;
+    cfg.n_groups = 8;
+    cfg.topk_groups = 3;
+    const int64_t b = 4, t = n / b;
+    auto logits = Normal(size_t(n * cfg.experts), 31);
+    std::vector<float> scores(logits.size());
+    cpu::RouterScores(logits.data(), scores.data(), n, cfg);
+    std::vector<int32_t> idx(size_t(n * cfg.top_k));
+    std::vector<float> gates(idx.size()), dscores(scores.size(), 0.0f);
+    cpu::RouterSelect(scores.data(), nullptr, idx.data(), gates.data(), n, cfg);
+    const double want =
+        cpu::SeqBalanceLoss(scores.data(), idx.data(), b, t, 1e-3, cfg, dscores.data(), 2.0);
+    DeviceArray<float> d_scores(scores.size()), d_dscores(scores.size());
+    DeviceArray<int32_t> d_idx(idx.size());
+    DeviceArray<double> row_sum{size_t(n)}, f{size_t(b * cfg.experts)}, seq{size_t(b)}, loss{1};
+    d_scores.Upload(scores);
+    d_idx.Upload(idx);
+    CUDA_OK(cudaMemset(d_dscores.ptr, 0, scores.size() * sizeof(float)));
+    const double ms = TimeMs([&] {
+      CUDA_OK(cudaMemset(d_dscores.ptr, 0, scores.size() * sizeof(float)));
+      CUDA_OK(cuda::LaunchSeqBalanceLoss(d_scores.ptr, d_idx.ptr, b, t, 1e-3, cfg, d_dscores.ptr,
+                                         2.0, loss.ptr, {row_sum.ptr, f.ptr, seq.ptr}, nullptr));
+    });
+    Check<float>("balance loss", {float(loss.Download()[0])}, {float(want)}, ms);
+    Check<float>("balance loss dscores", d_dscores.Download(), dscores);
+  }
   cpu::RouterConfig too_many;
   too_many.experts = 64;
   too_many.top_k = cuda::kRouterMaxTopK + 1;

@@ -52,7 +52,7 @@ void MoeLayerMatchesCpu(cublasHandle_t handle, cudaStream_t stream) {
   shape.d_model = d;
   shape.expert_hidden = h;
   shape.shared_hidden = hs;
-  shape.seq_aux_alpha = 0;
+  shape.seq_aux_alpha = 1e-3;
   // Weights and tokens as the GPU stores them, so both sides compute on the same values.
   auto x = Stored<T>(Normal(size_t(n * d), 40));
   auto router = Stored<T>(Normal(size_t(e * d), 41, 0.05f));
@@ -111,14 +111,15 @@ void MoeLayerMatchesCpu(cublasHandle_t handle, cudaStream_t stream) {
                                    gsg->ptr, gsu->ptr, gsd->ptr};
   auto layer = model::cuda::MoeLayerCuda<T>::Create(shape, n, stream, handle);
   REQUIRE_MESSAGE(layer.ok(), layer.status().message());
-  REQUIRE(layer.value()->Forward(d_x->ptr, n, w, d_y.ptr).ok());
+  REQUIRE(layer.value()->Forward(d_x->ptr, b, s, w, d_y.ptr).ok());
   REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
+  CheckLayer<T>("balance loss", {float(layer.value()->balance_loss())}, {float(act.balance_loss)});
   std::vector<int32_t> idx(size_t(n * k));
   REQUIRE(cudaMemcpy(idx.data(), layer.value()->idx(), idx.size() * sizeof(int32_t),
                      cudaMemcpyDeviceToHost) == cudaSuccess);
   CHECK(idx == act.idx);  // the same experts for every token
   CheckLayer<T>("forward y", ToFloats(d_y.Download()), y);
-  REQUIRE(layer.value()->Backward(d_dy->ptr, d_x->ptr, n, w, g, d_dx.ptr).ok());
+  REQUIRE(layer.value()->Backward(d_dy->ptr, d_x->ptr, b, s, w, g, 1.0, d_dx.ptr).ok());
   CheckLayer<T>("backward dx", ToFloats(d_dx.Download()), dx);
   CheckLayer<T>("backward d router", gr->Download(), g_router);
   CheckLayer<T>("backward d gate", gg->Download(), g_gate);
@@ -128,7 +129,7 @@ void MoeLayerMatchesCpu(cublasHandle_t handle, cudaStream_t stream) {
   CheckLayer<T>("backward d shared down", gsd->Download(), g_sdown);
   // Same inputs, same bits: nothing in the layer depends on scheduling.
   const auto first = d_y.Download();
-  REQUIRE(layer.value()->Forward(d_x->ptr, n, w, d_y.ptr).ok());
+  REQUIRE(layer.value()->Forward(d_x->ptr, b, s, w, d_y.ptr).ok());
   REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
   CHECK(std::memcmp(first.data(), d_y.Download().data(), first.size() * sizeof(T)) == 0);
 }
@@ -146,13 +147,12 @@ TEST_CASE("the MoE layer on the GPU matches the CPU layer, forward and backward"
   cublasDestroy(handle);
 }
 
-TEST_CASE("the MoE layer on the GPU refuses what it cannot do yet") {
+TEST_CASE("the MoE layer on the GPU refuses shapes it cannot hold") {
   model::MoeShape shape;
   shape.router = {8, 2, 1, 1, false, 1.0};
   shape.d_model = 64;
   shape.expert_hidden = 32;
-  shape.seq_aux_alpha = 1e-4;
-  auto layer = model::cuda::MoeLayerCuda<float>::Create(shape, 16, nullptr, nullptr);
+  auto layer = model::cuda::MoeLayerCuda<float>::Create(shape, 0, nullptr, nullptr);
   REQUIRE_FALSE(layer.ok());
-  CHECK(layer.status().message().find("seq_aux_alpha") != std::string::npos);
+  CHECK(layer.status().message().find("max_tokens") != std::string::npos);
 }

@@ -31,11 +31,6 @@ Result<std::unique_ptr<MoeLayerCuda<T>>> MoeLayerCuda<T>::Create(const MoeShape&
                                                                  int64_t max_tokens,
                                                                  cudaStream_t stream,
                                                                  cublasHandle_t handle) {
-  if (shape.seq_aux_alpha != 0) {
-    return Status::Unimplemented(
-        "MoE layer on the GPU: the sequence-wise balance loss has no CUDA twin yet (set "
-        "model.moe.balance.seq_aux_alpha: 0 for the cuda backend)");
-  }
   if (shape.router.experts <= 0 || shape.router.top_k <= 0 || max_tokens <= 0) {
     return Status::InvalidArgument("MoE layer on the GPU: experts, top_k and max_tokens > 0");
   }
@@ -53,6 +48,7 @@ template <typename T>
 MoeLayerCuda<T>::~MoeLayerCuda() {
   for (void* p : owned_) cudaFree(p);
   if (host_counts_) cudaFreeHost(host_counts_);
+  if (host_loss_) cudaFreeHost(host_loss_);
 }
 
 template <typename T>
@@ -100,21 +96,30 @@ Status MoeLayerCuda<T>::Allocate() {
   alloc(&dsg_, n * hs);
   alloc(&dsu_, n * hs);
   alloc(&pointers_, 3 * e);
+  alloc(&loss_, 1);
+  alloc(&row_sum_, n);
+  alloc(&f_, n * e);  // one row of E per sequence: at most n sequences
+  alloc(&seq_, n);
   MOERUN_RETURN_IF_ERROR(st);
+  MOERUN_RETURN_IF_ERROR(Cuda(cudaMallocHost(&host_loss_, sizeof(double)), "pinned loss"));
+  *host_loss_ = 0;
   return Cuda(cudaMallocHost(&host_counts_, static_cast<size_t>(e) * sizeof(int64_t)),
               "allocating pinned counts");
 }
 
 template <typename T>
-Status MoeLayerCuda<T>::Forward(const T* x, int64_t n, const MoeLayerWeightsCuda<T>& w, T* y) {
-  if (n > max_tokens_) {
+Status MoeLayerCuda<T>::Forward(const T* x, int64_t b, int64_t s, const MoeLayerWeightsCuda<T>& w,
+                                T* y) {
+  const int64_t n = b * s;
+  if (b < 0 || s < 0 || n > max_tokens_) {
     return Status::InvalidArgument("MoE layer on the GPU: " + std::to_string(n) +
                                    " tokens, sized for " + std::to_string(max_tokens_));
   }
   const auto& r = shape_.router;
   const int64_t e = r.experts, k = r.top_k, d = shape_.d_model, h = shape_.expert_hidden,
                 hs = shape_.shared_hidden;
-  last_n_ = n;
+  last_b_ = b;
+  last_s_ = s;
   // Router: fp32 logits, scores, top-k.
   MOERUN_RETURN_IF_ERROR(
       Blas(kc::GemmNTToFloat<T>(handle_, n, e, d, x, w.router, logits_), "router GEMM"));
@@ -124,6 +129,17 @@ Status MoeLayerCuda<T>::Forward(const T* x, int64_t n, const MoeLayerWeightsCuda
   // Dispatch: rows grouped by expert, counts to the host for the grouped GEMMs.
   const kc::DeviceDispatchPlan plan{n, k, e, counts_, offsets_, row_token_, row_slot_, slot_row_};
   MOERUN_RETURN_IF_ERROR(Cuda(kc::LaunchPlanDispatch(idx_, plan, stream_), "dispatch plan"));
+  if (shape_.seq_aux_alpha != 0) {
+    MOERUN_RETURN_IF_ERROR(
+        Cuda(kc::LaunchSeqBalanceLoss(scores_, idx_, b, s, shape_.seq_aux_alpha, r, nullptr, 0.0,
+                                      loss_, {row_sum_, f_, seq_}, stream_),
+             "balance loss"));
+    MOERUN_RETURN_IF_ERROR(
+        Cuda(cudaMemcpyAsync(host_loss_, loss_, sizeof(double), cudaMemcpyDeviceToHost, stream_),
+             "reading the balance loss"));
+  } else {
+    *host_loss_ = 0;
+  }
   MOERUN_RETURN_IF_ERROR(Cuda(
       cudaMemcpyAsync(host_counts_, counts_, e * sizeof(int64_t), cudaMemcpyDeviceToHost, stream_),
       "reading expert counts"));
@@ -158,13 +174,15 @@ Status MoeLayerCuda<T>::Forward(const T* x, int64_t n, const MoeLayerWeightsCuda
 }
 
 template <typename T>
-Status MoeLayerCuda<T>::Backward(const T* dy, const T* x, int64_t n,
+Status MoeLayerCuda<T>::Backward(const T* dy, const T* x, int64_t b, int64_t s,
                                  const MoeLayerWeightsCuda<T>& w, const MoeLayerGradsCuda& g,
-                                 T* dx) {
-  if (n != last_n_) {
-    return Status::InvalidArgument("MoE layer on the GPU: Backward for " + std::to_string(n) +
-                                   " tokens after a Forward of " + std::to_string(last_n_));
+                                 double dloss, T* dx) {
+  if (b != last_b_ || s != last_s_) {
+    return Status::InvalidArgument("MoE layer on the GPU: Backward for " + std::to_string(b) + "x" +
+                                   std::to_string(s) + " tokens after a Forward of " +
+                                   std::to_string(last_b_) + "x" + std::to_string(last_s_));
   }
+  const int64_t n = b * s;
   const auto& r = shape_.router;
   const int64_t e = r.experts, k = r.top_k, d = shape_.d_model, h = shape_.expert_hidden,
                 hs = shape_.shared_hidden;
@@ -209,6 +227,12 @@ Status MoeLayerCuda<T>::Backward(const T* dy, const T* x, int64_t n,
       Cuda(cudaMemsetAsync(dscores_, 0, n * e * sizeof(float), stream_), "zero dscores"));
   MOERUN_RETURN_IF_ERROR(Cuda(
       kc::LaunchRouterGatesBackward(dgates_, scores_, idx_, dscores_, n, r, stream_), "gates"));
+  if (shape_.seq_aux_alpha != 0) {
+    MOERUN_RETURN_IF_ERROR(
+        Cuda(kc::LaunchSeqBalanceLoss(scores_, idx_, b, s, shape_.seq_aux_alpha, r, dscores_, dloss,
+                                      loss_, {row_sum_, f_, seq_}, stream_),
+             "balance loss backward"));
+  }
   MOERUN_RETURN_IF_ERROR(
       Cuda(kc::LaunchRouterScoresBackward(dscores_, scores_, dlogits_f_, n, r, stream_), "scores"));
   MOERUN_RETURN_IF_ERROR(

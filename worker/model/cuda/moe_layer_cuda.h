@@ -2,8 +2,8 @@
 // composed from the CUDA kernels: router GEMM in fp32, sigmoid/softmax scores, bias-corrected
 // group-limited top-k, the dispatch plan, the experts' gate/up/down GEMMs as grouped cuBLAS
 // calls, SwiGLU, the deterministic combine, and the shared experts. It is the GPU twin of
-// model::MoeForward / MoeBackward with every routed expert local (no expert parallelism) and
-// without the sequence-wise balance loss (seq_aux_alpha must be 0 here).
+// model::MoeForward / MoeBackward with every routed expert local (no expert parallelism yet),
+// including the sequence-wise balance loss (shape.seq_aux_alpha).
 // T is the activation and weight storage type (float or __nv_bfloat16); weight gradients are
 // fp32 and accumulated (+=). All pointers are device pointers; the layer owns its activation
 // buffers, sized for `max_tokens` at Create. Work goes on `stream` (the cuBLAS handle is bound
@@ -46,11 +46,14 @@ class MoeLayerCuda {
                                                       cudaStream_t stream, cublasHandle_t handle);
   ~MoeLayerCuda();
 
-  // y [n, D] (=) MoE(x); keeps what Backward needs for this x.
-  Status Forward(const T* x, int64_t n, const MoeLayerWeightsCuda<T>& w, T* y);
-  // dx [n, D] (=); weight gradients (+=). x and w as in the last Forward.
-  Status Backward(const T* dy, const T* x, int64_t n, const MoeLayerWeightsCuda<T>& w,
-                  const MoeLayerGradsCuda& g, T* dx);
+  // y [b·s, D] (=) MoE(x) for b sequences of s tokens; keeps what Backward needs.
+  Status Forward(const T* x, int64_t b, int64_t s, const MoeLayerWeightsCuda<T>& w, T* y);
+  // dx (=); weight gradients (+=); the balance loss's gradient scaled by dloss. x and w as in
+  // the last Forward.
+  Status Backward(const T* dy, const T* x, int64_t b, int64_t s, const MoeLayerWeightsCuda<T>& w,
+                  const MoeLayerGradsCuda& g, double dloss, T* dx);
+  // The last Forward's sequence-wise balance loss (0 when seq_aux_alpha is 0).
+  double balance_loss() const { return *host_loss_; }
 
   // The last Forward's choices, for tests: idx [n, K] and gates [n, K].
   const int32_t* idx() const { return idx_; }
@@ -77,9 +80,11 @@ class MoeLayerCuda {
   T *dlogits_ = nullptr, *deo_ = nullptr, *dea_ = nullptr, *deg_ = nullptr, *deu_ = nullptr,
     *dbuf_ = nullptr, *dsa_ = nullptr, *dsg_ = nullptr, *dsu_ = nullptr;
   float* dlogits_f_ = nullptr;
-  void** pointers_ = nullptr;       // 3·E pointers for the grouped GEMMs
-  int64_t* host_counts_ = nullptr;  // pinned [E]
-  int64_t last_n_ = 0;
+  void** pointers_ = nullptr;                      // 3·E pointers for the grouped GEMMs
+  int64_t* host_counts_ = nullptr;                 // pinned [E]
+  double *loss_ = nullptr, *host_loss_ = nullptr;  // device and pinned: the balance loss
+  double *row_sum_ = nullptr, *f_ = nullptr, *seq_ = nullptr;  // its scratch
+  int64_t last_b_ = 0, last_s_ = 0;
 };
 
 }  // namespace moerun::model::cuda
