@@ -40,10 +40,15 @@ T* Filled(size_t n, float std, uint32_t seed) {
   T* p = nullptr;
   if (cudaMalloc(&f, even * sizeof(float)) != cudaSuccess) return nullptr;
   curandGenerator_t gen;
-  bool ok = curandCreateGenerator(&gen, CURAND_RNG_PSEUDO_PHILOX4_32_10) == CURAND_STATUS_SUCCESS;
-  ok = ok && curandSetPseudoRandomGeneratorSeed(gen, seed) == CURAND_STATUS_SUCCESS &&
-       curandGenerateNormal(gen, f, even, 0.0f, std) == CURAND_STATUS_SUCCESS;
-  if (ok) curandDestroyGenerator(gen);
+  const bool created =
+      curandCreateGenerator(&gen, CURAND_RNG_PSEUDO_PHILOX4_32_10) == CURAND_STATUS_SUCCESS;
+  bool ok = created && curandSetPseudoRandomGeneratorSeed(gen, seed) == CURAND_STATUS_SUCCESS &&
+            curandGenerateNormal(gen, f, even, 0.0f, std) == CURAND_STATUS_SUCCESS;
+  if (created) curandDestroyGenerator(gen);
+  if (!ok) {
+    cudaFree(f);
+    return nullptr;
+  }
   if (ok && std::is_same_v<T, float>) return reinterpret_cast<T*>(f);
   ok = ok && cudaMalloc(&p, n * sizeof(T)) == cudaSuccess &&
        kernels::cuda::LaunchCastFromFloat<T>(f, p, int64_t(n), nullptr) == cudaSuccess &&
@@ -81,12 +86,19 @@ double GemmTflops(const GemmGpuArgs& a, cublasHandle_t h, cudaStream_t stream) {
   T* w = Filled<T>(size_t(a.k * a.n), 1.0f, 2);
   T* c = nullptr;
   cudaMalloc(&c, size_t(a.m * a.n) * sizeof(T));
-  const double ms = MedianMs(a.reps, stream, [&] {
-    kernels::cuda::Gemm<T>(h, false, false, a.m, a.n, a.k, 1.0f, x, a.k, w, a.n, 0.0f, c, a.n);
+  cublasStatus_t status = x && w && c ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_ALLOC_FAILED;
+  const double ms = status != CUBLAS_STATUS_SUCCESS ? 0 : MedianMs(a.reps, stream, [&] {
+    const cublasStatus_t s =
+        kernels::cuda::Gemm<T>(h, false, false, a.m, a.n, a.k, 1.0f, x, a.k, w, a.n, 0.0f, c, a.n);
+    if (s != CUBLAS_STATUS_SUCCESS) status = s;
   });
   cudaFree(x);
   cudaFree(w);
   cudaFree(c);
+  if (status != CUBLAS_STATUS_SUCCESS || ms <= 0) {
+    std::fprintf(stderr, "gemm-gpu: cuBLAS status %d (or out of memory)\n", int(status));
+    return -1;  // no peak: callers report the failure
+  }
   return 2.0 * double(a.m) * double(a.n) * double(a.k) / ms / 1e9;
 }
 
@@ -134,7 +146,10 @@ int MoeLayer(const MoeGpuArgs& a, cublasHandle_t h, cudaStream_t stream) {
   T *y = nullptr, *dx = nullptr;
   cudaMalloc(&y, size_t(a.tokens * d) * sizeof(T));
   cudaMalloc(&dx, size_t(a.tokens * d) * sizeof(T));
-  if (!w.router || !w.gate || !w.up || !w.down || !g.down || !x || !dy || !y || !dx) {
+  const bool shared_ok = hs == 0 || (w.shared_gate && w.shared_up && w.shared_down &&
+                                     g.shared_gate && g.shared_up && g.shared_down);
+  if (!w.router || !w.gate || !w.up || !w.down || !g.router || !g.gate || !g.up || !g.down ||
+      !shared_ok || !x || !dy || !y || !dx) {
     std::fprintf(stderr, "moe-layer-gpu: out of GPU memory at this shape\n");
     return 1;
   }
@@ -155,6 +170,7 @@ int MoeLayer(const MoeGpuArgs& a, cublasHandle_t h, cudaStream_t stream) {
   GemmGpuArgs peak_args;
   peak_args.precision = a.precision;
   const double peak = GemmTflops<T>(peak_args, h, stream);
+  if (peak <= 0) return 1;
   nlohmann::json j = {{"bench", "moe-layer-gpu"},
                       {"precision", a.precision},
                       {"tokens", a.tokens},
@@ -183,6 +199,7 @@ int RunGemmGpu(const GemmGpuArgs& a) {
   cublasSetStream(h, stream);
   const double tflops = a.precision == "fp32" ? GemmTflops<float>(a, h, stream)
                                               : GemmTflops<__nv_bfloat16>(a, h, stream);
+  if (tflops <= 0) return 1;
   nlohmann::json j = {
       {"bench", "gemm-gpu"}, {"precision", a.precision}, {"m", a.m}, {"n", a.n}, {"k", a.k},
       {"tflops", tflops}};

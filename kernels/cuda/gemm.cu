@@ -150,26 +150,20 @@ cublasStatus_t ExpertLinearBackward(cublasHandle_t handle, const T* dy, const T*
   cublasStatus_t s = Grouped(handle, false, false, m, n, k, a, DataType<T>(), lda, b, DataType<T>(),
                              ldb, accumulate_dx ? 1.0f : 0.0f, c, DataType<T>(), ldc, pointers);
   if (s != CUBLAS_STATUS_SUCCESS) return s;
-  // dw_e[out, in] += dy_eᵀ[out, rows] · x_e[rows, in], in fp32.
-  m.clear(), n.clear(), k.clear(), lda.clear(), ldb.clear(), ldc.clear();
-  a.clear(), b.clear(), c.clear();
-  offset = 0;
+  // dw_e[out, in] += dy_eᵀ[out, rows] · x_e[rows, in], in fp32: one cublasGemmEx per expert,
+  // because the grouped call takes one type for A, B and C (bf16 in, fp32 out is not among its
+  // combinations) and the gradients must stay fp32.
+  int64_t row0 = 0;
   for (int64_t e = 0; e < experts; ++e) {
     if (rows[e] > 0) {
-      m.push_back(static_cast<int>(out));
-      n.push_back(static_cast<int>(in));
-      k.push_back(static_cast<int>(rows[e]));
-      a.push_back(dy + offset * out);
-      lda.push_back(static_cast<int>(out));
-      b.push_back(x + offset * in);
-      ldb.push_back(static_cast<int>(in));
-      c.push_back(dw + e * out * in);
-      ldc.push_back(static_cast<int>(in));
+      s = RowMajorGemm(handle, true, false, out, in, rows[e], 1.0f, dy + row0 * out, DataType<T>(),
+                       out, x + row0 * in, DataType<T>(), in, 1.0f, dw + e * out * in, CUDA_R_32F,
+                       in);
+      if (s != CUBLAS_STATUS_SUCCESS) return s;
     }
-    offset += rows[e];
+    row0 += rows[e];
   }
-  return Grouped(handle, true, false, m, n, k, a, DataType<T>(), lda, b, DataType<T>(), ldb, 1.0f,
-                 c, CUDA_R_32F, ldc, pointers);
+  return CUBLAS_STATUS_SUCCESS;
 }
 
 template <typename T>

@@ -29,6 +29,8 @@ cublasStatus_t LinearBackward(cublasHandle_t handle, const T* dy, const T* x, co
                               float* dw, int64_t n, int64_t in, int64_t out, bool accumulate_dx);
 
 // The experts of one MoE layer: expert e's rows are rows [offset_e, offset_e + rows[e]) of x
+// (forward and dx: one grouped call each; the fp32 weight gradients: one GEMM per expert, as
+// the grouped call cannot mix bf16 inputs with an fp32 output).
 // and y (the dispatch plan's order), its weights w + e·out·in ([out, in]).
 //   forward:  y_e = x_e · W_eᵀ
 //   backward: dx_e = dy_e · W_e;  dw_e (fp32) += dy_eᵀ · x_e

@@ -427,7 +427,8 @@ TEST_CASE("AdamW, the gradient norm and clipping match the CPU") {
     CUDA_OK(cuda::LaunchAdamWUpdate(d_p.ptr, d_g.ptr, d_m.ptr, d_v.ptr, n, s, true, nullptr));
   }
   Check<float>("adamw params", d_p.Download(), p);
-  Check<float>("adamw moments", d_v.Download(), v);
+  Check<float>("adamw first moments", d_m.Download(), m);
+  Check<float>("adamw second moments", d_v.Download(), v);
   DeviceArray<double> partial(size_t(cuda::kNormBlocks)), sum(1);
   const double ms =
       TimeMs([&] { CUDA_OK(cuda::LaunchSumOfSquares(d_g.ptr, n, partial.ptr, sum.ptr, nullptr)); });

@@ -129,7 +129,7 @@ Status MoeLayerCuda<T>::Forward(const T* x, int64_t b, int64_t s, const MoeLayer
   // Dispatch: rows grouped by expert, counts to the host for the grouped GEMMs.
   const kc::DeviceDispatchPlan plan{n, k, e, counts_, offsets_, row_token_, row_slot_, slot_row_};
   MOERUN_RETURN_IF_ERROR(Cuda(kc::LaunchPlanDispatch(idx_, plan, stream_), "dispatch plan"));
-  if (shape_.seq_aux_alpha != 0) {
+  if (shape_.seq_aux_alpha > 0) {  // as the CPU layer
     MOERUN_RETURN_IF_ERROR(
         Cuda(kc::LaunchSeqBalanceLoss(scores_, idx_, b, s, shape_.seq_aux_alpha, r, nullptr, 0.0,
                                       loss_, {row_sum_, f_, seq_}, stream_),
@@ -227,7 +227,7 @@ Status MoeLayerCuda<T>::Backward(const T* dy, const T* x, int64_t b, int64_t s,
       Cuda(cudaMemsetAsync(dscores_, 0, n * e * sizeof(float), stream_), "zero dscores"));
   MOERUN_RETURN_IF_ERROR(Cuda(
       kc::LaunchRouterGatesBackward(dgates_, scores_, idx_, dscores_, n, r, stream_), "gates"));
-  if (shape_.seq_aux_alpha != 0) {
+  if (shape_.seq_aux_alpha > 0) {  // as the CPU layer
     MOERUN_RETURN_IF_ERROR(
         Cuda(kc::LaunchSeqBalanceLoss(scores_, idx_, b, s, shape_.seq_aux_alpha, r, dscores_, dloss,
                                       loss_, {row_sum_, f_, seq_}, stream_),
@@ -235,6 +235,8 @@ Status MoeLayerCuda<T>::Backward(const T* dy, const T* x, int64_t b, int64_t s,
   }
   MOERUN_RETURN_IF_ERROR(
       Cuda(kc::LaunchRouterScoresBackward(dscores_, scores_, dlogits_f_, n, r, stream_), "scores"));
+  // In bf16 the router's input gradient goes through a bf16 GEMM (one type for both inputs);
+  // its weight gradient is accumulated in fp32 but from bf16-rounded logit gradients.
   MOERUN_RETURN_IF_ERROR(
       Cuda(kc::LaunchCastFromFloat<T>(dlogits_f_, dlogits_, n * e, stream_), "cast dlogits"));
   MOERUN_RETURN_IF_ERROR(

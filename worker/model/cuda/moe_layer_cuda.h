@@ -7,8 +7,9 @@
 // T is the activation and weight storage type (float or __nv_bfloat16); weight gradients are
 // fp32 and accumulated (+=). All pointers are device pointers; the layer owns its activation
 // buffers, sized for `max_tokens` at Create. Work goes on `stream` (the cuBLAS handle is bound
-// to it); Forward/Backward synchronize once each, to read the experts' row counts on the host
-// for the grouped GEMMs. Not thread-safe.
+// to it). Forward synchronizes to read the experts' row counts on the host, and every grouped
+// GEMM call synchronizes after staging its pointer arrays (3 per forward, 2 per backward):
+// correct, and a cost a pinned double-buffered staging area would remove. Not thread-safe.
 #pragma once
 
 #include <cublas_v2.h>
