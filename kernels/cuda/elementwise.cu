@@ -156,7 +156,20 @@ __global__ void CastKernel(const float* in, T* out, int64_t count) {
   if (i < count) out[i] = FromFloat<T>(in[i]);
 }
 
+template <typename T>
+__global__ void AddKernel(T* y, const T* x, int64_t count) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < count) y[i] = FromFloat<T>(ToFloat(y[i]) + ToFloat(x[i]));
+}
+
 }  // namespace
+
+template <typename T>
+cudaError_t LaunchAddInPlace(T* y, const T* x, int64_t count, cudaStream_t stream) {
+  if (count == 0) return cudaSuccess;
+  AddKernel<T><<<Blocks(count, kThreads), kThreads, 0, stream>>>(y, x, count);
+  return cudaGetLastError();
+}
 
 template <typename T>
 cudaError_t LaunchCastFromFloat(const float* in, T* out, int64_t count, cudaStream_t stream) {
@@ -251,6 +264,7 @@ cudaError_t LaunchCrossEntropy(const T* logits, const int32_t* targets, T* dlogi
   template cudaError_t LaunchSwiGluForward<T>(const T*, const T*, T*, int64_t, cudaStream_t);    \
   template cudaError_t LaunchSwiGluBackward<T>(const T*, const T*, const T*, T*, T*, int64_t,    \
                                                cudaStream_t);                                    \
+  template cudaError_t LaunchAddInPlace<T>(T*, const T*, int64_t, cudaStream_t);                 \
   template cudaError_t LaunchCastFromFloat<T>(const float*, T*, int64_t, cudaStream_t);          \
   template cudaError_t LaunchCrossEntropy<T>(const T*, const int32_t*, T*, float*, double*,      \
                                              int64_t, int64_t, double, cudaStream_t);

@@ -53,6 +53,10 @@ cudaError_t LaunchCrossEntropy(const T* logits, const int32_t* targets, T* dlogi
                                double* loss, int64_t n, int64_t v, double dloss,
                                cudaStream_t stream);
 
+// y[i] += x[i] (residual connections).
+template <typename T>
+cudaError_t LaunchAddInPlace(T* y, const T* x, int64_t count, cudaStream_t stream);
+
 // out[i] = in[i] converted (fp32 -> storage precision), e.g. the router's fp32 gradient
 // before the GEMM that takes it back to the activations.
 template <typename T>

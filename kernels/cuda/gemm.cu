@@ -101,7 +101,8 @@ cublasStatus_t LinearBackward(cublasHandle_t handle, const T* dy, const T* x, co
 template <typename T>
 cublasStatus_t ExpertLinearForward(cublasHandle_t handle, const T* x, const T* w, T* y,
                                    const int64_t* rows, int64_t experts, int64_t in, int64_t out,
-                                   void** pointers) {
+                                   void** pointers, int64_t expert_stride) {
+  const int64_t stride = expert_stride > 0 ? expert_stride : out * in;
   std::vector<int> m, n, k, lda, ldb, ldc;
   std::vector<const void*> a, b;
   std::vector<void*> c;
@@ -113,7 +114,7 @@ cublasStatus_t ExpertLinearForward(cublasHandle_t handle, const T* x, const T* w
       k.push_back(static_cast<int>(in));
       a.push_back(x + offset * in);
       lda.push_back(static_cast<int>(in));
-      b.push_back(w + e * out * in);
+      b.push_back(w + e * stride);
       ldb.push_back(static_cast<int>(in));
       c.push_back(y + offset * out);
       ldc.push_back(static_cast<int>(out));
@@ -127,7 +128,9 @@ cublasStatus_t ExpertLinearForward(cublasHandle_t handle, const T* x, const T* w
 template <typename T>
 cublasStatus_t ExpertLinearBackward(cublasHandle_t handle, const T* dy, const T* x, const T* w,
                                     T* dx, float* dw, const int64_t* rows, int64_t experts,
-                                    int64_t in, int64_t out, void** pointers, bool accumulate_dx) {
+                                    int64_t in, int64_t out, void** pointers, bool accumulate_dx,
+                                    int64_t expert_stride) {
+  const int64_t stride = expert_stride > 0 ? expert_stride : out * in;
   // dx_e[rows, in] = dy_e[rows, out] · W_e[out, in]
   std::vector<int> m, n, k, lda, ldb, ldc;
   std::vector<const void*> a, b;
@@ -140,7 +143,7 @@ cublasStatus_t ExpertLinearBackward(cublasHandle_t handle, const T* dy, const T*
       k.push_back(static_cast<int>(out));
       a.push_back(dy + offset * out);
       lda.push_back(static_cast<int>(out));
-      b.push_back(w + e * out * in);
+      b.push_back(w + e * stride);
       ldb.push_back(static_cast<int>(in));
       c.push_back(dx + offset * in);
       ldc.push_back(static_cast<int>(in));
@@ -157,7 +160,7 @@ cublasStatus_t ExpertLinearBackward(cublasHandle_t handle, const T* dy, const T*
   for (int64_t e = 0; e < experts; ++e) {
     if (rows[e] > 0) {
       s = RowMajorGemm(handle, true, false, out, in, rows[e], 1.0f, dy + row0 * out, DataType<T>(),
-                       out, x + row0 * in, DataType<T>(), in, 1.0f, dw + e * out * in, CUDA_R_32F,
+                       out, x + row0 * in, DataType<T>(), in, 1.0f, dw + e * stride, CUDA_R_32F,
                        in);
       if (s != CUBLAS_STATUS_SUCCESS) return s;
     }
@@ -174,19 +177,20 @@ cublasStatus_t GemmNTToFloat(cublasHandle_t handle, int64_t m, int64_t n, int64_
                       0.0f, c, CUDA_R_32F, n);
 }
 
-#define MOERUN_INSTANTIATE(T)                                                                     \
-  template cublasStatus_t Gemm<T>(cublasHandle_t, bool, bool, int64_t, int64_t, int64_t, float,   \
-                                  const T*, int64_t, const T*, int64_t, float, T*, int64_t);      \
-  template cublasStatus_t LinearForward<T>(cublasHandle_t, const T*, const T*, T*, int64_t,       \
-                                           int64_t, int64_t);                                     \
-  template cublasStatus_t LinearBackward<T>(cublasHandle_t, const T*, const T*, const T*, T*,     \
-                                            float*, int64_t, int64_t, int64_t, bool);             \
-  template cublasStatus_t ExpertLinearForward<T>(                                                 \
-      cublasHandle_t, const T*, const T*, T*, const int64_t*, int64_t, int64_t, int64_t, void**); \
-  template cublasStatus_t ExpertLinearBackward<T>(cublasHandle_t, const T*, const T*, const T*,   \
-                                                  T*, float*, const int64_t*, int64_t, int64_t,   \
-                                                  int64_t, void**, bool);                         \
-  template cublasStatus_t GemmNTToFloat<T>(cublasHandle_t, int64_t, int64_t, int64_t, const T*,   \
+#define MOERUN_INSTANTIATE(T)                                                                   \
+  template cublasStatus_t Gemm<T>(cublasHandle_t, bool, bool, int64_t, int64_t, int64_t, float, \
+                                  const T*, int64_t, const T*, int64_t, float, T*, int64_t);    \
+  template cublasStatus_t LinearForward<T>(cublasHandle_t, const T*, const T*, T*, int64_t,     \
+                                           int64_t, int64_t);                                   \
+  template cublasStatus_t LinearBackward<T>(cublasHandle_t, const T*, const T*, const T*, T*,   \
+                                            float*, int64_t, int64_t, int64_t, bool);           \
+  template cublasStatus_t ExpertLinearForward<T>(cublasHandle_t, const T*, const T*, T*,        \
+                                                 const int64_t*, int64_t, int64_t, int64_t,     \
+                                                 void**, int64_t);                              \
+  template cublasStatus_t ExpertLinearBackward<T>(cublasHandle_t, const T*, const T*, const T*, \
+                                                  T*, float*, const int64_t*, int64_t, int64_t, \
+                                                  int64_t, void**, bool, int64_t);              \
+  template cublasStatus_t GemmNTToFloat<T>(cublasHandle_t, int64_t, int64_t, int64_t, const T*, \
                                            const T*, float*);
 MOERUN_INSTANTIATE(float)
 MOERUN_INSTANTIATE(__nv_bfloat16)

@@ -36,16 +36,18 @@ cublasStatus_t LinearBackward(cublasHandle_t handle, const T* dy, const T* x, co
 //   backward: dx_e = dy_e · W_e;  dw_e (fp32) += dy_eᵀ · x_e
 // rows: host array [experts] (the plan's counts, known on the host for the all-to-all).
 // pointers: device scratch of 3·experts pointers, untouched until the call completes.
+// expert_stride: elements from one expert's weights (and gradients) to the next: out·in when
+// 0 (a [E, out, in] tensor); 3·H·D for the per-expert gate/up/down of the model's layout.
 template <typename T>
 cublasStatus_t ExpertLinearForward(cublasHandle_t handle, const T* x, const T* w, T* y,
                                    const int64_t* rows, int64_t experts, int64_t in, int64_t out,
-                                   void** pointers);
+                                   void** pointers, int64_t expert_stride = 0);
 // accumulate_dx: dx += (two products feeding one input, e.g. an MLP's gate and up).
 template <typename T>
 cublasStatus_t ExpertLinearBackward(cublasHandle_t handle, const T* dy, const T* x, const T* w,
                                     T* dx, float* dw, const int64_t* rows, int64_t experts,
                                     int64_t in, int64_t out, void** pointers,
-                                    bool accumulate_dx = false);
+                                    bool accumulate_dx = false, int64_t expert_stride = 0);
 
 // c[m,n] (fp32, =) = a[m,k] · b[n,k]ᵀ with a and b in T: the router's logits in fp32 from
 // activations and weights in storage precision.

@@ -6,7 +6,8 @@
 # NCCL communicator. Exits non-zero if any check fails.
 # Then the benchmarks (JSON lines): cuBLAS's bf16 GEMM peak and the MoE layer's forward +
 # backward at DeepSeek-like shapes as a fraction of it.
-# Not yet here (issue 8): the 1-GPU training run and the fp8 cuBLASLt GEMMs.
+# gpu_tests includes a 1-GPU training run of train-fast's model (the loss must fall).
+# Not yet here (issue 8): the fp8 cuBLASLt GEMMs; `moerun train` with backend: cuda.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 scripts/install-deps.sh

@@ -32,6 +32,9 @@ struct MoeLayerWeightsCuda {
   const T *gate = nullptr, *up = nullptr, *down = nullptr;  // [E, H, D], [E, H, D], [E, D, H]
   const T *shared_gate = nullptr, *shared_up = nullptr, *shared_down = nullptr;  // [Hs, D] x2,
                                                                                  // [D, Hs]
+  // Elements from one expert's gate (up, down; and their gradients) to the next: 0 for the
+  // [E, H, D] tensors above, 3·H·D in the model's per-expert layout (gate, up, down each).
+  int64_t expert_stride = 0;
 };
 
 struct MoeLayerGradsCuda {  // fp32, +=; same shapes as the weights
@@ -53,6 +56,8 @@ class MoeLayerCuda {
   // the last Forward.
   Status Backward(const T* dy, const T* x, int64_t b, int64_t s, const MoeLayerWeightsCuda<T>& w,
                   const MoeLayerGradsCuda& g, double dloss, T* dx);
+  // Tokens routed to each expert in the last Forward (host memory, [E]).
+  const int64_t* expert_counts() const { return host_counts_; }
   // The last Forward's sequence-wise balance loss (0 when seq_aux_alpha is 0).
   double balance_loss() const { return *host_loss_; }
 

@@ -1,3 +1,5 @@
+#include "worker/model/cuda/moe_layer_cuda.h"
+
 #include <string>
 #include <type_traits>
 
@@ -5,7 +7,6 @@
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/moe_dispatch.cuh"
 #include "kernels/cuda/router.cuh"
-#include "worker/model/cuda/moe_layer_cuda.h"
 
 namespace moerun::model::cuda {
 namespace {
@@ -146,17 +147,17 @@ Status MoeLayerCuda<T>::Forward(const T* x, int64_t b, int64_t s, const MoeLayer
   MOERUN_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(stream_), "reading expert counts"));
   MOERUN_RETURN_IF_ERROR(Cuda(kc::LaunchDispatchRows<T>(x, plan, buf_, d, stream_), "dispatch"));
   // Experts: gate and up, SwiGLU, down.
-  MOERUN_RETURN_IF_ERROR(
-      Blas(kc::ExpertLinearForward<T>(handle_, buf_, w.gate, eg_, host_counts_, e, d, h, pointers_),
-           "expert gate GEMM"));
-  MOERUN_RETURN_IF_ERROR(
-      Blas(kc::ExpertLinearForward<T>(handle_, buf_, w.up, eu_, host_counts_, e, d, h, pointers_),
-           "expert up GEMM"));
+  MOERUN_RETURN_IF_ERROR(Blas(kc::ExpertLinearForward<T>(handle_, buf_, w.gate, eg_, host_counts_,
+                                                         e, d, h, pointers_, w.expert_stride),
+                              "expert gate GEMM"));
+  MOERUN_RETURN_IF_ERROR(Blas(kc::ExpertLinearForward<T>(handle_, buf_, w.up, eu_, host_counts_, e,
+                                                         d, h, pointers_, w.expert_stride),
+                              "expert up GEMM"));
   MOERUN_RETURN_IF_ERROR(
       Cuda(kc::LaunchSwiGluForward<T>(eg_, eu_, ea_, n * k * h, stream_), "expert SwiGLU"));
-  MOERUN_RETURN_IF_ERROR(
-      Blas(kc::ExpertLinearForward<T>(handle_, ea_, w.down, eo_, host_counts_, e, h, d, pointers_),
-           "expert down GEMM"));
+  MOERUN_RETURN_IF_ERROR(Blas(kc::ExpertLinearForward<T>(handle_, ea_, w.down, eo_, host_counts_, e,
+                                                         h, d, pointers_, w.expert_stride),
+                              "expert down GEMM"));
   // Shared experts write y; the routed experts' weighted sum is added in slot order.
   if (hs > 0) {
     MOERUN_RETURN_IF_ERROR(
@@ -191,18 +192,21 @@ Status MoeLayerCuda<T>::Backward(const T* dy, const T* x, int64_t b, int64_t s,
   MOERUN_RETURN_IF_ERROR(Cuda(
       kc::LaunchCombineBackward<T>(dy, eo_, gates_, plan, deo_, dgates_, d, stream_), "combine"));
   // Experts, down then SwiGLU then gate and up (both feed dbuf).
-  MOERUN_RETURN_IF_ERROR(Blas(kc::ExpertLinearBackward<T>(handle_, deo_, ea_, w.down, dea_, g.down,
-                                                          host_counts_, e, h, d, pointers_),
-                              "expert down backward"));
+  MOERUN_RETURN_IF_ERROR(
+      Blas(kc::ExpertLinearBackward<T>(handle_, deo_, ea_, w.down, dea_, g.down, host_counts_, e, h,
+                                       d, pointers_, false, w.expert_stride),
+           "expert down backward"));
   MOERUN_RETURN_IF_ERROR(
       Cuda(kc::LaunchSwiGluBackward<T>(dea_, eg_, eu_, deg_, deu_, n * k * h, stream_),
            "expert SwiGLU backward"));
-  MOERUN_RETURN_IF_ERROR(Blas(kc::ExpertLinearBackward<T>(handle_, deg_, buf_, w.gate, dbuf_,
-                                                          g.gate, host_counts_, e, d, h, pointers_),
-                              "expert gate backward"));
-  MOERUN_RETURN_IF_ERROR(Blas(kc::ExpertLinearBackward<T>(handle_, deu_, buf_, w.up, dbuf_, g.up,
-                                                          host_counts_, e, d, h, pointers_, true),
-                              "expert up backward"));
+  MOERUN_RETURN_IF_ERROR(
+      Blas(kc::ExpertLinearBackward<T>(handle_, deg_, buf_, w.gate, dbuf_, g.gate, host_counts_, e,
+                                       d, h, pointers_, false, w.expert_stride),
+           "expert gate backward"));
+  MOERUN_RETURN_IF_ERROR(
+      Blas(kc::ExpertLinearBackward<T>(handle_, deu_, buf_, w.up, dbuf_, g.up, host_counts_, e, d,
+                                       h, pointers_, true, w.expert_stride),
+           "expert up backward"));
   // dx: the shared experts' path writes it, the routed rows and the router add to it.
   if (hs > 0) {
     MOERUN_RETURN_IF_ERROR(Blas(kc::LinearBackward<T>(handle_, dy, sa_, w.shared_down, dsa_,

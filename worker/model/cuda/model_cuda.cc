@@ -1,0 +1,470 @@
+#include "worker/model/cuda/model_cuda.h"
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+
+#include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/gemm.cuh"
+#include "kernels/cuda/optimizer.cuh"
+
+namespace moerun::model::cuda {
+namespace {
+
+namespace kc = moerun::kernels::cuda;
+
+Status Cuda(cudaError_t e, const std::string& what) {
+  if (e == cudaSuccess) return Status::OK();
+  return Status::Internal("model on the GPU: " + what + ": " + cudaGetErrorString(e));
+}
+
+Status Blas(cublasStatus_t s, const std::string& what) {
+  if (s == CUBLAS_STATUS_SUCCESS) return Status::OK();
+  return Status::Internal("model on the GPU: " + what + ": cuBLAS status " +
+                          std::to_string(static_cast<int>(s)));
+}
+
+std::string LayerName(int64_t layer, const std::string& suffix) {
+  return "model.layers." + std::to_string(layer) + "." + suffix;
+}
+
+}  // namespace
+
+// One decoder layer's activations for the fixed batch (what its backward reads).
+template <typename T>
+struct ModelCuda<T>::Layer {
+  T *n1 = nullptr, *q = nullptr, *k = nullptr, *v = nullptr, *att = nullptr, *mid = nullptr,
+    *n2 = nullptr;
+  float *rstd1 = nullptr, *rstd2 = nullptr, *probs = nullptr;
+  T *g = nullptr, *u = nullptr, *a = nullptr;  // dense MLP [N, F]
+  std::unique_ptr<MoeLayerCuda<T>> moe;        // MoE layers
+};
+
+template <typename T>
+template <typename V>
+V* ModelCuda<T>::Alloc(int64_t count) {
+  void* p = nullptr;
+  if (cudaMalloc(&p, static_cast<size_t>(count > 0 ? count : 1) * sizeof(V)) != cudaSuccess)
+    return nullptr;
+  owned_.push_back(p);
+  return static_cast<V*>(p);
+}
+
+template <typename T>
+Result<std::unique_ptr<ModelCuda<T>>> ModelCuda<T>::Create(const ModelSpec& spec,
+                                                           const Parameters<float>& params,
+                                                           int64_t batch, int64_t seq,
+                                                           cudaStream_t stream,
+                                                           cublasHandle_t handle) {
+  if (spec.attention != AttentionKind::kMha) {
+    return Status::Unimplemented("model on the GPU: model.attention mla is not implemented yet");
+  }
+  if (batch <= 0 || seq <= 0) return Status::InvalidArgument("model on the GPU: empty batch");
+  std::unique_ptr<ModelCuda<T>> m(new ModelCuda<T>());
+  m->spec_ = spec;
+  m->batch_ = batch;
+  m->seq_ = seq;
+  m->stream_ = stream;
+  m->handle_ = handle;
+  MOERUN_RETURN_IF_ERROR(Blas(cublasSetStream(handle, stream), "binding the stream"));
+  MOERUN_RETURN_IF_ERROR(m->Allocate(params));
+  return Result<std::unique_ptr<ModelCuda<T>>>(std::move(m));
+}
+
+template <typename T>
+ModelCuda<T>::~ModelCuda() {
+  layers_.clear();  // MoE layers free their own buffers first
+  for (void* p : owned_) cudaFree(p);
+}
+
+template <typename T>
+Status ModelCuda<T>::Allocate(const Parameters<float>& params) {
+  views_ = params.views();
+  for (const auto& v : views_) offset_[v.info.name] = v.offset;
+  size_ = params.size();
+  const int64_t n = batch_ * seq_, d = spec_.d_model, hh = spec_.d_model, h = spec_.n_heads,
+                v = spec_.vocab_size, f = spec_.ffn_hidden;
+  master_ = Alloc<float>(size_);
+  grads_ = Alloc<float>(size_);
+  m_ = Alloc<float>(size_);
+  v_ = Alloc<float>(size_);
+  if constexpr (std::is_same_v<T, float>) {
+    compute_ = master_;
+  } else {
+    compute_ = Alloc<T>(size_);
+  }
+  ids_ = Alloc<int32_t>(n);
+  targets_ = Alloc<int32_t>(n);
+  for (int64_t l = 0; l <= spec_.n_layers; ++l) xs_.push_back(Alloc<T>(n * d));
+  fnorm_ = Alloc<T>(n * d);
+  frstd_ = Alloc<float>(n);
+  logits_ = Alloc<T>(n * v);
+  dlogits_ = Alloc<T>(n * v);
+  row_loss_ = Alloc<float>(n);
+  loss_ = Alloc<double>(1);
+  partial_ = Alloc<double>(kc::kNormBlocks);
+  norm_ = Alloc<double>(1);
+  dh_ = Alloc<T>(n * d);
+  dn_ = Alloc<T>(n * d);
+  dx_ = Alloc<T>(n * d);
+  datt_ = Alloc<T>(n * hh);
+  dq_ = Alloc<T>(n * hh);
+  dk_ = Alloc<T>(n * hh);
+  dv_ = Alloc<T>(n * hh);
+  da_ = Alloc<T>(n * f);
+  dg_ = Alloc<T>(n * f);
+  du_ = Alloc<T>(n * f);
+  ds_ = Alloc<float>(batch_ * h * seq_ * seq_);
+  MoeShape shape;
+  shape.router = {spec_.moe.routed_experts,
+                  spec_.moe.top_k,
+                  spec_.moe.n_groups,
+                  spec_.moe.topk_groups,
+                  spec_.moe.score_func == ScoreFunc::kSoftmax,
+                  spec_.moe.route_scale};
+  shape.d_model = d;
+  shape.expert_hidden = spec_.moe.expert_hidden;
+  shape.shared_hidden = spec_.moe.expert_hidden * spec_.moe.shared_experts;
+  shape.seq_aux_alpha = spec_.moe.balance.seq_aux_alpha;
+  for (int64_t l = 0; l < spec_.n_layers; ++l) {
+    auto layer = std::make_unique<Layer>();
+    layer->n1 = Alloc<T>(n * d);
+    layer->q = Alloc<T>(n * hh);
+    layer->k = Alloc<T>(n * hh);
+    layer->v = Alloc<T>(n * hh);
+    layer->att = Alloc<T>(n * hh);
+    layer->mid = Alloc<T>(n * d);
+    layer->n2 = Alloc<T>(n * d);
+    layer->rstd1 = Alloc<float>(n);
+    layer->rstd2 = Alloc<float>(n);
+    layer->probs = Alloc<float>(batch_ * h * seq_ * seq_);
+    if (l < spec_.dense_layers) {
+      layer->g = Alloc<T>(n * f);
+      layer->u = Alloc<T>(n * f);
+      layer->a = Alloc<T>(n * f);
+    } else {
+      auto moe = MoeLayerCuda<T>::Create(shape, n, stream_, handle_);
+      if (!moe.ok()) return moe.status();
+      layer->moe = std::move(moe.value());
+    }
+    layers_.push_back(std::move(layer));
+  }
+  // Alloc() records only what it got: a null among the pointers is an allocation that failed.
+  const bool got_all = master_ && grads_ && m_ && v_ && compute_ && ids_ && targets_ && fnorm_ &&
+                       frstd_ && logits_ && dlogits_ && row_loss_ && loss_ && partial_ && norm_ &&
+                       dh_ && dn_ && dx_ && datt_ && dq_ && dk_ && dv_ && da_ && dg_ && du_ &&
+                       ds_ && std::find(xs_.begin(), xs_.end(), nullptr) == xs_.end() &&
+                       std::all_of(layers_.begin(), layers_.end(), [](const auto& a) {
+                         return a->n1 && a->q && a->k && a->v && a->att && a->mid && a->n2 &&
+                                a->rstd1 && a->rstd2 && a->probs &&
+                                (a->moe || (a->g && a->u && a->a));
+                       });
+  if (!got_all) return Status::Internal("model on the GPU: out of device memory");
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(cudaMemcpyAsync(master_, params.values().data(), size_ * sizeof(float),
+                           cudaMemcpyHostToDevice, stream_),
+           "uploading weights"));
+  MOERUN_RETURN_IF_ERROR(Cuda(cudaMemsetAsync(grads_, 0, size_ * sizeof(float), stream_), "grads"));
+  MOERUN_RETURN_IF_ERROR(Cuda(cudaMemsetAsync(m_, 0, size_ * sizeof(float), stream_), "moments"));
+  MOERUN_RETURN_IF_ERROR(Cuda(cudaMemsetAsync(v_, 0, size_ * sizeof(float), stream_), "moments"));
+  if constexpr (!std::is_same_v<T, float>) {
+    MOERUN_RETURN_IF_ERROR(
+        Cuda(kc::LaunchCastFromFloat<T>(master_, compute_, size_, stream_), "compute copy"));
+  }
+  return Cuda(cudaStreamSynchronize(stream_), "uploading weights");
+}
+
+template <typename T>
+T* ModelCuda<T>::W(const std::string& name) const {
+  auto it = offset_.find(name);
+  return it == offset_.end() ? nullptr : compute_ + it->second;
+}
+
+template <typename T>
+float* ModelCuda<T>::G(const std::string& name) const {
+  auto it = offset_.find(name);
+  return it == offset_.end() ? nullptr : grads_ + it->second;
+}
+
+template <typename T>
+float* ModelCuda<T>::Master(const std::string& name) const {
+  auto it = offset_.find(name);
+  return it == offset_.end() ? nullptr : master_ + it->second;
+}
+
+template <typename T>
+Result<double> ModelCuda<T>::Forward(const int32_t* ids, const int32_t* targets) {
+  const int64_t n = batch_ * seq_, d = spec_.d_model, v = spec_.vocab_size;
+  MOERUN_RETURN_IF_ERROR(Cuda(
+      cudaMemcpyAsync(ids_, ids, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_), "ids"));
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(cudaMemcpyAsync(targets_, targets, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_),
+           "targets"));
+  MOERUN_RETURN_IF_ERROR(Cuda(
+      kc::LaunchEmbeddingForward<T>(W("model.embed_tokens.weight"), ids_, xs_[0], n, d, stream_),
+      "embedding"));
+  for (int64_t l = 0; l < spec_.n_layers; ++l) MOERUN_RETURN_IF_ERROR(LayerForward(l));
+  const int64_t last = spec_.n_layers;
+  MOERUN_RETURN_IF_ERROR(Cuda(
+      kc::LaunchRmsNormForward<T>(xs_[last], W("model.norm.weight"), fnorm_, frstd_, n, d, stream_),
+      "final norm"));
+  MOERUN_RETURN_IF_ERROR(
+      Blas(kc::LinearForward<T>(handle_, fnorm_, W("lm_head.weight"), logits_, n, d, v), "head"));
+  MOERUN_RETURN_IF_ERROR(Cuda(
+      kc::LaunchCrossEntropy<T>(logits_, targets_, nullptr, row_loss_, loss_, n, v, 1.0, stream_),
+      "cross-entropy"));
+  double loss = 0;
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(cudaMemcpyAsync(&loss, loss_, sizeof(double), cudaMemcpyDeviceToHost, stream_), "loss"));
+  MOERUN_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(stream_), "forward"));
+  return loss;
+}
+
+template <typename T>
+Status ModelCuda<T>::LayerForward(int64_t l) {
+  Layer& a = *layers_[size_t(l)];
+  const int64_t n = batch_ * seq_, d = spec_.d_model, h = spec_.n_heads, hd = d / h, hh = h * hd;
+  const T* x = xs_[size_t(l)];
+  T* y = xs_[size_t(l + 1)];
+  auto P = [&](const char* s) { return W(LayerName(l, s)); };
+  MOERUN_RETURN_IF_ERROR(Cuda(
+      kc::LaunchRmsNormForward<T>(x, P("input_layernorm.weight"), a.n1, a.rstd1, n, d, stream_),
+      "input norm"));
+  MOERUN_RETURN_IF_ERROR(
+      Blas(kc::LinearForward<T>(handle_, a.n1, P("self_attn.q_proj.weight"), a.q, n, d, hh), "q"));
+  MOERUN_RETURN_IF_ERROR(
+      Blas(kc::LinearForward<T>(handle_, a.n1, P("self_attn.k_proj.weight"), a.k, n, d, hh), "k"));
+  MOERUN_RETURN_IF_ERROR(
+      Blas(kc::LinearForward<T>(handle_, a.n1, P("self_attn.v_proj.weight"), a.v, n, d, hh), "v"));
+  MOERUN_RETURN_IF_ERROR(Cuda(
+      kc::LaunchRope<T>(a.q, batch_, seq_, h, hd, spec_.rope_theta, false, stream_), "rope q"));
+  MOERUN_RETURN_IF_ERROR(Cuda(
+      kc::LaunchRope<T>(a.k, batch_, seq_, h, hd, spec_.rope_theta, false, stream_), "rope k"));
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(kc::LaunchAttentionForward<T>(a.q, a.k, a.v, a.att, a.probs, batch_, seq_, h, hd, hd,
+                                         1.0 / std::sqrt(double(hd)), stream_),
+           "attention"));
+  // mid = x + att · Woᵀ
+  MOERUN_RETURN_IF_ERROR(Cuda(
+      cudaMemcpyAsync(a.mid, x, n * d * sizeof(T), cudaMemcpyDeviceToDevice, stream_), "residual"));
+  MOERUN_RETURN_IF_ERROR(Blas(kc::Gemm<T>(handle_, false, true, n, d, hh, 1.0f, a.att, hh,
+                                          P("self_attn.o_proj.weight"), hh, 1.0f, a.mid, d),
+                              "o"));
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(kc::LaunchRmsNormForward<T>(a.mid, P("post_attention_layernorm.weight"), a.n2, a.rstd2,
+                                       n, d, stream_),
+           "post-attention norm"));
+  if (l < spec_.dense_layers) {
+    const int64_t f = spec_.ffn_hidden;
+    MOERUN_RETURN_IF_ERROR(
+        Blas(kc::LinearForward<T>(handle_, a.n2, P("mlp.gate_proj.weight"), a.g, n, d, f), "gate"));
+    MOERUN_RETURN_IF_ERROR(
+        Blas(kc::LinearForward<T>(handle_, a.n2, P("mlp.up_proj.weight"), a.u, n, d, f), "up"));
+    MOERUN_RETURN_IF_ERROR(Cuda(kc::LaunchSwiGluForward<T>(a.g, a.u, a.a, n * f, stream_), "act"));
+    MOERUN_RETURN_IF_ERROR(
+        Blas(kc::LinearForward<T>(handle_, a.a, P("mlp.down_proj.weight"), y, n, f, d), "down"));
+  } else {
+    const int64_t eh = spec_.moe.expert_hidden;
+    MoeLayerWeightsCuda<T> w;
+    w.router = P("mlp.gate.weight");
+    w.bias = Master(LayerName(l, "mlp.gate.e_score_correction_bias"));
+    w.gate = P("mlp.experts.0.gate_proj.weight");
+    w.up = P("mlp.experts.0.up_proj.weight");
+    w.down = P("mlp.experts.0.down_proj.weight");
+    w.shared_gate = P("mlp.shared_experts.gate_proj.weight");
+    w.shared_up = P("mlp.shared_experts.up_proj.weight");
+    w.shared_down = P("mlp.shared_experts.down_proj.weight");
+    w.expert_stride = 3 * eh * d;  // gate, up, down of one expert, then the next
+    MOERUN_RETURN_IF_ERROR(a.moe->Forward(a.n2, batch_, seq_, w, y));
+  }
+  return Cuda(kc::LaunchAddInPlace<T>(y, a.mid, n * d, stream_), "residual");
+}
+
+template <typename T>
+Status ModelCuda<T>::Backward(double dloss) {
+  const int64_t n = batch_ * seq_, d = spec_.d_model, v = spec_.vocab_size;
+  const int64_t last = spec_.n_layers;
+  MOERUN_RETURN_IF_ERROR(Cuda(kc::LaunchCrossEntropy<T>(logits_, targets_, dlogits_, row_loss_,
+                                                        loss_, n, v, dloss, stream_),
+                              "cross-entropy backward"));
+  MOERUN_RETURN_IF_ERROR(Blas(kc::LinearBackward<T>(handle_, dlogits_, fnorm_, W("lm_head.weight"),
+                                                    dn_, G("lm_head.weight"), n, d, v, false),
+                              "head backward"));
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(kc::LaunchRmsNormBackward<T>(dn_, xs_[last], W("model.norm.weight"), frstd_, dh_,
+                                        G("model.norm.weight"), n, d, stream_),
+           "final norm backward"));
+  for (int64_t l = spec_.n_layers - 1; l >= 0; --l) MOERUN_RETURN_IF_ERROR(LayerBackward(l, dloss));
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(kc::LaunchEmbeddingBackward<T>(dh_, ids_, G("model.embed_tokens.weight"), n, d, stream_),
+           "embedding backward"));
+  return Cuda(cudaStreamSynchronize(stream_), "backward");
+}
+
+template <typename T>
+Status ModelCuda<T>::LayerBackward(int64_t l, double dloss) {
+  Layer& a = *layers_[size_t(l)];
+  const int64_t n = batch_ * seq_, d = spec_.d_model, h = spec_.n_heads, hd = d / h, hh = h * hd;
+  const T* x = xs_[size_t(l)];
+  auto P = [&](const char* s) { return W(LayerName(l, s)); };
+  auto PG = [&](const char* s) { return G(LayerName(l, s)); };
+  // FFN half: out = mid + FFN(norm2(mid)); dh_ holds d(out).
+  if (l < spec_.dense_layers) {
+    const int64_t f = spec_.ffn_hidden;
+    MOERUN_RETURN_IF_ERROR(
+        Blas(kc::LinearBackward<T>(handle_, dh_, a.a, P("mlp.down_proj.weight"), da_,
+                                   PG("mlp.down_proj.weight"), n, f, d, false),
+             "down backward"));
+    MOERUN_RETURN_IF_ERROR(
+        Cuda(kc::LaunchSwiGluBackward<T>(da_, a.g, a.u, dg_, du_, n * f, stream_), "act backward"));
+    MOERUN_RETURN_IF_ERROR(
+        Blas(kc::LinearBackward<T>(handle_, dg_, a.n2, P("mlp.gate_proj.weight"), dn_,
+                                   PG("mlp.gate_proj.weight"), n, d, f, false),
+             "gate backward"));
+    MOERUN_RETURN_IF_ERROR(Blas(kc::LinearBackward<T>(handle_, du_, a.n2, P("mlp.up_proj.weight"),
+                                                      dn_, PG("mlp.up_proj.weight"), n, d, f, true),
+                                "up backward"));
+  } else {
+    const int64_t eh = spec_.moe.expert_hidden;
+    MoeLayerWeightsCuda<T> w;
+    w.router = P("mlp.gate.weight");
+    w.bias = Master(LayerName(l, "mlp.gate.e_score_correction_bias"));
+    w.gate = P("mlp.experts.0.gate_proj.weight");
+    w.up = P("mlp.experts.0.up_proj.weight");
+    w.down = P("mlp.experts.0.down_proj.weight");
+    w.shared_gate = P("mlp.shared_experts.gate_proj.weight");
+    w.shared_up = P("mlp.shared_experts.up_proj.weight");
+    w.shared_down = P("mlp.shared_experts.down_proj.weight");
+    w.expert_stride = 3 * eh * d;
+    MoeLayerGradsCuda g;
+    g.router = PG("mlp.gate.weight");
+    g.gate = PG("mlp.experts.0.gate_proj.weight");
+    g.up = PG("mlp.experts.0.up_proj.weight");
+    g.down = PG("mlp.experts.0.down_proj.weight");
+    g.shared_gate = PG("mlp.shared_experts.gate_proj.weight");
+    g.shared_up = PG("mlp.shared_experts.up_proj.weight");
+    g.shared_down = PG("mlp.shared_experts.down_proj.weight");
+    MOERUN_RETURN_IF_ERROR(a.moe->Backward(dh_, a.n2, batch_, seq_, w, g, dloss, dn_));
+  }
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(kc::LaunchRmsNormBackward<T>(dn_, a.mid, P("post_attention_layernorm.weight"), a.rstd2,
+                                        dx_, PG("post_attention_layernorm.weight"), n, d, stream_),
+           "post-attention norm backward"));
+  MOERUN_RETURN_IF_ERROR(Cuda(kc::LaunchAddInPlace<T>(dh_, dx_, n * d, stream_), "d(mid)"));
+  // Attention half: mid = x + o_proj(attention(rope(q), rope(k), v)).
+  MOERUN_RETURN_IF_ERROR(
+      Blas(kc::LinearBackward<T>(handle_, dh_, a.att, P("self_attn.o_proj.weight"), datt_,
+                                 PG("self_attn.o_proj.weight"), n, hh, d, false),
+           "o backward"));
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(kc::LaunchAttentionBackward<T>(datt_, a.q, a.k, a.v, a.probs, ds_, dq_, dk_, dv_, batch_,
+                                          seq_, h, hd, hd, 1.0 / std::sqrt(double(hd)), stream_),
+           "attention backward"));
+  MOERUN_RETURN_IF_ERROR(Cuda(
+      kc::LaunchRope<T>(dq_, batch_, seq_, h, hd, spec_.rope_theta, true, stream_), "rope dq"));
+  MOERUN_RETURN_IF_ERROR(Cuda(
+      kc::LaunchRope<T>(dk_, batch_, seq_, h, hd, spec_.rope_theta, true, stream_), "rope dk"));
+  MOERUN_RETURN_IF_ERROR(
+      Blas(kc::LinearBackward<T>(handle_, dq_, a.n1, P("self_attn.q_proj.weight"), dn_,
+                                 PG("self_attn.q_proj.weight"), n, d, hh, false),
+           "q backward"));
+  MOERUN_RETURN_IF_ERROR(
+      Blas(kc::LinearBackward<T>(handle_, dk_, a.n1, P("self_attn.k_proj.weight"), dn_,
+                                 PG("self_attn.k_proj.weight"), n, d, hh, true),
+           "k backward"));
+  MOERUN_RETURN_IF_ERROR(
+      Blas(kc::LinearBackward<T>(handle_, dv_, a.n1, P("self_attn.v_proj.weight"), dn_,
+                                 PG("self_attn.v_proj.weight"), n, d, hh, true),
+           "v backward"));
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(kc::LaunchRmsNormBackward<T>(dn_, x, P("input_layernorm.weight"), a.rstd1, dx_,
+                                        PG("input_layernorm.weight"), n, d, stream_),
+           "input norm backward"));
+  return Cuda(kc::LaunchAddInPlace<T>(dh_, dx_, n * d, stream_), "d(x)");
+}
+
+template <typename T>
+Result<double> ModelCuda<T>::Step(const kernels::cpu::AdamWStep& adam, double grad_clip) {
+  // Router biases get no gradient, so the whole buffer's sum is the trainable tensors' sum.
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(kc::LaunchSumOfSquares(grads_, size_, partial_, norm_, stream_), "gradient norm"));
+  double sq = 0;
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(cudaMemcpyAsync(&sq, norm_, sizeof(double), cudaMemcpyDeviceToHost, stream_), "norm"));
+  MOERUN_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(stream_), "gradient norm"));
+  const double norm = std::sqrt(sq);
+  const double clip = kernels::cpu::ClipFactor(norm, grad_clip);
+  for (const auto& v : views_) {
+    if (!v.info.trainable()) continue;
+    float* g = grads_ + v.offset;
+    if (clip != 1.0) {
+      MOERUN_RETURN_IF_ERROR(Cuda(
+          kc::LaunchScaleInPlace(g, v.info.numel(), static_cast<float>(clip), stream_), "clip"));
+    }
+    MOERUN_RETURN_IF_ERROR(
+        Cuda(kc::LaunchAdamWUpdate(master_ + v.offset, g, m_ + v.offset, v_ + v.offset,
+                                   v.info.numel(), adam, v.info.is_matrix(), stream_),
+             "AdamW " + v.info.name));
+  }
+  MOERUN_RETURN_IF_ERROR(Cuda(cudaMemsetAsync(grads_, 0, size_ * sizeof(float), stream_), "zero"));
+  if constexpr (!std::is_same_v<T, float>) {
+    MOERUN_RETURN_IF_ERROR(
+        Cuda(kc::LaunchCastFromFloat<T>(master_, compute_, size_, stream_), "compute copy"));
+  }
+  MOERUN_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(stream_), "step"));
+  return norm;
+}
+
+template <typename T>
+Status ModelCuda<T>::UpdateBalanceBias(double gamma) {
+  const int64_t e = spec_.moe.routed_experts;
+  std::vector<float> bias(static_cast<size_t>(e));
+  for (int64_t l = spec_.dense_layers; l < spec_.n_layers; ++l) {
+    float* dev = Master(LayerName(l, "mlp.gate.e_score_correction_bias"));
+    const int64_t* counts = layers_[size_t(l)]->moe->expert_counts();
+    MOERUN_RETURN_IF_ERROR(
+        Cuda(cudaMemcpy(bias.data(), dev, e * sizeof(float), cudaMemcpyDeviceToHost), "bias"));
+    double mean = 0;
+    for (int64_t i = 0; i < e; ++i) mean += double(counts[i]);
+    mean /= double(e);
+    for (int64_t i = 0; i < e; ++i) {
+      const double load = double(counts[i]);
+      const double sign = load < mean ? 1.0 : (load > mean ? -1.0 : 0.0);
+      bias[size_t(i)] = float(double(bias[size_t(i)]) + gamma * sign);
+    }
+    MOERUN_RETURN_IF_ERROR(
+        Cuda(cudaMemcpy(dev, bias.data(), e * sizeof(float), cudaMemcpyHostToDevice), "bias"));
+  }
+  return Status::OK();
+}
+
+template <typename T>
+double ModelCuda<T>::balance_loss() const {
+  double sum = 0;
+  for (const auto& layer : layers_)
+    if (layer->moe) sum += layer->moe->balance_loss();
+  return sum;
+}
+
+template <typename T>
+Status ModelCuda<T>::Download(std::vector<float>* values, std::vector<float>* grads) const {
+  if (values) {
+    values->resize(static_cast<size_t>(size_));
+    MOERUN_RETURN_IF_ERROR(
+        Cuda(cudaMemcpy(values->data(), master_, size_ * sizeof(float), cudaMemcpyDeviceToHost),
+             "downloading weights"));
+  }
+  if (grads) {
+    grads->resize(static_cast<size_t>(size_));
+    MOERUN_RETURN_IF_ERROR(
+        Cuda(cudaMemcpy(grads->data(), grads_, size_ * sizeof(float), cudaMemcpyDeviceToHost),
+             "downloading gradients"));
+  }
+  return Status::OK();
+}
+
+template class ModelCuda<float>;
+template class ModelCuda<__nv_bfloat16>;
+
+}  // namespace moerun::model::cuda

@@ -1,0 +1,90 @@
+// ModelCuda: the whole MoE transformer (DESIGN.md §4, MHA attention) on one GPU — embedding,
+// every decoder layer (RMSNorm, q/k/v/o with RoPE and causal attention, dense MLP or the MoE
+// layer with every expert), final norm, LM head, cross-entropy — forward, backward and the
+// optimizer step. The GPU twin of a one-stage ModelStage plus the trainer's AdamW step, for
+// `backend: cuda` on a single device.
+// Weights: fp32 master copy, gradients and AdamW moments on the device in the flat layout of
+// Parameters<float> (same tensor names and offsets, so checkpoints need no translation);
+// compute copy in T (float: the master itself; bf16: refreshed after every step).
+// Sizes are fixed at Create (batch × seq tokens). Work goes on `stream`; Forward and Step
+// synchronize to return their scalars. Not thread-safe.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "common/job_spec.h"
+#include "common/status.h"
+#include "kernels/cpu/optimizer.h"
+#include "worker/model/cuda/moe_layer_cuda.h"
+#include "worker/model/parameters.h"
+
+namespace moerun::model::cuda {
+
+template <typename T>
+class ModelCuda {
+ public:
+  // `params` holds every tensor of the model (ModelTensors order); its values are uploaded.
+  static Result<std::unique_ptr<ModelCuda>> Create(const ModelSpec& spec,
+                                                   const Parameters<float>& params, int64_t batch,
+                                                   int64_t seq, cudaStream_t stream,
+                                                   cublasHandle_t handle);
+  ~ModelCuda();
+
+  // Mean cross-entropy of `targets` given `ids` (host arrays of batch·seq tokens).
+  Result<double> Forward(const int32_t* ids, const int32_t* targets);
+  // Gradients (+=) of the loss and the MoE layers' balance losses, both scaled by dloss.
+  Status Backward(double dloss);
+  // Global-norm clipping (grad_clip 0: off), AdamW on every trainable tensor (weight decay on
+  // matrices), gradients zeroed, compute copy refreshed. Returns the norm before clipping.
+  Result<double> Step(const kernels::cpu::AdamWStep& adam, double grad_clip);
+  // Aux-loss-free balancing from the last Forward's counts: b_i += γ · sign(mean − load_i).
+  Status UpdateBalanceBias(double gamma);
+
+  // The sum of the MoE layers' balance losses in the last Forward.
+  double balance_loss() const;
+  // Master weights and gradients, in Parameters<float> layout.
+  Status Download(std::vector<float>* values, std::vector<float>* grads) const;
+
+ private:
+  struct Layer;
+  ModelCuda() = default;
+  Status Allocate(const Parameters<float>& params);
+  Status LayerForward(int64_t l);
+  Status LayerBackward(int64_t l, double dloss);
+  // Compute copy (T) and gradient (fp32) of a tensor by name; null when absent.
+  T* W(const std::string& name) const;
+  float* G(const std::string& name) const;
+  float* Master(const std::string& name) const;
+  template <typename V>
+  V* Alloc(int64_t count);
+
+  ModelSpec spec_;
+  int64_t batch_ = 0, seq_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t handle_ = nullptr;
+  std::vector<void*> owned_;
+  std::vector<ParameterView> views_;
+  std::unordered_map<std::string, int64_t> offset_;
+  int64_t size_ = 0;
+  float *master_ = nullptr, *grads_ = nullptr, *m_ = nullptr, *v_ = nullptr;
+  T* compute_ = nullptr;  // == master_ when T is float
+  int32_t *ids_ = nullptr, *targets_ = nullptr;
+  std::vector<T*> xs_;  // layer inputs [N, D]; xs_[L] is the final norm's input
+  std::vector<std::unique_ptr<Layer>> layers_;
+  T *fnorm_ = nullptr, *logits_ = nullptr, *dlogits_ = nullptr;
+  float *frstd_ = nullptr, *row_loss_ = nullptr;
+  double *loss_ = nullptr, *partial_ = nullptr, *norm_ = nullptr;
+  // Backward scratch.
+  T *dh_ = nullptr, *dn_ = nullptr, *dx_ = nullptr, *datt_ = nullptr, *dq_ = nullptr,
+    *dk_ = nullptr, *dv_ = nullptr, *da_ = nullptr, *dg_ = nullptr, *du_ = nullptr;
+  float* ds_ = nullptr;
+};
+
+}  // namespace moerun::model::cuda
