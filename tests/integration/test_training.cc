@@ -171,6 +171,17 @@ TEST_CASE("exit codes: bad data 3, bad spec 2, missing run 1") {
         std::string::npos);
   Output bad_spec = RunMoerun("train /nonexistent.yaml --run-dir " + run);
   CHECK(bad_spec.exit_code == 2);
+  // A job that asks for GPUs is refused (4: never retried), not trained on the CPU.
+  const std::string cuda_job = run + "-cuda.yaml";
+  std::string cuda_text = ReadAll(kJob);
+  cuda_text.replace(cuda_text.find("resources:\n"), 11, "resources:\n  backend: cuda\n");
+  std::ofstream(cuda_job) << cuda_text;
+  Output cuda = RunMoerun("train " + cuda_job + " --run-dir " + run + "-cuda --no-progress");
+  CHECK(cuda.exit_code == 4);
+  CHECK(cuda.err.find("resources.backend: cuda: the trainer does not run on GPUs yet") !=
+        std::string::npos);
+  fs::remove(cuda_job);
+  fs::remove_all(run + "-cuda");
   // A fresh run into a directory that holds another run's checkpoints is refused.
   Train(run);
   Output again = RunMoerun("train " + kJob + " --run-dir " + run + " --no-progress");

@@ -111,6 +111,13 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
     *exit_code = kExitUnsupported;
     return Status::Unimplemented("model.attention: mla is not implemented by the CPU trainer yet");
   }
+  if (spec.resources.backend == Backend::kCuda) {
+    // Never train on the CPU behind a job that asked for GPUs.
+    *exit_code = kExitUnsupported;
+    return Status::Unimplemented(
+        "resources.backend: cuda: the trainer does not run on GPUs yet (the GPU model and its "
+        "tests exist, see docs/gpu.md); use backend: cpu");
+  }
   *exit_code = kExitFailure;
   const bool lead = opts.rank == 0;  // writes metrics and the main log
   std::error_code ec;
