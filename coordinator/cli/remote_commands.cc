@@ -44,14 +44,16 @@ void AddRemoteOptions(CLI::App* cmd, Remote* r) {
 }
 
 // One request; on failure prints the reason and returns nullopt.
+Result<nlohmann::json> Request(const Remote& r, MessageType type, const std::string& job,
+                               nlohmann::json body) {
+  auto client = ControlClient::Connect(r.address, r.keys);
+  if (!client.ok()) return client.status();
+  return client.value()->Request(type, job, std::move(body), kCliRequestTimeoutMs);
+}
+
 std::optional<nlohmann::json> Ask(const Remote& r, MessageType type, const std::string& job,
                                   nlohmann::json body) {
-  auto client = ControlClient::Connect(r.address, r.keys);
-  if (!client.ok()) {
-    std::fprintf(stderr, "moerun: %s\n", client.status().message().c_str());
-    return std::nullopt;
-  }
-  auto reply = client.value()->Request(type, job, std::move(body), kCliRequestTimeoutMs);
+  auto reply = Request(r, type, job, std::move(body));
   if (!reply.ok()) {
     std::fprintf(stderr, "moerun: %s\n", reply.status().message().c_str());
     return std::nullopt;
@@ -90,9 +92,18 @@ int RunSubmit(const Remote& r, const std::string& file, std::string run_dir, int
 
 int RunStatus(const Remote& r, const std::string& job, bool json, bool watch) {
   for (;;) {
-    auto reply = job.empty() ? Ask(r, MessageType::kQuery, "", {{"what", "status"}})
-                             : Ask(r, MessageType::kQuery, job, {{"what", "job"}});
-    if (!reply) return kExitFailure;
+    auto reply = job.empty() ? Request(r, MessageType::kQuery, "", {{"what", "status"}})
+                             : Request(r, MessageType::kQuery, job, {{"what", "job"}});
+    if (!reply.ok()) {
+      std::fprintf(stderr, "moerun: %s\n", reply.status().message().c_str());
+      // A watch outlives a coordinator restart; a refused key or a bad request ends it.
+      const auto code = reply.status().code();
+      if (!watch || (code != Status::Code::kTimedOut && code != Status::Code::kUnavailable))
+        return kExitFailure;
+      std::fprintf(stderr, "moerun: retrying every second (Ctrl-C to stop)\n");
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      continue;
+    }
     const bool tty = isatty(STDOUT_FILENO);
     // Colours on a terminal, unless NO_COLOR asks otherwise (no-color.org).
     const bool color = tty && std::getenv("NO_COLOR") == nullptr;

@@ -1,6 +1,7 @@
 // `moerun status --watch` in a real pseudo-terminal (a tmux pane) against a live `moerun
 // local` job: the view refreshes with a moving progress bar, and a daemon frozen with SIGSTOP
-// is shown LATE (yellow) and then DEAD (red). Skipped (exit code 77) without tmux.
+// is shown LATE (yellow) and then DEAD (red), and the watch survives a coordinator killed
+// and relaunched. Skipped (exit code 77) without tmux.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -112,6 +113,26 @@ TEST_CASE("moerun status --watch in a terminal: live progress, unhealthy workers
   // The healthy daemon's line is plain.
   CHECK(LineOf(Pane(session, true), "local-0").find("\033[") == std::string::npos);
   kill(frozen, SIGCONT);
+
+  // The coordinator killed for real (moerun local relaunches it): the watch keeps running and
+  // draws the job again once the new coordinator answers.
+  pid_t coordinator = 0;
+  for (pid_t p : ChildrenRunning(local, "moerun-coordinator")) coordinator = p;
+  REQUIRE(coordinator > 0);
+  kill(coordinator, SIGKILL);
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  CHECK(WaitFor(
+      [&] {
+        const bool alive =
+            ShellOutput("tmux has-session -t " + session + " 2>/dev/null && echo up").find("up") !=
+            std::string::npos;
+        return alive && Pane(session).find(job + " ") != std::string::npos &&
+               ChildrenRunning(local, "moerun-coordinator").size() == 1 &&
+               ChildrenRunning(local, "moerun-coordinator")[0] != coordinator;
+      },
+      40));
+  CHECK(ShellOutput("tmux has-session -t " + session + " 2>/dev/null && echo up").find("up") !=
+        std::string::npos);
 
   ShellOutput("tmux kill-session -t " + session);
   Terminate(local, SIGINT);
