@@ -22,13 +22,9 @@ namespace {
 constexpr int kSkip = 77;
 
 bool HaveGpu() {
-  auto info = kernels::cuda::QueryRuntimeInfo();
-  if (info.device_count == 0) {
-    std::fprintf(stderr, "SKIPPED: no CUDA device (%s)\n",
-                 info.driver_error.empty() ? "none found" : info.driver_error.c_str());
-    return false;
-  }
-  return true;
+  const std::string why = kernels::cuda::QueryRuntimeInfo().NoDeviceReason();
+  if (!why.empty()) std::fprintf(stderr, "SKIPPED: %s\n", why.c_str());
+  return why.empty();
 }
 
 // A device buffer of n values drawn from N(0, std²) on the GPU (cuRAND, then a cast to T):

@@ -15,6 +15,7 @@
 
 #include "common/clock.h"
 #include "coordinator/state/coordinator_store.h"
+#include "worker/trainer/trainer.h"
 
 namespace moerun::bench {
 namespace {
@@ -34,15 +35,6 @@ bool Runs(pid_t pid, const std::string& program) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline");
   std::string s((std::istreambuf_iterator<char>(in)), {});
   return s.find(program) != std::string::npos;
-}
-
-int64_t LastStep(const std::string& run_dir) {
-  std::ifstream in(run_dir + "/metrics.jsonl");
-  std::string line, last;
-  while (std::getline(in, line))
-    if (!line.empty()) last = line;
-  auto j = nlohmann::json::parse(last, nullptr, false);
-  return j.is_object() ? j.value("step", int64_t(0)) : 0;
 }
 
 double Median(std::vector<double> v) {
@@ -74,7 +66,7 @@ nlohmann::json Trial(const RecoveryBenchArgs& a, const std::string& fault, int t
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(5);
   pid_t victim = -1;
   while (std::chrono::steady_clock::now() < deadline && victim < 0) {
-    if (LastStep(run) >= a.at_step) {
+    if (trainer::LastMetricsStep(run) >= a.at_step) {
       for (pid_t w : Children(local))
         if (Runs(w, "moerun-worker"))
           for (pid_t t : Children(w)) victim = t;

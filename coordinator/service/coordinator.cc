@@ -16,12 +16,6 @@
 
 namespace moerun::coordinator {
 
-using internal::Active;
-using internal::kMaxNcclUniqueIdChars;
-using internal::kTrainerPrefix;
-using internal::kWorkerPrefix;
-using internal::NonRetryableExit;
-
 Coordinator::Coordinator(CoordinatorStore* store, const Clock* clock, CoordinatorSettings settings,
                          Send send)
     : store_(store),
@@ -312,7 +306,7 @@ void Coordinator::OnRankExit(JobRun& job, int rank, int exit_code, int signal,
              (fallback > 0 ? "step " + std::to_string(fallback) : "the start") + " (" +
              std::to_string(bad - fallback) + " more steps to redo)";
   }
-  FailJob(job, cause, rank, w ? w->host : r.worker, signal == 0 && NonRetryableExit(exit_code));
+  FailJob(job, cause, rank, w ? w->host : r.worker, signal == 0 && IsNonRetryableExit(exit_code));
 }
 
 void Coordinator::FinishIfDone(JobRun& job) {

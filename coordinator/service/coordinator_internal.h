@@ -3,22 +3,17 @@
 
 #include <cstddef>
 
-#include "common/exit_codes.h"
 #include "coordinator/service/job_run.h"
 
-namespace moerun::coordinator::internal {
+namespace moerun::coordinator {
 
 inline constexpr size_t kMaxNcclUniqueIdChars = 512;  // ncclUniqueId is 128 bytes: 256 in hex
 inline constexpr char kWorkerPrefix[] = "worker:";
 inline constexpr char kTrainerPrefix[] = "trainer:";
-
-inline bool NonRetryableExit(int code) {
-  return code == kExitInvalidConfig || code == kExitBadData || code == kExitUnsupported;
-}
 
 // Admitted and not ended: the job holds slots and its trainers matter.
 inline bool Active(const JobRun& j) {
   return !IsTerminal(j.state.phase()) && j.state.phase() != JobPhase::kQueued;
 }
 
-}  // namespace moerun::coordinator::internal
+}  // namespace moerun::coordinator

@@ -14,12 +14,6 @@
 
 namespace moerun::coordinator {
 
-using internal::Active;
-using internal::kMaxNcclUniqueIdChars;
-using internal::kTrainerPrefix;
-using internal::kWorkerPrefix;
-using internal::NonRetryableExit;
-
 // ---- lifecycle --------------------------------------------------------------------------
 
 std::map<std::string, int64_t> Coordinator::FreeSlots() const {

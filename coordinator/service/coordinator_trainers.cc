@@ -16,12 +16,6 @@
 
 namespace moerun::coordinator {
 
-using internal::Active;
-using internal::kMaxNcclUniqueIdChars;
-using internal::kTrainerPrefix;
-using internal::kWorkerPrefix;
-using internal::NonRetryableExit;
-
 void Coordinator::OnTrainerMessage(const std::string& peer, const Envelope& e) {
   auto it = jobs_.find(e.job_id);
   if (it == jobs_.end()) {

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 
 #include "common/crc32c.h"
 #include "coordinator/state/metric_retention.h"
@@ -17,6 +18,11 @@ std::string Step12(int64_t step) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%012lld", static_cast<long long>(step));
   return buf;
+}
+
+// load/<job>/<layer>/<step:12>: one MoE layer's tokens per expert at a step.
+std::string LoadKey(const std::string& job_id, const std::string& layer, int64_t step) {
+  return "load/" + job_id + "/" + layer + "/" + Step12(step);
 }
 
 std::string Frame(const std::string& payload) {
@@ -166,7 +172,7 @@ Status CoordinatorStore::PutMetric(const std::string& job_id, int64_t step,
   const std::string key = "metric/" + job_id + "/" + Step12(step);
   MOERUN_RETURN_IF_ERROR(FromRocks(batch.Put(key, Frame(report.dump())), key));
   for (const auto& [layer, counts] : expert_load) {
-    const std::string k = "load/" + job_id + "/" + layer + "/" + Step12(step);
+    const std::string k = LoadKey(job_id, layer, step);
     MOERUN_RETURN_IF_ERROR(FromRocks(batch.Put(k, Frame(nlohmann::json(counts).dump())), k));
   }
   return FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "coordinator state " + key);
@@ -174,20 +180,41 @@ Status CoordinatorStore::PutMetric(const std::string& job_id, int64_t step,
 
 Status CoordinatorStore::DeleteMetricsAfter(const std::string& job_id, int64_t step,
                                             const std::vector<std::string>& layers) {
+  auto dropped = DeleteMetricSteps(job_id, step + 1, layers, [](int64_t) { return true; });
+  return dropped.ok() ? Status::OK() : dropped.status();
+}
+
+Result<int64_t> CoordinatorStore::DeleteMetricSteps(const std::string& job_id, int64_t from_step,
+                                                    const std::vector<std::string>& layers,
+                                                    const std::function<bool(int64_t)>& drop) {
   const std::string prefix = "metric/" + job_id + "/";
   rocksdb::WriteBatch batch;
+  int64_t dropped = 0;
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
-  for (it->Seek(prefix + Step12(step + 1)); it->Valid() && it->key().starts_with(prefix);
+  for (it->Seek(prefix + Step12(from_step)); it->Valid() && it->key().starts_with(prefix);
        it->Next()) {
     const std::string digits = it->key().ToString().substr(prefix.size());
+    int64_t step = 0;
+    try {
+      step = std::stoll(digits);
+    } catch (const std::exception&) {
+      return Status::Corruption("coordinator state: metric key " + it->key().ToString() +
+                                " has no step number");
+    }
+    if (!drop(step)) continue;
     MOERUN_RETURN_IF_ERROR(FromRocks(batch.Delete(it->key()), "deleting " + prefix));
     for (const auto& layer : layers) {
-      MOERUN_RETURN_IF_ERROR(FromRocks(batch.Delete("load/" + job_id + "/" + layer + "/" + digits),
-                                       "deleting " + prefix));
+      MOERUN_RETURN_IF_ERROR(
+          FromRocks(batch.Delete(LoadKey(job_id, layer, step)), "deleting " + prefix));
     }
+    ++dropped;
   }
   MOERUN_RETURN_IF_ERROR(FromRocks(it->status(), "coordinator state scan " + prefix));
-  return FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "deleting " + prefix);
+  if (dropped > 0) {
+    MOERUN_RETURN_IF_ERROR(
+        FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "deleting " + prefix));
+  }
+  return dropped;
 }
 
 Result<CoordinatorStore::LoadSeries> CoordinatorStore::ExpertLoad(const std::string& job_id,
@@ -231,33 +258,9 @@ Result<nlohmann::json> CoordinatorStore::LastMetric(const std::string& job_id) c
 
 Result<int64_t> CoordinatorStore::ThinMetrics(const std::string& job_id, int64_t newest,
                                               const std::vector<std::string>& layers) {
-  const std::string prefix = "metric/" + job_id + "/";
-  rocksdb::WriteBatch batch;
-  int64_t dropped = 0;
-  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
-  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
-    const std::string digits = it->key().ToString().substr(prefix.size());
-    int64_t step = 0;
-    try {
-      step = std::stoll(digits);
-    } catch (const std::exception&) {
-      return Status::Corruption("coordinator state: metric key " + it->key().ToString() +
-                                " has no step number");
-    }
-    if (step >= newest || KeepMetricStep(step, newest)) continue;
-    MOERUN_RETURN_IF_ERROR(FromRocks(batch.Delete(it->key()), "thinning " + prefix));
-    for (const auto& layer : layers) {
-      MOERUN_RETURN_IF_ERROR(FromRocks(
-          batch.Delete("load/" + job_id + "/" + layer + "/" + Step12(step)), "thinning " + prefix));
-    }
-    ++dropped;
-  }
-  MOERUN_RETURN_IF_ERROR(FromRocks(it->status(), "coordinator state scan " + prefix));
-  if (dropped > 0) {
-    MOERUN_RETURN_IF_ERROR(
-        FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "thinning " + prefix));
-  }
-  return dropped;
+  return DeleteMetricSteps(job_id, 0, layers, [newest](int64_t step) {
+    return step < newest && !KeepMetricStep(step, newest);
+  });
 }
 
 Result<std::vector<nlohmann::json>> CoordinatorStore::Metrics(const std::string& job_id,

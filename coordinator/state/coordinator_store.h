@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -87,6 +88,11 @@ class CoordinatorStore {
   explicit CoordinatorStore(rocksdb::DB* db);
   Status Put(const std::string& key, const std::string& payload, bool sync);
   Result<std::string> Get(const std::string& key) const;
+  // Deletes the reports (and their layers' load) of steps >= from_step that `drop` selects;
+  // returns how many. Reads keys only.
+  Result<int64_t> DeleteMetricSteps(const std::string& job_id, int64_t from_step,
+                                    const std::vector<std::string>& layers,
+                                    const std::function<bool(int64_t)>& drop);
   // Keys under `prefix` (in order) with their verified payloads.
   Result<std::vector<std::pair<std::string, std::string>>> Scan(const std::string& prefix) const;
 

@@ -51,6 +51,15 @@ __device__ V BlockMax(V v, V* scratch) {
   return m;
 }
 
+// out[r] = in[index[r]] for rows of d values: the embedding lookup and the MoE dispatch.
+template <typename T>
+__global__ void GatherRowsKernel(const T* in, const int32_t* index, T* out, int64_t rows,
+                                 int64_t d) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * d) return;
+  out[i] = in[static_cast<int64_t>(index[i / d]) * d + i % d];
+}
+
 inline unsigned Blocks(int64_t work, int threads) {
   return static_cast<unsigned>((work + threads - 1) / threads);
 }

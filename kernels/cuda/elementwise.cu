@@ -8,20 +8,12 @@ using detail::BlockMax;
 using detail::Blocks;
 using detail::BlockSum;
 using detail::FromFloat;
+using detail::GatherRowsKernel;
 using detail::ToFloat;
 
 constexpr int kThreads = 256;     // element-wise kernels
 constexpr int kRowThreads = 256;  // one block per row
 constexpr float kRmsNormEps = 1e-6f;
-
-template <typename T>
-__global__ void EmbeddingForwardKernel(const T* table, const int32_t* ids, T* out, int64_t n,
-                                       int64_t d) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n * d) return;
-  const int64_t row = i / d, col = i % d;
-  out[i] = table[static_cast<int64_t>(ids[row]) * d + col];
-}
 
 // Thread j owns column j of every table row: tokens are added in order, so repeated ids
 // accumulate in the CPU's order and no two threads touch one address.
@@ -182,7 +174,7 @@ template <typename T>
 cudaError_t LaunchEmbeddingForward(const T* table, const int32_t* ids, T* out, int64_t n, int64_t d,
                                    cudaStream_t stream) {
   if (n * d == 0) return cudaSuccess;
-  EmbeddingForwardKernel<<<Blocks(n * d, kThreads), kThreads, 0, stream>>>(table, ids, out, n, d);
+  GatherRowsKernel<<<Blocks(n * d, kThreads), kThreads, 0, stream>>>(table, ids, out, n, d);
   return cudaGetLastError();
 }
 

@@ -98,31 +98,49 @@ cublasStatus_t LinearBackward(cublasHandle_t handle, const T* dy, const T* x, co
                       DataType<T>(), in, 1.0f, dw, CUDA_R_32F, in);
 }
 
+namespace {
+
+// The grouped call's arrays for the experts with rows: expert e's problem is rows of `a`
+// (a_cols wide) against b + e·stride (ld b_ld) into rows of `c` (c_cols wide); inner = a_cols.
+struct ExpertProblems {
+  std::vector<int> m, n, k, lda, ldb, ldc;
+  std::vector<const void*> a, b;
+  std::vector<void*> c;
+};
+
+template <typename T>
+ExpertProblems ExpertRows(const int64_t* rows, int64_t experts, const T* a, int64_t a_cols,
+                          const T* b, int64_t b_ld, int64_t stride, T* c, int64_t c_cols) {
+  ExpertProblems p;
+  int64_t offset = 0;
+  for (int64_t e = 0; e < experts; ++e) {
+    if (rows[e] > 0) {
+      p.m.push_back(static_cast<int>(rows[e]));
+      p.n.push_back(static_cast<int>(c_cols));
+      p.k.push_back(static_cast<int>(a_cols));
+      p.a.push_back(a + offset * a_cols);
+      p.lda.push_back(static_cast<int>(a_cols));
+      p.b.push_back(b + e * stride);
+      p.ldb.push_back(static_cast<int>(b_ld));
+      p.c.push_back(c + offset * c_cols);
+      p.ldc.push_back(static_cast<int>(c_cols));
+    }
+    offset += rows[e];
+  }
+  return p;
+}
+
+}  // namespace
+
 template <typename T>
 cublasStatus_t ExpertLinearForward(cublasHandle_t handle, const T* x, const T* w, T* y,
                                    const int64_t* rows, int64_t experts, int64_t in, int64_t out,
                                    void** pointers, int64_t expert_stride) {
   const int64_t stride = expert_stride > 0 ? expert_stride : out * in;
-  std::vector<int> m, n, k, lda, ldb, ldc;
-  std::vector<const void*> a, b;
-  std::vector<void*> c;
-  int64_t offset = 0;
-  for (int64_t e = 0; e < experts; ++e) {
-    if (rows[e] > 0) {
-      m.push_back(static_cast<int>(rows[e]));
-      n.push_back(static_cast<int>(out));
-      k.push_back(static_cast<int>(in));
-      a.push_back(x + offset * in);
-      lda.push_back(static_cast<int>(in));
-      b.push_back(w + e * stride);
-      ldb.push_back(static_cast<int>(in));
-      c.push_back(y + offset * out);
-      ldc.push_back(static_cast<int>(out));
-    }
-    offset += rows[e];
-  }
-  return Grouped(handle, false, true, m, n, k, a, DataType<T>(), lda, b, DataType<T>(), ldb, 0.0f,
-                 c, DataType<T>(), ldc, pointers);
+  // y_e[rows, out] = x_e[rows, in] · W_eᵀ
+  const ExpertProblems p = ExpertRows(rows, experts, x, in, w, in, stride, y, out);
+  return Grouped(handle, false, true, p.m, p.n, p.k, p.a, DataType<T>(), p.lda, p.b, DataType<T>(),
+                 p.ldb, 0.0f, p.c, DataType<T>(), p.ldc, pointers);
 }
 
 template <typename T>
@@ -132,26 +150,10 @@ cublasStatus_t ExpertLinearBackward(cublasHandle_t handle, const T* dy, const T*
                                     int64_t expert_stride) {
   const int64_t stride = expert_stride > 0 ? expert_stride : out * in;
   // dx_e[rows, in] = dy_e[rows, out] · W_e[out, in]
-  std::vector<int> m, n, k, lda, ldb, ldc;
-  std::vector<const void*> a, b;
-  std::vector<void*> c;
-  int64_t offset = 0;
-  for (int64_t e = 0; e < experts; ++e) {
-    if (rows[e] > 0) {
-      m.push_back(static_cast<int>(rows[e]));
-      n.push_back(static_cast<int>(in));
-      k.push_back(static_cast<int>(out));
-      a.push_back(dy + offset * out);
-      lda.push_back(static_cast<int>(out));
-      b.push_back(w + e * stride);
-      ldb.push_back(static_cast<int>(in));
-      c.push_back(dx + offset * in);
-      ldc.push_back(static_cast<int>(in));
-    }
-    offset += rows[e];
-  }
-  cublasStatus_t s = Grouped(handle, false, false, m, n, k, a, DataType<T>(), lda, b, DataType<T>(),
-                             ldb, accumulate_dx ? 1.0f : 0.0f, c, DataType<T>(), ldc, pointers);
+  const ExpertProblems p = ExpertRows(rows, experts, dy, out, w, in, stride, dx, in);
+  cublasStatus_t s =
+      Grouped(handle, false, false, p.m, p.n, p.k, p.a, DataType<T>(), p.lda, p.b, DataType<T>(),
+              p.ldb, accumulate_dx ? 1.0f : 0.0f, p.c, DataType<T>(), p.ldc, pointers);
   if (s != CUBLAS_STATUS_SUCCESS) return s;
   // dw_e[out, in] += dy_eᵀ[out, rows] · x_e[rows, in], in fp32: one cublasGemmEx per expert,
   // because the grouped call takes one type for A, B and C (bf16 in, fp32 out is not among its

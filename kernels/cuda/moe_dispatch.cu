@@ -7,6 +7,7 @@ namespace {
 using detail::Blocks;
 using detail::BlockSum;
 using detail::FromFloat;
+using detail::GatherRowsKernel;
 using detail::ToFloat;
 
 constexpr int kThreads = 256;
@@ -40,15 +41,6 @@ __global__ void AssignKernel(const int32_t* idx, int64_t pairs, int64_t k, int64
     slot_row[i] = r;
     ++r;
   }
-}
-
-template <typename T>
-__global__ void DispatchKernel(const T* x, const int32_t* row_token, T* buf, int64_t rows,
-                               int64_t d) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= rows * d) return;
-  const int64_t r = i / d, j = i % d;
-  buf[i] = x[static_cast<int64_t>(row_token[r]) * d + j];
 }
 
 template <typename T>
@@ -111,7 +103,8 @@ cudaError_t LaunchDispatchRows(const T* x, const DeviceDispatchPlan& p, T* buf, 
                                cudaStream_t stream) {
   const int64_t rows = p.tokens * p.top_k;
   if (rows * d == 0) return cudaSuccess;
-  DispatchKernel<<<Blocks(rows * d, kThreads), kThreads, 0, stream>>>(x, p.row_token, buf, rows, d);
+  GatherRowsKernel<<<Blocks(rows * d, kThreads), kThreads, 0, stream>>>(x, p.row_token, buf, rows,
+                                                                        d);
   return cudaGetLastError();
 }
 

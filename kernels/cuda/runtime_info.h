@@ -16,6 +16,13 @@ struct RuntimeInfo {
   std::string driver_error;  // why device_count is 0, if it is
   std::string device0_name;
   int device0_sm = 0;  // compute capability, e.g. 90
+
+  // Why nothing can run on a GPU here ("no CUDA device (...)"), or "" when a device is present.
+  std::string NoDeviceReason() const {
+    if (device_count > 0) return "";
+    return "no CUDA device (" + (driver_error.empty() ? std::string("none found") : driver_error) +
+           ")";
+  }
 };
 
 RuntimeInfo QueryRuntimeInfo();

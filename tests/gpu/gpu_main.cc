@@ -49,9 +49,9 @@ void PrintTable() {
 
 int main(int argc, char** argv) {
   auto info = moerun::kernels::cuda::QueryRuntimeInfo();
-  if (info.device_count == 0) {
-    std::printf("SKIPPED: no CUDA device (%s); GPU tests run on a machine with a GPU\n",
-                info.driver_error.empty() ? "none found" : info.driver_error.c_str());
+  if (!info.NoDeviceReason().empty()) {
+    std::printf("SKIPPED: %s; GPU tests run on a machine with a GPU\n",
+                info.NoDeviceReason().c_str());
     return 77;
   }
   std::printf("GPU: %s (sm_%d)\n", info.device0_name.c_str(), info.device0_sm);

@@ -45,9 +45,9 @@ TEST_CASE("NCCL world of one: collectives, alltoallv, split, abort") {
 
 int main(int argc, char** argv) {
   auto info = moerun::kernels::cuda::QueryRuntimeInfo();
-  if (info.device_count == 0) {
-    std::printf("SKIPPED: no CUDA device (%s); GPU tests run on a machine with a GPU\n",
-                info.driver_error.empty() ? "none found" : info.driver_error.c_str());
+  if (!info.NoDeviceReason().empty()) {
+    std::printf("SKIPPED: %s; GPU tests run on a machine with a GPU\n",
+                info.NoDeviceReason().c_str());
     return 77;
   }
   doctest::Context ctx(argc, argv);

@@ -16,21 +16,12 @@
 #include "coordinator/state/coordinator_store.h"
 #include "tests/integration/process.h"
 #include "tests/temp_path.h"
+#include "worker/trainer/trainer.h"
 
 namespace moerun::testing {
 namespace {
 
 namespace fs = std::filesystem;
-
-// The last step in metrics.jsonl (rank 0 rewrites it on a restore).
-int64_t LastStep(const std::string& run_dir) {
-  std::ifstream in(run_dir + "/metrics.jsonl");
-  std::string line, last;
-  while (std::getline(in, line))
-    if (!line.empty()) last = line;
-  auto j = nlohmann::json::parse(last, nullptr, false);
-  return j.is_object() ? j.value("step", int64_t(0)) : 0;
-}
 
 TEST_CASE(
     "the default job survives killed trainers, a daemon, a frozen trainer and the coordinator") {
@@ -55,7 +46,7 @@ TEST_CASE(
     while (std::chrono::steady_clock::now() < deadline) {
       int status;
       REQUIRE_MESSAGE(waitpid(local, &status, WNOHANG) == 0, "moerun local ended early");
-      const int64_t step = LastStep(run);
+      const int64_t step = trainer::LastMetricsStep(run);
       if (step >= mark + 40 && trainers().size() == 4) {
         mark = step;
         return;

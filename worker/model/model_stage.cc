@@ -61,6 +61,21 @@ std::vector<TensorInfo> StageTensors(const ModelSpec& spec, const StageRange& r)
   return out;
 }
 
+MoeShape MoeShapeFor(const ModelSpec& spec) {
+  MoeShape shape;
+  shape.router = {spec.moe.routed_experts,
+                  spec.moe.top_k,
+                  spec.moe.n_groups,
+                  spec.moe.topk_groups,
+                  spec.moe.score_func == ScoreFunc::kSoftmax,
+                  spec.moe.route_scale};
+  shape.d_model = spec.d_model;
+  shape.expert_hidden = spec.moe.expert_hidden;
+  shape.shared_hidden = spec.moe.expert_hidden * spec.moe.shared_experts;
+  shape.seq_aux_alpha = spec.moe.balance.seq_aux_alpha;
+  return shape;
+}
+
 template <typename T>
 ModelStage<T>::ModelStage(const ModelSpec& spec, StageRange range, Parameters<T>* params,
                           Precision precision, ExpertParallel ep)
@@ -80,16 +95,7 @@ ModelStage<T>::ModelStage(const ModelSpec& spec, StageRange range, Parameters<T>
     if (l >= spec.dense_layers) moe_layers_.push_back(l);
   }
   expert_counts_.assign(moe_layers_.size(), std::vector<int64_t>(spec.moe.routed_experts, 0));
-  moe_shape_.router = {spec.moe.routed_experts,
-                       spec.moe.top_k,
-                       spec.moe.n_groups,
-                       spec.moe.topk_groups,
-                       spec.moe.score_func == ScoreFunc::kSoftmax,
-                       spec.moe.route_scale};
-  moe_shape_.d_model = spec.d_model;
-  moe_shape_.expert_hidden = spec.moe.expert_hidden;
-  moe_shape_.shared_hidden = spec.moe.expert_hidden * spec.moe.shared_experts;
-  moe_shape_.seq_aux_alpha = spec.moe.balance.seq_aux_alpha;
+  moe_shape_ = MoeShapeFor(spec);
   moe_shape_.router_precision = head_precision_;
 }
 

@@ -25,6 +25,9 @@ struct StageRange {
   int64_t expert_begin = 0, expert_end = -1;
 };
 
+// A MoE layer's shape from the model spec (router precision left at its fp32 default).
+MoeShape MoeShapeFor(const ModelSpec& spec);
+
 // The tensors a stage holds, in ModelTensors() order.
 std::vector<TensorInfo> StageTensors(const ModelSpec& spec, const StageRange& range);
 

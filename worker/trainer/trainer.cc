@@ -82,6 +82,15 @@ void DrawProgress(int64_t step, int64_t total, double loss, double tps, double e
 
 }  // namespace
 
+int64_t LastMetricsStep(const std::string& run_dir) {
+  std::ifstream in(run_dir + "/metrics.jsonl");
+  std::string line, last;
+  while (std::getline(in, line))
+    if (!line.empty()) last = line;
+  auto j = nlohmann::json::parse(last, nullptr, false);
+  return j.is_object() ? j.value("step", int64_t(0)) : 0;
+}
+
 std::string CheckpointDir(const JobSpec& spec, const std::string& run_dir) {
   return spec.checkpoint.dir.empty() ? run_dir + "/checkpoints" : spec.checkpoint.dir;
 }

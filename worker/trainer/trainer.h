@@ -59,6 +59,10 @@ inline constexpr int kExitInterrupted = 130;
 // The checkpoint directory of a run: checkpoint.dir or <run dir>/checkpoints.
 std::string CheckpointDir(const JobSpec& spec, const std::string& run_dir);
 
+// The newest step in <run dir>/metrics.jsonl (0 when there is none yet): how far a run is,
+// as rank 0 wrote it (a restore rewrites the file back to the restored step).
+int64_t LastMetricsStep(const std::string& run_dir);
+
 // Learning rate at 1-based `step`: linear warm-up to lr, then cosine to min_lr.
 double LearningRate(const OptimizerSpec& o, int64_t step, int64_t total_steps);
 

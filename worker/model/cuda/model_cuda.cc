@@ -8,6 +8,7 @@
 #include "kernels/cuda/elementwise.cuh"
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/optimizer.cuh"
+#include "worker/model/model_stage.h"
 
 namespace moerun::model::cuda {
 namespace {
@@ -39,6 +40,8 @@ struct ModelCuda<T>::Layer {
   float *rstd1 = nullptr, *rstd2 = nullptr, *probs = nullptr;
   T *g = nullptr, *u = nullptr, *a = nullptr;  // dense MLP [N, F]
   std::unique_ptr<MoeLayerCuda<T>> moe;        // MoE layers
+  MoeLayerWeightsCuda<T> moe_w;                // its weights and gradients, bound once
+  MoeLayerGradsCuda moe_g;
 };
 
 template <typename T>
@@ -116,17 +119,7 @@ Status ModelCuda<T>::Allocate(const Parameters<float>& params) {
   dg_ = Alloc<T>(n * f);
   du_ = Alloc<T>(n * f);
   ds_ = Alloc<float>(batch_ * h * seq_ * seq_);
-  MoeShape shape;
-  shape.router = {spec_.moe.routed_experts,
-                  spec_.moe.top_k,
-                  spec_.moe.n_groups,
-                  spec_.moe.topk_groups,
-                  spec_.moe.score_func == ScoreFunc::kSoftmax,
-                  spec_.moe.route_scale};
-  shape.d_model = d;
-  shape.expert_hidden = spec_.moe.expert_hidden;
-  shape.shared_hidden = spec_.moe.expert_hidden * spec_.moe.shared_experts;
-  shape.seq_aux_alpha = spec_.moe.balance.seq_aux_alpha;
+  const MoeShape shape = MoeShapeFor(spec_);
   for (int64_t l = 0; l < spec_.n_layers; ++l) {
     auto layer = std::make_unique<Layer>();
     layer->n1 = Alloc<T>(n * d);
@@ -147,6 +140,25 @@ Status ModelCuda<T>::Allocate(const Parameters<float>& params) {
       auto moe = MoeLayerCuda<T>::Create(shape, n, stream_, handle_);
       if (!moe.ok()) return moe.status();
       layer->moe = std::move(moe.value());
+      // Every expert's gate, up, down follow each other: expert x's gate is x·3·H·D further.
+      auto w = [&](const char* s) { return W(LayerName(l, s)); };
+      auto g = [&](const char* s) { return G(LayerName(l, s)); };
+      layer->moe_w = {w("mlp.gate.weight"),
+                      Master(LayerName(l, "mlp.gate.e_score_correction_bias")),
+                      w("mlp.experts.0.gate_proj.weight"),
+                      w("mlp.experts.0.up_proj.weight"),
+                      w("mlp.experts.0.down_proj.weight"),
+                      w("mlp.shared_experts.gate_proj.weight"),
+                      w("mlp.shared_experts.up_proj.weight"),
+                      w("mlp.shared_experts.down_proj.weight"),
+                      3 * shape.expert_hidden * d};
+      layer->moe_g = {g("mlp.gate.weight"),
+                      g("mlp.experts.0.gate_proj.weight"),
+                      g("mlp.experts.0.up_proj.weight"),
+                      g("mlp.experts.0.down_proj.weight"),
+                      g("mlp.shared_experts.gate_proj.weight"),
+                      g("mlp.shared_experts.up_proj.weight"),
+                      g("mlp.shared_experts.down_proj.weight")};
     }
     layers_.push_back(std::move(layer));
   }
@@ -265,18 +277,7 @@ Status ModelCuda<T>::LayerForward(int64_t l) {
     MOERUN_RETURN_IF_ERROR(
         Blas(kc::LinearForward<T>(handle_, a.a, P("mlp.down_proj.weight"), y, n, f, d), "down"));
   } else {
-    const int64_t eh = spec_.moe.expert_hidden;
-    MoeLayerWeightsCuda<T> w;
-    w.router = P("mlp.gate.weight");
-    w.bias = Master(LayerName(l, "mlp.gate.e_score_correction_bias"));
-    w.gate = P("mlp.experts.0.gate_proj.weight");
-    w.up = P("mlp.experts.0.up_proj.weight");
-    w.down = P("mlp.experts.0.down_proj.weight");
-    w.shared_gate = P("mlp.shared_experts.gate_proj.weight");
-    w.shared_up = P("mlp.shared_experts.up_proj.weight");
-    w.shared_down = P("mlp.shared_experts.down_proj.weight");
-    w.expert_stride = 3 * eh * d;  // gate, up, down of one expert, then the next
-    MOERUN_RETURN_IF_ERROR(a.moe->Forward(a.n2, batch_, seq_, w, y));
+    MOERUN_RETURN_IF_ERROR(a.moe->Forward(a.n2, batch_, seq_, a.moe_w, y));
   }
   return Cuda(kc::LaunchAddInPlace<T>(y, a.mid, n * d, stream_), "residual");
 }
@@ -326,26 +327,7 @@ Status ModelCuda<T>::LayerBackward(int64_t l, double dloss) {
                                                       dn_, PG("mlp.up_proj.weight"), n, d, f, true),
                                 "up backward"));
   } else {
-    const int64_t eh = spec_.moe.expert_hidden;
-    MoeLayerWeightsCuda<T> w;
-    w.router = P("mlp.gate.weight");
-    w.bias = Master(LayerName(l, "mlp.gate.e_score_correction_bias"));
-    w.gate = P("mlp.experts.0.gate_proj.weight");
-    w.up = P("mlp.experts.0.up_proj.weight");
-    w.down = P("mlp.experts.0.down_proj.weight");
-    w.shared_gate = P("mlp.shared_experts.gate_proj.weight");
-    w.shared_up = P("mlp.shared_experts.up_proj.weight");
-    w.shared_down = P("mlp.shared_experts.down_proj.weight");
-    w.expert_stride = 3 * eh * d;
-    MoeLayerGradsCuda g;
-    g.router = PG("mlp.gate.weight");
-    g.gate = PG("mlp.experts.0.gate_proj.weight");
-    g.up = PG("mlp.experts.0.up_proj.weight");
-    g.down = PG("mlp.experts.0.down_proj.weight");
-    g.shared_gate = PG("mlp.shared_experts.gate_proj.weight");
-    g.shared_up = PG("mlp.shared_experts.up_proj.weight");
-    g.shared_down = PG("mlp.shared_experts.down_proj.weight");
-    MOERUN_RETURN_IF_ERROR(a.moe->Backward(dh_, a.n2, batch_, seq_, w, g, dloss, dn_));
+    MOERUN_RETURN_IF_ERROR(a.moe->Backward(dh_, a.n2, batch_, seq_, a.moe_w, a.moe_g, dloss, dn_));
   }
   MOERUN_RETURN_IF_ERROR(
       Cuda(kc::LaunchRmsNormBackward<T>(dn_, a.mid, P("post_attention_layernorm.weight"), a.rstd2,
