@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/fp8_gemm.cuh"
+#include "kernels/cuda/fp8_quantize.cuh"
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/runtime_info.h"
 #include "worker/model/cuda/moe_layer_cuda.h"
@@ -96,6 +98,78 @@ double GemmTflops(const GemmGpuArgs& a, cublasHandle_t h, cudaStream_t stream) {
     return -1;  // no peak: callers report the failure
   }
   return 2.0 * double(a.m) * double(a.n) * double(a.k) / ms / 1e9;
+}
+
+// fp8 with DeepSeek's scaling: x [m, k] in 1x128 tiles, W [n, k] in 128x128 blocks (quantized
+// once, as weights are once per step), y = x · Wᵀ in bf16 through cuBLASLt. Reported: the GEMM
+// alone, the GEMM plus quantizing x (what a forward pays per call), and bf16's cuBLAS GEMM at
+// the same shape, measured in the same run.
+int GemmFp8(const GemmGpuArgs& a, cublasHandle_t h, cudaStream_t stream) {
+  using bf16 = __nv_bfloat16;
+  bf16* x = Filled<bf16>(size_t(a.m * a.k), 1.0f, 1);
+  bf16* w = Filled<bf16>(size_t(a.n * a.k), 0.02f, 2);
+  __nv_fp8_e4m3 *qx = nullptr, *qw = nullptr;
+  float *sx = nullptr, *sw = nullptr;
+  bf16* y = nullptr;
+  void* workspace = nullptr;
+  const size_t workspace_bytes = size_t(32) << 20;
+  cudaMalloc(&qx, size_t(a.m * a.k));
+  cudaMalloc(&qw, size_t(a.n * a.k));
+  cudaMalloc(&sx, size_t(kernels::cuda::Tiles1x128ScaleCount(a.m, a.k)) * sizeof(float));
+  cudaMalloc(&sw, size_t(kernels::cuda::Blocks128ScaleCount(a.n, a.k)) * sizeof(float));
+  cudaMalloc(&y, size_t(a.m * a.n) * sizeof(bf16));
+  cudaMalloc(&workspace, workspace_bytes);
+  cublasLtHandle_t lt = nullptr;
+  const bool ready = x && w && qx && qw && sx && sw && y && workspace &&
+                     cublasLtCreate(&lt) == CUBLAS_STATUS_SUCCESS &&
+                     kernels::cuda::LaunchQuantizeE4M3Blocks128x128<bf16>(
+                         w, a.n, a.k, qw, sw, nullptr, nullptr, stream) == cudaSuccess;
+  kernels::cuda::Fp8Gemm gemm(lt, workspace, workspace_bytes);
+  cublasStatus_t status = ready ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_ALLOC_FAILED;
+  bool quantized = true;
+  auto quantize = [&] {
+    quantized = quantized && kernels::cuda::LaunchQuantizeE4M3Tiles1x128<bf16>(
+                                 x, a.m, a.k, qx, sx, stream) == cudaSuccess;
+  };
+  auto multiply = [&] {
+    const cublasStatus_t s =
+        gemm.Run<bf16>(a.m, a.n, a.k, {qx, sx, kernels::cuda::Fp8Scaling::kTiles1x128},
+                       {qw, sw, kernels::cuda::Fp8Scaling::kBlocks128x128}, false, y, stream);
+    if (s != CUBLAS_STATUS_SUCCESS) status = s;
+  };
+  double gemm_ms = 0, quantize_ms = 0;
+  if (ready) {
+    quantize_ms = MedianMs(a.reps, stream, quantize);
+    gemm_ms = MedianMs(a.reps, stream, multiply);
+  }
+  for (void* p : {static_cast<void*>(x), static_cast<void*>(w), static_cast<void*>(qx),
+                  static_cast<void*>(qw), static_cast<void*>(sx), static_cast<void*>(sw),
+                  static_cast<void*>(y), workspace}) {
+    cudaFree(p);
+  }
+  if (lt) cublasLtDestroy(lt);
+  if (status != CUBLAS_STATUS_SUCCESS || !quantized || gemm_ms <= 0) {
+    std::fprintf(stderr, "gemm-gpu fp8: cuBLASLt status %d%s\n", int(status),
+                 quantized ? "" : " (quantize kernel failed)");
+    return 1;
+  }
+  const double flops = 2.0 * double(a.m) * double(a.n) * double(a.k);
+  const double bf16_tflops = GemmTflops<bf16>(a, h, stream);
+  if (bf16_tflops <= 0) return 1;
+  const double tflops = flops / gemm_ms / 1e9;
+  nlohmann::json j = {{"bench", "gemm-gpu"},
+                      {"precision", "fp8"},
+                      {"scaling", "1x128 x 128x128"},
+                      {"m", a.m},
+                      {"n", a.n},
+                      {"k", a.k},
+                      {"tflops", tflops},
+                      {"quantize_x_ms", quantize_ms},
+                      {"tflops_with_quantize", flops / (gemm_ms + quantize_ms) / 1e9},
+                      {"bf16_tflops", bf16_tflops},
+                      {"speedup_vs_bf16", tflops / bf16_tflops}};
+  std::printf("%s\n", j.dump().c_str());
+  return 0;
 }
 
 template <typename T>
@@ -193,6 +267,12 @@ int RunGemmGpu(const GemmGpuArgs& a) {
   cudaStreamCreate(&stream);
   cublasCreate(&h);
   cublasSetStream(h, stream);
+  if (a.precision == "fp8") {
+    const int rc = GemmFp8(a, h, stream);
+    cublasDestroy(h);
+    cudaStreamDestroy(stream);
+    return rc;
+  }
   const double tflops = a.precision == "fp32" ? GemmTflops<float>(a, h, stream)
                                               : GemmTflops<__nv_bfloat16>(a, h, stream);
   if (tflops <= 0) return 1;

@@ -1,6 +1,9 @@
 // GPU measurements (builds with CUDA; on a machine without a GPU they print why and exit 77).
-//   moerun-bench gemm-gpu [--m M --n N --k K] [--precision bf16|fp32] [--reps R]
+//   moerun-bench gemm-gpu [--m M --n N --k K] [--precision bf16|fp32|fp8] [--reps R]
 //       cuBLAS GEMM, fp32 compute: the measured peak the MoE layer is compared against.
+//       fp8: cuBLASLt's block-scaled E4M3 GEMM (1x128 activation tiles, 128x128 weight
+//       blocks; kernels/cuda/fp8_gemm.cuh) with and without quantizing the activations, next
+//       to bf16's cuBLAS GEMM at the same shape in the same run.
 //   moerun-bench moe-layer-gpu [--tokens T --d-model D --experts E --top-k K
 //       --expert-hidden H --shared S] [--precision bf16|fp32] [--reps R]
 //       One MoE layer forward + backward on the GPU (worker/model/cuda/moe_layer_cuda.h) at

@@ -299,7 +299,7 @@ int main(int argc, char** argv) {
   ggc->add_option("--m", gg.m)->capture_default_str();
   ggc->add_option("--n", gg.n)->capture_default_str();
   ggc->add_option("--k", gg.k)->capture_default_str();
-  ggc->add_option("--precision", gg.precision)->check(CLI::IsMember({"bf16", "fp32"}));
+  ggc->add_option("--precision", gg.precision)->check(CLI::IsMember({"bf16", "fp32", "fp8"}));
   ggc->add_option("--reps", gg.reps)->capture_default_str();
   ggc->callback([&] { rc = moerun::bench::RunGemmGpu(gg); });
   moerun::bench::MoeGpuArgs mg;

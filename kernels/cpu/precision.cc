@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 namespace moerun::kernels::cpu {
 namespace {
@@ -65,6 +66,25 @@ void FakeQuantE4M3Tiles1x128(const float* in, float* out, float* scales, int64_t
       const float s = ScaleFor(amax);
       scales[r * tiles + t] = s;
       for (int64_t c = c0; c < c1; ++c) out[r * cols + c] = RoundToE4M3(in[r * cols + c] / s) * s;
+    }
+  }
+}
+
+void FakeQuantE4M3Tiles128x1(const float* in, float* out, float* scales, int64_t rows,
+                             int64_t cols) {
+  const int64_t bands = (rows + kFp8TileCols - 1) / kFp8TileCols;
+  std::vector<float> amax(static_cast<size_t>(cols));
+  for (int64_t b = 0; b < bands; ++b) {
+    const int64_t r0 = b * kFp8TileCols, r1 = std::min(rows, r0 + kFp8TileCols);
+    std::fill(amax.begin(), amax.end(), 0.0f);
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = 0; c < cols; ++c) amax[c] = std::max(amax[c], std::fabs(in[r * cols + c]));
+    for (int64_t c = 0; c < cols; ++c) scales[b * cols + c] = ScaleFor(amax[c]);
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t c = 0; c < cols; ++c) {
+        const float s = scales[b * cols + c];
+        out[r * cols + c] = RoundToE4M3(in[r * cols + c] / s) * s;
+      }
     }
   }
 }

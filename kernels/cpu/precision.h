@@ -26,6 +26,13 @@ float RoundToE4M3(float x);  // saturating; NaN stays NaN
 void FakeQuantE4M3Tiles1x128(const float* in, float* out, float* scales, int64_t rows,
                              int64_t cols);
 
+// 128x1 tiles: one scale per column per 128 rows, for operands whose GEMM contracts over
+// rows (the weight gradient dW = dyᵀ·x contracts over tokens; DeepSeek-V3 requantizes its
+// activations and output gradients this way for that GEMM). in/out: [rows, cols] row-major.
+// scales: [ceil(rows/128), cols] row-major.
+void FakeQuantE4M3Tiles128x1(const float* in, float* out, float* scales, int64_t rows,
+                             int64_t cols);
+
 // in/out: [rows, cols] row-major. scales: [ceil(rows/128), ceil(cols/128)] row-major.
 void FakeQuantE4M3Blocks128x128(const float* in, float* out, float* scales, int64_t rows,
                                 int64_t cols);

@@ -28,6 +28,8 @@ TEST_CASE("bf16 and fp8 linear layers multiply rounded operands") {
   for (auto p : {GemmPrecision::kBf16, GemmPrecision::kFp8}) {
     CAPTURE(int(p));
     std::vector<float> qx(x.size()), qw(w.size()), qdy(dy.size());
+    // The weight gradient's operands: the same as qx/qdy in bf16, 128x1 tiles in fp8.
+    std::vector<float> tx(x.size()), tdy(dy.size());
     if (p == GemmPrecision::kBf16) {
       cpu::RoundToBf16(x.data(), qx.data(), int64_t(x.size()));
       cpu::RoundToBf16(w.data(), qw.data(), int64_t(w.size()));
@@ -38,6 +40,15 @@ TEST_CASE("bf16 and fp8 linear layers multiply rounded operands") {
       cpu::FakeQuantE4M3Blocks128x128(w.data(), qw.data(), s.data(), out, in);
       cpu::FakeQuantE4M3Tiles1x128(dy.data(), qdy.data(), s.data(), n, out);
     }
+    if (p == GemmPrecision::kBf16) {
+      tx = qx;
+      tdy = qdy;
+    } else {
+      std::vector<float> s(4096);
+      cpu::FakeQuantE4M3Tiles128x1(x.data(), tx.data(), s.data(), n, in);
+      cpu::FakeQuantE4M3Tiles128x1(dy.data(), tdy.data(), s.data(), n, out);
+      CHECK(tx != qx);  // different tiles, different rounding
+    }
     std::vector<float> y(n * out), want(n * out);
     moerun::model::LinearForwardP(x.data(), w.data(), y.data(), n, in, out, p);
     cpu::LinearForward(qx.data(), qw.data(), want.data(), n, in, out);
@@ -45,7 +56,10 @@ TEST_CASE("bf16 and fp8 linear layers multiply rounded operands") {
     std::vector<float> dx(x.size()), dw(w.size(), 0.0f), want_dx(x.size()), want_dw(w.size(), 0.0f);
     moerun::model::LinearBackwardP(dy.data(), x.data(), w.data(), dx.data(), dw.data(), n, in, out,
                                    false, p);
-    cpu::LinearBackward(qdy.data(), qx.data(), qw.data(), want_dx.data(), want_dw.data(), n, in,
+    std::vector<float> unused_dw(w.size(), 0.0f), unused_dx(x.size());
+    cpu::LinearBackward(qdy.data(), qx.data(), qw.data(), want_dx.data(), unused_dw.data(), n, in,
+                        out, false);
+    cpu::LinearBackward(tdy.data(), tx.data(), qw.data(), unused_dx.data(), want_dw.data(), n, in,
                         out, false);
     CHECK(dx == want_dx);
     CHECK(dw == want_dw);

@@ -97,3 +97,20 @@ TEST_CASE("128x128 blocks: one scale per block") {
   CHECK(y[5 * cols + 7] == -900.0f);
   CHECK(s[3] == doctest::Approx(5.0f / 448.0f).epsilon(0.01));  // the 2x1 corner block
 }
+
+TEST_CASE("128x1 tiles are 1x128 tiles of the transpose") {
+  const int64_t rows = 300, cols = 5;  // a ragged last band
+  std::mt19937 rng(11);
+  std::normal_distribution<float> n(0.0f, 2.0f);
+  std::vector<float> x(rows * cols), xt(rows * cols);
+  for (auto& v : x) v = n(rng);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) xt[c * rows + r] = x[r * cols + c];
+  std::vector<float> y(x.size()), yt(x.size()), s(3 * cols), st(cols * 3);
+  cpu::FakeQuantE4M3Tiles128x1(x.data(), y.data(), s.data(), rows, cols);
+  cpu::FakeQuantE4M3Tiles1x128(xt.data(), yt.data(), st.data(), cols, rows);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) CHECK(y[r * cols + c] == yt[c * rows + r]);
+  for (int64_t b = 0; b < 3; ++b)
+    for (int64_t c = 0; c < cols; ++c) CHECK(s[b * cols + c] == st[c * 3 + b]);
+}

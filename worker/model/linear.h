@@ -1,9 +1,11 @@
 // Linear layers in a chosen GEMM precision (DESIGN.md §4). The CPU emulates the GPU recipe
 // by rounding each GEMM's inputs, then multiplying in fp32 with fp32 accumulation:
 //   kBf16: inputs rounded to bf16 (round to nearest even).
-//   kFp8:  activations and activation gradients fake-quantized to E4M3 in 1x128 tiles along
-//          their feature dimension, weights in 128x128 blocks; scale = amax / 448. The weight
-//          gradient multiplies the same quantized activation and output gradient.
+//   kFp8:  E4M3 with scale = amax / 448 per tile, tiles along each GEMM's contraction
+//          dimension (DeepSeek-V3's recipe, and what Hopper's block-scaled fp8 GEMMs read):
+//          y = x·Wᵀ and dx = dy·W take activations / output gradients in 1x128 tiles along
+//          their features and weights in 128x128 blocks; dW = dyᵀ·x takes dy and x in 128x1
+//          tiles along tokens.
 // Weights stay fp32 masters; only the GEMM operands are rounded. For T = double (gradient
 // tests) only kFp32 is meaningful. Shapes as in kernels/cpu/gemm.h.
 #pragma once
