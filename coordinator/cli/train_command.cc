@@ -95,6 +95,9 @@ void AddTrainCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--rank", a->opts.rank, "this process's rank in a parallel run")->group("");
   cmd->add_option("--world", a->opts.world, "ranks in a parallel run")->group("");
   cmd->add_option("--endpoints", a->endpoints, "data-plane address of every rank")->group("");
+  cmd->add_option("--device", a->opts.device,
+                  "CUDA device for resources.backend: cuda (default: rank mod the visible GPUs)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--data-plane-timeout-ms", a->opts.data_plane_timeout_ms,
                   "a data-plane call waiting longer than this fails the rank")
       ->capture_default_str();

@@ -171,17 +171,48 @@ TEST_CASE("exit codes: bad data 3, bad spec 2, missing run 1") {
         std::string::npos);
   Output bad_spec = RunMoerun("train /nonexistent.yaml --run-dir " + run);
   CHECK(bad_spec.exit_code == 2);
-  // A job that asks for GPUs is refused (4: never retried), not trained on the CPU.
+  // A job that asks for GPUs trains on a GPU or is refused with the reason (4: never
+  // retried); it is never trained on the CPU instead.
   const std::string cuda_job = run + "-cuda.yaml";
-  std::string cuda_text = ReadAll(kJob);
-  cuda_text.replace(cuda_text.find("resources:\n"), 11, "resources:\n  backend: cuda\n");
+  const std::string gpu_text = [] {
+    std::string t = ReadAll(kJob);
+    t.replace(t.find("resources:\n"), 11, "resources:\n  backend: cuda\n");
+    return t;
+  }();
+  // Data parallel only: the layout the GPU step runs.
+  std::string cuda_text = gpu_text;
+  cuda_text.replace(cuda_text.find("  pipeline: 2\n"), 14, "  pipeline: 1\n");
+  cuda_text.replace(cuda_text.find("  expert: 2\n"), 12, "  expert: 1\n");
+  cuda_text.replace(cuda_text.find("  devices_per_worker: 2"), 23, "  devices_per_worker: 1");
   std::ofstream(cuda_job) << cuda_text;
   Output cuda = RunMoerun("train " + cuda_job + " --run-dir " + run + "-cuda --no-progress");
-  CHECK(cuda.exit_code == 4);
-  CHECK(cuda.err.find("resources.backend: cuda: the trainer does not run on GPUs yet") !=
-        std::string::npos);
+  if (cuda.exit_code == 0) {  // a machine with a GPU (tests/gpu covers that path)
+    CHECK(ReadAll(run + "-cuda/metrics.jsonl").find("\"step\":40,") != std::string::npos);
+  } else {
+    CHECK(cuda.exit_code == 4);
+    CHECK(cuda.err.find("resources.backend: cuda: ") != std::string::npos);
+    const bool no_gpu = cuda.err.find("no usable GPU on this machine") != std::string::npos;
+    const bool no_cuda = cuda.err.find("this build has no CUDA") != std::string::npos;
+    CHECK((no_gpu || no_cuda));
+    CHECK(!fs::exists(run + "-cuda/metrics.jsonl"));
+  }
+  // What the GPU step lacks is refused by name, on any machine with CUDA.
+  std::ofstream(cuda_job) << gpu_text;  // pipeline 2, expert 2
+  Output layout = RunMoerun("train " + cuda_job + " --run-dir " + run + "-cuda8 --no-progress");
+  CHECK(layout.exit_code == 4);
+  CHECK((layout.err.find("pipeline and expert parallelism are not implemented on GPUs yet") !=
+             std::string::npos ||
+         layout.err.find("this build has no CUDA") != std::string::npos));
+  std::string fp8_text = cuda_text;
+  fp8_text.replace(fp8_text.find("  seed: 99\n"), 11, "  seed: 99\n  precision: fp8\n");
+  std::ofstream(cuda_job) << fp8_text;
+  Output fp8 = RunMoerun("train " + cuda_job + " --run-dir " + run + "-cuda8 --no-progress");
+  CHECK(fp8.exit_code == 4);
+  CHECK((fp8.err.find("fp8 training is not wired into the GPU trainer yet") != std::string::npos ||
+         fp8.err.find("this build has no CUDA") != std::string::npos));
   fs::remove(cuda_job);
   fs::remove_all(run + "-cuda");
+  fs::remove_all(run + "-cuda8");
   // A fresh run into a directory that holds another run's checkpoints is refused.
   Train(run);
   Output again = RunMoerun("train " + kJob + " --run-dir " + run + " --no-progress");

@@ -250,12 +250,14 @@ void WorkerDaemon::StartPending() {
       ++it;
       continue;
     }
+    int slot = 0;  // the rank's device on this host: its place in the job's ranks here
     for (const auto& r : it->body.at("ranks")) {
       const int rank = r.get<int>();
+      const int device = slot++;
       const TrainerKey key{it->job_id, it->generation, rank};
       if (started_.count(key)) continue;
       started_.insert(key);
-      Status s = StartRank(*it, rank);
+      Status s = StartRank(*it, rank, device);
       if (!s.ok()) {
         spdlog::error("job {} rank {}: {}", it->job_id, rank, s.message());
         trainers_[key] = {0, false, kExitFailure, 0, "could not start: " + s.message()};
@@ -270,7 +272,7 @@ std::string WorkerDaemon::LogPath(const std::string& job_id, int rank) const {
   return opts_.state_dir + "/logs/" + job_id + "/rank-" + std::to_string(rank) + ".log";
 }
 
-Status WorkerDaemon::StartRank(const PendingStart& p, int rank) {
+Status WorkerDaemon::StartRank(const PendingStart& p, int rank, int device) {
   const nlohmann::json& b = p.body;
   const std::string job_dir = opts_.state_dir + "/jobs/" + p.job_id;
   const std::string spec_path = job_dir + "/gen-" + std::to_string(p.generation) + ".yaml";
@@ -301,7 +303,9 @@ Status WorkerDaemon::StartRank(const PendingStart& p, int rank) {
                                    "--generation",
                                    std::to_string(p.generation),
                                    "--data-host",
-                                   opts_.data_host};
+                                   opts_.data_host,
+                                   "--device",
+                                   std::to_string(device)};
   const std::string spec_dir = b.value("spec_dir", std::string());
   if (!spec_dir.empty()) argv.insert(argv.end(), {"--spec-dir", spec_dir});
   if (b.value("resume", false)) argv.push_back("--resume");

@@ -79,7 +79,8 @@ class WorkerDaemon {
   void OnLogQuery(const Envelope& e);
   void OnAcked(const nlohmann::json& acked);
   void StartPending();
-  Status StartRank(const PendingStart& p, int rank);
+  // device: the rank's slot on this host, its CUDA device for backend: cuda.
+  Status StartRank(const PendingStart& p, int rank, int device);
   std::string LogPath(const std::string& job_id, int rank) const;
 
   DaemonOptions opts_;

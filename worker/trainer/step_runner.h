@@ -16,33 +16,25 @@
 #include "common/job_spec.h"
 #include "worker/data/corpus.h"
 #include "worker/model/model_stage.h"
+#include "worker/trainer/step_engine.h"
 #include "worker/trainer/topology.h"
 #include "worker/trainer/train_state.h"
 
 namespace moerun::trainer {
 
-struct StepResult {
-  double loss = 0;          // mean cross-entropy over the step's sequences
-  double balance_loss = 0;  // mean sequence-wise balance loss, summed over MoE layers
-  double grad_norm = 0;     // before clipping
-  double lr = 0;
-  // Tokens per expert in every MoE layer of the model (not only this stage's), by layer.
-  std::vector<std::vector<int64_t>> expert_load;
-};
-
-class StepRunner {
+class StepRunner : public StepEngine {
  public:
   StepRunner(const JobSpec& spec, Topology* topo, model::Parameters<float>* params,
              model::ModelStage<float>* stage, OptimizerState* opt, const data::Corpus* corpus);
 
   // Step `step` (1-based) of `total_steps`. Every rank gets the same result.
-  Result<StepResult> Run(int64_t step, int64_t total_steps);
+  Result<StepResult> Run(int64_t step, int64_t total_steps) override;
 
   // Mean cross-entropy over the first `windows` validation windows (all ranks get it).
-  Result<double> Evaluate(int64_t windows);
+  Result<double> Evaluate(int64_t windows) override;
 
   // True when any rank asks to stop (its `local` is true): all ranks agree.
-  Result<bool> AnyRank(bool local);
+  Result<bool> AnyRank(bool local) override;
 
  private:
   Status Forward(int64_t m, int64_t global_micro, int64_t batch, bool eval, const int64_t* windows);

@@ -29,6 +29,7 @@
 #include "worker/comm/zmq_communicator.h"
 #include "worker/data/corpus.h"
 #include "worker/model/model_stage.h"
+#include "worker/trainer/gpu_step_runner.h"
 #include "worker/trainer/step_runner.h"
 #include "worker/trainer/topology.h"
 #include "worker/trainer/train_state.h"
@@ -120,12 +121,20 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
     *exit_code = kExitUnsupported;
     return Status::Unimplemented("model.attention: mla is not implemented by the CPU trainer yet");
   }
-  if (spec.resources.backend == Backend::kCuda) {
+  const bool on_gpu = spec.resources.backend == Backend::kCuda;
+  if (on_gpu) {
     // Never train on the CPU behind a job that asked for GPUs.
-    *exit_code = kExitUnsupported;
-    return Status::Unimplemented(
-        "resources.backend: cuda: the trainer does not run on GPUs yet (the GPU model and its "
-        "tests exist, see docs/gpu.md); use backend: cpu");
+#if MOERUN_WITH_CUDA
+    Status gpu = CheckGpuTraining(spec);
+#else
+    Status gpu = Status::Unimplemented(
+        "resources.backend: cuda: this build has no CUDA (configure with -DMOERUN_CUDA=ON where "
+        "the CUDA toolkit is installed), or use backend: cpu");
+#endif
+    if (!gpu.ok()) {
+      *exit_code = kExitUnsupported;
+      return gpu;
+    }
   }
   *exit_code = kExitFailure;
   const bool lead = opts.rank == 0;  // writes metrics and the main log
@@ -200,9 +209,6 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
   const uint64_t fingerprint = ModelFingerprint(m);
   model::Parameters<float> params(model::StageTensors(m, topo.range));
   params.Initialize(spec.train.seed, m.init_std);
-  model::ExpertParallel ep;
-  if (topo.expert > 1) ep = {topo.expert_group.get(), m.moe.routed_experts / topo.expert};
-  model::ModelStage<float> stage(m, topo.range, &params, spec.train.precision, ep);
   OptimizerState opt{std::vector<float>(params.values().size(), 0.0f),
                      std::vector<float>(params.values().size(), 0.0f)};
 
@@ -272,6 +278,26 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
   MOERUN_RETURN_IF_ERROR(topo.world_comm->Barrier());  // nobody writes before all have read
   if (store) MOERUN_RETURN_IF_ERROR(store->AllowCompaction());
 
+  // The step engine starts from the initialized or restored state.
+  std::unique_ptr<model::ModelStage<float>> stage;
+  std::unique_ptr<StepEngine> engine;
+  if (on_gpu) {
+#if MOERUN_WITH_CUDA
+    GpuStepOptions gpu_opts{opts.device, opts.data_plane_timeout_ms, wait};
+    auto e = MakeGpuStepRunner(spec, &topo, &params, &opt, &corpus.value(), gpu_opts);
+    if (!e.ok()) return e.status();
+    engine = std::move(e.value());
+    log->info("training on GPU {} in {}", opts.device >= 0 ? opts.device : topo.rank,
+              ToString(spec.train.precision));
+#endif
+  } else {
+    model::ExpertParallel ep;
+    if (topo.expert > 1) ep = {topo.expert_group.get(), m.moe.routed_experts / topo.expert};
+    stage = std::make_unique<model::ModelStage<float>>(m, topo.range, &params, spec.train.precision,
+                                                       ep);
+    engine = std::make_unique<StepRunner>(spec, &topo, &params, stage.get(), &opt, &corpus.value());
+  }
+
   const std::string metrics_path = opts.run_dir + "/metrics.jsonl";
   std::ofstream metrics;
   if (lead) {
@@ -310,7 +336,6 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
         });
   }
 
-  StepRunner runner(spec, &topo, &params, &stage, &opt, &corpus.value());
   const int64_t total = spec.train.steps;
   TrainSummary summary;
   summary.first_step = step + 1;
@@ -325,7 +350,7 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
     const auto t0 = Clock::now();
     const comm::DataPlaneWait wait0 = *wait;
     ++step;
-    auto r = runner.Run(step, total);
+    auto r = engine->Run(step, total);
     if (!r.ok()) {
       result = r.status().WithContext("step " + std::to_string(step));
       break;
@@ -361,7 +386,7 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
         spec.train.eval_interval > 0 && (step % spec.train.eval_interval == 0 || step == total);
     if (eval_now && corpus->validation_windows() > 0) {
       const int64_t windows = std::min(kEvalMaxWindows, corpus->validation_windows());
-      auto val = runner.Evaluate(windows);
+      auto val = engine->Evaluate(windows);
       if (!val.ok()) {
         result = val.status().WithContext("evaluation at step " + std::to_string(step));
         break;
@@ -388,7 +413,7 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
     }
     log->info("step {}/{} loss {:.4f} lr {:.3e} grad_norm {:.3f} load max/mean {:.2f} {:.0f} tok/s",
               step, total, r->loss, r->lr, r->grad_norm, imbalance, double(tokens) / seconds);
-    auto stopping = runner.AnyRank(g_stop.load());
+    auto stopping = engine->AnyRank(g_stop.load());
     if (!stopping.ok()) {
       result = stopping.status();
       break;
@@ -396,6 +421,11 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
     const bool ckpt_now = spec.checkpoint.interval_steps > 0 &&
                           (step % spec.checkpoint.interval_steps == 0 || step == total);
     if (writer && (ckpt_now || stopping.value())) {
+      Status synced = engine->SyncHost();
+      if (!synced.ok()) {
+        result = synced.WithContext("checkpoint step " + std::to_string(step));
+        break;
+      }
       writer->Submit(step, SnapshotState(params, opt, step, spec.train.seed, fingerprint));
     }
     report_shards();

@@ -37,6 +37,9 @@ struct TrainOptions {
   // be read. -1: with resume, the newest readable step on disk.
   int64_t restore_step = -1;
   std::string data_host = "127.0.0.1";
+  // resources.backend: cuda: this rank's CUDA device (its slot on the worker); -1: rank mod
+  // the visible devices.
+  int device = -1;
 };
 
 struct TrainSummary {

@@ -400,11 +400,33 @@ Result<double> ModelCuda<T>::Step(const kernels::cpu::AdamWStep& adam, double gr
 
 template <typename T>
 Status ModelCuda<T>::UpdateBalanceBias(double gamma) {
+  std::vector<std::vector<int64_t>> counts;
+  for (int64_t l = spec_.dense_layers; l < spec_.n_layers; ++l) {
+    const int64_t* c = layers_[size_t(l)]->moe->expert_counts();
+    counts.emplace_back(c, c + spec_.moe.routed_experts);
+  }
+  return UpdateBalanceBias(gamma, counts);
+}
+
+template <typename T>
+Status ModelCuda<T>::UpdateBalanceBias(double gamma,
+                                       const std::vector<std::vector<int64_t>>& all_counts) {
   const int64_t e = spec_.moe.routed_experts;
+  if (int64_t(all_counts.size()) != spec_.n_layers - spec_.dense_layers) {
+    return Status::InvalidArgument("model on the GPU: expert counts for " +
+                                   std::to_string(all_counts.size()) + " MoE layers, not " +
+                                   std::to_string(spec_.n_layers - spec_.dense_layers));
+  }
   std::vector<float> bias(static_cast<size_t>(e));
   for (int64_t l = spec_.dense_layers; l < spec_.n_layers; ++l) {
     float* dev = Master(LayerName(l, "mlp.gate.e_score_correction_bias"));
-    const int64_t* counts = layers_[size_t(l)]->moe->expert_counts();
+    const auto& layer_counts = all_counts[size_t(l - spec_.dense_layers)];
+    if (int64_t(layer_counts.size()) != e) {
+      return Status::InvalidArgument(
+          "model on the GPU: expert counts of layer " + std::to_string(l) + " have " +
+          std::to_string(layer_counts.size()) + " experts, not " + std::to_string(e));
+    }
+    const int64_t* counts = layer_counts.data();
     MOERUN_RETURN_IF_ERROR(
         Cuda(cudaMemcpy(bias.data(), dev, e * sizeof(float), cudaMemcpyDeviceToHost), "bias"));
     double mean = 0;
@@ -427,6 +449,54 @@ double ModelCuda<T>::balance_loss() const {
   for (const auto& layer : layers_)
     if (layer->moe) sum += layer->moe->balance_loss();
   return sum;
+}
+
+template <typename T>
+const int64_t* ModelCuda<T>::expert_counts(int64_t j) const {
+  return layers_[size_t(spec_.dense_layers + j)]->moe->expert_counts();
+}
+
+template <typename T>
+Result<double> ModelCuda<T>::LossSum(int64_t tokens) const {
+  if (tokens < 0 || tokens > batch_ * seq_) {
+    return Status::InvalidArgument("model on the GPU: loss of " + std::to_string(tokens) +
+                                   " tokens from a batch of " + std::to_string(batch_ * seq_));
+  }
+  std::vector<float> rows(static_cast<size_t>(tokens));
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(cudaMemcpy(rows.data(), row_loss_, rows.size() * sizeof(float), cudaMemcpyDeviceToHost),
+           "per-token loss"));
+  double sum = 0;
+  for (float r : rows) sum += double(r);
+  return sum;
+}
+
+template <typename T>
+Status ModelCuda<T>::DownloadState(std::vector<float>* values, std::vector<float>* m,
+                                   std::vector<float>* v) const {
+  MOERUN_RETURN_IF_ERROR(Download(values, nullptr));
+  for (auto [host, dev] : {std::pair<std::vector<float>*, const float*>{m, m_}, {v, v_}}) {
+    host->resize(static_cast<size_t>(size_));
+    MOERUN_RETURN_IF_ERROR(
+        Cuda(cudaMemcpy(host->data(), dev, size_ * sizeof(float), cudaMemcpyDeviceToHost),
+             "downloading AdamW moments"));
+  }
+  return Status::OK();
+}
+
+template <typename T>
+Status ModelCuda<T>::UploadMoments(const std::vector<float>& m, const std::vector<float>& v) {
+  if (int64_t(m.size()) != size_ || int64_t(v.size()) != size_) {
+    return Status::InvalidArgument("model on the GPU: AdamW moments of " +
+                                   std::to_string(m.size()) + " values for a model of " +
+                                   std::to_string(size_));
+  }
+  for (auto [host, dev] : {std::pair<const std::vector<float>*, float*>{&m, m_}, {&v, v_}}) {
+    MOERUN_RETURN_IF_ERROR(
+        Cuda(cudaMemcpy(dev, host->data(), size_ * sizeof(float), cudaMemcpyHostToDevice),
+             "uploading AdamW moments"));
+  }
+  return Status::OK();
 }
 
 template <typename T>

@@ -46,11 +46,30 @@ class ModelCuda {
   Result<double> Step(const kernels::cpu::AdamWStep& adam, double grad_clip);
   // Aux-loss-free balancing from the last Forward's counts: b_i += γ · sign(mean − load_i).
   Status UpdateBalanceBias(double gamma);
+  // The same from given counts: counts[j] holds MoE layer j's tokens per expert (j counts
+  // from the first MoE layer), e.g. summed over micro-batches and data-parallel replicas.
+  Status UpdateBalanceBias(double gamma, const std::vector<std::vector<int64_t>>& counts);
 
   // The sum of the MoE layers' balance losses in the last Forward.
   double balance_loss() const;
+  // Tokens per routed expert in MoE layer j (from the first MoE layer) in the last Forward;
+  // host memory, valid until the next Forward.
+  const int64_t* expert_counts(int64_t j) const;
+  // Σ of the last Forward's per-token cross-entropies over its first `tokens` tokens (a
+  // partly filled batch: the rest are padding, and tokens never see other sequences).
+  Result<double> LossSum(int64_t tokens) const;
+
   // Master weights and gradients, in Parameters<float> layout.
   Status Download(std::vector<float>* values, std::vector<float>* grads) const;
+  // Master weights and both AdamW moments (for a checkpoint), and the moments back (after
+  // restoring one; the weights come with Create).
+  Status DownloadState(std::vector<float>* values, std::vector<float>* m,
+                       std::vector<float>* v) const;
+  Status UploadMoments(const std::vector<float>& m, const std::vector<float>& v);
+  // The gradient buffer (device, fp32, Parameters<float> layout, size() floats): the data
+  // plane sums it over replicas between Backward and Step.
+  float* grads() const { return grads_; }
+  int64_t size() const { return size_; }
 
  private:
   struct Layer;

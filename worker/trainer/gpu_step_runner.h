@@ -1,0 +1,47 @@
+// The GPU step (resources.backend: cuda): one GPU per rank, the whole model on it
+// (worker/model/cuda/model_cuda.h). A step runs the rank's micro-batches forward and
+// backward with gradients accumulating on the device, sums expert token counts over the
+// data group and updates the balancing biases from them, sums gradients over the data group
+// with NCCL on the device, then clips and applies AdamW on the device. The data order,
+// learning-rate schedule, loss and load accounting are the CPU StepRunner's, so a job's
+// metrics mean the same on either backend.
+//
+// Supported today: pipeline 1 and expert 1 (every rank a full data-parallel replica), in
+// fp32 or bf16. Pipeline and expert parallelism on GPUs, and fp8 training on GPUs (the fp8
+// GEMMs exist: kernels/cuda/fp8_gemm.cuh), are not wired yet; CheckGpuTraining says which.
+// Declared without CUDA types; defined only in builds with CUDA (MOERUN_WITH_CUDA).
+#pragma once
+
+#include <memory>
+
+#include "common/job_spec.h"
+#include "common/status.h"
+#include "worker/comm/timed_communicator.h"
+#include "worker/data/corpus.h"
+#include "worker/model/parameters.h"
+#include "worker/trainer/step_engine.h"
+#include "worker/trainer/topology.h"
+#include "worker/trainer/train_state.h"
+
+namespace moerun::trainer {
+
+// Unimplemented (what is missing, and what to use instead) when this job cannot train on
+// this machine's GPUs: a layout or precision the GPU step lacks, or no usable GPU.
+Status CheckGpuTraining(const JobSpec& spec);
+
+struct GpuStepOptions {
+  int device = -1;  // CUDA device of this rank; -1: rank mod the visible devices
+  int64_t data_plane_timeout_ms = 30000;
+  // Where NCCL's time is added (the trainer's data-plane wait); may be null.
+  std::shared_ptr<comm::DataPlaneWait> wait;
+};
+
+// `params` and `opt` hold the state to start from (initialized or restored); the engine
+// copies them to the device and writes them back on SyncHost. All pointers outlive it.
+Result<std::unique_ptr<StepEngine>> MakeGpuStepRunner(const JobSpec& spec, Topology* topo,
+                                                      model::Parameters<float>* params,
+                                                      OptimizerState* opt,
+                                                      const data::Corpus* corpus,
+                                                      const GpuStepOptions& options);
+
+}  // namespace moerun::trainer
