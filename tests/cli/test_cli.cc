@@ -52,7 +52,8 @@ std::string WriteTemp(const std::string& name, const std::string& text) {
 
 TEST_CASE("validate accepts every example config") {
   Run r = Moerun("validate " + Config("tiny-cpu.yaml") + " " + Config("deepseek-v3.yaml") + " " +
-                 Config("gpu-8x.yaml") + " " + Config("multi-host-cpu.yaml"));
+                 Config("gpu-8x.yaml") + " " + Config("multi-host-cpu.yaml") + " " +
+                 Config("single-gpu.yaml"));
   INFO(r.out, r.err);
   CHECK(r.exit_code == 0);
   CHECK(r.out.find("tiny-cpu.yaml: ok (job tiny-cpu, world size 4)") != std::string::npos);

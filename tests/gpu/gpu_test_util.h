@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -16,6 +17,18 @@
 namespace moerun::gpu_testing {
 
 #define CUDA_OK(expr) REQUIRE_EQ(cudaSuccess, (expr))
+
+// The source tree (test configs), where this binary was built unless MOERUN_SOURCE_DIR says
+// otherwise: binaries packed by scripts/gpu-bundle.sh run on another machine.
+inline std::string SourceDir() {
+  const char* e = std::getenv("MOERUN_SOURCE_DIR");
+  return e != nullptr && *e != '\0' ? std::string(e) : std::string(MOERUN_SOURCE_DIR);
+}
+// The training corpus in place of a config's data.paths, when MOERUN_TEST_CORPUS is set.
+inline std::string TestCorpus() {
+  const char* e = std::getenv("MOERUN_TEST_CORPUS");
+  return e != nullptr ? std::string(e) : std::string();
+}
 
 // A device array of n values of T (float, __nv_bfloat16, int32_t, int64_t, double, void*).
 template <typename T>

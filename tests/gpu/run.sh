@@ -1,25 +1,89 @@
 #!/usr/bin/env bash
-# The GPU checks in one command, for a machine with an NVIDIA GPU (Hopper: sm_90): build
-# with CUDA for sm_90 only, then run every GPU test. gpu_tests compares each CUDA op with its
-# CPU twin (fp32 and bf16 storage) and prints a table: op, precision, max relative error,
-# the bound it must meet, time, GB/s or TFLOP/s at the test's shape. nccl_tests checks the
-# NCCL communicator. Exits non-zero if any check fails.
-# Then the benchmarks (JSON lines): cuBLAS's bf16 GEMM peak and the MoE layer's forward +
-# backward at DeepSeek-like shapes as a fraction of it.
-# gpu_tests includes a 1-GPU training run of train-fast's model (the loss must fall).
-# Not yet here (issue 8): the fp8 cuBLASLt GEMMs; `moerun train` with backend: cuda.
-set -euo pipefail
+# The GPU checks in one command, for a machine with an NVIDIA GPU (Hopper: sm_90).
+#   tests/gpu/run.sh                build here for sm_90 (Debian 12 + CUDA), then check
+#   tests/gpu/run.sh --bundle DIR   check with the binaries scripts/gpu-bundle.sh packed into
+#                                   DIR/moerun-gpu.tar.xz (a GPU machine without moerun's
+#                                   build dependencies)
+# The checks, in order (exit non-zero if any fails; every step runs):
+#  1. gpu_tests: every CUDA op against its CPU twin (fp32, bf16; the fp8 quantizers bit for
+#     bit and the block-scaled cuBLASLt GEMMs against the CPU's fp8 linear layer), the whole
+#     model against the CPU model, 1-GPU training (fixed batch), and `moerun train` on the
+#     GPU: loss against the CPU trainer, falling loss, resume from a checkpoint bit for bit.
+#     It ends with the table: op, precision, max relative error, bound, ms, GB/s, TFLOP/s.
+#  2. nccl_tests: the NCCL communicator (a world of one GPU).
+#  3. Benchmarks (JSON lines): cuBLAS GEMM peaks in bf16 and fp32, the fp8 block-scaled GEMM
+#     next to bf16, and the MoE layer's forward + backward at DeepSeek-like shapes as a
+#     fraction of the bf16 peak.
+#  4. End to end: `moerun local configs/single-gpu.yaml` (coordinator, daemon, one trainer
+#     on the GPU) for 100 steps; the loss must fall.
+set -uo pipefail
 cd "$(dirname "$0")/../.."
-scripts/install-deps.sh
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOERUN_CUDA=ON \
-  -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
-cmake --build build-gpu -j "$(nproc)" --target gpu_tests nccl_tests moerun-bench
+root=$PWD
+bundle=""
+if [[ "${1:-}" == "--bundle" ]]; then
+  archive=${2:?--bundle needs the folder scripts/gpu-bundle.sh wrote}/moerun-gpu.tar.xz
+  bundle=$(mktemp -d /tmp/moerun-bundle.XXXXXX)
+  tar -C "$bundle" -xJf "$archive" || { echo "run.sh: cannot unpack $archive" >&2; exit 1; }
+fi
+corpus=/usr/share/games/fortunes
+if [[ -n "$bundle" ]]; then
+  bin=$bundle/bin
+  corpus=$bundle/corpus/fortunes
+  # CUDA's libraries from this machine: the toolkit's, or the ones Python packages carry.
+  libs=$bundle/lib
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+    $(find /usr /opt -type f \( -name 'libnccl.so.2*' -o -name 'libcublas.so.13*' \
+      -o -name 'libcurand.so.10*' -o -name 'libcudart.so.13*' \) -print 2>/dev/null |
+      xargs -r -n1 dirname | sort -u); do
+    [[ -d "$d" ]] && libs=$libs:$d
+  done
+  export LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  export MOERUN_SOURCE_DIR=$root MOERUN_TEST_CORPUS=$corpus
+  missing=$(for b in "$bin"/*; do ldd "$b" | grep 'not found'; done | sort -u)
+  if [[ -n "$missing" ]]; then
+    echo "run.sh: libraries not found on this machine:" >&2
+    echo "$missing" >&2
+    exit 1
+  fi
+else
+  scripts/install-deps.sh
+  cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOERUN_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null || exit 1
+  cmake --build build-gpu -j "$(nproc)" --target gpu_tests nccl_tests moerun-bench moerun \
+    moerun-worker moerun-coordinator || exit 1
+  bin=build-gpu/bin
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+"$bin/moerun-bench" gemm-gpu --m 128 --n 128 --k 128 --reps 1 >/dev/null
+if [[ $? -eq 77 ]]; then
+  echo "run.sh: no usable GPU on this machine: nothing to check" >&2
+  exit 77
+fi
 status=0
-build-gpu/bin/gpu_tests || status=$?
-(cd build-gpu && ctest --output-on-failure -R 'nccl_tests') || status=$?
-for precision in bf16 fp32; do
-  build-gpu/bin/moerun-bench gemm-gpu --precision "$precision" || status=$?
+step() {
+  echo "==== $*"
+  "$@" || { echo "==== FAILED ($?): $*"; status=1; }
+}
+step "$bin/gpu_tests"
+step "$bin/nccl_tests"
+for precision in bf16 fp32 fp8; do
+  step "$bin/moerun-bench" gemm-gpu --precision "$precision"
 done
-build-gpu/bin/moerun-bench moe-layer-gpu --precision bf16 || status=$?
+step "$bin/moerun-bench" moe-layer-gpu --precision bf16
+
+# End to end through the control plane: the daemon starts a trainer on device 0.
+work=$(mktemp -d /tmp/moerun-gpu.XXXXXX)
+sed "s#/usr/share/games/fortunes#$corpus#" configs/single-gpu.yaml >"$work/single-gpu.yaml"
+step "$bin/moerun" local "$work/single-gpu.yaml" --run-dir "$work/run" --steps 100 --no-progress
+loss_fell() {
+  python3 - "$1" <<'PY'
+import json, sys
+steps = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+first, last = steps[0]["loss"], steps[-1]["loss"]
+print(f"single-gpu: {len(steps)} steps, loss {first:.4f} -> {last:.4f}, "
+      f"{steps[-1]['tokens_per_s']:.0f} tokens/s at the end")
+sys.exit(0 if len(steps) == 100 and last < 0.7 * first else 1)
+PY
+}
+step loss_fell "$work/run/metrics.jsonl"
 exit "$status"

@@ -20,7 +20,7 @@ namespace {
 
 moerun::ModelSpec TrainFast() {
   auto loaded =
-      moerun::LoadJobSpecFile(std::string(MOERUN_SOURCE_DIR) + "/tests/configs/train-fast.yaml");
+      moerun::LoadJobSpecFile(moerun::gpu_testing::SourceDir() + "/tests/configs/train-fast.yaml");
   REQUIRE(loaded.ok());
   return loaded.spec.model;
 }

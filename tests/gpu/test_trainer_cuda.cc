@@ -20,7 +20,7 @@ namespace {
 
 moerun::JobSpec GpuJob(moerun::Precision precision) {
   auto loaded =
-      moerun::LoadJobSpecFile(std::string(MOERUN_SOURCE_DIR) + "/tests/configs/train-fast.yaml");
+      moerun::LoadJobSpecFile(moerun::gpu_testing::SourceDir() + "/tests/configs/train-fast.yaml");
   REQUIRE(loaded.ok());
   moerun::JobSpec s = loaded.spec;
   s.parallel.pipeline = 1;
@@ -29,6 +29,8 @@ moerun::JobSpec GpuJob(moerun::Precision precision) {
   s.resources.backend = moerun::Backend::kCuda;
   s.train.precision = precision;
   s.checkpoint.keep = 10;
+  if (!moerun::gpu_testing::TestCorpus().empty())
+    s.data.paths = {moerun::gpu_testing::TestCorpus()};
   return s;
 }
 

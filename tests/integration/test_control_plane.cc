@@ -198,6 +198,26 @@ TEST_CASE("cancel stops a running job's trainers and frees its slots") {
   CHECK(Alive(c.coordinator()));
 }
 
+TEST_CASE("a trainer's refusal fails the job once, with the trainer's reason") {
+  Cluster c("refusal");
+  c.StartWorker("w0", 2);
+  c.WaitForWorkers(1);
+  std::string text = WorldTwoSpecText("nodata");
+  text.replace(text.find("/usr/share/games/fortunes"), 25, "/nonexistent/corpus");
+  const std::string spec = c.dir() + "/nodata.yaml";
+  std::ofstream(spec) << text;
+  const std::string job = c.Submit(spec, "--run-dir " + c.dir() + "/run-nodata");
+  REQUIRE(WaitFor([&] { return Terminal(c.Phase(job)); }, 60));
+  CHECK(c.Phase(job) == "FAILED");
+  const json events = json::parse(c.Cli("events " + job + " --json").out);
+  const std::string cause = events.back().value("cause", "");
+  CHECK_MESSAGE(cause.find("exited with code 3: data: data.paths: /nonexistent/corpus does "
+                           "not exist") != std::string::npos,
+                cause);
+  CHECK(cause.find("(not retryable)") != std::string::npos);
+  CHECK(c.Job(job).value("restarts", -1) == 0);
+}
+
 TEST_CASE("a client or a daemon without an authorized key is refused") {
   Cluster c("auth");
   const std::string stranger = c.dir() + "/stranger";

@@ -26,8 +26,8 @@ moerun::JobSpec LoadConfig(const std::string& name) {
 }  // namespace
 
 TEST_CASE("every example config is valid") {
-  for (const char* f :
-       {"tiny-cpu.yaml", "deepseek-v3.yaml", "gpu-8x.yaml", "multi-host-cpu.yaml"}) {
+  for (const char* f : {"tiny-cpu.yaml", "deepseek-v3.yaml", "gpu-8x.yaml", "multi-host-cpu.yaml",
+                        "single-gpu.yaml"}) {
     CAPTURE(f);
     LoadConfig(f);
   }

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -31,6 +32,24 @@ bool SafeJobId(const std::string& id) {
   return true;
 }
 
+// The trainer's own account of a refusal: the last "moerun train: ..." line of its log (the
+// file's last 4 KiB), without the prefix and at most 400 characters; empty when there is none.
+std::string TrainerRefusal(const std::string& log_path) {
+  constexpr std::streamoff kTail = 4096;
+  constexpr size_t kMaxChars = 400;
+  const std::string prefix = "moerun train: ";
+  std::ifstream in(log_path, std::ios::binary);
+  if (!in) return "";
+  in.seekg(0, std::ios::end);
+  const std::streamoff size = in.tellg();
+  in.seekg(std::max<std::streamoff>(0, size - kTail));
+  std::string line, found;
+  while (std::getline(in, line))
+    if (line.rfind(prefix, 0) == 0) found = line.substr(prefix.size());
+  if (found.size() > kMaxChars) found = found.substr(0, kMaxChars) + "...";
+  return found;
+}
+
 }  // namespace
 
 WorkerDaemon::WorkerDaemon(DaemonOptions opts)
@@ -42,6 +61,13 @@ WorkerDaemon::WorkerDaemon(DaemonOptions opts)
         t.exit_code = e.exit_code;
         t.signal = e.signal;
         t.text = e.Describe();
+        // A refusal is final (never retried): say why where the admin looks, not only in
+        // the trainer's log.
+        if (e.signal == 0 &&
+            (IsNonRetryableExit(e.exit_code) || e.exit_code == kExitBadCheckpoint)) {
+          const std::string why = TrainerRefusal(LogPath(e.job_id, e.rank));
+          if (!why.empty()) t.text += ": " + why;
+        }
         new_exits_.push_back(key);
         spdlog::info("job {} generation {} rank {} (pid {}) {}", e.job_id, e.generation, e.rank,
                      e.pid, t.text);
