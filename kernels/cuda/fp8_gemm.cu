@@ -43,6 +43,12 @@ template <typename C>
 cublasStatus_t Fp8Gemm::Run(int64_t m, int64_t n, int64_t k, const Fp8Operand& a,
                             const Fp8Operand& b, bool accumulate, C* c, cudaStream_t stream) {
   if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+  if (k == 0) {  // an empty sum (an expert without tokens): c stays, or becomes 0
+    if (accumulate) return CUBLAS_STATUS_SUCCESS;
+    return cudaMemsetAsync(c, 0, static_cast<size_t>(m * n) * sizeof(C), stream) == cudaSuccess
+               ? CUBLAS_STATUS_SUCCESS
+               : CUBLAS_STATUS_EXECUTION_FAILED;
+  }
   if (k % 16 != 0 || m % 4 != 0 || n % 4 != 0 || a.scaling != Fp8Scaling::kTiles1x128) {
     return CUBLAS_STATUS_NOT_SUPPORTED;
   }
@@ -79,6 +85,15 @@ cublasStatus_t Fp8Gemm::Run(int64_t m, int64_t n, int64_t k, const Fp8Operand& a
     int found = 0;
     cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(
         pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes_, sizeof workspace_bytes_);
+    // Algorithms that need no more than the 16-byte alignment this header promises, so a
+    // cached one runs on any operand (e.g. one expert's slice of a larger buffer).
+    const uint32_t align = kFp8MinAlignmentBytes;
+    for (auto attr :
+         {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+          CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
+      if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulPreferenceSetAttribute(pref, attr, &align, sizeof align);
+    }
     if (st == CUBLAS_STATUS_SUCCESS) {
       st = cublasLtMatmulAlgoGetHeuristic(handle_, desc.op, desc.a, desc.b, desc.d, desc.d, pref, 1,
                                           &result, &found);

@@ -14,7 +14,8 @@
 //                           the untransposed tensors)
 // Requirements (cuBLASLt's for fp8): k a multiple of 16; m and n multiples of 4 (the tile
 // scales of a row band are 16-byte aligned); 16-byte aligned pointers. A shape cuBLASLt
-// cannot run returns CUBLAS_STATUS_NOT_SUPPORTED, never a wrong result.
+// cannot run returns CUBLAS_STATUS_NOT_SUPPORTED, never a wrong result; so does a GPU other
+// than Hopper, where these scale modes do not exist. k = 0 leaves c (accumulate) or zeroes it.
 //
 // Not thread-safe (one per stream). Algorithms are looked up once per shape and cached.
 // CUDA 13.0's cuBLASLt has no grouped batch mode, so an MoE layer's fp8 expert GEMMs are one
@@ -34,6 +35,9 @@
 namespace moerun::kernels::cuda {
 
 enum class Fp8Scaling { kTiles1x128, kBlocks128x128 };
+
+// The operand alignment every call may rely on (and algorithms are chosen for).
+inline constexpr uint32_t kFp8MinAlignmentBytes = 16;
 
 struct Fp8Operand {
   const __nv_fp8_e4m3* values = nullptr;  // [rows, k] row-major

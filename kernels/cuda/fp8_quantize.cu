@@ -21,16 +21,17 @@ __device__ __forceinline__ __nv_fp8_e4m3 ToE4M3(float x) {
   return q;
 }
 
-// grid (bands, rows), 128 threads; thread t owns column band·128 + t.
+// grid (rows, bands) — rows on x, which has no 65535 limit; 128 threads; thread t owns
+// column band·128 + t.
 template <typename T>
 __global__ void Tiles1x128Kernel(const T* in, int64_t rows, int64_t cols, __nv_fp8_e4m3* out,
                                  float* scales) {
   __shared__ float scratch[kTile / 32];
-  const int64_t r = blockIdx.y, c = static_cast<int64_t>(blockIdx.x) * kTile + threadIdx.x;
+  const int64_t r = blockIdx.x, c = static_cast<int64_t>(blockIdx.y) * kTile + threadIdx.x;
   const bool live = c < cols;
   const float x = live ? ToFloat(in[r * cols + c]) : 0.0f;
   const float s = ScaleFor(BlockMax(fabsf(x), scratch));
-  if (threadIdx.x == 0) scales[static_cast<int64_t>(blockIdx.x) * rows + r] = s;
+  if (threadIdx.x == 0) scales[static_cast<int64_t>(blockIdx.y) * rows + r] = s;
   if (live) out[r * cols + c] = ToE4M3(x / s);
 }
 
@@ -82,8 +83,14 @@ __global__ void Blocks128Kernel(const T* in, int64_t rows, int64_t cols, __nv_fp
     for (int64_t r = r0; r < r1; ++r) m = fmaxf(m, fabsf(ToFloat(in[r * cols + c])));
   const float s = ScaleFor(BlockMax(m, scratch));
   if (threadIdx.x == 0) {
-    scales[blockIdx.y * Blocks128Stride(cols) + blockIdx.x] = s;
-    if (scales_t != nullptr) scales_t[blockIdx.x * Blocks128Stride(rows) + blockIdx.y] = s;
+    const int64_t stride = Blocks128Stride(cols), stride_t = Blocks128Stride(rows);
+    scales[blockIdx.y * stride + blockIdx.x] = s;
+    if (scales_t != nullptr) scales_t[blockIdx.x * stride_t + blockIdx.y] = s;
+    // The padding of each scale row (to a multiple of 4) holds 1, never garbage.
+    if (blockIdx.x + 1 == gridDim.x)
+      for (int64_t j = gridDim.x; j < stride; ++j) scales[blockIdx.y * stride + j] = 1.0f;
+    if (scales_t != nullptr && blockIdx.y + 1 == gridDim.y)
+      for (int64_t j = gridDim.y; j < stride_t; ++j) scales_t[blockIdx.x * stride_t + j] = 1.0f;
   }
   if (c < cols) {
     for (int64_t r = r0; r < r1; ++r) {
@@ -106,7 +113,7 @@ template <typename T>
 cudaError_t LaunchQuantizeE4M3Tiles1x128(const T* in, int64_t rows, int64_t cols,
                                          __nv_fp8_e4m3* out, float* scales, cudaStream_t stream) {
   if (rows == 0 || cols == 0) return cudaSuccess;
-  dim3 grid(static_cast<unsigned>(Fp8Bands(cols)), static_cast<unsigned>(rows));
+  dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(Fp8Bands(cols)));
   Tiles1x128Kernel<<<grid, kTile, 0, stream>>>(in, rows, cols, out, scales);
   return cudaGetLastError();
 }

@@ -32,15 +32,16 @@ __global__ void RoundToBf16Kernel(const float* in, float* out, int64_t n) {
   if (i < n) out[i] = __bfloat162float(__float2bfloat16_rn(in[i]));
 }
 
-// grid (tiles per row, rows); thread t owns column tile*128 + t.
+// grid (rows, tiles per row) — rows on x, which has no 65535 limit; thread t owns column
+// tile*128 + t.
 __global__ void Tiles1x128Kernel(const float* in, float* out, float* scales, int64_t rows,
                                  int64_t cols) {
-  const int64_t r = blockIdx.y, c = static_cast<int64_t>(blockIdx.x) * kTile + threadIdx.x;
+  const int64_t r = blockIdx.x, c = static_cast<int64_t>(blockIdx.y) * kTile + threadIdx.x;
   const bool live = c < cols;
   const float x = live ? in[r * cols + c] : 0.0f;
   const float amax = BlockMaxAbs(fabsf(x));
   const float s = amax > 0.0f ? amax / kE4M3Max : 1.0f;
-  if (threadIdx.x == 0) scales[r * gridDim.x + blockIdx.x] = s;
+  if (threadIdx.x == 0) scales[r * gridDim.y + blockIdx.y] = s;
   if (live) out[r * cols + c] = RoundE4M3(x / s) * s;
 }
 
@@ -73,7 +74,7 @@ cudaError_t LaunchRoundToBf16(const float* in, float* out, int64_t n, cudaStream
 cudaError_t LaunchFakeQuantE4M3Tiles1x128(const float* in, float* out, float* scales, int64_t rows,
                                           int64_t cols, cudaStream_t stream) {
   if (rows == 0 || cols == 0) return cudaSuccess;
-  dim3 grid(static_cast<unsigned>((cols + kTile - 1) / kTile), static_cast<unsigned>(rows));
+  dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>((cols + kTile - 1) / kTile));
   Tiles1x128Kernel<<<grid, kThreads, 0, stream>>>(in, out, scales, rows, cols);
   return cudaGetLastError();
 }

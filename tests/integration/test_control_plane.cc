@@ -128,11 +128,14 @@ TEST_CASE("two jobs run at once while a third waits in the FIFO queue; all three
   c.StartWorker("w1", 2);
   c.WaitForWorkers(2);
   const std::string spec = c.SmallSpec("small");
+  // Long enough that neither of the first two jobs can end before the third is submitted,
+  // even on a loaded 2-core machine (60 steps once did).
+  constexpr int kSteps = 300;
   std::vector<std::string> jobs;
   std::vector<std::string> phases;
   for (int i = 0; i < 3; ++i) {
-    Output o = c.Cli("submit " + spec + " --json --steps 60 --run-dir " + c.dir() + "/run-" +
-                     std::to_string(i));
+    Output o = c.Cli("submit " + spec + " --json --steps " + std::to_string(kSteps) +
+                     " --run-dir " + c.dir() + "/run-" + std::to_string(i));
     REQUIRE_MESSAGE(o.exit_code == 0, o.err);
     const json reply = json::parse(o.out);
     jobs.push_back(reply["job_id"]);
@@ -165,7 +168,7 @@ TEST_CASE("two jobs run at once while a third waits in the FIFO queue; all three
   CHECK(events[1]["time_ms"].get<int64_t>() >= first_done);
   for (int i = 0; i < 3; ++i) {
     const json j = c.Job(jobs[size_t(i)]);
-    CHECK(j["step"] == 60);
+    CHECK(j["step"] == kSteps);
     CHECK(j["restarts"] == 0);
   }
   // People get tables.
@@ -174,7 +177,7 @@ TEST_CASE("two jobs run at once while a third waits in the FIFO queue; all three
   CHECK(table.out.find("WORKER") != std::string::npos);
   Output log = c.Cli("logs " + jobs[0] + " --rank 1");
   CHECK(log.exit_code == 0);
-  CHECK(log.out.find("step 60/60") != std::string::npos);
+  CHECK(log.out.find("step 300/300") != std::string::npos);
 }
 
 TEST_CASE("cancel stops a running job's trainers and frees its slots") {

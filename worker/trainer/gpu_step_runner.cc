@@ -42,10 +42,14 @@ class GpuStepRunner : public StepEngine {
     MOERUN_RETURN_IF_ERROR(Cuda(cudaGetDeviceCount(&devices), "counting GPUs"));
     const int device = o.device >= 0 ? o.device : topo_->rank % std::max(devices, 1);
     if (device >= devices) {
-      return Status::InvalidArgument("GPU step: device " + std::to_string(device) + " of " +
-                                     std::to_string(devices) + " visible");
+      return Status::InvalidArgument(
+          "GPU step: device " + std::to_string(device) + " asked for, but this host has " +
+          std::to_string(devices) + " visible GPU(s): give the worker daemon --devices " +
+          "no more than its GPUs, and the job devices_per_worker no more than that");
     }
-    MOERUN_RETURN_IF_ERROR(Cuda(cudaSetDevice(device), "selecting device"));
+    device_ = device;
+    MOERUN_RETURN_IF_ERROR(
+        Cuda(cudaSetDevice(device), "selecting device " + std::to_string(device)));
     // A blocking stream: the model's small synchronous copies order with it.
     MOERUN_RETURN_IF_ERROR(Cuda(cudaStreamCreate(&stream_), "creating a stream"));
     if (cublasCreate(&handle_) != CUBLAS_STATUS_SUCCESS) {
@@ -133,7 +137,7 @@ class GpuStepRunner : public StepEngine {
       const int64_t q = round * t.data + t.d;
       if (q >= batches) break;
       const int64_t first = q * micro_seqs_, batch = std::min(micro_seqs_, windows - first);
-      // A short last batch repeats its first window; only real windows are counted.
+      // A short last batch repeats its last real window; only real windows are counted.
       for (int64_t j = 0; j < micro_seqs_; ++j)
         corpus_->ValidationWindow(first + std::min(j, batch - 1), inputs_.data() + j * seq_,
                                   targets_.data() + j * seq_);
@@ -151,6 +155,14 @@ class GpuStepRunner : public StepEngine {
     double v = local ? 1.0 : 0.0;
     MOERUN_RETURN_IF_ERROR(topo_->world_comm->AllReduceSum(&v, 1));
     return v > 0;
+  }
+
+  std::string Describe() const override {
+    cudaDeviceProp prop{};
+    const std::string name =
+        cudaGetDeviceProperties(&prop, device_) == cudaSuccess ? prop.name : "unknown";
+    return "GPU " + std::to_string(device_) + ": " + name + ", " +
+           std::string(ToString(spec_.train.precision));
   }
 
   Status SyncHost() override {
@@ -172,6 +184,7 @@ class GpuStepRunner : public StepEngine {
   OptimizerState* opt_;
   const data::Corpus* corpus_;
   int64_t seq_ = 0, micro_seqs_ = 0;
+  int device_ = -1;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t handle_ = nullptr;
   std::unique_ptr<model::cuda::ModelCuda<T>> model_;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "common/status.h"
@@ -36,6 +37,9 @@ class StepEngine {
   // Brings the host's weights and optimizer state (what a checkpoint saves) up to date with
   // the engine's; a no-op where they are the same memory.
   virtual Status SyncHost() { return Status::OK(); }
+
+  // Where the steps run, for the log ("GPU 0: NVIDIA H200, bf16").
+  virtual std::string Describe() const = 0;
 };
 
 }  // namespace moerun::trainer

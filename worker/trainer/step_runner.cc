@@ -224,6 +224,11 @@ Result<double> StepRunner::Evaluate(int64_t windows) {
   return total / double(windows);
 }
 
+std::string StepRunner::Describe() const {
+  return "CPU, " + std::to_string(spec_.resources.threads_per_trainer) + " thread(s), " +
+         std::string(ToString(spec_.train.precision));
+}
+
 Result<bool> StepRunner::AnyRank(bool local) {
   double v = local ? 1.0 : 0.0;
   MOERUN_RETURN_IF_ERROR(topo_->world_comm->AllReduceSum(&v, 1));

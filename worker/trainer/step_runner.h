@@ -36,6 +36,8 @@ class StepRunner : public StepEngine {
   // True when any rank asks to stop (its `local` is true): all ranks agree.
   Result<bool> AnyRank(bool local) override;
 
+  std::string Describe() const override;
+
  private:
   Status Forward(int64_t m, int64_t global_micro, int64_t batch, bool eval, const int64_t* windows);
   Status Backward(int64_t m, double dloss);

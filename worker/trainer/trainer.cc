@@ -285,10 +285,14 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
 #if MOERUN_WITH_CUDA
     GpuStepOptions gpu_opts{opts.device, opts.data_plane_timeout_ms, wait};
     auto e = MakeGpuStepRunner(spec, &topo, &params, &opt, &corpus.value(), gpu_opts);
-    if (!e.ok()) return e.status();
+    if (!e.ok()) {
+      // A device this host does not have is a placement error, and a missing feature stays
+      // missing: neither is retried. Anything else (NCCL meeting a dead peer) may be.
+      if (e.status().code() == Status::Code::kInvalidArgument) *exit_code = kExitInvalidConfig;
+      if (e.status().code() == Status::Code::kUnimplemented) *exit_code = kExitUnsupported;
+      return e.status();
+    }
     engine = std::move(e.value());
-    log->info("training on GPU {} in {}", opts.device >= 0 ? opts.device : topo.rank,
-              ToString(spec.train.precision));
 #endif
   } else {
     model::ExpertParallel ep;
@@ -297,6 +301,7 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
                                                        ep);
     engine = std::make_unique<StepRunner>(spec, &topo, &params, stage.get(), &opt, &corpus.value());
   }
+  log->info("steps run on {}", engine->Describe());
 
   const std::string metrics_path = opts.run_dir + "/metrics.jsonl";
   std::ofstream metrics;

@@ -26,6 +26,13 @@ Status Blas(cublasStatus_t s, const std::string& what) {
                           std::to_string(static_cast<int>(s)));
 }
 
+// A copy ordered with the model's stream (whatever its flags), finished on return.
+cudaError_t CopyOn(cudaStream_t stream, void* dst, const void* src, size_t bytes,
+                   cudaMemcpyKind kind) {
+  const cudaError_t e = cudaMemcpyAsync(dst, src, bytes, kind, stream);
+  return e != cudaSuccess ? e : cudaStreamSynchronize(stream);
+}
+
 std::string LayerName(int64_t layer, const std::string& suffix) {
   return "model.layers." + std::to_string(layer) + "." + suffix;
 }
@@ -428,7 +435,7 @@ Status ModelCuda<T>::UpdateBalanceBias(double gamma,
     }
     const int64_t* counts = layer_counts.data();
     MOERUN_RETURN_IF_ERROR(
-        Cuda(cudaMemcpy(bias.data(), dev, e * sizeof(float), cudaMemcpyDeviceToHost), "bias"));
+        Cuda(CopyOn(stream_, bias.data(), dev, e * sizeof(float), cudaMemcpyDeviceToHost), "bias"));
     double mean = 0;
     for (int64_t i = 0; i < e; ++i) mean += double(counts[i]);
     mean /= double(e);
@@ -438,7 +445,7 @@ Status ModelCuda<T>::UpdateBalanceBias(double gamma,
       bias[size_t(i)] = float(double(bias[size_t(i)]) + gamma * sign);
     }
     MOERUN_RETURN_IF_ERROR(
-        Cuda(cudaMemcpy(dev, bias.data(), e * sizeof(float), cudaMemcpyHostToDevice), "bias"));
+        Cuda(CopyOn(stream_, dev, bias.data(), e * sizeof(float), cudaMemcpyHostToDevice), "bias"));
   }
   return Status::OK();
 }
@@ -463,9 +470,9 @@ Result<double> ModelCuda<T>::LossSum(int64_t tokens) const {
                                    " tokens from a batch of " + std::to_string(batch_ * seq_));
   }
   std::vector<float> rows(static_cast<size_t>(tokens));
-  MOERUN_RETURN_IF_ERROR(
-      Cuda(cudaMemcpy(rows.data(), row_loss_, rows.size() * sizeof(float), cudaMemcpyDeviceToHost),
-           "per-token loss"));
+  MOERUN_RETURN_IF_ERROR(Cuda(
+      CopyOn(stream_, rows.data(), row_loss_, rows.size() * sizeof(float), cudaMemcpyDeviceToHost),
+      "per-token loss"));
   double sum = 0;
   for (float r : rows) sum += double(r);
   return sum;
@@ -478,7 +485,7 @@ Status ModelCuda<T>::DownloadState(std::vector<float>* values, std::vector<float
   for (auto [host, dev] : {std::pair<std::vector<float>*, const float*>{m, m_}, {v, v_}}) {
     host->resize(static_cast<size_t>(size_));
     MOERUN_RETURN_IF_ERROR(
-        Cuda(cudaMemcpy(host->data(), dev, size_ * sizeof(float), cudaMemcpyDeviceToHost),
+        Cuda(CopyOn(stream_, host->data(), dev, size_ * sizeof(float), cudaMemcpyDeviceToHost),
              "downloading AdamW moments"));
   }
   return Status::OK();
@@ -493,7 +500,7 @@ Status ModelCuda<T>::UploadMoments(const std::vector<float>& m, const std::vecto
   }
   for (auto [host, dev] : {std::pair<const std::vector<float>*, float*>{&m, m_}, {&v, v_}}) {
     MOERUN_RETURN_IF_ERROR(
-        Cuda(cudaMemcpy(dev, host->data(), size_ * sizeof(float), cudaMemcpyHostToDevice),
+        Cuda(CopyOn(stream_, dev, host->data(), size_ * sizeof(float), cudaMemcpyHostToDevice),
              "uploading AdamW moments"));
   }
   return Status::OK();
@@ -503,14 +510,14 @@ template <typename T>
 Status ModelCuda<T>::Download(std::vector<float>* values, std::vector<float>* grads) const {
   if (values) {
     values->resize(static_cast<size_t>(size_));
-    MOERUN_RETURN_IF_ERROR(
-        Cuda(cudaMemcpy(values->data(), master_, size_ * sizeof(float), cudaMemcpyDeviceToHost),
-             "downloading weights"));
+    MOERUN_RETURN_IF_ERROR(Cuda(
+        CopyOn(stream_, values->data(), master_, size_ * sizeof(float), cudaMemcpyDeviceToHost),
+        "downloading weights"));
   }
   if (grads) {
     grads->resize(static_cast<size_t>(size_));
     MOERUN_RETURN_IF_ERROR(
-        Cuda(cudaMemcpy(grads->data(), grads_, size_ * sizeof(float), cudaMemcpyDeviceToHost),
+        Cuda(CopyOn(stream_, grads->data(), grads_, size_ * sizeof(float), cudaMemcpyDeviceToHost),
              "downloading gradients"));
   }
   return Status::OK();
