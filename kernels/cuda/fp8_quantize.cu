@@ -23,22 +23,24 @@ __device__ __forceinline__ __nv_fp8_e4m3 ToE4M3(float x) {
 
 // grid (rows, bands) — rows on x, which has no 65535 limit; 128 threads; thread t owns
 // column band·128 + t.
+// Rows from `rows` to gridDim.x (the padded count) are zero.
 template <typename T>
 __global__ void Tiles1x128Kernel(const T* in, int64_t rows, int64_t cols, __nv_fp8_e4m3* out,
                                  float* scales) {
   __shared__ float scratch[kTile / 32];
   const int64_t r = blockIdx.x, c = static_cast<int64_t>(blockIdx.y) * kTile + threadIdx.x;
   const bool live = c < cols;
-  const float x = live ? ToFloat(in[r * cols + c]) : 0.0f;
+  const float x = live && r < rows ? ToFloat(in[r * cols + c]) : 0.0f;
   const float s = ScaleFor(BlockMax(fabsf(x), scratch));
-  if (threadIdx.x == 0) scales[static_cast<int64_t>(blockIdx.y) * rows + r] = s;
+  if (threadIdx.x == 0) scales[static_cast<int64_t>(blockIdx.y) * gridDim.x + r] = s;
   if (live) out[r * cols + c] = ToE4M3(x / s);
 }
 
-// grid (ceil(cols/32), bands), block (32, 8): a 128-row × 32-column tile through shared
-// memory, read along rows and written transposed along the token dimension.
+// grid (ceil(cols/32), bands of padded rows), block (32, 8): a 128-row × 32-column tile
+// through shared memory, read along rows and written transposed along the token dimension.
+// Rows from `rows` to `padded` are zero.
 template <typename T>
-__global__ void Tiles128x1TransposedKernel(const T* in, int64_t rows, int64_t cols,
+__global__ void Tiles128x1TransposedKernel(const T* in, int64_t rows, int64_t padded, int64_t cols,
                                            __nv_fp8_e4m3* out, float* scales) {
   __shared__ float tile[kTile][33];
   __shared__ float scale[32];
@@ -62,7 +64,7 @@ __global__ void Tiles128x1TransposedKernel(const T* in, int64_t rows, int64_t co
     if (c >= cols) continue;
     for (int rr = tx; rr < kTile; rr += 32) {
       const int64_t r = r0 + rr;
-      if (r < rows) out[c * rows + r] = ToE4M3(tile[rr][cc] / scale[cc]);
+      if (r < padded) out[c * padded + r] = ToE4M3(tile[rr][cc] / scale[cc]);
     }
   }
 }
@@ -111,9 +113,11 @@ __global__ void Blocks128Kernel(const T* in, int64_t rows, int64_t cols, __nv_fp
 
 template <typename T>
 cudaError_t LaunchQuantizeE4M3Tiles1x128(const T* in, int64_t rows, int64_t cols,
-                                         __nv_fp8_e4m3* out, float* scales, cudaStream_t stream) {
-  if (rows == 0 || cols == 0) return cudaSuccess;
-  dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(Fp8Bands(cols)));
+                                         __nv_fp8_e4m3* out, float* scales, cudaStream_t stream,
+                                         int64_t padded_rows) {
+  const int64_t padded = padded_rows > rows ? padded_rows : rows;
+  if (padded == 0 || cols == 0) return cudaSuccess;
+  dim3 grid(static_cast<unsigned>(padded), static_cast<unsigned>(Fp8Bands(cols)));
   Tiles1x128Kernel<<<grid, kTile, 0, stream>>>(in, rows, cols, out, scales);
   return cudaGetLastError();
 }
@@ -121,10 +125,11 @@ cudaError_t LaunchQuantizeE4M3Tiles1x128(const T* in, int64_t rows, int64_t cols
 template <typename T>
 cudaError_t LaunchQuantizeE4M3Tiles128x1Transposed(const T* in, int64_t rows, int64_t cols,
                                                    __nv_fp8_e4m3* out, float* scales,
-                                                   cudaStream_t stream) {
-  if (rows == 0 || cols == 0) return cudaSuccess;
-  dim3 grid(static_cast<unsigned>((cols + 31) / 32), static_cast<unsigned>(Fp8Bands(rows)));
-  Tiles128x1TransposedKernel<<<grid, dim3(32, 8), 0, stream>>>(in, rows, cols, out, scales);
+                                                   cudaStream_t stream, int64_t padded_rows) {
+  const int64_t padded = padded_rows > rows ? padded_rows : rows;
+  if (padded == 0 || cols == 0) return cudaSuccess;
+  dim3 grid(static_cast<unsigned>((cols + 31) / 32), static_cast<unsigned>(Fp8Bands(padded)));
+  Tiles128x1TransposedKernel<<<grid, dim3(32, 8), 0, stream>>>(in, rows, padded, cols, out, scales);
   return cudaGetLastError();
 }
 
@@ -140,9 +145,9 @@ cudaError_t LaunchQuantizeE4M3Blocks128x128(const T* in, int64_t rows, int64_t c
 
 #define MOERUN_INSTANTIATE(T)                                                                      \
   template cudaError_t LaunchQuantizeE4M3Tiles1x128<T>(const T*, int64_t, int64_t, __nv_fp8_e4m3*, \
-                                                       float*, cudaStream_t);                      \
+                                                       float*, cudaStream_t, int64_t);             \
   template cudaError_t LaunchQuantizeE4M3Tiles128x1Transposed<T>(                                  \
-      const T*, int64_t, int64_t, __nv_fp8_e4m3*, float*, cudaStream_t);                           \
+      const T*, int64_t, int64_t, __nv_fp8_e4m3*, float*, cudaStream_t, int64_t);                  \
   template cudaError_t LaunchQuantizeE4M3Blocks128x128<T>(                                         \
       const T*, int64_t, int64_t, __nv_fp8_e4m3*, float*, __nv_fp8_e4m3*, float*, cudaStream_t);
 MOERUN_INSTANTIATE(float)

@@ -37,15 +37,19 @@ constexpr int64_t Blocks128ScaleCount(int64_t rows, int64_t cols) {
   return Fp8Bands(rows) * Blocks128Stride(cols);
 }
 
+// padded_rows (>= rows; 0: rows) quantizes `in` as if it had that many rows, the extra ones
+// zero (fp8 0, scale 1): cuBLASLt's fp8 GEMMs want row counts in multiples of 16, and a zero
+// row adds nothing to a product. The layouts above then use padded_rows for rows.
 template <typename T>
 cudaError_t LaunchQuantizeE4M3Tiles1x128(const T* in, int64_t rows, int64_t cols,
-                                         __nv_fp8_e4m3* out, float* scales, cudaStream_t stream);
+                                         __nv_fp8_e4m3* out, float* scales, cudaStream_t stream,
+                                         int64_t padded_rows = 0);
 
-// out: [cols, rows]; scales: ceil(rows/128) · cols.
+// out: [cols, padded_rows]; scales: ceil(padded_rows/128) · cols.
 template <typename T>
 cudaError_t LaunchQuantizeE4M3Tiles128x1Transposed(const T* in, int64_t rows, int64_t cols,
                                                    __nv_fp8_e4m3* out, float* scales,
-                                                   cudaStream_t stream);
+                                                   cudaStream_t stream, int64_t padded_rows = 0);
 
 // out: [rows, cols] and scales; out_t: [cols, rows] and scales_t, both optional (null).
 template <typename T>

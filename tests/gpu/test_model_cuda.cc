@@ -55,7 +55,7 @@ struct Gpu {
 };
 
 template <typename T>
-void TrainsOnOneGpu(const char* precision) {
+void TrainsOnOneGpu(const char* precision, bool fp8 = false) {
   const moerun::ModelSpec spec = TrainFast();
   const int64_t b = 4;
   std::vector<int32_t> ids, targets;
@@ -63,7 +63,8 @@ void TrainsOnOneGpu(const char* precision) {
   model::Parameters<float> params(moerun::ModelTensors(spec));
   params.Initialize(5, spec.init_std);
   Gpu gpu;
-  auto m = model::cuda::ModelCuda<T>::Create(spec, params, b, spec.seq_len, gpu.stream, gpu.handle);
+  auto m =
+      model::cuda::ModelCuda<T>::Create(spec, params, b, spec.seq_len, gpu.stream, gpu.handle, fp8);
   REQUIRE_MESSAGE(m.ok(), m.status().message());
   moerun::kernels::cpu::AdamWStep adam;
   adam.lr = 3e-3;
@@ -125,7 +126,50 @@ TEST_CASE("the model on the GPU: the CPU's loss and gradients on the same weight
   }
 }
 
-TEST_CASE("1-GPU training of train-fast's model: the loss falls, fp32 and bf16") {
+TEST_CASE("1-GPU training of train-fast's model: the loss falls, fp32, bf16 and fp8") {
   TrainsOnOneGpu<float>("fp32");
   TrainsOnOneGpu<__nv_bfloat16>("bf16");
+  TrainsOnOneGpu<__nv_bfloat16>("fp8", true);
+}
+
+TEST_CASE("the model in fp8 on the GPU follows the CPU's fp8 emulation, not its fp32") {
+  const moerun::ModelSpec spec = TrainFast();
+  const int64_t b = 4, s = spec.seq_len;
+  std::vector<int32_t> ids, targets;
+  Batch(spec, b, &ids, &targets);
+  model::Parameters<float> params(moerun::ModelTensors(spec));
+  params.Initialize(3, spec.init_std);
+  Gpu gpu;
+  auto m = model::cuda::ModelCuda<__nv_bfloat16>::Create(spec, params, b, s, gpu.stream, gpu.handle,
+                                                         true);
+  REQUIRE_MESSAGE(m.ok(), m.status().message());
+  auto gpu_loss = m.value()->Forward(ids.data(), targets.data());
+  REQUIRE_MESSAGE(gpu_loss.ok(), gpu_loss.status().message());
+  REQUIRE(m.value()->Backward(1.0).ok());
+  std::vector<float> grads;
+  REQUIRE(m.value()->Download(nullptr, &grads).ok());
+
+  // The CPU in fp8 and in fp32, from the same weights.
+  auto cpu = [&](moerun::Precision p, double* loss) {
+    params.ZeroGrads();
+    model::ModelStage<float> stage(spec, model::StageRange{0, spec.n_layers, true, true}, &params,
+                                   p);
+    model::StageActivations<float> acts;
+    *loss = stage.Forward(acts, ids.data(), nullptr, targets.data(), b, s, nullptr);
+    stage.Backward(acts, 1.0, nullptr, nullptr);
+    return params.grads();
+  };
+  double loss8 = 0, loss32 = 0;
+  const auto grads8 = cpu(moerun::Precision::kFp8, &loss8);
+  const auto grads32 = cpu(moerun::Precision::kFp32, &loss32);
+  const double loss_err = std::fabs(gpu_loss.value() - loss8) / loss8;
+  const double err8 = MaxRelError(grads, grads8), err32 = MaxRelError(grads, grads32);
+  MESSAGE("fp8 loss: GPU " << gpu_loss.value() << ", CPU fp8 " << loss8 << ", CPU fp32 " << loss32
+                           << "; gradient error vs CPU fp8 " << err8 << ", vs fp32 " << err32);
+  Record({"model fp8: loss vs CPU fp8", "fp8", loss_err, 2e-2, 0, 0, 0});
+  Record({"model fp8: gradients vs CPU fp8", "fp8", err8, 0.1, 0, 0, 0});
+  CHECK(loss_err <= 2e-2);
+  CHECK(err8 <= 0.1);
+  // Real fp8 rounding: the GPU is nearer the CPU's fp8 than its fp32.
+  CHECK(err8 < err32);
 }

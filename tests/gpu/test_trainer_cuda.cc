@@ -2,7 +2,7 @@
 // train-fast's model as a data-parallel job (data 2 x 2 micro-batches) run by one process,
 // which runs all 4 micro-batches itself (as the CPU trainer does in a world of one), for 40
 // steps. In fp32 it follows the CPU trainer on the same job: step 1's gradient norm and
-// routing, every step's loss, the held-out loss. In fp32 and bf16 the loss falls, and a run
+// routing, every step's loss, the held-out loss. In fp32, bf16 and fp8 the loss falls, and a run
 // resumed from its step-20 checkpoint (weights, AdamW moments and balancing biases
 // downloaded from the GPU) repeats steps 21-40 bit for bit.
 // Not covered here: two ranks summing gradients over NCCL (one GPU cannot hold two NCCL
@@ -131,4 +131,5 @@ void TrainsAndResumes(moerun::Precision precision, const char* name) {
 TEST_CASE("moerun train on a GPU follows the CPU, learns, and resumes bit for bit") {
   TrainsAndResumes(moerun::Precision::kFp32, "fp32");
   TrainsAndResumes(moerun::Precision::kBf16, "bf16");
+  TrainsAndResumes(moerun::Precision::kFp8, "fp8");
 }

@@ -203,12 +203,15 @@ TEST_CASE("exit codes: bad data 3, bad spec 2, missing run 1") {
   CHECK((layout.err.find("pipeline and expert parallelism are not implemented on GPUs yet") !=
              std::string::npos ||
          layout.err.find("this build has no CUDA") != std::string::npos));
+  // fp8 on GPUs needs every GEMM size a multiple of 16 (cuBLASLt).
   std::string fp8_text = cuda_text;
   fp8_text.replace(fp8_text.find("  seed: 99\n"), 11, "  seed: 99\n  precision: fp8\n");
+  fp8_text.replace(fp8_text.find("expert_hidden: 32"), 17, "expert_hidden: 24");
   std::ofstream(cuda_job) << fp8_text;
   Output fp8 = RunMoerun("train " + cuda_job + " --run-dir " + run + "-cuda8 --no-progress");
   CHECK(fp8.exit_code == 4);
-  CHECK((fp8.err.find("fp8 training is not wired into the GPU trainer yet") != std::string::npos ||
+  CHECK((fp8.err.find("fp8 on the GPU needs multiples of 16 (cuBLASLt's fp8 GEMMs), not "
+                      "model.moe.expert_hidden 24") != std::string::npos ||
          fp8.err.find("this build has no CUDA") != std::string::npos));
   fs::remove(cuda_job);
   fs::remove_all(run + "-cuda");

@@ -58,7 +58,7 @@ class GpuStepRunner : public StepEngine {
                               std::to_string(device));
     }
     auto m = model::cuda::ModelCuda<T>::Create(spec_.model, *params_, micro_seqs_, seq_, stream_,
-                                               handle_);
+                                               handle_, spec_.train.precision == Precision::kFp8);
     if (!m.ok()) return m.status();
     model_ = std::move(m.value());
     MOERUN_RETURN_IF_ERROR(model_->UploadMoments(opt_->m, opt_->v));
@@ -212,9 +212,11 @@ Status CheckGpuTraining(const JobSpec& spec) {
         "parallelism is); use parallel.pipeline: 1 and parallel.expert: 1, or backend: cpu");
   }
   if (spec.train.precision == Precision::kFp8) {
-    return Status::Unimplemented(
-        prefix + "fp8 training is not wired into the GPU trainer yet (the fp8 GEMMs exist, " +
-        "kernels/cuda/fp8_gemm.cuh); use train.precision: bf16, or backend: cpu for fp8");
+    const int64_t micro_tokens = spec.train.global_batch /
+                                 (spec.parallel.data * spec.parallel.micro_batches) *
+                                 spec.model.seq_len;
+    Status fp8 = model::cuda::Fp8ShapeSupport(spec.model, micro_tokens);
+    if (!fp8.ok()) return Status::Unimplemented(prefix + fp8.message());
   }
   const std::string why = kernels::cuda::QueryRuntimeInfo().NoDeviceReason();
   if (!why.empty()) {
@@ -230,7 +232,7 @@ Result<std::unique_ptr<StepEngine>> MakeGpuStepRunner(const JobSpec& spec, Topol
                                                       const data::Corpus* corpus,
                                                       const GpuStepOptions& options) {
   MOERUN_RETURN_IF_ERROR(CheckGpuTraining(spec));
-  if (spec.train.precision == Precision::kBf16) {
+  if (spec.train.precision != Precision::kFp32) {  // bf16, and fp8 on bf16 storage
     return Make<__nv_bfloat16>(spec, topo, params, opt, corpus, options);
   }
   return Make<float>(spec, topo, params, opt, corpus, options);

@@ -7,8 +7,8 @@
 // metrics mean the same on either backend.
 //
 // Supported today: pipeline 1 and expert 1 (every rank a full data-parallel replica), in
-// fp32 or bf16. Pipeline and expert parallelism on GPUs, and fp8 training on GPUs (the fp8
-// GEMMs exist: kernels/cuda/fp8_gemm.cuh), are not wired yet; CheckGpuTraining says which.
+// fp32, bf16, or fp8 (bf16 storage, DeepSeek-V3's fp8 linear layers; sizes in multiples of
+// 16). Pipeline and expert parallelism on GPUs are not wired yet; CheckGpuTraining says so.
 // Declared without CUDA types; defined only in builds with CUDA (MOERUN_WITH_CUDA).
 #pragma once
 

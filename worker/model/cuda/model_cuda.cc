@@ -45,11 +45,32 @@ struct ModelCuda<T>::Layer {
   T *n1 = nullptr, *q = nullptr, *k = nullptr, *v = nullptr, *att = nullptr, *mid = nullptr,
     *n2 = nullptr;
   float *rstd1 = nullptr, *rstd2 = nullptr, *probs = nullptr;
-  T *g = nullptr, *u = nullptr, *a = nullptr;  // dense MLP [N, F]
-  std::unique_ptr<MoeLayerCuda<T>> moe;        // MoE layers
-  MoeLayerWeightsCuda<T> moe_w;                // its weights and gradients, bound once
+  T *g = nullptr, *u = nullptr, *a = nullptr;                // dense MLP [N, F]
+  std::unique_ptr<MoeLayerCuda<T>> moe;                      // MoE layers
+  std::unordered_map<std::string, Fp8Linear::Weight> fp8_w;  // fp8: quantized each Forward
+  MoeLayerWeightsCuda<T> moe_w;  // its weights and gradients, bound once
   MoeLayerGradsCuda moe_g;
 };
+
+Status Fp8ShapeSupport(const ModelSpec& spec, int64_t tokens) {
+  const MoeShape shape = MoeShapeFor(spec);
+  const int64_t hh = spec.n_heads * (spec.d_model / spec.n_heads);
+  std::string bad;
+  for (auto [what, size] :
+       {std::pair<const char*, int64_t>{"tokens per micro-batch", tokens},
+        {"model.d_model", spec.d_model},
+        {"n_heads x head dim", hh},
+        {"model.ffn_hidden", spec.dense_layers > 0 ? spec.ffn_hidden : 16},
+        {"model.moe.expert_hidden", spec.moe_layers() > 0 ? shape.expert_hidden : 16},
+        {"shared_experts x expert_hidden", shape.shared_hidden}}) {
+    if (size % 16 != 0) {
+      bad += (bad.empty() ? "" : ", ") + std::string(what) + " " + std::to_string(size);
+    }
+  }
+  if (bad.empty()) return Status::OK();
+  return Status::Unimplemented("fp8 on the GPU needs multiples of 16 (cuBLASLt's fp8 GEMMs), not " +
+                               bad);
+}
 
 template <typename T>
 template <typename V>
@@ -66,12 +87,26 @@ Result<std::unique_ptr<ModelCuda<T>>> ModelCuda<T>::Create(const ModelSpec& spec
                                                            const Parameters<float>& params,
                                                            int64_t batch, int64_t seq,
                                                            cudaStream_t stream,
-                                                           cublasHandle_t handle) {
+                                                           cublasHandle_t handle, bool fp8) {
   if (spec.attention != AttentionKind::kMha) {
     return Status::Unimplemented("model on the GPU: model.attention mla is not implemented yet");
   }
   if (batch <= 0 || seq <= 0) return Status::InvalidArgument("model on the GPU: empty batch");
   std::unique_ptr<ModelCuda<T>> m(new ModelCuda<T>());
+  if (fp8) {
+    if constexpr (!std::is_same_v<T, __nv_bfloat16>) {
+      return Status::InvalidArgument("model on the GPU: fp8 runs with bf16 storage");
+    } else {
+      MOERUN_RETURN_IF_ERROR(Fp8ShapeSupport(spec, batch * seq));
+      const MoeShape shape = MoeShapeFor(spec);
+      const int64_t hh = spec.n_heads * (spec.d_model / spec.n_heads);
+      const int64_t features =
+          std::max({spec.d_model, hh, spec.ffn_hidden, shape.expert_hidden, shape.shared_hidden});
+      auto f = Fp8Linear::Create(batch * seq, features, stream);
+      if (!f.ok()) return f.status();
+      m->fp8_ = std::move(f.value());
+    }
+  }
   m->spec_ = spec;
   m->batch_ = batch;
   m->seq_ = seq;
@@ -144,7 +179,7 @@ Status ModelCuda<T>::Allocate(const Parameters<float>& params) {
       layer->u = Alloc<T>(n * f);
       layer->a = Alloc<T>(n * f);
     } else {
-      auto moe = MoeLayerCuda<T>::Create(shape, n, stream_, handle_);
+      auto moe = MoeLayerCuda<T>::Create(shape, n, stream_, handle_, fp8_.get());
       if (!moe.ok()) return moe.status();
       layer->moe = std::move(moe.value());
       // Every expert's gate, up, down follow each other: expert x's gate is x·3·H·D further.
@@ -166,6 +201,23 @@ Status ModelCuda<T>::Allocate(const Parameters<float>& params) {
                       g("mlp.shared_experts.gate_proj.weight"),
                       g("mlp.shared_experts.up_proj.weight"),
                       g("mlp.shared_experts.down_proj.weight")};
+    }
+    if (fp8_) {
+      std::vector<std::pair<std::string, std::pair<int64_t, int64_t>>> linears = {
+          {"self_attn.q_proj.weight", {hh, d}},
+          {"self_attn.k_proj.weight", {hh, d}},
+          {"self_attn.v_proj.weight", {hh, d}},
+          {"self_attn.o_proj.weight", {d, hh}}};
+      if (l < spec_.dense_layers) {
+        linears.push_back({"mlp.gate_proj.weight", {f, d}});
+        linears.push_back({"mlp.up_proj.weight", {f, d}});
+        linears.push_back({"mlp.down_proj.weight", {d, f}});
+      }
+      for (const auto& [name, shape_oi] : linears) {
+        auto w = fp8_->NewWeight(shape_oi.first, shape_oi.second);
+        if (!w.ok()) return w.status();
+        layer->fp8_w[name] = w.value();
+      }
     }
     layers_.push_back(std::move(layer));
   }
@@ -250,12 +302,15 @@ Status ModelCuda<T>::LayerForward(int64_t l) {
   MOERUN_RETURN_IF_ERROR(Cuda(
       kc::LaunchRmsNormForward<T>(x, P("input_layernorm.weight"), a.n1, a.rstd1, n, d, stream_),
       "input norm"));
-  MOERUN_RETURN_IF_ERROR(
-      Blas(kc::LinearForward<T>(handle_, a.n1, P("self_attn.q_proj.weight"), a.q, n, d, hh), "q"));
-  MOERUN_RETURN_IF_ERROR(
-      Blas(kc::LinearForward<T>(handle_, a.n1, P("self_attn.k_proj.weight"), a.k, n, d, hh), "k"));
-  MOERUN_RETURN_IF_ERROR(
-      Blas(kc::LinearForward<T>(handle_, a.n1, P("self_attn.v_proj.weight"), a.v, n, d, hh), "v"));
+  if (fp8_) {  // this step's weights, quantized once for the forward and the backward
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      for (const auto& [name, w] : a.fp8_w)
+        MOERUN_RETURN_IF_ERROR(fp8_->Quantize(P(name.c_str()), w));
+    }
+  }
+  MOERUN_RETURN_IF_ERROR(Linear(l, "self_attn.q_proj.weight", a.n1, a.q, d, hh));
+  MOERUN_RETURN_IF_ERROR(Linear(l, "self_attn.k_proj.weight", a.n1, a.k, d, hh));
+  MOERUN_RETURN_IF_ERROR(Linear(l, "self_attn.v_proj.weight", a.n1, a.v, d, hh));
   MOERUN_RETURN_IF_ERROR(Cuda(
       kc::LaunchRope<T>(a.q, batch_, seq_, h, hd, spec_.rope_theta, false, stream_), "rope q"));
   MOERUN_RETURN_IF_ERROR(Cuda(
@@ -267,22 +322,17 @@ Status ModelCuda<T>::LayerForward(int64_t l) {
   // mid = x + att · Woᵀ
   MOERUN_RETURN_IF_ERROR(Cuda(
       cudaMemcpyAsync(a.mid, x, n * d * sizeof(T), cudaMemcpyDeviceToDevice, stream_), "residual"));
-  MOERUN_RETURN_IF_ERROR(Blas(kc::Gemm<T>(handle_, false, true, n, d, hh, 1.0f, a.att, hh,
-                                          P("self_attn.o_proj.weight"), hh, 1.0f, a.mid, d),
-                              "o"));
+  MOERUN_RETURN_IF_ERROR(Linear(l, "self_attn.o_proj.weight", a.att, a.mid, hh, d, true));
   MOERUN_RETURN_IF_ERROR(
       Cuda(kc::LaunchRmsNormForward<T>(a.mid, P("post_attention_layernorm.weight"), a.n2, a.rstd2,
                                        n, d, stream_),
            "post-attention norm"));
   if (l < spec_.dense_layers) {
     const int64_t f = spec_.ffn_hidden;
-    MOERUN_RETURN_IF_ERROR(
-        Blas(kc::LinearForward<T>(handle_, a.n2, P("mlp.gate_proj.weight"), a.g, n, d, f), "gate"));
-    MOERUN_RETURN_IF_ERROR(
-        Blas(kc::LinearForward<T>(handle_, a.n2, P("mlp.up_proj.weight"), a.u, n, d, f), "up"));
+    MOERUN_RETURN_IF_ERROR(Linear(l, "mlp.gate_proj.weight", a.n2, a.g, d, f));
+    MOERUN_RETURN_IF_ERROR(Linear(l, "mlp.up_proj.weight", a.n2, a.u, d, f));
     MOERUN_RETURN_IF_ERROR(Cuda(kc::LaunchSwiGluForward<T>(a.g, a.u, a.a, n * f, stream_), "act"));
-    MOERUN_RETURN_IF_ERROR(
-        Blas(kc::LinearForward<T>(handle_, a.a, P("mlp.down_proj.weight"), y, n, f, d), "down"));
+    MOERUN_RETURN_IF_ERROR(Linear(l, "mlp.down_proj.weight", a.a, y, f, d));
   } else {
     MOERUN_RETURN_IF_ERROR(a.moe->Forward(a.n2, batch_, seq_, a.moe_w, y));
   }
@@ -320,19 +370,11 @@ Status ModelCuda<T>::LayerBackward(int64_t l, double dloss) {
   // FFN half: out = mid + FFN(norm2(mid)); dh_ holds d(out).
   if (l < spec_.dense_layers) {
     const int64_t f = spec_.ffn_hidden;
-    MOERUN_RETURN_IF_ERROR(
-        Blas(kc::LinearBackward<T>(handle_, dh_, a.a, P("mlp.down_proj.weight"), da_,
-                                   PG("mlp.down_proj.weight"), n, f, d, false),
-             "down backward"));
+    MOERUN_RETURN_IF_ERROR(LinearGrad(l, "mlp.down_proj.weight", dh_, a.a, da_, f, d, false));
     MOERUN_RETURN_IF_ERROR(
         Cuda(kc::LaunchSwiGluBackward<T>(da_, a.g, a.u, dg_, du_, n * f, stream_), "act backward"));
-    MOERUN_RETURN_IF_ERROR(
-        Blas(kc::LinearBackward<T>(handle_, dg_, a.n2, P("mlp.gate_proj.weight"), dn_,
-                                   PG("mlp.gate_proj.weight"), n, d, f, false),
-             "gate backward"));
-    MOERUN_RETURN_IF_ERROR(Blas(kc::LinearBackward<T>(handle_, du_, a.n2, P("mlp.up_proj.weight"),
-                                                      dn_, PG("mlp.up_proj.weight"), n, d, f, true),
-                                "up backward"));
+    MOERUN_RETURN_IF_ERROR(LinearGrad(l, "mlp.gate_proj.weight", dg_, a.n2, dn_, d, f, false));
+    MOERUN_RETURN_IF_ERROR(LinearGrad(l, "mlp.up_proj.weight", du_, a.n2, dn_, d, f, true));
   } else {
     MOERUN_RETURN_IF_ERROR(a.moe->Backward(dh_, a.n2, batch_, seq_, a.moe_w, a.moe_g, dloss, dn_));
   }
@@ -342,10 +384,7 @@ Status ModelCuda<T>::LayerBackward(int64_t l, double dloss) {
            "post-attention norm backward"));
   MOERUN_RETURN_IF_ERROR(Cuda(kc::LaunchAddInPlace<T>(dh_, dx_, n * d, stream_), "d(mid)"));
   // Attention half: mid = x + o_proj(attention(rope(q), rope(k), v)).
-  MOERUN_RETURN_IF_ERROR(
-      Blas(kc::LinearBackward<T>(handle_, dh_, a.att, P("self_attn.o_proj.weight"), datt_,
-                                 PG("self_attn.o_proj.weight"), n, hh, d, false),
-           "o backward"));
+  MOERUN_RETURN_IF_ERROR(LinearGrad(l, "self_attn.o_proj.weight", dh_, a.att, datt_, hh, d, false));
   MOERUN_RETURN_IF_ERROR(
       Cuda(kc::LaunchAttentionBackward<T>(datt_, a.q, a.k, a.v, a.probs, ds_, dq_, dk_, dv_, batch_,
                                           seq_, h, hd, hd, 1.0 / std::sqrt(double(hd)), stream_),
@@ -354,23 +393,43 @@ Status ModelCuda<T>::LayerBackward(int64_t l, double dloss) {
       kc::LaunchRope<T>(dq_, batch_, seq_, h, hd, spec_.rope_theta, true, stream_), "rope dq"));
   MOERUN_RETURN_IF_ERROR(Cuda(
       kc::LaunchRope<T>(dk_, batch_, seq_, h, hd, spec_.rope_theta, true, stream_), "rope dk"));
-  MOERUN_RETURN_IF_ERROR(
-      Blas(kc::LinearBackward<T>(handle_, dq_, a.n1, P("self_attn.q_proj.weight"), dn_,
-                                 PG("self_attn.q_proj.weight"), n, d, hh, false),
-           "q backward"));
-  MOERUN_RETURN_IF_ERROR(
-      Blas(kc::LinearBackward<T>(handle_, dk_, a.n1, P("self_attn.k_proj.weight"), dn_,
-                                 PG("self_attn.k_proj.weight"), n, d, hh, true),
-           "k backward"));
-  MOERUN_RETURN_IF_ERROR(
-      Blas(kc::LinearBackward<T>(handle_, dv_, a.n1, P("self_attn.v_proj.weight"), dn_,
-                                 PG("self_attn.v_proj.weight"), n, d, hh, true),
-           "v backward"));
+  MOERUN_RETURN_IF_ERROR(LinearGrad(l, "self_attn.q_proj.weight", dq_, a.n1, dn_, d, hh, false));
+  MOERUN_RETURN_IF_ERROR(LinearGrad(l, "self_attn.k_proj.weight", dk_, a.n1, dn_, d, hh, true));
+  MOERUN_RETURN_IF_ERROR(LinearGrad(l, "self_attn.v_proj.weight", dv_, a.n1, dn_, d, hh, true));
   MOERUN_RETURN_IF_ERROR(
       Cuda(kc::LaunchRmsNormBackward<T>(dn_, x, P("input_layernorm.weight"), a.rstd1, dx_,
                                         PG("input_layernorm.weight"), n, d, stream_),
            "input norm backward"));
   return Cuda(kc::LaunchAddInPlace<T>(dh_, dx_, n * d, stream_), "d(x)");
+}
+
+template <typename T>
+Status ModelCuda<T>::Linear(int64_t l, const std::string& name, const T* x, T* y, int64_t in,
+                            int64_t out, bool accumulate) {
+  const int64_t n = batch_ * seq_;
+  const std::string full = LayerName(l, name);
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    if (fp8_) return fp8_->Forward(x, layers_[size_t(l)]->fp8_w.at(name), y, n, accumulate);
+  }
+  return Blas(kc::Gemm<T>(handle_, false, true, n, out, in, 1.0f, x, in, W(full), in,
+                          accumulate ? 1.0f : 0.0f, y, out),
+              full);
+}
+
+template <typename T>
+Status ModelCuda<T>::LinearGrad(int64_t l, const std::string& name, const T* dy, const T* x, T* dx,
+                                int64_t in, int64_t out, bool accumulate_dx) {
+  const int64_t n = batch_ * seq_;
+  const std::string full = LayerName(l, name);
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    if (fp8_) {
+      return fp8_->Backward(dy, x, layers_[size_t(l)]->fp8_w.at(name), dx, G(full), n,
+                            accumulate_dx);
+    }
+  }
+  return Blas(
+      kc::LinearBackward<T>(handle_, dy, x, W(full), dx, G(full), n, in, out, accumulate_dx),
+      full + " backward");
 }
 
 template <typename T>

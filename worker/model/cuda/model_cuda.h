@@ -22,19 +22,29 @@
 #include "common/job_spec.h"
 #include "common/status.h"
 #include "kernels/cpu/optimizer.h"
+#include "worker/model/cuda/fp8_linear.h"
 #include "worker/model/cuda/moe_layer_cuda.h"
 #include "worker/model/parameters.h"
 
 namespace moerun::model::cuda {
 
+// Unimplemented, naming the sizes, unless every fp8 GEMM of this model with `tokens` tokens
+// per forward has the multiples of 16 cuBLASLt needs.
+Status Fp8ShapeSupport(const ModelSpec& spec, int64_t tokens);
+
 template <typename T>
 class ModelCuda {
  public:
   // `params` holds every tensor of the model (ModelTensors order); its values are uploaded.
+  // fp8 (bf16 storage only): the decoder's linear layers — attention projections, dense MLPs,
+  // routed and shared experts — run DeepSeek-V3's fp8 recipe (worker/model/cuda/fp8_linear.h);
+  // the router, the LM head and everything else stay bf16/fp32, as on the CPU. It needs
+  // batch·seq and every feature size (d_model, heads·head dim, ffn_hidden, expert_hidden,
+  // the shared experts' hidden size) to be multiples of 16.
   static Result<std::unique_ptr<ModelCuda>> Create(const ModelSpec& spec,
                                                    const Parameters<float>& params, int64_t batch,
                                                    int64_t seq, cudaStream_t stream,
-                                                   cublasHandle_t handle);
+                                                   cublasHandle_t handle, bool fp8 = false);
   ~ModelCuda();
 
   // Mean cross-entropy of `targets` given `ids` (host arrays of batch·seq tokens).
@@ -77,6 +87,12 @@ class ModelCuda {
   Status Allocate(const Parameters<float>& params);
   Status LayerForward(int64_t l);
   Status LayerBackward(int64_t l, double dloss);
+  // Layer l's linear `name` ("self_attn.q_proj.weight", ...): y (=, or += with accumulate)
+  // = x · Wᵀ, and its backward; in T through cuBLAS, or in fp8.
+  Status Linear(int64_t l, const std::string& name, const T* x, T* y, int64_t in, int64_t out,
+                bool accumulate = false);
+  Status LinearGrad(int64_t l, const std::string& name, const T* dy, const T* x, T* dx, int64_t in,
+                    int64_t out, bool accumulate_dx);
   // Compute copy (T) and gradient (fp32) of a tensor by name; null when absent.
   T* W(const std::string& name) const;
   float* G(const std::string& name) const;
@@ -97,6 +113,7 @@ class ModelCuda {
   int32_t *ids_ = nullptr, *targets_ = nullptr;
   std::vector<T*> xs_;  // layer inputs [N, D]; xs_[L] is the final norm's input
   std::vector<std::unique_ptr<Layer>> layers_;
+  std::unique_ptr<Fp8Linear> fp8_;  // null unless Create(..., fp8 = true)
   T *fnorm_ = nullptr, *logits_ = nullptr, *dlogits_ = nullptr;
   float *frstd_ = nullptr, *row_loss_ = nullptr;
   double *loss_ = nullptr, *partial_ = nullptr, *norm_ = nullptr;

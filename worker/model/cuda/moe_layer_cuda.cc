@@ -31,18 +31,106 @@ template <typename T>
 Result<std::unique_ptr<MoeLayerCuda<T>>> MoeLayerCuda<T>::Create(const MoeShape& shape,
                                                                  int64_t max_tokens,
                                                                  cudaStream_t stream,
-                                                                 cublasHandle_t handle) {
+                                                                 cublasHandle_t handle,
+                                                                 Fp8Linear* fp8) {
   if (shape.router.experts <= 0 || shape.router.top_k <= 0 || max_tokens <= 0) {
     return Status::InvalidArgument("MoE layer on the GPU: experts, top_k and max_tokens > 0");
+  }
+  if (fp8 != nullptr && !std::is_same_v<T, __nv_bfloat16>) {
+    return Status::InvalidArgument("MoE layer on the GPU: fp8 runs with bf16 storage");
   }
   std::unique_ptr<MoeLayerCuda<T>> layer(new MoeLayerCuda<T>());
   layer->shape_ = shape;
   layer->max_tokens_ = max_tokens;
   layer->stream_ = stream;
   layer->handle_ = handle;
+  layer->fp8_ = fp8;
   MOERUN_RETURN_IF_ERROR(Blas(cublasSetStream(handle, stream), "binding the stream"));
   MOERUN_RETURN_IF_ERROR(layer->Allocate());
+  if (fp8 != nullptr) {
+    const int64_t d = shape.d_model, h = shape.expert_hidden, hs = shape.shared_hidden;
+    auto add = [&](int64_t out, int64_t in, std::vector<Fp8Linear::Weight>* to) -> Status {
+      auto w = fp8->NewWeight(out, in);
+      if (!w.ok()) return w.status();
+      to->push_back(w.value());
+      return Status::OK();
+    };
+    for (int64_t e = 0; e < shape.router.experts; ++e) {
+      MOERUN_RETURN_IF_ERROR(add(h, d, &layer->fp8_gate_));
+      MOERUN_RETURN_IF_ERROR(add(h, d, &layer->fp8_up_));
+      MOERUN_RETURN_IF_ERROR(add(d, h, &layer->fp8_down_));
+    }
+    if (hs > 0) {
+      std::vector<Fp8Linear::Weight> shared;
+      MOERUN_RETURN_IF_ERROR(add(hs, d, &shared));
+      MOERUN_RETURN_IF_ERROR(add(hs, d, &shared));
+      MOERUN_RETURN_IF_ERROR(add(d, hs, &shared));
+      layer->fp8_shared_gate_ = shared[0];
+      layer->fp8_shared_up_ = shared[1];
+      layer->fp8_shared_down_ = shared[2];
+    }
+  }
   return Result<std::unique_ptr<MoeLayerCuda<T>>>(std::move(layer));
+}
+
+template <typename T>
+Status MoeLayerCuda<T>::Fp8QuantizeWeights(const MoeLayerWeightsCuda<T>& w) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    const int64_t d = shape_.d_model, h = shape_.expert_hidden;
+    const int64_t gate_stride = w.expert_stride > 0 ? w.expert_stride : h * d;
+    for (size_t e = 0; e < fp8_gate_.size(); ++e) {
+      const int64_t o = static_cast<int64_t>(e) * gate_stride;
+      MOERUN_RETURN_IF_ERROR(fp8_->Quantize(w.gate + o, fp8_gate_[e]));
+      MOERUN_RETURN_IF_ERROR(fp8_->Quantize(w.up + o, fp8_up_[e]));
+      MOERUN_RETURN_IF_ERROR(fp8_->Quantize(w.down + o, fp8_down_[e]));
+    }
+    if (shape_.shared_hidden > 0) {
+      MOERUN_RETURN_IF_ERROR(fp8_->Quantize(w.shared_gate, fp8_shared_gate_));
+      MOERUN_RETURN_IF_ERROR(fp8_->Quantize(w.shared_up, fp8_shared_up_));
+      MOERUN_RETURN_IF_ERROR(fp8_->Quantize(w.shared_down, fp8_shared_down_));
+    }
+    return Status::OK();
+  } else {
+    (void)w;
+    return Status::InvalidArgument("MoE layer on the GPU: fp8 runs with bf16 storage");
+  }
+}
+
+template <typename T>
+Status MoeLayerCuda<T>::Fp8ExpertsForward(const T* x, const std::vector<Fp8Linear::Weight>& w,
+                                          T* y) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    int64_t row = 0;
+    for (size_t e = 0; e < w.size(); ++e) {
+      const int64_t rows = host_counts_[e];
+      MOERUN_RETURN_IF_ERROR(fp8_->Forward(x + row * w[e].in, w[e], y + row * w[e].out, rows));
+      row += rows;
+    }
+    return Status::OK();
+  } else {
+    (void)x, (void)w, (void)y;
+    return Status::InvalidArgument("MoE layer on the GPU: fp8 runs with bf16 storage");
+  }
+}
+
+template <typename T>
+Status MoeLayerCuda<T>::Fp8ExpertsBackward(const T* dy, const T* x,
+                                           const std::vector<Fp8Linear::Weight>& w, T* dx,
+                                           float* dw, int64_t stride, bool accumulate_dx) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    int64_t row = 0;
+    for (size_t e = 0; e < w.size(); ++e) {
+      const int64_t rows = host_counts_[e];
+      const int64_t o = static_cast<int64_t>(e) * (stride > 0 ? stride : w[e].out * w[e].in);
+      MOERUN_RETURN_IF_ERROR(fp8_->Backward(dy + row * w[e].out, x + row * w[e].in, w[e],
+                                            dx + row * w[e].in, dw + o, rows, accumulate_dx));
+      row += rows;
+    }
+    return Status::OK();
+  } else {
+    (void)dy, (void)x, (void)w, (void)dx, (void)dw, (void)stride, (void)accumulate_dx;
+    return Status::InvalidArgument("MoE layer on the GPU: fp8 runs with bf16 storage");
+  }
 }
 
 template <typename T>
@@ -76,11 +164,14 @@ Status MoeLayerCuda<T>::Allocate() {
   alloc(&slot_row_, n * k);
   alloc(&row_token_, n * k);
   alloc(&row_slot_, n * k);
-  alloc(&buf_, n * k * d);
-  alloc(&eg_, n * k * h);
-  alloc(&eu_, n * k * h);
-  alloc(&ea_, n * k * h);
-  alloc(&eo_, n * k * d);
+  // Rows grouped by expert, plus 16 rows of slack: fp8 pads each expert's rows to a multiple
+  // of 16, and the last expert's padding lands past the end.
+  const int64_t rows = n * k + 16;
+  alloc(&buf_, rows * d);
+  alloc(&eg_, rows * h);
+  alloc(&eu_, rows * h);
+  alloc(&ea_, rows * h);
+  alloc(&eo_, rows * d);
   alloc(&sg_, n * hs);
   alloc(&su_, n * hs);
   alloc(&sa_, n * hs);
@@ -88,11 +179,11 @@ Status MoeLayerCuda<T>::Allocate() {
   alloc(&dgates_, n * k);
   alloc(&dlogits_, n * e);
   alloc(&dlogits_f_, n * e);
-  alloc(&deo_, n * k * d);
-  alloc(&dea_, n * k * h);
-  alloc(&deg_, n * k * h);
-  alloc(&deu_, n * k * h);
-  alloc(&dbuf_, n * k * d);
+  alloc(&deo_, rows * d);
+  alloc(&dea_, rows * h);
+  alloc(&deg_, rows * h);
+  alloc(&deu_, rows * h);
+  alloc(&dbuf_, rows * d);
   alloc(&dsa_, n * hs);
   alloc(&dsg_, n * hs);
   alloc(&dsu_, n * hs);
@@ -147,19 +238,37 @@ Status MoeLayerCuda<T>::Forward(const T* x, int64_t b, int64_t s, const MoeLayer
   MOERUN_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(stream_), "reading expert counts"));
   MOERUN_RETURN_IF_ERROR(Cuda(kc::LaunchDispatchRows<T>(x, plan, buf_, d, stream_), "dispatch"));
   // Experts: gate and up, SwiGLU, down.
-  MOERUN_RETURN_IF_ERROR(Blas(kc::ExpertLinearForward<T>(handle_, buf_, w.gate, eg_, host_counts_,
-                                                         e, d, h, pointers_, w.expert_stride),
-                              "expert gate GEMM"));
-  MOERUN_RETURN_IF_ERROR(Blas(kc::ExpertLinearForward<T>(handle_, buf_, w.up, eu_, host_counts_, e,
-                                                         d, h, pointers_, w.expert_stride),
-                              "expert up GEMM"));
+  if (fp8_) {
+    MOERUN_RETURN_IF_ERROR(Fp8QuantizeWeights(w));
+    MOERUN_RETURN_IF_ERROR(Fp8ExpertsForward(buf_, fp8_gate_, eg_));
+    MOERUN_RETURN_IF_ERROR(Fp8ExpertsForward(buf_, fp8_up_, eu_));
+  } else {
+    MOERUN_RETURN_IF_ERROR(Blas(kc::ExpertLinearForward<T>(handle_, buf_, w.gate, eg_, host_counts_,
+                                                           e, d, h, pointers_, w.expert_stride),
+                                "expert gate GEMM"));
+    MOERUN_RETURN_IF_ERROR(Blas(kc::ExpertLinearForward<T>(handle_, buf_, w.up, eu_, host_counts_,
+                                                           e, d, h, pointers_, w.expert_stride),
+                                "expert up GEMM"));
+  }
   MOERUN_RETURN_IF_ERROR(
       Cuda(kc::LaunchSwiGluForward<T>(eg_, eu_, ea_, n * k * h, stream_), "expert SwiGLU"));
-  MOERUN_RETURN_IF_ERROR(Blas(kc::ExpertLinearForward<T>(handle_, ea_, w.down, eo_, host_counts_, e,
-                                                         h, d, pointers_, w.expert_stride),
-                              "expert down GEMM"));
+  if (fp8_) {
+    MOERUN_RETURN_IF_ERROR(Fp8ExpertsForward(ea_, fp8_down_, eo_));
+  } else {
+    MOERUN_RETURN_IF_ERROR(Blas(kc::ExpertLinearForward<T>(handle_, ea_, w.down, eo_, host_counts_,
+                                                           e, h, d, pointers_, w.expert_stride),
+                                "expert down GEMM"));
+  }
   // Shared experts write y; the routed experts' weighted sum is added in slot order.
-  if (hs > 0) {
+  if (hs > 0 && fp8_) {
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      MOERUN_RETURN_IF_ERROR(fp8_->Forward(x, fp8_shared_gate_, sg_, n));
+      MOERUN_RETURN_IF_ERROR(fp8_->Forward(x, fp8_shared_up_, su_, n));
+      MOERUN_RETURN_IF_ERROR(
+          Cuda(kc::LaunchSwiGluForward<T>(sg_, su_, sa_, n * hs, stream_), "shared SwiGLU"));
+      MOERUN_RETURN_IF_ERROR(fp8_->Forward(sa_, fp8_shared_down_, y, n));
+    }
+  } else if (hs > 0) {
     MOERUN_RETURN_IF_ERROR(
         Blas(kc::LinearForward<T>(handle_, x, w.shared_gate, sg_, n, d, hs), "shared gate"));
     MOERUN_RETURN_IF_ERROR(
@@ -192,23 +301,46 @@ Status MoeLayerCuda<T>::Backward(const T* dy, const T* x, int64_t b, int64_t s,
   MOERUN_RETURN_IF_ERROR(Cuda(
       kc::LaunchCombineBackward<T>(dy, eo_, gates_, plan, deo_, dgates_, d, stream_), "combine"));
   // Experts, down then SwiGLU then gate and up (both feed dbuf).
-  MOERUN_RETURN_IF_ERROR(
-      Blas(kc::ExpertLinearBackward<T>(handle_, deo_, ea_, w.down, dea_, g.down, host_counts_, e, h,
-                                       d, pointers_, false, w.expert_stride),
-           "expert down backward"));
+  if (fp8_) {
+    MOERUN_RETURN_IF_ERROR(
+        Fp8ExpertsBackward(deo_, ea_, fp8_down_, dea_, g.down, w.expert_stride, false));
+  } else {
+    MOERUN_RETURN_IF_ERROR(
+        Blas(kc::ExpertLinearBackward<T>(handle_, deo_, ea_, w.down, dea_, g.down, host_counts_, e,
+                                         h, d, pointers_, false, w.expert_stride),
+             "expert down backward"));
+  }
   MOERUN_RETURN_IF_ERROR(
       Cuda(kc::LaunchSwiGluBackward<T>(dea_, eg_, eu_, deg_, deu_, n * k * h, stream_),
            "expert SwiGLU backward"));
-  MOERUN_RETURN_IF_ERROR(
-      Blas(kc::ExpertLinearBackward<T>(handle_, deg_, buf_, w.gate, dbuf_, g.gate, host_counts_, e,
-                                       d, h, pointers_, false, w.expert_stride),
-           "expert gate backward"));
-  MOERUN_RETURN_IF_ERROR(
-      Blas(kc::ExpertLinearBackward<T>(handle_, deu_, buf_, w.up, dbuf_, g.up, host_counts_, e, d,
-                                       h, pointers_, true, w.expert_stride),
-           "expert up backward"));
+  if (fp8_) {
+    MOERUN_RETURN_IF_ERROR(
+        Fp8ExpertsBackward(deg_, buf_, fp8_gate_, dbuf_, g.gate, w.expert_stride, false));
+    MOERUN_RETURN_IF_ERROR(
+        Fp8ExpertsBackward(deu_, buf_, fp8_up_, dbuf_, g.up, w.expert_stride, true));
+  } else {
+    MOERUN_RETURN_IF_ERROR(
+        Blas(kc::ExpertLinearBackward<T>(handle_, deg_, buf_, w.gate, dbuf_, g.gate, host_counts_,
+                                         e, d, h, pointers_, false, w.expert_stride),
+             "expert gate backward"));
+    MOERUN_RETURN_IF_ERROR(
+        Blas(kc::ExpertLinearBackward<T>(handle_, deu_, buf_, w.up, dbuf_, g.up, host_counts_, e, d,
+                                         h, pointers_, true, w.expert_stride),
+             "expert up backward"));
+  }
   // dx: the shared experts' path writes it, the routed rows and the router add to it.
-  if (hs > 0) {
+  if (hs > 0 && fp8_) {
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      MOERUN_RETURN_IF_ERROR(
+          fp8_->Backward(dy, sa_, fp8_shared_down_, dsa_, g.shared_down, n, false));
+      MOERUN_RETURN_IF_ERROR(
+          Cuda(kc::LaunchSwiGluBackward<T>(dsa_, sg_, su_, dsg_, dsu_, n * hs, stream_),
+               "shared SwiGLU backward"));
+      MOERUN_RETURN_IF_ERROR(
+          fp8_->Backward(dsg_, x, fp8_shared_gate_, dx, g.shared_gate, n, false));
+      MOERUN_RETURN_IF_ERROR(fp8_->Backward(dsu_, x, fp8_shared_up_, dx, g.shared_up, n, true));
+    }
+  } else if (hs > 0) {
     MOERUN_RETURN_IF_ERROR(Blas(kc::LinearBackward<T>(handle_, dy, sa_, w.shared_down, dsa_,
                                                       g.shared_down, n, hs, d, false),
                                 "shared down backward"));

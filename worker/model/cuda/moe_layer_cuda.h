@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "worker/model/cuda/fp8_linear.h"
 #include "worker/model/ffn_block.h"
 
 namespace moerun::model::cuda {
@@ -46,8 +47,12 @@ struct MoeLayerGradsCuda {  // fp32, +=; same shapes as the weights
 template <typename T>
 class MoeLayerCuda {
  public:
+  // fp8 (bf16 storage only; not owned, outlives the layer): the routed and shared experts'
+  // GEMMs in DeepSeek-V3's fp8 recipe, the experts one after another (CUDA 13.0's cuBLASLt
+  // has no grouped fp8 call); the router stays fp32.
   static Result<std::unique_ptr<MoeLayerCuda>> Create(const MoeShape& shape, int64_t max_tokens,
-                                                      cudaStream_t stream, cublasHandle_t handle);
+                                                      cudaStream_t stream, cublasHandle_t handle,
+                                                      Fp8Linear* fp8 = nullptr);
   ~MoeLayerCuda();
 
   // y [b·s, D] (=) MoE(x) for b sequences of s tokens; keeps what Backward needs.
@@ -68,6 +73,15 @@ class MoeLayerCuda {
  private:
   MoeLayerCuda() = default;
   Status Allocate();
+  // fp8: quantize this forward's expert and shared weights.
+  Status Fp8QuantizeWeights(const MoeLayerWeightsCuda<T>& w);
+  // fp8: one projection of every expert with rows, in expert order over rows grouped by
+  // expert (an expert's padding rows spill into the next expert's rows, which that expert
+  // then writes; the buffers have 16 rows of slack at the end). stride: elements from one
+  // expert's weight gradient to the next.
+  Status Fp8ExpertsForward(const T* x, const std::vector<Fp8Linear::Weight>& w, T* y);
+  Status Fp8ExpertsBackward(const T* dy, const T* x, const std::vector<Fp8Linear::Weight>& w, T* dx,
+                            float* dw, int64_t stride, bool accumulate_dx);
 
   MoeShape shape_;
   int64_t max_tokens_ = 0;
@@ -91,6 +105,9 @@ class MoeLayerCuda {
   double *loss_ = nullptr, *host_loss_ = nullptr;  // device and pinned: the balance loss
   double *row_sum_ = nullptr, *f_ = nullptr, *seq_ = nullptr;  // its scratch
   int64_t last_b_ = 0, last_s_ = 0;
+  Fp8Linear* fp8_ = nullptr;
+  std::vector<Fp8Linear::Weight> fp8_gate_, fp8_up_, fp8_down_;  // [E]
+  Fp8Linear::Weight fp8_shared_gate_, fp8_shared_up_, fp8_shared_down_;
 };
 
 }  // namespace moerun::model::cuda
