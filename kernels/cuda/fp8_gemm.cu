@@ -1,18 +1,8 @@
+#include "kernels/cuda/data_type.h"
 #include "kernels/cuda/fp8_gemm.cuh"
 
 namespace moerun::kernels::cuda {
 namespace {
-
-template <typename C>
-constexpr cudaDataType_t OutputType();
-template <>
-constexpr cudaDataType_t OutputType<float>() {
-  return CUDA_R_32F;
-}
-template <>
-constexpr cudaDataType_t OutputType<__nv_bfloat16>() {
-  return CUDA_R_16BF;
-}
 
 int32_t ScaleMode(Fp8Scaling s) {
   return s == Fp8Scaling::kTiles1x128 ? CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F
@@ -72,10 +62,10 @@ cublasStatus_t Fp8Gemm::Run(int64_t m, int64_t n, int64_t k, const Fp8Operand& a
                                        static_cast<uint64_t>(n), k));
   MOERUN_LT(cublasLtMatrixLayoutCreate(&desc.b, CUDA_R_8F_E4M3, static_cast<uint64_t>(k),
                                        static_cast<uint64_t>(m), k));
-  MOERUN_LT(cublasLtMatrixLayoutCreate(&desc.d, OutputType<C>(), static_cast<uint64_t>(n),
+  MOERUN_LT(cublasLtMatrixLayoutCreate(&desc.d, DataTypeOf<C>(), static_cast<uint64_t>(n),
                                        static_cast<uint64_t>(m), n));
 
-  const Key key{m,         n, k, static_cast<int>(b.scaling), static_cast<int>(OutputType<C>()),
+  const Key key{m,         n, k, static_cast<int>(b.scaling), static_cast<int>(DataTypeOf<C>()),
                 accumulate};
   auto it = algos_.find(key);
   if (it == algos_.end()) {

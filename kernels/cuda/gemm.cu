@@ -2,21 +2,11 @@
 
 #include <vector>
 
+#include "kernels/cuda/data_type.h"
 #include "kernels/cuda/gemm.cuh"
 
 namespace moerun::kernels::cuda {
 namespace {
-
-template <typename T>
-constexpr cudaDataType_t DataType();
-template <>
-constexpr cudaDataType_t DataType<float>() {
-  return CUDA_R_32F;
-}
-template <>
-constexpr cudaDataType_t DataType<__nv_bfloat16>() {
-  return CUDA_R_16BF;
-}
 
 cublasOperation_t Op(bool trans) { return trans ? CUBLAS_OP_T : CUBLAS_OP_N; }
 
@@ -76,8 +66,8 @@ cublasStatus_t Gemm(cublasHandle_t handle, bool trans_a, bool trans_b, int64_t m
                     int64_t k, float alpha, const T* a, int64_t lda, const T* b, int64_t ldb,
                     float beta, T* c, int64_t ldc) {
   if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
-  return RowMajorGemm(handle, trans_a, trans_b, m, n, k, alpha, a, DataType<T>(), lda, b,
-                      DataType<T>(), ldb, beta, c, DataType<T>(), ldc);
+  return RowMajorGemm(handle, trans_a, trans_b, m, n, k, alpha, a, DataTypeOf<T>(), lda, b,
+                      DataTypeOf<T>(), ldb, beta, c, DataTypeOf<T>(), ldc);
 }
 
 template <typename T>
@@ -94,8 +84,8 @@ cublasStatus_t LinearBackward(cublasHandle_t handle, const T* dy, const T* x, co
                              accumulate_dx ? 1.0f : 0.0f, dx, in);
   if (s != CUBLAS_STATUS_SUCCESS) return s;
   // dw[out, in] += dyᵀ[out, n] · x[n, in], written in fp32.
-  return RowMajorGemm(handle, true, false, out, in, n, 1.0f, dy, DataType<T>(), out, x,
-                      DataType<T>(), in, 1.0f, dw, CUDA_R_32F, in);
+  return RowMajorGemm(handle, true, false, out, in, n, 1.0f, dy, DataTypeOf<T>(), out, x,
+                      DataTypeOf<T>(), in, 1.0f, dw, CUDA_R_32F, in);
 }
 
 namespace {
@@ -139,8 +129,8 @@ cublasStatus_t ExpertLinearForward(cublasHandle_t handle, const T* x, const T* w
   const int64_t stride = expert_stride > 0 ? expert_stride : out * in;
   // y_e[rows, out] = x_e[rows, in] · W_eᵀ
   const ExpertProblems p = ExpertRows(rows, experts, x, in, w, in, stride, y, out);
-  return Grouped(handle, false, true, p.m, p.n, p.k, p.a, DataType<T>(), p.lda, p.b, DataType<T>(),
-                 p.ldb, 0.0f, p.c, DataType<T>(), p.ldc, pointers);
+  return Grouped(handle, false, true, p.m, p.n, p.k, p.a, DataTypeOf<T>(), p.lda, p.b,
+                 DataTypeOf<T>(), p.ldb, 0.0f, p.c, DataTypeOf<T>(), p.ldc, pointers);
 }
 
 template <typename T>
@@ -151,9 +141,9 @@ cublasStatus_t ExpertLinearBackward(cublasHandle_t handle, const T* dy, const T*
   const int64_t stride = expert_stride > 0 ? expert_stride : out * in;
   // dx_e[rows, in] = dy_e[rows, out] · W_e[out, in]
   const ExpertProblems p = ExpertRows(rows, experts, dy, out, w, in, stride, dx, in);
-  cublasStatus_t s =
-      Grouped(handle, false, false, p.m, p.n, p.k, p.a, DataType<T>(), p.lda, p.b, DataType<T>(),
-              p.ldb, accumulate_dx ? 1.0f : 0.0f, p.c, DataType<T>(), p.ldc, pointers);
+  cublasStatus_t s = Grouped(handle, false, false, p.m, p.n, p.k, p.a, DataTypeOf<T>(), p.lda, p.b,
+                             DataTypeOf<T>(), p.ldb, accumulate_dx ? 1.0f : 0.0f, p.c,
+                             DataTypeOf<T>(), p.ldc, pointers);
   if (s != CUBLAS_STATUS_SUCCESS) return s;
   // dw_e[out, in] += dy_eᵀ[out, rows] · x_e[rows, in], in fp32: one cublasGemmEx per expert,
   // because the grouped call takes one type for A, B and C (bf16 in, fp32 out is not among its
@@ -161,9 +151,9 @@ cublasStatus_t ExpertLinearBackward(cublasHandle_t handle, const T* dy, const T*
   int64_t row0 = 0;
   for (int64_t e = 0; e < experts; ++e) {
     if (rows[e] > 0) {
-      s = RowMajorGemm(handle, true, false, out, in, rows[e], 1.0f, dy + row0 * out, DataType<T>(),
-                       out, x + row0 * in, DataType<T>(), in, 1.0f, dw + e * stride, CUDA_R_32F,
-                       in);
+      s = RowMajorGemm(handle, true, false, out, in, rows[e], 1.0f, dy + row0 * out,
+                       DataTypeOf<T>(), out, x + row0 * in, DataTypeOf<T>(), in, 1.0f,
+                       dw + e * stride, CUDA_R_32F, in);
       if (s != CUBLAS_STATUS_SUCCESS) return s;
     }
     row0 += rows[e];
@@ -175,8 +165,8 @@ template <typename T>
 cublasStatus_t GemmNTToFloat(cublasHandle_t handle, int64_t m, int64_t n, int64_t k, const T* a,
                              const T* b, float* c) {
   if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
-  return RowMajorGemm(handle, false, true, m, n, k, 1.0f, a, DataType<T>(), k, b, DataType<T>(), k,
-                      0.0f, c, CUDA_R_32F, n);
+  return RowMajorGemm(handle, false, true, m, n, k, 1.0f, a, DataTypeOf<T>(), k, b, DataTypeOf<T>(),
+                      k, 0.0f, c, CUDA_R_32F, n);
 }
 
 #define MOERUN_INSTANTIATE(T)                                                                   \

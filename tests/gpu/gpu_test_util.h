@@ -24,6 +24,13 @@ inline std::string SourceDir() {
   const char* e = std::getenv("MOERUN_SOURCE_DIR");
   return e != nullptr && *e != '\0' ? std::string(e) : std::string(MOERUN_SOURCE_DIR);
 }
+// Whether device 0 is a Hopper GPU (sm_90): the only one with cuBLASLt's 1x128 / 128x128
+// block-scaled fp8 GEMMs. fp8 checks elsewhere say they were skipped.
+inline bool IsHopper() {
+  cudaDeviceProp prop{};
+  return cudaGetDeviceProperties(&prop, 0) == cudaSuccess && prop.major == 9;
+}
+
 // The training corpus in place of a config's data.paths, when MOERUN_TEST_CORPUS is set.
 inline std::string TestCorpus() {
   const char* e = std::getenv("MOERUN_TEST_CORPUS");

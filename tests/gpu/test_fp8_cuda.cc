@@ -158,11 +158,8 @@ TEST_CASE("E4M3 quantization into fp8 storage equals the CPU's FakeQuant bit for
 }
 
 TEST_CASE("block-scaled fp8 GEMMs (cuBLASLt) match the CPU's fp8 linear layer") {
-  cudaDeviceProp prop{};
-  CUDA_OK(cudaGetDeviceProperties(&prop, 0));
-  if (prop.major != 9) {  // 1x128 / 128x128 scale modes exist on Hopper only
-    MESSAGE("skipped: block-scaled fp8 GEMMs need a Hopper GPU (sm_90), this is sm_" << prop.major
-                                                                                     << prop.minor);
+  if (!moerun::gpu_testing::IsHopper()) {  // 1x128 / 128x128 scale modes exist there only
+    MESSAGE("skipped: block-scaled fp8 GEMMs need a Hopper GPU (sm_90)");
     return;
   }
   cublasLtHandle_t lt;
@@ -276,9 +273,7 @@ TEST_CASE("block-scaled fp8 GEMMs (cuBLASLt) match the CPU's fp8 linear layer") 
 }
 
 TEST_CASE("Fp8Linear: padded token counts give the CPU's fp8 linear layer") {
-  cudaDeviceProp prop{};
-  CUDA_OK(cudaGetDeviceProperties(&prop, 0));
-  if (prop.major != 9) {
+  if (!moerun::gpu_testing::IsHopper()) {  // 1x128 / 128x128 scale modes exist there only
     MESSAGE("skipped: block-scaled fp8 GEMMs need a Hopper GPU (sm_90)");
     return;
   }
@@ -319,12 +314,28 @@ TEST_CASE("Fp8Linear: padded token counts give the CPU's fp8 linear layer") {
     REQUIRE(f.value()->Backward(d_dy.ptr, d_x.ptr, weight.value(), dx.ptr, dw.ptr, n, false).ok());
     auto got_y = ToFloats(y.Download()), got_dx = ToFloats(dx.Download());
     for (size_t i = size_t(n * out); i < got_y.size(); ++i) CHECK(got_y[i] == 0.0f);
+    for (size_t i = size_t(n * in); i < got_dx.size(); ++i) CHECK(got_dx[i] == 0.0f);
     got_y.resize(want_y.size());
     got_dx.resize(want_dx.size());
     // bf16 outputs: their rounding on top of the GEMMs' summation order.
     CHECK(MaxRelError(got_y, want_y) <= 1e-2);
     CHECK(MaxRelError(got_dx, want_dx) <= 1e-2);
     CHECK(MaxRelError(dw.Download(), want_dw) <= 2e-3);
+    // Accumulating (o_proj into the residual, k/v into one dx, dW over micro-batches): a
+    // second pass doubles every output.
+    REQUIRE(f.value()->Forward(d_x.ptr, weight.value(), y.ptr, n, true).ok());
+    REQUIRE(f.value()->Backward(d_dy.ptr, d_x.ptr, weight.value(), dx.ptr, dw.ptr, n, true).ok());
+    auto two = [](std::vector<float> v) {
+      for (auto& e : v) e *= 2.0f;
+      return v;
+    };
+    got_y = ToFloats(y.Download());
+    got_dx = ToFloats(dx.Download());
+    got_y.resize(want_y.size());
+    got_dx.resize(want_dx.size());
+    CHECK(MaxRelError(got_y, two(want_y)) <= 1e-2);
+    CHECK(MaxRelError(got_dx, two(want_dx)) <= 1e-2);
+    CHECK(MaxRelError(dw.Download(), two(want_dw)) <= 2e-3);
     if (n == 37)
       Record({"Fp8Linear fwd+bwd, 37 tokens", "fp8", MaxRelError(got_y, want_y), 1e-2, 0, 0, 0});
   }

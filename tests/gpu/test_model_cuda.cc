@@ -87,17 +87,30 @@ void TrainsOnOneGpu(const char* precision, bool fp8 = false) {
   CHECK(last < 0.7 * first);
 }
 
+// train-fast's model, weights from seed 3, and one fixed batch of 4 sequences: what the GPU
+// model and the CPU's ModelStage are compared on.
+struct Comparison {
+  Comparison() : spec(TrainFast()), params(moerun::ModelTensors(spec)) {
+    Batch(spec, b, &ids, &targets);
+    params.Initialize(3, spec.init_std);
+  }
+  const moerun::ModelSpec spec;
+  const int64_t b = 4;
+  std::vector<int32_t> ids, targets;
+  model::Parameters<float> params;
+  Gpu gpu;
+};
+
 }  // namespace
 
 TEST_CASE("the model on the GPU: the CPU's loss and gradients on the same weights and batch") {
-  const moerun::ModelSpec spec = TrainFast();
-  const int64_t b = 4, s = spec.seq_len;
-  std::vector<int32_t> ids, targets;
-  Batch(spec, b, &ids, &targets);
-  model::Parameters<float> params(moerun::ModelTensors(spec));
-  params.Initialize(3, spec.init_std);
-  Gpu gpu;
-  auto m = model::cuda::ModelCuda<float>::Create(spec, params, b, s, gpu.stream, gpu.handle);
+  Comparison c;
+  const moerun::ModelSpec& spec = c.spec;
+  const int64_t b = c.b, s = spec.seq_len;
+  auto& ids = c.ids;
+  auto& targets = c.targets;
+  auto& params = c.params;
+  auto m = model::cuda::ModelCuda<float>::Create(spec, params, b, s, c.gpu.stream, c.gpu.handle);
   REQUIRE_MESSAGE(m.ok(), m.status().message());
 
   model::ModelStage<float> stage(spec, model::StageRange{0, spec.n_layers, true, true}, &params);
@@ -129,19 +142,26 @@ TEST_CASE("the model on the GPU: the CPU's loss and gradients on the same weight
 TEST_CASE("1-GPU training of train-fast's model: the loss falls, fp32, bf16 and fp8") {
   TrainsOnOneGpu<float>("fp32");
   TrainsOnOneGpu<__nv_bfloat16>("bf16");
-  TrainsOnOneGpu<__nv_bfloat16>("fp8", true);
+  if (moerun::gpu_testing::IsHopper()) {
+    TrainsOnOneGpu<__nv_bfloat16>("fp8", true);
+  } else {
+    MESSAGE("fp8 skipped: it needs a Hopper GPU (sm_90)");
+  }
 }
 
 TEST_CASE("the model in fp8 on the GPU follows the CPU's fp8 emulation, not its fp32") {
-  const moerun::ModelSpec spec = TrainFast();
-  const int64_t b = 4, s = spec.seq_len;
-  std::vector<int32_t> ids, targets;
-  Batch(spec, b, &ids, &targets);
-  model::Parameters<float> params(moerun::ModelTensors(spec));
-  params.Initialize(3, spec.init_std);
-  Gpu gpu;
-  auto m = model::cuda::ModelCuda<__nv_bfloat16>::Create(spec, params, b, s, gpu.stream, gpu.handle,
-                                                         true);
+  if (!moerun::gpu_testing::IsHopper()) {
+    MESSAGE("skipped: fp8 needs a Hopper GPU (sm_90)");
+    return;
+  }
+  Comparison c;
+  const moerun::ModelSpec& spec = c.spec;
+  const int64_t b = c.b, s = spec.seq_len;
+  auto& ids = c.ids;
+  auto& targets = c.targets;
+  auto& params = c.params;
+  auto m = model::cuda::ModelCuda<__nv_bfloat16>::Create(spec, params, b, s, c.gpu.stream,
+                                                         c.gpu.handle, true);
   REQUIRE_MESSAGE(m.ok(), m.status().message());
   auto gpu_loss = m.value()->Forward(ids.data(), targets.data());
   REQUIRE_MESSAGE(gpu_loss.ok(), gpu_loss.status().message());
@@ -163,13 +183,38 @@ TEST_CASE("the model in fp8 on the GPU follows the CPU's fp8 emulation, not its 
   const auto grads8 = cpu(moerun::Precision::kFp8, &loss8);
   const auto grads32 = cpu(moerun::Precision::kFp32, &loss32);
   const double loss_err = std::fabs(gpu_loss.value() - loss8) / loss8;
-  const double err8 = MaxRelError(grads, grads8), err32 = MaxRelError(grads, grads32);
-  MESSAGE("fp8 loss: GPU " << gpu_loss.value() << ", CPU fp8 " << loss8 << ", CPU fp32 " << loss32
-                           << "; gradient error vs CPU fp8 " << err8 << ", vs fp32 " << err32);
+  MESSAGE("fp8 loss: GPU " << gpu_loss.value() << ", CPU fp8 " << loss8 << ", CPU fp32 " << loss32);
   Record({"model fp8: loss vs CPU fp8", "fp8", loss_err, 2e-2, 0, 0, 0});
-  Record({"model fp8: gradients vs CPU fp8", "fp8", err8, 0.1, 0, 0, 0});
   CHECK(loss_err <= 2e-2);
-  CHECK(err8 <= 0.1);
-  // Real fp8 rounding: the GPU is nearer the CPU's fp8 than its fp32.
+  // Tensor by tensor, each against its own scale: a wrong expert stride, padding or shared
+  // path is off by O(1) in its own tensors. bf16 activations move some values across an fp8
+  // rounding boundary, hence the loose bound.
+  double worst = 0;
+  std::vector<float> experts_gpu, experts8, experts32;
+  for (const auto& v : params.views()) {
+    if (!v.info.trainable()) continue;
+    auto part = [&](const std::vector<float>& all) {
+      return std::vector<float>(all.begin() + v.offset, all.begin() + v.offset + v.info.numel());
+    };
+    const double e = MaxRelError(part(grads), part(grads8));
+    worst = std::max(worst, e);
+    CHECK_MESSAGE(e <= 0.3, v.info.name << ": " << e);
+    if (v.info.name.find(".mlp.experts.") != std::string::npos) {
+      auto append = [&](std::vector<float>& to, const std::vector<float>& from) {
+        const auto p = part(from);
+        to.insert(to.end(), p.begin(), p.end());
+      };
+      append(experts_gpu, grads);
+      append(experts8, grads8);
+      append(experts32, grads32);
+    }
+  }
+  Record({"model fp8: worst tensor vs CPU fp8", "fp8", worst, 0.3, 0, 0, 0});
+  // Real fp8 in the experts (fp8 on both sides; the head is bf16 on both): the GPU's expert
+  // gradients are nearer the CPU's fp8 than its fp32.
+  REQUIRE(!experts_gpu.empty());
+  const double err8 = MaxRelError(experts_gpu, experts8),
+               err32 = MaxRelError(experts_gpu, experts32);
+  MESSAGE("expert gradients: error vs CPU fp8 " << err8 << ", vs CPU fp32 " << err32);
   CHECK(err8 < err32);
 }

@@ -218,10 +218,17 @@ Status CheckGpuTraining(const JobSpec& spec) {
     Status fp8 = model::cuda::Fp8ShapeSupport(spec.model, micro_tokens);
     if (!fp8.ok()) return Status::Unimplemented(prefix + fp8.message());
   }
-  const std::string why = kernels::cuda::QueryRuntimeInfo().NoDeviceReason();
+  const kernels::cuda::RuntimeInfo info = kernels::cuda::QueryRuntimeInfo();
+  const std::string why = info.NoDeviceReason();
   if (!why.empty()) {
     return Status::Unimplemented(prefix + "no usable GPU on this machine (" + why +
                                  "); run the job where its daemons have GPUs, or use backend: cpu");
+  }
+  if (spec.train.precision == Precision::kFp8 && info.device0_sm / 10 != 9) {
+    return Status::Unimplemented(
+        prefix + "fp8 needs a Hopper GPU (sm_90): cuBLASLt's 1x128 and 128x128 block scaling " +
+        "exists there only, and this GPU is sm_" + std::to_string(info.device0_sm) +
+        "; use train.precision: bf16");
   }
   return Status::OK();
 }

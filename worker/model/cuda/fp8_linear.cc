@@ -1,5 +1,6 @@
 #include "worker/model/cuda/fp8_linear.h"
 
+#include <cstdint>
 #include <string>
 
 #include "kernels/cuda/fp8_quantize.cuh"
@@ -92,13 +93,26 @@ Result<Fp8Linear::Weight> Fp8Linear::NewWeight(int64_t out, int64_t in) {
   return w;
 }
 
+Status Fp8Linear::Quantize(const float* w, const Weight& dst) {
+  return Cuda(kc::LaunchQuantizeE4M3Blocks128x128<float>(w, dst.out, dst.in, dst.q, dst.s, dst.qt,
+                                                         dst.st, stream_),
+              "quantizing a weight");
+}
+
 Status Fp8Linear::Quantize(const bf16* w, const Weight& dst) {
   return Cuda(kc::LaunchQuantizeE4M3Blocks128x128<bf16>(w, dst.out, dst.in, dst.q, dst.s, dst.qt,
                                                         dst.st, stream_),
               "quantizing a weight");
 }
 
-Status Fp8Linear::Check(int64_t n, const Weight& w) const {
+Status Fp8Linear::Check(int64_t n, const Weight& w, const void* out1, const void* out2) const {
+  for (const void* p : {out1, out2}) {
+    if (reinterpret_cast<uintptr_t>(p) % kc::kFp8MinAlignmentBytes != 0) {
+      return Status::InvalidArgument("fp8 linear on the GPU: an output at " +
+                                     std::to_string(reinterpret_cast<uintptr_t>(p)) +
+                                     " is not 16-byte aligned, as cuBLASLt's fp8 GEMMs need");
+    }
+  }
   if (n < 0 || RoundUp16(n) > max_rows_ || w.in > max_features_ || w.out > max_features_) {
     return Status::InvalidArgument("fp8 linear on the GPU: " + std::to_string(n) + " rows of " +
                                    std::to_string(w.in) + " -> " + std::to_string(w.out) +
@@ -109,7 +123,7 @@ Status Fp8Linear::Check(int64_t n, const Weight& w) const {
 }
 
 Status Fp8Linear::Forward(const bf16* x, const Weight& w, bf16* y, int64_t n, bool accumulate) {
-  MOERUN_RETURN_IF_ERROR(Check(n, w));
+  MOERUN_RETURN_IF_ERROR(Check(n, w, y, y));
   if (n == 0) return Status::OK();
   const int64_t rows = RoundUp16(n);
   MOERUN_RETURN_IF_ERROR(Cuda(
@@ -121,7 +135,7 @@ Status Fp8Linear::Forward(const bf16* x, const Weight& w, bf16* y, int64_t n, bo
 
 Status Fp8Linear::Backward(const bf16* dy, const bf16* x, const Weight& w, bf16* dx, float* dw,
                            int64_t n, bool accumulate_dx) {
-  MOERUN_RETURN_IF_ERROR(Check(n, w));
+  MOERUN_RETURN_IF_ERROR(Check(n, w, dx, dw));
   if (n == 0) return Status::OK();
   const int64_t rows = RoundUp16(n);
   // dx = dy · W: dy in 1x128 tiles along out, W's transposed copy.

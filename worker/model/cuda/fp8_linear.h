@@ -8,7 +8,7 @@
 // for RoundUp16(n) rows: the rows past n are written 0 (or left as they are when
 // accumulating). An MoE layer runs its experts in order over one buffer with 16 rows of
 // slack at its end, so each expert's spill is overwritten by the next expert's rows.
-// Feature sizes (in, out) must be multiples of 16 (checked).
+// Feature sizes (in, out) must be multiples of 16, and y, dx and dw 16-byte aligned (checked).
 //
 // Weights are quantized into a Weight (its fp8 copy and the transposed copy for dgrad) once
 // per forward, and the backward reuses them. Scratch for the operands is sized at Create.
@@ -52,7 +52,8 @@ class Fp8Linear {
 
   // Device memory for one weight's quantized copies, owned by this object.
   Result<Weight> NewWeight(int64_t out, int64_t in);
-  // w: [out, in] bf16.
+  // w: [out, in], the fp32 master (what the CPU twin quantizes) or a bf16 copy.
+  Status Quantize(const float* w, const Weight& dst);
   Status Quantize(const bf16* w, const Weight& dst);
 
   // y[n, out] (=, or += with accumulate) = x[n, in] · Wᵀ.
@@ -63,7 +64,7 @@ class Fp8Linear {
 
  private:
   Fp8Linear() = default;
-  Status Check(int64_t n, const Weight& w) const;
+  Status Check(int64_t n, const Weight& w, const void* out1, const void* out2) const;
   template <typename V>
   V* Alloc(int64_t count);
 

@@ -67,6 +67,12 @@ Status Fp8ShapeSupport(const ModelSpec& spec, int64_t tokens) {
       bad += (bad.empty() ? "" : ", ") + std::string(what) + " " + std::to_string(size);
     }
   }
+  // Each MoE layer's [E] router bias sits before its experts in the flat fp32 gradient
+  // buffer: the tensors after it stay 16-byte aligned (as cuBLASLt needs) only if 4 divides E.
+  if (spec.moe_layers() > 0 && spec.moe.routed_experts % 4 != 0) {
+    bad += (bad.empty() ? "" : ", ") + std::string("model.moe.routed_experts ") +
+           std::to_string(spec.moe.routed_experts) + " (a multiple of 4 here)";
+  }
   if (bad.empty()) return Status::OK();
   return Status::Unimplemented("fp8 on the GPU needs multiples of 16 (cuBLASLt's fp8 GEMMs), not " +
                                bad);
@@ -194,6 +200,15 @@ Status ModelCuda<T>::Allocate(const Parameters<float>& params) {
                       w("mlp.shared_experts.up_proj.weight"),
                       w("mlp.shared_experts.down_proj.weight"),
                       3 * shape.expert_hidden * d};
+      if (fp8_) {  // fp8 quantizes the fp32 masters, as the CPU does
+        auto m = [&](const char* s) -> const float* { return Master(LayerName(l, s)); };
+        layer->moe_w.master_gate = m("mlp.experts.0.gate_proj.weight");
+        layer->moe_w.master_up = m("mlp.experts.0.up_proj.weight");
+        layer->moe_w.master_down = m("mlp.experts.0.down_proj.weight");
+        layer->moe_w.master_shared_gate = m("mlp.shared_experts.gate_proj.weight");
+        layer->moe_w.master_shared_up = m("mlp.shared_experts.up_proj.weight");
+        layer->moe_w.master_shared_down = m("mlp.shared_experts.down_proj.weight");
+      }
       layer->moe_g = {g("mlp.gate.weight"),
                       g("mlp.experts.0.gate_proj.weight"),
                       g("mlp.experts.0.up_proj.weight"),
@@ -304,8 +319,8 @@ Status ModelCuda<T>::LayerForward(int64_t l) {
       "input norm"));
   if (fp8_) {  // this step's weights, quantized once for the forward and the backward
     if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-      for (const auto& [name, w] : a.fp8_w)
-        MOERUN_RETURN_IF_ERROR(fp8_->Quantize(P(name.c_str()), w));
+      for (const auto& [name, w] : a.fp8_w)  // from the fp32 masters, as the CPU does
+        MOERUN_RETURN_IF_ERROR(fp8_->Quantize(Master(LayerName(l, name)), w));
     }
   }
   MOERUN_RETURN_IF_ERROR(Linear(l, "self_attn.q_proj.weight", a.n1, a.q, d, hh));

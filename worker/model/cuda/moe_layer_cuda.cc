@@ -77,17 +77,23 @@ template <typename T>
 Status MoeLayerCuda<T>::Fp8QuantizeWeights(const MoeLayerWeightsCuda<T>& w) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     const int64_t d = shape_.d_model, h = shape_.expert_hidden;
-    const int64_t gate_stride = w.expert_stride > 0 ? w.expert_stride : h * d;
+    const int64_t stride = w.expert_stride > 0 ? w.expert_stride : h * d;
+    // From the fp32 master when there is one (the CPU twin's input), else the T copy.
+    auto quantize = [&](const float* master, const T* copy, int64_t offset,
+                        const Fp8Linear::Weight& dst) {
+      return master != nullptr ? fp8_->Quantize(master + offset, dst)
+                               : fp8_->Quantize(copy + offset, dst);
+    };
     for (size_t e = 0; e < fp8_gate_.size(); ++e) {
-      const int64_t o = static_cast<int64_t>(e) * gate_stride;
-      MOERUN_RETURN_IF_ERROR(fp8_->Quantize(w.gate + o, fp8_gate_[e]));
-      MOERUN_RETURN_IF_ERROR(fp8_->Quantize(w.up + o, fp8_up_[e]));
-      MOERUN_RETURN_IF_ERROR(fp8_->Quantize(w.down + o, fp8_down_[e]));
+      const int64_t o = static_cast<int64_t>(e) * stride;
+      MOERUN_RETURN_IF_ERROR(quantize(w.master_gate, w.gate, o, fp8_gate_[e]));
+      MOERUN_RETURN_IF_ERROR(quantize(w.master_up, w.up, o, fp8_up_[e]));
+      MOERUN_RETURN_IF_ERROR(quantize(w.master_down, w.down, o, fp8_down_[e]));
     }
     if (shape_.shared_hidden > 0) {
-      MOERUN_RETURN_IF_ERROR(fp8_->Quantize(w.shared_gate, fp8_shared_gate_));
-      MOERUN_RETURN_IF_ERROR(fp8_->Quantize(w.shared_up, fp8_shared_up_));
-      MOERUN_RETURN_IF_ERROR(fp8_->Quantize(w.shared_down, fp8_shared_down_));
+      MOERUN_RETURN_IF_ERROR(quantize(w.master_shared_gate, w.shared_gate, 0, fp8_shared_gate_));
+      MOERUN_RETURN_IF_ERROR(quantize(w.master_shared_up, w.shared_up, 0, fp8_shared_up_));
+      MOERUN_RETURN_IF_ERROR(quantize(w.master_shared_down, w.shared_down, 0, fp8_shared_down_));
     }
     return Status::OK();
   } else {
@@ -206,6 +212,10 @@ Status MoeLayerCuda<T>::Forward(const T* x, int64_t b, int64_t s, const MoeLayer
   if (b < 0 || s < 0 || n > max_tokens_) {
     return Status::InvalidArgument("MoE layer on the GPU: " + std::to_string(n) +
                                    " tokens, sized for " + std::to_string(max_tokens_));
+  }
+  if (fp8_ != nullptr && n % 16 != 0) {
+    return Status::InvalidArgument("MoE layer on the GPU: fp8 needs a multiple of 16 tokens, not " +
+                                   std::to_string(n));
   }
   const auto& r = shape_.router;
   const int64_t e = r.experts, k = r.top_k, d = shape_.d_model, h = shape_.expert_hidden,

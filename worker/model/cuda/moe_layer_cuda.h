@@ -36,6 +36,11 @@ struct MoeLayerWeightsCuda {
   // Elements from one expert's gate (up, down; and their gradients) to the next: 0 for the
   // [E, H, D] tensors above, 3·H·D in the model's per-expert layout (gate, up, down each).
   int64_t expert_stride = 0;
+  // fp8: the fp32 masters of the expert and shared weights (same layout), which fp8
+  // quantizes as the CPU does; when null, the T copies above are quantized.
+  const float *master_gate = nullptr, *master_up = nullptr, *master_down = nullptr;
+  const float *master_shared_gate = nullptr, *master_shared_up = nullptr,
+              *master_shared_down = nullptr;
 };
 
 struct MoeLayerGradsCuda {  // fp32, +=; same shapes as the weights
@@ -61,6 +66,7 @@ class MoeLayerCuda {
   // the last Forward.
   Status Backward(const T* dy, const T* x, int64_t b, int64_t s, const MoeLayerWeightsCuda<T>& w,
                   const MoeLayerGradsCuda& g, double dloss, T* dx);
+  // With fp8, b·s must be a multiple of 16 (the shared experts' GEMMs).
   // Tokens routed to each expert in the last Forward (host memory, [E]).
   const int64_t* expert_counts() const { return host_counts_; }
   // The last Forward's sequence-wise balance loss (0 when seq_aux_alpha is 0).
