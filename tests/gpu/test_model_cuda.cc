@@ -103,14 +103,11 @@ struct Comparison {
 
 }  // namespace
 
-TEST_CASE("the model on the GPU: the CPU's loss and gradients on the same weights and batch") {
-  Comparison c;
-  const moerun::ModelSpec& spec = c.spec;
-  const int64_t b = c.b, s = spec.seq_len;
-  auto& ids = c.ids;
-  auto& targets = c.targets;
-  auto& params = c.params;
-  auto m = model::cuda::ModelCuda<float>::Create(spec, params, b, s, c.gpu.stream, c.gpu.handle);
+TEST_CASE_FIXTURE(
+    Comparison,
+    "the model on the GPU: the CPU's loss and gradients on the same weights and batch") {
+  const int64_t s = spec.seq_len;
+  auto m = model::cuda::ModelCuda<float>::Create(spec, params, b, s, gpu.stream, gpu.handle);
   REQUIRE_MESSAGE(m.ok(), m.status().message());
 
   model::ModelStage<float> stage(spec, model::StageRange{0, spec.n_layers, true, true}, &params);
@@ -149,19 +146,15 @@ TEST_CASE("1-GPU training of train-fast's model: the loss falls, fp32, bf16 and 
   }
 }
 
-TEST_CASE("the model in fp8 on the GPU follows the CPU's fp8 emulation, not its fp32") {
+TEST_CASE_FIXTURE(Comparison,
+                  "the model in fp8 on the GPU follows the CPU's fp8 emulation, not its fp32") {
   if (!moerun::gpu_testing::IsHopper()) {
     MESSAGE("skipped: fp8 needs a Hopper GPU (sm_90)");
     return;
   }
-  Comparison c;
-  const moerun::ModelSpec& spec = c.spec;
-  const int64_t b = c.b, s = spec.seq_len;
-  auto& ids = c.ids;
-  auto& targets = c.targets;
-  auto& params = c.params;
-  auto m = model::cuda::ModelCuda<__nv_bfloat16>::Create(spec, params, b, s, c.gpu.stream,
-                                                         c.gpu.handle, true);
+  const int64_t s = spec.seq_len;
+  auto m = model::cuda::ModelCuda<__nv_bfloat16>::Create(spec, params, b, s, gpu.stream, gpu.handle,
+                                                         true);
   REQUIRE_MESSAGE(m.ok(), m.status().message());
   auto gpu_loss = m.value()->Forward(ids.data(), targets.data());
   REQUIRE_MESSAGE(gpu_loss.ok(), gpu_loss.status().message());
