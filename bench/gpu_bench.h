@@ -5,11 +5,11 @@
 //       blocks; kernels/cuda/fp8_gemm.cuh) with and without quantizing the activations, next
 //       to bf16's cuBLAS GEMM at the same shape in the same run.
 //   moerun-bench moe-layer-gpu [--tokens T --d-model D --experts E --top-k K
-//       --expert-hidden H --shared S] [--precision bf16|fp32] [--reps R]
+//       --expert-hidden H --shared S] [--precision bf16|fp32|fp8] [--reps R]
 //       One MoE layer forward + backward on the GPU (worker/model/cuda/moe_layer_cuda.h) at
 //       DeepSeek-like shapes by default (D=7168, expert hidden 2048, 32 local experts, top-8,
 //       8192 tokens), and its GEMM TFLOP/s as a fraction of gemm-gpu's peak at the same
-//       precision, measured in the same run.
+//       precision, measured in the same run (fp8: the experts in fp8, against bf16's peak).
 // Times are medians of --reps runs after one warm-up, by CUDA events.
 #pragma once
 

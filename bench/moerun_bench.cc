@@ -311,7 +311,7 @@ int main(int argc, char** argv) {
   mgc->add_option("--top-k", mg.top_k)->capture_default_str();
   mgc->add_option("--expert-hidden", mg.hidden)->capture_default_str();
   mgc->add_option("--shared", mg.shared)->capture_default_str();
-  mgc->add_option("--precision", mg.precision)->check(CLI::IsMember({"bf16", "fp32"}));
+  mgc->add_option("--precision", mg.precision)->check(CLI::IsMember({"bf16", "fp32", "fp8"}));
   mgc->add_option("--reps", mg.reps)->capture_default_str();
   mgc->callback([&] { rc = moerun::bench::RunMoeLayerGpu(mg); });
 #endif

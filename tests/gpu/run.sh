@@ -12,8 +12,8 @@
 #     It ends with the table: op, precision, max relative error, bound, ms, GB/s, TFLOP/s.
 #  2. nccl_tests: the NCCL communicator (a world of one GPU).
 #  3. Benchmarks (JSON lines): cuBLAS GEMM peaks in bf16 and fp32, the fp8 block-scaled GEMM
-#     next to bf16, and the MoE layer's forward + backward at DeepSeek-like shapes as a
-#     fraction of the bf16 peak.
+#     next to bf16, and the MoE layer's forward + backward at DeepSeek-like shapes (bf16, and
+#     its experts in fp8) as a fraction of the bf16 peak.
 #  4. End to end: `moerun local configs/single-gpu.yaml` (coordinator, daemon, one trainer
 #     on the GPU) for 100 steps; the loss must fall.
 set -uo pipefail
@@ -69,7 +69,9 @@ step "$bin/nccl_tests"
 for precision in bf16 fp32 fp8; do
   step "$bin/moerun-bench" gemm-gpu --precision "$precision"
 done
-step "$bin/moerun-bench" moe-layer-gpu --precision bf16
+for precision in bf16 fp8; do
+  step "$bin/moerun-bench" moe-layer-gpu --precision "$precision"
+done
 
 # End to end through the control plane: the daemon starts a trainer on device 0.
 work=$(mktemp -d /tmp/moerun-gpu.XXXXXX)
