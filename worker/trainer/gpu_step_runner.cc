@@ -50,7 +50,7 @@ class GpuStepRunner : public StepEngine {
     device_ = device;
     MOERUN_RETURN_IF_ERROR(
         Cuda(cudaSetDevice(device), "selecting device " + std::to_string(device)));
-    // A blocking stream: the model's small synchronous copies order with it.
+    // Every kernel, GEMM and copy of the model goes on this one stream.
     MOERUN_RETURN_IF_ERROR(Cuda(cudaStreamCreate(&stream_), "creating a stream"));
     if (cublasCreate(&handle_) != CUBLAS_STATUS_SUCCESS) {
       handle_ = nullptr;
