@@ -4,6 +4,8 @@
 #   tests/gpu/run.sh --bundle DIR   check with the binaries scripts/gpu-bundle.sh packed into
 #                                   DIR/moerun-gpu.tar.xz (a GPU machine without moerun's
 #                                   build dependencies)
+#   ... --log FILE                  also write everything printed to FILE (the figures for
+#                                   docs/performance.md, whole)
 # The checks, in order (exit non-zero if any fails; every step runs):
 #  1. gpu_tests: every CUDA op against its CPU twin (fp32, bf16; the fp8 quantizers bit for
 #     bit and the block-scaled cuBLASLt GEMMs against the CPU's fp8 linear layer), the whole
@@ -20,11 +22,25 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
 bundle=""
-if [[ "${1:-}" == "--bundle" ]]; then
-  archive=${2:?--bundle needs the folder scripts/gpu-bundle.sh wrote}/moerun-gpu.tar.xz
-  bundle=$(mktemp -d /tmp/moerun-bundle.XXXXXX)
-  tar -C "$bundle" -xJf "$archive" || { echo "run.sh: cannot unpack $archive" >&2; exit 1; }
-fi
+while (($#)); do
+  case "$1" in
+    --bundle)
+      archive=${2:?--bundle needs the folder scripts/gpu-bundle.sh wrote}/moerun-gpu.tar.xz
+      bundle=$(mktemp -d /tmp/moerun-bundle.XXXXXX)
+      tar -C "$bundle" -xJf "$archive" || { echo "run.sh: cannot unpack $archive" >&2; exit 1; }
+      shift 2
+      ;;
+    --log)
+      exec > >(tee -a "${2:?--log needs a file}") 2>&1
+      shift 2
+      ;;
+    *)
+      echo "run.sh: unknown argument $1 (--bundle DIR, --log FILE)" >&2
+      exit 2
+      ;;
+  esac
+done
+echo "==== moerun GPU checks, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 corpus=/usr/share/games/fortunes
 if [[ -n "$bundle" ]]; then
   bin=$bundle/bin
