@@ -19,7 +19,8 @@ grep -q 'CMAKE_CUDA_ARCHITECTURES:STRING=.*90' "$build/CMakeCache.txt" || {
   echo "gpu-bundle: $build is not a CUDA build for sm_90 (configure it with -DMOERUN_CUDA=ON)" >&2
   exit 2
 }
-binaries=(gpu_tests nccl_tests moerun-bench moerun moerun-worker moerun-coordinator)
+binaries=(gpu_tests nccl_tests moerun-bench moerun moerun-train-gpu moerun-worker
+  moerun-coordinator)
 cmake --build "$build" -j "$(nproc)" --target "${binaries[@]}"
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT

@@ -18,4 +18,8 @@ void AddExportCommand(CLI::App& app, int* exit_code);
 void AddRemoteCommands(CLI::App& app, int* exit_code);
 void AddLocalCommand(CLI::App& app, int* exit_code);
 
+// The process's arguments, kept by main for `moerun train` to hand a cuda job to
+// moerun-train-gpu with the same arguments.
+void RememberArgs(int argc, char** argv);
+
 }  // namespace moerun::cli

@@ -15,6 +15,7 @@
 #include "common/exit_codes.h"
 #include "common/spec_loader.h"
 #include "coordinator/cli/commands.h"
+#include "worker/trainer/trainer_support.h"
 
 namespace moerun::cli {
 namespace {
@@ -31,6 +32,11 @@ int RunLaunch(const LaunchArgs& a) {
   LoadedJobSpec loaded = LoadJobSpecFile(a.file);
   std::fputs(loaded.Report().c_str(), stderr);
   if (!loaded.ok()) return kExitInvalidConfig;
+  if (Status gpu = trainer::TrainerSupport(loaded.spec); !gpu.ok()) {
+    // Refused here rather than by every trainer after the job is placed.
+    std::fprintf(stderr, "moerun %s: %s\n", "launch", gpu.message().c_str());
+    return kExitUnsupported;
+  }
   const int64_t world = loaded.spec.parallel.world_size();
   if (a.nproc != world) {
     std::fprintf(stderr,

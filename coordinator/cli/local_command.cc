@@ -30,6 +30,7 @@
 #include "coordinator/cli/commands.h"
 #include "coordinator/cli/control_client.h"
 #include "coordinator/cli/status_format.h"
+#include "worker/trainer/trainer_support.h"
 
 namespace moerun::cli {
 namespace {
@@ -154,6 +155,11 @@ int RunLocal(const LocalArgs& a) {
   LoadedJobSpec loaded = LoadJobSpecFile(a.file);
   std::fputs(loaded.Report().c_str(), stderr);
   if (!loaded.ok()) return kExitInvalidConfig;
+  if (Status gpu = trainer::TrainerSupport(loaded.spec); !gpu.ok()) {
+    // Refused here rather than by every trainer after the job is placed.
+    std::fprintf(stderr, "moerun %s: %s\n", "local", gpu.message().c_str());
+    return kExitUnsupported;
+  }
   const JobSpec& spec = loaded.spec;
   const int64_t world = spec.parallel.world_size();
   const int64_t workers =

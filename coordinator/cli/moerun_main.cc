@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   // per buffer.
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 256 << 20);
+  moerun::cli::RememberArgs(argc, argv);
   CLI::App app{"moerun: train Mixture-of-Experts models on a cluster and keep the run alive"};
   app.require_subcommand(1);
   int exit_code = moerun::kExitOk;

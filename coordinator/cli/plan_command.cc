@@ -7,6 +7,7 @@
 #include "common/plan_report.h"
 #include "common/spec_loader.h"
 #include "coordinator/cli/commands.h"
+#include "worker/trainer/trainer_support.h"
 
 namespace moerun::cli {
 namespace {
@@ -22,6 +23,10 @@ int RunPlan(const PlanOptions& opts) {
   LoadedJobSpec loaded = LoadJobSpecFile(opts.file);
   std::fputs(loaded.Report().c_str(), stderr);
   if (!loaded.ok()) return kExitInvalidConfig;
+  if (Status gpu = trainer::TrainerSupport(loaded.spec); !gpu.ok()) {
+    std::fprintf(stderr, "moerun plan: note: not trainable by this version yet: %s\n",
+                 gpu.message().c_str());
+  }
 
   PlanReportOptions report;
   report.every_rank = opts.ranks;

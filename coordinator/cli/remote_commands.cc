@@ -23,6 +23,7 @@
 #include "coordinator/cli/commands.h"
 #include "coordinator/cli/control_client.h"
 #include "coordinator/cli/status_format.h"
+#include "worker/trainer/trainer_support.h"
 
 namespace moerun::cli {
 namespace {
@@ -68,6 +69,11 @@ int RunSubmit(const Remote& r, const std::string& file, std::string run_dir, int
   LoadedJobSpec loaded = LoadJobSpecFile(file);
   std::fputs(loaded.Report().c_str(), stderr);
   if (!loaded.ok()) return kExitInvalidConfig;
+  if (Status gpu = trainer::TrainerSupport(loaded.spec); !gpu.ok()) {
+    // Refused here rather than by every trainer after the job is placed.
+    std::fprintf(stderr, "moerun %s: %s\n", "submit", gpu.message().c_str());
+    return kExitUnsupported;
+  }
   std::ifstream in(file);
   std::stringstream text;
   text << in.rdbuf();

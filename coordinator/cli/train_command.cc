@@ -1,15 +1,23 @@
 // moerun train JOB.yaml --run-dir DIR [--steps N] [--resume] [--no-progress]
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "common/exit_codes.h"
 #include "common/spec_loader.h"
 #include "coordinator/cli/commands.h"
+#include "worker/trainer/gpu_step_runner.h"
 #include "worker/trainer/trainer.h"
 
 namespace moerun::cli {
 namespace {
+
+namespace fs = std::filesystem;
 
 struct TrainArgs {
   std::string file;
@@ -29,8 +37,36 @@ std::vector<std::string> SplitCommas(const std::string& s) {
   return out;
 }
 
+std::vector<std::string>& Args() {
+  static std::vector<std::string> args;
+  return args;
+}
+
+// A cuda job in a process without the GPU step: become moerun-train-gpu (next to this
+// program) with the same arguments. Returns only when there is no such program (a build
+// without CUDA); the trainer then refuses the job by name.
+void HandToGpuTrainer() {
+  std::error_code ec;
+  const fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  if (ec || Args().empty()) return;
+  const std::string gpu = (self.parent_path() / "moerun-train-gpu").string();
+  if (access(gpu.c_str(), X_OK) != 0) return;
+  std::vector<char*> argv;
+  argv.push_back(const_cast<char*>(gpu.c_str()));
+  for (size_t i = 1; i < Args().size(); ++i) argv.push_back(Args()[i].data());
+  argv.push_back(nullptr);
+  std::fflush(nullptr);
+  execv(gpu.c_str(), argv.data());
+  std::fprintf(stderr, "moerun train: cannot start %s: %s\n", gpu.c_str(), std::strerror(errno));
+}
+
 int RunTrain(TrainArgs& a) {
   LoadedJobSpec loaded = LoadJobSpecFile(a.file, a.spec_dir);
+  // Before any output: the GPU trainer reports on the spec itself.
+  if (loaded.ok() && loaded.spec.resources.backend == Backend::kCuda &&
+      trainer::LinkedGpuStep().make == nullptr) {
+    HandToGpuTrainer();
+  }
   std::fputs(loaded.Report().c_str(), stderr);
   if (!loaded.ok()) return kExitInvalidConfig;
   std::ifstream in(a.file);
@@ -79,6 +115,8 @@ int RunTrain(TrainArgs& a) {
 }
 
 }  // namespace
+
+void RememberArgs(int argc, char** argv) { Args().assign(argv, argv + argc); }
 
 void AddTrainCommand(CLI::App& app, int* exit_code) {
   auto a = std::make_shared<TrainArgs>();

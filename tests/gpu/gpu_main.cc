@@ -8,6 +8,7 @@
 
 #include "kernels/cuda/runtime_info.h"
 #include "tests/gpu/gpu_test_util.h"
+#include "worker/trainer/gpu_step_runner.h"
 
 namespace moerun::gpu_testing {
 namespace {
@@ -55,6 +56,7 @@ int main(int argc, char** argv) {
     return 77;
   }
   std::printf("GPU: %s (sm_%d)\n", info.device0_name.c_str(), info.device0_sm);
+  moerun::trainer::RegisterGpuStep();  // test_trainer_cuda.cc trains through Train()
   doctest::Context ctx(argc, argv);
   const int rc = ctx.run();
   moerun::gpu_testing::PrintTable();

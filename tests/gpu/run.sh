@@ -66,7 +66,7 @@ else
   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOERUN_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null || exit 1
   cmake --build build-gpu -j "$(nproc)" --target gpu_tests nccl_tests moerun-bench moerun \
-    moerun-worker moerun-coordinator || exit 1
+    moerun-train-gpu moerun-worker moerun-coordinator || exit 1
   bin=build-gpu/bin
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true

@@ -11,6 +11,7 @@
 #include "worker/comm/nccl_communicator.h"
 #include "worker/model/cuda/model_cuda.h"
 #include "worker/trainer/trainer.h"
+#include "worker/trainer/trainer_support.h"
 
 namespace moerun::trainer {
 namespace {
@@ -206,18 +207,7 @@ Result<std::unique_ptr<StepEngine>> Make(const JobSpec& spec, Topology* topo,
 
 Status CheckGpuTraining(const JobSpec& spec) {
   const std::string prefix = "resources.backend: cuda: ";
-  if (spec.parallel.pipeline > 1 || (spec.model.moe_layers() > 0 && spec.parallel.expert > 1)) {
-    return Status::Unimplemented(
-        prefix + "pipeline and expert parallelism are not implemented on GPUs yet (data " +
-        "parallelism is); use parallel.pipeline: 1 and parallel.expert: 1, or backend: cpu");
-  }
-  if (spec.train.precision == Precision::kFp8) {
-    const int64_t micro_tokens = spec.train.global_batch /
-                                 (spec.parallel.data * spec.parallel.micro_batches) *
-                                 spec.model.seq_len;
-    Status fp8 = model::cuda::Fp8ShapeSupport(spec.model, micro_tokens);
-    if (!fp8.ok()) return Status::Unimplemented(prefix + fp8.message());
-  }
+  MOERUN_RETURN_IF_ERROR(GpuStepSupport(spec));
   const kernels::cuda::RuntimeInfo info = kernels::cuda::QueryRuntimeInfo();
   const std::string why = info.NoDeviceReason();
   if (!why.empty()) {
@@ -232,6 +222,8 @@ Status CheckGpuTraining(const JobSpec& spec) {
   }
   return Status::OK();
 }
+
+void RegisterGpuStep() { SetLinkedGpuStep({&CheckGpuTraining, &MakeGpuStepRunner}); }
 
 Result<std::unique_ptr<StepEngine>> MakeGpuStepRunner(const JobSpec& spec, Topology* topo,
                                                       model::Parameters<float>* params,

@@ -9,7 +9,10 @@
 // Supported today: pipeline 1 and expert 1 (every rank a full data-parallel replica), in
 // fp32, bf16, or fp8 (bf16 storage, DeepSeek-V3's fp8 linear layers; sizes in multiples of
 // 16). Pipeline and expert parallelism on GPUs are not wired yet; CheckGpuTraining says so.
-// Declared without CUDA types; defined only in builds with CUDA (MOERUN_WITH_CUDA).
+// Declared without CUDA types. CheckGpuTraining, MakeGpuStepRunner and RegisterGpuStep are
+// defined only in builds with CUDA, in the moerun-train-gpu program's library
+// (worker_trainer_gpu): the `moerun` tool never loads CUDA's libraries (half a second per
+// call), and `moerun train` hands a cuda job to moerun-train-gpu.
 #pragma once
 
 #include <memory>
@@ -26,7 +29,8 @@
 namespace moerun::trainer {
 
 // Unimplemented (what is missing, and what to use instead) when this job cannot train on
-// this machine's GPUs: a layout or precision the GPU step lacks, or no usable GPU.
+// this machine's GPUs: what GpuStepSupport (worker/trainer/trainer_support.h) refuses, no usable
+// GPU, or fp8 on a GPU other than Hopper.
 Status CheckGpuTraining(const JobSpec& spec);
 
 struct GpuStepOptions {
@@ -43,5 +47,18 @@ Result<std::unique_ptr<StepEngine>> MakeGpuStepRunner(const JobSpec& spec, Topol
                                                       OptimizerState* opt,
                                                       const data::Corpus* corpus,
                                                       const GpuStepOptions& options);
+
+// The GPU step as this process has it: both null unless RegisterGpuStep ran (the trainer
+// then refuses cuda jobs, never training them on the CPU).
+struct GpuStepHooks {
+  Status (*check)(const JobSpec&) = nullptr;
+  Result<std::unique_ptr<StepEngine>> (*make)(const JobSpec&, Topology*, model::Parameters<float>*,
+                                              OptimizerState*, const data::Corpus*,
+                                              const GpuStepOptions&) = nullptr;
+};
+const GpuStepHooks& LinkedGpuStep();
+void SetLinkedGpuStep(const GpuStepHooks& hooks);
+// Sets the hooks to CheckGpuTraining and MakeGpuStepRunner (CUDA builds only).
+void RegisterGpuStep();
 
 }  // namespace moerun::trainer

@@ -33,6 +33,7 @@
 #include "worker/trainer/step_runner.h"
 #include "worker/trainer/topology.h"
 #include "worker/trainer/train_state.h"
+#include "worker/trainer/trainer_support.h"
 
 namespace moerun::trainer {
 namespace {
@@ -117,20 +118,20 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
     }
     spec.train.steps = opts.steps;
   }
-  if (spec.model.attention != AttentionKind::kMha) {
+  if (Status support = TrainerSupport(spec); !support.ok()) {
     *exit_code = kExitUnsupported;
-    return Status::Unimplemented("model.attention: mla is not implemented by the CPU trainer yet");
+    return support;
   }
   const bool on_gpu = spec.resources.backend == Backend::kCuda;
   if (on_gpu) {
     // Never train on the CPU behind a job that asked for GPUs.
-#if MOERUN_WITH_CUDA
-    Status gpu = CheckGpuTraining(spec);
-#else
-    Status gpu = Status::Unimplemented(
-        "resources.backend: cuda: this build has no CUDA (configure with -DMOERUN_CUDA=ON where "
-        "the CUDA toolkit is installed), or use backend: cpu");
-#endif
+    const GpuStepHooks& gpu_step = LinkedGpuStep();
+    Status gpu = gpu_step.check != nullptr
+                     ? gpu_step.check(spec)
+                     : Status::Unimplemented(
+                           "resources.backend: cuda: this build has no CUDA (configure with "
+                           "-DMOERUN_CUDA=ON where the CUDA toolkit is installed), or use "
+                           "backend: cpu");
     if (!gpu.ok()) {
       *exit_code = kExitUnsupported;
       return gpu;
@@ -282,9 +283,8 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
   std::unique_ptr<model::ModelStage<float>> stage;
   std::unique_ptr<StepEngine> engine;
   if (on_gpu) {
-#if MOERUN_WITH_CUDA
     GpuStepOptions gpu_opts{opts.device, opts.data_plane_timeout_ms, wait};
-    auto e = MakeGpuStepRunner(spec, &topo, &params, &opt, &corpus.value(), gpu_opts);
+    auto e = LinkedGpuStep().make(spec, &topo, &params, &opt, &corpus.value(), gpu_opts);
     if (!e.ok()) {
       // A device this host does not have is a placement error, and a missing feature stays
       // missing: neither is retried. Anything else (NCCL meeting a dead peer) may be.
@@ -293,7 +293,6 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
       return e.status();
     }
     engine = std::move(e.value());
-#endif
   } else {
     model::ExpertParallel ep;
     if (topo.expert > 1) ep = {topo.expert_group.get(), m.moe.routed_experts / topo.expert};

@@ -28,10 +28,6 @@
 
 namespace moerun::model::cuda {
 
-// Unimplemented, naming the sizes, unless every fp8 GEMM of this model with `tokens` tokens
-// per forward has the multiples of 16 cuBLASLt needs.
-Status Fp8ShapeSupport(const ModelSpec& spec, int64_t tokens);
-
 template <typename T>
 class ModelCuda {
  public:

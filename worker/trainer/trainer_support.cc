@@ -1,0 +1,46 @@
+#include "worker/trainer/trainer_support.h"
+
+#include <string>
+
+#include "worker/model/fp8_shape_support.h"
+#include "worker/trainer/gpu_step_runner.h"
+
+namespace moerun::trainer {
+
+Status TrainerSupport(const JobSpec& spec) {
+  if (spec.model.attention != AttentionKind::kMha) {
+    return Status::Unimplemented(
+        "model.attention: mla is not implemented by the trainers yet; use attention: mha");
+  }
+  return GpuStepSupport(spec);
+}
+
+Status GpuStepSupport(const JobSpec& spec) {
+  if (spec.resources.backend != Backend::kCuda) return Status::OK();
+  const std::string prefix = "resources.backend: cuda: ";
+  if (spec.parallel.pipeline > 1 || (spec.model.moe_layers() > 0 && spec.parallel.expert > 1)) {
+    return Status::Unimplemented(
+        prefix + "pipeline and expert parallelism are not implemented on GPUs yet (data " +
+        "parallelism is); use parallel.pipeline: 1 and parallel.expert: 1, or backend: cpu");
+  }
+  if (spec.train.precision == Precision::kFp8) {
+    const int64_t micro_tokens = spec.train.global_batch /
+                                 (spec.parallel.data * spec.parallel.micro_batches) *
+                                 spec.model.seq_len;
+    Status fp8 = model::Fp8ShapeSupport(spec.model, micro_tokens);
+    if (!fp8.ok()) return Status::Unimplemented(prefix + fp8.message());
+  }
+  return Status::OK();
+}
+
+namespace {
+GpuStepHooks& Hooks() {
+  static GpuStepHooks hooks;
+  return hooks;
+}
+}  // namespace
+
+const GpuStepHooks& LinkedGpuStep() { return Hooks(); }
+void SetLinkedGpuStep(const GpuStepHooks& hooks) { Hooks() = hooks; }
+
+}  // namespace moerun::trainer
