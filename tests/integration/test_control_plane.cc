@@ -10,6 +10,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 #include <thread>
 #include <zmq.hpp>
 
@@ -199,6 +200,30 @@ TEST_CASE("cancel stops a running job's trainers and frees its slots") {
   CHECK(again.exit_code != 0);
   CHECK(again.err.find("already ended") != std::string::npos);
   CHECK(Alive(c.coordinator()));
+}
+
+TEST_CASE("two jobs on one worker hold distinct device slots") {
+  Cluster c("devices");
+  c.StartWorker("w0", 4);
+  c.WaitForWorkers(1);
+  const std::string a = c.Submit(c.SmallSpec("first"), "--steps 100000");
+  const std::string b = c.Submit(c.SmallSpec("second"), "--steps 100000");
+  REQUIRE(WaitFor([&] { return c.Job(a).value("step", 0) >= 1 && c.Job(b).value("step", 0) >= 1; },
+                  60));
+  // The daemon logs each start with its device; all four ranks must differ.
+  std::ifstream log(c.dir() + "/w0.out");
+  std::set<std::string> devices;
+  int starts = 0;
+  for (std::string line; std::getline(log, line);) {
+    const size_t at = line.find(" on device ");
+    if (line.find("started pid") == std::string::npos || at == std::string::npos) continue;
+    ++starts;
+    devices.insert(line.substr(at + 11));
+  }
+  CHECK(starts == 4);
+  CHECK(devices == std::set<std::string>{"0", "1", "2", "3"});
+  CHECK(c.Cli("cancel " + a).exit_code == 0);
+  CHECK(c.Cli("cancel " + b).exit_code == 0);
 }
 
 TEST_CASE("a trainer's refusal fails the job once, with the trainer's reason") {

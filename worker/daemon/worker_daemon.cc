@@ -276,14 +276,13 @@ void WorkerDaemon::StartPending() {
       ++it;
       continue;
     }
-    int slot = 0;  // the rank's device on this host: its place in the job's ranks here
     for (const auto& r : it->body.at("ranks")) {
       const int rank = r.get<int>();
-      const int device = slot++;
       const TrainerKey key{it->job_id, it->generation, rank};
       if (started_.count(key)) continue;
       started_.insert(key);
-      Status s = StartRank(*it, rank, device);
+      // Two jobs on one host never share a GPU: each rank takes a slot no one holds.
+      Status s = StartRank(*it, rank, FreeDevice());
       if (!s.ok()) {
         spdlog::error("job {} rank {}: {}", it->job_id, rank, s.message());
         trainers_[key] = {0, false, kExitFailure, 0, "could not start: " + s.message()};
@@ -292,6 +291,17 @@ void WorkerDaemon::StartPending() {
     }
     it = pending_.erase(it);
   }
+}
+
+int WorkerDaemon::FreeDevice() const {
+  std::vector<bool> held(static_cast<size_t>(std::max<int64_t>(opts_.devices, 0)), false);
+  for (const auto& [key, t] : trainers_) {
+    if (t.running && t.device >= 0 && t.device < static_cast<int>(held.size()))
+      held[t.device] = true;
+  }
+  for (size_t d = 0; d < held.size(); ++d)
+    if (!held[d]) return static_cast<int>(d);
+  return -1;
 }
 
 std::string WorkerDaemon::LogPath(const std::string& job_id, int rank) const {
@@ -329,9 +339,12 @@ Status WorkerDaemon::StartRank(const PendingStart& p, int rank, int device) {
                                    "--generation",
                                    std::to_string(p.generation),
                                    "--data-host",
-                                   opts_.data_host,
-                                   "--device",
-                                   std::to_string(device)};
+                                   opts_.data_host};
+  if (device >= 0) {
+    argv.insert(argv.end(), {"--device", std::to_string(device)});
+  } else {  // every slot held (a trainer still stopping): the trainer picks rank mod GPUs
+    spdlog::warn("job {} rank {}: no free device slot of {}", p.job_id, rank, opts_.devices);
+  }
   const std::string spec_dir = b.value("spec_dir", std::string());
   if (!spec_dir.empty()) argv.insert(argv.end(), {"--spec-dir", spec_dir});
   if (b.value("resume", false)) argv.push_back("--resume");
@@ -349,9 +362,9 @@ Status WorkerDaemon::StartRank(const PendingStart& p, int rank, int device) {
   }
   auto pid = supervisor_.Start({p.job_id, p.generation, rank, argv, log});
   if (!pid.ok()) return pid.status();
-  trainers_[{p.job_id, p.generation, rank}] = {pid.value(), true, -1, 0, ""};
-  spdlog::info("job {} generation {} rank {}: started pid {}", p.job_id, p.generation, rank,
-               pid.value());
+  trainers_[{p.job_id, p.generation, rank}] = {pid.value(), true, -1, 0, "", device};
+  spdlog::info("job {} generation {} rank {}: started pid {} on device {}", p.job_id, p.generation,
+               rank, pid.value(), device);
   return Status::OK();
 }
 

@@ -62,6 +62,7 @@ class WorkerDaemon {
     int exit_code = -1;
     int signal = 0;
     std::string text;
+    int device = -1;  // the device slot it holds while running
   };
   struct PendingStart {
     std::string job_id;
@@ -79,8 +80,10 @@ class WorkerDaemon {
   void OnLogQuery(const Envelope& e);
   void OnAcked(const nlohmann::json& acked);
   void StartPending();
-  // device: the rank's slot on this host, its CUDA device for backend: cuda.
+  // device: the rank's slot on this host, its CUDA device for backend: cuda (-1: none free).
   Status StartRank(const PendingStart& p, int rank, int device);
+  // The lowest device slot no running trainer (of any job) holds, or -1.
+  int FreeDevice() const;
   std::string LogPath(const std::string& job_id, int rank) const;
 
   DaemonOptions opts_;
