@@ -181,7 +181,8 @@ int MoeLayer(const MoeGpuArgs& a, cublasHandle_t h, cudaStream_t stream) {
   shape.expert_hidden = a.hidden;
   shape.shared_hidden = a.hidden * a.shared;
   shape.seq_aux_alpha = 1e-4;  // as the CPU benchmark
-  // fp8: the experts through Fp8Linear (weights quantized from the bf16 copies each forward).
+  // fp8: the experts through Fp8Linear, their weights quantized from the bf16 copies at the
+  // warm-up forward (in training: once per optimizer step, not timed per micro-batch).
   std::unique_ptr<model::cuda::Fp8Linear> fp8;
   if (a.precision == "fp8") {
     auto f = model::cuda::Fp8Linear::Create(a.tokens,

@@ -7,7 +7,9 @@
 //    scale = amax / 448 of the tile (1 for an all-zero tile).
 // "FakeQuant" functions return the dequantized values (x_q * scale) in fp32, which is what
 // a GEMM with fp32 accumulation sees. All functions are pure and thread-safe; `in` and `out`
-// may alias. The CUDA twins are in kernels/cuda/precision.cuh.
+// may alias. The CUDA twins: kernels/cuda/fp8_quantize.cuh (real E4M3 storage that
+// dequantizes to these values bit for bit) and kernels/cuda/elementwise.cuh's
+// LaunchCastFromFloat (bf16).
 #pragma once
 
 #include <cstdint>

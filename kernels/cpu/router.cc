@@ -170,4 +170,19 @@ MOERUN_INSTANTIATE(float)
 MOERUN_INSTANTIATE(double)
 #undef MOERUN_INSTANTIATE
 
+template <typename T>
+void UpdateBalanceBias(const int64_t* counts, int64_t experts, double gamma, T* bias) {
+  double mean = 0;
+  for (int64_t i = 0; i < experts; ++i) mean += double(counts[i]);
+  mean /= double(experts);
+  for (int64_t i = 0; i < experts; ++i) {
+    const double load = double(counts[i]);
+    const double sign = load < mean ? 1.0 : (load > mean ? -1.0 : 0.0);
+    bias[i] = T(double(bias[i]) + gamma * sign);
+  }
+}
+
+template void UpdateBalanceBias<float>(const int64_t*, int64_t, double, float*);
+template void UpdateBalanceBias<double>(const int64_t*, int64_t, double, double*);
+
 }  // namespace moerun::kernels::cpu

@@ -47,4 +47,9 @@ template <typename T>
 void RouterScoresBackward(const T* dscores, const T* scores, T* dlogits, int64_t n,
                           const RouterConfig& cfg);
 
+// Aux-loss-free balancing of one MoE layer from the step's token counts [E]:
+// bias_i += γ · sign(mean_load − load_i), in double. bias [E] is the layer's (host) bias.
+template <typename T>
+void UpdateBalanceBias(const int64_t* counts, int64_t experts, double gamma, T* bias);
+
 }  // namespace moerun::kernels::cpu

@@ -7,6 +7,7 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/router.h"
 #include "worker/model/ffn_block.h"
 
 namespace moerun::model {
@@ -290,15 +291,7 @@ void ModelStage<T>::LayerBackward(int64_t l, LayerActivations<T>& a, double dlos
 template <typename T>
 void ModelStage<T>::UpdateBalanceBias(int64_t layer, const int64_t* counts, double gamma) {
   const int64_t e = spec_.moe.routed_experts;
-  T* bias = Param(layer, "mlp.gate.e_score_correction_bias");
-  double mean = 0;
-  for (int64_t i = 0; i < e; ++i) mean += double(counts[i]);
-  mean /= double(e);
-  for (int64_t i = 0; i < e; ++i) {
-    const double load = double(counts[i]);
-    const double sign = load < mean ? 1.0 : (load > mean ? -1.0 : 0.0);
-    bias[i] = T(double(bias[i]) + gamma * sign);
-  }
+  cpu::UpdateBalanceBias(counts, e, gamma, Param(layer, "mlp.gate.e_score_correction_bias"));
 }
 
 template class ModelStage<float>;

@@ -11,7 +11,6 @@
 #include "worker/comm/nccl_communicator.h"
 #include "worker/model/cuda/model_cuda.h"
 #include "worker/trainer/trainer.h"
-#include "worker/trainer/trainer_support.h"
 
 namespace moerun::trainer {
 namespace {
@@ -207,7 +206,6 @@ Result<std::unique_ptr<StepEngine>> Make(const JobSpec& spec, Topology* topo,
 
 Status CheckGpuTraining(const JobSpec& spec) {
   const std::string prefix = "resources.backend: cuda: ";
-  MOERUN_RETURN_IF_ERROR(GpuStepSupport(spec));
   const kernels::cuda::RuntimeInfo info = kernels::cuda::QueryRuntimeInfo();
   const std::string why = info.NoDeviceReason();
   if (!why.empty()) {
@@ -230,7 +228,6 @@ Result<std::unique_ptr<StepEngine>> MakeGpuStepRunner(const JobSpec& spec, Topol
                                                       OptimizerState* opt,
                                                       const data::Corpus* corpus,
                                                       const GpuStepOptions& options) {
-  MOERUN_RETURN_IF_ERROR(CheckGpuTraining(spec));
   if (spec.train.precision != Precision::kFp32) {  // bf16, and fp8 on bf16 storage
     return Make<__nv_bfloat16>(spec, topo, params, opt, corpus, options);
   }

@@ -8,7 +8,8 @@
 //
 // Supported today: pipeline 1 and expert 1 (every rank a full data-parallel replica), in
 // fp32, bf16, or fp8 (bf16 storage, DeepSeek-V3's fp8 linear layers; sizes in multiples of
-// 16). Pipeline and expert parallelism on GPUs are not wired yet; CheckGpuTraining says so.
+// 16). Pipeline and expert parallelism on GPUs are not wired yet; TrainerSupport
+// (worker/trainer/trainer_support.h) refuses them from the spec.
 // Declared without CUDA types. CheckGpuTraining, MakeGpuStepRunner and RegisterGpuStep are
 // defined only in builds with CUDA, in the moerun-train-gpu program's library
 // (worker_trainer_gpu): the `moerun` tool never loads CUDA's libraries (half a second per
@@ -29,8 +30,8 @@
 namespace moerun::trainer {
 
 // Unimplemented (what is missing, and what to use instead) when this job cannot train on
-// this machine's GPUs: what GpuStepSupport (worker/trainer/trainer_support.h) refuses, no usable
-// GPU, or fp8 on a GPU other than Hopper.
+// this machine's GPUs, for a job TrainerSupport accepted: no usable GPU, or fp8 on a GPU other
+// than Hopper.
 Status CheckGpuTraining(const JobSpec& spec);
 
 struct GpuStepOptions {
@@ -40,8 +41,9 @@ struct GpuStepOptions {
   std::shared_ptr<comm::DataPlaneWait> wait;
 };
 
-// `params` and `opt` hold the state to start from (initialized or restored); the engine
-// copies them to the device and writes them back on SyncHost. All pointers outlive it.
+// For a job TrainerSupport and CheckGpuTraining accepted. `params` and `opt` hold the state
+// to start from (initialized or restored); the engine copies them to the device and writes
+// them back on SyncHost. All pointers outlive it.
 Result<std::unique_ptr<StepEngine>> MakeGpuStepRunner(const JobSpec& spec, Topology* topo,
                                                       model::Parameters<float>* params,
                                                       OptimizerState* opt,

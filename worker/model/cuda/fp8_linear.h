@@ -10,9 +10,9 @@
 // slack at its end, so each expert's spill is overwritten by the next expert's rows.
 // Feature sizes (in, out) must be multiples of 16, and y, dx and dw 16-byte aligned (checked).
 //
-// Weights are quantized into a Weight (its fp8 copy and the transposed copy for dgrad) once
-// per forward, and the backward reuses them. Scratch for the operands is sized at Create.
-// All work goes on the stream given at Create; nothing synchronizes. Not thread-safe.
+// Weights are quantized into a Weight (its fp8 copy and the transposed copy for dgrad) when
+// they change; every forward and backward until then reuses it. Scratch for the operands is sized
+// at Create. All work goes on the stream given at Create; nothing synchronizes. Not thread-safe.
 #pragma once
 
 #include <cublasLt.h>

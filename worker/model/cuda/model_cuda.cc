@@ -4,6 +4,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "kernels/cpu/router.h"
 #include "kernels/cuda/attention.cuh"
 #include "kernels/cuda/elementwise.cuh"
 #include "kernels/cuda/gemm.cuh"
@@ -266,6 +267,7 @@ Result<double> ModelCuda<T>::Forward(const int32_t* ids, const int32_t* targets)
       kc::LaunchEmbeddingForward<T>(W("model.embed_tokens.weight"), ids_, xs_[0], n, d, stream_),
       "embedding"));
   for (int64_t l = 0; l < spec_.n_layers; ++l) MOERUN_RETURN_IF_ERROR(LayerForward(l));
+  fp8_stale_ = false;  // every layer quantized its weights (the MoE layers theirs)
   const int64_t last = spec_.n_layers;
   MOERUN_RETURN_IF_ERROR(Cuda(
       kc::LaunchRmsNormForward<T>(xs_[last], W("model.norm.weight"), fnorm_, frstd_, n, d, stream_),
@@ -292,7 +294,7 @@ Status ModelCuda<T>::LayerForward(int64_t l) {
   MOERUN_RETURN_IF_ERROR(Cuda(
       kc::LaunchRmsNormForward<T>(x, P("input_layernorm.weight"), a.n1, a.rstd1, n, d, stream_),
       "input norm"));
-  if (fp8_) {  // this step's weights, quantized once for the forward and the backward
+  if (fp8_ && fp8_stale_) {  // this step's weights, quantized once for all its micro-batches
     if constexpr (std::is_same_v<T, __nv_bfloat16>) {
       for (const auto& [name, w] : a.fp8_w)  // from the fp32 masters, as the CPU does
         MOERUN_RETURN_IF_ERROR(fp8_->Quantize(Master(LayerName(l, name)), w));
@@ -446,6 +448,11 @@ Result<double> ModelCuda<T>::Step(const kernels::cpu::AdamWStep& adam, double gr
              "AdamW " + v.info.name));
   }
   MOERUN_RETURN_IF_ERROR(Cuda(cudaMemsetAsync(grads_, 0, size_ * sizeof(float), stream_), "zero"));
+  if (fp8_) {  // new weights: the next Forward quantizes them
+    fp8_stale_ = true;
+    for (auto& layer : layers_)
+      if (layer->moe) layer->moe->WeightsChanged();
+  }
   if constexpr (!std::is_same_v<T, float>) {
     MOERUN_RETURN_IF_ERROR(
         Cuda(kc::LaunchCastFromFloat<T>(master_, compute_, size_, stream_), "compute copy"));
@@ -482,17 +489,9 @@ Status ModelCuda<T>::UpdateBalanceBias(double gamma,
           "model on the GPU: expert counts of layer " + std::to_string(l) + " have " +
           std::to_string(layer_counts.size()) + " experts, not " + std::to_string(e));
     }
-    const int64_t* counts = layer_counts.data();
     MOERUN_RETURN_IF_ERROR(
         Cuda(CopyOn(stream_, bias.data(), dev, e * sizeof(float), cudaMemcpyDeviceToHost), "bias"));
-    double mean = 0;
-    for (int64_t i = 0; i < e; ++i) mean += double(counts[i]);
-    mean /= double(e);
-    for (int64_t i = 0; i < e; ++i) {
-      const double load = double(counts[i]);
-      const double sign = load < mean ? 1.0 : (load > mean ? -1.0 : 0.0);
-      bias[size_t(i)] = float(double(bias[size_t(i)]) + gamma * sign);
-    }
+    kernels::cpu::UpdateBalanceBias(layer_counts.data(), e, gamma, bias.data());
     MOERUN_RETURN_IF_ERROR(
         Cuda(CopyOn(stream_, dev, bias.data(), e * sizeof(float), cudaMemcpyHostToDevice), "bias"));
   }

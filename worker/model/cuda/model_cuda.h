@@ -33,7 +33,8 @@ class ModelCuda {
  public:
   // `params` holds every tensor of the model (ModelTensors order); its values are uploaded.
   // fp8 (bf16 storage only): the decoder's linear layers — attention projections, dense MLPs,
-  // routed and shared experts — run DeepSeek-V3's fp8 recipe (worker/model/cuda/fp8_linear.h);
+  // routed and shared experts — run DeepSeek-V3's fp8 recipe (worker/model/cuda/fp8_linear.h),
+  // their weights quantized from the fp32 masters once per Step (at the next Forward);
   // the router, the LM head and everything else stay bf16/fp32, as on the CPU. It needs
   // batch·seq and every feature size (d_model, heads·head dim, ffn_hidden, expert_hidden,
   // the shared experts' hidden size) to be multiples of 16.
@@ -110,6 +111,7 @@ class ModelCuda {
   std::vector<T*> xs_;  // layer inputs [N, D]; xs_[L] is the final norm's input
   std::vector<std::unique_ptr<Layer>> layers_;
   std::unique_ptr<Fp8Linear> fp8_;  // null unless Create(..., fp8 = true)
+  bool fp8_stale_ = true;           // the fp8 weight copies lag the masters (until a Forward)
   T *fnorm_ = nullptr, *logits_ = nullptr, *dlogits_ = nullptr;
   float *frstd_ = nullptr, *row_loss_ = nullptr;
   double *loss_ = nullptr, *partial_ = nullptr, *norm_ = nullptr;

@@ -249,7 +249,10 @@ Status MoeLayerCuda<T>::Forward(const T* x, int64_t b, int64_t s, const MoeLayer
   MOERUN_RETURN_IF_ERROR(Cuda(kc::LaunchDispatchRows<T>(x, plan, buf_, d, stream_), "dispatch"));
   // Experts: gate and up, SwiGLU, down.
   if (fp8_) {
-    MOERUN_RETURN_IF_ERROR(Fp8QuantizeWeights(w));
+    if (fp8_stale_) {
+      MOERUN_RETURN_IF_ERROR(Fp8QuantizeWeights(w));
+      fp8_stale_ = false;
+    }
     MOERUN_RETURN_IF_ERROR(Fp8ExpertsForward(buf_, fp8_gate_, eg_));
     MOERUN_RETURN_IF_ERROR(Fp8ExpertsForward(buf_, fp8_up_, eu_));
   } else {

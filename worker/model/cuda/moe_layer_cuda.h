@@ -66,7 +66,11 @@ class MoeLayerCuda {
   // the last Forward.
   Status Backward(const T* dy, const T* x, int64_t b, int64_t s, const MoeLayerWeightsCuda<T>& w,
                   const MoeLayerGradsCuda& g, double dloss, T* dx);
-  // With fp8, b·s must be a multiple of 16 (the shared experts' GEMMs).
+  // With fp8, b·s must be a multiple of 16 (the shared experts' GEMMs), and the expert and
+  // shared weights are quantized at the first Forward after Create or WeightsChanged: once
+  // per optimizer step, not once per micro-batch.
+  // fp8: the weights changed (an optimizer step); the next Forward quantizes them again.
+  void WeightsChanged() { fp8_stale_ = true; }
   // Tokens routed to each expert in the last Forward (host memory, [E]).
   const int64_t* expert_counts() const { return host_counts_; }
   // The last Forward's sequence-wise balance loss (0 when seq_aux_alpha is 0).
@@ -112,6 +116,7 @@ class MoeLayerCuda {
   double *row_sum_ = nullptr, *f_ = nullptr, *seq_ = nullptr;  // its scratch
   int64_t last_b_ = 0, last_s_ = 0;
   Fp8Linear* fp8_ = nullptr;
+  bool fp8_stale_ = true;  // the fp8 copies below lag the weights
   std::vector<Fp8Linear::Weight> fp8_gate_, fp8_up_, fp8_down_;  // [E]
   Fp8Linear::Weight fp8_shared_gate_, fp8_shared_up_, fp8_shared_down_;
 };
