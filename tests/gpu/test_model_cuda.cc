@@ -1,6 +1,7 @@
-// The whole model on the GPU (worker/model/cuda/model_cuda.h) against the CPU's ModelStage on
-// the same weights and batch — the loss and every parameter gradient — and a 1-GPU training
-// run of train-fast's model on a fixed batch, in fp32 and bf16: the loss must fall.
+// The model on the GPU (worker/model/cuda/model_cuda.h) against the CPU's ModelStage on
+// the same weights and batch — the loss and every parameter gradient —, two pipeline stages
+// against the whole model, a forward run again repeating its bits, and a 1-GPU training run of
+// train-fast's model on a fixed batch, in fp32, bf16 and fp8: the loss must fall.
 #include <cublas_v2.h>
 #include <doctest/doctest.h>
 
@@ -210,4 +211,125 @@ TEST_CASE_FIXTURE(Comparison,
                err32 = MaxRelError(experts_gpu, experts32);
   MESSAGE("expert gradients: error vs CPU fp8 " << err8 << ", vs CPU fp32 " << err32);
   CHECK(err8 < err32);
+}
+
+namespace {
+
+// The stage's tensors, their values copied from the whole model's.
+model::Parameters<float> StageParams(const moerun::ModelSpec& spec, const model::StageRange& r,
+                                     model::Parameters<float>& whole) {
+  model::Parameters<float> p(model::StageTensors(spec, r));
+  for (const auto& v : p.views())
+    std::copy_n(whole.Find(v.info.name), v.info.numel(), p.values().data() + v.offset);
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE_FIXTURE(Comparison,
+                  "two pipeline stages on the GPU: the whole model's loss and gradients") {
+  const int64_t s = spec.seq_len, n = b * s, d = spec.d_model;
+  // Layers 0-1 (the dense layer and a MoE layer) with the embedding, layer 2 with the head.
+  const model::StageRange r0{0, 2, true, false}, r1{2, spec.n_layers, false, true};
+  model::Parameters<float> p0 = StageParams(spec, r0, params), p1 = StageParams(spec, r1, params);
+  auto whole = model::cuda::ModelCuda<float>::Create(spec, params, b, s, gpu.stream, gpu.handle);
+  auto s0 = model::cuda::ModelCuda<float>::Create(spec, r0, p0, b, s, gpu.stream, gpu.handle);
+  auto s1 = model::cuda::ModelCuda<float>::Create(spec, r1, p1, b, s, gpu.stream, gpu.handle);
+  REQUIRE_MESSAGE(whole.ok(), whole.status().message());
+  REQUIRE_MESSAGE(s0.ok(), s0.status().message());
+  REQUIRE_MESSAGE(s1.ok(), s1.status().message());
+  CHECK(s0.value()->moe_layers() == 1);
+  CHECK(s1.value()->moe_layers() == 1);
+  // A stage must be given exactly its tensors.
+  CHECK(!model::cuda::ModelCuda<float>::Create(spec, r1, p0, b, s, gpu.stream, gpu.handle).ok());
+
+  auto loss = whole.value()->Forward(ids.data(), targets.data());
+  REQUIRE(loss.ok());
+  REQUIRE(whole.value()->Backward(0.5).ok());
+  REQUIRE(s0.value()->Forward(ids.data(), nullptr).ok());
+  CUDA_OK(cudaMemcpy(s1.value()->stage_input(), s0.value()->stage_output(), n * d * sizeof(float),
+                     cudaMemcpyDeviceToDevice));
+  auto staged = s1.value()->Forward(nullptr, targets.data());
+  REQUIRE(staged.ok());
+  CHECK(std::fabs(staged.value() - loss.value()) <= 1e-6 * loss.value());
+  CHECK(std::fabs(s0.value()->balance_loss() + s1.value()->balance_loss() -
+                  whole.value()->balance_loss()) <= 1e-6 * whole.value()->balance_loss() + 1e-12);
+  for (int64_t e = 0; e < spec.moe.routed_experts; ++e) {
+    CHECK(s0.value()->expert_counts(0)[e] == whole.value()->expert_counts(0)[e]);
+    CHECK(s1.value()->expert_counts(0)[e] == whole.value()->expert_counts(1)[e]);
+  }
+  REQUIRE(s1.value()->Backward(0.5).ok());
+  CUDA_OK(cudaMemcpy(s0.value()->output_grad(), s1.value()->input_grad(), n * d * sizeof(float),
+                     cudaMemcpyDeviceToDevice));
+  REQUIRE(s0.value()->Backward(0.5).ok());
+
+  std::vector<float> gw, g0, g1;
+  REQUIRE(whole.value()->Download(nullptr, &gw).ok());
+  REQUIRE(s0.value()->Download(nullptr, &g0).ok());
+  REQUIRE(s1.value()->Download(nullptr, &g1).ok());
+  double worst = 0;
+  for (auto [stage_params, grads] : {std::pair{&p0, &g0}, std::pair{&p1, &g1}}) {
+    for (const auto& v : stage_params->views()) {
+      const float* want = gw.data() + (params.Find(v.info.name) - params.values().data());
+      const double e = MaxRelError(
+          std::vector<float>(grads->begin() + v.offset, grads->begin() + v.offset + v.info.numel()),
+          std::vector<float>(want, want + v.info.numel()));
+      worst = std::max(worst, e);
+      CHECK_MESSAGE(e <= 1e-5, v.info.name << ": " << e);
+    }
+  }
+  Record({"2 pipeline stages vs whole model: gradients", "fp32", worst, 1e-5, 0, 0, 0});
+  // Each stage's gradient norm is its share of the whole model's.
+  auto sq = whole.value()->GradSquareSum(), sq0 = s0.value()->GradSquareSum(),
+       sq1 = s1.value()->GradSquareSum();
+  REQUIRE((sq.ok() && sq0.ok() && sq1.ok()));
+  CHECK(std::fabs(sq0.value() + sq1.value() - sq.value()) <= 1e-5 * sq.value());
+}
+
+TEST_CASE_FIXTURE(Comparison,
+                  "a micro-batch's forward run again after another's gives its backward the "
+                  "same bits") {
+  // What a pipeline stage does under 1F1B: forward A, forward B, then A's backward after A's
+  // forward once more. Against forward A, backward A on a fresh copy of the model.
+  const int64_t s = spec.seq_len;
+  std::vector<int32_t> other_ids(ids.rbegin(), ids.rend()),
+      other_targets(targets.rbegin(), targets.rend());
+  for (bool bf16 : {false, true}) {
+    CAPTURE(bf16);
+    auto run = [&](bool again) {
+      std::vector<float> grads;
+      double loss = 0;
+      auto go = [&](auto* m) {
+        auto l = m->Forward(ids.data(), targets.data());
+        REQUIRE(l.ok());
+        loss = l.value();
+        if (again) {
+          REQUIRE(m->Forward(other_ids.data(), other_targets.data()).ok());
+          auto l2 = m->Forward(ids.data(), targets.data());
+          REQUIRE(l2.ok());
+          CHECK(l2.value() == loss);
+        }
+        REQUIRE(m->Backward(1.0).ok());
+        REQUIRE(m->Download(nullptr, &grads).ok());
+      };
+      if (bf16) {
+        auto m = model::cuda::ModelCuda<__nv_bfloat16>::Create(spec, params, b, s, gpu.stream,
+                                                               gpu.handle);
+        REQUIRE(m.ok());
+        go(m.value().get());
+      } else {
+        auto m = model::cuda::ModelCuda<float>::Create(spec, params, b, s, gpu.stream, gpu.handle);
+        REQUIRE(m.ok());
+        go(m.value().get());
+      }
+      return std::make_pair(loss, grads);
+    };
+    const auto direct = run(false), again = run(true);
+    CHECK(direct.first == again.first);
+    size_t differ = 0;
+    for (size_t i = 0; i < direct.second.size(); ++i) differ += direct.second[i] != again.second[i];
+    CHECK(differ == 0);
+    Record({"forward again before backward: gradients differing", bf16 ? "bf16" : "fp32",
+            double(differ), 0, 0, 0, 0});
+  }
 }

@@ -179,7 +179,7 @@ TEST_CASE("exit codes: bad data 3, bad spec 2, missing run 1") {
     t.replace(t.find("resources:\n"), 11, "resources:\n  backend: cuda\n");
     return t;
   }();
-  // Data parallel only: the layout the GPU step runs.
+  // No expert parallelism: a layout the GPU step runs.
   std::string cuda_text = gpu_text;
   cuda_text.replace(cuda_text.find("  pipeline: 2\n"), 14, "  pipeline: 1\n");
   cuda_text.replace(cuda_text.find("  expert: 2\n"), 12, "  expert: 1\n");
@@ -200,9 +200,9 @@ TEST_CASE("exit codes: bad data 3, bad spec 2, missing run 1") {
   std::ofstream(cuda_job) << gpu_text;  // pipeline 2, expert 2
   Output layout = RunMoerun("train " + cuda_job + " --run-dir " + run + "-cuda8 --no-progress");
   CHECK(layout.exit_code == 4);
-  CHECK((layout.err.find("pipeline and expert parallelism are not implemented on GPUs yet") !=
-             std::string::npos ||
-         layout.err.find("this build has no CUDA") != std::string::npos));
+  CHECK(
+      (layout.err.find("expert parallelism is not implemented on GPUs yet") != std::string::npos ||
+       layout.err.find("this build has no CUDA") != std::string::npos));
   // fp8 on GPUs needs every GEMM size a multiple of 16 (cuBLASLt).
   std::string fp8_text = cuda_text;
   fp8_text.replace(fp8_text.find("  seed: 99\n"), 11, "  seed: 99\n  precision: fp8\n");

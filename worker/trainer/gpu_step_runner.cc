@@ -5,11 +5,13 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "kernels/cpu/optimizer.h"
 #include "kernels/cuda/runtime_info.h"
 #include "worker/comm/nccl_communicator.h"
 #include "worker/model/cuda/model_cuda.h"
+#include "worker/trainer/pipeline_schedule.h"
 #include "worker/trainer/trainer.h"
 
 namespace moerun::trainer {
@@ -57,8 +59,9 @@ class GpuStepRunner : public StepEngine {
       return Status::Internal("GPU step: cuBLAS could not start on device " +
                               std::to_string(device));
     }
-    auto m = model::cuda::ModelCuda<T>::Create(spec_.model, *params_, micro_seqs_, seq_, stream_,
-                                               handle_, spec_.train.precision == Precision::kFp8);
+    auto m = model::cuda::ModelCuda<T>::Create(spec_.model, topo_->range, *params_, micro_seqs_,
+                                               seq_, stream_, handle_,
+                                               spec_.train.precision == Precision::kFp8);
     if (!m.ok()) return m.status();
     model_ = std::move(m.value());
     MOERUN_RETURN_IF_ERROR(model_->UploadMoments(opt_->m, opt_->v));
@@ -78,27 +81,26 @@ class GpuStepRunner : public StepEngine {
     Topology& t = *topo_;
     const ModelSpec& ms = spec_.model;
     const int64_t experts = std::max<int64_t>(ms.moe.routed_experts, 0);
-    const int64_t moe_layers = ms.moe_layers();
-    counts_.assign(size_t(moe_layers * experts), 0.0);
-    double loss_sum = 0, balance_sum = 0;
+    const int64_t stage_moe = model_->moe_layers();
+    counts_.assign(size_t(stage_moe * experts), 0.0);
+    loss_sum_ = balance_sum_ = 0;
+    const int64_t micro = t.micro_batches;
+    inputs_.resize(size_t(micro));
+    targets_.resize(size_t(micro));
+    hidden_.resize(size_t(micro));
+    last_forward_ = -1;
     const double dloss = 1.0 / double(spec_.parallel.data * spec_.parallel.micro_batches);
-    for (int64_t m = 0; m < t.micro_batches; ++m) {
-      const int64_t global_micro = t.d * t.micro_batches + m;
-      Sample(step, global_micro);
-      auto loss = model_->Forward(inputs_.data(), targets_.data());
-      if (!loss.ok()) return loss.status();
-      loss_sum += loss.value();
-      balance_sum += model_->balance_loss();
-      for (int64_t l = 0; l < moe_layers; ++l) {
-        const int64_t* c = model_->expert_counts(l);
-        for (int64_t e = 0; e < experts; ++e) counts_[size_t(l * experts + e)] += double(c[e]);
+    for (const PipelineOp& op : PipelineOps(spec_.parallel.schedule, t.pipeline, t.stage, micro)) {
+      if (op.forward) {
+        MOERUN_RETURN_IF_ERROR(Forward(op.micro, step, t.d * micro + op.micro));
+      } else {
+        MOERUN_RETURN_IF_ERROR(Backward(op.micro, dloss));
       }
-      MOERUN_RETURN_IF_ERROR(model_->Backward(dloss));
     }
-    // The same bias update on every replica, from the data group's counts.
+    // The same bias update on every replica of the stage, from the data group's counts.
     MOERUN_RETURN_IF_ERROR(t.data_group->AllReduceSum(counts_.data(), counts_.size()));
-    std::vector<std::vector<int64_t>> layer_counts(static_cast<size_t>(moe_layers));
-    for (int64_t l = 0; l < moe_layers; ++l)
+    std::vector<std::vector<int64_t>> layer_counts(static_cast<size_t>(stage_moe));
+    for (int64_t l = 0; l < stage_moe; ++l)
       for (int64_t e = 0; e < experts; ++e)
         layer_counts[size_t(l)].push_back(int64_t(counts_[size_t(l * experts + e)]));
     MOERUN_RETURN_IF_ERROR(
@@ -106,23 +108,38 @@ class GpuStepRunner : public StepEngine {
     if (nccl_) {
       MOERUN_RETURN_IF_ERROR(nccl_->AllReduceSum(model_->grads(), size_t(model_->size())));
     }
-    // Every replica now holds the summed gradients: its norm is the global one.
+    // Every replica of a stage now holds its summed gradients: replica 0 of each stage adds
+    // them to the global norm, once.
+    auto sq = model_->GradSquareSum();
+    if (!sq.ok()) return sq.status();
+    double global_sq = t.d == 0 ? sq.value() : 0.0;
+    MOERUN_RETURN_IF_ERROR(t.world_comm->AllReduceSum(&global_sq, 1));
     StepResult r;
+    r.grad_norm = std::sqrt(global_sq);
     r.lr = LearningRate(spec_.train.optimizer, step, total_steps);
     const OptimizerSpec& o = spec_.train.optimizer;
     const kernels::cpu::AdamWStep adam{r.lr, o.beta1, o.beta2, o.eps, o.weight_decay, step};
-    auto norm = model_->Step(adam, o.grad_clip);
-    if (!norm.ok()) return norm.status();
-    r.grad_norm = norm.value();
+    MOERUN_RETURN_IF_ERROR(
+        model_->ApplyStep(adam, kernels::cpu::ClipFactor(r.grad_norm, o.grad_clip)));
 
-    std::vector<double> m(2, 0.0);
-    m[0] = loss_sum;
-    m[1] = balance_sum;
+    // The step's metrics, the same on every rank: [loss, balance, counts of every MoE layer].
+    const int64_t moe_layers = ms.moe_layers();
+    std::vector<double> m(2 + size_t(moe_layers * experts), 0.0);
+    m[0] = t.last_stage() ? loss_sum_ : 0.0;
+    m[1] = balance_sum_;
+    if (t.d == 0) {
+      const int64_t first = topo_->range.layer_end - stage_moe - ms.dense_layers;
+      std::copy(counts_.begin(), counts_.end(), m.begin() + 2 + first * experts);
+    }
     MOERUN_RETURN_IF_ERROR(t.world_comm->AllReduceSum(m.data(), m.size()));
     const double micro_total = double(spec_.parallel.data * spec_.parallel.micro_batches);
     r.loss = m[0] / micro_total;
     r.balance_loss = m[1] / micro_total;
-    r.expert_load = std::move(layer_counts);  // already summed over every replica
+    for (int64_t l = 0; l < moe_layers; ++l) {
+      r.expert_load.emplace_back();
+      for (int64_t e = 0; e < experts; ++e)
+        r.expert_load.back().push_back(int64_t(m[size_t(2 + l * experts + e)]));
+    }
     return r;
   }
 
@@ -130,19 +147,32 @@ class GpuStepRunner : public StepEngine {
     Topology& t = *topo_;
     const int64_t batches = (windows + micro_seqs_ - 1) / micro_seqs_;
     const int64_t rounds = (batches + t.data - 1) / t.data;
+    const int64_t n = micro_seqs_ * seq_;
     double total = 0;
-    inputs_.resize(size_t(micro_seqs_ * seq_));
-    targets_.resize(size_t(micro_seqs_ * seq_));
+    inputs_.resize(1);
+    targets_.resize(1);
+    hidden_.resize(1);
+    inputs_[0].resize(size_t(n));
+    targets_[0].resize(size_t(n));
+    last_forward_ = -1;  // evaluation replaces the kept activations
     for (int64_t round = 0; round < rounds; ++round) {
       const int64_t q = round * t.data + t.d;
-      if (q >= batches) break;
+      if (q >= batches) break;  // the same on every stage of this replica
       const int64_t first = q * micro_seqs_, batch = std::min(micro_seqs_, windows - first);
       // A short last batch repeats its last real window; only real windows are counted.
-      for (int64_t j = 0; j < micro_seqs_; ++j)
-        corpus_->ValidationWindow(first + std::min(j, batch - 1), inputs_.data() + j * seq_,
-                                  targets_.data() + j * seq_);
-      auto loss = model_->Forward(inputs_.data(), targets_.data());
+      if (t.first_stage() || t.last_stage()) {
+        for (int64_t j = 0; j < micro_seqs_; ++j)
+          corpus_->ValidationWindow(first + std::min(j, batch - 1), inputs_[0].data() + j * seq_,
+                                    targets_[0].data() + j * seq_);
+      }
+      const uint32_t tag = kEvalTagBase + ForwardTag(q);
+      if (!t.first_stage()) MOERUN_RETURN_IF_ERROR(ReceiveInput(0, tag));
+      auto loss = model_->Forward(inputs_[0].data(), targets_[0].data());
       if (!loss.ok()) return loss.status();
+      if (!t.last_stage()) {
+        MOERUN_RETURN_IF_ERROR(SendDevice(t.next, tag, model_->stage_output()));
+        continue;
+      }
       auto sum = model_->LossSum(batch * seq_);
       if (!sum.ok()) return sum.status();
       total += sum.value() / double(seq_);
@@ -161,8 +191,15 @@ class GpuStepRunner : public StepEngine {
     cudaDeviceProp prop{};
     const std::string name =
         cudaGetDeviceProperties(&prop, device_) == cudaSuccess ? prop.name : "unknown";
-    return "GPU " + std::to_string(device_) + ": " + name + ", " +
-           std::string(ToString(spec_.train.precision));
+    std::string where = "GPU " + std::to_string(device_) + ": " + name + ", " +
+                        std::string(ToString(spec_.train.precision));
+    if (topo_->pipeline > 1) {
+      where += ", stage " + std::to_string(topo_->stage) + " of " +
+               std::to_string(topo_->pipeline) +
+               " (activations between stages through host memory; each micro-batch's forward "
+               "runs again before its backward on all but the last stage)";
+    }
+    return where;
   }
 
   Status SyncHost() override {
@@ -170,12 +207,89 @@ class GpuStepRunner : public StepEngine {
   }
 
  private:
-  void Sample(int64_t step, int64_t global_micro) {
-    inputs_.resize(size_t(micro_seqs_ * seq_));
-    targets_.resize(size_t(micro_seqs_ * seq_));
-    for (int64_t j = 0; j < micro_seqs_; ++j)
-      corpus_->SampleTrain(spec_.train.seed, step - 1, global_micro * micro_seqs_ + j,
-                           inputs_.data() + j * seq_, targets_.data() + j * seq_);
+  // A copy ordered after the model's work on its stream, finished on return.
+  cudaError_t Copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+    const cudaError_t e = cudaMemcpyAsync(dst, src, bytes, kind, stream_);
+    return e != cudaSuccess ? e : cudaStreamSynchronize(stream_);
+  }
+
+  size_t HiddenBytes() const {
+    return size_t(micro_seqs_ * seq_ * spec_.model.d_model) * sizeof(T);
+  }
+
+  // Micro-batch m's forward: its tokens (first and last stage) or the previous stage's
+  // activations, the stage, its output to the next stage. `again`: the same forward once
+  // more before its backward (its inputs kept, nothing sent or counted).
+  Status Forward(int64_t m, int64_t step, int64_t global_micro, bool again = false) {
+    Topology& t = *topo_;
+    const size_t n = size_t(micro_seqs_ * seq_);
+    if (!again && (t.first_stage() || t.last_stage())) {
+      inputs_[size_t(m)].resize(n);
+      targets_[size_t(m)].resize(n);
+      for (int64_t j = 0; j < micro_seqs_; ++j)
+        corpus_->SampleTrain(spec_.train.seed, step - 1, global_micro * micro_seqs_ + j,
+                             inputs_[size_t(m)].data() + j * seq_,
+                             targets_[size_t(m)].data() + j * seq_);
+    }
+    if (!t.first_stage()) {
+      if (!again) {
+        MOERUN_RETURN_IF_ERROR(ReceiveInput(m, ForwardTag(m)));
+      } else {
+        MOERUN_RETURN_IF_ERROR(Cuda(Copy(model_->stage_input(), hidden_[size_t(m)].data(),
+                                         HiddenBytes(), cudaMemcpyHostToDevice),
+                                    "stage input"));
+      }
+    }
+    auto loss = model_->Forward(inputs_[size_t(m)].data(), targets_[size_t(m)].data());
+    if (!loss.ok()) return loss.status();
+    last_forward_ = m;
+    if (again) return Status::OK();
+    if (t.last_stage()) loss_sum_ += loss.value();
+    balance_sum_ += model_->balance_loss();
+    const int64_t experts = std::max<int64_t>(spec_.model.moe.routed_experts, 0);
+    for (int64_t l = 0; l < model_->moe_layers(); ++l) {
+      const int64_t* c = model_->expert_counts(l);
+      for (int64_t e = 0; e < experts; ++e) counts_[size_t(l * experts + e)] += double(c[e]);
+    }
+    if (!t.last_stage())
+      MOERUN_RETURN_IF_ERROR(SendDevice(t.next, ForwardTag(m), model_->stage_output()));
+    return Status::OK();
+  }
+
+  // Micro-batch m's backward, its forward run again first unless it was the last one.
+  Status Backward(int64_t m, double dloss) {
+    Topology& t = *topo_;
+    if (last_forward_ != m) MOERUN_RETURN_IF_ERROR(Forward(m, 0, 0, true));
+    if (!t.last_stage()) {
+      staging_.resize(HiddenBytes());
+      MOERUN_RETURN_IF_ERROR(
+          t.world_comm->Recv(t.next, BackwardTag(m), staging_.data(), staging_.size()));
+      MOERUN_RETURN_IF_ERROR(Cuda(
+          Copy(model_->output_grad(), staging_.data(), staging_.size(), cudaMemcpyHostToDevice),
+          "output gradient"));
+    }
+    MOERUN_RETURN_IF_ERROR(model_->Backward(dloss));
+    if (!t.first_stage())
+      MOERUN_RETURN_IF_ERROR(SendDevice(t.prev, BackwardTag(m), model_->input_grad()));
+    return Status::OK();
+  }
+
+  // The previous stage's activations for micro-batch slot m, kept on the host and copied to
+  // the stage's input.
+  Status ReceiveInput(int64_t m, uint32_t tag) {
+    auto& host = hidden_[size_t(m)];
+    host.resize(HiddenBytes());
+    MOERUN_RETURN_IF_ERROR(topo_->world_comm->Recv(topo_->prev, tag, host.data(), host.size()));
+    return Cuda(Copy(model_->stage_input(), host.data(), host.size(), cudaMemcpyHostToDevice),
+                "stage input");
+  }
+
+  // [batch·seq, d_model] values of the device to a neighbouring stage, through the host.
+  Status SendDevice(int peer, uint32_t tag, const T* device) {
+    staging_.resize(HiddenBytes());
+    MOERUN_RETURN_IF_ERROR(Cuda(
+        Copy(staging_.data(), device, staging_.size(), cudaMemcpyDeviceToHost), "stage output"));
+    return topo_->world_comm->Send(peer, tag, staging_.data(), staging_.size());
   }
 
   const JobSpec& spec_;
@@ -189,8 +303,14 @@ class GpuStepRunner : public StepEngine {
   cublasHandle_t handle_ = nullptr;
   std::unique_ptr<model::cuda::ModelCuda<T>> model_;
   std::unique_ptr<comm::Communicator> nccl_;
-  std::vector<int32_t> inputs_, targets_;
-  std::vector<double> counts_;
+  // Per micro-batch in flight: tokens (first and last stage) and, on later stages, the
+  // activations received (kept for the forward run again before the backward).
+  std::vector<std::vector<int32_t>> inputs_, targets_;
+  std::vector<std::vector<uint8_t>> hidden_;
+  std::vector<uint8_t> staging_;
+  std::vector<double> counts_;  // the stage's MoE layers × experts, this step
+  double loss_sum_ = 0, balance_sum_ = 0;
+  int64_t last_forward_ = -1;  // the micro-batch whose activations the model holds
 };
 
 template <typename T>

@@ -1,15 +1,21 @@
-// The GPU step (resources.backend: cuda): one GPU per rank, the whole model on it
-// (worker/model/cuda/model_cuda.h). A step runs the rank's micro-batches forward and
-// backward with gradients accumulating on the device, sums expert token counts over the
-// data group and updates the balancing biases from them, sums gradients over the data group
-// with NCCL on the device, then clips and applies AdamW on the device. The data order,
-// learning-rate schedule, loss and load accounting are the CPU StepRunner's, so a job's
-// metrics mean the same on either backend.
+// The GPU step (resources.backend: cuda): one GPU per rank, holding its pipeline stage (the
+// whole model when pipeline is 1; worker/model/cuda/model_cuda.h). A step runs the rank's
+// micro-batches forward and backward through its stage in the job's schedule
+// (worker/trainer/pipeline_schedule.h) with gradients accumulating on the device, sums the
+// stage's expert token counts over the data group and updates the balancing biases from
+// them, sums gradients over the data group with NCCL on the device, then clips by the
+// global norm and applies AdamW on the device. The data order, learning-rate schedule, loss
+// and load accounting are the CPU StepRunner's, so a job's metrics mean the same on either
+// backend.
+// Between stages, activations and their gradients go through host memory over the world
+// communicator (ZeroMQ: buffered sends, so no schedule deadlocks), and a stage keeps one
+// micro-batch's activations: it runs a micro-batch's forward again before its backward unless
+// that was its last forward (docs/gpu.md).
 //
-// Supported today: pipeline 1 and expert 1 (every rank a full data-parallel replica), in
-// fp32, bf16, or fp8 (bf16 storage, DeepSeek-V3's fp8 linear layers; sizes in multiples of
-// 16). Pipeline and expert parallelism on GPUs are not wired yet; TrainerSupport
-// (worker/trainer/trainer_support.h) refuses them from the spec.
+// Supported today: data and pipeline parallelism with expert 1, in fp32, bf16, or fp8 (bf16
+// storage, DeepSeek-V3's fp8 linear layers; sizes in multiples of 16). Expert parallelism on
+// GPUs is not wired yet; TrainerSupport (worker/trainer/trainer_support.h) refuses it from
+// the spec.
 // Declared without CUDA types. CheckGpuTraining, MakeGpuStepRunner and RegisterGpuStep are
 // defined only in builds with CUDA, in the moerun-train-gpu program's library
 // (worker_trainer_gpu): the `moerun` tool never loads CUDA's libraries (half a second per

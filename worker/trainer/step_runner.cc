@@ -4,18 +4,12 @@
 #include <cmath>
 
 #include "kernels/cpu/optimizer.h"
+#include "worker/trainer/pipeline_schedule.h"
 #include "worker/trainer/trainer.h"
 
 namespace moerun::trainer {
 namespace {
-
 namespace cpu = kernels::cpu;
-
-// Point-to-point tags between neighbouring stages: activations, their gradients, evaluation.
-uint32_t ForwardTag(int64_t m) { return uint32_t(m * 2); }
-uint32_t BackwardTag(int64_t m) { return uint32_t(m * 2 + 1); }
-constexpr uint32_t kEvalTagBase = 1u << 24;
-
 }  // namespace
 
 StepRunner::StepRunner(const JobSpec& spec, Topology* topo, model::Parameters<float>* params,
@@ -125,24 +119,13 @@ Result<StepResult> StepRunner::Run(int64_t step, int64_t total_steps) {
   const int64_t micro = t.micro_batches;
   acts_.resize(size_t(micro));
   const double dloss = 1.0 / double(spec_.parallel.data * spec_.parallel.micro_batches);
-  auto global_micro = [&](int64_t m) { return t.d * micro + m; };
-  if (spec_.parallel.schedule == PipelineSchedule::kGpipe || t.pipeline == 1) {
-    for (int64_t m = 0; m < micro; ++m) {
-      MOERUN_RETURN_IF_ERROR(Forward(m, global_micro(m), micro_seqs_, false, nullptr));
-      if (t.pipeline == 1) MOERUN_RETURN_IF_ERROR(Backward(m, dloss));  // F, B per micro-batch
+  for (const PipelineOp& op : PipelineOps(spec_.parallel.schedule, t.pipeline, t.stage, micro)) {
+    if (op.forward) {
+      MOERUN_RETURN_IF_ERROR(
+          Forward(op.micro, t.d * micro + op.micro, micro_seqs_, false, nullptr));
+    } else {
+      MOERUN_RETURN_IF_ERROR(Backward(op.micro, dloss));
     }
-    if (t.pipeline > 1)
-      for (int64_t m = 0; m < micro; ++m) MOERUN_RETURN_IF_ERROR(Backward(m, dloss));
-  } else {  // 1F1B (dualpipe runs as 1F1B on the CPU backend)
-    const int64_t warmup = std::min(t.pipeline - t.stage - 1, micro);
-    int64_t f = 0, b = 0;
-    for (; f < warmup; ++f)
-      MOERUN_RETURN_IF_ERROR(Forward(f, global_micro(f), micro_seqs_, false, nullptr));
-    for (; f < micro; ++f, ++b) {
-      MOERUN_RETURN_IF_ERROR(Forward(f, global_micro(f), micro_seqs_, false, nullptr));
-      MOERUN_RETURN_IF_ERROR(Backward(b, dloss));
-    }
-    for (; b < micro; ++b) MOERUN_RETURN_IF_ERROR(Backward(b, dloss));
   }
 
   // Global expert counts of this stage, then the same bias update on every replica.

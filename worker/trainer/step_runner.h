@@ -1,7 +1,6 @@
 // StepRunner: one optimizer step of one rank, whatever the layout (DESIGN.md §5).
-//  1. Its replica's micro-batches through its pipeline stage, in the job's schedule (gpipe:
-//     all forwards, then all backwards; 1f1b: pipeline − stage − 1 warm-up forwards, then one
-//     forward and one backward alternately). Activations and their gradients travel between
+//  1. Its replica's micro-batches through its pipeline stage, in the job's schedule
+//     (worker/trainer/pipeline_schedule.h). Activations and their gradients travel between
 //     neighbouring stages; tokens travel to their experts inside the MoE layers.
 //  2. Expert token counts summed over the stage's replicas; every replica updates its
 //     balancing biases from the same global counts.

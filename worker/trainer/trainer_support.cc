@@ -18,10 +18,10 @@ Status TrainerSupport(const JobSpec& spec) {
 Status GpuStepSupport(const JobSpec& spec) {
   if (spec.resources.backend != Backend::kCuda) return Status::OK();
   const std::string prefix = "resources.backend: cuda: ";
-  if (spec.parallel.pipeline > 1 || (spec.model.moe_layers() > 0 && spec.parallel.expert > 1)) {
+  if (spec.model.moe_layers() > 0 && spec.parallel.expert > 1) {
     return Status::Unimplemented(
-        prefix + "pipeline and expert parallelism are not implemented on GPUs yet (data " +
-        "parallelism is); use parallel.pipeline: 1 and parallel.expert: 1, or backend: cpu");
+        prefix + "expert parallelism is not implemented on GPUs yet (data and pipeline " +
+        "parallelism are); use parallel.expert: 1, or backend: cpu");
   }
   if (spec.train.precision == Precision::kFp8) {
     const int64_t micro_tokens = spec.train.global_batch /

@@ -58,8 +58,10 @@ template <typename T>
 template <typename V>
 V* ModelCuda<T>::Alloc(int64_t count) {
   void* p = nullptr;
-  if (cudaMalloc(&p, static_cast<size_t>(count > 0 ? count : 1) * sizeof(V)) != cudaSuccess)
+  if (cudaMalloc(&p, static_cast<size_t>(count > 0 ? count : 1) * sizeof(V)) != cudaSuccess) {
+    out_of_memory_ = true;
     return nullptr;
+  }
   owned_.push_back(p);
   return static_cast<V*>(p);
 }
@@ -70,10 +72,40 @@ Result<std::unique_ptr<ModelCuda<T>>> ModelCuda<T>::Create(const ModelSpec& spec
                                                            int64_t batch, int64_t seq,
                                                            cudaStream_t stream,
                                                            cublasHandle_t handle, bool fp8) {
+  return Create(spec, StageRange{0, spec.n_layers, true, true, 0, -1}, params, batch, seq, stream,
+                handle, fp8);
+}
+
+template <typename T>
+Result<std::unique_ptr<ModelCuda<T>>> ModelCuda<T>::Create(
+    const ModelSpec& spec, const StageRange& range, const Parameters<float>& params, int64_t batch,
+    int64_t seq, cudaStream_t stream, cublasHandle_t handle, bool fp8) {
   if (spec.attention != AttentionKind::kMha) {
     return Status::Unimplemented("model on the GPU: model.attention mla is not implemented yet");
   }
   if (batch <= 0 || seq <= 0) return Status::InvalidArgument("model on the GPU: empty batch");
+  if (range.layer_begin < 0 || range.layer_end > spec.n_layers ||
+      range.layer_begin > range.layer_end) {
+    return Status::InvalidArgument("model on the GPU: layers " + std::to_string(range.layer_begin) +
+                                   ".." + std::to_string(range.layer_end) + " of a model of " +
+                                   std::to_string(spec.n_layers));
+  }
+  const bool all_experts = range.expert_end < 0 ||
+                           (range.expert_begin == 0 && range.expert_end >= spec.moe.routed_experts);
+  if (!all_experts) {
+    return Status::Unimplemented(
+        "model on the GPU: a stage holding experts " + std::to_string(range.expert_begin) + ".." +
+        std::to_string(range.expert_end - 1) + " only (expert parallelism is not on GPUs yet)");
+  }
+  const std::vector<TensorInfo> tensors = StageTensors(spec, range);
+  bool same = tensors.size() == params.views().size();
+  for (size_t i = 0; same && i < tensors.size(); ++i)
+    same = tensors[i].name == params.views()[i].info.name;
+  if (!same) {
+    return Status::InvalidArgument(
+        "model on the GPU: the parameters given (" + std::to_string(params.views().size()) +
+        " tensors) are not the stage's (" + std::to_string(tensors.size()) + " tensors)");
+  }
   std::unique_ptr<ModelCuda<T>> m(new ModelCuda<T>());
   if (fp8) {
     if constexpr (!std::is_same_v<T, __nv_bfloat16>) {
@@ -90,6 +122,7 @@ Result<std::unique_ptr<ModelCuda<T>>> ModelCuda<T>::Create(const ModelSpec& spec
     }
   }
   m->spec_ = spec;
+  m->range_ = range;
   m->batch_ = batch;
   m->seq_ = seq;
   m->stream_ = stream;
@@ -121,14 +154,16 @@ Status ModelCuda<T>::Allocate(const Parameters<float>& params) {
   } else {
     compute_ = Alloc<T>(size_);
   }
-  ids_ = Alloc<int32_t>(n);
-  targets_ = Alloc<int32_t>(n);
-  for (int64_t l = 0; l <= spec_.n_layers; ++l) xs_.push_back(Alloc<T>(n * d));
-  fnorm_ = Alloc<T>(n * d);
-  frstd_ = Alloc<float>(n);
-  logits_ = Alloc<T>(n * v);
-  dlogits_ = Alloc<T>(n * v);
-  row_loss_ = Alloc<float>(n);
+  if (range_.has_embedding) ids_ = Alloc<int32_t>(n);
+  for (int64_t l = range_.layer_begin; l <= range_.layer_end; ++l) xs_.push_back(Alloc<T>(n * d));
+  if (range_.has_head) {
+    targets_ = Alloc<int32_t>(n);
+    fnorm_ = Alloc<T>(n * d);
+    frstd_ = Alloc<float>(n);
+    logits_ = Alloc<T>(n * v);
+    dlogits_ = Alloc<T>(n * v);
+    row_loss_ = Alloc<float>(n);
+  }
   loss_ = Alloc<double>(1);
   partial_ = Alloc<double>(kc::kNormBlocks);
   norm_ = Alloc<double>(1);
@@ -144,7 +179,7 @@ Status ModelCuda<T>::Allocate(const Parameters<float>& params) {
   du_ = Alloc<T>(n * f);
   ds_ = Alloc<float>(batch_ * h * seq_ * seq_);
   const MoeShape shape = MoeShapeFor(spec_);
-  for (int64_t l = 0; l < spec_.n_layers; ++l) {
+  for (int64_t l = range_.layer_begin; l < range_.layer_end; ++l) {
     auto layer = std::make_unique<Layer>();
     layer->n1 = Alloc<T>(n * d);
     layer->q = Alloc<T>(n * hh);
@@ -212,17 +247,7 @@ Status ModelCuda<T>::Allocate(const Parameters<float>& params) {
     }
     layers_.push_back(std::move(layer));
   }
-  // Alloc() records only what it got: a null among the pointers is an allocation that failed.
-  const bool got_all = master_ && grads_ && m_ && v_ && compute_ && ids_ && targets_ && fnorm_ &&
-                       frstd_ && logits_ && dlogits_ && row_loss_ && loss_ && partial_ && norm_ &&
-                       dh_ && dn_ && dx_ && datt_ && dq_ && dk_ && dv_ && da_ && dg_ && du_ &&
-                       ds_ && std::find(xs_.begin(), xs_.end(), nullptr) == xs_.end() &&
-                       std::all_of(layers_.begin(), layers_.end(), [](const auto& a) {
-                         return a->n1 && a->q && a->k && a->v && a->att && a->mid && a->n2 &&
-                                a->rstd1 && a->rstd2 && a->probs &&
-                                (a->moe || (a->g && a->u && a->a));
-                       });
-  if (!got_all) return Status::Internal("model on the GPU: out of device memory");
+  if (out_of_memory_) return Status::Internal("model on the GPU: out of device memory");
   MOERUN_RETURN_IF_ERROR(
       Cuda(cudaMemcpyAsync(master_, params.values().data(), size_ * sizeof(float),
                            cudaMemcpyHostToDevice, stream_),
@@ -258,20 +283,31 @@ float* ModelCuda<T>::Master(const std::string& name) const {
 template <typename T>
 Result<double> ModelCuda<T>::Forward(const int32_t* ids, const int32_t* targets) {
   const int64_t n = batch_ * seq_, d = spec_.d_model, v = spec_.vocab_size;
-  MOERUN_RETURN_IF_ERROR(Cuda(
-      cudaMemcpyAsync(ids_, ids, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_), "ids"));
+  if ((range_.has_embedding && !ids) || (range_.has_head && !targets)) {
+    return Status::InvalidArgument(
+        "model on the GPU: a stage with the embedding needs ids, one "
+        "with the head needs targets");
+  }
+  if (range_.has_embedding) {
+    MOERUN_RETURN_IF_ERROR(Cuda(
+        cudaMemcpyAsync(ids_, ids, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_), "ids"));
+    MOERUN_RETURN_IF_ERROR(Cuda(
+        kc::LaunchEmbeddingForward<T>(W("model.embed_tokens.weight"), ids_, xs_[0], n, d, stream_),
+        "embedding"));
+  }
+  for (int64_t l = range_.layer_begin; l < range_.layer_end; ++l)
+    MOERUN_RETURN_IF_ERROR(LayerForward(l));
+  fp8_stale_ = false;  // every layer quantized its weights (the MoE layers theirs)
+  if (!range_.has_head) {
+    MOERUN_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(stream_), "forward"));
+    return 0.0;
+  }
   MOERUN_RETURN_IF_ERROR(
       Cuda(cudaMemcpyAsync(targets_, targets, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_),
            "targets"));
-  MOERUN_RETURN_IF_ERROR(Cuda(
-      kc::LaunchEmbeddingForward<T>(W("model.embed_tokens.weight"), ids_, xs_[0], n, d, stream_),
-      "embedding"));
-  for (int64_t l = 0; l < spec_.n_layers; ++l) MOERUN_RETURN_IF_ERROR(LayerForward(l));
-  fp8_stale_ = false;  // every layer quantized its weights (the MoE layers theirs)
-  const int64_t last = spec_.n_layers;
-  MOERUN_RETURN_IF_ERROR(Cuda(
-      kc::LaunchRmsNormForward<T>(xs_[last], W("model.norm.weight"), fnorm_, frstd_, n, d, stream_),
-      "final norm"));
+  MOERUN_RETURN_IF_ERROR(Cuda(kc::LaunchRmsNormForward<T>(xs_.back(), W("model.norm.weight"),
+                                                          fnorm_, frstd_, n, d, stream_),
+                              "final norm"));
   MOERUN_RETURN_IF_ERROR(
       Blas(kc::LinearForward<T>(handle_, fnorm_, W("lm_head.weight"), logits_, n, d, v), "head"));
   MOERUN_RETURN_IF_ERROR(Cuda(
@@ -286,10 +322,10 @@ Result<double> ModelCuda<T>::Forward(const int32_t* ids, const int32_t* targets)
 
 template <typename T>
 Status ModelCuda<T>::LayerForward(int64_t l) {
-  Layer& a = *layers_[size_t(l)];
+  Layer& a = LayerAt(l);
   const int64_t n = batch_ * seq_, d = spec_.d_model, h = spec_.n_heads, hd = d / h, hh = h * hd;
-  const T* x = xs_[size_t(l)];
-  T* y = xs_[size_t(l + 1)];
+  const T* x = xs_[size_t(l - range_.layer_begin)];
+  T* y = xs_[size_t(l - range_.layer_begin + 1)];
   auto P = [&](const char* s) { return W(LayerName(l, s)); };
   MOERUN_RETURN_IF_ERROR(Cuda(
       kc::LaunchRmsNormForward<T>(x, P("input_layernorm.weight"), a.n1, a.rstd1, n, d, stream_),
@@ -334,29 +370,34 @@ Status ModelCuda<T>::LayerForward(int64_t l) {
 template <typename T>
 Status ModelCuda<T>::Backward(double dloss) {
   const int64_t n = batch_ * seq_, d = spec_.d_model, v = spec_.vocab_size;
-  const int64_t last = spec_.n_layers;
-  MOERUN_RETURN_IF_ERROR(Cuda(kc::LaunchCrossEntropy<T>(logits_, targets_, dlogits_, row_loss_,
-                                                        loss_, n, v, dloss, stream_),
-                              "cross-entropy backward"));
-  MOERUN_RETURN_IF_ERROR(Blas(kc::LinearBackward<T>(handle_, dlogits_, fnorm_, W("lm_head.weight"),
-                                                    dn_, G("lm_head.weight"), n, d, v, false),
-                              "head backward"));
-  MOERUN_RETURN_IF_ERROR(
-      Cuda(kc::LaunchRmsNormBackward<T>(dn_, xs_[last], W("model.norm.weight"), frstd_, dh_,
-                                        G("model.norm.weight"), n, d, stream_),
-           "final norm backward"));
-  for (int64_t l = spec_.n_layers - 1; l >= 0; --l) MOERUN_RETURN_IF_ERROR(LayerBackward(l, dloss));
-  MOERUN_RETURN_IF_ERROR(
-      Cuda(kc::LaunchEmbeddingBackward<T>(dh_, ids_, G("model.embed_tokens.weight"), n, d, stream_),
-           "embedding backward"));
+  if (range_.has_head) {  // else dh_ (output_grad()) holds d(stage output)
+    MOERUN_RETURN_IF_ERROR(Cuda(kc::LaunchCrossEntropy<T>(logits_, targets_, dlogits_, row_loss_,
+                                                          loss_, n, v, dloss, stream_),
+                                "cross-entropy backward"));
+    MOERUN_RETURN_IF_ERROR(
+        Blas(kc::LinearBackward<T>(handle_, dlogits_, fnorm_, W("lm_head.weight"), dn_,
+                                   G("lm_head.weight"), n, d, v, false),
+             "head backward"));
+    MOERUN_RETURN_IF_ERROR(
+        Cuda(kc::LaunchRmsNormBackward<T>(dn_, xs_.back(), W("model.norm.weight"), frstd_, dh_,
+                                          G("model.norm.weight"), n, d, stream_),
+             "final norm backward"));
+  }
+  for (int64_t l = range_.layer_end - 1; l >= range_.layer_begin; --l)
+    MOERUN_RETURN_IF_ERROR(LayerBackward(l, dloss));
+  if (range_.has_embedding) {  // else dh_ (input_grad()) is d(stage input)
+    MOERUN_RETURN_IF_ERROR(Cuda(
+        kc::LaunchEmbeddingBackward<T>(dh_, ids_, G("model.embed_tokens.weight"), n, d, stream_),
+        "embedding backward"));
+  }
   return Cuda(cudaStreamSynchronize(stream_), "backward");
 }
 
 template <typename T>
 Status ModelCuda<T>::LayerBackward(int64_t l, double dloss) {
-  Layer& a = *layers_[size_t(l)];
+  Layer& a = LayerAt(l);
   const int64_t n = batch_ * seq_, d = spec_.d_model, h = spec_.n_heads, hd = d / h, hh = h * hd;
-  const T* x = xs_[size_t(l)];
+  const T* x = xs_[size_t(l - range_.layer_begin)];
   auto P = [&](const char* s) { return W(LayerName(l, s)); };
   auto PG = [&](const char* s) { return G(LayerName(l, s)); };
   // FFN half: out = mid + FFN(norm2(mid)); dh_ holds d(out).
@@ -401,7 +442,7 @@ Status ModelCuda<T>::Linear(int64_t l, const std::string& name, const T* x, T* y
   const int64_t n = batch_ * seq_;
   const std::string full = LayerName(l, name);
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    if (fp8_) return fp8_->Forward(x, layers_[size_t(l)]->fp8_w.at(name), y, n, accumulate);
+    if (fp8_) return fp8_->Forward(x, LayerAt(l).fp8_w.at(name), y, n, accumulate);
   }
   return Blas(kc::Gemm<T>(handle_, false, true, n, out, in, 1.0f, x, in, W(full), in,
                           accumulate ? 1.0f : 0.0f, y, out),
@@ -415,8 +456,7 @@ Status ModelCuda<T>::LinearGrad(int64_t l, const std::string& name, const T* dy,
   const std::string full = LayerName(l, name);
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     if (fp8_) {
-      return fp8_->Backward(dy, x, layers_[size_t(l)]->fp8_w.at(name), dx, G(full), n,
-                            accumulate_dx);
+      return fp8_->Backward(dy, x, LayerAt(l).fp8_w.at(name), dx, G(full), n, accumulate_dx);
     }
   }
   return Blas(
@@ -426,6 +466,15 @@ Status ModelCuda<T>::LinearGrad(int64_t l, const std::string& name, const T* dy,
 
 template <typename T>
 Result<double> ModelCuda<T>::Step(const kernels::cpu::AdamWStep& adam, double grad_clip) {
+  auto sq = GradSquareSum();
+  if (!sq.ok()) return sq.status();
+  const double norm = std::sqrt(sq.value());
+  MOERUN_RETURN_IF_ERROR(ApplyStep(adam, kernels::cpu::ClipFactor(norm, grad_clip)));
+  return norm;
+}
+
+template <typename T>
+Result<double> ModelCuda<T>::GradSquareSum() {
   // Router biases get no gradient, so the whole buffer's sum is the trainable tensors' sum.
   MOERUN_RETURN_IF_ERROR(
       Cuda(kc::LaunchSumOfSquares(grads_, size_, partial_, norm_, stream_), "gradient norm"));
@@ -433,8 +482,11 @@ Result<double> ModelCuda<T>::Step(const kernels::cpu::AdamWStep& adam, double gr
   MOERUN_RETURN_IF_ERROR(
       Cuda(cudaMemcpyAsync(&sq, norm_, sizeof(double), cudaMemcpyDeviceToHost, stream_), "norm"));
   MOERUN_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(stream_), "gradient norm"));
-  const double norm = std::sqrt(sq);
-  const double clip = kernels::cpu::ClipFactor(norm, grad_clip);
+  return sq;
+}
+
+template <typename T>
+Status ModelCuda<T>::ApplyStep(const kernels::cpu::AdamWStep& adam, double clip) {
   for (const auto& v : views_) {
     if (!v.info.trainable()) continue;
     float* g = grads_ + v.offset;
@@ -457,15 +509,15 @@ Result<double> ModelCuda<T>::Step(const kernels::cpu::AdamWStep& adam, double gr
     MOERUN_RETURN_IF_ERROR(
         Cuda(kc::LaunchCastFromFloat<T>(master_, compute_, size_, stream_), "compute copy"));
   }
-  MOERUN_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(stream_), "step"));
-  return norm;
+  return Cuda(cudaStreamSynchronize(stream_), "step");
 }
 
 template <typename T>
 Status ModelCuda<T>::UpdateBalanceBias(double gamma) {
   std::vector<std::vector<int64_t>> counts;
-  for (int64_t l = spec_.dense_layers; l < spec_.n_layers; ++l) {
-    const int64_t* c = layers_[size_t(l)]->moe->expert_counts();
+  for (const auto& layer : layers_) {
+    if (!layer->moe) continue;
+    const int64_t* c = layer->moe->expert_counts();
     counts.emplace_back(c, c + spec_.moe.routed_experts);
   }
   return UpdateBalanceBias(gamma, counts);
@@ -475,15 +527,16 @@ template <typename T>
 Status ModelCuda<T>::UpdateBalanceBias(double gamma,
                                        const std::vector<std::vector<int64_t>>& all_counts) {
   const int64_t e = spec_.moe.routed_experts;
-  if (int64_t(all_counts.size()) != spec_.n_layers - spec_.dense_layers) {
+  if (int64_t(all_counts.size()) != moe_layers()) {
     return Status::InvalidArgument("model on the GPU: expert counts for " +
                                    std::to_string(all_counts.size()) + " MoE layers, not " +
-                                   std::to_string(spec_.n_layers - spec_.dense_layers));
+                                   std::to_string(moe_layers()));
   }
   std::vector<float> bias(static_cast<size_t>(e));
-  for (int64_t l = spec_.dense_layers; l < spec_.n_layers; ++l) {
+  const int64_t first_moe = range_.layer_end - moe_layers();
+  for (int64_t l = first_moe; l < range_.layer_end; ++l) {
     float* dev = Master(LayerName(l, "mlp.gate.e_score_correction_bias"));
-    const auto& layer_counts = all_counts[size_t(l - spec_.dense_layers)];
+    const auto& layer_counts = all_counts[size_t(l - first_moe)];
     if (int64_t(layer_counts.size()) != e) {
       return Status::InvalidArgument(
           "model on the GPU: expert counts of layer " + std::to_string(l) + " have " +
@@ -508,11 +561,20 @@ double ModelCuda<T>::balance_loss() const {
 
 template <typename T>
 const int64_t* ModelCuda<T>::expert_counts(int64_t j) const {
-  return layers_[size_t(spec_.dense_layers + j)]->moe->expert_counts();
+  return layers_[size_t(range_.layer_end - moe_layers() + j - range_.layer_begin)]
+      ->moe->expert_counts();
+}
+
+template <typename T>
+int64_t ModelCuda<T>::moe_layers() const {
+  return range_.layer_end - std::clamp(spec_.dense_layers, range_.layer_begin, range_.layer_end);
 }
 
 template <typename T>
 Result<double> ModelCuda<T>::LossSum(int64_t tokens) const {
+  if (!range_.has_head) {
+    return Status::FailedPrecondition("model on the GPU: a stage without the head has no loss");
+  }
   if (tokens < 0 || tokens > batch_ * seq_) {
     return Status::InvalidArgument("model on the GPU: loss of " + std::to_string(tokens) +
                                    " tokens from a batch of " + std::to_string(batch_ * seq_));

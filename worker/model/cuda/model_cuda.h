@@ -1,8 +1,13 @@
-// ModelCuda: the whole MoE transformer (DESIGN.md §4, MHA attention) on one GPU — embedding,
-// every decoder layer (RMSNorm, q/k/v/o with RoPE and causal attention, dense MLP or the MoE
-// layer with every expert), final norm, LM head, cross-entropy — forward, backward and the
-// optimizer step. The GPU twin of a one-stage ModelStage plus the trainer's AdamW step, for
-// `backend: cuda` on a single device.
+// ModelCuda: a pipeline stage of the MoE transformer (DESIGN.md §4, MHA attention) on one GPU —
+// optionally the embedding, decoder layers [layer_begin, layer_end) (RMSNorm, q/k/v/o with
+// RoPE and causal attention, dense MLP or the MoE layer with every expert), optionally the
+// final norm, LM head and cross-entropy — forward, backward and the optimizer step. The GPU
+// twin of ModelStage (without expert parallelism) plus the trainer's AdamW step, for
+// `backend: cuda`; the whole model is the one-stage case.
+// A stage without the embedding reads its input from stage_input(), one without the head
+// leaves its output in stage_output(); their gradients go through the same kind of buffers.
+// One micro-batch's activations are kept (the last Forward's): a pipeline schedule with
+// several micro-batches in flight runs a micro-batch's forward again before its backward.
 // Weights: fp32 master copy, gradients and AdamW moments on the device in the flat layout of
 // Parameters<float> (same tensor names and offsets, so checkpoints need no translation);
 // compute copy in T (float: the master itself; bf16: refreshed after every step).
@@ -24,6 +29,7 @@
 #include "kernels/cpu/optimizer.h"
 #include "worker/model/cuda/fp8_linear.h"
 #include "worker/model/cuda/moe_layer_cuda.h"
+#include "worker/model/model_stage.h"
 #include "worker/model/parameters.h"
 
 namespace moerun::model::cuda {
@@ -31,39 +37,66 @@ namespace moerun::model::cuda {
 template <typename T>
 class ModelCuda {
  public:
-  // `params` holds every tensor of the model (ModelTensors order); its values are uploaded.
+  // `params` holds the stage's tensors (StageTensors order); its values are uploaded. The
+  // range must hold every routed expert (expert parallelism is not on GPUs yet).
   // fp8 (bf16 storage only): the decoder's linear layers — attention projections, dense MLPs,
   // routed and shared experts — run DeepSeek-V3's fp8 recipe (worker/model/cuda/fp8_linear.h),
   // their weights quantized from the fp32 masters once per Step (at the next Forward);
   // the router, the LM head and everything else stay bf16/fp32, as on the CPU. It needs
   // batch·seq and every feature size (d_model, heads·head dim, ffn_hidden, expert_hidden,
   // the shared experts' hidden size) to be multiples of 16.
+  static Result<std::unique_ptr<ModelCuda>> Create(const ModelSpec& spec, const StageRange& range,
+                                                   const Parameters<float>& params, int64_t batch,
+                                                   int64_t seq, cudaStream_t stream,
+                                                   cublasHandle_t handle, bool fp8 = false);
+  // The whole model as one stage.
   static Result<std::unique_ptr<ModelCuda>> Create(const ModelSpec& spec,
                                                    const Parameters<float>& params, int64_t batch,
                                                    int64_t seq, cudaStream_t stream,
                                                    cublasHandle_t handle, bool fp8 = false);
   ~ModelCuda();
 
-  // Mean cross-entropy of `targets` given `ids` (host arrays of batch·seq tokens).
+  // Input: `ids` (host, batch·seq tokens) with the embedding, else stage_input(). With the
+  // head, returns the mean cross-entropy of `targets` (host, batch·seq); else writes
+  // stage_output() and returns 0. Either pointer may be null where the stage has no use for it.
   Result<double> Forward(const int32_t* ids, const int32_t* targets);
-  // Gradients (+=) of the loss and the MoE layers' balance losses, both scaled by dloss.
+  // Gradients (+=) of the loss (with the head) or of stage_output() given output_grad()
+  // (without it), and of the MoE layers' balance losses, all scaled by dloss. Without the
+  // embedding, input_grad() then holds the gradient of stage_input(). Reads the last Forward's
+  // activations.
   Status Backward(double dloss);
   // Global-norm clipping (grad_clip 0: off), AdamW on every trainable tensor (weight decay on
   // matrices), gradients zeroed, compute copy refreshed. Returns the norm before clipping.
+  // The same as ApplyStep(adam, ClipFactor(sqrt(GradSquareSum()), grad_clip)).
   Result<double> Step(const kernels::cpu::AdamWStep& adam, double grad_clip);
+  // Σ of the squared gradients of this stage (its share of a pipeline's global norm).
+  Result<double> GradSquareSum();
+  // Gradients scaled by `clip` (1: untouched), AdamW, gradients zeroed, compute copy refreshed.
+  Status ApplyStep(const kernels::cpu::AdamWStep& adam, double clip);
+
+  // Device buffers of [batch·seq, d_model] values in T, for stages cut out of a pipeline.
+  T* stage_input() const { return xs_.front(); }        // Forward's input without embedding
+  const T* stage_output() const { return xs_.back(); }  // Forward's output without head
+  T* output_grad() const { return dh_; }                // Backward's input without head
+  const T* input_grad() const { return dh_; }           // Backward's output without embedding
+  const StageRange& range() const { return range_; }
+  // MoE layers of this stage.
+  int64_t moe_layers() const;
   // Aux-loss-free balancing from the last Forward's counts: b_i += γ · sign(mean − load_i).
   Status UpdateBalanceBias(double gamma);
   // The same from given counts: counts[j] holds MoE layer j's tokens per expert (j counts
-  // from the first MoE layer), e.g. summed over micro-batches and data-parallel replicas.
+  // from the stage's first MoE layer), e.g. summed over micro-batches and data-parallel
+  // replicas.
   Status UpdateBalanceBias(double gamma, const std::vector<std::vector<int64_t>>& counts);
 
-  // The sum of the MoE layers' balance losses in the last Forward.
+  // The sum of the stage's MoE layers' balance losses in the last Forward.
   double balance_loss() const;
-  // Tokens per routed expert in MoE layer j (from the first MoE layer) in the last Forward;
-  // host memory, valid until the next Forward.
+  // Tokens per routed expert in MoE layer j (from the stage's first MoE layer) in the last
+  // Forward; host memory, valid until the next Forward.
   const int64_t* expert_counts(int64_t j) const;
   // Σ of the last Forward's per-token cross-entropies over its first `tokens` tokens (a
-  // partly filled batch: the rest are padding, and tokens never see other sequences).
+  // partly filled batch: the rest are padding, and tokens never see other sequences). Needs
+  // the head.
   Result<double> LossSum(int64_t tokens) const;
 
   // Master weights and gradients, in Parameters<float> layout.
@@ -82,6 +115,8 @@ class ModelCuda {
   struct Layer;
   ModelCuda() = default;
   Status Allocate(const Parameters<float>& params);
+  // Layer l (a global index) and its activations.
+  Layer& LayerAt(int64_t l) const { return *layers_[size_t(l - range_.layer_begin)]; }
   Status LayerForward(int64_t l);
   Status LayerBackward(int64_t l, double dloss);
   // Layer l's linear `name` ("self_attn.q_proj.weight", ...): y (=, or += with accumulate)
@@ -98,17 +133,20 @@ class ModelCuda {
   V* Alloc(int64_t count);
 
   ModelSpec spec_;
+  StageRange range_;
   int64_t batch_ = 0, seq_ = 0;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t handle_ = nullptr;
   std::vector<void*> owned_;
+  bool out_of_memory_ = false;  // an Alloc failed
   std::vector<ParameterView> views_;
   std::unordered_map<std::string, int64_t> offset_;
   int64_t size_ = 0;
   float *master_ = nullptr, *grads_ = nullptr, *m_ = nullptr, *v_ = nullptr;
   T* compute_ = nullptr;  // == master_ when T is float
   int32_t *ids_ = nullptr, *targets_ = nullptr;
-  std::vector<T*> xs_;  // layer inputs [N, D]; xs_[L] is the final norm's input
+  // Inputs [N, D] of the stage's layers, then the last layer's output (the final norm's input).
+  std::vector<T*> xs_;
   std::vector<std::unique_ptr<Layer>> layers_;
   std::unique_ptr<Fp8Linear> fp8_;  // null unless Create(..., fp8 = true)
   bool fp8_stale_ = true;           // the fp8 weight copies lag the masters (until a Forward)
