@@ -1,5 +1,6 @@
 #include "kernels/cpu/moe_dispatch.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace moerun::kernels::cpu {
@@ -76,7 +77,19 @@ void CombineBackward(const T* dy, const T* out, const T* gates, const DispatchPl
   }
 }
 
+template <typename T>
+void GatherRows(const T* in, const int32_t* index, T* out, int64_t rows, int64_t d) {
+  for (int64_t i = 0; i < rows; ++i) std::copy_n(in + int64_t(index[i]) * d, d, out + i * d);
+}
+
+template <typename T>
+void ScatterRows(const T* in, const int32_t* index, T* out, int64_t rows, int64_t d) {
+  for (int64_t i = 0; i < rows; ++i) std::copy_n(in + i * d, d, out + int64_t(index[i]) * d);
+}
+
 #define MOERUN_INSTANTIATE(T)                                                                 \
+  template void GatherRows<T>(const T*, const int32_t*, T*, int64_t, int64_t);                \
+  template void ScatterRows<T>(const T*, const int32_t*, T*, int64_t, int64_t);               \
   template void DispatchRows<T>(const T*, const DispatchPlan&, T*, int64_t);                  \
   template void DispatchRowsBackward<T>(const T*, const DispatchPlan&, T*, int64_t);          \
   template void Combine<T>(const T*, const T*, const DispatchPlan&, T*, int64_t);             \

@@ -30,6 +30,13 @@ void DispatchRows(const T* x, const DispatchPlan& plan, T* buf, int64_t d);
 template <typename T>
 void DispatchRowsBackward(const T* dbuf, const DispatchPlan& plan, T* dx, int64_t d);
 
+// Expert parallelism regroups rows it received by local expert and back (a permutation):
+// out[i] = in[index[i]], and out[index[i]] = in[i], for i < rows; rows of d values.
+template <typename T>
+void GatherRows(const T* in, const int32_t* index, T* out, int64_t rows, int64_t d);
+template <typename T>
+void ScatterRows(const T* in, const int32_t* index, T* out, int64_t rows, int64_t d);
+
 // y[t] (+=) Σ_k gates[t,k] · out[slot_row[t·K+k]]: out [N·K, D], gates [N, K], y [N, D].
 template <typename T>
 void Combine(const T* out, const T* gates, const DispatchPlan& plan, T* y, int64_t d);

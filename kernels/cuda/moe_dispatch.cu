@@ -109,6 +109,30 @@ cudaError_t LaunchDispatchRows(const T* x, const DeviceDispatchPlan& p, T* buf, 
 }
 
 template <typename T>
+__global__ void ScatterRowsKernel(const T* in, const int32_t* index, T* out, int64_t rows,
+                                  int64_t d) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * d) return;
+  out[static_cast<int64_t>(index[i / d]) * d + i % d] = in[i];
+}
+
+template <typename T>
+cudaError_t LaunchGatherRows(const T* in, const int32_t* index, T* out, int64_t rows, int64_t d,
+                             cudaStream_t stream) {
+  if (rows * d == 0) return cudaSuccess;
+  GatherRowsKernel<<<Blocks(rows * d, kThreads), kThreads, 0, stream>>>(in, index, out, rows, d);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t LaunchScatterRows(const T* in, const int32_t* index, T* out, int64_t rows, int64_t d,
+                              cudaStream_t stream) {
+  if (rows * d == 0) return cudaSuccess;
+  ScatterRowsKernel<<<Blocks(rows * d, kThreads), kThreads, 0, stream>>>(in, index, out, rows, d);
+  return cudaGetLastError();
+}
+
+template <typename T>
 cudaError_t LaunchDispatchRowsBackward(const T* dbuf, const DeviceDispatchPlan& p, T* dx, int64_t d,
                                        cudaStream_t stream) {
   if (p.tokens * d == 0) return cudaSuccess;
@@ -138,6 +162,10 @@ cudaError_t LaunchCombineBackward(const T* dy, const T* out, const float* gates,
 }
 
 #define MOERUN_INSTANTIATE(T)                                                                   \
+  template cudaError_t LaunchGatherRows<T>(const T*, const int32_t*, T*, int64_t, int64_t,      \
+                                           cudaStream_t);                                       \
+  template cudaError_t LaunchScatterRows<T>(const T*, const int32_t*, T*, int64_t, int64_t,     \
+                                            cudaStream_t);                                      \
   template cudaError_t LaunchDispatchRows<T>(const T*, const DeviceDispatchPlan&, T*, int64_t,  \
                                              cudaStream_t);                                     \
   template cudaError_t LaunchDispatchRowsBackward<T>(const T*, const DeviceDispatchPlan&, T*,   \

@@ -35,6 +35,14 @@ cudaError_t LaunchDispatchRows(const T* x, const DeviceDispatchPlan& plan, T* bu
 template <typename T>
 cudaError_t LaunchDispatchRowsBackward(const T* dbuf, const DeviceDispatchPlan& plan, T* dx,
                                        int64_t d, cudaStream_t stream);
+// out[i] = in[index[i]] and out[index[i]] = in[i] for i < rows (rows of d values; index a
+// permutation for the scatter): expert parallelism's regrouping of received rows.
+template <typename T>
+cudaError_t LaunchGatherRows(const T* in, const int32_t* index, T* out, int64_t rows, int64_t d,
+                             cudaStream_t stream);
+template <typename T>
+cudaError_t LaunchScatterRows(const T* in, const int32_t* index, T* out, int64_t rows, int64_t d,
+                              cudaStream_t stream);
 // y[t] (+=) Σ_k gates[t,k] · out[slot_row[t·K+k]], k in order.
 template <typename T>
 cudaError_t LaunchCombine(const T* out, const float* gates, const DeviceDispatchPlan& plan, T* y,

@@ -151,23 +151,22 @@ TEST_CASE("a valid job the trainers cannot run yet: noted by validate, refused b
   CHECK(v.err.find("gpu-8x.yaml: note: valid, but not trainable by this version yet: "
                    "model.attention: mla is not implemented by the trainers yet") !=
         std::string::npos);
-  // A cuda job with expert parallelism: refused before a coordinator or daemon starts.
+  // A cuda job in fp8 with sizes cuBLASLt cannot take: refused before a coordinator or daemon
+  // starts.
   std::string text = ReadFile(Config("single-gpu.yaml"));
-  const size_t data = text.find("  data: 1\n"), expert = text.find("  expert: 1\n"),
-               devices = text.find("devices_per_worker: 1");
-  REQUIRE(data != std::string::npos);
-  REQUIRE(expert != std::string::npos);
-  REQUIRE(devices != std::string::npos);
-  text.replace(devices, 21, "devices_per_worker: 2");
-  text.replace(expert, 12, "  expert: 2\n");
-  text.replace(data, 10, "  data: 2\n");
-  const std::string spec = WriteTemp("expert-gpu.yaml", text);
-  const std::string run_dir = "/tmp/moerun_cli_test_" + std::to_string(getpid()) + "_ep_run";
+  const size_t precision = text.find("  precision: bf16\n"),
+               hidden = text.find("expert_hidden: 256");
+  REQUIRE(precision != std::string::npos);
+  REQUIRE(hidden != std::string::npos);
+  text.replace(hidden, 18, "expert_hidden: 200");
+  text.replace(precision, 18, "  precision: fp8\n");
+  const std::string spec = WriteTemp("fp8-gpu.yaml", text);
+  const std::string run_dir = "/tmp/moerun_cli_test_" + std::to_string(getpid()) + "_fp8_run";
   Run l = Moerun("local " + spec + " --run-dir " + run_dir);
   INFO(l.err);
   CHECK(l.exit_code == 4);
-  CHECK(l.err.find("moerun local: resources.backend: cuda: expert parallelism is not "
-                   "implemented on GPUs yet") != std::string::npos);
+  CHECK(l.err.find("moerun local: resources.backend: cuda: fp8 on the GPU needs multiples of 16 "
+                   "(cuBLASLt's fp8 GEMMs), not model.moe.expert_hidden 200") != std::string::npos);
   CHECK(access(run_dir.c_str(), F_OK) != 0);  // nothing was started or written
   std::remove(spec.c_str());
 }

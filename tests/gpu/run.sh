@@ -18,9 +18,10 @@
 #     its experts in fp8) as a fraction of the bf16 peak.
 #  4. End to end: `moerun local configs/single-gpu.yaml` (coordinator, daemon, one trainer
 #     on the GPU) for 100 steps; the loss must fall.
-#  5. Pipeline parallelism on the GPU: train-fast's model in two stages (`moerun launch
-#     --nproc 2`: two trainers sharing the GPU, 4 micro-batches in 1F1B) against the same
-#     job in one process, 30 steps in fp32: every step's loss within 1e-4.
+#  5. Parallel training on the GPU: train-fast's model as pipeline 2, as data 2 x expert 2,
+#     and as pipeline 2 x data 2 x expert 2 (`moerun launch`: 2-4 trainers sharing the GPU,
+#     4 micro-batches in 1F1B), each against the same job in one process, 30 steps in fp32:
+#     every step's loss within 1e-4.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -107,30 +108,40 @@ sys.exit(0 if len(steps) == 100 and last < 0.7 * first else 1)
 PY
 }
 step loss_fell "$work/run/metrics.jsonl"
-# Two pipeline stages: data 1 (two NCCL ranks cannot share one GPU), so no NCCL here.
-python3 - "$root/tests/configs/train-fast.yaml" "$corpus" >"$work/pipeline.yaml" <<'PY'
+# Parallel layouts on the one GPU, each against the same job in one process: the ranks share
+# the device, so their groups exchange through host memory (device_communicator.h).
+layout_job() {  # name pipeline data expert -> $work/<name>.yaml: train-fast on cuda, 30 steps
+  python3 - "$root/tests/configs/train-fast.yaml" "$corpus" "$2" "$3" "$4" >"$work/$1.yaml" <<'PY'
 import sys
-text = open(sys.argv[1]).read().replace("/usr/share/games/fortunes", sys.argv[2])
-for old, new in [("  data: 2\n", "  data: 1\n"), ("  expert: 2\n", "  expert: 1\n"),
+path, corpus, pipeline, data, expert = sys.argv[1:]
+text = open(path).read().replace("/usr/share/games/fortunes", corpus)
+for old, new in [("  pipeline: 2\n", f"  pipeline: {pipeline}\n"), ("  data: 2\n", f"  data: {data}\n"),
+                 ("  expert: 2\n", f"  expert: {expert}\n"),
                  ("  micro_batches: 2\n", "  micro_batches: 4\n"), ("  steps: 40\n", "  steps: 30\n"),
                  ("resources:\n  workers: 2\n  devices_per_worker: 2\n",
-                  "resources:\n  backend: cuda\n  workers: 2\n  devices_per_worker: 1\n")]:
+                  f"resources:\n  backend: cuda\n  workers: {int(pipeline) * int(data)}\n"
+                  "  devices_per_worker: 1\n")]:
     assert old in text, old
     text = text.replace(old, new)
 print(text, end="")
 PY
-step "$bin/moerun" train "$work/pipeline.yaml" --run-dir "$work/pp-one" --no-progress
-step "$bin/moerun" launch --nproc 2 "$work/pipeline.yaml" --run-dir "$work/pp-two" --no-progress \
-  --data-plane-timeout-ms 60000
+}
 same_losses() {
-  python3 - "$1" "$2" <<'PY'
+  python3 - "$1" "$2" "$3" <<'PY'
 import json, sys
-one, two = ([json.loads(l)["loss"] for l in open(f) if l.strip()] for f in sys.argv[1:3])
-worst = max((abs(a - b) / abs(a) for a, b in zip(one, two)), default=float("inf"))
-print(f"pipeline 2 on one GPU vs one process: {len(two)} steps, worst relative loss "
-      f"difference {worst:.2e} (bound 1e-4), loss {two[0]:.4f} -> {two[-1]:.4f}")
-sys.exit(0 if len(one) == len(two) == 30 and worst < 1e-4 else 1)
+name, one, many = sys.argv[1], *([json.loads(l)["loss"] for l in open(f) if l.strip()] for f in sys.argv[2:4])
+worst = max((abs(a - b) / abs(a) for a, b in zip(one, many)), default=float("inf"))
+print(f"{name} on one GPU vs one process: {len(many)} steps, worst relative loss difference "
+      f"{worst:.2e} (bound 1e-4), loss {many[0]:.4f} -> {many[-1]:.4f}")
+sys.exit(0 if len(one) == len(many) == 30 and worst < 1e-4 else 1)
 PY
 }
-step same_losses "$work/pp-one/metrics.jsonl" "$work/pp-two/metrics.jsonl"
+for layout in "pipeline2 2 1 1" "expert2 1 2 2" "pipeline2-data2-expert2 2 2 2"; do
+  read -r name pipeline data expert <<<"$layout"
+  layout_job "$name" "$pipeline" "$data" "$expert"
+  step "$bin/moerun" train "$work/$name.yaml" --run-dir "$work/$name-one" --no-progress
+  step "$bin/moerun" launch --nproc $((pipeline * data)) "$work/$name.yaml" \
+    --run-dir "$work/$name-many" --no-progress --data-plane-timeout-ms 60000
+  step same_losses "$name" "$work/$name-one/metrics.jsonl" "$work/$name-many/metrics.jsonl"
+done
 exit "$status"

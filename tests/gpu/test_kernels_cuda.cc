@@ -325,6 +325,27 @@ void DispatchOps() {
                                          d_dgates.ptr, d, nullptr));
   Check<T>("combine backward dout", Get(d_dout), dout);
   Check<T>("combine backward dgates", d_dgates.Download(), dgates);
+
+  // Expert parallelism's regrouping: a random permutation of the dispatch rows, there and
+  // back; copies, so exactly the CPU's.
+  std::vector<int32_t> perm(size_t(n * k));
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  DeviceArray<int32_t> d_perm(perm.size());
+  d_perm.Upload(perm);
+  std::vector<float> grouped(buf.size()), back(buf.size());
+  cpu::GatherRows(dbuf.data(), perm.data(), grouped.data(), n * k, d);
+  cpu::ScatterRows(grouped.data(), perm.data(), back.data(), n * k, d);
+  CHECK(back == dbuf);
+  DeviceArray<T> d_grouped(buf.size()), d_back(buf.size());
+  const double gather_ms = TimeMs([&] {
+    CUDA_OK(cuda::LaunchGatherRows<T>(d_dbuf.ptr, d_perm.ptr, d_grouped.ptr, n * k, d, nullptr));
+  });
+  CUDA_OK(cuda::LaunchScatterRows<T>(d_grouped.ptr, d_perm.ptr, d_back.ptr, n * k, d, nullptr));
+  CHECK(Get(d_grouped) == grouped);
+  CHECK(Get(d_back) == back);
+  Record({"gather/scatter rows (exact)", PrecisionName<T>(), 0, 0, gather_ms,
+          2.0 * n * k * d * sizeof(T), 0});
 }
 
 template <typename T>

@@ -28,21 +28,16 @@ TEST_CASE("the example configs: what this version's trainers can run") {
   }
 }
 
-TEST_CASE("GPU jobs: expert parallelism is refused, data and pipeline parallelism are not") {
+TEST_CASE("GPU jobs: data, pipeline and expert parallelism are all accepted") {
   moerun::JobSpec s = Config("single-gpu.yaml");
   s.parallel.data = 4;
   CHECK(moerun::trainer::GpuStepSupport(s).ok());
   s.parallel.pipeline = 3;
   CHECK(moerun::trainer::GpuStepSupport(s).ok());
   s.parallel.expert = 2;
-  const moerun::Status ep = moerun::trainer::GpuStepSupport(s);
-  CHECK(ep.code() == moerun::Status::Code::kUnimplemented);
-  CHECK(ep.message().find("expert parallelism is not implemented on GPUs yet") !=
-        std::string::npos);
-  s.model.dense_layers = s.model.n_layers;  // no MoE layer: nothing to split
   CHECK(moerun::trainer::GpuStepSupport(s).ok());
-  s.model.dense_layers = 1;
-  s.resources.backend = moerun::Backend::kCpu;  // the CPU trainer runs every layout
+  s.parallel.expert = 4;
+  s.train.precision = moerun::Precision::kFp8;  // 16 experts, 4 per rank
   CHECK(moerun::trainer::GpuStepSupport(s).ok());
 }
 

@@ -76,13 +76,12 @@ void ExpertsForwardParallel(const MoeShape& shape, const MoeWeights<T>& w, MoeAc
       int64_t start = src_start[size_t(j)];
       for (int64_t q = 0; q < le; ++q) start += recv_counts[size_t(j * epr + q)];
       const int64_t c = recv_counts[size_t(j * epr + le)];
-      for (int64_t i = 0; i < c; ++i) act.perm.push_back(start + i);
+      for (int64_t i = 0; i < c; ++i) act.perm.push_back(int32_t(start + i));
       act.lcounts[size_t(le)] += c;
     }
   }
   act.gbuf.resize(act.rbuf.size());
-  for (int64_t i = 0; i < r; ++i)
-    std::copy_n(act.rbuf.data() + act.perm[size_t(i)] * d, d, act.gbuf.data() + i * d);
+  cpu::GatherRows(act.rbuf.data(), act.perm.data(), act.gbuf.data(), r, d);
   // 4. Our experts.
   act.geg.resize(static_cast<size_t>(r * he));
   act.geu.resize(act.geg.size());
@@ -96,8 +95,7 @@ void ExpertsForwardParallel(const MoeShape& shape, const MoeWeights<T>& w, MoeAc
   }
   // 5. Outputs back to where their rows came from.
   act.rout.resize(act.rbuf.size());
-  for (int64_t i = 0; i < r; ++i)
-    std::copy_n(act.geo.data() + i * d, d, act.rout.data() + act.perm[size_t(i)] * d);
+  cpu::ScatterRows(act.geo.data(), act.perm.data(), act.rout.data(), r, d);
   Exchange(ep.group, act.rout.data(), act.recv_bytes, act.eo.data(), act.send_bytes, "combine");
 }
 
@@ -110,8 +108,7 @@ void ExpertsBackwardParallel(const MoeShape& shape, const MoeWeights<T>& w, MoeA
   // rout receives the output gradients (source-major), geo takes them grouped by expert.
   Exchange(ep.group, act.deo.data(), act.send_bytes, act.rout.data(), act.recv_bytes,
            "combine backward");
-  for (int64_t i = 0; i < r; ++i)
-    std::copy_n(act.rout.data() + act.perm[size_t(i)] * d, d, act.geo.data() + i * d);
+  cpu::GatherRows(act.rout.data(), act.perm.data(), act.geo.data(), r, d);
   // rbuf (the forward's received rows, no longer needed) takes the grouped input gradients.
   for (int64_t le = 0, o = 0; le < epr; o += act.lcounts[size_t(le)], ++le) {
     const int64_t c = act.lcounts[size_t(le)];
@@ -120,8 +117,7 @@ void ExpertsBackwardParallel(const MoeShape& shape, const MoeWeights<T>& w, MoeA
                 act.geg.data() + o * he, act.geu.data() + o * he, act.gea.data() + o * he,
                 act.rbuf.data() + o * d, false, act.mlp_scratch);
   }
-  for (int64_t i = 0; i < r; ++i)
-    std::copy_n(act.rbuf.data() + i * d, d, act.rout.data() + act.perm[size_t(i)] * d);
+  cpu::ScatterRows(act.rbuf.data(), act.perm.data(), act.rout.data(), r, d);
   Exchange(ep.group, act.rout.data(), act.recv_bytes, act.dbuf.data(), act.send_bytes,
            "dispatch backward");
 }

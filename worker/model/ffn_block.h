@@ -47,7 +47,8 @@ struct MoeActivations {
   // member, then by local expert; perm[i] is the rbuf row of the i-th row grouped by local
   // expert (gbuf, geg, geu, gea, geo); lcounts are rows per local expert.
   std::vector<size_t> send_bytes, recv_bytes;
-  std::vector<int64_t> perm, lcounts;
+  std::vector<int32_t> perm;
+  std::vector<int64_t> lcounts;
   std::vector<T> rbuf, gbuf, geg, geu, gea, geo, rout;
 };
 

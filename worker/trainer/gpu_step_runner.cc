@@ -9,7 +9,7 @@
 
 #include "kernels/cpu/optimizer.h"
 #include "kernels/cuda/runtime_info.h"
-#include "worker/comm/nccl_communicator.h"
+#include "worker/comm/device_communicator.h"
 #include "worker/model/cuda/model_cuda.h"
 #include "worker/trainer/pipeline_schedule.h"
 #include "worker/trainer/trainer.h"
@@ -34,7 +34,10 @@ class GpuStepRunner : public StepEngine {
 
   ~GpuStepRunner() override {
     model_.reset();  // frees device memory before the stream and handle go
-    nccl_.reset();
+    replica_dev_.reset();
+    expert_dev_.reset();
+    data_dev_.reset();
+    if (pack_ != nullptr) cudaFree(pack_);
     if (handle_) cublasDestroy(handle_);
     if (stream_) cudaStreamDestroy(stream_);
   }
@@ -59,22 +62,34 @@ class GpuStepRunner : public StepEngine {
       return Status::Internal("GPU step: cuBLAS could not start on device " +
                               std::to_string(device));
     }
+    // Device communicators (NCCL, or host-staged where ranks share a GPU), made in the same
+    // order on every rank: data group (dense gradients), expert group (tokens), expert
+    // replica group (expert gradients).
+    auto device_group = [&](comm::Communicator* host, const char* what,
+                            std::unique_ptr<comm::Communicator>* out) -> Status {
+      if (host->size() <= 1) return Status::OK();
+      std::string transport;
+      auto c = comm::MakeDeviceCommunicator(host, device, o.data_plane_timeout_ms, o.wait, what,
+                                            &transport);
+      if (!c.ok()) return c.status();
+      *out = std::move(c.value());
+      transports_ += std::string(transports_.empty() ? "" : ", ") + what + " over " + transport;
+      return Status::OK();
+    };
+    MOERUN_RETURN_IF_ERROR(device_group(topo_->data_group.get(), "data group", &data_dev_));
+    if (topo_->expert > 1) {
+      MOERUN_RETURN_IF_ERROR(device_group(topo_->expert_group.get(), "expert group", &expert_dev_));
+      MOERUN_RETURN_IF_ERROR(
+          device_group(topo_->replica_group.get(), "expert replica group", &replica_dev_));
+    }
+    model::cuda::ExpertGroupCuda ep;
+    if (expert_dev_) ep = {expert_dev_.get(), spec_.model.moe.routed_experts / topo_->expert};
     auto m = model::cuda::ModelCuda<T>::Create(spec_.model, topo_->range, *params_, micro_seqs_,
                                                seq_, stream_, handle_,
-                                               spec_.train.precision == Precision::kFp8);
+                                               spec_.train.precision == Precision::kFp8, ep);
     if (!m.ok()) return m.status();
     model_ = std::move(m.value());
-    MOERUN_RETURN_IF_ERROR(model_->UploadMoments(opt_->m, opt_->v));
-    if (topo_->data_group->size() > 1) {
-      // Gradients stay on the device: NCCL over the data group, bootstrapped by it.
-      auto nccl =
-          comm::NcclCommunicator::Create(topo_->data_group.get(), device, o.data_plane_timeout_ms);
-      if (!nccl.ok()) return nccl.status().WithContext("NCCL over the data group");
-      std::unique_ptr<comm::Communicator> c = std::move(nccl.value());
-      if (o.wait) c = std::make_unique<comm::TimedCommunicator>(std::move(c), o.wait);
-      nccl_ = std::move(c);
-    }
-    return Status::OK();
+    return model_->UploadMoments(opt_->m, opt_->v);
   }
 
   Result<StepResult> Run(int64_t step, int64_t total_steps) override {
@@ -105,14 +120,20 @@ class GpuStepRunner : public StepEngine {
         layer_counts[size_t(l)].push_back(int64_t(counts_[size_t(l * experts + e)]));
     MOERUN_RETURN_IF_ERROR(
         model_->UpdateBalanceBias(ms.moe.balance.bias_update_speed, layer_counts));
-    if (nccl_) {
-      MOERUN_RETURN_IF_ERROR(nccl_->AllReduceSum(model_->grads(), size_t(model_->size())));
+    MOERUN_RETURN_IF_ERROR(SyncGradients());
+    // Every replica of a stage now holds its summed gradients: each parameter adds to the
+    // global norm once, dense ones from replica 0, experts from the first expert group.
+    double global_sq = 0;
+    if (t.expert > 1) {
+      auto dense = model_->GradSquareSum(false), routed = model_->GradSquareSum(true);
+      if (!dense.ok()) return dense.status();
+      if (!routed.ok()) return routed.status();
+      global_sq = (t.d == 0 ? dense.value() : 0.0) + (t.d < t.expert ? routed.value() : 0.0);
+    } else {
+      auto sq = model_->GradSquareSum();
+      if (!sq.ok()) return sq.status();
+      global_sq = t.d == 0 ? sq.value() : 0.0;
     }
-    // Every replica of a stage now holds its summed gradients: replica 0 of each stage adds
-    // them to the global norm, once.
-    auto sq = model_->GradSquareSum();
-    if (!sq.ok()) return sq.status();
-    double global_sq = t.d == 0 ? sq.value() : 0.0;
     MOERUN_RETURN_IF_ERROR(t.world_comm->AllReduceSum(&global_sq, 1));
     StepResult r;
     r.grad_norm = std::sqrt(global_sq);
@@ -155,10 +176,13 @@ class GpuStepRunner : public StepEngine {
     inputs_[0].resize(size_t(n));
     targets_[0].resize(size_t(n));
     last_forward_ = -1;  // evaluation replaces the kept activations
+    // Every replica runs the same number of forwards (past the end, the last batch again,
+    // not counted), because the expert groups' exchanges need all their members.
     for (int64_t round = 0; round < rounds; ++round) {
       const int64_t q = round * t.data + t.d;
-      if (q >= batches) break;  // the same on every stage of this replica
-      const int64_t first = q * micro_seqs_, batch = std::min(micro_seqs_, windows - first);
+      const bool counted = q < batches;
+      const int64_t first = std::min(q, batches - 1) * micro_seqs_;
+      const int64_t batch = std::min(micro_seqs_, windows - first);
       // A short last batch repeats its last real window; only real windows are counted.
       if (t.first_stage() || t.last_stage()) {
         for (int64_t j = 0; j < micro_seqs_; ++j)
@@ -173,6 +197,7 @@ class GpuStepRunner : public StepEngine {
         MOERUN_RETURN_IF_ERROR(SendDevice(t.next, tag, model_->stage_output()));
         continue;
       }
+      if (!counted) continue;
       auto sum = model_->LossSum(batch * seq_);
       if (!sum.ok()) return sum.status();
       total += sum.value() / double(seq_);
@@ -193,6 +218,7 @@ class GpuStepRunner : public StepEngine {
         cudaGetDeviceProperties(&prop, device_) == cudaSuccess ? prop.name : "unknown";
     std::string where = "GPU " + std::to_string(device_) + ": " + name + ", " +
                         std::string(ToString(spec_.train.precision));
+    if (!transports_.empty()) where += "; " + transports_;
     if (topo_->pipeline > 1) {
       where += ", stage " + std::to_string(topo_->stage) + " of " +
                std::to_string(topo_->pipeline) +
@@ -207,6 +233,54 @@ class GpuStepRunner : public StepEngine {
   }
 
  private:
+  // Dense gradients over the data group; with expert parallelism, routed experts' over the
+  // expert replica group instead (each packed into one buffer: one all-reduce per group).
+  Status SyncGradients() {
+    if (!expert_dev_) {
+      if (!data_dev_) return Status::OK();
+      return data_dev_->AllReduceSum(model_->grads(), size_t(model_->size()));
+    }
+    for (bool experts : {false, true}) {
+      comm::Communicator* g = experts ? replica_dev_.get() : data_dev_.get();
+      if (g == nullptr) continue;                     // a group of one
+      std::vector<std::pair<int64_t, int64_t>> runs;  // (offset, numel) of the tensors summed
+      int64_t total = 0;
+      for (const auto& v : model_->views()) {
+        if ((v.info.role == TensorRole::kRoutedExpert) != experts) continue;
+        if (!runs.empty() && runs.back().first + runs.back().second == v.offset) {
+          runs.back().second += v.info.numel();
+        } else {
+          runs.push_back({v.offset, v.info.numel()});
+        }
+        total += v.info.numel();
+      }
+      if (total > pack_floats_) {
+        if (pack_ != nullptr) cudaFree(pack_);
+        pack_ = nullptr;
+        pack_floats_ = 0;
+        MOERUN_RETURN_IF_ERROR(
+            Cuda(cudaMalloc(&pack_, size_t(total) * sizeof(float)), "gradient packing buffer"));
+        pack_floats_ = total;
+      }
+      auto copy_runs = [&](bool into_pack) -> Status {
+        int64_t o = 0;
+        for (const auto& [offset, numel] : runs) {
+          float* dev = model_->grads() + offset;
+          MOERUN_RETURN_IF_ERROR(Cuda(
+              cudaMemcpyAsync(into_pack ? pack_ + o : dev, into_pack ? dev : pack_ + o,
+                              size_t(numel) * sizeof(float), cudaMemcpyDeviceToDevice, stream_),
+              "gradient packing"));
+          o += numel;
+        }
+        return Cuda(cudaStreamSynchronize(stream_), "gradient packing");
+      };
+      MOERUN_RETURN_IF_ERROR(copy_runs(true));
+      MOERUN_RETURN_IF_ERROR(g->AllReduceSum(pack_, size_t(total)));
+      MOERUN_RETURN_IF_ERROR(copy_runs(false));
+    }
+    return Status::OK();
+  }
+
   // A copy ordered after the model's work on its stream, finished on return.
   cudaError_t Copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
     const cudaError_t e = cudaMemcpyAsync(dst, src, bytes, kind, stream_);
@@ -302,7 +376,12 @@ class GpuStepRunner : public StepEngine {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t handle_ = nullptr;
   std::unique_ptr<model::cuda::ModelCuda<T>> model_;
-  std::unique_ptr<comm::Communicator> nccl_;
+  // Device communicators over the data, expert and expert replica groups; null for a group of
+  // one (and the last two without expert parallelism).
+  std::unique_ptr<comm::Communicator> data_dev_, expert_dev_, replica_dev_;
+  std::string transports_;  // which transport each group uses, for Describe
+  float* pack_ = nullptr;   // device: gradients of one kind, packed for one all-reduce
+  int64_t pack_floats_ = 0;
   // Per micro-batch in flight: tokens (first and last stage) and, on later stages, the
   // activations received (kept for the forward run again before the backward).
   std::vector<std::vector<int32_t>> inputs_, targets_;

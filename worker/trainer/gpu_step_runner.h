@@ -3,7 +3,7 @@
 // micro-batches forward and backward through its stage in the job's schedule
 // (worker/trainer/pipeline_schedule.h) with gradients accumulating on the device, sums the
 // stage's expert token counts over the data group and updates the balancing biases from
-// them, sums gradients over the data group with NCCL on the device, then clips by the
+// them, sums gradients on the device (below), then clips by the
 // global norm and applies AdamW on the device. The data order, learning-rate schedule, loss
 // and load accounting are the CPU StepRunner's, so a job's metrics mean the same on either
 // backend.
@@ -12,10 +12,13 @@
 // micro-batch's activations: it runs a micro-batch's forward again before its backward unless
 // that was its last forward (docs/gpu.md).
 //
-// Supported today: data and pipeline parallelism with expert 1, in fp32, bf16, or fp8 (bf16
-// storage, DeepSeek-V3's fp8 linear layers; sizes in multiples of 16). Expert parallelism on
-// GPUs is not wired yet; TrainerSupport (worker/trainer/trainer_support.h) refuses it from
-// the spec.
+// With expert parallelism a rank holds its share of the routed experts and tokens travel to
+// them inside the MoE layers; dense gradients are summed over the data group, the experts'
+// over the expert replica group. Each group's device communicator is NCCL, or host-staged
+// where ranks share a GPU (worker/comm/device_communicator.h).
+//
+// Supported: data, pipeline and expert parallelism, in fp32, bf16, or fp8 (bf16 storage,
+// DeepSeek-V3's fp8 linear layers; sizes in multiples of 16; TrainerSupport refuses others).
 // Declared without CUDA types. CheckGpuTraining, MakeGpuStepRunner and RegisterGpuStep are
 // defined only in builds with CUDA, in the moerun-train-gpu program's library
 // (worker_trainer_gpu): the `moerun` tool never loads CUDA's libraries (half a second per

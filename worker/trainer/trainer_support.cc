@@ -18,11 +18,6 @@ Status TrainerSupport(const JobSpec& spec) {
 Status GpuStepSupport(const JobSpec& spec) {
   if (spec.resources.backend != Backend::kCuda) return Status::OK();
   const std::string prefix = "resources.backend: cuda: ";
-  if (spec.model.moe_layers() > 0 && spec.parallel.expert > 1) {
-    return Status::Unimplemented(
-        prefix + "expert parallelism is not implemented on GPUs yet (data and pipeline " +
-        "parallelism are); use parallel.expert: 1, or backend: cpu");
-  }
   if (spec.train.precision == Precision::kFp8) {
     const int64_t micro_tokens = spec.train.global_batch /
                                  (spec.parallel.data * spec.parallel.micro_batches) *

@@ -79,7 +79,7 @@ Result<std::unique_ptr<ModelCuda<T>>> ModelCuda<T>::Create(const ModelSpec& spec
 template <typename T>
 Result<std::unique_ptr<ModelCuda<T>>> ModelCuda<T>::Create(
     const ModelSpec& spec, const StageRange& range, const Parameters<float>& params, int64_t batch,
-    int64_t seq, cudaStream_t stream, cublasHandle_t handle, bool fp8) {
+    int64_t seq, cudaStream_t stream, cublasHandle_t handle, bool fp8, ExpertGroupCuda ep) {
   if (spec.attention != AttentionKind::kMha) {
     return Status::Unimplemented("model on the GPU: model.attention mla is not implemented yet");
   }
@@ -92,11 +92,13 @@ Result<std::unique_ptr<ModelCuda<T>>> ModelCuda<T>::Create(
   }
   const bool all_experts = range.expert_end < 0 ||
                            (range.expert_begin == 0 && range.expert_end >= spec.moe.routed_experts);
-  if (!all_experts) {
-    return Status::Unimplemented(
+  if (!all_experts &&
+      (ep.group == nullptr || range.expert_end - range.expert_begin != ep.experts_per_rank)) {
+    return Status::InvalidArgument(
         "model on the GPU: a stage holding experts " + std::to_string(range.expert_begin) + ".." +
-        std::to_string(range.expert_end - 1) + " only (expert parallelism is not on GPUs yet)");
+        std::to_string(range.expert_end - 1) + " needs an expert group of that many per rank");
   }
+  if (all_experts) ep = {};  // every expert here: nothing to exchange
   const std::vector<TensorInfo> tensors = StageTensors(spec, range);
   bool same = tensors.size() == params.views().size();
   for (size_t i = 0; same && i < tensors.size(); ++i)
@@ -116,13 +118,16 @@ Result<std::unique_ptr<ModelCuda<T>>> ModelCuda<T>::Create(
       const int64_t hh = spec.n_heads * (spec.d_model / spec.n_heads);
       const int64_t features =
           std::max({spec.d_model, hh, spec.ffn_hidden, shape.expert_hidden, shape.shared_hidden});
-      auto f = Fp8Linear::Create(batch * seq, features, stream);
+      // With expert parallelism an expert may get a row from every member's every token.
+      const int64_t max_rows = batch * seq * (ep.group != nullptr ? ep.group->size() : 1);
+      auto f = Fp8Linear::Create(max_rows, features, stream);
       if (!f.ok()) return f.status();
       m->fp8_ = std::move(f.value());
     }
   }
   m->spec_ = spec;
   m->range_ = range;
+  m->ep_ = ep;
   m->batch_ = batch;
   m->seq_ = seq;
   m->stream_ = stream;
@@ -196,34 +201,37 @@ Status ModelCuda<T>::Allocate(const Parameters<float>& params) {
       layer->u = Alloc<T>(n * f);
       layer->a = Alloc<T>(n * f);
     } else {
-      auto moe = MoeLayerCuda<T>::Create(shape, n, stream_, handle_, fp8_.get());
+      auto moe = MoeLayerCuda<T>::Create(shape, n, stream_, handle_, fp8_.get(), ep_);
       if (!moe.ok()) return moe.status();
       layer->moe = std::move(moe.value());
       // Every expert's gate, up, down follow each other: expert x's gate is x·3·H·D further.
-      auto w = [&](const char* s) { return W(LayerName(l, s)); };
-      auto g = [&](const char* s) { return G(LayerName(l, s)); };
+      // The first expert held (all of them, or this rank's share) comes first.
+      const std::string first =
+          "mlp.experts." + std::to_string(ep_.group ? range_.expert_begin : 0) + ".";
+      auto w = [&](std::string s) { return W(LayerName(l, s)); };
+      auto g = [&](std::string s) { return G(LayerName(l, s)); };
       layer->moe_w = {w("mlp.gate.weight"),
                       Master(LayerName(l, "mlp.gate.e_score_correction_bias")),
-                      w("mlp.experts.0.gate_proj.weight"),
-                      w("mlp.experts.0.up_proj.weight"),
-                      w("mlp.experts.0.down_proj.weight"),
+                      w(first + "gate_proj.weight"),
+                      w(first + "up_proj.weight"),
+                      w(first + "down_proj.weight"),
                       w("mlp.shared_experts.gate_proj.weight"),
                       w("mlp.shared_experts.up_proj.weight"),
                       w("mlp.shared_experts.down_proj.weight"),
                       3 * shape.expert_hidden * d};
       if (fp8_) {  // fp8 quantizes the fp32 masters, as the CPU does
-        auto m = [&](const char* s) -> const float* { return Master(LayerName(l, s)); };
-        layer->moe_w.master_gate = m("mlp.experts.0.gate_proj.weight");
-        layer->moe_w.master_up = m("mlp.experts.0.up_proj.weight");
-        layer->moe_w.master_down = m("mlp.experts.0.down_proj.weight");
+        auto m = [&](std::string s) -> const float* { return Master(LayerName(l, s)); };
+        layer->moe_w.master_gate = m(first + "gate_proj.weight");
+        layer->moe_w.master_up = m(first + "up_proj.weight");
+        layer->moe_w.master_down = m(first + "down_proj.weight");
         layer->moe_w.master_shared_gate = m("mlp.shared_experts.gate_proj.weight");
         layer->moe_w.master_shared_up = m("mlp.shared_experts.up_proj.weight");
         layer->moe_w.master_shared_down = m("mlp.shared_experts.down_proj.weight");
       }
       layer->moe_g = {g("mlp.gate.weight"),
-                      g("mlp.experts.0.gate_proj.weight"),
-                      g("mlp.experts.0.up_proj.weight"),
-                      g("mlp.experts.0.down_proj.weight"),
+                      g(first + "gate_proj.weight"),
+                      g(first + "up_proj.weight"),
+                      g(first + "down_proj.weight"),
                       g("mlp.shared_experts.gate_proj.weight"),
                       g("mlp.shared_experts.up_proj.weight"),
                       g("mlp.shared_experts.down_proj.weight")};
@@ -483,6 +491,32 @@ Result<double> ModelCuda<T>::GradSquareSum() {
       Cuda(cudaMemcpyAsync(&sq, norm_, sizeof(double), cudaMemcpyDeviceToHost, stream_), "norm"));
   MOERUN_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(stream_), "gradient norm"));
   return sq;
+}
+
+template <typename T>
+Result<double> ModelCuda<T>::GradSquareSum(bool routed_experts) {
+  // Runs of adjacent tensors of the wanted kind (a layer's experts are one run), one
+  // reduction each.
+  double sum = 0;
+  for (size_t i = 0; i < views_.size();) {
+    if ((views_[i].info.role == TensorRole::kRoutedExpert) != routed_experts) {
+      ++i;
+      continue;
+    }
+    const int64_t begin = views_[i].offset;
+    int64_t end = begin + views_[i].info.numel();
+    for (++i; i < views_.size() && views_[i].offset == end &&
+              (views_[i].info.role == TensorRole::kRoutedExpert) == routed_experts;
+         ++i)
+      end += views_[i].info.numel();
+    MOERUN_RETURN_IF_ERROR(Cuda(
+        kc::LaunchSumOfSquares(grads_ + begin, end - begin, partial_, norm_, stream_), "norm"));
+    double sq = 0;
+    MOERUN_RETURN_IF_ERROR(
+        Cuda(CopyOn(stream_, &sq, norm_, sizeof(double), cudaMemcpyDeviceToHost), "gradient norm"));
+    sum += sq;
+  }
+  return sum;
 }
 
 template <typename T>

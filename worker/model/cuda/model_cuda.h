@@ -2,7 +2,7 @@
 // optionally the embedding, decoder layers [layer_begin, layer_end) (RMSNorm, q/k/v/o with
 // RoPE and causal attention, dense MLP or the MoE layer with every expert), optionally the
 // final norm, LM head and cross-entropy — forward, backward and the optimizer step. The GPU
-// twin of ModelStage (without expert parallelism) plus the trainer's AdamW step, for
+// twin of ModelStage (expert parallelism included) plus the trainer's AdamW step, for
 // `backend: cuda`; the whole model is the one-stage case.
 // A stage without the embedding reads its input from stage_input(), one without the head
 // leaves its output in stage_output(); their gradients go through the same kind of buffers.
@@ -37,8 +37,9 @@ namespace moerun::model::cuda {
 template <typename T>
 class ModelCuda {
  public:
-  // `params` holds the stage's tensors (StageTensors order); its values are uploaded. The
-  // range must hold every routed expert (expert parallelism is not on GPUs yet).
+  // `params` holds the stage's tensors (StageTensors order); its values are uploaded. A range
+  // holding some of the routed experts needs `ep` (experts_per_rank of them, exchanged over
+  // ep.group: worker/model/cuda/moe_layer_cuda.h).
   // fp8 (bf16 storage only): the decoder's linear layers — attention projections, dense MLPs,
   // routed and shared experts — run DeepSeek-V3's fp8 recipe (worker/model/cuda/fp8_linear.h),
   // their weights quantized from the fp32 masters once per Step (at the next Forward);
@@ -48,7 +49,8 @@ class ModelCuda {
   static Result<std::unique_ptr<ModelCuda>> Create(const ModelSpec& spec, const StageRange& range,
                                                    const Parameters<float>& params, int64_t batch,
                                                    int64_t seq, cudaStream_t stream,
-                                                   cublasHandle_t handle, bool fp8 = false);
+                                                   cublasHandle_t handle, bool fp8 = false,
+                                                   ExpertGroupCuda ep = {});
   // The whole model as one stage.
   static Result<std::unique_ptr<ModelCuda>> Create(const ModelSpec& spec,
                                                    const Parameters<float>& params, int64_t batch,
@@ -69,8 +71,12 @@ class ModelCuda {
   // matrices), gradients zeroed, compute copy refreshed. Returns the norm before clipping.
   // The same as ApplyStep(adam, ClipFactor(sqrt(GradSquareSum()), grad_clip)).
   Result<double> Step(const kernels::cpu::AdamWStep& adam, double grad_clip);
-  // Σ of the squared gradients of this stage (its share of a pipeline's global norm).
+  // Σ of the squared gradients of this stage (its share of a pipeline's global norm); of its
+  // routed experts' only (`routed_experts` true) or of everything else (false).
   Result<double> GradSquareSum();
+  Result<double> GradSquareSum(bool routed_experts);
+  // Parameters<float> views of this stage's tensors (offsets into grads()).
+  const std::vector<ParameterView>& views() const { return views_; }
   // Gradients scaled by `clip` (1: untouched), AdamW, gradients zeroed, compute copy refreshed.
   Status ApplyStep(const kernels::cpu::AdamWStep& adam, double clip);
 
@@ -134,6 +140,7 @@ class ModelCuda {
 
   ModelSpec spec_;
   StageRange range_;
+  ExpertGroupCuda ep_;
   int64_t batch_ = 0, seq_ = 0;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t handle_ = nullptr;

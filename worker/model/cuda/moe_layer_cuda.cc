@@ -1,5 +1,6 @@
 #include "worker/model/cuda/moe_layer_cuda.h"
 
+#include <algorithm>
 #include <string>
 #include <type_traits>
 
@@ -25,22 +26,42 @@ Status Blas(cublasStatus_t s, const char* what) {
                           std::to_string(static_cast<int>(s)));
 }
 
+// *ptr = `count` device values (at least one), recorded in `owner`; once `st` holds an
+// error, nothing more is allocated (*ptr null) and the first error stays.
+template <typename V>
+void AllocInto(V** ptr, int64_t count, std::vector<void*>* owner, Status* st) {
+  *ptr = nullptr;
+  if (!st->ok()) return;
+  void* p = nullptr;
+  *st = Cuda(cudaMalloc(&p, static_cast<size_t>(count > 0 ? count : 1) * sizeof(V)),
+             "allocating device memory");
+  if (!st->ok()) return;
+  owner->push_back(p);
+  *ptr = static_cast<V*>(p);
+}
+
 }  // namespace
 
 template <typename T>
-Result<std::unique_ptr<MoeLayerCuda<T>>> MoeLayerCuda<T>::Create(const MoeShape& shape,
-                                                                 int64_t max_tokens,
-                                                                 cudaStream_t stream,
-                                                                 cublasHandle_t handle,
-                                                                 Fp8Linear* fp8) {
+Result<std::unique_ptr<MoeLayerCuda<T>>> MoeLayerCuda<T>::Create(
+    const MoeShape& shape, int64_t max_tokens, cudaStream_t stream, cublasHandle_t handle,
+    Fp8Linear* fp8, ExpertGroupCuda ep) {
   if (shape.router.experts <= 0 || shape.router.top_k <= 0 || max_tokens <= 0) {
     return Status::InvalidArgument("MoE layer on the GPU: experts, top_k and max_tokens > 0");
+  }
+  if (ep.group != nullptr && (ep.experts_per_rank <= 0 ||
+                              ep.experts_per_rank * ep.group->size() != shape.router.experts)) {
+    return Status::InvalidArgument("MoE layer on the GPU: " + std::to_string(ep.experts_per_rank) +
+                                   " experts on each of " + std::to_string(ep.group->size()) +
+                                   " members do not make " + std::to_string(shape.router.experts));
   }
   if (fp8 != nullptr && !std::is_same_v<T, __nv_bfloat16>) {
     return Status::InvalidArgument("MoE layer on the GPU: fp8 runs with bf16 storage");
   }
   std::unique_ptr<MoeLayerCuda<T>> layer(new MoeLayerCuda<T>());
   layer->shape_ = shape;
+  layer->ep_ = ep;
+  layer->local_experts_ = ep.group != nullptr ? ep.experts_per_rank : shape.router.experts;
   layer->max_tokens_ = max_tokens;
   layer->stream_ = stream;
   layer->handle_ = handle;
@@ -55,7 +76,7 @@ Result<std::unique_ptr<MoeLayerCuda<T>>> MoeLayerCuda<T>::Create(const MoeShape&
       to->push_back(w.value());
       return Status::OK();
     };
-    for (int64_t e = 0; e < shape.router.experts; ++e) {
+    for (int64_t e = 0; e < layer->local_experts_; ++e) {
       MOERUN_RETURN_IF_ERROR(add(h, d, &layer->fp8_gate_));
       MOERUN_RETURN_IF_ERROR(add(h, d, &layer->fp8_up_));
       MOERUN_RETURN_IF_ERROR(add(d, h, &layer->fp8_down_));
@@ -104,29 +125,30 @@ Status MoeLayerCuda<T>::Fp8QuantizeWeights(const MoeLayerWeightsCuda<T>& w) {
 
 template <typename T>
 Status MoeLayerCuda<T>::Fp8ExpertsForward(const T* x, const std::vector<Fp8Linear::Weight>& w,
-                                          T* y) {
+                                          const int64_t* counts, T* y) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     int64_t row = 0;
     for (size_t e = 0; e < w.size(); ++e) {
-      const int64_t rows = host_counts_[e];
+      const int64_t rows = counts[e];
       MOERUN_RETURN_IF_ERROR(fp8_->Forward(x + row * w[e].in, w[e], y + row * w[e].out, rows));
       row += rows;
     }
     return Status::OK();
   } else {
-    (void)x, (void)w, (void)y;
+    (void)x, (void)w, (void)counts, (void)y;
     return Status::InvalidArgument("MoE layer on the GPU: fp8 runs with bf16 storage");
   }
 }
 
 template <typename T>
 Status MoeLayerCuda<T>::Fp8ExpertsBackward(const T* dy, const T* x,
-                                           const std::vector<Fp8Linear::Weight>& w, T* dx,
-                                           float* dw, int64_t stride, bool accumulate_dx) {
+                                           const std::vector<Fp8Linear::Weight>& w,
+                                           const int64_t* counts, T* dx, float* dw, int64_t stride,
+                                           bool accumulate_dx) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     int64_t row = 0;
     for (size_t e = 0; e < w.size(); ++e) {
-      const int64_t rows = host_counts_[e];
+      const int64_t rows = counts[e];
       const int64_t o = static_cast<int64_t>(e) * (stride > 0 ? stride : w[e].out * w[e].in);
       MOERUN_RETURN_IF_ERROR(fp8_->Backward(dy + row * w[e].out, x + row * w[e].in, w[e],
                                             dx + row * w[e].in, dw + o, rows, accumulate_dx));
@@ -134,7 +156,7 @@ Status MoeLayerCuda<T>::Fp8ExpertsBackward(const T* dy, const T* x,
     }
     return Status::OK();
   } else {
-    (void)dy, (void)x, (void)w, (void)dx, (void)dw, (void)stride, (void)accumulate_dx;
+    (void)dy, (void)x, (void)w, (void)counts, (void)dx, (void)dw, (void)stride, (void)accumulate_dx;
     return Status::InvalidArgument("MoE layer on the GPU: fp8 runs with bf16 storage");
   }
 }
@@ -142,6 +164,7 @@ Status MoeLayerCuda<T>::Fp8ExpertsBackward(const T* dy, const T* x,
 template <typename T>
 MoeLayerCuda<T>::~MoeLayerCuda() {
   for (void* p : owned_) cudaFree(p);
+  for (void* p : grown_) cudaFree(p);
   if (host_counts_) cudaFreeHost(host_counts_);
   if (host_loss_) cudaFreeHost(host_loss_);
 }
@@ -149,18 +172,9 @@ MoeLayerCuda<T>::~MoeLayerCuda() {
 template <typename T>
 Status MoeLayerCuda<T>::Allocate() {
   const int64_t n = max_tokens_, e = shape_.router.experts, k = shape_.router.top_k;
-  const int64_t d = shape_.d_model, h = shape_.expert_hidden, hs = shape_.shared_hidden;
+  const int64_t d = shape_.d_model, hs = shape_.shared_hidden;
   Status st;
-  auto alloc = [&](auto** ptr, int64_t count) {
-    if (!st.ok()) return;
-    void* p = nullptr;
-    const size_t bytes = static_cast<size_t>(count > 0 ? count : 1) * sizeof(**ptr);
-    st = Cuda(cudaMalloc(&p, bytes), "allocating activations");
-    if (st.ok()) {
-      owned_.push_back(p);
-      *ptr = static_cast<std::remove_reference_t<decltype(*ptr)>>(p);
-    }
-  };
+  auto alloc = [&](auto** ptr, int64_t count) { AllocInto(ptr, count, &owned_, &st); };
   alloc(&logits_, n * e);
   alloc(&scores_, n * e);
   alloc(&gates_, n * k);
@@ -174,9 +188,6 @@ Status MoeLayerCuda<T>::Allocate() {
   // of 16, and the last expert's padding lands past the end.
   const int64_t rows = n * k + 16;
   alloc(&buf_, rows * d);
-  alloc(&eg_, rows * h);
-  alloc(&eu_, rows * h);
-  alloc(&ea_, rows * h);
   alloc(&eo_, rows * d);
   alloc(&sg_, n * hs);
   alloc(&su_, n * hs);
@@ -186,10 +197,8 @@ Status MoeLayerCuda<T>::Allocate() {
   alloc(&dlogits_, n * e);
   alloc(&dlogits_f_, n * e);
   alloc(&deo_, rows * d);
-  alloc(&dea_, rows * h);
-  alloc(&deg_, rows * h);
-  alloc(&deu_, rows * h);
   alloc(&dbuf_, rows * d);
+  if (ep_.group != nullptr) alloc(&recv_counts_, e);
   alloc(&dsa_, n * hs);
   alloc(&dsg_, n * hs);
   alloc(&dsu_, n * hs);
@@ -199,10 +208,178 @@ Status MoeLayerCuda<T>::Allocate() {
   alloc(&f_, n * e);  // one row of E per sequence: at most n sequences
   alloc(&seq_, n);
   MOERUN_RETURN_IF_ERROR(st);
+  MOERUN_RETURN_IF_ERROR(ReserveExpertRows(n * k));
   MOERUN_RETURN_IF_ERROR(Cuda(cudaMallocHost(&host_loss_, sizeof(double)), "pinned loss"));
   *host_loss_ = 0;
   return Cuda(cudaMallocHost(&host_counts_, static_cast<size_t>(e) * sizeof(int64_t)),
               "allocating pinned counts");
+}
+
+template <typename T>
+Status MoeLayerCuda<T>::ReserveExpertRows(int64_t rows) {
+  if (rows <= expert_rows_ && eg_ != nullptr) return Status::OK();
+  for (void* p : grown_) cudaFree(p);
+  grown_.clear();
+  const int64_t cap = std::max(rows, expert_rows_ + expert_rows_ / 4);
+  const int64_t slack = cap + 16, d = shape_.d_model, h = shape_.expert_hidden;
+  Status st;
+  auto alloc = [&](auto** ptr, int64_t count) { AllocInto(ptr, count, &grown_, &st); };
+  alloc(&eg_, slack * h);
+  alloc(&eu_, slack * h);
+  alloc(&ea_, slack * h);
+  alloc(&deg_, slack * h);
+  alloc(&deu_, slack * h);
+  alloc(&dea_, slack * h);
+  if (ep_.group != nullptr) {
+    alloc(&rbuf_, slack * d);
+    alloc(&gbuf_, slack * d);
+    alloc(&geo_, slack * d);
+    alloc(&rout_, slack * d);
+    alloc(&perm_, slack);
+  }
+  expert_rows_ = st.ok() ? cap : 0;
+  return st;
+}
+
+template <typename T>
+Status MoeLayerCuda<T>::ExpertsForward(const T* in, const int64_t* counts, int64_t experts,
+                                       const MoeLayerWeightsCuda<T>& w, T* out) {
+  const int64_t d = shape_.d_model, h = shape_.expert_hidden;
+  int64_t rows = 0;
+  for (int64_t e = 0; e < experts; ++e) rows += counts[e];
+  if (fp8_) {
+    MOERUN_RETURN_IF_ERROR(Fp8ExpertsForward(in, fp8_gate_, counts, eg_));
+    MOERUN_RETURN_IF_ERROR(Fp8ExpertsForward(in, fp8_up_, counts, eu_));
+  } else {
+    MOERUN_RETURN_IF_ERROR(
+        Blas(kc::ExpertLinearForward<T>(handle_, in, w.gate, eg_, counts, experts, d, h, pointers_,
+                                        w.expert_stride),
+             "expert gate GEMM"));
+    MOERUN_RETURN_IF_ERROR(Blas(kc::ExpertLinearForward<T>(handle_, in, w.up, eu_, counts, experts,
+                                                           d, h, pointers_, w.expert_stride),
+                                "expert up GEMM"));
+  }
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(kc::LaunchSwiGluForward<T>(eg_, eu_, ea_, rows * h, stream_), "expert SwiGLU"));
+  if (fp8_) return Fp8ExpertsForward(ea_, fp8_down_, counts, out);
+  return Blas(kc::ExpertLinearForward<T>(handle_, ea_, w.down, out, counts, experts, h, d,
+                                         pointers_, w.expert_stride),
+              "expert down GEMM");
+}
+
+template <typename T>
+Status MoeLayerCuda<T>::ExpertsBackward(const T* dout, const T* in, const int64_t* counts,
+                                        int64_t experts, const MoeLayerWeightsCuda<T>& w,
+                                        const MoeLayerGradsCuda& g, T* din) {
+  const int64_t d = shape_.d_model, h = shape_.expert_hidden;
+  int64_t rows = 0;
+  for (int64_t e = 0; e < experts; ++e) rows += counts[e];
+  // Down, then SwiGLU, then gate and up (both feed din).
+  if (fp8_) {
+    MOERUN_RETURN_IF_ERROR(
+        Fp8ExpertsBackward(dout, ea_, fp8_down_, counts, dea_, g.down, w.expert_stride, false));
+  } else {
+    MOERUN_RETURN_IF_ERROR(
+        Blas(kc::ExpertLinearBackward<T>(handle_, dout, ea_, w.down, dea_, g.down, counts, experts,
+                                         h, d, pointers_, false, w.expert_stride),
+             "expert down backward"));
+  }
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(kc::LaunchSwiGluBackward<T>(dea_, eg_, eu_, deg_, deu_, rows * h, stream_),
+           "expert SwiGLU backward"));
+  if (fp8_) {
+    MOERUN_RETURN_IF_ERROR(
+        Fp8ExpertsBackward(deg_, in, fp8_gate_, counts, din, g.gate, w.expert_stride, false));
+    return Fp8ExpertsBackward(deu_, in, fp8_up_, counts, din, g.up, w.expert_stride, true);
+  }
+  MOERUN_RETURN_IF_ERROR(
+      Blas(kc::ExpertLinearBackward<T>(handle_, deg_, in, w.gate, din, g.gate, counts, experts, d,
+                                       h, pointers_, false, w.expert_stride),
+           "expert gate backward"));
+  return Blas(kc::ExpertLinearBackward<T>(handle_, deu_, in, w.up, din, g.up, counts, experts, d, h,
+                                          pointers_, true, w.expert_stride),
+              "expert up backward");
+}
+
+template <typename T>
+Status MoeLayerCuda<T>::Exchange(const void* send, const std::vector<size_t>& send_bytes,
+                                 void* recv, const std::vector<size_t>& recv_bytes,
+                                 const char* what) {
+  // The communicator has its own stream (or none): what it sends must be written first.
+  MOERUN_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(stream_), what));
+  Status st = ep_.group->AllToAllV(send, send_bytes, recv, recv_bytes);
+  if (!st.ok()) return st.WithContext(std::string("expert ") + what);
+  return Status::OK();
+}
+
+template <typename T>
+Status MoeLayerCuda<T>::ExchangeForward(const MoeLayerWeightsCuda<T>& w) {
+  const int64_t d = shape_.d_model, epr = ep_.experts_per_rank;
+  const int p = ep_.group->size();
+  // 1. How many rows each member sends each of our experts: counts_ is in global expert
+  //    order, which is owner-major, so it is already laid out per destination.
+  std::vector<size_t> count_bytes(static_cast<size_t>(p), size_t(epr) * sizeof(int64_t));
+  MOERUN_RETURN_IF_ERROR(Exchange(counts_, count_bytes, recv_counts_, count_bytes, "counts"));
+  std::vector<int64_t> recv_counts(static_cast<size_t>(p * epr));
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(cudaMemcpy(recv_counts.data(), recv_counts_, recv_counts.size() * sizeof(int64_t),
+                      cudaMemcpyDeviceToHost),
+           "reading received counts"));
+  // 2. The rows themselves.
+  send_bytes_.assign(static_cast<size_t>(p), 0);
+  recv_bytes_.assign(static_cast<size_t>(p), 0);
+  std::vector<int64_t> src_start(static_cast<size_t>(p) + 1, 0);
+  for (int j = 0; j < p; ++j) {
+    int64_t sent = 0, got = 0;
+    for (int64_t le = 0; le < epr; ++le) {
+      sent += host_counts_[j * epr + le];
+      got += recv_counts[size_t(j * epr + le)];
+    }
+    send_bytes_[size_t(j)] = size_t(sent * d) * sizeof(T);
+    recv_bytes_[size_t(j)] = size_t(got * d) * sizeof(T);
+    src_start[size_t(j) + 1] = src_start[size_t(j)] + got;
+  }
+  received_ = src_start[size_t(p)];
+  MOERUN_RETURN_IF_ERROR(ReserveExpertRows(received_));
+  MOERUN_RETURN_IF_ERROR(Exchange(buf_, send_bytes_, rbuf_, recv_bytes_, "dispatch"));
+  // 3. Grouped by local expert, source order inside each: the CPU's order.
+  host_perm_.clear();
+  lcounts_.assign(static_cast<size_t>(epr), 0);
+  for (int64_t le = 0; le < epr; ++le) {
+    for (int j = 0; j < p; ++j) {
+      int64_t start = src_start[size_t(j)];
+      for (int64_t q = 0; q < le; ++q) start += recv_counts[size_t(j * epr + q)];
+      const int64_t c = recv_counts[size_t(j * epr + le)];
+      for (int64_t i = 0; i < c; ++i) host_perm_.push_back(int32_t(start + i));
+      lcounts_[size_t(le)] += c;
+    }
+  }
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(cudaMemcpyAsync(perm_, host_perm_.data(), host_perm_.size() * sizeof(int32_t),
+                           cudaMemcpyHostToDevice, stream_),
+           "permutation"));
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(kc::LaunchGatherRows<T>(rbuf_, perm_, gbuf_, received_, d, stream_), "grouping rows"));
+  // 4. Our experts, 5. their outputs back to where their rows came from.
+  MOERUN_RETURN_IF_ERROR(ExpertsForward(gbuf_, lcounts_.data(), epr, w, geo_));
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(kc::LaunchScatterRows<T>(geo_, perm_, rout_, received_, d, stream_), "ungrouping"));
+  return Exchange(rout_, recv_bytes_, eo_, send_bytes_, "combine");
+}
+
+template <typename T>
+Status MoeLayerCuda<T>::ExchangeBackward(const MoeLayerWeightsCuda<T>& w,
+                                         const MoeLayerGradsCuda& g) {
+  const int64_t d = shape_.d_model, epr = ep_.experts_per_rank;
+  // Output gradients to the experts (rout_), grouped (geo_, the outputs no longer needed).
+  MOERUN_RETURN_IF_ERROR(Exchange(deo_, send_bytes_, rout_, recv_bytes_, "combine backward"));
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(kc::LaunchGatherRows<T>(rout_, perm_, geo_, received_, d, stream_), "grouping"));
+  // Input gradients into rbuf_ (the received rows are no longer needed), then home.
+  MOERUN_RETURN_IF_ERROR(ExpertsBackward(geo_, gbuf_, lcounts_.data(), epr, w, g, rbuf_));
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(kc::LaunchScatterRows<T>(rbuf_, perm_, rout_, received_, d, stream_), "ungrouping"));
+  return Exchange(rout_, recv_bytes_, dbuf_, send_bytes_, "dispatch backward");
 }
 
 template <typename T>
@@ -218,8 +395,7 @@ Status MoeLayerCuda<T>::Forward(const T* x, int64_t b, int64_t s, const MoeLayer
                                    std::to_string(n));
   }
   const auto& r = shape_.router;
-  const int64_t e = r.experts, k = r.top_k, d = shape_.d_model, h = shape_.expert_hidden,
-                hs = shape_.shared_hidden;
+  const int64_t e = r.experts, k = r.top_k, d = shape_.d_model, hs = shape_.shared_hidden;
   last_b_ = b;
   last_s_ = s;
   // Router: fp32 logits, scores, top-k.
@@ -247,30 +423,15 @@ Status MoeLayerCuda<T>::Forward(const T* x, int64_t b, int64_t s, const MoeLayer
       "reading expert counts"));
   MOERUN_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(stream_), "reading expert counts"));
   MOERUN_RETURN_IF_ERROR(Cuda(kc::LaunchDispatchRows<T>(x, plan, buf_, d, stream_), "dispatch"));
-  // Experts: gate and up, SwiGLU, down.
-  if (fp8_) {
-    if (fp8_stale_) {
-      MOERUN_RETURN_IF_ERROR(Fp8QuantizeWeights(w));
-      fp8_stale_ = false;
-    }
-    MOERUN_RETURN_IF_ERROR(Fp8ExpertsForward(buf_, fp8_gate_, eg_));
-    MOERUN_RETURN_IF_ERROR(Fp8ExpertsForward(buf_, fp8_up_, eu_));
-  } else {
-    MOERUN_RETURN_IF_ERROR(Blas(kc::ExpertLinearForward<T>(handle_, buf_, w.gate, eg_, host_counts_,
-                                                           e, d, h, pointers_, w.expert_stride),
-                                "expert gate GEMM"));
-    MOERUN_RETURN_IF_ERROR(Blas(kc::ExpertLinearForward<T>(handle_, buf_, w.up, eu_, host_counts_,
-                                                           e, d, h, pointers_, w.expert_stride),
-                                "expert up GEMM"));
+  // Experts: gate and up, SwiGLU, down; here, or on their owners.
+  if (fp8_ && fp8_stale_) {
+    MOERUN_RETURN_IF_ERROR(Fp8QuantizeWeights(w));
+    fp8_stale_ = false;
   }
-  MOERUN_RETURN_IF_ERROR(
-      Cuda(kc::LaunchSwiGluForward<T>(eg_, eu_, ea_, n * k * h, stream_), "expert SwiGLU"));
-  if (fp8_) {
-    MOERUN_RETURN_IF_ERROR(Fp8ExpertsForward(ea_, fp8_down_, eo_));
+  if (ep_.group != nullptr) {
+    MOERUN_RETURN_IF_ERROR(ExchangeForward(w));
   } else {
-    MOERUN_RETURN_IF_ERROR(Blas(kc::ExpertLinearForward<T>(handle_, ea_, w.down, eo_, host_counts_,
-                                                           e, h, d, pointers_, w.expert_stride),
-                                "expert down GEMM"));
+    MOERUN_RETURN_IF_ERROR(ExpertsForward(buf_, host_counts_, e, w, eo_));
   }
   // Shared experts write y; the routed experts' weighted sum is added in slot order.
   if (hs > 0 && fp8_) {
@@ -307,39 +468,16 @@ Status MoeLayerCuda<T>::Backward(const T* dy, const T* x, int64_t b, int64_t s,
   }
   const int64_t n = b * s;
   const auto& r = shape_.router;
-  const int64_t e = r.experts, k = r.top_k, d = shape_.d_model, h = shape_.expert_hidden,
-                hs = shape_.shared_hidden;
+  const int64_t e = r.experts, k = r.top_k, d = shape_.d_model, hs = shape_.shared_hidden;
   const kc::DeviceDispatchPlan plan{n, k, e, counts_, offsets_, row_token_, row_slot_, slot_row_};
   // Combine: each routed row's gradient and each gate's.
   MOERUN_RETURN_IF_ERROR(Cuda(
       kc::LaunchCombineBackward<T>(dy, eo_, gates_, plan, deo_, dgates_, d, stream_), "combine"));
-  // Experts, down then SwiGLU then gate and up (both feed dbuf).
-  if (fp8_) {
-    MOERUN_RETURN_IF_ERROR(
-        Fp8ExpertsBackward(deo_, ea_, fp8_down_, dea_, g.down, w.expert_stride, false));
+  // Experts, here or on their owners: dbuf from deo.
+  if (ep_.group != nullptr) {
+    MOERUN_RETURN_IF_ERROR(ExchangeBackward(w, g));
   } else {
-    MOERUN_RETURN_IF_ERROR(
-        Blas(kc::ExpertLinearBackward<T>(handle_, deo_, ea_, w.down, dea_, g.down, host_counts_, e,
-                                         h, d, pointers_, false, w.expert_stride),
-             "expert down backward"));
-  }
-  MOERUN_RETURN_IF_ERROR(
-      Cuda(kc::LaunchSwiGluBackward<T>(dea_, eg_, eu_, deg_, deu_, n * k * h, stream_),
-           "expert SwiGLU backward"));
-  if (fp8_) {
-    MOERUN_RETURN_IF_ERROR(
-        Fp8ExpertsBackward(deg_, buf_, fp8_gate_, dbuf_, g.gate, w.expert_stride, false));
-    MOERUN_RETURN_IF_ERROR(
-        Fp8ExpertsBackward(deu_, buf_, fp8_up_, dbuf_, g.up, w.expert_stride, true));
-  } else {
-    MOERUN_RETURN_IF_ERROR(
-        Blas(kc::ExpertLinearBackward<T>(handle_, deg_, buf_, w.gate, dbuf_, g.gate, host_counts_,
-                                         e, d, h, pointers_, false, w.expert_stride),
-             "expert gate backward"));
-    MOERUN_RETURN_IF_ERROR(
-        Blas(kc::ExpertLinearBackward<T>(handle_, deu_, buf_, w.up, dbuf_, g.up, host_counts_, e, d,
-                                         h, pointers_, true, w.expert_stride),
-             "expert up backward"));
+    MOERUN_RETURN_IF_ERROR(ExpertsBackward(deo_, buf_, host_counts_, e, w, g, dbuf_));
   }
   // dx: the shared experts' path writes it, the routed rows and the router add to it.
   if (hs > 0 && fp8_) {
