@@ -85,11 +85,13 @@ inline std::vector<float> RoundedToBf16(const std::vector<float>& v) {
 }
 
 // max |got − want| / max |want|: an error relative to the tensor's scale, so values near zero
-// do not dominate. 0 for two empty or all-zero tensors.
+// do not dominate. 0 for two empty or all-zero tensors; infinite when either side holds a
+// NaN or an infinity (what a wrong buffer tends to produce), so no bound accepts it.
 inline double MaxRelError(const std::vector<float>& got, const std::vector<float>& want) {
   REQUIRE(got.size() == want.size());
   double diff = 0, scale = 0;
   for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i]) || !std::isfinite(want[i])) return HUGE_VAL;
     diff = std::max(diff, std::fabs(double(got[i]) - double(want[i])));
     scale = std::max(scale, std::fabs(double(want[i])));
   }

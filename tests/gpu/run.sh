@@ -21,7 +21,7 @@
 #  5. Parallel training on the GPU: train-fast's model as pipeline 2, as data 2 x expert 2,
 #     and as pipeline 2 x data 2 x expert 2 (`moerun launch`: 2-4 trainers sharing the GPU,
 #     4 micro-batches in 1F1B), each against the same job in one process, 30 steps in fp32:
-#     every step's loss within 1e-4.
+#     every step's loss and both held-out losses within 1e-4.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -126,14 +126,18 @@ for old, new in [("  pipeline: 2\n", f"  pipeline: {pipeline}\n"), ("  data: 2\n
 print(text, end="")
 PY
 }
-same_losses() {
+same_losses() {  # every step's loss, and the held-out loss where evaluated
   python3 - "$1" "$2" "$3" <<'PY'
 import json, sys
-name, one, many = sys.argv[1], *([json.loads(l)["loss"] for l in open(f) if l.strip()] for f in sys.argv[2:4])
-worst = max((abs(a - b) / abs(a) for a, b in zip(one, many)), default=float("inf"))
-print(f"{name} on one GPU vs one process: {len(many)} steps, worst relative loss difference "
-      f"{worst:.2e} (bound 1e-4), loss {many[0]:.4f} -> {many[-1]:.4f}")
-sys.exit(0 if len(one) == len(many) == 30 and worst < 1e-4 else 1)
+name = sys.argv[1]
+one, many = ([json.loads(l) for l in open(f) if l.strip()] for f in sys.argv[2:4])
+pairs = [(a["loss"], b["loss"]) for a, b in zip(one, many)]
+pairs += [(a["val_loss"], b["val_loss"]) for a, b in zip(one, many) if "val_loss" in a]
+evals = sum("val_loss" in a and "val_loss" in b for a, b in zip(one, many))
+worst = max((abs(a - b) / abs(a) for a, b in pairs), default=float("inf"))
+print(f"{name} on one GPU vs one process: {len(many)} steps, {evals} evaluations, worst relative "
+      f"difference {worst:.2e} (bound 1e-4), loss {many[0]['loss']:.4f} -> {many[-1]['loss']:.4f}")
+sys.exit(0 if len(one) == len(many) == 30 and evals == 2 and worst < 1e-4 else 1)
 PY
 }
 for layout in "pipeline2 2 1 1" "expert2 1 2 2" "pipeline2-data2-expert2 2 2 2"; do

@@ -3,18 +3,18 @@
 // exchange rows through the host-staged device communicator over ZeroMQ (the transport ranks
 // sharing a GPU use). Each member's output and input gradient match one layer holding every
 // expert on the member's own tokens, and each member's expert gradients match that layer's
-// gradients of the same experts summed over both members' tokens. fp32 and bf16.
+// gradients of the same experts summed over both members' tokens. fp32 and bf16, with
+// balanced routing and with every token routed to member 0's experts (member 0's buffers must
+// grow to twice a micro-batch's rows; member 1 computes nothing).
 #include <cublas_v2.h>
 #include <doctest/doctest.h>
-#include <unistd.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
-#include <thread>
 
 #include "tests/gpu/gpu_test_util.h"
-#include "worker/comm/device_communicator.h"
-#include "worker/comm/zmq_communicator.h"
+#include "tests/gpu/member_threads.h"
 #include "worker/model/cuda/moe_layer_cuda.h"
 
 namespace model = moerun::model;
@@ -44,6 +44,10 @@ model::MoeShape Shape() {
 
 // Host copies of one layer's weights (all experts) and of each member's tokens.
 struct Inputs {
+  explicit Inputs(bool skewed) {
+    if (skewed)  // member 0's experts win every token's top-k
+      for (int64_t e = 0; e < kLocal; ++e) bias[size_t(e)] = 10.0f;
+  }
   std::vector<float> router = Normal(size_t(kE * kD), 60, 0.1f),
                      bias = Normal(size_t(kE), 61, 0.01f),
                      gate = Normal(size_t(kE * kH * kD), 62, 0.1f),
@@ -60,7 +64,6 @@ struct Inputs {
 struct Results {
   std::vector<float> y[kMembers], dx[kMembers];
   std::vector<float> gate, up, down;  // expert gradients (the experts the layer holds)
-  std::string error;
 };
 
 template <typename T>
@@ -144,8 +147,8 @@ struct StreamAndHandle {
 };
 
 template <typename T>
-void ExpertParallelMatchesOneLayer() {
-  const Inputs in;
+void ExpertParallelMatchesOneLayer(bool skewed) {
+  const Inputs in(skewed);
   // Reference: every expert in one layer, member 0's tokens then member 1's.
   Results ref;
   {
@@ -158,41 +161,23 @@ void ExpertParallelMatchesOneLayer() {
   }
   // Two members, one thread each, on the same GPU.
   Results got[kMembers];
-  std::vector<std::string> endpoints;
-  for (int r = 0; r < kMembers; ++r)
-    endpoints.push_back("ipc://@moerun-gpu-ep-" + std::to_string(getpid()) + "-" +
-                        PrecisionName<T>() + "-" + std::to_string(r));
-  std::vector<std::thread> threads;
-  for (int m = 0; m < kMembers; ++m) {
-    threads.emplace_back([&, m] {
-      Results& r = got[m];
-      if (cudaSetDevice(0) != cudaSuccess) {
-        r.error = "no device";
-        return;
-      }
-      auto zmq = moerun::comm::ZmqCommunicator::Create(m, endpoints, 20000);
-      if (!zmq.ok()) {
-        r.error = zmq.status().ToString();
-        return;
-      }
-      moerun::comm::HostStagedCommunicator group(zmq.value().get());
-      StreamAndHandle sh;
-      DeviceLayer<T> mine(in, m * kLocal, kLocal);
-      auto layer = model::cuda::MoeLayerCuda<T>::Create(Shape(), kN, sh.stream, sh.handle, nullptr,
-                                                        {&group, kLocal});
-      if (!layer.ok()) {
-        r.error = layer.status().ToString();
-        return;
-      }
-      r.error = mine.Run(*layer.value(), in, m, &r);
-      if (r.error.empty()) mine.TakeGrads(&r);
-    });
-  }
-  for (auto& t : threads) t.join();
+  const auto errors = moerun::gpu_testing::RunMembers(
+      kMembers, std::string("ep-") + PrecisionName<T>() + (skewed ? "-skewed" : ""),
+      [&](int m, moerun::comm::Communicator& group) -> std::string {
+        StreamAndHandle sh;
+        DeviceLayer<T> mine(in, m * kLocal, kLocal);
+        auto layer = model::cuda::MoeLayerCuda<T>::Create(Shape(), kN, sh.stream, sh.handle,
+                                                          nullptr, {&group, kLocal});
+        if (!layer.ok()) return layer.status().ToString();
+        const std::string err = mine.Run(*layer.value(), in, m, &got[m]);
+        if (err.empty()) mine.TakeGrads(&got[m]);
+        return err;
+      });
+  for (int m = 0; m < kMembers; ++m)
+    REQUIRE_MESSAGE(errors[size_t(m)].empty(), "member " << m << ": " << errors[size_t(m)]);
   const double bound = std::is_same_v<T, float> ? 1e-5 : 2e-2;
   double worst = 0;
   for (int m = 0; m < kMembers; ++m) {
-    REQUIRE_MESSAGE(got[m].error.empty(), "member " << m << ": " << got[m].error);
     worst =
         std::max({worst, MaxRelError(got[m].y[m], ref.y[m]), MaxRelError(got[m].dx[m], ref.dx[m])});
     auto slice = [&](const std::vector<float>& all, int64_t per) {
@@ -203,13 +188,20 @@ void ExpertParallelMatchesOneLayer() {
                       MaxRelError(got[m].up, slice(ref.up, kH * kD)),
                       MaxRelError(got[m].down, slice(ref.down, kD * kH))});
   }
-  Record({"expert parallel 2 members vs one layer", PrecisionName<T>(), worst, bound, 0, 0, 0});
+  if (skewed) {  // member 1's experts got nothing: their gradients stay zero
+    CHECK(*std::max_element(got[1].gate.begin(), got[1].gate.end()) == 0.0f);
+    CHECK(*std::min_element(got[1].gate.begin(), got[1].gate.end()) == 0.0f);
+  }
+  Record({std::string("expert parallel 2 members vs one layer") + (skewed ? ", skewed" : ""),
+          PrecisionName<T>(), worst, bound, 0, 0, 0});
   CHECK(worst <= bound);
 }
 
 }  // namespace
 
 TEST_CASE("expert parallelism on one GPU: two members match one layer with every expert") {
-  ExpertParallelMatchesOneLayer<float>();
-  ExpertParallelMatchesOneLayer<__nv_bfloat16>();
+  for (bool skewed : {false, true}) {
+    ExpertParallelMatchesOneLayer<float>(skewed);
+    ExpertParallelMatchesOneLayer<__nv_bfloat16>(skewed);
+  }
 }

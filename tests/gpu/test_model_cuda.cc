@@ -10,6 +10,7 @@
 
 #include "common/spec_loader.h"
 #include "tests/gpu/gpu_test_util.h"
+#include "tests/gpu/member_threads.h"
 #include "worker/model/cuda/model_cuda.h"
 #include "worker/model/model_stage.h"
 
@@ -332,4 +333,87 @@ TEST_CASE_FIXTURE(Comparison,
     Record({"forward again before backward: gradients differing", bf16 ? "bf16" : "fp32",
             double(differ), 0, 0, 0, 0});
   }
+}
+
+TEST_CASE_FIXTURE(Comparison,
+                  "expert parallelism in the model on the GPU: two members add up to the whole "
+                  "model") {
+  // Members 0 and 1 hold experts 0-1 and 2-3 of every MoE layer and train on different
+  // batches (the batch, and the batch reversed). Each member's loss and dense gradients are
+  // the whole model's on its batch; its expert gradients are the whole model's summed over
+  // both batches; its gradient norm split (dense, experts) adds up accordingly.
+  const int64_t s = spec.seq_len, epr = spec.moe.routed_experts / 2;
+  const std::vector<int32_t> batch_ids[2] = {ids, {ids.rbegin(), ids.rend()}};
+  const std::vector<int32_t> batch_targets[2] = {targets, {targets.rbegin(), targets.rend()}};
+  double want_loss[2];
+  std::vector<float> want[2];
+  for (int m = 0; m < 2; ++m) {
+    auto whole = model::cuda::ModelCuda<float>::Create(spec, params, b, s, gpu.stream, gpu.handle);
+    REQUIRE(whole.ok());
+    auto loss = whole.value()->Forward(batch_ids[m].data(), batch_targets[m].data());
+    REQUIRE(loss.ok());
+    want_loss[m] = loss.value();
+    REQUIRE(whole.value()->Backward(1.0).ok());
+    REQUIRE(whole.value()->Download(nullptr, &want[m]).ok());
+  }
+  double got_loss[2] = {0, 0}, dense_sq[2] = {0, 0}, expert_sq[2] = {0, 0};
+  std::vector<float> got[2];
+  std::vector<model::Parameters<float>> member_params;
+  for (int m = 0; m < 2; ++m) {
+    const model::StageRange r{0, spec.n_layers, true, true, m * epr, (m + 1) * epr};
+    member_params.push_back(StageParams(spec, r, params));
+  }
+  const auto errors = moerun::gpu_testing::RunMembers(
+      2, "model-ep", [&](int m, moerun::comm::Communicator& group) -> std::string {
+        cudaStream_t stream;
+        cublasHandle_t handle;
+        cudaStreamCreate(&stream);
+        cublasCreate(&handle);
+        std::string err;
+        {
+          const model::StageRange r{0, spec.n_layers, true, true, m * epr, (m + 1) * epr};
+          auto mm = model::cuda::ModelCuda<float>::Create(spec, r, member_params[size_t(m)], b, s,
+                                                          stream, handle, false, {&group, epr});
+          auto loss = mm.ok() ? mm.value()->Forward(batch_ids[m].data(), batch_targets[m].data())
+                              : moerun::Result<double>(mm.status());
+          moerun::Status st = loss.ok() ? mm.value()->Backward(1.0) : loss.status();
+          if (st.ok()) st = mm.value()->Download(nullptr, &got[m]);
+          auto dense = st.ok() ? mm.value()->GradSquareSum(false) : moerun::Result<double>(st);
+          auto experts = dense.ok() ? mm.value()->GradSquareSum(true) : dense;
+          if (experts.ok()) {
+            got_loss[m] = loss.value();
+            dense_sq[m] = dense.value();
+            expert_sq[m] = experts.value();
+          } else {
+            err = experts.status().ToString();
+          }
+        }
+        cublasDestroy(handle);
+        cudaStreamDestroy(stream);
+        return err;
+      });
+  for (int m = 0; m < 2; ++m) REQUIRE_MESSAGE(errors[size_t(m)].empty(), errors[size_t(m)]);
+  double worst = 0;
+  for (int m = 0; m < 2; ++m) {
+    CHECK(std::fabs(got_loss[m] - want_loss[m]) <= 1e-6 * want_loss[m]);
+    double want_dense = 0, want_experts = 0;
+    for (const auto& v : member_params[size_t(m)].views()) {
+      const int64_t whole_offset = params.Find(v.info.name) - params.values().data();
+      const bool expert = v.info.role == moerun::TensorRole::kRoutedExpert;
+      std::vector<float> expect(size_t(v.info.numel()));
+      for (int64_t i = 0; i < v.info.numel(); ++i) {
+        const size_t w = size_t(whole_offset + i);
+        expect[size_t(i)] = expert ? want[0][w] + want[1][w] : want[m][w];
+        (expert ? want_experts : want_dense) += double(expect[size_t(i)]) * expect[size_t(i)];
+      }
+      const double e = MaxRelError(
+          std::vector<float>(got[m].begin() + v.offset, got[m].begin() + v.offset + v.info.numel()),
+          expect);
+      worst = std::max(worst, e);
+      CHECK_MESSAGE(e <= 1e-5, "member " << m << ": " << v.info.name << ": " << e);
+    }
+    CHECK(std::fabs(dense_sq[m] - want_dense) <= 1e-5 * want_dense);
+    CHECK(std::fabs(expert_sq[m] - want_experts) <= 1e-5 * want_experts);
+  }
+  Record({"expert parallel model, 2 members vs whole: gradients", "fp32", worst, 1e-5, 0, 0, 0});
 }

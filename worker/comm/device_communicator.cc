@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <numeric>
 #include <set>
 
@@ -116,14 +117,18 @@ Result<std::unique_ptr<Communicator>> MakeDeviceCommunicator(Communicator* host_
                                                              std::shared_ptr<DataPlaneWait> wait,
                                                              const std::string& what,
                                                              std::string* transport) {
-  // Every member's (host, device), gathered by a sum over one-hot slots; doubles hold the
-  // 42-bit keys exactly.
-  char name[256] = {0};
+  // Every member's GPU (host name and PCI bus id: two processes seeing one GPU under
+  // different ordinals still match), gathered by a sum over one-hot slots; the 52-bit FNV-1a
+  // keys are exact in doubles.
+  char name[256] = {0}, bus[64] = {0};
   gethostname(name, sizeof(name) - 1);
-  uint32_t h = 2166136261u;  // FNV-1a
-  for (const char* c = name; *c != '\0'; ++c) h = (h ^ uint8_t(*c)) * 16777619u;
+  if (cudaDeviceGetPCIBusId(bus, sizeof(bus), device) != cudaSuccess)
+    std::snprintf(bus, sizeof(bus), "ordinal-%d", device);
+  uint64_t h = 1469598103934665603ull;
+  for (const std::string& part : {std::string(name), std::string("/"), std::string(bus)})
+    for (unsigned char c : part) h = (h ^ c) * 1099511628211ull;
   std::vector<double> keys(size_t(host_group->size()), 0.0);
-  keys[size_t(host_group->rank())] = double(h) * 1024.0 + double(device % 1024) + 1.0;
+  keys[size_t(host_group->rank())] = double(h >> 12) + 1.0;
   MOERUN_RETURN_IF_ERROR(host_group->AllReduceSum(keys.data(), keys.size()));
   const bool distinct = std::set<double>(keys.begin(), keys.end()).size() == keys.size();
   if (!distinct) {

@@ -148,7 +148,7 @@ class GpuStepRunner : public StepEngine {
     std::vector<double> m(2 + size_t(moe_layers * experts), 0.0);
     m[0] = t.last_stage() ? loss_sum_ : 0.0;
     m[1] = balance_sum_;
-    if (t.d == 0) {
+    if (t.d == 0 && stage_moe > 0) {
       const int64_t first = topo_->range.layer_end - stage_moe - ms.dense_layers;
       std::copy(counts_.begin(), counts_.end(), m.begin() + 2 + first * experts);
     }

@@ -99,6 +99,12 @@ Result<std::unique_ptr<ModelCuda<T>>> ModelCuda<T>::Create(
         std::to_string(range.expert_end - 1) + " needs an expert group of that many per rank");
   }
   if (all_experts) ep = {};  // every expert here: nothing to exchange
+  if (ep.group != nullptr && range.expert_begin != ep.group->rank() * ep.experts_per_rank) {
+    return Status::InvalidArgument("model on the GPU: member " + std::to_string(ep.group->rank()) +
+                                   " of the expert group holds experts from " +
+                                   std::to_string(ep.group->rank() * ep.experts_per_rank) +
+                                   ", not " + std::to_string(range.expert_begin));
+  }
   const std::vector<TensorInfo> tensors = StageTensors(spec, range);
   bool same = tensors.size() == params.views().size();
   for (size_t i = 0; same && i < tensors.size(); ++i)

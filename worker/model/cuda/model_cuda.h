@@ -1,6 +1,6 @@
 // ModelCuda: a pipeline stage of the MoE transformer (DESIGN.md §4, MHA attention) on one GPU —
 // optionally the embedding, decoder layers [layer_begin, layer_end) (RMSNorm, q/k/v/o with
-// RoPE and causal attention, dense MLP or the MoE layer with every expert), optionally the
+// RoPE and causal attention, dense MLP or the MoE layer), optionally the
 // final norm, LM head and cross-entropy — forward, backward and the optimizer step. The GPU
 // twin of ModelStage (expert parallelism included) plus the trainer's AdamW step, for
 // `backend: cuda`; the whole model is the one-stage case.

@@ -13,7 +13,7 @@
 // to it). Forward synchronizes to read the experts' row counts on the host, and every grouped
 // GEMM call synchronizes after staging its pointer arrays (3 per forward, 2 per backward):
 // correct, and a cost a pinned double-buffered staging area would remove. With expert
-// parallelism the stream is synchronized before each exchange (4 per forward and backward),
+// parallelism the stream is synchronized before each exchange (3 per forward, 2 per backward),
 // and the buffers of received rows grow when a forward receives more than they hold.
 // Not thread-safe.
 #pragma once
