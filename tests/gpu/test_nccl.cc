@@ -34,6 +34,12 @@ TEST_CASE("NCCL world of one: collectives, alltoallv, split, abort") {
   std::vector<float> back(n);
   REQUIRE(cudaMemcpy(back.data(), b, n * 4, cudaMemcpyDeviceToHost) == cudaSuccess);
   CHECK(back == host);  // one rank: the sum is the input, the exchange a copy
+  // A send and a receive in one group, here to itself (a pipeline neighbour in a world of
+  // more): the receive gets what was sent.
+  REQUIRE(cudaMemset(b, 0, n * 4) == cudaSuccess);
+  CHECK(c.value()->SendRecv(0, 1, a, n * 4, 0, 1, b, n * 4).ok());
+  REQUIRE(cudaMemcpy(back.data(), b, n * 4, cudaMemcpyDeviceToHost) == cudaSuccess);
+  CHECK(back == host);
   auto sub = c.value()->Split({0}, "self");
   REQUIRE_MESSAGE(sub.ok(), sub.status().ToString());
   CHECK(sub.value()->AllReduceSum(a, n).ok());

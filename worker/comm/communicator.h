@@ -32,6 +32,15 @@ class Communicator {
   // arrive in order. Recv requires exactly `bytes` bytes.
   virtual Status Send(int peer, uint32_t tag, const void* data, size_t bytes) = 0;
   virtual Status Recv(int peer, uint32_t tag, void* data, size_t bytes) = 0;
+  // Send to send_peer and receive from recv_peer; both have completed on return. Two
+  // neighbours sending to each other at once must use it (a pipeline's steady state): it
+  // pairs up whether or not the transport's Send waits for the receiver (NCCL issues both in
+  // one group). The default, Send then Recv, is right where sends are buffered (ZeroMQ).
+  virtual Status SendRecv(int send_peer, uint32_t send_tag, const void* send, size_t send_bytes,
+                          int recv_peer, uint32_t recv_tag, void* recv, size_t recv_bytes) {
+    MOERUN_RETURN_IF_ERROR(Send(send_peer, send_tag, send, send_bytes));
+    return Recv(recv_peer, recv_tag, recv, recv_bytes);
+  }
 
   // data[i] = Σ over ranks of data[i] (ring reduce-scatter + all-gather).
   virtual Status AllReduceSum(float* data, size_t count) = 0;

@@ -68,6 +68,19 @@ Status HostStagedCommunicator::Recv(int peer, uint32_t tag, void* data, size_t b
   return ToDevice(data, s.value(), bytes);
 }
 
+Status HostStagedCommunicator::SendRecv(int send_peer, uint32_t send_tag, const void* send,
+                                        size_t send_bytes, int recv_peer, uint32_t recv_tag,
+                                        void* recv, size_t recv_bytes) {
+  auto s = Staging(0, send_bytes);
+  if (!s.ok()) return s.status();
+  auto r = Staging(1, recv_bytes);
+  if (!r.ok()) return r.status();
+  MOERUN_RETURN_IF_ERROR(ToHost(s.value(), send, send_bytes));
+  MOERUN_RETURN_IF_ERROR(host_->SendRecv(send_peer, send_tag, s.value(), send_bytes, recv_peer,
+                                         recv_tag, r.value(), recv_bytes));
+  return ToDevice(recv, r.value(), recv_bytes);
+}
+
 template <typename V>
 Status HostStagedCommunicator::StagedAllReduce(V* data, size_t count) {
   auto s = Staging(0, count * sizeof(V));

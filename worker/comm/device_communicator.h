@@ -31,6 +31,8 @@ class HostStagedCommunicator : public Communicator {
   int size() const override { return host_->size(); }
   Status Send(int peer, uint32_t tag, const void* data, size_t bytes) override;
   Status Recv(int peer, uint32_t tag, void* data, size_t bytes) override;
+  Status SendRecv(int send_peer, uint32_t send_tag, const void* send, size_t send_bytes,
+                  int recv_peer, uint32_t recv_tag, void* recv, size_t recv_bytes) override;
   Status AllReduceSum(float* data, size_t count) override;
   Status AllReduceSum(double* data, size_t count) override;
   Status AllToAllV(const void* send, const std::vector<size_t>& send_bytes, void* recv,

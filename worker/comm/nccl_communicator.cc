@@ -139,6 +139,16 @@ Status NcclCommunicator::Recv(int peer, uint32_t, void* data, size_t bytes) {
   return Wait("recv");
 }
 
+Status NcclCommunicator::SendRecv(int send_peer, uint32_t, const void* send, size_t send_bytes,
+                                  int recv_peer, uint32_t, void* recv, size_t recv_bytes) {
+  if (state_->comm == nullptr) return Status::Aborted("NCCL sendrecv: communicator aborted");
+  ncclGroupStart();
+  ncclSend(send, send_bytes, ncclUint8, send_peer, state_->comm, state_->stream);
+  ncclRecv(recv, recv_bytes, ncclUint8, recv_peer, state_->comm, state_->stream);
+  MOERUN_RETURN_IF_ERROR(Enqueued(ncclGroupEnd(), "sendrecv"));
+  return Wait("sendrecv");
+}
+
 namespace {
 
 // One all-reduce of `count` elements of `type`, in place.

@@ -7,7 +7,9 @@
 // The communicator is created non-blocking (config.blocking = 0) so init and abort obey the
 // same rules.
 //
-// Differences from the ZeroMQ communicator: Split is collective over the parent
+// Differences from the ZeroMQ communicator: tags are not sent (messages between a pair match
+// in call order, which the callers keep); a Send may wait for its receiver, so neighbours
+// exchanging at once use SendRecv; Split is collective over the parent
 // (ncclCommSplit) — every rank of the parent calls the same sequence of Splits, members of
 // one group passing the same name; AllToAllV is a grouped ncclSend/ncclRecv.
 // Built only with CUDA; compiled in every such build, exercised by tests/gpu on a GPU.
@@ -37,6 +39,8 @@ class NcclCommunicator : public Communicator {
   int size() const override { return size_; }
   Status Send(int peer, uint32_t tag, const void* data, size_t bytes) override;
   Status Recv(int peer, uint32_t tag, void* data, size_t bytes) override;
+  Status SendRecv(int send_peer, uint32_t send_tag, const void* send, size_t send_bytes,
+                  int recv_peer, uint32_t recv_tag, void* recv, size_t recv_bytes) override;
   Status AllReduceSum(float* data, size_t count) override;
   Status AllReduceSum(double* data, size_t count) override;
   Status AllToAllV(const void* send, const std::vector<size_t>& send_bytes, void* recv,

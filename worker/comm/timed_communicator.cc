@@ -29,6 +29,15 @@ Status TimedCommunicator::Recv(int peer, uint32_t tag, void* data, size_t bytes)
   return Timed(&wait_->pipeline_s, [&] { return inner_->Recv(peer, tag, data, bytes); });
 }
 
+Status TimedCommunicator::SendRecv(int send_peer, uint32_t send_tag, const void* send,
+                                   size_t send_bytes, int recv_peer, uint32_t recv_tag, void* recv,
+                                   size_t recv_bytes) {
+  return Timed(&wait_->pipeline_s, [&] {
+    return inner_->SendRecv(send_peer, send_tag, send, send_bytes, recv_peer, recv_tag, recv,
+                            recv_bytes);
+  });
+}
+
 Status TimedCommunicator::AllReduceSum(float* data, size_t count) {
   return Timed(&wait_->collective_s, [&] { return inner_->AllReduceSum(data, count); });
 }

@@ -1,6 +1,6 @@
 // TimedCommunicator: a Communicator that measures how long its caller waits on the data plane,
 // for the per-step time split (DESIGN.md §9): compute, data-plane wait, pipeline bubble.
-//   Recv                       -> wait.pipeline_s: blocked on a neighbouring stage's
+//   Recv, SendRecv             -> wait.pipeline_s: blocked on a neighbouring stage's
 //                                 activations or gradients — the pipeline bubble (idle by the
 //                                 schedule, plus the transfer itself);
 //   Send and every collective  -> wait.collective_s: token all-to-all in MoE layers,
@@ -31,6 +31,8 @@ class TimedCommunicator : public Communicator {
   int size() const override { return inner_->size(); }
   Status Send(int peer, uint32_t tag, const void* data, size_t bytes) override;
   Status Recv(int peer, uint32_t tag, void* data, size_t bytes) override;
+  Status SendRecv(int send_peer, uint32_t send_tag, const void* send, size_t send_bytes,
+                  int recv_peer, uint32_t recv_tag, void* recv, size_t recv_bytes) override;
   Status AllReduceSum(float* data, size_t count) override;
   Status AllReduceSum(double* data, size_t count) override;
   Status AllToAllV(const void* send, const std::vector<size_t>& send_bytes, void* recv,

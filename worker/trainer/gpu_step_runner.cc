@@ -12,6 +12,7 @@
 #include "worker/comm/device_communicator.h"
 #include "worker/model/cuda/model_cuda.h"
 #include "worker/trainer/pipeline_schedule.h"
+#include "worker/trainer/stage_link.h"
 #include "worker/trainer/trainer.h"
 
 namespace moerun::trainer {
@@ -34,6 +35,9 @@ class GpuStepRunner : public StepEngine {
 
   ~GpuStepRunner() override {
     model_.reset();  // frees device memory before the stream and handle go
+    for (T* p : stash_) cudaFree(p);
+    link_.reset();
+    world_dev_.reset();
     replica_dev_.reset();
     expert_dev_.reset();
     data_dev_.reset();
@@ -76,6 +80,10 @@ class GpuStepRunner : public StepEngine {
       transports_ += std::string(transports_.empty() ? "" : ", ") + what + " over " + transport;
       return Status::OK();
     };
+    if (topo_->pipeline > 1) {  // activations between stages
+      MOERUN_RETURN_IF_ERROR(device_group(topo_->world_comm.get(), "stages", &world_dev_));
+      link_ = std::make_unique<StageLink>(world_dev_.get());
+    }
     MOERUN_RETURN_IF_ERROR(device_group(topo_->data_group.get(), "data group", &data_dev_));
     if (topo_->expert > 1) {
       MOERUN_RETURN_IF_ERROR(device_group(topo_->expert_group.get(), "expert group", &expert_dev_));
@@ -102,7 +110,6 @@ class GpuStepRunner : public StepEngine {
     const int64_t micro = t.micro_batches;
     inputs_.resize(size_t(micro));
     targets_.resize(size_t(micro));
-    hidden_.resize(size_t(micro));
     last_forward_ = -1;
     const double dloss = 1.0 / double(spec_.parallel.data * spec_.parallel.micro_batches);
     for (const PipelineOp& op : PipelineOps(spec_.parallel.schedule, t.pipeline, t.stage, micro)) {
@@ -112,6 +119,7 @@ class GpuStepRunner : public StepEngine {
         MOERUN_RETURN_IF_ERROR(Backward(op.micro, dloss));
       }
     }
+    if (link_) MOERUN_RETURN_IF_ERROR(link_->Flush());
     // The same bias update on every replica of the stage, from the data group's counts.
     MOERUN_RETURN_IF_ERROR(t.data_group->AllReduceSum(counts_.data(), counts_.size()));
     std::vector<std::vector<int64_t>> layer_counts(static_cast<size_t>(stage_moe));
@@ -172,7 +180,6 @@ class GpuStepRunner : public StepEngine {
     double total = 0;
     inputs_.resize(1);
     targets_.resize(1);
-    hidden_.resize(1);
     inputs_[0].resize(size_t(n));
     targets_[0].resize(size_t(n));
     last_forward_ = -1;  // evaluation replaces the kept activations
@@ -190,11 +197,15 @@ class GpuStepRunner : public StepEngine {
                                     targets_[0].data() + j * seq_);
       }
       const uint32_t tag = kEvalTagBase + ForwardTag(q);
-      if (!t.first_stage()) MOERUN_RETURN_IF_ERROR(ReceiveInput(0, tag));
+      if (link_) {
+        MOERUN_RETURN_IF_ERROR(
+            t.first_stage() ? link_->Flush()
+                            : link_->Recv(t.prev, tag, model_->stage_input(), HiddenBytes()));
+      }
       auto loss = model_->Forward(inputs_[0].data(), targets_[0].data());
       if (!loss.ok()) return loss.status();
       if (!t.last_stage()) {
-        MOERUN_RETURN_IF_ERROR(SendDevice(t.next, tag, model_->stage_output()));
+        MOERUN_RETURN_IF_ERROR(link_->Send(t.next, tag, model_->stage_output(), HiddenBytes()));
         continue;
       }
       if (!counted) continue;
@@ -202,6 +213,7 @@ class GpuStepRunner : public StepEngine {
       if (!sum.ok()) return sum.status();
       total += sum.value() / double(seq_);
     }
+    if (link_) MOERUN_RETURN_IF_ERROR(link_->Flush());
     MOERUN_RETURN_IF_ERROR(t.world_comm->AllReduceSum(&total, 1));
     return total / double(windows);
   }
@@ -222,8 +234,8 @@ class GpuStepRunner : public StepEngine {
     if (topo_->pipeline > 1) {
       where += ", stage " + std::to_string(topo_->stage) + " of " +
                std::to_string(topo_->pipeline) +
-               " (activations between stages through host memory; each micro-batch's forward "
-               "runs again before its backward on all but the last stage)";
+               " (each micro-batch's forward runs again before its backward on all but the last "
+               "stage)";
     }
     return where;
   }
@@ -293,7 +305,7 @@ class GpuStepRunner : public StepEngine {
 
   // Micro-batch m's forward: its tokens (first and last stage) or the previous stage's
   // activations, the stage, its output to the next stage. `again`: the same forward once
-  // more before its backward (its inputs kept, nothing sent or counted).
+  // more before its backward (its inputs kept, nothing received, sent or counted).
   Status Forward(int64_t m, int64_t step, int64_t global_micro, bool again = false) {
     Topology& t = *topo_;
     const size_t n = size_t(micro_seqs_ * seq_);
@@ -305,14 +317,19 @@ class GpuStepRunner : public StepEngine {
                              inputs_[size_t(m)].data() + j * seq_,
                              targets_[size_t(m)].data() + j * seq_);
     }
-    if (!t.first_stage()) {
-      if (!again) {
-        MOERUN_RETURN_IF_ERROR(ReceiveInput(m, ForwardTag(m)));
+    if (link_ && !again) {  // the op starts with its receive (or Flush), before any compute
+      if (t.first_stage()) {
+        MOERUN_RETURN_IF_ERROR(link_->Flush());
       } else {
-        MOERUN_RETURN_IF_ERROR(Cuda(Copy(model_->stage_input(), hidden_[size_t(m)].data(),
-                                         HiddenBytes(), cudaMemcpyHostToDevice),
-                                    "stage input"));
+        auto stash = Stash(m);  // kept for the forward run again before the backward
+        if (!stash.ok()) return stash.status();
+        MOERUN_RETURN_IF_ERROR(link_->Recv(t.prev, ForwardTag(m), stash.value(), HiddenBytes()));
       }
+    }
+    if (!t.first_stage()) {
+      MOERUN_RETURN_IF_ERROR(Cuda(
+          Copy(model_->stage_input(), stash_[size_t(m)], HiddenBytes(), cudaMemcpyDeviceToDevice),
+          "stage input"));
     }
     auto loss = model_->Forward(inputs_[size_t(m)].data(), targets_[size_t(m)].data());
     if (!loss.ok()) return loss.status();
@@ -325,45 +342,42 @@ class GpuStepRunner : public StepEngine {
       const int64_t* c = model_->expert_counts(l);
       for (int64_t e = 0; e < experts; ++e) counts_[size_t(l * experts + e)] += double(c[e]);
     }
+    // Held by the link until the next op's receive; stage_output() is not written before.
     if (!t.last_stage())
-      MOERUN_RETURN_IF_ERROR(SendDevice(t.next, ForwardTag(m), model_->stage_output()));
+      MOERUN_RETURN_IF_ERROR(
+          link_->Send(t.next, ForwardTag(m), model_->stage_output(), HiddenBytes()));
     return Status::OK();
   }
 
-  // Micro-batch m's backward, its forward run again first unless it was the last one.
+  // Micro-batch m's backward: the gradient of its output first (paired with a held send to
+  // the same stage), then its forward again unless it was the last one, then the backward.
   Status Backward(int64_t m, double dloss) {
     Topology& t = *topo_;
-    if (last_forward_ != m) MOERUN_RETURN_IF_ERROR(Forward(m, 0, 0, true));
-    if (!t.last_stage()) {
-      staging_.resize(HiddenBytes());
-      MOERUN_RETURN_IF_ERROR(
-          t.world_comm->Recv(t.next, BackwardTag(m), staging_.data(), staging_.size()));
-      MOERUN_RETURN_IF_ERROR(Cuda(
-          Copy(model_->output_grad(), staging_.data(), staging_.size(), cudaMemcpyHostToDevice),
-          "output gradient"));
+    if (link_) {
+      if (t.last_stage()) {
+        MOERUN_RETURN_IF_ERROR(link_->Flush());
+      } else {  // output_grad() is not touched by a forward
+        MOERUN_RETURN_IF_ERROR(
+            link_->Recv(t.next, BackwardTag(m), model_->output_grad(), HiddenBytes()));
+      }
     }
+    if (last_forward_ != m) MOERUN_RETURN_IF_ERROR(Forward(m, 0, 0, true));
     MOERUN_RETURN_IF_ERROR(model_->Backward(dloss));
     if (!t.first_stage())
-      MOERUN_RETURN_IF_ERROR(SendDevice(t.prev, BackwardTag(m), model_->input_grad()));
+      MOERUN_RETURN_IF_ERROR(
+          link_->Send(t.prev, BackwardTag(m), model_->input_grad(), HiddenBytes()));
     return Status::OK();
   }
 
-  // The previous stage's activations for micro-batch slot m, kept on the host and copied to
-  // the stage's input.
-  Status ReceiveInput(int64_t m, uint32_t tag) {
-    auto& host = hidden_[size_t(m)];
-    host.resize(HiddenBytes());
-    MOERUN_RETURN_IF_ERROR(topo_->world_comm->Recv(topo_->prev, tag, host.data(), host.size()));
-    return Cuda(Copy(model_->stage_input(), host.data(), host.size(), cudaMemcpyHostToDevice),
-                "stage input");
-  }
-
-  // [batch·seq, d_model] values of the device to a neighbouring stage, through the host.
-  Status SendDevice(int peer, uint32_t tag, const T* device) {
-    staging_.resize(HiddenBytes());
-    MOERUN_RETURN_IF_ERROR(Cuda(
-        Copy(staging_.data(), device, staging_.size(), cudaMemcpyDeviceToHost), "stage output"));
-    return topo_->world_comm->Send(peer, tag, staging_.data(), staging_.size());
+  // Device memory for micro-batch m's stage input, allocated once per micro-batch index.
+  Result<T*> Stash(int64_t m) {
+    if (stash_.size() <= size_t(m)) stash_.resize(size_t(m) + 1, nullptr);
+    if (stash_[size_t(m)] == nullptr) {
+      void* p = nullptr;
+      MOERUN_RETURN_IF_ERROR(Cuda(cudaMalloc(&p, HiddenBytes()), "stage input stash"));
+      stash_[size_t(m)] = static_cast<T*>(p);
+    }
+    return stash_[size_t(m)];
   }
 
   const JobSpec& spec_;
@@ -383,10 +397,13 @@ class GpuStepRunner : public StepEngine {
   float* pack_ = nullptr;   // device: gradients of one kind, packed for one all-reduce
   int64_t pack_floats_ = 0;
   // Per micro-batch in flight: tokens (first and last stage) and, on later stages, the
-  // activations received (kept for the forward run again before the backward).
+  // activations received (device; kept for the forward run again before the backward).
   std::vector<std::vector<int32_t>> inputs_, targets_;
-  std::vector<std::vector<uint8_t>> hidden_;
-  std::vector<uint8_t> staging_;
+  std::vector<T*> stash_;
+  // Stages: a device communicator over the world (NCCL, or host-staged where ranks share a
+  // GPU) and the link that pairs its sends and receives; null with one stage.
+  std::unique_ptr<comm::Communicator> world_dev_;
+  std::unique_ptr<StageLink> link_;
   std::vector<double> counts_;  // the stage's MoE layers × experts, this step
   double loss_sum_ = 0, balance_sum_ = 0;
   int64_t last_forward_ = -1;  // the micro-batch whose activations the model holds

@@ -7,10 +7,11 @@
 // global norm and applies AdamW on the device. The data order, learning-rate schedule, loss
 // and load accounting are the CPU StepRunner's, so a job's metrics mean the same on either
 // backend.
-// Between stages, activations and their gradients go through host memory over the world
-// communicator (ZeroMQ: buffered sends, so no schedule deadlocks), and a stage keeps one
-// micro-batch's activations: it runs a micro-batch's forward again before its backward unless
-// that was its last forward (docs/gpu.md).
+// Between stages, activations and their gradients travel over a device communicator across
+// the world (NCCL, or host-staged where ranks share a GPU), sends paired with the next
+// receive by a StageLink so that 1F1B cannot deadlock; a stage keeps one micro-batch's
+// activations and runs a micro-batch's forward again before its backward unless that was its
+// last forward (docs/gpu.md).
 //
 // With expert parallelism a rank holds its share of the routed experts and tokens travel to
 // them inside the MoE layers; dense gradients are summed over the data group, the experts'

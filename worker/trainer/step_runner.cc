@@ -15,7 +15,13 @@ namespace cpu = kernels::cpu;
 StepRunner::StepRunner(const JobSpec& spec, Topology* topo, model::Parameters<float>* params,
                        model::ModelStage<float>* stage, OptimizerState* opt,
                        const data::Corpus* corpus)
-    : spec_(spec), topo_(topo), params_(params), stage_(stage), opt_(opt), corpus_(corpus) {
+    : spec_(spec),
+      topo_(topo),
+      params_(params),
+      stage_(stage),
+      opt_(opt),
+      corpus_(corpus),
+      link_(topo->world_comm.get()) {
   seq_ = spec.model.seq_len;
   micro_seqs_ = spec.train.global_batch / (spec.parallel.data * spec.parallel.micro_batches);
 }
@@ -38,11 +44,14 @@ Status StepRunner::Forward(int64_t m, int64_t global_micro, int64_t batch, bool 
     }
   }
   const uint32_t tag = eval ? kEvalTagBase + ForwardTag(global_micro) : ForwardTag(m);
-  hidden_in_.resize(size_t(n * d));
+  // The op starts with its receive (or Flush): a held send's buffer is written only after.
+  if (t.first_stage()) {
+    MOERUN_RETURN_IF_ERROR(link_.Flush());
+  } else {
+    hidden_in_.resize(size_t(n * d));
+    MOERUN_RETURN_IF_ERROR(link_.Recv(t.prev, tag, hidden_in_.data(), hidden_in_.size() * 4));
+  }
   hidden_out_.resize(size_t(n * d));
-  if (!t.first_stage())
-    MOERUN_RETURN_IF_ERROR(
-        t.world_comm->Recv(t.prev, tag, hidden_in_.data(), hidden_in_.size() * 4));
   double loss = 0;
   try {
     loss = stage_->Forward(acts_[size_t(m)], t.first_stage() ? inputs_.data() : nullptr,
@@ -60,8 +69,7 @@ Status StepRunner::Forward(int64_t m, int64_t global_micro, int64_t batch, bool 
       for (size_t e = 0; e < c[l].size(); ++e) counts_[l * c[l].size() + e] += double(c[l][e]);
   }
   if (!t.last_stage())
-    MOERUN_RETURN_IF_ERROR(
-        t.world_comm->Send(t.next, tag, hidden_out_.data(), hidden_out_.size() * 4));
+    MOERUN_RETURN_IF_ERROR(link_.Send(t.next, tag, hidden_out_.data(), hidden_out_.size() * 4));
   return Status::OK();
 }
 
@@ -69,11 +77,13 @@ Status StepRunner::Backward(int64_t m, double dloss) {
   Topology& t = *topo_;
   auto& a = acts_[size_t(m)];
   const size_t elems = size_t(a.batch * seq_ * spec_.model.d_model);
-  grad_out_.resize(elems);
-  grad_in_.resize(elems);
-  if (!t.last_stage()) {
-    MOERUN_RETURN_IF_ERROR(t.world_comm->Recv(t.next, BackwardTag(m), grad_out_.data(), elems * 4));
+  if (t.last_stage()) {
+    MOERUN_RETURN_IF_ERROR(link_.Flush());
+  } else {
+    grad_out_.resize(elems);
+    MOERUN_RETURN_IF_ERROR(link_.Recv(t.next, BackwardTag(m), grad_out_.data(), elems * 4));
   }
+  grad_in_.resize(elems);
   try {
     stage_->Backward(a, dloss, t.last_stage() ? nullptr : grad_out_.data(),
                      t.first_stage() ? nullptr : grad_in_.data());
@@ -81,7 +91,7 @@ Status StepRunner::Backward(int64_t m, double dloss) {
     return Status::Unavailable(e.what());
   }
   if (!t.first_stage())
-    MOERUN_RETURN_IF_ERROR(t.world_comm->Send(t.prev, BackwardTag(m), grad_in_.data(), elems * 4));
+    MOERUN_RETURN_IF_ERROR(link_.Send(t.prev, BackwardTag(m), grad_in_.data(), elems * 4));
   return Status::OK();
 }
 
@@ -127,6 +137,7 @@ Result<StepResult> StepRunner::Run(int64_t step, int64_t total_steps) {
       MOERUN_RETURN_IF_ERROR(Backward(op.micro, dloss));
     }
   }
+  MOERUN_RETURN_IF_ERROR(link_.Flush());
 
   // Global expert counts of this stage, then the same bias update on every replica.
   MOERUN_RETURN_IF_ERROR(t.data_group->AllReduceSum(counts_.data(), counts_.size()));
@@ -202,6 +213,7 @@ Result<double> StepRunner::Evaluate(int64_t windows) {
     for (int64_t j = 0; j < batch; ++j) ids[size_t(j)] = first + j;
     MOERUN_RETURN_IF_ERROR(Forward(0, q, batch, true, ids.data()));
   }
+  MOERUN_RETURN_IF_ERROR(link_.Flush());
   double total = t.last_stage() ? loss_sum_ : 0.0;
   MOERUN_RETURN_IF_ERROR(t.world_comm->AllReduceSum(&total, 1));
   return total / double(windows);

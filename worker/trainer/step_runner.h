@@ -15,6 +15,7 @@
 #include "common/job_spec.h"
 #include "worker/data/corpus.h"
 #include "worker/model/model_stage.h"
+#include "worker/trainer/stage_link.h"
 #include "worker/trainer/step_engine.h"
 #include "worker/trainer/topology.h"
 #include "worker/trainer/train_state.h"
@@ -48,6 +49,7 @@ class StepRunner : public StepEngine {
   model::ModelStage<float>* stage_;
   OptimizerState* opt_;
   const data::Corpus* corpus_;
+  StageLink link_;  // activations and gradients to and from the neighbouring stages
   int64_t seq_ = 0, micro_seqs_ = 0;
   std::vector<model::StageActivations<float>> acts_;
   std::vector<int32_t> inputs_, targets_;
