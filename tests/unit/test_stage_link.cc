@@ -62,17 +62,22 @@ class RecordingCommunicator : public Communicator {
 };
 
 // The calls `stage` makes in one step, as the trainers drive the link: each op starts with
-// its receive (or a Flush), and ends by handing its send to the link. `pair` false: every
-// send goes out at once (no pairing), for contrast.
+// its receive (or a Flush), and ends by handing its send to the link. `recompute` (the GPU
+// step): a backward whose micro-batch was not the last forward flushes first, then runs
+// that forward again, then receives. `pair` false: every send goes out at once (no
+// pairing), for contrast.
 std::vector<Call> StageCalls(PipelineSchedule schedule, int pipeline, int stage, int micro,
-                             bool pair) {
+                             bool pair, bool recompute = false) {
   RecordingCommunicator comm;
   StageLink link(&comm);
   const bool first = stage == 0, last = stage == pipeline - 1;
+  int64_t last_forward = -1;
   for (const auto& op : PipelineOps(schedule, pipeline, stage, micro)) {
     const int from = op.forward ? (first ? -1 : stage - 1) : (last ? -1 : stage + 1);
     const int to = op.forward ? (last ? -1 : stage + 1) : (first ? -1 : stage - 1);
     const uint32_t tag = op.forward ? ForwardTag(op.micro) : BackwardTag(op.micro);
+    if (recompute && !op.forward && last_forward != op.micro) REQUIRE(link.Flush().ok());
+    last_forward = op.micro;
     REQUIRE((from >= 0 ? link.Recv(from, tag, nullptr, 0) : link.Flush()).ok());
     if (to >= 0) {
       REQUIRE(link.Send(to, tag, nullptr, 0).ok());
@@ -158,10 +163,13 @@ TEST_CASE("stage link: 1F1B and GPipe complete when sends wait for their receive
         CAPTURE(int(schedule));
         CAPTURE(pipeline);
         CAPTURE(micro);
-        std::vector<std::vector<Call>> paired;
-        for (int s = 0; s < pipeline; ++s)
-          paired.push_back(StageCalls(schedule, pipeline, s, micro, true));
-        CHECK(CompletesWithRendezvous(paired));
+        for (bool recompute : {false, true}) {
+          CAPTURE(recompute);
+          std::vector<std::vector<Call>> paired;
+          for (int s = 0; s < pipeline; ++s)
+            paired.push_back(StageCalls(schedule, pipeline, s, micro, true, recompute));
+          CHECK(CompletesWithRendezvous(paired));
+        }
       }
     }
   }

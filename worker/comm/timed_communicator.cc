@@ -22,7 +22,7 @@ TimedCommunicator::TimedCommunicator(std::unique_ptr<Communicator> inner,
     : inner_(std::move(inner)), wait_(std::move(wait)) {}
 
 Status TimedCommunicator::Send(int peer, uint32_t tag, const void* data, size_t bytes) {
-  return Timed(&wait_->collective_s, [&] { return inner_->Send(peer, tag, data, bytes); });
+  return Timed(&wait_->pipeline_s, [&] { return inner_->Send(peer, tag, data, bytes); });
 }
 
 Status TimedCommunicator::Recv(int peer, uint32_t tag, void* data, size_t bytes) {

@@ -1,9 +1,10 @@
 // TimedCommunicator: a Communicator that measures how long its caller waits on the data plane,
 // for the per-step time split (DESIGN.md §9): compute, data-plane wait, pipeline bubble.
-//   Recv, SendRecv             -> wait.pipeline_s: blocked on a neighbouring stage's
-//                                 activations or gradients — the pipeline bubble (idle by the
-//                                 schedule, plus the transfer itself);
-//   Send and every collective  -> wait.collective_s: token all-to-all in MoE layers,
+//   Send, Recv, SendRecv       -> wait.pipeline_s: waiting on a neighbouring stage for its
+//                                 activations or gradients, or for it to take ours (an NCCL
+//                                 send waits for its receiver) — the pipeline bubble (idle by
+//                                 the schedule, plus the transfer itself);
+//   every collective           -> wait.collective_s: token all-to-all in MoE layers,
 //                                 gradient, count and norm all-reduces, barriers.
 // Communicators made by Split() add to the same DataPlaneWait, so one object sums a rank's
 // waits over all its groups. Times are wall-clock seconds (steady clock). Like every
@@ -19,8 +20,8 @@
 namespace moerun::comm {
 
 struct DataPlaneWait {
-  double pipeline_s = 0;    // in Recv
-  double collective_s = 0;  // in Send and collectives
+  double pipeline_s = 0;    // in point-to-point calls
+  double collective_s = 0;  // in collectives
 };
 
 class TimedCommunicator : public Communicator {

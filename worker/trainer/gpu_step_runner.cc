@@ -112,7 +112,11 @@ class GpuStepRunner : public StepEngine {
     targets_.resize(size_t(micro));
     last_forward_ = -1;
     const double dloss = 1.0 / double(spec_.parallel.data * spec_.parallel.micro_batches);
-    for (const PipelineOp& op : PipelineOps(spec_.parallel.schedule, t.pipeline, t.stage, micro)) {
+    const auto ops = PipelineOps(spec_.parallel.schedule, t.pipeline, t.stage, micro);
+    // Micro-batch m's received input is kept in slot m mod (most in flight): micro-batch
+    // m + slots arrives only after m's backward (1F1B: pipeline − stage; GPipe: all).
+    stash_slots_ = std::max<int64_t>(MicroBatchesInFlight(ops), 1);
+    for (const PipelineOp& op : ops) {
       if (op.forward) {
         MOERUN_RETURN_IF_ERROR(Forward(op.micro, step, t.d * micro + op.micro));
       } else {
@@ -240,6 +244,11 @@ class GpuStepRunner : public StepEngine {
     return where;
   }
 
+  void Abort(const std::string& reason) override {
+    for (auto* c : {world_dev_.get(), data_dev_.get(), expert_dev_.get(), replica_dev_.get()})
+      if (c != nullptr) c->Abort(reason);
+  }
+
   Status SyncHost() override {
     return model_->DownloadState(&params_->values(), &opt_->m, &opt_->v);
   }
@@ -327,9 +336,11 @@ class GpuStepRunner : public StepEngine {
       }
     }
     if (!t.first_stage()) {
-      MOERUN_RETURN_IF_ERROR(Cuda(
-          Copy(model_->stage_input(), stash_[size_t(m)], HiddenBytes(), cudaMemcpyDeviceToDevice),
-          "stage input"));
+      auto stash = Stash(m);
+      if (!stash.ok()) return stash.status();
+      MOERUN_RETURN_IF_ERROR(
+          Cuda(Copy(model_->stage_input(), stash.value(), HiddenBytes(), cudaMemcpyDeviceToDevice),
+               "stage input"));
     }
     auto loss = model_->Forward(inputs_[size_t(m)].data(), targets_[size_t(m)].data());
     if (!loss.ok()) return loss.status();
@@ -342,17 +353,24 @@ class GpuStepRunner : public StepEngine {
       const int64_t* c = model_->expert_counts(l);
       for (int64_t e = 0; e < experts; ++e) counts_[size_t(l * experts + e)] += double(c[e]);
     }
-    // Held by the link until the next op's receive; stage_output() is not written before.
+    // Held by the link until the next op's receive (or Flush); nothing writes stage_output()
+    // before either.
     if (!t.last_stage())
       MOERUN_RETURN_IF_ERROR(
           link_->Send(t.next, ForwardTag(m), model_->stage_output(), HiddenBytes()));
     return Status::OK();
   }
 
-  // Micro-batch m's backward: the gradient of its output first (paired with a held send to
-  // the same stage), then its forward again unless it was the last one, then the backward.
+  // Micro-batch m's backward. Unless m was the last forward: the held send goes out first (a
+  // neighbour may be waiting for it), then m's forward runs again while the next stage
+  // computes the gradient this waits for. Then that gradient (paired with a held send to
+  // the same stage), then the backward.
   Status Backward(int64_t m, double dloss) {
     Topology& t = *topo_;
+    if (last_forward_ != m) {
+      if (link_) MOERUN_RETURN_IF_ERROR(link_->Flush());
+      MOERUN_RETURN_IF_ERROR(Forward(m, 0, 0, true));
+    }
     if (link_) {
       if (t.last_stage()) {
         MOERUN_RETURN_IF_ERROR(link_->Flush());
@@ -361,7 +379,6 @@ class GpuStepRunner : public StepEngine {
             link_->Recv(t.next, BackwardTag(m), model_->output_grad(), HiddenBytes()));
       }
     }
-    if (last_forward_ != m) MOERUN_RETURN_IF_ERROR(Forward(m, 0, 0, true));
     MOERUN_RETURN_IF_ERROR(model_->Backward(dloss));
     if (!t.first_stage())
       MOERUN_RETURN_IF_ERROR(
@@ -369,15 +386,16 @@ class GpuStepRunner : public StepEngine {
     return Status::OK();
   }
 
-  // Device memory for micro-batch m's stage input, allocated once per micro-batch index.
+  // Device memory for micro-batch m's stage input (slot m mod stash_slots_), allocated once.
   Result<T*> Stash(int64_t m) {
-    if (stash_.size() <= size_t(m)) stash_.resize(size_t(m) + 1, nullptr);
-    if (stash_[size_t(m)] == nullptr) {
+    const size_t slot = size_t(m % stash_slots_);
+    if (stash_.size() <= slot) stash_.resize(slot + 1, nullptr);
+    if (stash_[slot] == nullptr) {
       void* p = nullptr;
       MOERUN_RETURN_IF_ERROR(Cuda(cudaMalloc(&p, HiddenBytes()), "stage input stash"));
-      stash_[size_t(m)] = static_cast<T*>(p);
+      stash_[slot] = static_cast<T*>(p);
     }
-    return stash_[size_t(m)];
+    return stash_[slot];
   }
 
   const JobSpec& spec_;
@@ -400,6 +418,7 @@ class GpuStepRunner : public StepEngine {
   // activations received (device; kept for the forward run again before the backward).
   std::vector<std::vector<int32_t>> inputs_, targets_;
   std::vector<T*> stash_;
+  int64_t stash_slots_ = 1;
   // Stages: a device communicator over the world (NCCL, or host-staged where ranks share a
   // GPU) and the link that pairs its sends and receives; null with one stage.
   std::unique_ptr<comm::Communicator> world_dev_;

@@ -40,6 +40,11 @@ class StepEngine {
 
   // Where the steps run, for the log ("GPU 0: NVIDIA H200, bf16").
   virtual std::string Describe() const = 0;
+
+  // After a failure: fails the engine's own data-plane calls (those not over the topology's
+  // communicators, which the trainer aborts itself) so nothing waits for peers that are gone.
+  // Thread-safe; idempotent.
+  virtual void Abort(const std::string& /*reason*/) {}
 };
 
 }  // namespace moerun::trainer

@@ -453,6 +453,7 @@ Result<TrainSummary> Train(const JobSpec& job, const std::string& spec_yaml,
         result.code() == Status::Code::kAborted && g_stop.load() ? kExitInterrupted : kExitFailure;
     // A broken data plane must not wait for peers that are gone.
     topo.world_comm->Abort(result.message());
+    if (engine) engine->Abort(result.message());
     return result;
   }
   *exit_code = kExitOk;
