@@ -11,7 +11,9 @@
 #     bit and the block-scaled cuBLASLt GEMMs against the CPU's fp8 linear layer), the whole
 #     model against the CPU model, 1-GPU training (fixed batch), and `moerun train` on the
 #     GPU: loss against the CPU trainer, falling loss, resume from a checkpoint bit for bit.
-#     It ends with the table: op, precision, max relative error, bound, ms, GB/s, TFLOP/s.
+#     It ends with the table: op, precision, max relative error, bound, ms, GB/s and TFLOP/s,
+#     each also as a share of the GPU's peak (theoretical memory bandwidth; cuBLAS's own
+#     8192^3 bf16 and 4096^3 fp32 GEMM rates, measured just before).
 #  2. nccl_tests: the NCCL communicator (a world of one GPU).
 #  3. Benchmarks (JSON lines): cuBLAS GEMM peaks in bf16 and fp32, the fp8 block-scaled GEMM
 #     next to bf16, and the MoE layer's forward + backward at DeepSeek-like shapes (bf16, and
