@@ -1,5 +1,6 @@
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "kernels/cuda/data_type.h"
@@ -9,6 +10,34 @@ namespace moerun::kernels::cuda {
 namespace {
 
 cublasOperation_t Op(bool trans) { return trans ? CUBLAS_OP_T : CUBLAS_OP_N; }
+
+// Pointer arrays reach the device as kernel parameters, which the launch copies: no host
+// buffer has to outlive the call and nothing waits (a cudaMemcpyAsync from pageable memory
+// would need the stream synchronized before the buffer dies). 256 pointers = 2 KiB, within
+// the 4 KiB a launch may pass.
+constexpr int kPointerChunk = 256;
+struct PointerChunk {
+  const void* p[kPointerChunk];
+};
+
+__global__ void StorePointersKernel(PointerChunk chunk, int count, const void** out) {
+  const int i = static_cast<int>(threadIdx.x);
+  if (i < count) out[i] = chunk.p[i];
+}
+
+cudaError_t StorePointers(const std::vector<const void*>& host, void** device,
+                          cudaStream_t stream) {
+  const auto** out = const_cast<const void**>(device);
+  for (size_t first = 0; first < host.size(); first += kPointerChunk) {
+    PointerChunk chunk{};
+    const int count = static_cast<int>(std::min<size_t>(kPointerChunk, host.size() - first));
+    for (int i = 0; i < count; ++i) chunk.p[i] = host[first + size_t(i)];
+    StorePointersKernel<<<1, kPointerChunk, 0, stream>>>(chunk, count, out + first);
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
 
 // Row-major C = op(A) op(B) is column-major Cᵀ = op(B)ᵀ op(A)ᵀ: swap the operands.
 cublasStatus_t RowMajorGemm(cublasHandle_t h, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
@@ -23,7 +52,8 @@ cublasStatus_t RowMajorGemm(cublasHandle_t h, bool ta, bool tb, int64_t m, int64
 
 // One group per expert with rows > 0 (cuBLAS rejects empty problems), as a row-major
 // C_e = op(A_e) op(B_e) + beta C_e through the column-major swap. A/B/C hold each expert's
-// base pointers; the pointer arrays are staged into `pointers` on the handle's stream.
+// base pointers; the pointer arrays are stored into `pointers` by a kernel on the handle's
+// stream, ahead of the GEMM (calls in a row may share `pointers`: the stream orders them).
 cublasStatus_t Grouped(cublasHandle_t h, bool ta, bool tb, const std::vector<int>& m,
                        const std::vector<int>& n, const std::vector<int>& k,
                        const std::vector<const void*>& a, cudaDataType_t at,
@@ -43,11 +73,7 @@ cublasStatus_t Grouped(cublasHandle_t h, bool ta, bool tb, const std::vector<int
     host[groups + g] = a[g];
     host[2 * groups + g] = c[g];
   }
-  if (cudaMemcpyAsync(pointers, host.data(), host.size() * sizeof(void*), cudaMemcpyHostToDevice,
-                      stream) != cudaSuccess ||
-      cudaStreamSynchronize(stream) != cudaSuccess) {  // `host` dies with this call
-    return CUBLAS_STATUS_EXECUTION_FAILED;
-  }
+  if (StorePointers(host, pointers, stream) != cudaSuccess) return CUBLAS_STATUS_EXECUTION_FAILED;
   std::vector<cublasOperation_t> opa(groups, Op(tb)), opb(groups, Op(ta));
   std::vector<float> alpha(groups, 1.0f), betas(groups, beta);
   std::vector<int> size(groups, 1);

@@ -35,7 +35,8 @@ cublasStatus_t LinearBackward(cublasHandle_t handle, const T* dy, const T* x, co
 //   forward:  y_e = x_e · W_eᵀ
 //   backward: dx_e = dy_e · W_e;  dw_e (fp32) += dy_eᵀ · x_e
 // rows: host array [experts] (the plan's counts, known on the host for the all-to-all).
-// pointers: device scratch of 3·experts pointers, untouched until the call completes.
+// pointers: device scratch of 3·experts pointers, written on the handle's stream ahead of
+// the GEMM (calls on one stream may share it); nothing waits for the device.
 // expert_stride: elements from one expert's weights (and gradients) to the next: out·in when
 // 0 (a [E, out, in] tensor); 3·H·D for the per-expert gate/up/down of the model's layout.
 template <typename T>

@@ -10,9 +10,9 @@
 // T is the activation and weight storage type (float or __nv_bfloat16); weight gradients are
 // fp32 and accumulated (+=). All pointers are device pointers; the layer owns its activation
 // buffers, sized for `max_tokens` at Create. Work goes on `stream` (the cuBLAS handle is bound
-// to it). Forward synchronizes to read the experts' row counts on the host, and every grouped
-// GEMM call synchronizes after staging its pointer arrays (3 per forward, 2 per backward):
-// correct, and a cost a pinned double-buffered staging area would remove. With expert
+// to it). Forward synchronizes to read the experts' row counts on the host (the grouped
+// GEMMs' sizes); the GEMMs' pointer arrays go to the device as kernel parameters, with no
+// wait. With expert
 // parallelism the stream is synchronized before each exchange (3 per forward, 2 per backward),
 // and the buffers of received rows grow when a forward receives more than they hold.
 // Not thread-safe.
