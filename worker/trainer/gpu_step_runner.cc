@@ -67,8 +67,8 @@ class GpuStepRunner : public StepEngine {
                               std::to_string(device));
     }
     // Device communicators (NCCL, or host-staged where ranks share a GPU), made in the same
-    // order on every rank: data group (dense gradients), expert group (tokens), expert
-    // replica group (expert gradients).
+    // order on every rank: the world (activations between stages), data group (dense
+    // gradients), expert group (tokens), expert replica group (expert gradients).
     auto device_group = [&](comm::Communicator* host, const char* what,
                             std::unique_ptr<comm::Communicator>* out) -> Status {
       if (host->size() <= 1) return Status::OK();
