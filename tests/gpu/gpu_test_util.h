@@ -80,8 +80,13 @@ std::vector<float> ToFloats(const std::vector<T>& v) {
   for (size_t i = 0; i < v.size(); ++i) out[i] = float(v[i]);
   return out;
 }
+// The values a T-storage kernel actually sees: bf16-rounded for bf16, unchanged for fp32.
+template <typename T>
+std::vector<float> AsStored(const std::vector<float>& v) {
+  return ToFloats(FromFloats<T>(v));
+}
 inline std::vector<float> RoundedToBf16(const std::vector<float>& v) {
-  return ToFloats(FromFloats<__nv_bfloat16>(v));
+  return AsStored<__nv_bfloat16>(v);
 }
 
 // max |got − want| / max |want|: an error relative to the tensor's scale, so values near zero

@@ -24,6 +24,7 @@
 
 namespace cpu = moerun::kernels::cpu;
 namespace cuda = moerun::kernels::cuda;
+using moerun::gpu_testing::AsStored;
 using moerun::gpu_testing::DeviceArray;
 using moerun::gpu_testing::FromFloats;
 using moerun::gpu_testing::MaxRelError;
@@ -36,12 +37,6 @@ using moerun::gpu_testing::ToFloats;
 using moerun::gpu_testing::Tolerance;
 
 namespace {
-
-// The values a T-storage kernel actually sees: bf16-rounded for bf16, unchanged for fp32.
-template <typename T>
-std::vector<float> AsStored(const std::vector<float>& v) {
-  return ToFloats(FromFloats<T>(v));
-}
 
 template <typename T>
 void Check(const std::string& op, const std::vector<float>& got, const std::vector<float>& want,

@@ -15,6 +15,7 @@
 #include "worker/model/ffn_block.h"
 
 namespace model = moerun::model;
+using moerun::gpu_testing::AsStored;
 using moerun::gpu_testing::DeviceArray;
 using moerun::gpu_testing::FromFloats;
 using moerun::gpu_testing::MaxRelError;
@@ -45,11 +46,6 @@ void CheckLayer(const std::string& what, const std::vector<float>& got,
   CHECK_MESSAGE(err <= LayerBound<T>(fp8), what << " " << precision << ": " << err);
 }
 
-template <typename T>
-std::vector<float> Stored(const std::vector<float>& v) {
-  return ToFloats(FromFloats<T>(v));
-}
-
 // fp8: the experts (routed and shared) in DeepSeek-V3's fp8 recipe on both sides, and
 // expert 0 never chosen (a large negative bias), so that one expert has no rows.
 template <typename T>
@@ -62,17 +58,17 @@ void MoeLayerMatchesCpu(cublasHandle_t handle, cudaStream_t stream, bool fp8 = f
   shape.shared_hidden = hs;
   shape.seq_aux_alpha = 1e-3;
   // Weights and tokens as the GPU stores them, so both sides compute on the same values.
-  auto x = Stored<T>(Normal(size_t(n * d), 40));
-  auto router = Stored<T>(Normal(size_t(e * d), 41, 0.05f));
+  auto x = AsStored<T>(Normal(size_t(n * d), 40));
+  auto router = AsStored<T>(Normal(size_t(e * d), 41, 0.05f));
   auto bias = Normal(size_t(e), 42, 0.01f);
   if (fp8) bias[0] = -10.0f;
-  auto gate = Stored<T>(Normal(size_t(e * h * d), 43, 0.05f));
-  auto up = Stored<T>(Normal(size_t(e * h * d), 44, 0.05f));
-  auto down = Stored<T>(Normal(size_t(e * d * h), 45, 0.05f));
-  auto sgate = Stored<T>(Normal(size_t(hs * d), 46, 0.05f));
-  auto sup = Stored<T>(Normal(size_t(hs * d), 47, 0.05f));
-  auto sdown = Stored<T>(Normal(size_t(d * hs), 48, 0.05f));
-  auto dy = Stored<T>(Normal(size_t(n * d), 49));
+  auto gate = AsStored<T>(Normal(size_t(e * h * d), 43, 0.05f));
+  auto up = AsStored<T>(Normal(size_t(e * h * d), 44, 0.05f));
+  auto down = AsStored<T>(Normal(size_t(e * d * h), 45, 0.05f));
+  auto sgate = AsStored<T>(Normal(size_t(hs * d), 46, 0.05f));
+  auto sup = AsStored<T>(Normal(size_t(hs * d), 47, 0.05f));
+  auto sdown = AsStored<T>(Normal(size_t(d * hs), 48, 0.05f));
+  auto dy = AsStored<T>(Normal(size_t(n * d), 49));
 
   // CPU.
   std::vector<float> g_router(router.size(), 0.0f), g_gate(gate.size(), 0.0f),

@@ -77,4 +77,18 @@ void Parameters<T>::ZeroGrads() {
 template class Parameters<float>;
 template class Parameters<double>;
 
+std::vector<TensorRun> TrainableRuns(const std::vector<ParameterView>& views, bool routed_experts) {
+  std::vector<TensorRun> runs;
+  for (const auto& v : views) {
+    if (!v.info.trainable() || (v.info.role == TensorRole::kRoutedExpert) != routed_experts)
+      continue;
+    if (!runs.empty() && runs.back().offset + runs.back().count == v.offset) {
+      runs.back().count += v.info.numel();
+    } else {
+      runs.push_back({v.offset, v.info.numel()});
+    }
+  }
+  return runs;
+}
+
 }  // namespace moerun::model

@@ -44,6 +44,14 @@ class Parameters {
   std::vector<T> values_, grads_;
 };
 
+// A run of adjacent trainable tensors in the flat buffer, all routed experts or all not:
+// expert parallelism sums the two kinds over different groups and counts them in the norm
+// from different replicas. Runs are in buffer order; a layer's experts make one run.
+struct TensorRun {
+  int64_t offset = 0, count = 0;
+};
+std::vector<TensorRun> TrainableRuns(const std::vector<ParameterView>& views, bool routed_experts);
+
 // splitmix64: the deterministic generator behind initialization and data sampling.
 uint64_t SplitMix64(uint64_t& state);
 // FNV-1a of a string, to derive per-tensor streams.

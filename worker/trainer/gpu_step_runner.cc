@@ -13,6 +13,7 @@
 #include "worker/model/cuda/model_cuda.h"
 #include "worker/trainer/pipeline_schedule.h"
 #include "worker/trainer/stage_link.h"
+#include "worker/trainer/step_metrics.h"
 #include "worker/trainer/trainer.h"
 
 namespace moerun::trainer {
@@ -21,6 +22,12 @@ namespace {
 Status Cuda(cudaError_t e, const std::string& what) {
   if (e == cudaSuccess) return Status::OK();
   return Status::Internal("GPU step: " + what + ": " + cudaGetErrorString(e));
+}
+
+int64_t Floats(const std::vector<model::TensorRun>& runs) {
+  int64_t n = 0;
+  for (const auto& run : runs) n += run.count;
+  return n;
 }
 
 template <typename T>
@@ -97,6 +104,12 @@ class GpuStepRunner : public StepEngine {
                                                spec_.train.precision == Precision::kFp8, ep);
     if (!m.ok()) return m.status();
     model_ = std::move(m.value());
+    if (expert_dev_) {  // one packing buffer for either kind of gradient (SyncGradients)
+      const int64_t floats = std::max(Floats(model_->runs(false)), Floats(model_->runs(true)));
+      MOERUN_RETURN_IF_ERROR(
+          Cuda(cudaMalloc(&pack_, size_t(std::max<int64_t>(floats, 1)) * sizeof(float)),
+               "gradient packing buffer"));
+    }
     return model_->UploadMoments(opt_->m, opt_->v);
   }
 
@@ -155,24 +168,9 @@ class GpuStepRunner : public StepEngine {
     MOERUN_RETURN_IF_ERROR(
         model_->ApplyStep(adam, kernels::cpu::ClipFactor(r.grad_norm, o.grad_clip)));
 
-    // The step's metrics, the same on every rank: [loss, balance, counts of every MoE layer].
-    const int64_t moe_layers = ms.moe_layers();
-    std::vector<double> m(2 + size_t(moe_layers * experts), 0.0);
-    m[0] = t.last_stage() ? loss_sum_ : 0.0;
-    m[1] = balance_sum_;
-    if (t.d == 0 && stage_moe > 0) {
-      const int64_t first = topo_->range.layer_end - stage_moe - ms.dense_layers;
-      std::copy(counts_.begin(), counts_.end(), m.begin() + 2 + first * experts);
-    }
-    MOERUN_RETURN_IF_ERROR(t.world_comm->AllReduceSum(m.data(), m.size()));
-    const double micro_total = double(spec_.parallel.data * spec_.parallel.micro_batches);
-    r.loss = m[0] / micro_total;
-    r.balance_loss = m[1] / micro_total;
-    for (int64_t l = 0; l < moe_layers; ++l) {
-      r.expert_load.emplace_back();
-      for (int64_t e = 0; e < experts; ++e)
-        r.expert_load.back().push_back(int64_t(m[size_t(2 + l * experts + e)]));
-    }
+    // The stage's MoE layers are its last ones.
+    MOERUN_RETURN_IF_ERROR(GatherStepMetrics(spec_, t, loss_sum_, balance_sum_, counts_,
+                                             t.range.layer_end - stage_moe - ms.dense_layers, &r));
     return r;
   }
 
@@ -263,40 +261,22 @@ class GpuStepRunner : public StepEngine {
     }
     for (bool experts : {false, true}) {
       comm::Communicator* g = experts ? replica_dev_.get() : data_dev_.get();
-      if (g == nullptr) continue;                     // a group of one
-      std::vector<std::pair<int64_t, int64_t>> runs;  // (offset, numel) of the tensors summed
-      int64_t total = 0;
-      for (const auto& v : model_->views()) {
-        if ((v.info.role == TensorRole::kRoutedExpert) != experts) continue;
-        if (!runs.empty() && runs.back().first + runs.back().second == v.offset) {
-          runs.back().second += v.info.numel();
-        } else {
-          runs.push_back({v.offset, v.info.numel()});
-        }
-        total += v.info.numel();
-      }
-      if (total > pack_floats_) {
-        if (pack_ != nullptr) cudaFree(pack_);
-        pack_ = nullptr;
-        pack_floats_ = 0;
-        MOERUN_RETURN_IF_ERROR(
-            Cuda(cudaMalloc(&pack_, size_t(total) * sizeof(float)), "gradient packing buffer"));
-        pack_floats_ = total;
-      }
+      if (g == nullptr) continue;  // a group of one
+      const auto& runs = model_->runs(experts);
       auto copy_runs = [&](bool into_pack) -> Status {
         int64_t o = 0;
-        for (const auto& [offset, numel] : runs) {
-          float* dev = model_->grads() + offset;
+        for (const model::TensorRun& run : runs) {
+          float* dev = model_->grads() + run.offset;
           MOERUN_RETURN_IF_ERROR(Cuda(
               cudaMemcpyAsync(into_pack ? pack_ + o : dev, into_pack ? dev : pack_ + o,
-                              size_t(numel) * sizeof(float), cudaMemcpyDeviceToDevice, stream_),
+                              size_t(run.count) * sizeof(float), cudaMemcpyDeviceToDevice, stream_),
               "gradient packing"));
-          o += numel;
+          o += run.count;
         }
         return Cuda(cudaStreamSynchronize(stream_), "gradient packing");
       };
       MOERUN_RETURN_IF_ERROR(copy_runs(true));
-      MOERUN_RETURN_IF_ERROR(g->AllReduceSum(pack_, size_t(total)));
+      MOERUN_RETURN_IF_ERROR(g->AllReduceSum(pack_, size_t(Floats(runs))));
       MOERUN_RETURN_IF_ERROR(copy_runs(false));
     }
     return Status::OK();
@@ -413,7 +393,6 @@ class GpuStepRunner : public StepEngine {
   std::unique_ptr<comm::Communicator> data_dev_, expert_dev_, replica_dev_;
   std::string transports_;  // which transport each group uses, for Describe
   float* pack_ = nullptr;   // device: gradients of one kind, packed for one all-reduce
-  int64_t pack_floats_ = 0;
   // Per micro-batch in flight: tokens (first and last stage) and, on later stages, the
   // activations received (device; kept for the forward run again before the backward).
   std::vector<std::vector<int32_t>> inputs_, targets_;

@@ -5,6 +5,7 @@
 
 #include "kernels/cpu/optimizer.h"
 #include "worker/trainer/pipeline_schedule.h"
+#include "worker/trainer/step_metrics.h"
 #include "worker/trainer/trainer.h"
 
 namespace moerun::trainer {
@@ -101,18 +102,16 @@ Status StepRunner::SyncGradients() {
   for (bool experts : {false, true}) {
     comm::Communicator* g = experts ? topo_->replica_group.get() : topo_->data_group.get();
     if (g->size() == 1) continue;
+    const std::vector<model::TensorRun> runs = model::TrainableRuns(params_->views(), experts);
+    float* grads = params_->grads().data();
     pack_.clear();
-    for (const auto& v : params_->views()) {
-      if (!v.info.trainable() || (v.info.role == TensorRole::kRoutedExpert) != experts) continue;
-      const float* src = params_->grads().data() + v.offset;
-      pack_.insert(pack_.end(), src, src + v.info.numel());
-    }
+    for (const auto& run : runs)
+      pack_.insert(pack_.end(), grads + run.offset, grads + run.offset + run.count);
     MOERUN_RETURN_IF_ERROR(g->AllReduceSum(pack_.data(), pack_.size()));
     size_t o = 0;
-    for (const auto& v : params_->views()) {
-      if (!v.info.trainable() || (v.info.role == TensorRole::kRoutedExpert) != experts) continue;
-      std::copy_n(pack_.data() + o, v.info.numel(), params_->grads().data() + v.offset);
-      o += size_t(v.info.numel());
+    for (const auto& run : runs) {
+      std::copy_n(pack_.data() + o, run.count, grads + run.offset);
+      o += size_t(run.count);
     }
   }
   return Status::OK();
@@ -173,26 +172,9 @@ Result<StepResult> StepRunner::Run(int64_t step, int64_t total_steps) {
                      opt_->v.data() + v.offset, v.info.numel(), adam, v.info.is_matrix());
   }
 
-  // The step's metrics, the same on every rank: [loss, balance, counts of every MoE layer].
-  const int64_t moe_layers = mspec.moe_layers();
-  std::vector<double> m(2 + size_t(moe_layers * std::max<int64_t>(experts, 0)), 0.0);
-  m[0] = t.last_stage() ? loss_sum_ : 0.0;
-  m[1] = balance_sum_;
-  if (t.d == 0) {
-    for (size_t l = 0; l < stage_->moe_layers().size(); ++l) {
-      const int64_t idx = stage_->moe_layers()[l] - mspec.dense_layers;
-      std::copy_n(counts_.data() + l * size_t(experts), experts, m.data() + 2 + idx * experts);
-    }
-  }
-  MOERUN_RETURN_IF_ERROR(t.world_comm->AllReduceSum(m.data(), m.size()));
-  const double micro_total = double(spec_.parallel.data * spec_.parallel.micro_batches);
-  r.loss = m[0] / micro_total;
-  r.balance_loss = m[1] / micro_total;
-  for (int64_t l = 0; l < moe_layers; ++l) {
-    r.expert_load.emplace_back();
-    for (int64_t e = 0; e < experts; ++e)
-      r.expert_load.back().push_back(int64_t(m[size_t(2 + l * experts + e)]));
-  }
+  const auto& moe = stage_->moe_layers();
+  MOERUN_RETURN_IF_ERROR(GatherStepMetrics(spec_, t, loss_sum_, balance_sum_, counts_,
+                                           moe.empty() ? 0 : moe.front() - mspec.dense_layers, &r));
   return r;
 }
 

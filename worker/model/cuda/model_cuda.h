@@ -75,8 +75,11 @@ class ModelCuda {
   // routed experts' only (`routed_experts` true) or of everything else (false).
   Result<double> GradSquareSum();
   Result<double> GradSquareSum(bool routed_experts);
-  // Parameters<float> views of this stage's tensors (offsets into grads()).
-  const std::vector<ParameterView>& views() const { return views_; }
+  // The stage's trainable tensors as runs of grads() offsets, routed experts' or the rest's
+  // (TrainableRuns of its tensors, made once).
+  const std::vector<TensorRun>& runs(bool routed_experts) const {
+    return runs_[routed_experts ? 1 : 0];
+  }
   // Gradients scaled by `clip` (1: untouched), AdamW, gradients zeroed, compute copy refreshed.
   Status ApplyStep(const kernels::cpu::AdamWStep& adam, double clip);
 
@@ -147,6 +150,7 @@ class ModelCuda {
   std::vector<void*> owned_;
   bool out_of_memory_ = false;  // an Alloc failed
   std::vector<ParameterView> views_;
+  std::vector<TensorRun> runs_[2];  // [routed experts?]
   std::unordered_map<std::string, int64_t> offset_;
   int64_t size_ = 0;
   float *master_ = nullptr, *grads_ = nullptr, *m_ = nullptr, *v_ = nullptr;

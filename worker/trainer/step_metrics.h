@@ -1,0 +1,24 @@
+// The metrics a step reports, the same on every rank, for the CPU and GPU steps alike.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "common/job_spec.h"
+#include "common/status.h"
+#include "worker/trainer/step_engine.h"
+#include "worker/trainer/topology.h"
+
+namespace moerun::trainer {
+
+// Fills r->loss, r->balance_loss and r->expert_load from this rank's share, with one sum over
+// the world: the last stage's loss sum, every stage's balance-loss sum (both over its
+// micro-batches), and replica 0's expert token counts of its stage's MoE layers
+// (`stage_counts`: layers × experts, already summed over the data group; the stage's first
+// MoE layer is MoE layer `first_moe` of the model). Losses are means over the step's
+// data × micro_batches micro-batches.
+Status GatherStepMetrics(const JobSpec& spec, const Topology& t, double loss_sum,
+                         double balance_sum, const std::vector<double>& stage_counts,
+                         int64_t first_moe, StepResult* r);
+
+}  // namespace moerun::trainer
