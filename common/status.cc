@@ -28,6 +28,12 @@ std::string_view Status::CodeName(Code code) {
       return "Unimplemented";
     case Code::kInternal:
       return "Internal";
+    case Code::kCancelled:
+      return "Cancelled";
+    case Code::kDataLoss:
+      return "DataLoss";
+    case Code::kResourceExhausted:
+      return "ResourceExhausted";
   }
   return "Unknown";
 }

@@ -29,6 +29,9 @@ class Status {
     kFailedPrecondition,  // the system is not in a state that allows the operation
     kUnimplemented,       // the feature exists in the spec but not in this build
     kInternal,            // a bug: an invariant did not hold
+    kCancelled,           // stopped on request (a signal, a user's cancel), not by a failure
+    kDataLoss,            // a job's input data is missing or unreadable (not its config)
+    kResourceExhausted,   // out of memory (host or device) or another finite resource
   };
 
   Status() = default;  // OK
@@ -49,6 +52,11 @@ class Status {
   }
   static Status Unimplemented(std::string msg) { return {Code::kUnimplemented, std::move(msg)}; }
   static Status Internal(std::string msg) { return {Code::kInternal, std::move(msg)}; }
+  static Status Cancelled(std::string msg) { return {Code::kCancelled, std::move(msg)}; }
+  static Status DataLoss(std::string msg) { return {Code::kDataLoss, std::move(msg)}; }
+  static Status ResourceExhausted(std::string msg) {
+    return {Code::kResourceExhausted, std::move(msg)};
+  }
 
   bool ok() const { return code_ == Code::kOk; }
   Code code() const { return code_; }

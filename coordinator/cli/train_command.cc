@@ -11,7 +11,7 @@
 #include "common/exit_codes.h"
 #include "common/spec_loader.h"
 #include "coordinator/cli/commands.h"
-#include "worker/trainer/gpu_step_runner.h"
+#include "worker/trainer/gpu_stage.h"
 #include "worker/trainer/trainer.h"
 
 namespace moerun::cli {

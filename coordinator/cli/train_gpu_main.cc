@@ -1,5 +1,5 @@
 // moerun-train-gpu: `moerun train` with the GPU step linked in (worker/trainer/
-// gpu_step_runner.h). `moerun train` hands a resources.backend: cuda job to this program
+// gpu_stage.h). `moerun train` hands a resources.backend: cuda job to this program
 // (exec, same arguments), so that only training on GPUs loads CUDA's libraries.
 #include <malloc.h>
 
@@ -7,7 +7,7 @@
 
 #include "common/exit_codes.h"
 #include "coordinator/cli/commands.h"
-#include "worker/trainer/gpu_step_runner.h"
+#include "worker/trainer/gpu_stage.h"
 
 int main(int argc, char** argv) {
   mallopt(M_MMAP_THRESHOLD, 32 << 20);  // as moerun: reuse large host buffers

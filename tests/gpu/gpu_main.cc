@@ -10,7 +10,7 @@
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/runtime_info.h"
 #include "tests/gpu/gpu_test_util.h"
-#include "worker/trainer/gpu_step_runner.h"
+#include "worker/trainer/gpu_stage.h"
 
 namespace moerun::gpu_testing {
 namespace {

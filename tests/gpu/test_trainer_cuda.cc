@@ -1,4 +1,4 @@
-// `moerun train` with resources.backend: cuda (worker/trainer/gpu_step_runner.h) on one GPU:
+// `moerun train` with resources.backend: cuda (worker/trainer/gpu_stage.h) on one GPU:
 // train-fast's model as a data-parallel job (data 2 x 2 micro-batches) run by one process,
 // which runs all 4 micro-batches itself (as the CPU trainer does in a world of one), for 40
 // steps. In fp32 it follows the CPU trainer on the same job: step 1's gradient norm and

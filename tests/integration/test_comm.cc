@@ -45,6 +45,10 @@ std::vector<int> RunRanks(int world, const std::string& name, int64_t timeout_ms
   for (int r = 0; r < world; ++r) {
     const pid_t pid = fork();
     if (pid == 0) {
+      // A group of its own whose parent (this test) is outside it, so it is never orphaned:
+      // the kernel sends an orphaned group's stopped members SIGHUP, which would end the
+      // SIGSTOPped rank below before this test kills it.
+      setpgid(0, 0);
       auto comm = ZmqCommunicator::Create(r, endpoints, timeout_ms);
       if (!comm.ok()) {
         std::fprintf(stderr, "rank %d: %s\n", r, comm.status().ToString().c_str());

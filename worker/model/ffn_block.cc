@@ -53,50 +53,30 @@ void ExpertsForwardParallel(const MoeShape& shape, const MoeWeights<T>& w, MoeAc
   std::vector<int64_t> recv_counts(static_cast<size_t>(p * epr));
   std::vector<size_t> count_bytes(static_cast<size_t>(p), size_t(epr) * sizeof(int64_t));
   Exchange(ep.group, plan.counts.data(), count_bytes, recv_counts.data(), count_bytes, "counts");
-  // 2. The rows themselves.
-  act.send_bytes.assign(static_cast<size_t>(p), 0);
-  act.recv_bytes.assign(static_cast<size_t>(p), 0);
-  std::vector<int64_t> src_start(static_cast<size_t>(p) + 1, 0);
-  for (int j = 0; j < p; ++j) {
-    const int64_t sent = plan.offsets[size_t((j + 1) * epr)] - plan.offsets[size_t(j * epr)];
-    act.send_bytes[size_t(j)] = size_t(sent * d) * sizeof(T);
-    int64_t got = 0;
-    for (int64_t le = 0; le < epr; ++le) got += recv_counts[size_t(j * epr + le)];
-    act.recv_bytes[size_t(j)] = size_t(got * d) * sizeof(T);
-    src_start[size_t(j) + 1] = src_start[size_t(j)] + got;
-  }
-  const int64_t r = src_start[size_t(p)];
+  // 2. The rows themselves, 3. grouped by local expert (source order inside each expert, so
+  //    results are deterministic).
+  auto& x = act.exchange;
+  PlanExpertExchange(plan.counts.data(), recv_counts.data(), p, epr, size_t(d) * sizeof(T), &x);
+  const int64_t r = x.received;
   act.rbuf.resize(static_cast<size_t>(r * d));
-  Exchange(ep.group, act.buf.data(), act.send_bytes, act.rbuf.data(), act.recv_bytes, "dispatch");
-  // 3. Group by local expert (source order inside each expert, so results are deterministic).
-  act.perm.clear();
-  act.lcounts.assign(static_cast<size_t>(epr), 0);
-  for (int64_t le = 0; le < epr; ++le) {
-    for (int j = 0; j < p; ++j) {
-      int64_t start = src_start[size_t(j)];
-      for (int64_t q = 0; q < le; ++q) start += recv_counts[size_t(j * epr + q)];
-      const int64_t c = recv_counts[size_t(j * epr + le)];
-      for (int64_t i = 0; i < c; ++i) act.perm.push_back(int32_t(start + i));
-      act.lcounts[size_t(le)] += c;
-    }
-  }
+  Exchange(ep.group, act.buf.data(), x.send_bytes, act.rbuf.data(), x.recv_bytes, "dispatch");
   act.gbuf.resize(act.rbuf.size());
-  cpu::GatherRows(act.rbuf.data(), act.perm.data(), act.gbuf.data(), r, d);
+  cpu::GatherRows(act.rbuf.data(), x.perm.data(), act.gbuf.data(), r, d);
   // 4. Our experts.
   act.geg.resize(static_cast<size_t>(r * he));
   act.geu.resize(act.geg.size());
   act.gea.resize(act.geg.size());
   act.geo.resize(act.gbuf.size());
-  for (int64_t le = 0, o = 0; le < epr; o += act.lcounts[size_t(le)], ++le) {
-    const int64_t c = act.lcounts[size_t(le)];
+  for (int64_t le = 0, o = 0; le < epr; o += x.local_counts[size_t(le)], ++le) {
+    const int64_t c = x.local_counts[size_t(le)];
     if (c == 0) continue;
     MlpForward(act.gbuf.data() + o * d, c, d, w.experts[size_t(le)], act.geg.data() + o * he,
                act.geu.data() + o * he, act.gea.data() + o * he, act.geo.data() + o * d, false);
   }
   // 5. Outputs back to where their rows came from.
   act.rout.resize(act.rbuf.size());
-  cpu::ScatterRows(act.geo.data(), act.perm.data(), act.rout.data(), r, d);
-  Exchange(ep.group, act.rout.data(), act.recv_bytes, act.eo.data(), act.send_bytes, "combine");
+  cpu::ScatterRows(act.geo.data(), x.perm.data(), act.rout.data(), r, d);
+  Exchange(ep.group, act.rout.data(), x.recv_bytes, act.eo.data(), x.send_bytes, "combine");
 }
 
 // The mirror: output gradients travel to the experts, input gradients come back.
@@ -104,21 +84,22 @@ template <typename T>
 void ExpertsBackwardParallel(const MoeShape& shape, const MoeWeights<T>& w, MoeActivations<T>& act,
                              const ExpertParallel& ep) {
   const int64_t d = shape.d_model, he = shape.expert_hidden, epr = ep.experts_per_rank;
-  const int64_t r = int64_t(act.perm.size());
+  const auto& x = act.exchange;
+  const int64_t r = x.received;
   // rout receives the output gradients (source-major), geo takes them grouped by expert.
-  Exchange(ep.group, act.deo.data(), act.send_bytes, act.rout.data(), act.recv_bytes,
+  Exchange(ep.group, act.deo.data(), x.send_bytes, act.rout.data(), x.recv_bytes,
            "combine backward");
-  cpu::GatherRows(act.rout.data(), act.perm.data(), act.geo.data(), r, d);
+  cpu::GatherRows(act.rout.data(), x.perm.data(), act.geo.data(), r, d);
   // rbuf (the forward's received rows, no longer needed) takes the grouped input gradients.
-  for (int64_t le = 0, o = 0; le < epr; o += act.lcounts[size_t(le)], ++le) {
-    const int64_t c = act.lcounts[size_t(le)];
+  for (int64_t le = 0, o = 0; le < epr; o += x.local_counts[size_t(le)], ++le) {
+    const int64_t c = x.local_counts[size_t(le)];
     if (c == 0) continue;
     MlpBackward(act.geo.data() + o * d, act.gbuf.data() + o * d, c, d, w.experts[size_t(le)],
                 act.geg.data() + o * he, act.geu.data() + o * he, act.gea.data() + o * he,
                 act.rbuf.data() + o * d, false, act.mlp_scratch);
   }
-  cpu::ScatterRows(act.rbuf.data(), act.perm.data(), act.rout.data(), r, d);
-  Exchange(ep.group, act.rout.data(), act.recv_bytes, act.dbuf.data(), act.send_bytes,
+  cpu::ScatterRows(act.rbuf.data(), x.perm.data(), act.rout.data(), r, d);
+  Exchange(ep.group, act.rout.data(), x.recv_bytes, act.dbuf.data(), x.send_bytes,
            "dispatch backward");
 }
 

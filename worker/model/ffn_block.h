@@ -10,6 +10,7 @@
 #include "kernels/cpu/moe_dispatch.h"
 #include "kernels/cpu/router.h"
 #include "worker/comm/communicator.h"
+#include "worker/model/expert_exchange_plan.h"
 #include "worker/model/linear.h"
 
 namespace moerun::model {
@@ -43,12 +44,10 @@ struct MoeActivations {
   // Scratch reused across calls: large buffers freed and reallocated every micro-batch cost
   // more in page faults than the arithmetic around them.
   std::vector<T> logits, dscores, dgates, deo, dbuf, mlp_scratch;
-  // Expert parallelism: rows exchanged with the group. rbuf holds received rows by source
-  // member, then by local expert; perm[i] is the rbuf row of the i-th row grouped by local
-  // expert (gbuf, geg, geu, gea, geo); lcounts are rows per local expert.
-  std::vector<size_t> send_bytes, recv_bytes;
-  std::vector<int32_t> perm;
-  std::vector<int64_t> lcounts;
+  // Expert parallelism: rows exchanged with the group (worker/model/expert_exchange_plan.h).
+  // rbuf holds received rows by source member, then by local expert; gbuf, geg, geu, gea and
+  // geo hold them grouped by local expert (exchange.perm).
+  ExpertExchangePlan exchange;
   std::vector<T> rbuf, gbuf, geg, geu, gea, geo, rout;
 };
 
@@ -68,8 +67,8 @@ struct MoeWeights {
   MlpWeights<T> shared;
 };
 
-// Expert parallelism (DESIGN.md §5): a layer's routed experts are spread over `group`, member
-// m holding experts [m·experts_per_rank, (m+1)·experts_per_rank). Tokens travel to their
+// Expert parallelism (docs/architecture.md §5): a layer's routed experts are spread over `group`,
+// member m holding experts [m·experts_per_rank, (m+1)·experts_per_rank). Tokens travel to their
 // experts' owners by all-to-all (dispatch) and their outputs come back the same way
 // (combine); the backward pass mirrors both. A null group keeps every expert local.
 // Data-plane failures throw DataPlaneError (the trainer turns it into an error exit).

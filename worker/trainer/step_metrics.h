@@ -6,7 +6,7 @@
 
 #include "common/job_spec.h"
 #include "common/status.h"
-#include "worker/trainer/step_engine.h"
+#include "worker/trainer/step_result.h"
 #include "worker/trainer/topology.h"
 
 namespace moerun::trainer {

@@ -1,7 +1,7 @@
 // Trainer: one rank of a job. Alone (world 1) it trains the whole model, running
 // data × micro_batches micro-batches per step so the numbers match a parallel run; in a
 // parallel run (world = pipeline × data) it trains its stage and experts with the others
-// (worker/trainer/step_runner.h has the step).
+// (worker/trainer/step_driver.h has the step).
 //
 // Rank 0 writes <run dir>/metrics.jsonl (one JSON object per step) and train.log; other
 // ranks log to train-rank-R.log. Ranks of the first expert group write checkpoint shards
@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "common/exit_codes.h"
 #include "common/job_spec.h"
 #include "common/status.h"
 #include "worker/trainer/control_channel.h"
@@ -51,13 +52,12 @@ struct TrainSummary {
 };
 
 // Trains; the error names what failed (spec, data, checkpoint) and *exit_code gets the
-// process exit code for it (common/exit_codes.h; 130 when interrupted by SIGINT/SIGTERM).
+// process exit code for it (ExitCodeFor in common/exit_codes.h: 130 when SIGINT/SIGTERM
+// stopped it, Cancelled).
 // `spec_yaml` is saved as <run dir>/job.yaml so eval, export and digest can rebuild the
 // model from the run dir.
 Result<TrainSummary> Train(const JobSpec& spec, const std::string& spec_yaml,
                            const TrainOptions& opts, int* exit_code);
-
-inline constexpr int kExitInterrupted = 130;
 
 // The checkpoint directory of a run: checkpoint.dir or <run dir>/checkpoints.
 std::string CheckpointDir(const JobSpec& spec, const std::string& run_dir);

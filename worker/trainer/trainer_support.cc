@@ -3,7 +3,7 @@
 #include <string>
 
 #include "worker/model/fp8_shape_support.h"
-#include "worker/trainer/gpu_step_runner.h"
+#include "worker/trainer/gpu_stage.h"
 
 namespace moerun::trainer {
 

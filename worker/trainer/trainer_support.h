@@ -12,7 +12,7 @@ namespace moerun::trainer {
 // backend), and for resources.backend: cuda what GpuStepSupport refuses.
 Status TrainerSupport(const JobSpec& spec);
 
-// For a cuda job, what the GPU step (worker/trainer/gpu_step_runner.h) lacks: fp8 sizes
+// For a cuda job, what the GPU step (worker/trainer/gpu_stage.h) lacks: fp8 sizes
 // cuBLASLt cannot take. OK for a cpu job.
 Status GpuStepSupport(const JobSpec& spec);
 

@@ -325,46 +325,24 @@ Status MoeLayerCuda<T>::ExchangeForward(const MoeLayerWeightsCuda<T>& w) {
       Cuda(cudaMemcpy(recv_counts.data(), recv_counts_, recv_counts.size() * sizeof(int64_t),
                       cudaMemcpyDeviceToHost),
            "reading received counts"));
-  // 2. The rows themselves.
-  send_bytes_.assign(static_cast<size_t>(p), 0);
-  recv_bytes_.assign(static_cast<size_t>(p), 0);
-  std::vector<int64_t> src_start(static_cast<size_t>(p) + 1, 0);
-  for (int j = 0; j < p; ++j) {
-    int64_t sent = 0, got = 0;
-    for (int64_t le = 0; le < epr; ++le) {
-      sent += host_counts_[j * epr + le];
-      got += recv_counts[size_t(j * epr + le)];
-    }
-    send_bytes_[size_t(j)] = size_t(sent * d) * sizeof(T);
-    recv_bytes_[size_t(j)] = size_t(got * d) * sizeof(T);
-    src_start[size_t(j) + 1] = src_start[size_t(j)] + got;
-  }
-  received_ = src_start[size_t(p)];
-  MOERUN_RETURN_IF_ERROR(ReserveExpertRows(received_));
-  MOERUN_RETURN_IF_ERROR(Exchange(buf_, send_bytes_, rbuf_, recv_bytes_, "dispatch"));
-  // 3. Grouped by local expert, source order inside each: the CPU's order.
-  host_perm_.clear();
-  lcounts_.assign(static_cast<size_t>(epr), 0);
-  for (int64_t le = 0; le < epr; ++le) {
-    for (int j = 0; j < p; ++j) {
-      int64_t start = src_start[size_t(j)];
-      for (int64_t q = 0; q < le; ++q) start += recv_counts[size_t(j * epr + q)];
-      const int64_t c = recv_counts[size_t(j * epr + le)];
-      for (int64_t i = 0; i < c; ++i) host_perm_.push_back(int32_t(start + i));
-      lcounts_[size_t(le)] += c;
-    }
-  }
+  // 2. The rows themselves, 3. grouped by local expert, source order inside each: the CPU's
+  //    order (worker/model/expert_exchange_plan.h).
+  PlanExpertExchange(host_counts_, recv_counts.data(), p, epr, size_t(d) * sizeof(T), &exchange_);
+  const int64_t received = exchange_.received;
+  MOERUN_RETURN_IF_ERROR(ReserveExpertRows(received));
   MOERUN_RETURN_IF_ERROR(
-      Cuda(cudaMemcpyAsync(perm_, host_perm_.data(), host_perm_.size() * sizeof(int32_t),
+      Exchange(buf_, exchange_.send_bytes, rbuf_, exchange_.recv_bytes, "dispatch"));
+  MOERUN_RETURN_IF_ERROR(
+      Cuda(cudaMemcpyAsync(perm_, exchange_.perm.data(), exchange_.perm.size() * sizeof(int32_t),
                            cudaMemcpyHostToDevice, stream_),
            "permutation"));
   MOERUN_RETURN_IF_ERROR(
-      Cuda(kc::LaunchGatherRows<T>(rbuf_, perm_, gbuf_, received_, d, stream_), "grouping rows"));
+      Cuda(kc::LaunchGatherRows<T>(rbuf_, perm_, gbuf_, received, d, stream_), "grouping rows"));
   // 4. Our experts, 5. their outputs back to where their rows came from.
-  MOERUN_RETURN_IF_ERROR(ExpertsForward(gbuf_, lcounts_.data(), epr, w, geo_));
+  MOERUN_RETURN_IF_ERROR(ExpertsForward(gbuf_, exchange_.local_counts.data(), epr, w, geo_));
   MOERUN_RETURN_IF_ERROR(
-      Cuda(kc::LaunchScatterRows<T>(geo_, perm_, rout_, received_, d, stream_), "ungrouping"));
-  return Exchange(rout_, recv_bytes_, eo_, send_bytes_, "combine");
+      Cuda(kc::LaunchScatterRows<T>(geo_, perm_, rout_, received, d, stream_), "ungrouping"));
+  return Exchange(rout_, exchange_.recv_bytes, eo_, exchange_.send_bytes, "combine");
 }
 
 template <typename T>
@@ -372,14 +350,15 @@ Status MoeLayerCuda<T>::ExchangeBackward(const MoeLayerWeightsCuda<T>& w,
                                          const MoeLayerGradsCuda& g) {
   const int64_t d = shape_.d_model, epr = ep_.experts_per_rank;
   // Output gradients to the experts (rout_), grouped (geo_, the outputs no longer needed).
-  MOERUN_RETURN_IF_ERROR(Exchange(deo_, send_bytes_, rout_, recv_bytes_, "combine backward"));
+  const auto& x = exchange_;
+  MOERUN_RETURN_IF_ERROR(Exchange(deo_, x.send_bytes, rout_, x.recv_bytes, "combine backward"));
   MOERUN_RETURN_IF_ERROR(
-      Cuda(kc::LaunchGatherRows<T>(rout_, perm_, geo_, received_, d, stream_), "grouping"));
+      Cuda(kc::LaunchGatherRows<T>(rout_, perm_, geo_, x.received, d, stream_), "grouping"));
   // Input gradients into rbuf_ (the received rows are no longer needed), then home.
-  MOERUN_RETURN_IF_ERROR(ExpertsBackward(geo_, gbuf_, lcounts_.data(), epr, w, g, rbuf_));
+  MOERUN_RETURN_IF_ERROR(ExpertsBackward(geo_, gbuf_, x.local_counts.data(), epr, w, g, rbuf_));
   MOERUN_RETURN_IF_ERROR(
-      Cuda(kc::LaunchScatterRows<T>(rbuf_, perm_, rout_, received_, d, stream_), "ungrouping"));
-  return Exchange(rout_, recv_bytes_, dbuf_, send_bytes_, "dispatch backward");
+      Cuda(kc::LaunchScatterRows<T>(rbuf_, perm_, rout_, x.received, d, stream_), "ungrouping"));
+  return Exchange(rout_, x.recv_bytes, dbuf_, x.send_bytes, "dispatch backward");
 }
 
 template <typename T>

@@ -1,7 +1,7 @@
-// MoeLayerCuda: one MoE layer of DeepSeek-V3 (DESIGN.md §4) on one GPU, forward and backward,
-// composed from the CUDA kernels: router GEMM in fp32, sigmoid/softmax scores, bias-corrected
-// group-limited top-k, the dispatch plan, the experts' gate/up/down GEMMs as grouped cuBLAS
-// calls, SwiGLU, the deterministic combine, and the shared experts. It is the GPU twin of
+// MoeLayerCuda: one MoE layer of DeepSeek-V3 (docs/architecture.md §4) on one GPU, forward and
+// backward, composed from the CUDA kernels: router GEMM in fp32, sigmoid/softmax scores,
+// bias-corrected group-limited top-k, the dispatch plan, the experts' gate/up/down GEMMs as grouped
+// cuBLAS calls, SwiGLU, the deterministic combine, and the shared experts. It is the GPU twin of
 // model::MoeForward / MoeBackward, including the sequence-wise balance loss
 // (shape.seq_aux_alpha) and expert parallelism: with an expert group, the layer holds only
 // its share of the routed experts, and rows travel to their experts' owners and back by
@@ -50,8 +50,8 @@ struct MoeLayerWeightsCuda {
               *master_shared_down = nullptr;
 };
 
-// Expert parallelism (DESIGN.md §5) on GPUs: the routed experts are spread over `group`, member
-// m holding experts [m·experts_per_rank, (m+1)·experts_per_rank), and the layer's expert
+// Expert parallelism (docs/architecture.md §5) on GPUs: the routed experts are spread over `group`,
+// member m holding experts [m·experts_per_rank, (m+1)·experts_per_rank), and the layer's expert
 // weights and gradients are those only. `group` takes device pointers
 // (worker/comm/device_communicator.h) and outlives the layer. A null group: every expert local.
 struct ExpertGroupCuda {
@@ -156,10 +156,9 @@ class MoeLayerCuda {
   T *rbuf_ = nullptr, *gbuf_ = nullptr, *geo_ = nullptr, *rout_ = nullptr;
   int32_t* perm_ = nullptr;
   int64_t* recv_counts_ = nullptr;  // device [members · local experts]
-  std::vector<int64_t> lcounts_;    // rows per local expert (host)
-  std::vector<int32_t> host_perm_;  // perm_ on the host
-  std::vector<size_t> send_bytes_, recv_bytes_;
-  int64_t received_ = 0;  // rows received in the last Forward
+  // The last Forward's exchange (host): bytes per member, rows per local expert, and the
+  // grouping permutation that perm_ holds on the device.
+  ExpertExchangePlan exchange_;
   T *sg_ = nullptr, *su_ = nullptr, *sa_ = nullptr;
   // Backward scratch.
   float *dscores_ = nullptr, *dgates_ = nullptr;

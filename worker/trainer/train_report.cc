@@ -1,0 +1,135 @@
+#include "worker/trainer/train_report.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+
+#include "common/duration_text.h"
+
+namespace moerun::trainer {
+namespace {
+
+// Keeps the metrics of steps up to `last_step` (a resumed run rewrites what came after).
+Status TruncateMetrics(const std::string& path, int64_t last_step) {
+  std::ifstream in(path);
+  if (!in) return Status::OK();
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.value("step", int64_t(0)) <= last_step) kept += line + "\n";
+  }
+  in.close();
+  std::ofstream out(path, std::ios::trunc);
+  out << kept;
+  return out.good() ? Status::OK() : Status::IOError("cannot rewrite " + path);
+}
+
+void DrawProgress(int64_t step, int64_t total, double loss, double tps, double eta_s) {
+  constexpr int kWidth = 30;
+  const int filled = int(double(kWidth) * double(step) / double(total));
+  std::string bar(size_t(filled), '#');
+  bar.resize(kWidth, '.');
+  std::fprintf(stderr, "\r[%s] step %lld/%lld  loss %.4f  %.0f tok/s  ETA %s   ", bar.c_str(),
+               (long long)step, (long long)total, loss, tps, DurationText(eta_s).c_str());
+  std::fflush(stderr);
+}
+
+}  // namespace
+
+nlohmann::json StepLine(const JobSpec& spec, int64_t step, const StepResult& r, double seconds,
+                        const comm::DataPlaneWait& waited) {
+  const ModelSpec& m = spec.model;
+  nlohmann::json load = nlohmann::json::object();
+  double imbalance = 0;
+  const double mean = double(spec.train.global_batch * m.seq_len * m.moe.top_k) /
+                      double(std::max<int64_t>(1, m.moe.routed_experts));
+  for (size_t l = 0; l < r.expert_load.size(); ++l) {
+    const auto& c = r.expert_load[l];
+    imbalance +=
+        double(*std::max_element(c.begin(), c.end())) / mean / double(r.expert_load.size());
+    load[std::to_string(m.dense_layers + int64_t(l))] = c;
+  }
+  const int64_t tokens = spec.train.global_batch * m.seq_len;
+  const double bubble = waited.pipeline_s, data_wait = waited.collective_s;
+  return {{"step", step},
+          {"loss", r.loss},
+          {"balance_loss", r.balance_loss},
+          {"lr", r.lr},
+          {"grad_norm", r.grad_norm},
+          {"step_time_s", seconds},
+          {"compute_s", std::max(0.0, seconds - bubble - data_wait)},
+          {"data_wait_s", data_wait},
+          {"bubble_s", bubble},
+          {"tokens_per_s", double(tokens) / seconds},
+          {"max_over_mean_load", imbalance},
+          {"expert_load", load}};
+}
+
+TrainReporter::TrainReporter(const JobSpec& spec, const TrainOptions& opts,
+                             std::shared_ptr<spdlog::logger> log, bool tty)
+    : spec_(spec), opts_(opts), log_(std::move(log)), lead_(opts.rank == 0), tty_(tty) {}
+
+Status TrainReporter::Open(int64_t step, int64_t first_step) {
+  first_step_ = first_step;
+  start_ = std::chrono::steady_clock::now();
+  if (!lead_) return Status::OK();
+  const std::string path = opts_.run_dir + "/metrics.jsonl";
+  if (opts_.resume) {
+    MOERUN_RETURN_IF_ERROR(TruncateMetrics(path, step));
+  } else {
+    std::ofstream(path, std::ios::trunc);
+  }
+  metrics_.open(path, std::ios::app);
+  return Status::OK();
+}
+
+void TrainReporter::Step(const nlohmann::json& line, int64_t total) {
+  const int64_t step = line["step"];
+  const double loss = line["loss"];
+  if (lead_) {
+    metrics_ << line.dump() << "\n";
+    metrics_.flush();
+  }
+  if (opts_.control) {
+    nlohmann::json report = line;
+    report["total_steps"] = total;
+    if (!lead_) report.erase("expert_load");  // rank 0's report is the one stored
+    opts_.control->ReportStep(report);
+  }
+  tokens_ += spec_.train.global_batch * spec_.model.seq_len;
+  const double elapsed =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  if (tty_) {
+    DrawProgress(step, total, loss, double(tokens_) / elapsed,
+                 elapsed / double(step - first_step_ + 1) * double(total - step));
+  }
+  log_->info("step {}/{} loss {:.4f} lr {:.3e} grad_norm {:.3f} load max/mean {:.2f} {:.0f} tok/s",
+             step, total, loss, double(line["lr"]), double(line["grad_norm"]),
+             double(line["max_over_mean_load"]), double(line["tokens_per_s"]));
+}
+
+void TrainReporter::ShardWritten(const checkpoint::WriteReport& r, const std::string& shard) {
+  if (!r.status.ok()) {
+    log_->error("checkpoint step {} failed: {}", r.step, r.status.message());
+    return;
+  }
+  log_->info("checkpoint step {} written: {:.1f} MiB in {:.3f} s", r.step,
+             double(r.bytes) / (1 << 20), r.seconds);
+  if (!opts_.control) return;  // reported from the training thread (ReportShards)
+  std::lock_guard<std::mutex> lock(shards_mu_);
+  shards_written_.push_back({{"step", r.step}, {"shard", shard}, {"bytes", r.bytes}});
+}
+
+void TrainReporter::ReportShards() {
+  if (!opts_.control) return;
+  std::lock_guard<std::mutex> lock(shards_mu_);
+  for (const auto& j : shards_written_) opts_.control->ReportShard(j);
+  shards_written_.clear();
+}
+
+void TrainReporter::Finish() {
+  if (tty_) std::fprintf(stderr, "\n");
+}
+
+}  // namespace moerun::trainer

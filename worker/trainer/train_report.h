@@ -1,0 +1,64 @@
+// TrainReporter: where one rank's run reports to (docs/observability.md): rank 0's
+// <run dir>/metrics.jsonl (one JSON object per step), the coordinator when a daemon started
+// the trainer (every step's metrics; every checkpoint shard once durable, for the two-phase
+// commit), the log, and a progress bar when rank 0's stderr is a terminal.
+// Not thread-safe, except ShardWritten (the checkpoint writer's thread).
+#pragma once
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cstdint>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "common/job_spec.h"
+#include "common/status.h"
+#include "worker/checkpoint/checkpoint_writer.h"
+#include "worker/comm/timed_communicator.h"
+#include "worker/trainer/step_result.h"
+#include "worker/trainer/trainer.h"
+
+namespace moerun::trainer {
+
+// One step's metrics line: loss, balance loss, lr, norm, the step's time split into compute,
+// data-plane wait and pipeline bubble (`waited`: this step's share of DataPlaneWait), tokens/s,
+// and the expert load per MoE layer (keyed by global layer index) with its max/mean.
+nlohmann::json StepLine(const JobSpec& spec, int64_t step, const StepResult& r, double seconds,
+                        const comm::DataPlaneWait& waited);
+
+class TrainReporter {
+ public:
+  TrainReporter(const JobSpec& spec, const TrainOptions& opts, std::shared_ptr<spdlog::logger> log,
+                bool tty);
+
+  // Rank 0 starts metrics.jsonl: kept up to `step` when resuming (the steps after it are
+  // trained again), else emptied. `first_step` is the first step this run trains.
+  Status Open(int64_t step, int64_t first_step);
+  // Writes, reports and logs a step's line (with val_loss when it has one).
+  void Step(const nlohmann::json& line, int64_t total);
+  // A checkpoint write finished (any thread): logged, and a durable shard queued for the
+  // coordinator.
+  void ShardWritten(const checkpoint::WriteReport& r, const std::string& shard);
+  // Sends the queued shard reports (the training thread).
+  void ReportShards();
+  // Ends the progress bar's line.
+  void Finish();
+
+ private:
+  const JobSpec& spec_;
+  const TrainOptions& opts_;
+  std::shared_ptr<spdlog::logger> log_;
+  bool lead_, tty_;
+  std::ofstream metrics_;
+  std::chrono::steady_clock::time_point start_;
+  int64_t first_step_ = 1, tokens_ = 0;
+  std::mutex shards_mu_;
+  std::vector<nlohmann::json> shards_written_;  // guarded by shards_mu_
+};
+
+}  // namespace moerun::trainer

@@ -1,0 +1,98 @@
+#include "worker/trainer/train_restore.h"
+
+#include <filesystem>
+
+#include "worker/checkpoint/checkpoint_reader.h"
+
+namespace moerun::trainer {
+namespace {
+
+namespace fs = std::filesystem;
+
+// The coordinator's newest committed step, and no other: if it cannot be read, the
+// coordinator drops it and restarts everyone from the one before. Only this rank's shard is
+// read (it holds every tensor the rank has), which keeps a restart fast.
+Status RestoreCommitted(const std::string& shard, int64_t restore_step,
+                        checkpoint::ShardStore* store, TrainState* state) {
+  std::unique_ptr<checkpoint::ShardStore> reader;
+  if (store == nullptr) {
+    auto r = checkpoint::ShardStore::Open(shard, false);
+    if (!r.ok()) return r.status();
+    reader = std::move(r.value());
+    store = reader.get();
+  }
+  auto entries = store->ReadStep(restore_step);
+  if (!entries.ok()) return entries.status();
+  return RestoreState(entries.value(), &state->params, &state->opt, &state->step,
+                      state->fingerprint);
+}
+
+// --resume: the newest step every shard holds and verifies, refused steps logged and
+// skipped. Without --resume, existing checkpoints are an error: they would be overwritten.
+Status ResumeNewest(const JobSpec& spec, const std::string& ckpt_dir, bool resume,
+                    TrainState* state, spdlog::logger& log) {
+  auto run = checkpoint::RunCheckpoints::Open(ckpt_dir);
+  auto steps =
+      run.ok() ? run->CompleteSteps() : Result<std::vector<int64_t>>(std::vector<int64_t>{});
+  if (!steps.ok()) return steps.status();
+  if (!resume && !steps->empty()) {
+    return Status::InvalidArgument(
+        ckpt_dir + " already holds checkpoints up to step " + std::to_string(steps->back()) +
+        ": continue that run with --resume, or train into a new --run-dir");
+  }
+  for (auto it = steps->rbegin(); resume && it != steps->rend(); ++it) {
+    auto entries = run->ReadStep(*it);
+    Status s = entries.ok() ? RestoreState(entries.value(), &state->params, &state->opt,
+                                           &state->step, state->fingerprint)
+                            : entries.status();
+    if (s.ok()) {
+      log.info("resumed from checkpoint step {}", state->step);
+      return Status::OK();
+    }
+    log.error("checkpoint step {} refused: {}; trying the previous one", *it, s.message());
+    state->params.Initialize(spec.train.seed, spec.model.init_std);  // undo a partial restore
+    state->step = 0;
+  }
+  return Status::OK();
+}
+
+}  // namespace
+
+TrainState::TrainState(const JobSpec& spec, const model::StageRange& range)
+    : params(model::StageTensors(spec.model, range)),
+      opt{std::vector<float>(params.values().size(), 0.0f),
+          std::vector<float>(params.values().size(), 0.0f)},
+      fingerprint(ModelFingerprint(spec.model)) {
+  params.Initialize(spec.train.seed, spec.model.init_std);
+}
+
+Result<std::unique_ptr<checkpoint::ShardStore>> OpenShardStore(const JobSpec& spec,
+                                                               const TrainOptions& opts,
+                                                               const Topology& topo) {
+  if (!topo.writes_checkpoint()) return std::unique_ptr<checkpoint::ShardStore>();
+  const std::string shard = CheckpointDir(spec, opts.run_dir) + "/" + topo.ShardName();
+  std::error_code ec;
+  fs::create_directories(shard, ec);
+  return checkpoint::ShardStore::Open(shard, true);
+}
+
+Status RestoreOrResume(const JobSpec& spec, const TrainOptions& opts, const Topology& topo,
+                       checkpoint::ShardStore* store, TrainState* state, spdlog::logger& log) {
+  const std::string ckpt_dir = CheckpointDir(spec, opts.run_dir);
+  MOERUN_RETURN_IF_ERROR(topo.world_comm->Barrier());
+  if (opts.restore_step > 0) {
+    Status s = RestoreCommitted(ckpt_dir + "/" + topo.ShardName(), opts.restore_step, store, state);
+    if (!s.ok()) {
+      return Status::Corruption("committed checkpoint step " + std::to_string(opts.restore_step) +
+                                " is unreadable: " + s.message());
+    }
+    log.info("restored committed checkpoint step {} from {}", state->step, topo.ShardName());
+  } else if (fs::exists(ckpt_dir)) {
+    MOERUN_RETURN_IF_ERROR(ResumeNewest(spec, ckpt_dir, opts.resume, state, log));
+  }
+  MOERUN_RETURN_IF_ERROR(topo.world_comm->Barrier());  // nobody writes before all have read
+  if (store) MOERUN_RETURN_IF_ERROR(store->AllowCompaction());
+  return Status::OK();
+}
+
+}  // namespace moerun::trainer
