@@ -1,5 +1,5 @@
 // Clock: time as the control plane sees it, injected so failure detectors and state machines
-// are tested by stepping a FakeClock, never by sleeping (DESIGN.md §10).
+// are tested by stepping a FakeClock, never by sleeping (docs/architecture.md §10).
 // Milliseconds on a monotonic timeline; thread-safe.
 #pragma once
 

@@ -1,4 +1,4 @@
-// The client side of the control plane (DESIGN.md §6): CURVE keys of a client and DEALER
+// The client side of the control plane (docs/architecture.md §6): CURVE keys of a client and DEALER
 // sockets that carry one envelope per ZeroMQ message to the coordinator's ROUTER.
 //
 // A client key directory holds

@@ -1,5 +1,5 @@
-// Every timeout and interval of the control plane (DESIGN.md §6), in one place, each with its
-// unit in its name. Heartbeat and progress timeouts of a job come from its spec
+// Every timeout and interval of the control plane (docs/architecture.md §6), in one place, each
+// with its unit in its name. Heartbeat and progress timeouts of a job come from its spec
 // (fault_tolerance.*); these are the protocol's own.
 #pragma once
 

@@ -1,5 +1,5 @@
-// CURVE authentication for the control plane (DESIGN.md §6): key pairs on disk, the list of
-// authorized client keys, and a ZAP handler that lets only those clients in.
+// CURVE authentication for the control plane (docs/architecture.md §6): key pairs on disk, the list
+// of authorized client keys, and a ZAP handler that lets only those clients in.
 //
 // Files in a state directory:
 //   <name>.key          the public key (Z85, 40 characters)

@@ -1,5 +1,5 @@
 // HeartbeatTracker: declares a member dead when it has been silent for longer than the
-// timeout (DESIGN.md §6), in the style of Ray's GCS: a small class fed a clock and a
+// timeout (docs/architecture.md §6), in the style of Ray's GCS: a small class fed a clock and a
 // callback. Beat() records a heartbeat; Check() (called periodically by the owner) fires
 // on_dead once for every member silent for more than timeout_ms, then forgets it. A member
 // that beats again after being declared dead is new again. The progress watchdog is the

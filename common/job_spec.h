@@ -1,5 +1,5 @@
-// JobSpec: the typed form of a job's YAML (DESIGN.md §3). Every field carries its default
-// here, and only here; docs/job-spec.md documents the same values. Load and validate with
+// JobSpec: the typed form of a job's YAML (docs/architecture.md §3). Every field carries its
+// default here, and only here; docs/job-spec.md documents the same values. Load and validate with
 // spec_loader.h; a JobSpec that came
 // from LoadJobSpec* without errors satisfies every rule in spec_rules.h.
 //

@@ -1,4 +1,4 @@
-// The parameter tensors of a moerun model (DESIGN.md §4), named as in Hugging Face's
+// The parameter tensors of a moerun model (docs/architecture.md §4), named as in Hugging Face's
 // DeepSeek-V3 layout so an export loads there. This list is the single source of truth for
 // parameter counts (`moerun plan`), allocation, checkpoint keys and export.
 // Shapes are [out_features, in_features] for linear weights, as Hugging Face stores them.

@@ -1,4 +1,4 @@
-// Placement: where every trainer rank sits in the parallel layout (DESIGN.md §5).
+// Placement: where every trainer rank sits in the parallel layout (docs/architecture.md §5).
 //
 //   world = pipeline x data;  rank = stage * data + d
 //   expert group of a rank = d / expert; its position in the group = d % expert, and it

@@ -1,5 +1,5 @@
-// The control-plane envelope (DESIGN.md §6): every message between the coordinator, worker
-// daemons, trainers and the CLI. Wire format, little-endian:
+// The control-plane envelope (docs/architecture.md §6): every message between the coordinator,
+// worker daemons, trainers and the CLI. Wire format, little-endian:
 //
 //   "MRUN" | u16 protocol version | u16 type | u64 generation |
 //   u16 job-id length | u16 sender length | u32 body length |

@@ -1,5 +1,5 @@
-// moerun-coordinator: owns jobs, placement, membership and their durable state (DESIGN.md §1,
-// §6). State lives under --state-dir:
+// moerun-coordinator: owns jobs, placement, membership and their durable state
+// (docs/architecture.md §1, §6). State lives under --state-dir:
 //   coordinator.key, coordinator.key_secret   its CURVE key pair (created on first start)
 //   authorized_keys                           client public keys allowed to connect
 //   db/                                       RocksDB: jobs, events, metrics, manifests

@@ -1,5 +1,5 @@
 // moerun-worker: the per-host daemon that registers with the coordinator and supervises one
-// trainer process per device (DESIGN.md §1, worker/daemon/worker_daemon.h).
+// trainer process per device (docs/architecture.md §1, worker/daemon/worker_daemon.h).
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>

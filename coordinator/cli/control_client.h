@@ -1,7 +1,7 @@
-// ControlClient: the CLI's requests to a coordinator (DESIGN.md §6): one CURVE DEALER, one
-// request and its answer at a time. Errors say what to do: a key the coordinator refused
-// (seen through the socket's handshake events, not guessed from a timeout), a coordinator
-// that does not answer, or the coordinator's own Error answer. Not thread-safe.
+// ControlClient: the CLI's requests to a coordinator (docs/architecture.md §6): one CURVE DEALER,
+// one request and its answer at a time. Errors say what to do: a key the coordinator refused (seen
+// through the socket's handshake events, not guessed from a timeout), a coordinator that does not
+// answer, or the coordinator's own Error answer. Not thread-safe.
 #pragma once
 
 #include <memory>

@@ -1,7 +1,7 @@
 // moerun local JOB.yaml [--run-dir DIR] [--workers N] [--steps N] [--no-progress]
-// The embedded cluster (DESIGN.md §1): a coordinator and N worker daemons on this machine,
-// the same binaries and protocol as a cluster, with keys generated on first use. It submits
-// the job, shows its progress until it ends, prints a summary and stops the daemons. State:
+// The embedded cluster (docs/architecture.md §1): a coordinator and N worker daemons on this
+// machine, the same binaries and protocol as a cluster, with keys generated on first use. It
+// submits the job, shows its progress until it ends, prints a summary and stops the daemons. State:
 //   <run dir>/control/coordinator/   the coordinator's state dir (keys, RocksDB, log)
 //   <run dir>/control/keys/          the client keys the CLI, daemons and trainers share
 //   <run dir>/control/worker-I/      daemon I's state dir (trainer logs)

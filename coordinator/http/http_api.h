@@ -1,4 +1,4 @@
-// HttpApi: the coordinator's HTTP surface (DESIGN.md §9), on cpp-httplib.
+// HttpApi: the coordinator's HTTP surface (docs/architecture.md §9), on cpp-httplib.
 //   GET  /api/status                      jobs, workers, counters
 //   GET  /api/jobs, /api/workers          {"jobs": [...]}, {"workers": [...]}: the same lists
 //   GET  /api/jobs/<id>                   one job: progress and every rank

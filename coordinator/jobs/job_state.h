@@ -1,5 +1,6 @@
-// JobState: the life of one job on the coordinator (DESIGN.md §6, §8), as a state machine
-// that records every transition as an event (time, cause, and when known the rank and host).
+// JobState: the life of one job on the coordinator (docs/architecture.md §6, §8), as a state
+// machine that records every transition as an event (time, cause, and when known the rank and
+// host).
 //
 //   QUEUED -> STARTING -> RUNNING -> SUCCEEDED
 //                 |          |  ^

@@ -1,6 +1,6 @@
-// WorkerRegistry: the worker daemons the coordinator knows (DESIGN.md §6). A daemon joins with
-// its first Register or Heartbeat (a restarted coordinator re-learns daemons from their next
-// heartbeat), beats with every message, and is declared dead by CheckDead() once silent for
+// WorkerRegistry: the worker daemons the coordinator knows (docs/architecture.md §6). A daemon
+// joins with its first Register or Heartbeat (a restarted coordinator re-learns daemons from their
+// next heartbeat), beats with every message, and is declared dead by CheckDead() once silent for
 // longer than the heartbeat timeout. A dead daemon that beats again is alive again. Time comes
 // from the injected clock; not thread-safe (the coordinator's loop owns it).
 #pragma once

@@ -1,4 +1,4 @@
-// RankPlacer: which worker daemon runs each trainer rank of a job (DESIGN.md §5, §6).
+// RankPlacer: which worker daemon runs each trainer rank of a job (docs/architecture.md §5, §6).
 //
 // Ranks are numbered rank = stage * data + d, and an expert group is `expert` consecutive
 // ranks (same stage, consecutive d). Its all-to-all is the busiest traffic of a step, so the

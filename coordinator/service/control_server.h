@@ -1,5 +1,5 @@
-// ControlServer: the coordinator's ZeroMQ side (DESIGN.md §6). A ROUTER socket with CURVE
-// (the coordinator's key pair) behind a ZAP handler that admits only authorized_keys; every
+// ControlServer: the coordinator's ZeroMQ side (docs/architecture.md §6). A ROUTER socket with
+// CURVE (the coordinator's key pair) behind a ZAP handler that admits only authorized_keys; every
 // refusal is logged with the peer's address and key and counted. Frames that are not one
 // valid envelope (wrong frame count, over kMaxMessageBytes, bad magic, version, type or body)
 // are dropped and counted, never fatal. Run() feeds the rest to a Coordinator and calls its

@@ -1,5 +1,5 @@
-// Coordinator: the coordinator's logic without its sockets (DESIGN.md §6, §8). It owns the
-// jobs (submit, FIFO queue, placement, rendezvous, per-step reports, completion, cancel,
+// Coordinator: the coordinator's logic without its sockets (docs/architecture.md §6, §8). It owns
+// the jobs (submit, FIFO queue, placement, rendezvous, per-step reports, completion, cancel,
 // restarts), the membership of worker daemons, and their durable state in a
 // CoordinatorStore. Messages arrive through Handle() already authenticated and decoded; what
 // it sends goes out through the Send callback, addressed by the peer's routing id:

@@ -1,4 +1,4 @@
-// JobRun: everything the coordinator knows about one job (DESIGN.md §6, §8): its state
+// JobRun: everything the coordinator knows about one job (docs/architecture.md §6, §8): its state
 // machine, its spec, where its ranks run in the current generation, the generation's
 // rendezvous table, each rank's exit and the latest progress. The durable part is stored as
 // run/<id> (versioned JSON) next to job/<id> and spec/<id>; the rest is rebuilt from the

@@ -1,5 +1,5 @@
-// CoordinatorStore: the coordinator's durable state in one RocksDB (DESIGN.md §1, §5, §7), so
-// a coordinator killed with SIGKILL reloads every job on restart.
+// CoordinatorStore: the coordinator's durable state in one RocksDB (docs/architecture.md §1, §5,
+// §7), so a coordinator killed with SIGKILL reloads every job on restart.
 //   job/<id>                   JobState (phase, generation, restarts, events)
 //   spec/<id>                  the job's YAML, as submitted
 //   metric/<id>/<step:12>      one step report's scalars (older ones thinned: metric_retention.h)
@@ -78,7 +78,7 @@ class CoordinatorStore {
   Result<std::vector<nlohmann::json>> Metrics(const std::string& job_id, int64_t since_step,
                                               size_t limit) const;
 
-  // The commit point of a checkpoint step (two-phase commit, DESIGN.md §7).
+  // The commit point of a checkpoint step (two-phase commit, docs/architecture.md §7).
   Status CommitManifest(const std::string& job_id, int64_t step, const nlohmann::json& manifest);
   Result<std::vector<int64_t>> CommittedSteps(const std::string& job_id) const;
   Result<nlohmann::json> Manifest(const std::string& job_id, int64_t step) const;

@@ -1,10 +1,10 @@
 // Metric retention: which per-step reports the coordinator keeps, so a job's metrics stay
-// bounded however long it runs (DESIGN.md §9). The newest kMetricFullResolutionSteps steps are
-// kept whole; older ones thin out geometrically: a report of age a in [R·2^k, R·2^(k+1)) is
-// kept only when its step is a multiple of 2^(k+1). Each such band keeps about R/2 reports,
-// so a job of S steps keeps about R + R/2·log2(S/R): 6,144 at a million steps. The rule is
-// monotone (a report dropped now would be dropped later too), so thinning can run at any time
-// and in any order and lands on the same set.
+// bounded however long it runs (docs/architecture.md §9). The newest kMetricFullResolutionSteps
+// steps are kept whole; older ones thin out geometrically: a report of age a in [R·2^k, R·2^(k+1))
+// is kept only when its step is a multiple of 2^(k+1). Each such band keeps about R/2 reports, so a
+// job of S steps keeps about R + R/2·log2(S/R): 6,144 at a million steps. The rule is monotone (a
+// report dropped now would be dropped later too), so thinning can run at any time and in any order
+// and lands on the same set.
 #pragma once
 
 #include <cstdint>

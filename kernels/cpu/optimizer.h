@@ -1,5 +1,6 @@
 // AdamW with decoupled weight decay, and global-norm gradient clipping, on fp32 master
-// weights (DESIGN.md §4). Pure functions over flat buffers; thread-safe on disjoint buffers.
+// weights (docs/architecture.md §4). Pure functions over flat buffers; thread-safe on disjoint
+// buffers.
 #pragma once
 
 #include <cstdint>

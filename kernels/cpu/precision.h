@@ -1,4 +1,4 @@
-// Low-precision emulation on the CPU (DESIGN.md §4). The CPU backend trains bf16 and fp8
+// Low-precision emulation on the CPU (docs/architecture.md §4). The CPU backend trains bf16 and fp8
 // jobs by rounding GEMM inputs exactly as the GPU recipe does, so the numerics match:
 //  * bf16: round-to-nearest-even of fp32 to 8 mantissa bits.
 //  * fp8 E4M3 (the "fn" variant: no infinities, max finite 448, subnormals down to 2^-9),

@@ -1,4 +1,4 @@
-// The MoE router of DeepSeek-V3 (DESIGN.md §4) on the CPU, forward and backward.
+// The MoE router of DeepSeek-V3 (docs/architecture.md §4) on the CPU, forward and backward.
 //   logits [N, E] = x Wgᵀ (a Linear, done by the caller)
 //   scores [N, E] = sigmoid(logits) or softmax(logits) over E      (the affinity s)
 //   selection: top_k of (s + bias) per token, optionally group-limited: keep the topk_groups

@@ -1,8 +1,8 @@
 // CheckpointWriter: writes snapshots to a ShardStore on a background thread, so the training
-// loop pays only for copying its state into a snapshot (DESIGN.md §7). At most one snapshot
-// is in flight: Submit() waits for the previous write, which bounds host memory to one copy.
-// After each write, retention deletes all but the newest `keep` complete steps.
-// Thread-safe for one submitting thread; the callback runs on the writer thread.
+// loop pays only for copying its state into a snapshot (docs/architecture.md §7). At most one
+// snapshot is in flight: Submit() waits for the previous write, which bounds host memory to one
+// copy. After each write, retention deletes all but the newest `keep` complete steps. Thread-safe
+// for one submitting thread; the callback runs on the writer thread.
 #pragma once
 
 #include <condition_variable>

@@ -1,4 +1,4 @@
-// ShardStore: one logical checkpoint shard (DESIGN.md §7) in its own RocksDB.
+// ShardStore: one logical checkpoint shard (docs/architecture.md §7) in its own RocksDB.
 //
 // Keys are "<step, 12 digits>/<entry name>" so steps sort numerically. Each value is
 // self-describing and checked: format version, dtype, shape, payload, then a CRC32C of all

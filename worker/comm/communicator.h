@@ -1,5 +1,5 @@
-// Communicator: the data plane between trainer ranks (DESIGN.md §5) — point-to-point tensors
-// for pipeline stages, all-to-all for expert dispatch/combine, all-reduce for gradients.
+// Communicator: the data plane between trainer ranks (docs/architecture.md §5) — point-to-point
+// tensors for pipeline stages, all-to-all for expert dispatch/combine, all-reduce for gradients.
 //
 // Semantics every implementation keeps:
 //  * Every call either completes or returns an error; none blocks longer than the

@@ -1,5 +1,5 @@
 // TimedCommunicator: a Communicator that measures how long its caller waits on the data plane,
-// for the per-step time split (DESIGN.md §9): compute, data-plane wait, pipeline bubble.
+// for the per-step time split (docs/architecture.md §9): compute, data-plane wait, pipeline bubble.
 //   Send, Recv, SendRecv       -> wait.pipeline_s: waiting on a neighbouring stage for its
 //                                 activations or gradients, or for it to take ours (an NCCL
 //                                 send waits for its receiver) — the pipeline bubble (idle by

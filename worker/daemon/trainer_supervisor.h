@@ -1,5 +1,5 @@
-// TrainerSupervisor: the worker daemon's children (DESIGN.md §1). Starts one trainer process
-// per assigned rank, reports each exit with its code or signal, and stops trainers on
+// TrainerSupervisor: the worker daemon's children (docs/architecture.md §1). Starts one trainer
+// process per assigned rank, reports each exit with its code or signal, and stops trainers on
 // command: SIGTERM first, SIGKILL after a grace period, so a hung trainer cannot outlive its
 // generation. Each child gets its own process group (a trainer's helpers die with it), its
 // stdout/stderr in a log file, and SIGKILL when the supervising process dies (so a daemon

@@ -1,10 +1,10 @@
-// WorkerDaemon: the per-host daemon (DESIGN.md §1, §6). It registers with the coordinator,
-// sends a heartbeat every interval that carries its registration and the state of each of
-// its trainers, starts one trainer process per assigned rank (TrainerSupervisor), reports
-// every trainer exit at once and again in each heartbeat until the coordinator acknowledges
-// it, and stops trainers on command or when their generation is over (a new generation of a
-// job starts only after the old one's trainers on this host are gone). It serves the
-// trainers' logs to the coordinator in chunks.
+// WorkerDaemon: the per-host daemon (docs/architecture.md §1, §6). It registers with the
+// coordinator, sends a heartbeat every interval that carries its registration and the state of each
+// of its trainers, starts one trainer process per assigned rank (TrainerSupervisor), reports every
+// trainer exit at once and again in each heartbeat until the coordinator acknowledges it, and stops
+// trainers on command or when their generation is over (a new generation of a job starts only after
+// the old one's trainers on this host are gone). It serves the trainers' logs to the coordinator in
+// chunks.
 //
 // The coordinator may vanish and come back (restart, network): the DEALER reconnects with
 // backoff, heartbeats go on, and the daemon never exits because of it. Its trainers keep

@@ -1,7 +1,8 @@
-// Whether a model's fp8 GEMMs fit cuBLASLt's block-scaled fp8 kernels on the GPU (DESIGN.md §4):
-// every token count and feature size a multiple of 16, and routed_experts a multiple of 4 so
-// that the fp32 gradients after each router bias stay 16-byte aligned. Host code, no CUDA:
-// the trainer, the GPU model and the CLI (before a job is submitted) ask the same question.
+// Whether a model's fp8 GEMMs fit cuBLASLt's block-scaled fp8 kernels on the GPU
+// (docs/architecture.md §4): every token count and feature size a multiple of 16, and
+// routed_experts a multiple of 4 so that the fp32 gradients after each router bias stay 16-byte
+// aligned. Host code, no CUDA: the trainer, the GPU model and the CLI (before a job is submitted)
+// ask the same question.
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,5 @@
-// Linear layers in a chosen GEMM precision (DESIGN.md §4). The CPU emulates the GPU recipe
-// by rounding each GEMM's inputs, then multiplying in fp32 with fp32 accumulation:
+// Linear layers in a chosen GEMM precision (docs/architecture.md §4). The CPU emulates the GPU
+// recipe by rounding each GEMM's inputs, then multiplying in fp32 with fp32 accumulation:
 //   kBf16: inputs rounded to bf16 (round to nearest even).
 //   kFp8:  E4M3 with scale = amax / 448 per tile, tiles along each GEMM's contraction
 //          dimension (DeepSeek-V3's recipe, and what Hopper's block-scaled fp8 GEMMs read):

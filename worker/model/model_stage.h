@@ -1,5 +1,5 @@
-// A contiguous range of the MoE transformer (DESIGN.md §4): optionally the embedding, layers
-// [layer_begin, layer_end), optionally the final norm and LM head. The whole model is one
+// A contiguous range of the MoE transformer (docs/architecture.md §4): optionally the embedding,
+// layers [layer_begin, layer_end), optionally the final norm and LM head. The whole model is one
 // stage; pipeline parallelism cuts it into several. Forward and backward on the CPU kernels.
 //
 // Activations of one micro-batch live in a StageActivations, so several micro-batches can be
@@ -50,7 +50,7 @@ struct StageActivations {
 template <typename T>
 class ModelStage {
  public:
-  // `precision` sets the GEMM precision (DESIGN.md §4): bf16 rounds every linear layer's
+  // `precision` sets the GEMM precision (docs/architecture.md §4): bf16 rounds every linear layer's
   // inputs; fp8 quantizes the decoder's linear layers and keeps head and router in bf16.
   // With `ep`, the stage holds only the experts of `range` and exchanges tokens with the
   // other holders through ep->group (which must outlive the stage).

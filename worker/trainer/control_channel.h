@@ -1,5 +1,5 @@
-// ControlChannel: a trainer's line to the coordinator (DESIGN.md §6) when a worker daemon
-// started it for a job generation. Its routing id is trainer:<job>:<generation>:<rank>.
+// ControlChannel: a trainer's line to the coordinator (docs/architecture.md §6) when a worker
+// daemon started it for a job generation. Its routing id is trainer:<job>:<generation>:<rank>.
 //   Rendezvous  reports this rank's data-plane endpoint and waits for the generation's table
 //               (asking again every kRendezvousRetryMs: the coordinator may restart meanwhile)
 //   ReportStep  one step's metrics; never blocks, dropped while the coordinator is away

@@ -1,5 +1,5 @@
 // PipelineSchedule: the order in which one pipeline stage runs its micro-batches' forward and
-// backward passes in a step (DESIGN.md §5), shared by the CPU and GPU steps.
+// backward passes in a step (docs/architecture.md §5), shared by the CPU and GPU steps.
 //   gpipe: every forward, then every backward (m = 0..M-1 each);
 //   1f1b:  min(pipeline − stage − 1, M) warm-up forwards, then one forward and one backward
 //          alternately, then the remaining backwards (dualpipe runs as 1F1B here);

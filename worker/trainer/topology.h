@@ -1,4 +1,5 @@
-// Topology: where one trainer rank sits (DESIGN.md §5) and the communicators it trains with.
+// Topology: where one trainer rank sits (docs/architecture.md §5) and the communicators it trains
+// with.
 //   rank = stage · data + d;  expert group = d / expert;  place in it = d % expert.
 //   data group:           the stage's `data` replicas — dense gradients are summed here,
 //                         and expert token counts (so every replica updates its biases alike);

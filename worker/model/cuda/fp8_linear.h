@@ -1,5 +1,5 @@
 // Fp8Linear: DeepSeek-V3's fp8 linear layer on the GPU, the twin of worker/model/linear.h's
-// GemmPrecision::kFp8 (DESIGN.md §4): bf16 activations quantized to E4M3 in 1x128 tiles,
+// GemmPrecision::kFp8 (docs/architecture.md §4): bf16 activations quantized to E4M3 in 1x128 tiles,
 // weights in 128x128 blocks, wgrad operands in 128x1 tiles along tokens; block-scaled
 // cuBLASLt GEMMs (kernels/cuda/fp8_gemm.cuh) with fp32 accumulation.
 //

@@ -1,11 +1,10 @@
-// ModelCuda: a pipeline stage of the MoE transformer (DESIGN.md §4, MHA attention) on one GPU —
-// optionally the embedding, decoder layers [layer_begin, layer_end) (RMSNorm, q/k/v/o with
-// RoPE and causal attention, dense MLP or the MoE layer), optionally the
-// final norm, LM head and cross-entropy — forward, backward and the optimizer step. The GPU
-// twin of ModelStage (expert parallelism included) plus the trainer's AdamW step, for
-// `backend: cuda`; the whole model is the one-stage case.
-// A stage without the embedding reads its input from stage_input(), one without the head
-// leaves its output in stage_output(); their gradients go through the same kind of buffers.
+// ModelCuda: a pipeline stage of the MoE transformer (docs/architecture.md §4, MHA attention) on
+// one GPU — optionally the embedding, decoder layers [layer_begin, layer_end) (RMSNorm, q/k/v/o
+// with RoPE and causal attention, dense MLP or the MoE layer), optionally the final norm, LM head
+// and cross-entropy — forward, backward and the optimizer step. The GPU twin of ModelStage (expert
+// parallelism included) plus the trainer's AdamW step, for `backend: cuda`; the whole model is the
+// one-stage case. A stage without the embedding reads its input from stage_input(), one without the
+// head leaves its output in stage_output(); their gradients go through the same kind of buffers.
 // One micro-batch's activations are kept (the last Forward's): a pipeline schedule with
 // several micro-batches in flight runs a micro-batch's forward again before its backward.
 // Weights: fp32 master copy, gradients and AdamW moments on the device in the flat layout of
