@@ -2,23 +2,49 @@
 // Starts N trainer processes on this machine with a static rendezvous: rank r listens on
 // ipc://@moerun-<launcher pid>-<r>. Rank 0's output is the run's; the others log to
 // <run dir>/train-rank-R.log. If a rank fails, the others are stopped and its exit code is
-// returned.
+// returned. Ranks run in process groups of their own and die with the launcher; SIGINT and
+// SIGTERM are passed on to every rank, which checkpoints and exits 130 (torchrun's way).
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <thread>
 
 #include "common/exit_codes.h"
 #include "common/spec_loader.h"
+#include "common/subprocess.h"
 #include "coordinator/cli/commands.h"
 #include "worker/trainer/trainer_support.h"
 
 namespace moerun::cli {
 namespace {
+
+volatile sig_atomic_t g_forward_signal = 0;  // SIGINT or SIGTERM to pass on to the ranks
+void OnStopSignal(int sig) { g_forward_signal = sig; }
+
+// While it lives, SIGINT and SIGTERM are recorded for the ranks instead of ending this
+// process; without SA_RESTART, so a waitpid returns early (EINTR) to pass them on.
+class PassedOnStopSignals {
+ public:
+  PassedOnStopSignals() {
+    struct sigaction stop = {};
+    stop.sa_handler = OnStopSignal;
+    sigemptyset(&stop.sa_mask);
+    sigaction(SIGINT, &stop, &old_int_);
+    sigaction(SIGTERM, &stop, &old_term_);
+  }
+  ~PassedOnStopSignals() {
+    sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGTERM, &old_term_, nullptr);
+  }
+
+ private:
+  struct sigaction old_int_ = {}, old_term_ = {};
+};
 
 struct LaunchArgs {
   std::string file, run_dir;
@@ -49,6 +75,7 @@ int RunLaunch(const LaunchArgs& a) {
     endpoints += (r ? "," : "") + std::string("ipc://@moerun-") + std::to_string(getpid()) + "-" +
                  std::to_string(r);
   }
+  PassedOnStopSignals signals;  // before any rank starts
   std::vector<pid_t> pids;
   std::fflush(stdout);
   std::fflush(stderr);
@@ -69,26 +96,24 @@ int RunLaunch(const LaunchArgs& a) {
     if (a.steps > 0) args.insert(args.end(), {"--steps", std::to_string(a.steps)});
     if (a.resume) args.push_back("--resume");
     if (a.no_progress || r != 0) args.push_back("--no-progress");
-    const pid_t pid = fork();
-    if (pid < 0) {
-      std::perror("moerun launch: fork");
+    auto pid = Spawn({"/proc/self/exe", args, r != 0 ? "/dev/null" : "", "", SIGKILL});
+    if (!pid.ok()) {
+      std::fprintf(stderr, "moerun launch: rank %d: %s\n", r, pid.status().message().c_str());
+      for (pid_t p : pids) kill(-p, SIGKILL);
       return kExitFailure;
     }
-    if (pid == 0) {
-      if (r != 0 && !std::freopen("/dev/null", "w", stdout)) _exit(kExitFailure);
-      std::vector<char*> argv;
-      for (auto& s : args) argv.push_back(s.data());
-      argv.push_back(nullptr);
-      execv("/proc/self/exe", argv.data());
-      _exit(127);
-    }
-    pids.push_back(pid);
+    pids.push_back(pid.value());
   }
   int result = kExitOk, failed_rank = -1;
   size_t running = pids.size();
   while (running > 0) {
+    if (const int sig = g_forward_signal; sig != 0) {
+      g_forward_signal = 0;
+      for (pid_t p : pids) kill(-p, sig);
+    }
     int status = 0;
     const pid_t pid = waitpid(-1, &status, 0);
+    if (pid < 0 && errno == EINTR) continue;  // a signal to pass on
     if (pid < 0) break;
     --running;
     const int rank = int(std::find(pids.begin(), pids.end(), pid) - pids.begin());
@@ -100,7 +125,7 @@ int RunLaunch(const LaunchArgs& a) {
                    WIFEXITED(status) ? "code" : "signal",
                    WIFEXITED(status) ? code : WTERMSIG(status));
       for (pid_t p : pids)
-        if (p != pid) kill(p, SIGTERM);
+        if (p != pid) kill(-p, SIGTERM);
     }
   }
   return result;

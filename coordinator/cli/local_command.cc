@@ -27,6 +27,7 @@
 #include "common/duration_text.h"
 #include "common/exit_codes.h"
 #include "common/spec_loader.h"
+#include "common/subprocess.h"
 #include "coordinator/cli/commands.h"
 #include "coordinator/cli/control_client.h"
 #include "coordinator/cli/status_format.h"
@@ -55,23 +56,15 @@ struct LocalArgs {
 };
 
 // A child in its own process group (Ctrl-C reaches only us; we stop it in order), its
-// output appended to `log`.
-pid_t Spawn(const std::vector<std::string>& args, const std::string& log) {
-  std::fflush(stdout);
-  std::fflush(stderr);
-  const pid_t pid = fork();
-  if (pid != 0) return pid;
-  setpgid(0, 0);
-  FILE* out = std::fopen(log.c_str(), "a");
-  if (out) {
-    dup2(fileno(out), STDOUT_FILENO);
-    dup2(fileno(out), STDERR_FILENO);
+// output appended to `log`, killed should this process die; -1 when it could not start.
+pid_t SpawnChild(const std::vector<std::string>& args, const std::string& log) {
+  auto pid = Spawn({args[0], args, log, log, SIGKILL});
+  if (!pid.ok()) {
+    std::fprintf(stderr, "moerun local: cannot start %s: %s\n", args[0].c_str(),
+                 pid.status().message().c_str());
+    return -1;
   }
-  std::vector<char*> argv;
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  execv(argv[0], argv.data());
-  _exit(127);
+  return pid.value();
 }
 
 bool Alive(pid_t pid) {
@@ -88,7 +81,7 @@ struct Child {
   pid_t pid = -1;
   int relaunches = 0;
 
-  void Launch() { pid = Spawn(args, log); }
+  void Launch() { pid = SpawnChild(args, log); }
   // Relaunches a dead child; returns false while it is alive.
   bool ReviveIfDead() {
     int status = 0;

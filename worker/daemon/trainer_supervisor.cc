@@ -1,15 +1,15 @@
 #include "worker/daemon/trainer_supervisor.h"
 
-#include <fcntl.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <thread>
+
+#include "common/subprocess.h"
 
 namespace moerun::worker {
 
@@ -28,33 +28,13 @@ TrainerSupervisor::~TrainerSupervisor() {
 
 Result<pid_t> TrainerSupervisor::Start(const TrainerLaunch& launch) {
   if (launch.argv.empty()) return Status::InvalidArgument("trainer launch without a program");
-  const int log_fd =
-      launch.log_path.empty()
-          ? open("/dev/null", O_WRONLY)
-          : open(launch.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (log_fd < 0) return Status::IOError("trainer log " + launch.log_path + ": " + strerror(errno));
-  std::vector<char*> argv;
-  for (const auto& a : launch.argv) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid < 0) {
-    close(log_fd);
-    return Status::Unavailable(std::string("fork: ") + strerror(errno));
-  }
-  if (pid == 0) {
-    setpgid(0, 0);  // its own group: StopJob signals the trainer and everything it started
-    // A trainer never outlives its daemon: a daemon that died (SIGKILL included) cannot
-    // fence it any more, and its replacement does not know it.
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);  // the daemon died before prctl took effect
-    dup2(log_fd, STDOUT_FILENO);
-    dup2(log_fd, STDERR_FILENO);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  close(log_fd);
-  setpgid(pid, pid);  // also from the parent, so there is no window before the child does it
+  // Its own group: StopJob signals the trainer and everything it started. A trainer never
+  // outlives its daemon: a daemon that died (SIGKILL included) cannot fence it any more, and
+  // its replacement does not know it.
+  const std::string log = launch.log_path.empty() ? "/dev/null" : launch.log_path;
+  auto spawned = Spawn({launch.argv[0], launch.argv, log, log, SIGKILL});
+  if (!spawned.ok()) return spawned.status().WithContext("trainer");
+  const pid_t pid = spawned.value();
   std::lock_guard<std::mutex> lock(mu_);
   children_[pid] = launch;
   return pid;

@@ -1,0 +1,61 @@
+#include "common/subprocess.h"
+
+#include <fcntl.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+namespace moerun {
+namespace {
+
+// -1 for "inherit"; else a descriptor that does not survive exec (dup2 makes the copy that
+// does).
+Result<int> OpenOutput(const std::string& path) {
+  if (path.empty()) return -1;
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0) return Status::IOError(path + ": " + std::strerror(errno));
+  return fd;
+}
+
+}  // namespace
+
+Result<pid_t> Spawn(const SpawnOptions& o) {
+  if (o.program.empty() || o.argv.empty())
+    return Status::InvalidArgument("spawn: no program to run");
+  auto out = OpenOutput(o.stdout_path);
+  if (!out.ok()) return out.status();
+  auto err = o.stderr_path == o.stdout_path ? out : OpenOutput(o.stderr_path);
+  if (!err.ok()) {
+    if (out.value() >= 0) close(out.value());
+    return err.status();
+  }
+  std::vector<char*> argv;
+  for (const auto& a : o.argv) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  const pid_t parent = getpid();
+  std::fflush(stdout);  // nothing buffered is written twice
+  std::fflush(stderr);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    setpgid(0, 0);
+    if (o.parent_death_signal != 0) {
+      prctl(PR_SET_PDEATHSIG, o.parent_death_signal);
+      if (getppid() != parent) _exit(127);  // the parent died before prctl took effect
+    }
+    if (out.value() >= 0) dup2(out.value(), STDOUT_FILENO);
+    if (err.value() >= 0) dup2(err.value(), STDERR_FILENO);
+    execv(o.program.c_str(), argv.data());
+    _exit(127);
+  }
+  const int saved = errno;
+  if (out.value() >= 0) close(out.value());
+  if (err.value() >= 0 && err.value() != out.value()) close(err.value());
+  if (pid < 0) return Status::Unavailable(std::string("fork: ") + std::strerror(saved));
+  setpgid(pid, pid);  // also from the parent, so there is no window before the child does it
+  return pid;
+}
+
+}  // namespace moerun
