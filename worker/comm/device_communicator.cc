@@ -8,15 +8,15 @@
 #include <numeric>
 #include <set>
 
+#include "kernels/cuda/cuda_status.h"
 #include "worker/comm/nccl_communicator.h"
 
 namespace moerun::comm {
 namespace {
 
+// kernels/cuda/cuda_status.h decides each error's code.
 Status Cuda(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return Status::OK();
-  return Status::Unavailable(std::string("host-staged data plane: ") + what + ": " +
-                             cudaGetErrorString(e));
+  return kernels::cuda::CudaStatus(e, std::string("host-staged data plane: ") + what);
 }
 
 size_t Total(const std::vector<size_t>& v) {

@@ -6,6 +6,8 @@
 #include <chrono>
 #include <thread>
 
+#include "kernels/cuda/cuda_status.h"
+
 namespace moerun::comm {
 
 struct NcclCommunicator::State {
@@ -55,10 +57,8 @@ Result<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(Communicator*
                                                                    int device, int64_t timeout_ms) {
   auto state = std::make_unique<State>();
   state->device = device;
-  if (cudaError_t e = cudaSetDevice(device); e != cudaSuccess) {
-    return Status::Unavailable("NCCL: cuda device " + std::to_string(device) + ": " +
-                               cudaGetErrorString(e));
-  }
+  MOERUN_RETURN_IF_ERROR(
+      kernels::cuda::CudaStatus(cudaSetDevice(device), "NCCL: device " + std::to_string(device)));
   if (cudaStreamCreateWithFlags(&state->stream, cudaStreamNonBlocking) != cudaSuccess ||
       cudaMalloc(&state->scratch, sizeof(float)) != cudaSuccess) {
     return Status::Unavailable("NCCL: cannot create a stream or scratch buffer on device " +
@@ -107,7 +107,7 @@ Status NcclCommunicator::Wait(const char* what) {
     if (async != ncclSuccess && async != ncclInProgress) {
       failure = Status::Unavailable(std::string("NCCL ") + what + ": " + NcclError(async));
     } else if (q != cudaSuccess && q != cudaErrorNotReady) {
-      failure = Status::Internal(std::string("NCCL ") + what + ": CUDA " + cudaGetErrorString(q));
+      failure = kernels::cuda::CudaStatus(q, std::string("NCCL ") + what);
     } else if (abort_requested_.load()) {
       failure = Status::Aborted("data plane aborted: " + abort_reason_);
     } else if (std::chrono::steady_clock::now() > deadline) {

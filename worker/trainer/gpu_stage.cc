@@ -8,6 +8,7 @@
 #include <string>
 
 #include "kernels/cpu/optimizer.h"
+#include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/runtime_info.h"
 #include "worker/comm/device_communicator.h"
 #include "worker/model/cuda/model_cuda.h"
@@ -15,9 +16,9 @@
 namespace moerun::trainer {
 namespace {
 
+// kernels/cuda/cuda_status.h decides each error's code.
 Status Cuda(cudaError_t e, const std::string& what) {
-  if (e == cudaSuccess) return Status::OK();
-  return Status::Internal("GPU step: " + what + ": " + cudaGetErrorString(e));
+  return kernels::cuda::CudaStatus(e, "GPU step: " + what);
 }
 
 int64_t Floats(const std::vector<model::TensorRun>& runs) {
@@ -63,10 +64,12 @@ class GpuStage : public StageBackend {
         Cuda(cudaSetDevice(device), "selecting device " + std::to_string(device)));
     // Every kernel, GEMM and copy of the model goes on this one stream.
     MOERUN_RETURN_IF_ERROR(Cuda(cudaStreamCreate(&stream_), "creating a stream"));
-    if (cublasCreate(&handle_) != CUBLAS_STATUS_SUCCESS) {
+    if (Status s = kernels::cuda::CublasStatus(
+            cublasCreate(&handle_),
+            "GPU step: starting cuBLAS on device " + std::to_string(device));
+        !s.ok()) {
       handle_ = nullptr;
-      return Status::Internal("GPU step: cuBLAS could not start on device " +
-                              std::to_string(device));
+      return s;
     }
     // Device communicators (NCCL, or host-staged where ranks share a GPU), made in the same
     // order on every rank: the world (activations between stages), data group (dense

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <string>
 
+#include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/fp8_quantize.cuh"
 
 namespace moerun::model::cuda {
@@ -12,9 +13,9 @@ namespace kc = moerun::kernels::cuda;
 
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;  // cuBLASLt's suggestion for Hopper
 
+// kernels/cuda/cuda_status.h decides each error's code.
 Status Cuda(cudaError_t e, const std::string& what) {
-  if (e == cudaSuccess) return Status::OK();
-  return Status::Internal("fp8 linear on the GPU: " + what + ": " + cudaGetErrorString(e));
+  return kc::CudaStatus(e, "fp8 linear on the GPU: " + what);
 }
 
 Status Lt(cublasStatus_t s, const std::string& what) {
@@ -24,8 +25,7 @@ Status Lt(cublasStatus_t s, const std::string& what) {
                                  ": cuBLASLt has no block-scaled fp8 kernel for this GPU or "
                                  "shape (it needs Hopper, sm_90)");
   }
-  return Status::Internal("fp8 linear on the GPU: " + what + ": cuBLASLt status " +
-                          std::to_string(static_cast<int>(s)));
+  return kc::CublasStatus(s, "fp8 linear on the GPU: " + what);
 }
 
 }  // namespace

@@ -12,20 +12,19 @@
 #include <unordered_map>
 
 #include "common/status.h"
+#include "kernels/cuda/cuda_status.h"
 #include "worker/model/cuda/model_cuda.h"
 
 namespace moerun::model::cuda {
 namespace model_cuda_internal {
 
+// kernels/cuda/cuda_status.h decides each error's code.
 inline Status Cuda(cudaError_t e, const std::string& what) {
-  if (e == cudaSuccess) return Status::OK();
-  return Status::Internal("model on the GPU: " + what + ": " + cudaGetErrorString(e));
+  return kernels::cuda::CudaStatus(e, "model on the GPU: " + what);
 }
 
 inline Status Blas(cublasStatus_t s, const std::string& what) {
-  if (s == CUBLAS_STATUS_SUCCESS) return Status::OK();
-  return Status::Internal("model on the GPU: " + what + ": cuBLAS status " +
-                          std::to_string(static_cast<int>(s)));
+  return kernels::cuda::CublasStatus(s, "model on the GPU: " + what);
 }
 
 // A copy ordered with the model's stream (whatever its flags), finished on return.

@@ -4,6 +4,7 @@
 #include <string>
 #include <type_traits>
 
+#include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/elementwise.cuh"
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/moe_dispatch.cuh"
@@ -14,16 +15,13 @@ namespace {
 
 namespace kc = moerun::kernels::cuda;
 
+// kernels/cuda/cuda_status.h decides each error's code.
 Status Cuda(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return Status::OK();
-  return Status::Internal(std::string("MoE layer on the GPU: ") + what + ": " +
-                          cudaGetErrorString(e));
+  return kc::CudaStatus(e, std::string("MoE layer on the GPU: ") + what);
 }
 
 Status Blas(cublasStatus_t s, const char* what) {
-  if (s == CUBLAS_STATUS_SUCCESS) return Status::OK();
-  return Status::Internal(std::string("MoE layer on the GPU: ") + what + ": cuBLAS status " +
-                          std::to_string(static_cast<int>(s)));
+  return kc::CublasStatus(s, std::string("MoE layer on the GPU: ") + what);
 }
 
 // *ptr = `count` device values (at least one), recorded in `owner`; once `st` holds an
