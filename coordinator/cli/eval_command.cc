@@ -48,13 +48,15 @@ int RunEval(const EvalArgs& a) {
   if (!s.ok()) return Fail("eval", s);
   model::ModelStage<float> stage(m, {0, m.n_layers, true, true}, &params,
                                  rs->run.spec.train.precision);
-  const double ce = trainer::MeanCrossEntropy(stage, windows, t, kEvalBatch,
-                                              [&](int64_t k, int32_t* x, int32_t* y) {
-                                                for (int64_t i = 0; i < t; ++i) {
-                                                  x[i] = bytes[size_t(k * t + i)];
-                                                  y[i] = bytes[size_t(k * t + i + 1)];
-                                                }
-                                              });
+  auto mean = trainer::MeanCrossEntropy(stage, windows, t, kEvalBatch,
+                                        [&](int64_t k, int32_t* x, int32_t* y) {
+                                          for (int64_t i = 0; i < t; ++i) {
+                                            x[i] = bytes[size_t(k * t + i)];
+                                            y[i] = bytes[size_t(k * t + i + 1)];
+                                          }
+                                        });
+  if (!mean.ok()) return Fail("eval", mean.status());
+  const double ce = mean.value();
   std::printf(
       "step %lld: mean cross-entropy %.4f nats/token (%.4f bits/byte) over %lld windows of %lld "
       "tokens\n",

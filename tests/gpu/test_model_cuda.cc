@@ -114,8 +114,10 @@ TEST_CASE_FIXTURE(
 
   model::ModelStage<float> stage(spec, model::StageRange{0, spec.n_layers, true, true}, &params);
   model::StageActivations<float> acts;
-  const double cpu_loss = stage.Forward(acts, ids.data(), nullptr, targets.data(), b, s, nullptr);
-  stage.Backward(acts, 1.0, nullptr, nullptr);
+  auto cpu_forward = stage.Forward(acts, ids.data(), nullptr, targets.data(), b, s, nullptr);
+  REQUIRE(cpu_forward.ok());
+  const double cpu_loss = cpu_forward.value();
+  REQUIRE(stage.Backward(acts, 1.0, nullptr, nullptr).ok());
 
   auto gpu_loss = m.value()->Forward(ids.data(), targets.data());
   REQUIRE(gpu_loss.ok());
@@ -170,8 +172,10 @@ TEST_CASE_FIXTURE(Comparison,
     model::ModelStage<float> stage(spec, model::StageRange{0, spec.n_layers, true, true}, &params,
                                    p);
     model::StageActivations<float> acts;
-    *loss = stage.Forward(acts, ids.data(), nullptr, targets.data(), b, s, nullptr);
-    stage.Backward(acts, 1.0, nullptr, nullptr);
+    auto forward = stage.Forward(acts, ids.data(), nullptr, targets.data(), b, s, nullptr);
+    REQUIRE(forward.ok());
+    *loss = forward.value();
+    REQUIRE(stage.Backward(acts, 1.0, nullptr, nullptr).ok());
     return params.grads();
   };
   double loss8 = 0, loss32 = 0;

@@ -91,8 +91,8 @@ void MoeLayerMatchesCpu(cublasHandle_t handle, cudaStream_t stream, bool fp8 = f
   }
   model::MoeActivations<float> act;
   std::vector<float> y(size_t(n * d)), dx(size_t(n * d));
-  model::MoeForward(x.data(), b, s, shape, cw, act, y.data());
-  model::MoeBackward(dy.data(), x.data(), b, s, shape, cw, act, 1.0, dx.data());
+  REQUIRE(model::MoeForward(x.data(), b, s, shape, cw, act, y.data()).ok());
+  REQUIRE(model::MoeBackward(dy.data(), x.data(), b, s, shape, cw, act, 1.0, dx.data()).ok());
 
   // GPU.
   auto upload = [](const std::vector<float>& v) {

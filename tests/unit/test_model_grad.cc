@@ -1,9 +1,11 @@
 // The whole model's gradient against finite differences in double precision: every
 // parameter of a small MoE transformer (dense + MoE layers, shared experts, group-limited
-// routing, balance loss), and the same gradients when the model is cut into two stages.
+// routing, balance loss), and the same gradients when the model is cut into two stages;
+// failures come back as Status values.
 #include <doctest/doctest.h>
 
 #include "tests/unit/grad_check.h"
+#include "worker/comm/solo_communicator.h"
 #include "worker/model/model_stage.h"
 
 using moerun::ModelSpec;
@@ -57,13 +59,13 @@ TEST_CASE("model: every parameter's gradient matches finite differences") {
     ModelStage<double> stage(spec, all, &params);
     StageActivations<double> acts;
     auto loss = [&] {
-      stage.Forward(acts, kIds.data(), nullptr, kTargets.data(), 2, 5, nullptr);
+      REQUIRE(stage.Forward(acts, kIds.data(), nullptr, kTargets.data(), 2, 5, nullptr).ok());
       return acts.loss + acts.balance_loss;
     };
     loss();
     CHECK(acts.balance_loss > 0);
     params.ZeroGrads();
-    stage.Backward(acts, 1.0, nullptr, nullptr);
+    REQUIRE(stage.Backward(acts, 1.0, nullptr, nullptr).ok());
     std::vector<double> analytic = params.grads();
     // The balancing bias is not trained: its gradient stays zero.
     for (const auto& v : params.views()) {
@@ -84,14 +86,16 @@ TEST_CASE("model: two pipeline stages give the single stage's loss and gradients
   CHECK(p0.size() + p1.size() == whole.size());
   ModelStage<double> s_all(spec, all, &whole), s0(spec, first, &p0), s1(spec, second, &p1);
   StageActivations<double> a_all, a0, a1;
-  const double l_all = s_all.Forward(a_all, kIds.data(), nullptr, kTargets.data(), 2, 5, nullptr);
+  auto l_all = s_all.Forward(a_all, kIds.data(), nullptr, kTargets.data(), 2, 5, nullptr);
   std::vector<double> hidden(10 * 8), dhidden(10 * 8);
-  s0.Forward(a0, kIds.data(), nullptr, nullptr, 2, 5, hidden.data());
-  const double l_split = s1.Forward(a1, nullptr, hidden.data(), kTargets.data(), 2, 5, nullptr);
-  CHECK(l_split == l_all);
-  s_all.Backward(a_all, 1.0, nullptr, nullptr);
-  s1.Backward(a1, 1.0, nullptr, dhidden.data());
-  s0.Backward(a0, 1.0, dhidden.data(), nullptr);
+  REQUIRE(s0.Forward(a0, kIds.data(), nullptr, nullptr, 2, 5, hidden.data()).ok());
+  auto l_split = s1.Forward(a1, nullptr, hidden.data(), kTargets.data(), 2, 5, nullptr);
+  REQUIRE(l_all.ok());
+  REQUIRE(l_split.ok());
+  CHECK(l_split.value() == l_all.value());
+  REQUIRE(s_all.Backward(a_all, 1.0, nullptr, nullptr).ok());
+  REQUIRE(s1.Backward(a1, 1.0, nullptr, dhidden.data()).ok());
+  REQUIRE(s0.Backward(a0, 1.0, dhidden.data(), nullptr).ok());
   for (const auto& v : whole.views()) {
     double* part = p0.Grad(v.info.name) ? p0.Grad(v.info.name) : p1.Grad(v.info.name);
     REQUIRE(part != nullptr);
@@ -125,4 +129,33 @@ TEST_CASE("aux-loss-free bias: overloaded experts go down, underloaded up") {
   CHECK(b[0] == doctest::Approx(-0.001));
   CHECK(b[1] == doctest::Approx(0.001));
   CHECK(b[2] == doctest::Approx(0.001));
+}
+
+TEST_CASE("model: what cannot run, or fails underneath, comes back as a Status, never thrown") {
+  ModelSpec spec = TinySpec();
+  StageRange all{0, spec.n_layers, true, true};
+  Parameters<float> params(StageTensors(spec, all));
+  params.Initialize(3, spec.init_std);
+  StageActivations<float> acts;
+  // The expert group's exchange fails: the data plane's own code and reason, named.
+  moerun::comm::SoloCommunicator group;
+  group.Abort("peer rank 3 is gone");
+  ModelStage<float> split(spec, all, &params, moerun::Precision::kFp32, {&group, 4});
+  auto r = split.Forward(acts, kIds.data(), nullptr, kTargets.data(), 2, 5, nullptr);
+  CHECK(r.status().code() == moerun::Status::Code::kAborted);
+  CHECK(r.status().message() == "expert counts: peer rank 3 is gone");
+  // Multi-head latent attention is refused by name.
+  ModelSpec mla = spec;
+  mla.attention = moerun::AttentionKind::kMla;
+  ModelStage<float> latent(mla, all, &params);
+  CHECK(latent.status().code() == moerun::Status::Code::kUnimplemented);
+  CHECK(
+      latent.Forward(acts, kIds.data(), nullptr, kTargets.data(), 2, 5, nullptr).status().code() ==
+      moerun::Status::Code::kUnimplemented);
+  // Parameters that do not cover the range: the missing tensor is named.
+  Parameters<float> half(StageTensors(spec, {0, 1, true, false}));
+  ModelStage<float> wrong(spec, all, &half);
+  CHECK(wrong.status().code() == moerun::Status::Code::kInternal);
+  CHECK(wrong.status().message().find("model.layers.1.") != std::string::npos);
+  CHECK_FALSE(wrong.Backward(acts, 1.0, nullptr, nullptr).ok());
 }

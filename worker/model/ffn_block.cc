@@ -34,17 +34,16 @@ void MlpBackward(const T* dy, const T* x, int64_t n, int64_t d, const MlpWeights
 
 namespace {
 
-void Exchange(comm::Communicator* g, const void* send, const std::vector<size_t>& sb, void* recv,
-              const std::vector<size_t>& rb, const char* what) {
-  Status st = g->AllToAllV(send, sb, recv, rb);
-  if (!st.ok()) throw DataPlaneError(std::string("expert ") + what + ": " + st.ToString());
+Status Exchange(comm::Communicator* g, const void* send, const std::vector<size_t>& sb, void* recv,
+                const std::vector<size_t>& rb, const char* what) {
+  return g->AllToAllV(send, sb, recv, rb).WithContext(std::string("expert ") + what);
 }
 
 // Rows of each (source member, local expert) pair, received in source-major order, are
 // regrouped by local expert so every local expert runs one GEMM per matrix.
 template <typename T>
-void ExpertsForwardParallel(const MoeShape& shape, const MoeWeights<T>& w, MoeActivations<T>& act,
-                            const ExpertParallel& ep) {
+Status ExpertsForwardParallel(const MoeShape& shape, const MoeWeights<T>& w, MoeActivations<T>& act,
+                              const ExpertParallel& ep) {
   const int64_t d = shape.d_model, he = shape.expert_hidden, epr = ep.experts_per_rank;
   const int p = ep.group->size();
   const auto& plan = act.plan;
@@ -52,14 +51,16 @@ void ExpertsForwardParallel(const MoeShape& shape, const MoeWeights<T>& w, MoeAc
   //    order, which is owner-major, so it is already laid out per destination.
   std::vector<int64_t> recv_counts(static_cast<size_t>(p * epr));
   std::vector<size_t> count_bytes(static_cast<size_t>(p), size_t(epr) * sizeof(int64_t));
-  Exchange(ep.group, plan.counts.data(), count_bytes, recv_counts.data(), count_bytes, "counts");
+  MOERUN_RETURN_IF_ERROR(Exchange(ep.group, plan.counts.data(), count_bytes, recv_counts.data(),
+                                  count_bytes, "counts"));
   // 2. The rows themselves, 3. grouped by local expert (source order inside each expert, so
   //    results are deterministic).
   auto& x = act.exchange;
   PlanExpertExchange(plan.counts.data(), recv_counts.data(), p, epr, size_t(d) * sizeof(T), &x);
   const int64_t r = x.received;
   act.rbuf.resize(static_cast<size_t>(r * d));
-  Exchange(ep.group, act.buf.data(), x.send_bytes, act.rbuf.data(), x.recv_bytes, "dispatch");
+  MOERUN_RETURN_IF_ERROR(
+      Exchange(ep.group, act.buf.data(), x.send_bytes, act.rbuf.data(), x.recv_bytes, "dispatch"));
   act.gbuf.resize(act.rbuf.size());
   cpu::GatherRows(act.rbuf.data(), x.perm.data(), act.gbuf.data(), r, d);
   // 4. Our experts.
@@ -76,19 +77,19 @@ void ExpertsForwardParallel(const MoeShape& shape, const MoeWeights<T>& w, MoeAc
   // 5. Outputs back to where their rows came from.
   act.rout.resize(act.rbuf.size());
   cpu::ScatterRows(act.geo.data(), x.perm.data(), act.rout.data(), r, d);
-  Exchange(ep.group, act.rout.data(), x.recv_bytes, act.eo.data(), x.send_bytes, "combine");
+  return Exchange(ep.group, act.rout.data(), x.recv_bytes, act.eo.data(), x.send_bytes, "combine");
 }
 
 // The mirror: output gradients travel to the experts, input gradients come back.
 template <typename T>
-void ExpertsBackwardParallel(const MoeShape& shape, const MoeWeights<T>& w, MoeActivations<T>& act,
-                             const ExpertParallel& ep) {
+Status ExpertsBackwardParallel(const MoeShape& shape, const MoeWeights<T>& w,
+                               MoeActivations<T>& act, const ExpertParallel& ep) {
   const int64_t d = shape.d_model, he = shape.expert_hidden, epr = ep.experts_per_rank;
   const auto& x = act.exchange;
   const int64_t r = x.received;
   // rout receives the output gradients (source-major), geo takes them grouped by expert.
-  Exchange(ep.group, act.deo.data(), x.send_bytes, act.rout.data(), x.recv_bytes,
-           "combine backward");
+  MOERUN_RETURN_IF_ERROR(Exchange(ep.group, act.deo.data(), x.send_bytes, act.rout.data(),
+                                  x.recv_bytes, "combine backward"));
   cpu::GatherRows(act.rout.data(), x.perm.data(), act.geo.data(), r, d);
   // rbuf (the forward's received rows, no longer needed) takes the grouped input gradients.
   for (int64_t le = 0, o = 0; le < epr; o += x.local_counts[size_t(le)], ++le) {
@@ -99,15 +100,15 @@ void ExpertsBackwardParallel(const MoeShape& shape, const MoeWeights<T>& w, MoeA
                 act.rbuf.data() + o * d, false, act.mlp_scratch);
   }
   cpu::ScatterRows(act.rbuf.data(), x.perm.data(), act.rout.data(), r, d);
-  Exchange(ep.group, act.rout.data(), x.recv_bytes, act.dbuf.data(), x.send_bytes,
-           "dispatch backward");
+  return Exchange(ep.group, act.rout.data(), x.recv_bytes, act.dbuf.data(), x.send_bytes,
+                  "dispatch backward");
 }
 
 }  // namespace
 
 template <typename T>
-void MoeForward(const T* x, int64_t b, int64_t s, const MoeShape& shape, const MoeWeights<T>& w,
-                MoeActivations<T>& act, T* y, const ExpertParallel* ep) {
+Status MoeForward(const T* x, int64_t b, int64_t s, const MoeShape& shape, const MoeWeights<T>& w,
+                  MoeActivations<T>& act, T* y, const ExpertParallel* ep) {
   const auto& cfg = shape.router;
   const int64_t n = b * s, d = shape.d_model, e = cfg.experts, k = cfg.top_k;
   const int64_t he = shape.expert_hidden;
@@ -126,7 +127,7 @@ void MoeForward(const T* x, int64_t b, int64_t s, const MoeShape& shape, const M
   act.eo.resize(static_cast<size_t>(rows * d));
   cpu::DispatchRows(x, act.plan, act.buf.data(), d);
   if (ep != nullptr && ep->group != nullptr) {
-    ExpertsForwardParallel(shape, w, act, *ep);
+    MOERUN_RETURN_IF_ERROR(ExpertsForwardParallel(shape, w, act, *ep));
   } else {
     act.eg.resize(static_cast<size_t>(rows * he));
     act.eu.resize(act.eg.size());
@@ -152,12 +153,13 @@ void MoeForward(const T* x, int64_t b, int64_t s, const MoeShape& shape, const M
                          ? cpu::SeqBalanceLoss<T>(act.scores.data(), act.idx.data(), b, s,
                                                   shape.seq_aux_alpha, cfg, nullptr, 1.0)
                          : 0.0;
+  return Status::OK();
 }
 
 template <typename T>
-void MoeBackward(const T* dy, const T* x, int64_t b, int64_t s, const MoeShape& shape,
-                 const MoeWeights<T>& w, MoeActivations<T>& act, double dloss, T* dx,
-                 const ExpertParallel* ep) {
+Status MoeBackward(const T* dy, const T* x, int64_t b, int64_t s, const MoeShape& shape,
+                   const MoeWeights<T>& w, MoeActivations<T>& act, double dloss, T* dx,
+                   const ExpertParallel* ep) {
   const auto& cfg = shape.router;
   const int64_t n = b * s, d = shape.d_model, e = cfg.experts, k = cfg.top_k;
   const int64_t he = shape.expert_hidden, rows = n * k;
@@ -176,7 +178,7 @@ void MoeBackward(const T* dy, const T* x, int64_t b, int64_t s, const MoeShape& 
   std::vector<T>& dbuf = act.dbuf;
   dbuf.resize(static_cast<size_t>(rows * d));
   if (ep != nullptr && ep->group != nullptr) {
-    ExpertsBackwardParallel(shape, w, act, *ep);
+    MOERUN_RETURN_IF_ERROR(ExpertsBackwardParallel(shape, w, act, *ep));
   } else {
     for (int64_t x_e = 0; x_e < e; ++x_e) {
       const int64_t o = act.plan.offsets[x_e], c = act.plan.counts[x_e];
@@ -201,18 +203,19 @@ void MoeBackward(const T* dy, const T* x, int64_t b, int64_t s, const MoeShape& 
   cpu::RouterScoresBackward(dscores.data(), act.scores.data(), dlogits.data(), n, cfg);
   LinearBackwardP(dlogits.data(), x, w.router, dx, w.drouter, n, d, e, true,
                   shape.router_precision);
+  return Status::OK();
 }
 
-#define MOERUN_INSTANTIATE(T)                                                                    \
-  template void MlpForward<T>(const T*, int64_t, int64_t, const MlpWeights<T>&, T*, T*, T*, T*,  \
-                              bool);                                                             \
-  template void MlpBackward<T>(const T*, const T*, int64_t, int64_t, const MlpWeights<T>&,       \
-                               const T*, const T*, const T*, T*, bool, std::vector<T>&);         \
-  template void MoeForward<T>(const T*, int64_t, int64_t, const MoeShape&, const MoeWeights<T>&, \
-                              MoeActivations<T>&, T*, const ExpertParallel*);                    \
-  template void MoeBackward<T>(const T*, const T*, int64_t, int64_t, const MoeShape&,            \
-                               const MoeWeights<T>&, MoeActivations<T>&, double, T*,             \
-                               const ExpertParallel*);
+#define MOERUN_INSTANTIATE(T)                                                                      \
+  template void MlpForward<T>(const T*, int64_t, int64_t, const MlpWeights<T>&, T*, T*, T*, T*,    \
+                              bool);                                                               \
+  template void MlpBackward<T>(const T*, const T*, int64_t, int64_t, const MlpWeights<T>&,         \
+                               const T*, const T*, const T*, T*, bool, std::vector<T>&);           \
+  template Status MoeForward<T>(const T*, int64_t, int64_t, const MoeShape&, const MoeWeights<T>&, \
+                                MoeActivations<T>&, T*, const ExpertParallel*);                    \
+  template Status MoeBackward<T>(const T*, const T*, int64_t, int64_t, const MoeShape&,            \
+                                 const MoeWeights<T>&, MoeActivations<T>&, double, T*,             \
+                                 const ExpertParallel*);
 MOERUN_INSTANTIATE(float)
 MOERUN_INSTANTIATE(double)
 #undef MOERUN_INSTANTIATE

@@ -4,9 +4,9 @@
 #pragma once
 
 #include <cstdint>
-#include <stdexcept>
 #include <vector>
 
+#include "common/status.h"
 #include "kernels/cpu/moe_dispatch.h"
 #include "kernels/cpu/router.h"
 #include "worker/comm/communicator.h"
@@ -71,25 +71,22 @@ struct MoeWeights {
 // member m holding experts [m·experts_per_rank, (m+1)·experts_per_rank). Tokens travel to their
 // experts' owners by all-to-all (dispatch) and their outputs come back the same way
 // (combine); the backward pass mirrors both. A null group keeps every expert local.
-// Data-plane failures throw DataPlaneError (the trainer turns it into an error exit).
+// A data-plane failure comes back as itself (TimedOut, Aborted, Unavailable), its message
+// naming the exchange.
 struct ExpertParallel {
   comm::Communicator* group = nullptr;
   int64_t experts_per_rank = 0;
 };
 
-struct DataPlaneError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
 // y (=) MoE(x) for b sequences of s tokens; x [N, D].
 template <typename T>
-void MoeForward(const T* x, int64_t b, int64_t s, const MoeShape& shape, const MoeWeights<T>& w,
-                MoeActivations<T>& act, T* y, const ExpertParallel* ep = nullptr);
+Status MoeForward(const T* x, int64_t b, int64_t s, const MoeShape& shape, const MoeWeights<T>& w,
+                  MoeActivations<T>& act, T* y, const ExpertParallel* ep = nullptr);
 
 // dx (=) from dy; the balance loss's gradient is scaled by dloss.
 template <typename T>
-void MoeBackward(const T* dy, const T* x, int64_t b, int64_t s, const MoeShape& shape,
-                 const MoeWeights<T>& w, MoeActivations<T>& act, double dloss, T* dx,
-                 const ExpertParallel* ep = nullptr);
+Status MoeBackward(const T* dy, const T* x, int64_t b, int64_t s, const MoeShape& shape,
+                   const MoeWeights<T>& w, MoeActivations<T>& act, double dloss, T* dx,
+                   const ExpertParallel* ep = nullptr);
 
 }  // namespace moerun::model

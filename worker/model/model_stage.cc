@@ -1,7 +1,6 @@
 #include "worker/model/model_stage.h"
 
 #include <cmath>
-#include <stdexcept>
 #include <string>
 
 #include "kernels/cpu/attention.h"
@@ -38,12 +37,6 @@ namespace {
 
 std::string LayerName(int64_t layer, const char* suffix) {
   return "model.layers." + std::to_string(layer) + "." + suffix;
-}
-
-template <typename T>
-T* Need(T* p, const std::string& name) {
-  if (p == nullptr) throw std::logic_error("model stage: missing parameter " + name);
-  return p;
 }
 
 }  // namespace
@@ -90,7 +83,13 @@ ModelStage<T>::ModelStage(const ModelSpec& spec, StageRange range, Parameters<T>
     head_precision_ = GemmPrecision::kBf16;
   }
   if (spec.attention != AttentionKind::kMha) {
-    throw std::invalid_argument("model.attention: mla is not implemented by the CPU trainer yet");
+    status_ =
+        Status::Unimplemented("model.attention: mla is not implemented by the CPU trainer yet");
+  }
+  // Every tensor of the range is bound by name below: checked once here.
+  for (const TensorInfo& t : StageTensors(spec, range_)) {
+    if (status_.ok() && params->Find(t.name) == nullptr)
+      status_ = Status::Internal("model stage: the parameters lack " + t.name);
   }
   for (int64_t l = range.layer_begin; l < range.layer_end; ++l) {
     if (l >= spec.dense_layers) moe_layers_.push_back(l);
@@ -101,8 +100,10 @@ ModelStage<T>::ModelStage(const ModelSpec& spec, StageRange range, Parameters<T>
 }
 
 template <typename T>
-double ModelStage<T>::Forward(StageActivations<T>& acts, const int32_t* ids, const T* hidden_in,
-                              const int32_t* targets, int64_t b, int64_t s, T* hidden_out) {
+Result<double> ModelStage<T>::Forward(StageActivations<T>& acts, const int32_t* ids,
+                                      const T* hidden_in, const int32_t* targets, int64_t b,
+                                      int64_t s, T* hidden_out) {
+  MOERUN_RETURN_IF_ERROR(status_);
   const int64_t n = b * s, d = spec_.d_model;
   acts.batch = b;
   acts.seq = s;
@@ -111,15 +112,14 @@ double ModelStage<T>::Forward(StageActivations<T>& acts, const int32_t* ids, con
   std::vector<T> h(static_cast<size_t>(n * d));
   if (range_.has_embedding) {
     acts.ids.assign(ids, ids + n);
-    cpu::EmbeddingForward(Need(params_->Find("model.embed_tokens.weight"), "embed"), ids, h.data(),
-                          n, d);
+    cpu::EmbeddingForward(params_->Find("model.embed_tokens.weight"), ids, h.data(), n, d);
   } else {
     std::copy(hidden_in, hidden_in + n * d, h.begin());
   }
   std::vector<T> next(h.size());
   for (int64_t l = range_.layer_begin; l < range_.layer_end; ++l) {
     acts.layers.push_back(std::make_unique<LayerActivations<T>>());
-    LayerForward(l, *acts.layers.back(), h.data(), next.data(), b, s);
+    MOERUN_RETURN_IF_ERROR(LayerForward(l, *acts.layers.back(), h.data(), next.data(), b, s));
     acts.balance_loss += acts.layers.back()->moe.balance_loss;
     h.swap(next);
   }
@@ -132,18 +132,19 @@ double ModelStage<T>::Forward(StageActivations<T>& acts, const int32_t* ids, con
   acts.final_in = std::move(h);
   acts.final_norm.resize(static_cast<size_t>(n * d));
   acts.final_rstd.resize(static_cast<size_t>(n));
-  cpu::RmsNormForward(acts.final_in.data(), Need(params_->Find("model.norm.weight"), "norm"),
+  cpu::RmsNormForward(acts.final_in.data(), params_->Find("model.norm.weight"),
                       acts.final_norm.data(), acts.final_rstd.data(), n, d);
   acts.logits.resize(static_cast<size_t>(n * v));
-  LinearForwardP(acts.final_norm.data(), Need(params_->Find("lm_head.weight"), "head"),
-                 acts.logits.data(), n, d, v, head_precision_);
+  LinearForwardP(acts.final_norm.data(), params_->Find("lm_head.weight"), acts.logits.data(), n, d,
+                 v, head_precision_);
   acts.loss = cpu::CrossEntropy<T>(acts.logits.data(), targets, nullptr, n, v, 1.0);
   return acts.loss;
 }
 
 template <typename T>
-void ModelStage<T>::Backward(StageActivations<T>& acts, double dloss, const T* dhidden_out,
-                             T* dhidden_in) {
+Status ModelStage<T>::Backward(StageActivations<T>& acts, double dloss, const T* dhidden_out,
+                               T* dhidden_in) {
+  MOERUN_RETURN_IF_ERROR(status_);
   const int64_t b = acts.batch, s = acts.seq, n = b * s, d = spec_.d_model;
   std::vector<T> dh(static_cast<size_t>(n * d));
   if (range_.has_head) {
@@ -159,7 +160,8 @@ void ModelStage<T>::Backward(StageActivations<T>& acts, double dloss, const T* d
     std::copy(dhidden_out, dhidden_out + n * d, dh.begin());
   }
   for (int64_t l = range_.layer_end - 1; l >= range_.layer_begin; --l) {
-    LayerBackward(l, *acts.layers[l - range_.layer_begin], dloss, dh.data(), b, s);
+    MOERUN_RETURN_IF_ERROR(
+        LayerBackward(l, *acts.layers[l - range_.layer_begin], dloss, dh.data(), b, s));
   }
   if (range_.has_embedding) {
     cpu::EmbeddingBackward(dh.data(), acts.ids.data(), params_->Grad("model.embed_tokens.weight"),
@@ -167,18 +169,17 @@ void ModelStage<T>::Backward(StageActivations<T>& acts, double dloss, const T* d
   } else {
     std::copy(dh.begin(), dh.end(), dhidden_in);
   }
+  return Status::OK();
 }
 
 template <typename T>
 T* ModelStage<T>::Param(int64_t layer, const char* suffix) {
-  const std::string name = LayerName(layer, suffix);
-  return Need(params_->Find(name), name);
+  return params_->Find(LayerName(layer, suffix));  // present: checked at construction
 }
 
 template <typename T>
 T* ModelStage<T>::ParamGrad(int64_t layer, const char* suffix) {
-  const std::string name = LayerName(layer, suffix);
-  return Need(params_->Grad(name), name);
+  return params_->Grad(LayerName(layer, suffix));
 }
 
 template <typename T>
@@ -211,8 +212,8 @@ MoeWeights<T> ModelStage<T>::Moe(int64_t layer, std::vector<float>* bias) {
 }
 
 template <typename T>
-void ModelStage<T>::LayerForward(int64_t l, LayerActivations<T>& a, const T* x, T* y, int64_t b,
-                                 int64_t s) {
+Status ModelStage<T>::LayerForward(int64_t l, LayerActivations<T>& a, const T* x, T* y, int64_t b,
+                                   int64_t s) {
   const int64_t n = b * s, d = spec_.d_model, h = spec_.n_heads, hd = d / h, hh = h * hd;
   a.x.assign(x, x + n * d);
   a.n1.resize(static_cast<size_t>(n * d));
@@ -243,15 +244,17 @@ void ModelStage<T>::LayerForward(int64_t l, LayerActivations<T>& a, const T* x, 
     MlpForward(a.n2.data(), n, d, Mlp(l, "mlp", f), a.g.data(), a.u.data(), a.a.data(), y, false);
   } else {
     std::vector<float> bias;
-    MoeForward(a.n2.data(), b, s, moe_shape_, Moe(l, &bias), a.moe, y, &ep_);
+    MOERUN_RETURN_IF_ERROR(
+        MoeForward(a.n2.data(), b, s, moe_shape_, Moe(l, &bias), a.moe, y, &ep_));
     expert_counts_[static_cast<size_t>(l - moe_layers_.front())] = a.moe.plan.counts;
   }
   for (int64_t i = 0; i < n * d; ++i) y[i] += a.mid[i];
+  return Status::OK();
 }
 
 template <typename T>
-void ModelStage<T>::LayerBackward(int64_t l, LayerActivations<T>& a, double dloss, T* dh, int64_t b,
-                                  int64_t s) {
+Status ModelStage<T>::LayerBackward(int64_t l, LayerActivations<T>& a, double dloss, T* dh,
+                                    int64_t b, int64_t s) {
   const int64_t n = b * s, d = spec_.d_model, h = spec_.n_heads, hd = d / h, hh = h * hd;
   // FFN half: out = mid + FFN(norm2(mid)).
   std::vector<T> dn(static_cast<size_t>(n * d)), dx(static_cast<size_t>(n * d));
@@ -261,7 +264,8 @@ void ModelStage<T>::LayerBackward(int64_t l, LayerActivations<T>& a, double dlos
                 a.a.data(), dn.data(), false, scratch);
   } else {
     std::vector<float> bias;
-    MoeBackward(dh, a.n2.data(), b, s, moe_shape_, Moe(l, &bias), a.moe, dloss, dn.data(), &ep_);
+    MOERUN_RETURN_IF_ERROR(MoeBackward(dh, a.n2.data(), b, s, moe_shape_, Moe(l, &bias), a.moe,
+                                       dloss, dn.data(), &ep_));
   }
   cpu::RmsNormBackward(dn.data(), a.mid.data(), Param(l, "post_attention_layernorm.weight"),
                        a.rstd2.data(), dx.data(), ParamGrad(l, "post_attention_layernorm.weight"),
@@ -286,6 +290,7 @@ void ModelStage<T>::LayerBackward(int64_t l, LayerActivations<T>& a, double dlos
   cpu::RmsNormBackward(dn.data(), a.x.data(), Param(l, "input_layernorm.weight"), a.rstd1.data(),
                        dx.data(), ParamGrad(l, "input_layernorm.weight"), n, d);
   for (int64_t i = 0; i < n * d; ++i) dh[i] += dx[i];  // dh is now d(x)
+  return Status::OK();
 }
 
 template <typename T>

@@ -57,14 +57,19 @@ class ModelStage {
   ModelStage(const ModelSpec& spec, StageRange range, Parameters<T>* params,
              Precision precision = Precision::kFp32, ExpertParallel ep = {});
 
+  // Not OK when the stage cannot run: Unimplemented for MLA attention, Internal when `params`
+  // lacks a tensor of the range. Forward and Backward return it.
+  const Status& status() const { return status_; }
+
   // B sequences of S tokens (N = B·S). Input: ids [N] with the embedding, else hidden [N, D].
-  // With the head, targets [N] give the loss (returned); else hidden_out [N, D] is written.
-  double Forward(StageActivations<T>& acts, const int32_t* ids, const T* hidden_in,
-                 const int32_t* targets, int64_t batch, int64_t seq, T* hidden_out);
+  // With the head, targets [N] give the loss (returned); else hidden_out [N, D] is written and
+  // 0 returned. An expert group's data-plane failure comes back as itself.
+  Result<double> Forward(StageActivations<T>& acts, const int32_t* ids, const T* hidden_in,
+                         const int32_t* targets, int64_t batch, int64_t seq, T* hidden_out);
 
   // From the loss (head stage; scaled by dloss) or from dhidden_out [N, D]. Writes
   // dhidden_in [N, D] when the stage has no embedding. The balance losses are scaled by dloss.
-  void Backward(StageActivations<T>& acts, double dloss, const T* dhidden_out, T* dhidden_in);
+  Status Backward(StageActivations<T>& acts, double dloss, const T* dhidden_out, T* dhidden_in);
 
   // Tokens routed to each expert in the last Forward, per MoE layer of this stage:
   // [moe layer index within the stage][expert].
@@ -78,10 +83,11 @@ class ModelStage {
   const StageRange& range() const { return range_; }
 
  private:
-  void LayerForward(int64_t layer, LayerActivations<T>& a, const T* x, T* y, int64_t b, int64_t s);
+  Status LayerForward(int64_t layer, LayerActivations<T>& a, const T* x, T* y, int64_t b,
+                      int64_t s);
   // dh: in, the gradient of the layer's output; out, of its input.
-  void LayerBackward(int64_t layer, LayerActivations<T>& a, double dloss, T* dh, int64_t b,
-                     int64_t s);
+  Status LayerBackward(int64_t layer, LayerActivations<T>& a, double dloss, T* dh, int64_t b,
+                       int64_t s);
   T* Param(int64_t layer, const char* suffix);
   T* ParamGrad(int64_t layer, const char* suffix);
   MlpWeights<T> Mlp(int64_t layer, const std::string& prefix, int64_t hidden);
@@ -97,6 +103,7 @@ class ModelStage {
   Parameters<T>* params_;
   std::vector<int64_t> moe_layers_;
   std::vector<std::vector<int64_t>> expert_counts_;
+  Status status_;
 };
 
 }  // namespace moerun::model

@@ -47,14 +47,12 @@ Result<double> CpuStage::Forward(int64_t micro, const int32_t* ids, const int32_
   const Topology& t = *topo_;
   hidden_out_.resize(BoundaryBytes(sequences) / sizeof(float));
   auto& a = acts_[size_t(micro)];
-  try {
-    last_loss_ = stage_->Forward(a, t.first_stage() ? ids : nullptr,
-                                 t.first_stage() ? nullptr : hidden_in_.data(),
-                                 t.last_stage() ? targets : nullptr, sequences, spec_.model.seq_len,
-                                 t.last_stage() ? nullptr : hidden_out_.data());
-  } catch (const model::DataPlaneError& e) {
-    return Status::Unavailable(e.what());
-  }
+  auto loss = stage_->Forward(a, t.first_stage() ? ids : nullptr,
+                              t.first_stage() ? nullptr : hidden_in_.data(),
+                              t.last_stage() ? targets : nullptr, sequences, spec_.model.seq_len,
+                              t.last_stage() ? nullptr : hidden_out_.data());
+  if (!loss.ok()) return loss.status();
+  last_loss_ = loss.value();
   last_balance_loss_ = a.balance_loss;
   last_sequences_ = sequences;
   return t.last_stage() ? last_loss_ : 0.0;
@@ -78,13 +76,8 @@ Status CpuStage::Backward(int64_t micro, double dloss) {
   const Topology& t = *topo_;
   auto& a = acts_[size_t(micro)];
   grad_in_.resize(size_t(a.batch * spec_.model.seq_len * spec_.model.d_model));
-  try {
-    stage_->Backward(a, dloss, t.last_stage() ? nullptr : grad_out_.data(),
-                     t.first_stage() ? nullptr : grad_in_.data());
-  } catch (const model::DataPlaneError& e) {
-    return Status::Unavailable(e.what());
-  }
-  return Status::OK();
+  return stage_->Backward(a, dloss, t.last_stage() ? nullptr : grad_out_.data(),
+                          t.first_stage() ? nullptr : grad_in_.data());
 }
 
 Status CpuStage::UpdateBalanceBias(double gamma, const std::vector<std::vector<int64_t>>& counts) {

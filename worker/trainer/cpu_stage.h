@@ -3,7 +3,7 @@
 // (the same memory a checkpoint saves, so SyncHost has nothing to do). Activations are kept
 // per micro-batch in flight, so no forward runs twice; a forward may run any number of
 // sequences, none included. Data-plane failures inside the MoE layers come back as
-// Unavailable. Not thread-safe.
+// themselves (TimedOut, Aborted, Unavailable). Not thread-safe.
 #pragma once
 
 #include <cstdint>

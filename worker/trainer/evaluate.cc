@@ -5,9 +5,9 @@
 
 namespace moerun::trainer {
 
-double MeanCrossEntropy(model::ModelStage<float>& stage, int64_t windows, int64_t seq_len,
-                        int64_t batch,
-                        const std::function<void(int64_t, int32_t*, int32_t*)>& window) {
+Result<double> MeanCrossEntropy(model::ModelStage<float>& stage, int64_t windows, int64_t seq_len,
+                                int64_t batch,
+                                const std::function<void(int64_t, int32_t*, int32_t*)>& window) {
   if (windows <= 0) return 0.0;
   model::StageActivations<float> acts;
   std::vector<int32_t> inputs, targets;
@@ -19,8 +19,9 @@ double MeanCrossEntropy(model::ModelStage<float>& stage, int64_t windows, int64_
     for (int64_t i = 0; i < b; ++i) {
       window(first + i, inputs.data() + i * seq_len, targets.data() + i * seq_len);
     }
-    total += stage.Forward(acts, inputs.data(), nullptr, targets.data(), b, seq_len, nullptr) *
-             double(b);
+    auto loss = stage.Forward(acts, inputs.data(), nullptr, targets.data(), b, seq_len, nullptr);
+    if (!loss.ok()) return loss.status();
+    total += loss.value() * double(b);
   }
   return total / double(windows);
 }

@@ -11,8 +11,8 @@ namespace moerun::trainer {
 
 // window(k, inputs, targets) fills window k of `seq_len` tokens; windows run in batches of
 // `batch` sequences through a whole-model stage.
-double MeanCrossEntropy(model::ModelStage<float>& stage, int64_t windows, int64_t seq_len,
-                        int64_t batch,
-                        const std::function<void(int64_t, int32_t*, int32_t*)>& window);
+Result<double> MeanCrossEntropy(model::ModelStage<float>& stage, int64_t windows, int64_t seq_len,
+                                int64_t batch,
+                                const std::function<void(int64_t, int32_t*, int32_t*)>& window);
 
 }  // namespace moerun::trainer
