@@ -108,78 +108,52 @@ void Coordinator::Persist(JobRun& job, bool sync) {
 
 // ---- dispatch ---------------------------------------------------------------------------
 
+// Every body is read into its typed struct (common/message_bodies.h) before it is used; one
+// that does not parse is refused by name and changes nothing.
 void Coordinator::Handle(const std::string& peer, const Envelope& e) {
   ++counters_.received;
-  try {
-    if (peer.rfind(kWorkerPrefix, 0) == 0) {
-      OnWorkerMessage(peer.substr(sizeof(kWorkerPrefix) - 1), e);
-    } else if (peer.rfind(kTrainerPrefix, 0) == 0) {
-      OnTrainerMessage(peer, e);
-    } else {
-      OnClientMessage(peer, e);
-    }
-  } catch (const nlohmann::json::exception& ex) {
-    // A field of the wrong type: the message is unusable, the coordinator is fine.
-    ++counters_.invalid;
-    spdlog::warn("dropped {} from {}: {}", ToString(e.type), peer, ex.what());
-    const bool client = peer.rfind(kWorkerPrefix, 0) != 0 && peer.rfind(kTrainerPrefix, 0) != 0;
-    if (client) ReplyError(peer, std::string("malformed request: ") + ex.what());
+  if (peer.rfind(kWorkerPrefix, 0) == 0) {
+    OnWorkerMessage(peer.substr(sizeof(kWorkerPrefix) - 1), e);
+  } else if (peer.rfind(kTrainerPrefix, 0) == 0) {
+    OnTrainerMessage(peer, e);
+  } else {
+    OnClientMessage(peer, e);
   }
 }
 
+void Coordinator::Refuse(const std::string& peer, const Envelope& e, const Status& why) {
+  ++counters_.invalid;
+  spdlog::warn("dropped {} from {}: {}", ToString(e.type), peer, why.message());
+  const bool client = peer.rfind(kWorkerPrefix, 0) != 0 && peer.rfind(kTrainerPrefix, 0) != 0;
+  if (client) ReplyError(peer, "malformed request: " + why.message());
+}
+
 void Coordinator::OnWorkerMessage(const std::string& worker_id, const Envelope& e) {
-  const nlohmann::json& b = e.body;
+  const std::string peer = kWorkerPrefix + worker_id;
   switch (e.type) {
     case MessageType::kRegister:
     case MessageType::kHeartbeat: {
-      WorkerInfo w;
-      w.id = worker_id;
-      w.host = b.at("host").get<std::string>();
-      w.devices = b.at("devices").get<int64_t>();
-      w.backend = b.at("backend").get<std::string>();
-      w.data_host = b.at("data_host").get<std::string>();
-      w.pid = b.at("pid").get<int64_t>();
-      if (worker_id.empty() || w.devices < 0 || w.devices > 4096) {
-        ++counters_.invalid;
+      auto b = WorkerStatusBody::FromJson(e.body, ToString(e.type));
+      if (!b.ok() || worker_id.empty()) {
+        Refuse(peer, e, b.ok() ? Status::InvalidArgument("no worker id") : b.status());
         return;
       }
-      const WorkerInfo* before = workers_.Find(worker_id);
-      const bool known = before != nullptr;
-      const int64_t old_pid = known ? before->pid : 0;
-      if (workers_.Upsert(w)) {
-        spdlog::info("worker {} {}: host {}, {} {} devices, data plane on {}", worker_id,
-                     known ? "is back" : "registered", w.host, w.devices, w.backend, w.data_host);
-        // Not synced: a daemon re-registers with every heartbeat anyway.
-        Status s = store_->PutDocument("worker", worker_id, w.ToJson(), false);
-        if (!s.ok()) spdlog::error("cannot store worker {}: {}", worker_id, s.message());
-      }
-      if (known && old_pid != w.pid) {
-        // A new daemon process: the old one's trainers died with it (PR_SET_PDEATHSIG).
-        FailJobsOn(worker_id, "worker " + worker_id + " restarted (pid " + std::to_string(old_pid) +
-                                  " -> " + std::to_string(w.pid) + "): its trainers are gone");
-      }
-      nlohmann::json acked = nlohmann::json::array();
-      ReconcileTrainers(worker_id, b.value("trainers", nlohmann::json::array()), true, &acked);
-      if (e.type == MessageType::kRegister) {
-        SendTo(kWorkerPrefix + worker_id, MessageType::kRegistered, "", 0,
-               {{"heartbeat_interval_ms", settings_.heartbeat_interval_ms},
-                {"heartbeat_timeout_ms", settings_.heartbeat_timeout_ms},
-                {"acked", acked}});
-      } else {
-        SendTo(kWorkerPrefix + worker_id, MessageType::kReply, "", 0,
-               {{"seq", b.value("seq", int64_t(0))}, {"acked", acked}});
-      }
-      Schedule();
+      OnWorkerStatus(worker_id, e, b.value());
       return;
     }
     case MessageType::kTrainerExited: {
+      auto b = TrainerExitedBody::FromJson(e.body);
+      if (!b.ok()) {
+        Refuse(peer, e, b.status());
+        return;
+      }
       if (!workers_.Find(worker_id)) {
         ++counters_.invalid;  // it will register with its next heartbeat, exits included
         return;
       }
       nlohmann::json acked = nlohmann::json::array();
-      ReconcileTrainers(worker_id, b.at("trainers"), false, &acked);
-      SendTo(kWorkerPrefix + worker_id, MessageType::kReply, "", 0, {{"acked", acked}});
+      ReconcileTrainers(worker_id, b->trainers, false, &acked);
+      SendTo(peer, MessageType::kReply, "", 0, {{"acked", acked}});
       Schedule();
       return;
     }
@@ -192,17 +166,56 @@ void Coordinator::OnWorkerMessage(const std::string& worker_id, const Envelope& 
   }
 }
 
+void Coordinator::OnWorkerStatus(const std::string& worker_id, const Envelope& e,
+                                 const WorkerStatusBody& b) {
+  WorkerInfo w;
+  w.id = worker_id;
+  w.host = b.host;
+  w.devices = b.devices;
+  w.backend = b.backend;
+  w.data_host = b.data_host;
+  w.pid = b.pid;
+  const WorkerInfo* before = workers_.Find(worker_id);
+  const bool known = before != nullptr;
+  const int64_t old_pid = known ? before->pid : 0;
+  if (workers_.Upsert(w)) {
+    spdlog::info("worker {} {}: host {}, {} {} devices, data plane on {}", worker_id,
+                 known ? "is back" : "registered", w.host, w.devices, w.backend, w.data_host);
+    // Not synced: a daemon re-registers with every heartbeat anyway.
+    Status s = store_->PutDocument("worker", worker_id, w.ToJson(), false);
+    if (!s.ok()) spdlog::error("cannot store worker {}: {}", worker_id, s.message());
+  }
+  if (known && old_pid != w.pid) {
+    // A new daemon process: the old one's trainers died with it (PR_SET_PDEATHSIG).
+    FailJobsOn(worker_id, "worker " + worker_id + " restarted (pid " + std::to_string(old_pid) +
+                              " -> " + std::to_string(w.pid) + "): its trainers are gone");
+  }
+  nlohmann::json acked = nlohmann::json::array();
+  ReconcileTrainers(worker_id, b.trainers, true, &acked);
+  if (e.type == MessageType::kRegister) {
+    SendTo(kWorkerPrefix + worker_id, MessageType::kRegistered, "", 0,
+           {{"heartbeat_interval_ms", settings_.heartbeat_interval_ms},
+            {"heartbeat_timeout_ms", settings_.heartbeat_timeout_ms},
+            {"acked", acked}});
+  } else {
+    SendTo(kWorkerPrefix + worker_id, MessageType::kReply, "", 0,
+           {{"seq", b.seq}, {"acked", acked}});
+  }
+  Schedule();
+}
+
 // A daemon's view of its trainers: start what is missing, record exits, fence the stale.
-void Coordinator::ReconcileTrainers(const std::string& worker_id, const nlohmann::json& trainers,
-                                    bool full_state, nlohmann::json* acked) {
+void Coordinator::ReconcileTrainers(const std::string& worker_id,
+                                    const std::vector<TrainerReport>& trainers, bool full_state,
+                                    nlohmann::json* acked) {
   const int64_t now = clock_->NowMs();
   std::set<std::pair<std::string, int>> seen;  // (job, rank) of the current generation
   std::set<std::string> fence;                 // jobs with stale trainers on this daemon
-  for (const auto& t : trainers) {
-    const std::string job_id = t.at("job").get<std::string>();
-    const uint64_t gen = t.at("generation").get<uint64_t>();
-    const int rank = t.at("rank").get<int>();
-    const bool running = t.at("running").get<bool>();
+  for (const TrainerReport& t : trainers) {
+    const std::string& job_id = t.job;
+    const uint64_t gen = t.generation;
+    const int rank = t.rank;
+    const bool running = t.running;
     auto it = jobs_.find(job_id);
     const bool current = it != jobs_.end() && Active(it->second) &&
                          gen == it->second.state.generation() && rank >= 0 &&
@@ -221,16 +234,15 @@ void Coordinator::ReconcileTrainers(const std::string& worker_id, const nlohmann
     RankRun& r = job.ranks[size_t(rank)];
     seen.insert({job_id, rank});
     if (running) {
-      if (!r.running || r.pid != t.value("pid", int64_t(0))) {
+      if (!r.running || r.pid != t.pid) {
         r.running = true;
-        r.pid = t.value("pid", int64_t(0));
+        r.pid = t.pid;
       }
       continue;
     }
     acked->push_back({{"job", job_id}, {"generation", gen}, {"rank", rank}});
     if (!r.exited) {
-      OnRankExit(job, rank, t.at("exit_code").get<int>(), t.at("signal").get<int>(),
-                 t.value("text", std::string()));
+      OnRankExit(job, rank, t.exit_code, t.signal, t.text);
     }
   }
   for (const auto& job_id : fence) {
@@ -243,7 +255,7 @@ void Coordinator::ReconcileTrainers(const std::string& worker_id, const nlohmann
   }
   if (!full_state) return;  // a TrainerExited lists only the new exits
   int64_t running = 0;
-  for (const auto& t : trainers) running += t.at("running").get<bool>() ? 1 : 0;
+  for (const TrainerReport& t : trainers) running += t.running ? 1 : 0;
   activity_[worker_id].trainers = running;
   // Ranks this daemon should run but does not report. Never seen running: the StartTrainers
   // may have been lost, so it goes again. Seen running before: the trainer vanished without

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "common/clock.h"
+#include "common/message_bodies.h"
 #include "common/protocol.h"
 #include "common/status.h"
 #include "coordinator/membership/worker_registry.h"
@@ -74,21 +75,28 @@ class Coordinator {
   void OnTrainerMessage(const std::string& peer, const Envelope& e);
   void OnClientMessage(const std::string& peer, const Envelope& e);
   // full_state: the list is every trainer the daemon has (a heartbeat), not just news.
-  void ReconcileTrainers(const std::string& worker_id, const nlohmann::json& trainers,
+  void ReconcileTrainers(const std::string& worker_id, const std::vector<TrainerReport>& trainers,
                          bool full_state, nlohmann::json* acked);
+  void OnWorkerStatus(const std::string& worker_id, const Envelope& e, const WorkerStatusBody& b);
   void OnRankExit(JobRun& job, int rank, int exit_code, int signal, const std::string& text);
   void OnRendezvous(const std::string& peer, JobRun& job, int rank, const std::string& endpoint,
                     const std::string& nccl_unique_id);
   nlohmann::json TableBody(const JobRun& job) const;
-  void OnStepReport(JobRun& job, int rank, const nlohmann::json& body);
-  void OnShardWritten(JobRun& job, int rank, const nlohmann::json& body);
+  void OnStepReport(JobRun& job, const StepReportBody& body);
+  void OnShardWritten(JobRun& job, const ShardWrittenBody& body);
   std::set<std::string> ExpectedShards(const JobRun& job) const;
 
   // Client requests.
-  void Submit(const std::string& peer, const nlohmann::json& body);
+  void Submit(const std::string& peer, const SubmitJobBody& body);
   void Cancel(const std::string& peer, const std::string& job_id);
   void Query(const std::string& peer, const Envelope& e);
-  void ForwardLogRequest(const std::string& peer, const nlohmann::json& body);
+  void QueryJob(const std::string& peer, const JobRun& job, const QueryBody& q);
+  void QueryExpertLoad(const std::string& peer, const JobRun& job, const QueryBody& q);
+  nlohmann::json StatusReply() const;
+  nlohmann::json LiveReply(const JobRun& job) const;
+  void ForwardLogRequest(const std::string& peer, const QueryBody& q);
+  // A body that FromJson refused: counted, logged, and answered when a client sent it.
+  void Refuse(const std::string& peer, const Envelope& e, const Status& why);
   void OnForwardedReply(const Envelope& e);
   nlohmann::json JobSummary(const JobRun& job) const;
   nlohmann::json JobDetail(const JobRun& job) const;

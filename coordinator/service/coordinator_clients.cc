@@ -27,9 +27,15 @@ nlohmann::json EventJson(const JobEvent& ev) {
 
 void Coordinator::OnClientMessage(const std::string& peer, const Envelope& e) {
   switch (e.type) {
-    case MessageType::kSubmitJob:
-      Submit(peer, e.body);
+    case MessageType::kSubmitJob: {
+      auto body = SubmitJobBody::FromJson(e.body);
+      if (!body.ok()) {
+        Refuse(peer, e, body.status());
+        return;
+      }
+      Submit(peer, body.value());
       return;
+    }
     case MessageType::kCancelJob:
       Cancel(peer, e.job_id);
       return;
@@ -42,21 +48,20 @@ void Coordinator::OnClientMessage(const std::string& peer, const Envelope& e) {
   }
 }
 
-void Coordinator::Submit(const std::string& peer, const nlohmann::json& body) {
-  const std::string yaml = body.at("spec_yaml").get<std::string>();
-  const std::string source = body.value("source", std::string("submitted job"));
-  LoadedJobSpec loaded = LoadJobSpecText(yaml, source);
+void Coordinator::Submit(const std::string& peer, const SubmitJobBody& body) {
+  const std::string& yaml = body.spec_yaml;
+  LoadedJobSpec loaded = LoadJobSpecText(yaml, body.source);
   if (!loaded.ok()) {
     ReplyError(peer, "the job spec is invalid:\n" + loaded.Report());
     return;
   }
-  const int64_t steps = body.value("steps", int64_t(0));
+  const int64_t steps = body.steps;
   if (steps < 0 || (steps > 0 && steps < loaded.spec.train.optimizer.warmup_steps)) {
     ReplyError(peer, "steps " + std::to_string(steps) +
                          " must be positive and at least train.optimizer.warmup_steps");
     return;
   }
-  std::string run_dir = body.value("run_dir", std::string());
+  std::string run_dir = body.run_dir;
   if (!run_dir.empty() && run_dir[0] != '/') {
     ReplyError(peer, "run_dir " + run_dir +
                          " must be an absolute path (it names a directory "
@@ -76,9 +81,9 @@ void Coordinator::Submit(const std::string& peer, const nlohmann::json& body) {
              loaded.spec, yaml);
   job.sequence = seq.value();
   job.run_dir = run_dir;
-  job.spec_dir = body.value("spec_dir", std::string());
+  job.spec_dir = body.spec_dir;
   job.steps_override = steps;
-  job.resume = body.value("resume", false);
+  job.resume = body.resume;
   job.submitted_ms = now;
   Status s = store_->PutSpec(id, yaml);
   if (s.ok()) s = store_->PutJob(job.state);
@@ -220,29 +225,55 @@ nlohmann::json Coordinator::WorkerTable() const {
   return out;
 }
 
+nlohmann::json Coordinator::StatusReply() const {
+  nlohmann::json jobs = nlohmann::json::array();
+  std::vector<const JobRun*> order;
+  for (const auto& [id, job] : jobs_) order.push_back(&job);
+  std::sort(order.begin(), order.end(),
+            [](const JobRun* a, const JobRun* b) { return a->sequence < b->sequence; });
+  for (const JobRun* job : order) jobs.push_back(JobSummary(*job));
+  return {{"jobs", jobs},
+          {"workers", WorkerTable()},
+          {"counters",
+           {{"received", counters_.received},
+            {"malformed", counters_.malformed},
+            {"invalid", counters_.invalid},
+            {"stale", counters_.stale},
+            {"sent", counters_.sent},
+            {"unroutable", counters_.unroutable},
+            {"auth_denied", counters_.auth_denied}}}};
+}
+
+// The newest step in full, for the Prometheus exposition: scalars, the load of every layer,
+// every rank's split.
+nlohmann::json Coordinator::LiveReply(const JobRun& job) const {
+  nlohmann::json live = job.progress;
+  live["expert_load"] = job.expert_load;
+  nlohmann::json ranks = nlohmann::json::array();
+  for (size_t r = 0; r < job.ranks.size(); ++r) {
+    const RankRun& x = job.ranks[r];
+    ranks.push_back({{"rank", r},
+                     {"step", x.step},
+                     {"compute_s", x.compute_s},
+                     {"data_wait_s", x.data_wait_s},
+                     {"bubble_s", x.bubble_s}});
+  }
+  live["ranks"] = std::move(ranks);
+  return live;
+}
+
 void Coordinator::Query(const std::string& peer, const Envelope& e) {
-  const std::string what = e.body.at("what").get<std::string>();
-  if (what == "status") {
-    nlohmann::json jobs = nlohmann::json::array();
-    std::vector<const JobRun*> order;
-    for (const auto& [id, job] : jobs_) order.push_back(&job);
-    std::sort(order.begin(), order.end(),
-              [](const JobRun* a, const JobRun* b) { return a->sequence < b->sequence; });
-    for (const JobRun* job : order) jobs.push_back(JobSummary(*job));
-    Reply(peer, {{"jobs", jobs},
-                 {"workers", WorkerTable()},
-                 {"counters",
-                  {{"received", counters_.received},
-                   {"malformed", counters_.malformed},
-                   {"invalid", counters_.invalid},
-                   {"stale", counters_.stale},
-                   {"sent", counters_.sent},
-                   {"unroutable", counters_.unroutable},
-                   {"auth_denied", counters_.auth_denied}}}});
+  auto q = QueryBody::FromJson(e.body);
+  if (!q.ok()) {
+    Refuse(peer, e, q.status());
     return;
   }
-  if (what == "log") {
-    ForwardLogRequest(peer, e.body);
+  if (q->what == "status") {
+    Reply(peer, StatusReply());
+    return;
+  }
+  if (q->what == "log") {
+    ForwardLogRequest(peer, q.value());
     return;
   }
   auto it = jobs_.find(e.job_id);
@@ -250,73 +281,63 @@ void Coordinator::Query(const std::string& peer, const Envelope& e) {
     ReplyError(peer, "no job " + e.job_id + " (see `moerun status`)");
     return;
   }
-  const JobRun& job = it->second;
-  if (what == "job") {
+  QueryJob(peer, it->second, q.value());
+}
+
+void Coordinator::QueryJob(const std::string& peer, const JobRun& job, const QueryBody& q) {
+  const std::string& id = job.state.job_id();
+  const size_t limit = size_t(std::min<int64_t>(int64_t(kMaxMetricsPerQuery), q.limit));
+  if (q.what == "job") {
     Reply(peer, JobDetail(job));
-  } else if (what == "events") {
+  } else if (q.what == "events") {
     nlohmann::json events = nlohmann::json::array();
     for (const auto& ev : job.state.events()) events.push_back(EventJson(ev));
-    Reply(peer, {{"job_id", e.job_id}, {"events", events}});
-  } else if (what == "metrics") {
-    const int64_t since = e.body.value("since_step", int64_t(0));
-    const size_t limit =
-        std::min<size_t>(kMaxMetricsPerQuery, e.body.value("limit", kMaxMetricsPerQuery));
-    auto m = store_->Metrics(e.job_id, since, limit);
+    Reply(peer, {{"job_id", id}, {"events", events}});
+  } else if (q.what == "metrics") {
+    auto m = store_->Metrics(id, q.since_step, limit);
     if (!m.ok()) {
       ReplyError(peer, m.status().message());
       return;
     }
-    Reply(peer, {{"job_id", e.job_id}, {"metrics", m.value()}});
-  } else if (what == "expert_load") {
-    // One layer's tokens per expert over steps (the heat map); without a layer, the layers.
-    const std::string layer = e.body.value("layer", std::string());
-    nlohmann::json reply = {{"job_id", e.job_id}, {"layers", job.expert_layers}};
-    if (!layer.empty()) {
-      if (std::find(job.expert_layers.begin(), job.expert_layers.end(), layer) ==
-          job.expert_layers.end()) {
-        ReplyError(peer, "job " + e.job_id + " has no MoE layer '" + layer +
-                             "' (its layers: " + nlohmann::json(job.expert_layers).dump() + ")");
-        return;
-      }
-      const size_t limit =
-          std::min<size_t>(kMaxMetricsPerQuery, e.body.value("limit", kMaxMetricsPerQuery));
-      auto series =
-          store_->ExpertLoad(e.job_id, layer, e.body.value("since_step", int64_t(0)), limit);
-      if (!series.ok()) {
-        ReplyError(peer, series.status().message());
-        return;
-      }
-      reply["layer"] = layer;
-      reply["steps"] = series->steps;
-      reply["load"] = series->load;
-    }
-    Reply(peer, reply);
-  } else if (what == "live") {
-    // The newest step in full, for the Prometheus exposition: scalars, the load of every
-    // layer, every rank's split.
-    nlohmann::json live = job.progress;
-    live["expert_load"] = job.expert_load;
-    nlohmann::json ranks = nlohmann::json::array();
-    for (size_t r = 0; r < job.ranks.size(); ++r) {
-      const RankRun& x = job.ranks[r];
-      ranks.push_back({{"rank", r},
-                       {"step", x.step},
-                       {"compute_s", x.compute_s},
-                       {"data_wait_s", x.data_wait_s},
-                       {"bubble_s", x.bubble_s}});
-    }
-    live["ranks"] = std::move(ranks);
-    Reply(peer, live);
+    Reply(peer, {{"job_id", id}, {"metrics", m.value()}});
+  } else if (q.what == "expert_load") {
+    QueryExpertLoad(peer, job, q);
+  } else if (q.what == "live") {
+    Reply(peer, LiveReply(job));
   } else {
     ++counters_.invalid;
-    ReplyError(peer, "unknown query '" + what +
+    ReplyError(peer, "unknown query '" + q.what +
                          "' (status, job, events, metrics, expert_load, live, log)");
   }
 }
 
-void Coordinator::ForwardLogRequest(const std::string& peer, const nlohmann::json& body) {
-  const std::string job_id = body.at("job").get<std::string>();
-  const int rank = body.value("rank", 0);
+// One layer's tokens per expert over steps (the heat map); without a layer, the layers.
+void Coordinator::QueryExpertLoad(const std::string& peer, const JobRun& job, const QueryBody& q) {
+  const std::string& id = job.state.job_id();
+  nlohmann::json reply = {{"job_id", id}, {"layers", job.expert_layers}};
+  if (!q.layer.empty()) {
+    if (std::find(job.expert_layers.begin(), job.expert_layers.end(), q.layer) ==
+        job.expert_layers.end()) {
+      ReplyError(peer, "job " + id + " has no MoE layer '" + q.layer +
+                           "' (its layers: " + nlohmann::json(job.expert_layers).dump() + ")");
+      return;
+    }
+    const size_t limit = size_t(std::min<int64_t>(int64_t(kMaxMetricsPerQuery), q.limit));
+    auto series = store_->ExpertLoad(id, q.layer, q.since_step, limit);
+    if (!series.ok()) {
+      ReplyError(peer, series.status().message());
+      return;
+    }
+    reply["layer"] = q.layer;
+    reply["steps"] = series->steps;
+    reply["load"] = series->load;
+  }
+  Reply(peer, reply);
+}
+
+void Coordinator::ForwardLogRequest(const std::string& peer, const QueryBody& q) {
+  const std::string& job_id = q.job;
+  const int rank = q.rank;
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) {
     ReplyError(peer, "no job " + job_id + " (see `moerun status`)");
@@ -340,13 +361,11 @@ void Coordinator::ForwardLogRequest(const std::string& peer, const nlohmann::jso
   }
   const std::string request_id = "log-" + std::to_string(next_request_++);
   forwarded_[request_id] = {peer, clock_->NowMs() + kForwardedRequestTimeoutMs};
-  nlohmann::json fwd = {
-      {"what", "log"},
-      {"request_id", request_id},
-      {"rank", rank},
-      {"offset", body.value("offset", int64_t(0))},
-      {"max_bytes", std::min<int64_t>(body.value("max_bytes", int64_t(kLogChunkBytes)),
-                                      int64_t(kLogChunkBytes))}};
+  nlohmann::json fwd = {{"what", "log"},
+                        {"request_id", request_id},
+                        {"rank", rank},
+                        {"offset", q.offset},
+                        {"max_bytes", std::min<int64_t>(q.max_bytes, int64_t(kLogChunkBytes))}};
   if (!SendTo("worker:" + worker, MessageType::kQuery, job_id, 0, fwd)) {
     forwarded_.erase(request_id);
     ReplyError(peer, "worker " + worker + " is not reachable right now");
@@ -354,7 +373,8 @@ void Coordinator::ForwardLogRequest(const std::string& peer, const nlohmann::jso
 }
 
 void Coordinator::OnForwardedReply(const Envelope& e) {
-  const std::string request_id = e.body.value("request_id", std::string());
+  BodyReader r(e.body, ToString(e.type));
+  const std::string request_id = r.String("request_id", "");
   auto it = forwarded_.find(request_id);
   if (it == forwarded_.end()) {
     ++counters_.stale;  // answered after its deadline

@@ -25,7 +25,36 @@ void Coordinator::OnTrainerMessage(const std::string& peer, const Envelope& e) {
     return;
   }
   JobRun& job = it->second;
-  const int rank = e.body.at("rank").get<int>();
+  // The body, typed, before anything else: a malformed one is refused by name.
+  Result<RendezvousBody> rendezvous = Status::Unimplemented("");
+  Result<StepReportBody> report = Status::Unimplemented("");
+  Result<ShardWrittenBody> shard = Status::Unimplemented("");
+  Status parsed;
+  int rank = -1;
+  switch (e.type) {
+    case MessageType::kRendezvous:
+      rendezvous = RendezvousBody::FromJson(e.body);
+      parsed = rendezvous.status();
+      if (parsed.ok()) rank = rendezvous->rank;
+      break;
+    case MessageType::kStepReport:
+      report = StepReportBody::FromJson(e.body);
+      parsed = report.status();
+      if (parsed.ok()) rank = report->rank;
+      break;
+    case MessageType::kShardWritten:
+      shard = ShardWrittenBody::FromJson(e.body);
+      parsed = shard.status();
+      if (parsed.ok()) rank = shard->rank;
+      break;
+    default:
+      ++counters_.invalid;
+      return;
+  }
+  if (!parsed.ok()) {
+    Refuse(peer, e, parsed);
+    return;
+  }
   // The last shards of a run may arrive after its exits made the job SUCCEEDED.
   const bool late_shard =
       e.type == MessageType::kShardWritten && job.state.phase() == JobPhase::kSucceeded;
@@ -41,19 +70,12 @@ void Coordinator::OnTrainerMessage(const std::string& peer, const Envelope& e) {
     }
     return;
   }
-  switch (e.type) {
-    case MessageType::kRendezvous:
-      OnRendezvous(peer, job, rank, e.body.at("endpoint").get<std::string>(),
-                   e.body.value("nccl_unique_id", std::string()));
-      return;
-    case MessageType::kStepReport:
-      OnStepReport(job, rank, e.body);
-      return;
-    case MessageType::kShardWritten:
-      OnShardWritten(job, rank, e.body);
-      return;
-    default:
-      ++counters_.invalid;
+  if (rendezvous.ok()) {
+    OnRendezvous(peer, job, rank, rendezvous->endpoint, rendezvous->nccl_unique_id);
+  } else if (report.ok()) {
+    OnStepReport(job, report.value());
+  } else {
+    OnShardWritten(job, shard.value());
   }
 }
 
@@ -84,10 +106,10 @@ void Coordinator::OnRendezvous(const std::string& peer, JobRun& job, int rank,
   for (const auto& r : job.ranks) SendTo(r.peer, MessageType::kRendezvous, id, gen, TableBody(job));
 }
 
-void Coordinator::OnShardWritten(JobRun& job, int rank, const nlohmann::json& body) {
-  const int64_t step = body.at("step").get<int64_t>();
-  const std::string shard = body.at("shard").get<std::string>();
-  const int64_t bytes = body.at("bytes").get<int64_t>();
+void Coordinator::OnShardWritten(JobRun& job, const ShardWrittenBody& body) {
+  const int64_t step = body.step;
+  const std::string& shard = body.shard;
+  const int64_t bytes = body.bytes;
   const std::set<std::string> expected = ExpectedShards(job);
   if (step <= job.committed_step || !expected.count(shard)) {
     ++counters_.stale;  // a repeat, or a shard this job does not have
@@ -115,7 +137,7 @@ void Coordinator::OnShardWritten(JobRun& job, int rank, const nlohmann::json& bo
   job.committed_step = step;
   job.shards_written.erase(job.shards_written.begin(), job.shards_written.upper_bound(step));
   spdlog::info("job {}: checkpoint step {} committed ({} shards, {:.1f} MiB; rank {} last)", id,
-               step, expected.size(), double(total) / (1 << 20), rank);
+               step, expected.size(), double(total) / (1 << 20), body.rank);
   // Retention: the newest checkpoint.keep committed steps.
   auto steps = store_->CommittedSteps(id);
   const int64_t keep = std::max<int64_t>(1, job.spec.checkpoint.keep);
@@ -141,41 +163,25 @@ nlohmann::json Coordinator::TableBody(const JobRun& job) const {
   return body;
 }
 
-void Coordinator::OnStepReport(JobRun& job, int rank, const nlohmann::json& body) {
-  const int64_t step = body.at("step").get<int64_t>();
+void Coordinator::OnStepReport(JobRun& job, const StepReportBody& body) {
+  const int rank = body.rank;
+  const int64_t step = body.step;
   const int64_t now = clock_->NowMs();
-  // Read before anything changes: a field of the wrong type drops the whole report.
-  const double compute = body.value("compute_s", 0.0), data_wait = body.value("data_wait_s", 0.0),
-               bubble = body.value("bubble_s", 0.0);
   if (step < 1 || step > job.total_steps()) {
     ++counters_.invalid;  // would thin or misorder the stored history
     spdlog::warn("job {}: dropped a step report of rank {} for step {} (the job has {} steps)",
                  job.state.job_id(), rank, step, job.total_steps());
     return;
   }
+  // Layer names become key segments (load/<job>/<layer>/<step>): StepReportBody admits only
+  // [A-Za-z0-9._-]{1,16}.
   std::map<std::string, std::vector<int64_t>> load;
-  if (rank == 0 && body.contains("expert_load")) {
-    load = body.at("expert_load").get<std::map<std::string, std::vector<int64_t>>>();
-    for (const auto& [layer, counts] : load) {
-      // Layer names become key segments (load/<job>/<layer>/<step>): no '/' or oddities.
-      const bool ok =
-          !layer.empty() && layer.size() <= 16 &&
-          std::all_of(layer.begin(), layer.end(), [](char c) {
-            return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
-          });
-      if (!ok) {
-        ++counters_.invalid;
-        spdlog::warn("job {}: dropped step {}: MoE layer name '{}' is not [A-Za-z0-9._-]{{1,16}}",
-                     job.state.job_id(), step, layer);
-        return;
-      }
-    }
-  }
+  if (rank == 0) load = body.expert_load;
   RankRun& rr = job.ranks[size_t(rank)];
   rr.step = step;
-  rr.compute_s = compute;
-  rr.data_wait_s = data_wait;
-  rr.bubble_s = bubble;
+  rr.compute_s = body.compute_s;
+  rr.data_wait_s = body.data_wait_s;
+  rr.bubble_s = body.bubble_s;
   job.last_progress_ms = now;
   if (rank != 0) return;
   if (job.first_step_ms == 0 || step <= job.first_step) {
@@ -183,8 +189,7 @@ void Coordinator::OnStepReport(JobRun& job, int rank, const nlohmann::json& body
     job.first_step = step;
   }
   // The scalars are the stored report; the load goes per layer beside it (coordinator_store.h).
-  job.progress = body;
-  job.progress.erase("expert_load");
+  job.progress = body.scalars;
   job.progress["time_ms"] = now;
   job.expert_layers.clear();
   for (const auto& [layer, counts] : load) job.expert_layers.push_back(layer);
@@ -193,8 +198,8 @@ void Coordinator::OnStepReport(JobRun& job, int rank, const nlohmann::json& body
   Status s = store_->PutMetric(job.state.job_id(), step, job.progress, job.expert_load);
   if (!s.ok())
     spdlog::error("job {}: cannot store step {}: {}", job.state.job_id(), step, s.message());
-  if (body.contains("val_loss") && body["val_loss"].is_number()) {
-    job.held_out = {{"step", step}, {"val_loss", body["val_loss"]}};
+  if (body.val_loss) {
+    job.held_out = {{"step", step}, {"val_loss", *body.val_loss}};
     Persist(job, false);
   }
   if (step % kMetricThinEverySteps == 0) {

@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <fstream>
+#include <limits>
 #include <optional>
 #include <sstream>
 
@@ -257,6 +258,94 @@ TEST_CASE("bodies of the wrong shape are counted and answered, never fatal") {
   CHECK(bad.e.body["error"].get<std::string>().find("job.name") != std::string::npos);
   CHECK(h.c().workers().All().empty());
   CHECK(h.c().jobs().empty());
+}
+
+TEST_CASE(
+    "every field of every body, replaced by every wrong kind of value: refused, never thrown") {
+  Harness h("hostile");
+  h.Beat("a", 4);
+  const std::string id = h.Submit("hostile")["job_id"];
+  const uint64_t gen = h.Job(id).state.generation();
+  const json trainer = {{"job", id},       {"generation", gen}, {"rank", 0},   {"pid", 5},
+                        {"running", true}, {"exit_code", 0},    {"signal", 0}, {"text", ""}};
+  struct Base {
+    std::string peer;
+    MessageType type;
+    std::string job;
+    json body;
+  };
+  const std::vector<Base> bases = {
+      {"worker:a",
+       MessageType::kHeartbeat,
+       "",
+       {{"host", "a.example"},
+        {"devices", 4},
+        {"backend", "cpu"},
+        {"data_host", "127.0.0.1"},
+        {"pid", 100},
+        {"seq", 2},
+        {"trainers", json::array({trainer})}}},
+      {"worker:a", MessageType::kTrainerExited, "", {{"trainers", json::array({trainer})}}},
+      {"worker:a", MessageType::kReply, "", {{"request_id", "log-1"}, {"text", "x"}}},
+      {Harness::Trainer(id, gen, 0),
+       MessageType::kRendezvous,
+       id,
+       {{"rank", 0}, {"endpoint", "tcp://h:1"}, {"nccl_unique_id", ""}}},
+      {Harness::Trainer(id, gen, 0),
+       MessageType::kStepReport,
+       id,
+       {{"rank", 0},
+        {"step", 3},
+        {"loss", 2.0},
+        {"compute_s", 0.1},
+        {"val_loss", 2.0},
+        {"expert_load", {{"1", {1, 2}}}}}},
+      {Harness::Trainer(id, gen, 0),
+       MessageType::kShardWritten,
+       id,
+       {{"rank", 0}, {"step", 2}, {"shard", "stage-0/dp-0"}, {"bytes", 10}}},
+      {"cli:9",
+       MessageType::kSubmitJob,
+       "",
+       {{"spec_yaml", "job: {}\n"}, {"steps", 5}, {"run_dir", "/r"}, {"resume", true}}},
+      {"cli:9",
+       MessageType::kQuery,
+       id,
+       {{"what", "expert_load"}, {"layer", "1"}, {"since_step", 0}, {"limit", 5}}},
+      {"cli:9",
+       MessageType::kQuery,
+       "",
+       {{"what", "log"}, {"job", id}, {"rank", 0}, {"offset", 0}, {"max_bytes", 9}}},
+  };
+  const std::vector<json> wrong = {
+      nullptr,        "x", 1.5, -1, std::numeric_limits<uint64_t>::max(), json::array(),
+      json::object(), true};
+  int sent = 0;
+  for (const Base& b : bases) {
+    for (const auto& [key, value] : b.body.items()) {
+      for (const json& w : wrong) {
+        json body = b.body;
+        body[key] = w;
+        CAPTURE(body.dump());
+        CHECK_NOTHROW(h.c().Handle(b.peer, {b.type, gen, b.job, "x", body}));
+        ++sent;
+      }
+    }
+    if (!b.body.contains("trainers")) continue;
+    for (const auto& [key, value] : trainer.items()) {
+      for (const json& w : wrong) {
+        json body = b.body;
+        body["trainers"][0][key] = w;
+        CAPTURE(body.dump());
+        CHECK_NOTHROW(h.c().Handle(b.peer, {b.type, gen, b.job, "x", body}));
+        ++sent;
+      }
+    }
+  }
+  CHECK(sent > 300);
+  CHECK(h.c().jobs().size() == 1);  // the spec in SubmitJob was invalid whenever it parsed
+  CHECK(h.c().workers().All().size() == 1);
+  CHECK(h.c().counters().invalid > 100);
 }
 
 }  // namespace

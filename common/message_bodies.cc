@@ -1,0 +1,286 @@
+#include "common/message_bodies.h"
+
+#include <algorithm>
+#include <cctype>
+#include <limits>
+
+namespace moerun {
+namespace {
+
+constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
+
+const char* TypeName(const nlohmann::json& j) { return j.type_name(); }
+
+bool LayerNameOk(const std::string& layer) {
+  return !layer.empty() && layer.size() <= 16 &&
+         std::all_of(layer.begin(), layer.end(), [](char c) {
+           return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+         });
+}
+
+// Errors read "<message>: trainers[i]: ..." or, from `r`, "<message>: 'trainers' ...".
+Result<std::vector<TrainerReport>> TrainerReports(BodyReader& r, std::string_view message,
+                                                  bool required) {
+  std::vector<TrainerReport> out;
+  const nlohmann::json& list = r.Array("trainers", required);
+  for (size_t i = 0; i < list.size() && r.status().ok(); ++i) {
+    const std::string at = "trainers[" + std::to_string(i) + "]";
+    if (!list[i].is_object()) {
+      r.Fail(at, "must be an object");
+      break;
+    }
+    BodyReader t(list[i], std::string(message) + ": " + at);
+    TrainerReport x;
+    x.job = t.String("job");
+    x.generation = t.Uint("generation");
+    x.rank = int(t.Int("rank", -kIntMax, kIntMax));
+    x.running = t.Bool("running");
+    x.pid = t.Int("pid", 0, 0, kInt64Max);
+    if (!x.running && t.status().ok()) {
+      x.exit_code = int(t.Int("exit_code", -kIntMax, kIntMax));
+      x.signal = int(t.Int("signal", 0, 128));
+      x.text = t.String("text", "");
+    }
+    if (!t.status().ok()) return t.status();
+    out.push_back(std::move(x));
+  }
+  if (!r.status().ok()) return r.status();
+  return out;
+}
+
+}  // namespace
+
+BodyReader::BodyReader(const nlohmann::json& body, std::string_view message)
+    : body_(body), message_(message) {
+  if (!body_.is_object())
+    status_ = Status::InvalidArgument(message_ + ": the body is not an object");
+}
+
+void BodyReader::Fail(const std::string& key, const std::string& what) {
+  if (status_.ok()) status_ = Status::InvalidArgument(message_ + ": '" + key + "' " + what);
+}
+
+void BodyReader::WrongType(const char* key, const char* want, const nlohmann::json& got) {
+  Fail(key, std::string("must be ") + want + ", not " + TypeName(got));
+}
+
+const nlohmann::json* BodyReader::Field(const char* key, bool required) {
+  if (!status_.ok()) return nullptr;
+  auto it = body_.find(key);
+  if (it == body_.end() || it->is_null()) {
+    if (required) Fail(key, "is missing");
+    return nullptr;
+  }
+  return &*it;
+}
+
+std::string BodyReader::String(const char* key) {
+  const nlohmann::json* j = Field(key, true);
+  if (j == nullptr) return {};
+  if (!j->is_string()) {
+    WrongType(key, "a string", *j);
+    return {};
+  }
+  return j->get<std::string>();
+}
+
+std::string BodyReader::String(const char* key, std::string fallback) {
+  const nlohmann::json* j = Field(key, false);
+  if (j == nullptr) return fallback;
+  if (!j->is_string()) {
+    WrongType(key, "a string", *j);
+    return fallback;
+  }
+  return j->get<std::string>();
+}
+
+int64_t BodyReader::Int(const char* key, int64_t min, int64_t max) {
+  const nlohmann::json* j = Field(key, true);
+  if (j == nullptr) return min;
+  return Int(key, min, min, max);
+}
+
+int64_t BodyReader::Int(const char* key, int64_t fallback, int64_t min, int64_t max) {
+  const nlohmann::json* j = Field(key, false);
+  if (j == nullptr) return fallback;
+  if (!j->is_number_integer()) {
+    WrongType(key, "an integer", *j);
+    return fallback;
+  }
+  // Unsigned values above int64's range are out of range too.
+  const bool big = j->is_number_unsigned() && j->get<uint64_t>() > uint64_t(kInt64Max);
+  const int64_t v = big ? kInt64Max : j->get<int64_t>();
+  if (big || v < min || v > max) {
+    Fail(key, "is " + j->dump() + ", outside [" + std::to_string(min) + ", " + std::to_string(max) +
+                  "]");
+    return fallback;
+  }
+  return v;
+}
+
+uint64_t BodyReader::Uint(const char* key) {
+  const nlohmann::json* j = Field(key, true);
+  if (j == nullptr) return 0;
+  if (!j->is_number_integer() || (!j->is_number_unsigned() && j->get<int64_t>() < 0)) {
+    WrongType(key, "an unsigned integer", *j);
+    return 0;
+  }
+  return j->get<uint64_t>();
+}
+
+double BodyReader::Number(const char* key, double fallback) {
+  const nlohmann::json* j = Field(key, false);
+  if (j == nullptr) return fallback;
+  if (!j->is_number()) {
+    WrongType(key, "a number", *j);
+    return fallback;
+  }
+  return j->get<double>();
+}
+
+bool BodyReader::Bool(const char* key) {
+  const nlohmann::json* j = Field(key, true);
+  if (j == nullptr) return false;
+  if (!j->is_boolean()) {
+    WrongType(key, "true or false", *j);
+    return false;
+  }
+  return j->get<bool>();
+}
+
+bool BodyReader::Bool(const char* key, bool fallback) {
+  const nlohmann::json* j = Field(key, false);
+  if (j == nullptr) return fallback;
+  if (!j->is_boolean()) {
+    WrongType(key, "true or false", *j);
+    return fallback;
+  }
+  return j->get<bool>();
+}
+
+const nlohmann::json& BodyReader::Array(const char* key, bool required) {
+  static const nlohmann::json kEmpty = nlohmann::json::array();
+  const nlohmann::json* j = Field(key, required);
+  if (j == nullptr) return kEmpty;
+  if (!j->is_array()) {
+    WrongType(key, "an array", *j);
+    return kEmpty;
+  }
+  return *j;
+}
+
+Result<WorkerStatusBody> WorkerStatusBody::FromJson(const nlohmann::json& body,
+                                                    std::string_view message) {
+  BodyReader r(body, message);
+  WorkerStatusBody w;
+  w.host = r.String("host");
+  w.devices = r.Int("devices", 0, 4096);
+  w.backend = r.String("backend");
+  w.data_host = r.String("data_host");
+  w.pid = r.Int("pid", 0, kInt64Max);
+  w.seq = r.Int("seq", 0, 0, kInt64Max);
+  auto trainers = TrainerReports(r, message, false);
+  if (!trainers.ok()) return trainers.status();
+  w.trainers = std::move(trainers.value());
+  if (!r.status().ok()) return r.status();
+  return w;
+}
+
+Result<TrainerExitedBody> TrainerExitedBody::FromJson(const nlohmann::json& body) {
+  BodyReader r(body, "TrainerExited");
+  auto trainers = TrainerReports(r, "TrainerExited", true);
+  if (!trainers.ok()) return trainers.status();
+  return TrainerExitedBody{std::move(trainers.value())};
+}
+
+Result<RendezvousBody> RendezvousBody::FromJson(const nlohmann::json& body) {
+  BodyReader r(body, "Rendezvous");
+  RendezvousBody b;
+  b.rank = int(r.Int("rank", -kIntMax, kIntMax));
+  b.endpoint = r.String("endpoint");
+  b.nccl_unique_id = r.String("nccl_unique_id", "");
+  if (!r.status().ok()) return r.status();
+  return b;
+}
+
+Result<ShardWrittenBody> ShardWrittenBody::FromJson(const nlohmann::json& body) {
+  BodyReader r(body, "ShardWritten");
+  ShardWrittenBody b;
+  b.rank = int(r.Int("rank", -kIntMax, kIntMax));
+  b.step = r.Int("step", 0, kInt64Max);
+  b.shard = r.String("shard");
+  b.bytes = r.Int("bytes", 0, kInt64Max);
+  if (!r.status().ok()) return r.status();
+  return b;
+}
+
+Result<StepReportBody> StepReportBody::FromJson(const nlohmann::json& body) {
+  BodyReader r(body, "StepReport");
+  StepReportBody b;
+  b.rank = int(r.Int("rank", -kIntMax, kIntMax));
+  b.step = r.Int("step", -kInt64Max, kInt64Max);
+  b.compute_s = r.Number("compute_s", 0.0);
+  b.data_wait_s = r.Number("data_wait_s", 0.0);
+  b.bubble_s = r.Number("bubble_s", 0.0);
+  if (body.is_object() && body.contains("val_loss") && body["val_loss"].is_number())
+    b.val_loss = body["val_loss"].get<double>();
+  if (r.status().ok() && body.contains("expert_load")) {
+    const nlohmann::json& load = body["expert_load"];
+    if (!load.is_object()) r.Fail("expert_load", "must be an object of layer: counts");
+    for (auto it = load.begin(); r.status().ok() && load.is_object() && it != load.end(); ++it) {
+      const std::string key = "expert_load." + it.key();
+      if (!LayerNameOk(it.key())) {
+        r.Fail(key, "names a MoE layer that is not [A-Za-z0-9._-]{1,16}");
+        break;
+      }
+      std::vector<int64_t> counts;
+      const nlohmann::json& c = it.value();
+      if (!c.is_array()) r.Fail(key, "must be an array of token counts");
+      for (size_t e = 0; r.status().ok() && c.is_array() && e < c.size(); ++e) {
+        if (!c[e].is_number_integer()) {
+          r.Fail(key, "must hold integers only");
+          break;
+        }
+        counts.push_back(c[e].get<int64_t>());
+      }
+      b.expert_load[it.key()] = std::move(counts);
+    }
+  }
+  if (!r.status().ok()) return r.status();
+  b.scalars = body;
+  b.scalars.erase("expert_load");
+  return b;
+}
+
+Result<SubmitJobBody> SubmitJobBody::FromJson(const nlohmann::json& body) {
+  BodyReader r(body, "SubmitJob");
+  SubmitJobBody b;
+  b.spec_yaml = r.String("spec_yaml");
+  b.source = r.String("source", "submitted job");
+  b.steps = r.Int("steps", 0, -kInt64Max, kInt64Max);
+  b.run_dir = r.String("run_dir", "");
+  b.spec_dir = r.String("spec_dir", "");
+  b.resume = r.Bool("resume", false);
+  if (!r.status().ok()) return r.status();
+  return b;
+}
+
+Result<QueryBody> QueryBody::FromJson(const nlohmann::json& body) {
+  BodyReader r(body, "Query");
+  QueryBody b;
+  b.what = r.String("what");
+  b.since_step = r.Int("since_step", 0, -kInt64Max, kInt64Max);
+  b.limit = r.Int("limit", kInt64Max, 0, kInt64Max);
+  b.layer = r.String("layer", "");
+  if (b.what == "log") {
+    b.job = r.String("job");
+    b.rank = int(r.Int("rank", 0, -kIntMax, kIntMax));
+    b.offset = r.Int("offset", 0, -kInt64Max, kInt64Max);
+    b.max_bytes = r.Int("max_bytes", kInt64Max, 0, kInt64Max);
+  }
+  if (!r.status().ok()) return r.status();
+  return b;
+}
+
+}  // namespace moerun

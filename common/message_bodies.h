@@ -1,0 +1,123 @@
+// Typed bodies of the control-plane messages the coordinator receives (docs/architecture.md
+// §6), one struct per message, each read by FromJson. A body that lacks a required field, or
+// holds one of the wrong type or out of range, is refused with InvalidArgument naming the
+// message and the field ("Heartbeat: 'devices' must be an integer, not a string"); nothing
+// throws. Fields a reader does not know are ignored, so newer senders may add some.
+// Thread-safe (pure functions).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+
+namespace moerun {
+
+// Reads fields of one JSON body, keeping the first problem; every read after it returns the
+// fallback. Not thread-safe.
+class BodyReader {
+ public:
+  BodyReader(const nlohmann::json& body, std::string_view message);
+
+  std::string String(const char* key);  // required
+  std::string String(const char* key, std::string fallback);
+  int64_t Int(const char* key, int64_t min, int64_t max);  // required, in [min, max]
+  int64_t Int(const char* key, int64_t fallback, int64_t min, int64_t max);
+  uint64_t Uint(const char* key);  // required
+  double Number(const char* key, double fallback);
+  bool Bool(const char* key);  // required
+  bool Bool(const char* key, bool fallback);
+  // A JSON array (required, or empty when absent and not required).
+  const nlohmann::json& Array(const char* key, bool required);
+
+  // InvalidArgument naming the message and the field, or OK.
+  const Status& status() const { return status_; }
+  // Records a problem found by the caller (the first one stays).
+  void Fail(const std::string& key, const std::string& what);
+
+ private:
+  const nlohmann::json* Field(const char* key, bool required);
+  void WrongType(const char* key, const char* want, const nlohmann::json& got);
+
+  const nlohmann::json& body_;
+  std::string message_;
+  Status status_;
+};
+
+// One trainer as a daemon reports it (Heartbeat, TrainerExited).
+struct TrainerReport {
+  std::string job;
+  uint64_t generation = 0;
+  int rank = 0;
+  bool running = false;
+  int64_t pid = 0;
+  int exit_code = 0, signal = 0;  // when not running
+  std::string text;               // the trainer's own last words, when not running
+};
+
+// Register and Heartbeat: the daemon's host and its trainers.
+struct WorkerStatusBody {
+  std::string host, backend, data_host;
+  int64_t devices = 0, pid = 0, seq = 0;
+  std::vector<TrainerReport> trainers;
+  static Result<WorkerStatusBody> FromJson(const nlohmann::json& body, std::string_view message);
+};
+
+// TrainerExited: the exits a daemon saw since its last report.
+struct TrainerExitedBody {
+  std::vector<TrainerReport> trainers;
+  static Result<TrainerExitedBody> FromJson(const nlohmann::json& body);
+};
+
+// Rendezvous, StepReport and ShardWritten all carry the sender's rank.
+struct RendezvousBody {
+  int rank = 0;
+  std::string endpoint, nccl_unique_id;
+  static Result<RendezvousBody> FromJson(const nlohmann::json& body);
+};
+
+struct ShardWrittenBody {
+  int rank = 0;
+  int64_t step = 0, bytes = 0;
+  std::string shard;
+  static Result<ShardWrittenBody> FromJson(const nlohmann::json& body);
+};
+
+struct StepReportBody {
+  int rank = 0;
+  int64_t step = 0;
+  double compute_s = 0, data_wait_s = 0, bubble_s = 0;
+  std::optional<double> val_loss;
+  // Tokens per expert by MoE layer name (rank 0's report only), names [A-Za-z0-9._-]{1,16}.
+  std::map<std::string, std::vector<int64_t>> expert_load;
+  nlohmann::json scalars;  // the report as sent, without expert_load: what is stored
+  static Result<StepReportBody> FromJson(const nlohmann::json& body);
+};
+
+// SubmitJob from the CLI or the HTTP API.
+struct SubmitJobBody {
+  std::string spec_yaml, source, run_dir, spec_dir;
+  int64_t steps = 0;
+  bool resume = false;
+  static Result<SubmitJobBody> FromJson(const nlohmann::json& body);
+};
+
+// Query: status, job, events, metrics, expert_load, live, log.
+struct QueryBody {
+  std::string what;
+  int64_t since_step = 0;
+  int64_t limit = 0;  // absent: as many as the coordinator gives (its maximum)
+  std::string layer;  // expert_load
+  // log: whose log, from where, how much.
+  std::string job;
+  int rank = 0;
+  int64_t offset = 0, max_bytes = 0;
+  static Result<QueryBody> FromJson(const nlohmann::json& body);
+};
+
+}  // namespace moerun

@@ -1,0 +1,110 @@
+// Typed control-plane bodies (common/message_bodies.h): what each accepts, and a refusal that
+// names the message and the field for everything else.
+#include <doctest/doctest.h>
+
+#include "common/message_bodies.h"
+
+namespace moerun {
+namespace {
+
+using nlohmann::json;
+
+json Heartbeat() {
+  return {{"host", "h"},
+          {"devices", 2},
+          {"backend", "cpu"},
+          {"data_host", "127.0.0.1"},
+          {"pid", 42},
+          {"seq", 7},
+          {"trainers", json::array({{{"job", "j-1"},
+                                     {"generation", 3},
+                                     {"rank", 1},
+                                     {"pid", 99},
+                                     {"running", false},
+                                     {"exit_code", 1},
+                                     {"signal", 9},
+                                     {"text", "boom"}}})}};
+}
+
+TEST_CASE("bodies: a well-formed heartbeat, step report and query read back whole") {
+  auto w = WorkerStatusBody::FromJson(Heartbeat(), "Heartbeat");
+  REQUIRE(w.ok());
+  CHECK(w->devices == 2);
+  CHECK(w->seq == 7);
+  REQUIRE(w->trainers.size() == 1);
+  CHECK(w->trainers[0].job == "j-1");
+  CHECK(w->trainers[0].generation == 3);
+  CHECK(w->trainers[0].signal == 9);
+  CHECK(w->trainers[0].text == "boom");
+  auto r = StepReportBody::FromJson({{"rank", 0},
+                                     {"step", 12},
+                                     {"loss", 2.5},
+                                     {"val_loss", 2.25},
+                                     {"bubble_s", 0.5},
+                                     {"expert_load", {{"3", {4, 5}}}}});
+  REQUIRE(r.ok());
+  CHECK(r->val_loss == 2.25);
+  CHECK(r->bubble_s == 0.5);
+  CHECK(r->expert_load.at("3") == std::vector<int64_t>{4, 5});
+  CHECK_FALSE(r->scalars.contains("expert_load"));
+  CHECK(r->scalars["loss"] == 2.5);
+  auto q = QueryBody::FromJson({{"what", "metrics"}});
+  REQUIRE(q.ok());
+  CHECK(q->limit == std::numeric_limits<int64_t>::max());  // absent: the coordinator's maximum
+}
+
+TEST_CASE("bodies: each problem is refused with the message and field named") {
+  struct Case {
+    json body;
+    const char* message;
+  };
+  json wrong_type = Heartbeat();
+  wrong_type["devices"] = "two";
+  json too_many = Heartbeat();
+  too_many["devices"] = 5000;
+  json trainer_bad = Heartbeat();
+  trainer_bad["trainers"][0]["running"] = 1;
+  json trainer_gone = Heartbeat();
+  trainer_gone["trainers"][0].erase("exit_code");
+  json huge = Heartbeat();
+  huge["pid"] = std::numeric_limits<uint64_t>::max();
+  const Case cases[] = {
+      {wrong_type, "Heartbeat: 'devices' must be an integer, not string"},
+      {too_many, "Heartbeat: 'devices' is 5000, outside [0, 4096]"},
+      {trainer_bad, "Heartbeat: trainers[0]: 'running' must be true or false, not number"},
+      {trainer_gone, "Heartbeat: trainers[0]: 'exit_code' is missing"},
+      {huge, "Heartbeat: 'pid' is 18446744073709551615, outside [0, 9223372036854775807]"},
+      {json::array(), "Heartbeat: the body is not an object"},
+  };
+  for (const Case& c : cases) {
+    auto w = WorkerStatusBody::FromJson(c.body, "Heartbeat");
+    CHECK(w.status().code() == Status::Code::kInvalidArgument);
+    CHECK(w.status().message() == c.message);
+  }
+  CHECK(StepReportBody::FromJson({{"rank", 0}, {"step", 1}, {"compute_s", "fast"}})
+            .status()
+            .message() == "StepReport: 'compute_s' must be a number, not string");
+  CHECK(StepReportBody::FromJson({{"rank", 0}, {"step", 1}, {"expert_load", {{"1/5", {1}}}}})
+            .status()
+            .message() ==
+        "StepReport: 'expert_load.1/5' names a MoE layer that is not [A-Za-z0-9._-]{1,16}");
+  CHECK(StepReportBody::FromJson({{"rank", 0}, {"step", 1}, {"expert_load", {{"3", {1.5}}}}})
+            .status()
+            .message() == "StepReport: 'expert_load.3' must hold integers only");
+  CHECK(RendezvousBody::FromJson({{"rank", 0}}).status().message() ==
+        "Rendezvous: 'endpoint' is missing");
+  CHECK(ShardWrittenBody::FromJson({{"rank", 0}, {"step", -1}, {"shard", "s"}, {"bytes", 1}})
+            .status()
+            .message() == "ShardWritten: 'step' is -1, outside [0, 9223372036854775807]");
+  CHECK(SubmitJobBody::FromJson({{"spec_yaml", 5}}).status().message() ==
+        "SubmitJob: 'spec_yaml' must be a string, not number");
+  CHECK(QueryBody::FromJson({{"what", "log"}, {"job", "j"}, {"rank", "0"}}).status().message() ==
+        "Query: 'rank' must be an integer, not string");
+  CHECK(QueryBody::FromJson({{"what", "metrics"}, {"limit", -3}}).status().message() ==
+        "Query: 'limit' is -3, outside [0, 9223372036854775807]");
+  CHECK(TrainerExitedBody::FromJson(json::object()).status().message() ==
+        "TrainerExited: 'trainers' is missing");
+}
+
+}  // namespace
+}  // namespace moerun
