@@ -189,10 +189,11 @@ int RunCoordinatorBench(const CoordinatorBenchArgs& a) {
     std::fprintf(stderr, "%s\n", server.status().message().c_str());
     return 1;
   }
-  WallClock clock;
+  WallClock wall_clock;
+  SystemClock timer;
   coordinator::ControlServer* srv = server.value().get();
   auto coord = coordinator::Coordinator::Open(
-      store.value().get(), &clock,
+      store.value().get(), &wall_clock, &timer,
       {a.interval_ms, std::max<int64_t>(5 * a.interval_ms, 5000), dir + "/jobs"},
       [srv](const std::string& peer, const Envelope& e) { return srv->Send(peer, e); });
   if (!coord.ok()) {

@@ -1,6 +1,6 @@
 // Clock: time as the control plane sees it, injected so failure detectors and state machines
 // are tested by stepping a FakeClock, never by sleeping (docs/architecture.md §10).
-// Milliseconds on a monotonic timeline; thread-safe.
+// Milliseconds (and nanoseconds, for short waits) on a monotonic timeline; thread-safe.
 #pragma once
 
 #include <atomic>
@@ -13,6 +13,8 @@ class Clock {
  public:
   virtual ~Clock() = default;
   virtual int64_t NowMs() const = 0;  // monotonic; never goes back
+  // The same timeline in nanoseconds, for durations far below a millisecond.
+  virtual int64_t NowNs() const { return NowMs() * 1'000'000; }
 };
 
 class SystemClock : public Clock {
@@ -21,6 +23,16 @@ class SystemClock : public Clock {
     return std::chrono::duration_cast<std::chrono::milliseconds>(
                std::chrono::steady_clock::now().time_since_epoch())
         .count();
+  }
+  int64_t NowNs() const override {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+  // One for the whole process, for callers that take a clock and were given none.
+  static const SystemClock* Default() {
+    static const SystemClock clock;
+    return &clock;
   }
 };
 

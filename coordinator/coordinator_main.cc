@@ -163,10 +163,13 @@ int main(int argc, char** argv) {
                    url, state_dir);
     }
   }
-  WallClock clock;
+  // Wall time for what is shown and stored; monotonic time for every failure decision, so an
+  // NTP step declares no daemon or job dead.
+  WallClock wall;
+  SystemClock timer;
   coordinator::ControlServer* srv = server.value().get();
   auto coord =
-      coordinator::Coordinator::Open(store.value().get(), &clock, settings,
+      coordinator::Coordinator::Open(store.value().get(), &wall, &timer, settings,
                                      [srv, &http_api](const std::string& peer, const Envelope& e) {
                                        if (peer.rfind("http:", 0) == 0)
                                          return http_api && http_api->Deliver(peer, e);

@@ -16,18 +16,20 @@
 
 namespace moerun::coordinator {
 
-Coordinator::Coordinator(CoordinatorStore* store, const Clock* clock, CoordinatorSettings settings,
-                         Send send)
+Coordinator::Coordinator(CoordinatorStore* store, const Clock* wall, const Clock* timer,
+                         CoordinatorSettings settings, Send send)
     : store_(store),
-      clock_(clock),
+      clock_(wall),
+      timer_(timer),
       settings_(std::move(settings)),
       send_(std::move(send)),
-      workers_(clock, settings_.heartbeat_timeout_ms) {}
+      workers_(timer, settings_.heartbeat_timeout_ms) {}
 
-Result<std::unique_ptr<Coordinator>> Coordinator::Open(CoordinatorStore* store, const Clock* clock,
+Result<std::unique_ptr<Coordinator>> Coordinator::Open(CoordinatorStore* store, const Clock* wall,
+                                                       const Clock* timer,
                                                        CoordinatorSettings settings, Send send) {
   std::unique_ptr<Coordinator> c(
-      new Coordinator(store, clock, std::move(settings), std::move(send)));
+      new Coordinator(store, wall, timer, std::move(settings), std::move(send)));
   MOERUN_RETURN_IF_ERROR(c->Load());
   return c;
 }
@@ -45,7 +47,7 @@ Status Coordinator::Load() {
   auto runs = store_->LoadDocuments("run");
   if (!runs.ok()) return runs.status();
   std::map<std::string, nlohmann::json> run_docs(runs->begin(), runs->end());
-  const int64_t now = clock_->NowMs();
+  const int64_t now = timer_->NowMs();
   for (auto& state : states.value()) {
     // A job this build cannot read is left in the store, untouched, and named in the log;
     // the others go on.
@@ -75,6 +77,7 @@ Status Coordinator::Load() {
     for (const auto& l : job.progress.value("expert_layers", nlohmann::json::array()))
       if (l.is_string()) job.expert_layers.push_back(l.get<std::string>());
     job.last_progress_ms = now;
+    job.generation_started_timer_ms = now;
     jobs_.emplace(id, std::move(job));
   }
   spdlog::info("coordinator state: {} jobs, {} workers reloaded", jobs_.size(),
@@ -208,7 +211,7 @@ void Coordinator::OnWorkerStatus(const std::string& worker_id, const Envelope& e
 void Coordinator::ReconcileTrainers(const std::string& worker_id,
                                     const std::vector<TrainerReport>& trainers, bool full_state,
                                     nlohmann::json* acked) {
-  const int64_t now = clock_->NowMs();
+  const int64_t now = timer_->NowMs();
   std::set<std::pair<std::string, int>> seen;  // (job, rank) of the current generation
   std::set<std::string> fence;                 // jobs with stale trainers on this daemon
   for (const TrainerReport& t : trainers) {

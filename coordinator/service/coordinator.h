@@ -56,8 +56,11 @@ class Coordinator {
  public:
   using Send = std::function<bool(const std::string& peer, const Envelope& e)>;
 
-  static Result<std::unique_ptr<Coordinator>> Open(CoordinatorStore* store, const Clock* clock,
-                                                   CoordinatorSettings settings, Send send);
+  // `wall`: milliseconds since the epoch (WallClock); `timer`: monotonic (SystemClock). Both
+  // outlive the coordinator.
+  static Result<std::unique_ptr<Coordinator>> Open(CoordinatorStore* store, const Clock* wall,
+                                                   const Clock* timer, CoordinatorSettings settings,
+                                                   Send send);
 
   void Handle(const std::string& peer, const Envelope& e);
   void Tick();
@@ -67,7 +70,8 @@ class Coordinator {
   const WorkerRegistry& workers() const { return workers_; }
 
  private:
-  Coordinator(CoordinatorStore* store, const Clock* clock, CoordinatorSettings settings, Send send);
+  Coordinator(CoordinatorStore* store, const Clock* wall, const Clock* timer,
+              CoordinatorSettings settings, Send send);
   Status Load();
 
   // Messages, by sender kind.
@@ -122,7 +126,12 @@ class Coordinator {
   void Log(const std::string& line);
 
   CoordinatorStore* store_;
+  // Two timelines. clock_: wall time for what is shown or stored (events, restart deadlines
+  // that outlive a coordinator restart, step times). timer_: monotonic time for everything
+  // that decides a failure (heartbeats, the progress watchdog, rendezvous and request
+  // deadlines), so stepping the wall clock declares nothing dead.
   const Clock* clock_;
+  const Clock* timer_;
   CoordinatorSettings settings_;
   Send send_;
   CoordinatorCounters counters_;

@@ -360,7 +360,7 @@ void Coordinator::ForwardLogRequest(const std::string& peer, const QueryBody& q)
     return;
   }
   const std::string request_id = "log-" + std::to_string(next_request_++);
-  forwarded_[request_id] = {peer, clock_->NowMs() + kForwardedRequestTimeoutMs};
+  forwarded_[request_id] = {peer, timer_->NowMs() + kForwardedRequestTimeoutMs};
   nlohmann::json fwd = {{"what", "log"},
                         {"request_id", request_id},
                         {"rank", rank},

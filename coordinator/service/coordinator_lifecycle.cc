@@ -102,6 +102,7 @@ bool Coordinator::StartGeneration(JobRun& job) {
   }
   job.started_generation = job.state.generation();
   job.generation_started_ms = now;
+  job.generation_started_timer_ms = timer_->NowMs();
   job.first_step_ms = 0;
   job.start_sent_ms.clear();
   Persist(job);
@@ -117,7 +118,7 @@ void Coordinator::SendStart(JobRun& job, const std::string& worker_id) {
   for (size_t r = 0; r < job.ranks.size(); ++r) {
     if (job.ranks[r].worker == worker_id && !job.ranks[r].exited) ranks.push_back(r);
   }
-  job.start_sent_ms[worker_id] = clock_->NowMs();
+  job.start_sent_ms[worker_id] = timer_->NowMs();
   SendTo(kWorkerPrefix + worker_id, MessageType::kStartTrainers, job.state.job_id(),
          job.state.generation(),
          {{"world", job.world()},
@@ -183,7 +184,7 @@ void Coordinator::FailJobsOn(const std::string& worker_id, const std::string& ca
 }
 
 void Coordinator::Tick() {
-  const int64_t now = clock_->NowMs();
+  const int64_t now = timer_->NowMs();  // every deadline here is a failure decision
   for (const auto& id : workers_.CheckDead()) {
     const WorkerInfo* w = workers_.Find(id);
     spdlog::warn("worker {} ({}) is dead: no heartbeat for {} ms", id, w ? w->host : id,
@@ -200,7 +201,7 @@ void Coordinator::Tick() {
               "no rank finished a step for " + std::to_string(progress_timeout) +
                   " ms (a hung trainer or a stuck collective)",
               -1, "", false);
-    } else if (job.table.empty() && now - job.generation_started_ms > kJobStartTimeoutMs) {
+    } else if (job.table.empty() && now - job.generation_started_timer_ms > kJobStartTimeoutMs) {
       int missing = 0;
       for (const auto& r : job.ranks) missing += r.peer.empty() ? 1 : 0;
       FailJob(job,

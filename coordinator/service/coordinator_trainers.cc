@@ -97,7 +97,7 @@ void Coordinator::OnRendezvous(const std::string& peer, JobRun& job, int rank,
   }
   for (const auto& r : job.ranks) job.table.push_back(r.endpoint);
   const int64_t now = clock_->NowMs();
-  job.last_progress_ms = now;
+  job.last_progress_ms = timer_->NowMs();
   Status s = job.state.Running(
       now, "all " + std::to_string(job.ranks.size()) + " ranks met at the rendezvous");
   if (!s.ok()) spdlog::warn("{}", s.message());
@@ -182,7 +182,7 @@ void Coordinator::OnStepReport(JobRun& job, const StepReportBody& body) {
   rr.compute_s = body.compute_s;
   rr.data_wait_s = body.data_wait_s;
   rr.bubble_s = body.bubble_s;
-  job.last_progress_ms = now;
+  job.last_progress_ms = timer_->NowMs();
   if (rank != 0) return;
   if (job.first_step_ms == 0 || step <= job.first_step) {
     job.first_step_ms = now;

@@ -71,11 +71,13 @@ struct JobRun {
   int64_t first_step_ms = 0;  // wall time of the first step report of this generation
   int64_t first_step = 0;     // the step of that report
 
-  // Volatile bookkeeping of the coordinator's loop.
+  // Volatile bookkeeping of the coordinator's loop, on its monotonic timer (never stored: a
+  // reloaded job starts its timers afresh).
   std::map<std::string, int64_t> start_sent_ms;  // daemon -> last StartTrainers
+  int64_t generation_started_timer_ms = 0;       // the rendezvous deadline counts from here
   // Two-phase commit: shards reported written, per step, until every shard of the step is in.
   std::map<int64_t, std::map<std::string, int64_t>> shards_written;  // step -> shard -> bytes
-  int64_t last_progress_ms = 0;  // any rank finished a step (watchdog)
+  int64_t last_progress_ms = 0;  // any rank finished a step (the progress watchdog)
 
   int64_t world() const { return spec.parallel.world_size(); }
   int64_t total_steps() const { return steps_override > 0 ? steps_override : spec.train.steps; }

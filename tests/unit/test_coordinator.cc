@@ -33,7 +33,7 @@ class Harness {
     coordinator_.reset();
     store_.reset();
     store_ = std::move(CoordinatorStore::Open(dir_).value());
-    auto c = Coordinator::Open(store_.get(), &clock, {1000, 5000, "/tmp/jobs"},
+    auto c = Coordinator::Open(store_.get(), &clock, &timer, {1000, 5000, "/tmp/jobs"},
                                [this](const std::string& peer, const Envelope& e) {
                                  sent.push_back({peer, e});
                                  return true;
@@ -102,7 +102,14 @@ class Harness {
   }
   const JobRun& Job(const std::string& id) { return c().jobs().at(id); }
 
+  // The wall clock and the monotonic timer, stepped together by Advance; a test may step the
+  // wall alone, as NTP does.
+  void Advance(int64_t ms) {
+    clock.AdvanceMs(ms);
+    timer.AdvanceMs(ms);
+  }
   FakeClock clock{1'700'000'000'000};
+  FakeClock timer{5'000'000};
   std::vector<Sent> sent;
 
  private:
@@ -174,7 +181,7 @@ TEST_CASE("a silent daemon fails its job; the restart goes to a live one with a 
   h.Rendezvous(id, 1, 1);
   REQUIRE(h.Job(id).state.phase() == JobPhase::kRunning);
   for (int i = 0; i < 6; ++i) {  // b beats, a is silent
-    h.clock.AdvanceMs(1000);
+    h.Advance(1000);
     h.Beat("b", 2);
     h.c().Tick();
   }
@@ -182,7 +189,7 @@ TEST_CASE("a silent daemon fails its job; the restart goes to a live one with a 
   CHECK(h.Job(id).state.generation() == 2);
   CHECK(h.Job(id).state.events().back().cause.find("worker a") != std::string::npos);
   CHECK(h.Count(MessageType::kStopTrainers, "worker:a") == 1);
-  h.clock.AdvanceMs(1000);  // restart_backoff_ms
+  h.Advance(1000);  // restart_backoff_ms
   h.c().Tick();
   const Sent start = h.Last("worker:b", MessageType::kStartTrainers);
   CHECK(start.e.type == MessageType::kStartTrainers);
@@ -206,6 +213,39 @@ TEST_CASE("a silent daemon fails its job; the restart goes to a live one with a 
   const Sent stop = h.Last("worker:a", MessageType::kStopTrainers);
   CHECK(stop.e.type == MessageType::kStopTrainers);
   CHECK(stop.e.body["below_generation"] == 2);
+}
+
+TEST_CASE("the wall clock stepped an hour either way declares no daemon or job dead") {
+  Harness h("ntp");
+  h.Beat("a", 2);
+  const std::string id = h.Submit("small")["job_id"];
+  h.Rendezvous(id, 1, 0);
+  h.Rendezvous(id, 1, 1);
+  REQUIRE(h.Job(id).state.phase() == JobPhase::kRunning);
+  auto report = [&](int64_t step) {
+    for (int rank = 0; rank < 2; ++rank)
+      h.c().Handle(Harness::Trainer(id, 1, rank),
+                   {MessageType::kStepReport, 1, id, "t", {{"rank", rank}, {"step", step}}});
+  };
+  int64_t step = 1;
+  for (int64_t jump : {int64_t(3'600'000), int64_t(-7'200'000), int64_t(3'600'000)}) {
+    h.clock.AdvanceMs(jump);        // NTP steps the wall clock; the monotonic timer does not move
+    for (int i = 0; i < 10; ++i) {  // heartbeats and steps at their normal pace
+      h.Advance(500);
+      h.Beat("a", 2);
+      report(step++);
+      h.c().Tick();
+    }
+    CHECK(h.Job(id).state.phase() == JobPhase::kRunning);
+    CHECK(h.Job(id).state.generation() == 1);
+    CHECK(h.c().workers().Find("a")->alive);
+  }
+  // The timer still decides: silence on it for the heartbeat timeout is a dead daemon.
+  for (int i = 0; i < 6; ++i) {
+    h.timer.AdvanceMs(1000);
+    h.c().Tick();
+  }
+  CHECK(h.Job(id).state.phase() == JobPhase::kRecovering);
 }
 
 TEST_CASE("an exit the policy cannot retry fails the job at once") {
@@ -369,7 +409,7 @@ TEST_CASE("a checkpoint step commits only when every shard is in; restarts resto
   h.Beat("a", 2);
   auto Wait = [&](int64_t ms) {  // time passes; the daemon keeps beating
     for (int64_t t = 0; t < ms; t += 500) {
-      h.clock.AdvanceMs(500);
+      h.Advance(500);
       h.Beat("a", 2);
       h.c().Tick();
     }
@@ -525,11 +565,11 @@ TEST_CASE("step reports: every rank's time split, the newest held-out loss, work
   };
   CHECK(worker()["health"] == "ok");
   CHECK(worker()["trainers"] == 2);
-  h.clock.AdvanceMs(2500);  // half the 5 s timeout: still ok
+  h.Advance(2500);  // half the 5 s timeout: still ok
   CHECK(worker()["health"] == "ok");
-  h.clock.AdvanceMs(100);
+  h.Advance(100);
   CHECK(worker()["health"] == "late");
-  h.clock.AdvanceMs(3000);
+  h.Advance(3000);
   h.c().Tick();
   CHECK(worker()["health"] == "dead");
   CHECK(worker()["trainer_failures"] == 0);

@@ -2,13 +2,12 @@
 // the coordinator exposes, and the terminal view of `moerun status`.
 #include <doctest/doctest.h>
 
-#include <chrono>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
-#include <thread>
 
+#include "common/clock.h"
 #include "coordinator/cli/status_format.h"
 #include "coordinator/http/http_api.h"
 #include "worker/comm/timed_communicator.h"
@@ -22,10 +21,11 @@ using nlohmann::json;
 
 namespace {
 
-// Every call takes `ms` milliseconds; Split hands out another such communicator.
+// Every call takes `ms` milliseconds of `clock`, stepped by hand; Split hands out another
+// such communicator.
 class SlowCommunicator : public Communicator {
  public:
-  explicit SlowCommunicator(int ms) : ms_(ms) {}
+  SlowCommunicator(int ms, moerun::FakeClock* clock) : ms_(ms), clock_(clock) {}
   int rank() const override { return 0; }
   int size() const override { return 2; }
   Status Send(int, uint32_t, const void*, size_t) override { return Wait(); }
@@ -40,23 +40,25 @@ class SlowCommunicator : public Communicator {
   Status Barrier() override { return Wait(); }
   Result<std::unique_ptr<Communicator>> Split(const std::vector<int>&,
                                               const std::string&) override {
-    return std::unique_ptr<Communicator>(std::make_unique<SlowCommunicator>(ms_));
+    return std::unique_ptr<Communicator>(std::make_unique<SlowCommunicator>(ms_, clock_));
   }
   void Abort(const std::string&) override {}
 
  private:
   Status Wait() {
-    std::this_thread::sleep_for(std::chrono::milliseconds(ms_));
+    clock_->AdvanceMs(ms_);
     return Status::OK();
   }
   int ms_;
+  moerun::FakeClock* clock_;
 };
 
 }  // namespace
 
 TEST_CASE("a timed communicator puts point-to-point calls in the bubble, collectives in the wait") {
   auto wait = std::make_shared<DataPlaneWait>();
-  TimedCommunicator world(std::make_unique<SlowCommunicator>(20), wait);
+  moerun::FakeClock clock;
+  TimedCommunicator world(std::make_unique<SlowCommunicator>(20, &clock), wait, &clock);
   auto group = world.Split({0, 1}, "g");
   REQUIRE(group.ok());
   float f = 0;
@@ -67,10 +69,9 @@ TEST_CASE("a timed communicator puts point-to-point calls in the bubble, collect
   REQUIRE(group.value()->AllReduceSum(&d, 1).ok());        // a split group adds to the same wait
   REQUIRE(group.value()->AllToAllV(&f, {0, 4}, &f, {0, 4}).ok());
   REQUIRE(world.Barrier().ok());
-  // Sleeps last at least as long as asked; the upper bound is loose for loaded machines.
-  CHECK(wait->pipeline_s >= 0.080);  // Recv, Send and SendRecv: 80 ms
-  CHECK(wait->collective_s >= 0.060);
-  CHECK(wait->pipeline_s < wait->collective_s + 1.0);
+  // Exactly the fake clock's time: Recv, Send and SendRecv 80 ms; three collectives 60 ms.
+  CHECK(wait->pipeline_s == doctest::Approx(0.080));
+  CHECK(wait->collective_s == doctest::Approx(0.060));
   CHECK(world.size() == 2);
 }
 

@@ -7,14 +7,15 @@
 //   every collective           -> wait.collective_s: token all-to-all in MoE layers,
 //                                 gradient, count and norm all-reduces, barriers.
 // Communicators made by Split() add to the same DataPlaneWait, so one object sums a rank's
-// waits over all its groups. Times are wall-clock seconds (steady clock). Like every
-// Communicator, calls come from one thread at a time; the counters are not atomic.
+// waits over all its groups. Times are seconds of `clock` (monotonic; a FakeClock in tests).
+// Like every Communicator, calls come from one thread at a time; the counters are not atomic.
 #pragma once
 
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "common/clock.h"
 #include "worker/comm/communicator.h"
 
 namespace moerun::comm {
@@ -26,7 +27,9 @@ struct DataPlaneWait {
 
 class TimedCommunicator : public Communicator {
  public:
-  TimedCommunicator(std::unique_ptr<Communicator> inner, std::shared_ptr<DataPlaneWait> wait);
+  // `clock` outlives the communicator and those Split makes.
+  TimedCommunicator(std::unique_ptr<Communicator> inner, std::shared_ptr<DataPlaneWait> wait,
+                    const Clock* clock = SystemClock::Default());
 
   int rank() const override { return inner_->rank(); }
   int size() const override { return inner_->size(); }
@@ -47,6 +50,7 @@ class TimedCommunicator : public Communicator {
  private:
   std::unique_ptr<Communicator> inner_;
   std::shared_ptr<DataPlaneWait> wait_;
+  const Clock* clock_;
 };
 
 }  // namespace moerun::comm
