@@ -2,7 +2,7 @@
 
 #include <fstream>
 
-#include "common/control_timeouts.h"
+#include "common/timeouts.h"
 
 namespace moerun {
 
@@ -31,7 +31,7 @@ Result<std::unique_ptr<zmq::socket_t>> ConnectDealer(zmq::context_t& ctx, const 
     s->set(zmq::sockopt::curve_serverkey, keys.coordinator_public);
     s->set(zmq::sockopt::curve_publickey, keys.client.public_key);
     s->set(zmq::sockopt::curve_secretkey, keys.client.secret_key);
-    s->set(zmq::sockopt::linger, 1000);
+    s->set(zmq::sockopt::linger, kControlLingerMs);
     s->set(zmq::sockopt::reconnect_ivl, kControlReconnectMs);
     s->set(zmq::sockopt::reconnect_ivl_max, kControlReconnectMaxMs);
     s->set(zmq::sockopt::sndhwm, kControlSendQueueMessages);

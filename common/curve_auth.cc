@@ -7,6 +7,8 @@
 #include <sstream>
 #include <vector>
 
+#include "common/timeouts.h"
+
 namespace moerun {
 namespace {
 

@@ -35,8 +35,6 @@ Result<CurveKeyPair> LoadCurveKeyPair(const std::string& dir, const std::string&
 // Keys that are not 40-character Z85 strings are refused with their line number.
 Result<std::set<std::string>> LoadAuthorizedKeys(const std::string& path);
 
-inline constexpr int kZapPollMs = 50;  // how soon the handler notices it should stop
-
 // The ZAP handler (ZeroMQ RFC 27) of `ctx`: one thread answering libzmq's authentication
 // requests. Create it before binding CURVE server sockets in the same context.
 class ZapAuthenticator {

@@ -25,4 +25,16 @@ inline constexpr int kMaxMessageJsonDepth = 32;
 // coordinator restart wait out TCP SYN retries: seconds, then tens of seconds.
 inline constexpr int kControlListenBacklog = 4096;
 
+// A log chunk the CLI fetches from a daemon (moerun logs), per request.
+inline constexpr std::size_t kLogChunkBytes = 256 << 10;
+// Step reports (or expert-load points) one Query returns at most.
+inline constexpr std::size_t kMaxMetricsPerQuery = 10000;
+// The ZeroMQ data plane's messages: payload bytes per chunk, and the kernel socket buffers.
+inline constexpr std::size_t kDataPlaneChunkBytes = std::size_t(1) << 20;
+inline constexpr int kDataPlaneSocketBufferBytes = 4 << 20;  // SO_SNDBUF / SO_RCVBUF
+// cuBLASLt's workspace for the fp8 GEMMs (its suggestion for Hopper).
+inline constexpr std::size_t kCublasLtWorkspaceBytes = std::size_t(32) << 20;
+// Held-out windows per evaluation during training (the first ones, the same every time).
+inline constexpr int64_t kEvalMaxWindows = 32;
+
 }  // namespace moerun

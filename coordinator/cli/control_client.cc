@@ -7,6 +7,8 @@
 #include <cstring>
 #include <random>
 
+#include "common/timeouts.h"
+
 namespace moerun::cli {
 
 std::string DefaultKeysDir() {
@@ -68,7 +70,7 @@ Result<nlohmann::json> ControlClient::Request(MessageType type, const std::strin
     while (Clock::now() < deadline) {
       zmq::pollitem_t items[] = {{dealer_->handle(), 0, ZMQ_POLLIN, 0},
                                  {monitor_->handle(), 0, ZMQ_POLLIN, 0}};
-      zmq::poll(items, 2, std::chrono::milliseconds(100));
+      zmq::poll(items, 2, std::chrono::milliseconds(kCliPollSliceMs));
       if (items[1].revents & ZMQ_POLLIN) {
         zmq::message_t event, endpoint;
         (void)monitor_->recv(event);

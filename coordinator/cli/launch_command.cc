@@ -17,6 +17,7 @@
 #include "common/exit_codes.h"
 #include "common/spec_loader.h"
 #include "common/subprocess.h"
+#include "common/timeouts.h"
 #include "coordinator/cli/commands.h"
 #include "worker/trainer/trainer_support.h"
 
@@ -51,7 +52,7 @@ struct LaunchArgs {
   int nproc = 0;
   int64_t steps = 0;
   bool resume = false, no_progress = false;
-  int64_t timeout_ms = 30000;
+  int64_t timeout_ms = kDataPlaneTimeoutMs;
 };
 
 int RunLaunch(const LaunchArgs& a) {

@@ -22,12 +22,12 @@
 
 #include "common/clock.h"
 #include "common/control_socket.h"
-#include "common/control_timeouts.h"
 #include "common/curve_auth.h"
 #include "common/duration_text.h"
 #include "common/exit_codes.h"
 #include "common/spec_loader.h"
 #include "common/subprocess.h"
+#include "common/timeouts.h"
 #include "coordinator/cli/commands.h"
 #include "coordinator/cli/control_client.h"
 #include "coordinator/cli/status_format.h"
@@ -38,13 +38,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using SteadyClock = std::chrono::steady_clock;
-
-constexpr int64_t kCoordinatorStartTimeoutMs = 10000;
-constexpr int64_t kLocalPollMs = 500;
-constexpr int64_t kChildStopTimeoutMs = 15000;
-// Without an answer from the (possibly relaunched) coordinator for this long, stop waiting.
-constexpr int64_t kLocalGiveUpMs = 60000;
-constexpr int64_t kLocalPollTimeoutMs = 1000;
 
 std::atomic<bool> g_interrupted{false};
 void OnInterrupt(int) { g_interrupted.store(true); }
@@ -107,7 +100,7 @@ void Stop(pid_t pid) {
       waitpid(pid, &status, 0);
       return;
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::this_thread::sleep_for(std::chrono::milliseconds(kChildPollMs));
   }
 }
 
@@ -193,7 +186,7 @@ int RunLocal(const LocalArgs& a) {
       Stop(coord.pid);
       return kExitFailure;
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::this_thread::sleep_for(std::chrono::milliseconds(kChildPollMs));
   }
   coord.args[4] = endpoint;  // a relaunched coordinator listens where the daemons look
   // fault_tolerance.spares extra daemons: free slots a failed rank can move to.

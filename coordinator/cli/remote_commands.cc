@@ -17,9 +17,9 @@
 #include <thread>
 
 #include "common/clock.h"
-#include "common/control_timeouts.h"
 #include "common/exit_codes.h"
 #include "common/spec_loader.h"
+#include "common/timeouts.h"
 #include "coordinator/cli/commands.h"
 #include "coordinator/cli/control_client.h"
 #include "coordinator/cli/status_format.h"
@@ -107,7 +107,7 @@ int RunStatus(const Remote& r, const std::string& job, bool json, bool watch) {
       if (!watch || (code != Status::Code::kTimedOut && code != Status::Code::kUnavailable))
         return kExitFailure;
       std::fprintf(stderr, "moerun: retrying every second (Ctrl-C to stop)\n");
-      std::this_thread::sleep_for(std::chrono::seconds(1));
+      std::this_thread::sleep_for(std::chrono::milliseconds(kStatusWatchIntervalMs));
       continue;
     }
     const bool tty = isatty(STDOUT_FILENO);
@@ -120,7 +120,7 @@ int RunStatus(const Remote& r, const std::string& job, bool json, bool watch) {
     std::fputs(text.c_str(), stdout);
     std::fflush(stdout);
     if (!watch) return kExitOk;
-    std::this_thread::sleep_for(std::chrono::seconds(1));
+    std::this_thread::sleep_for(std::chrono::milliseconds(kStatusWatchIntervalMs));
   }
 }
 
@@ -153,7 +153,7 @@ int RunLogs(const Remote& r, const std::string& job, int rank, bool follow) {
     }
     const std::string phase = state->value("phase", "");
     if (phase == "SUCCEEDED" || phase == "FAILED" || phase == "CANCELLED") return kExitOk;
-    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    std::this_thread::sleep_for(std::chrono::milliseconds(kLogFollowIntervalMs));
   }
 }
 

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <sstream>
 
+#include "common/timeouts.h"
 #include "coordinator/dashboard/dashboard_assets.h"
 
 namespace moerun::coordinator {

@@ -37,8 +37,6 @@ class Server;
 
 namespace moerun::coordinator {
 
-inline constexpr int64_t kHttpRequestTimeoutMs = 5000;  // waiting for the loop's answer
-
 class HttpApi {
  public:
   // Binds host:port (port 0: any free port) and serves on its own thread.

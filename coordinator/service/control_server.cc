@@ -4,8 +4,8 @@
 
 #include <chrono>
 
-#include "common/control_timeouts.h"
 #include "common/limits.h"
+#include "common/timeouts.h"
 #include "coordinator/service/coordinator.h"
 
 namespace moerun::coordinator {
@@ -13,8 +13,6 @@ namespace {
 
 // Log the first refusals and then one in a thousand: a flood must not fill the disk.
 constexpr int kMaxMessagesPerDrain = 1000;
-// The loop's longest sleep: also how long an HTTP request may wait to be picked up.
-constexpr int kControlPollMs = 10;
 
 bool ShouldLog(uint64_t n) { return n <= 10 || n % 1000 == 0; }
 

@@ -5,16 +5,14 @@
 #include <algorithm>
 #include <set>
 
-#include "common/control_timeouts.h"
 #include "common/limits.h"
 #include "common/placement.h"
 #include "common/spec_loader.h"
+#include "common/timeouts.h"
 #include "coordinator/service/coordinator.h"
 
 namespace moerun::coordinator {
 namespace {
-
-constexpr size_t kMaxMetricsPerQuery = 10000;
 
 nlohmann::json EventJson(const JobEvent& ev) {
   return {{"time_ms", ev.time_ms}, {"from", ToString(ev.from)},

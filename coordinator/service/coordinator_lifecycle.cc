@@ -5,9 +5,9 @@
 #include <algorithm>
 #include <set>
 
-#include "common/control_timeouts.h"
 #include "common/exit_codes.h"
 #include "common/spec_loader.h"
+#include "common/timeouts.h"
 #include "coordinator/scheduler/rank_placer.h"
 #include "coordinator/service/coordinator.h"
 #include "coordinator/service/coordinator_internal.h"

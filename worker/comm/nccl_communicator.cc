@@ -44,7 +44,7 @@ NcclCommunicator::~NcclCommunicator() {
       ncclCommFinalize(state_->comm);
       ncclResult_t r = ncclInProgress;
       while (ncclCommGetAsyncError(state_->comm, &r) == ncclSuccess && r == ncclInProgress) {
-        std::this_thread::sleep_for(std::chrono::microseconds(kNcclPollMicros));
+        std::this_thread::sleep_for(std::chrono::microseconds(kNcclPollUs));
       }
       ncclCommDestroy(state_->comm);
     }
@@ -121,7 +121,7 @@ Status NcclCommunicator::Wait(const char* what) {
       state_->comm = nullptr;
       return failure;
     }
-    std::this_thread::sleep_for(std::chrono::microseconds(kNcclPollMicros));
+    std::this_thread::sleep_for(std::chrono::microseconds(kNcclPollUs));
   }
 }
 

@@ -1,7 +1,7 @@
 // NcclCommunicator: the GPU data plane (Communicator over NCCL). Every data pointer given to
 // it is device memory on this rank's GPU. Each call enqueues NCCL work on the
 // communicator's own stream and waits for it by polling (cudaStreamQuery and
-// ncclCommGetAsyncError, every kNcclPollMicros): a call that does not finish within the
+// ncclCommGetAsyncError, every kNcclPollUs): a call that does not finish within the
 // timeout, an asynchronous NCCL error, or Abort() from another thread aborts the NCCL
 // communicator (ncclCommAbort) and returns an error, so a dead peer never hangs a rank.
 // The communicator is created non-blocking (config.blocking = 0) so init and abort obey the
@@ -21,11 +21,10 @@
 #include <string>
 #include <vector>
 
+#include "common/timeouts.h"
 #include "worker/comm/communicator.h"
 
 namespace moerun::comm {
-
-inline constexpr int kNcclPollMicros = 50;
 
 class NcclCommunicator : public Communicator {
  public:

@@ -13,23 +13,22 @@
 #include <string>
 #include <vector>
 
+#include "common/timeouts.h"
 #include "worker/comm/communicator.h"
 #include "worker/comm/zmq_transport.h"
 
 namespace moerun::comm {
 
-inline constexpr int64_t kDefaultDataPlaneTimeoutMs = 30000;
-
 class ZmqCommunicator : public Communicator {
  public:
   // The world communicator of this process.
-  static Result<std::unique_ptr<ZmqCommunicator>> Create(
-      int rank, std::vector<std::string> endpoints,
-      int64_t timeout_ms = kDefaultDataPlaneTimeoutMs);
+  static Result<std::unique_ptr<ZmqCommunicator>> Create(int rank,
+                                                         std::vector<std::string> endpoints,
+                                                         int64_t timeout_ms = kDataPlaneTimeoutMs);
 
   // The world communicator over a transport that is already bound (and has its peers' table).
   static std::unique_ptr<ZmqCommunicator> Create(std::shared_ptr<ZmqTransport> transport,
-                                                 int64_t timeout_ms = kDefaultDataPlaneTimeoutMs);
+                                                 int64_t timeout_ms = kDataPlaneTimeoutMs);
 
   int rank() const override { return me_; }
   int size() const override { return int(members_.size()); }

@@ -28,7 +28,7 @@ ZmqTransport::ZmqTransport(int rank, std::vector<std::string> endpoints)
 
 ZmqTransport::~ZmqTransport() {
   // Flush what is queued for live peers, bounded so a dead peer cannot keep us alive.
-  const int linger = aborted_.load() || timed_out_ ? 0 : kCloseLingerMs;
+  const int linger = aborted_.load() || timed_out_ ? 0 : kDataPlaneCloseLingerMs;
   for (auto& s : push_) {
     if (!s) continue;
     s->set(zmq::sockopt::linger, linger);
@@ -57,7 +57,7 @@ Result<std::shared_ptr<ZmqTransport>> ZmqTransport::Create(int rank,
   std::shared_ptr<ZmqTransport> t(new ZmqTransport(rank, std::move(endpoints)));
   try {
     t->pull_.set(zmq::sockopt::rcvhwm, 0);
-    t->pull_.set(zmq::sockopt::rcvbuf, kSocketBufferBytes);
+    t->pull_.set(zmq::sockopt::rcvbuf, kDataPlaneSocketBufferBytes);
     t->pull_.set(zmq::sockopt::linger, 0);
     t->pull_.bind(t->endpoints_[size_t(rank)]);
     t->endpoints_[size_t(rank)] = t->pull_.get(zmq::sockopt::last_endpoint);
@@ -74,7 +74,7 @@ zmq::socket_t& ZmqTransport::PeerSocket(int dest) {
     s = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::push);
     s->set(zmq::sockopt::sndhwm, 0);
     s->set(zmq::sockopt::sndbuf,
-           kSocketBufferBytes);  // never block a send: the receiver's timeout decides
+           kDataPlaneSocketBufferBytes);  // never block a send: the receiver's timeout decides
     s->connect(endpoints_[size_t(dest)]);
   }
   return *s;
@@ -108,7 +108,7 @@ Status ZmqTransport::Send(uint32_t group, int dest, uint64_t tag, const void* da
     zmq::socket_t& s = PeerSocket(dest);
     size_t off = 0;
     do {  // at least one chunk, so empty messages travel too
-      const size_t n = std::min(kChunkBytes, bytes - off);
+      const size_t n = std::min(kDataPlaneChunkBytes, bytes - off);
       WireHeader h{kWireVersion, 0, group, rank_, 0, tag, bytes, off};
       s.send(zmq::buffer(&h, sizeof h), zmq::send_flags::sndmore);
       s.send(zmq::message_t(p + off, n), zmq::send_flags::none);
@@ -177,7 +177,7 @@ Status ZmqTransport::Recv(uint32_t group, int src, uint64_t tag, void* data, siz
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now).count();
     try {
       // A blocking receive bounded by the slice: cheaper than poll + receive per chunk.
-      pull_.set(zmq::sockopt::rcvtimeo, int(std::min<long>(kPollSliceMs, long(left) + 1)));
+      pull_.set(zmq::sockopt::rcvtimeo, int(std::min<long>(kDataPlanePollSliceMs, long(left) + 1)));
       zmq::message_t head, body;
       if (!pull_.recv(head)) continue;  // the slice ended without a message
       if (!head.more()) {

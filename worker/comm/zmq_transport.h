@@ -8,7 +8,7 @@
 //
 // Receiving pulls frames from the socket until the wanted (group, source, tag) arrives,
 // parking others in a mailbox, so collectives of different groups may interleave. Waiting
-// is sliced (kPollSliceMs) so Abort() from another thread takes effect promptly.
+// is sliced (kDataPlanePollSliceMs) so Abort() from another thread takes effect promptly.
 // Not thread-safe except Abort().
 #pragma once
 
@@ -24,18 +24,13 @@
 #include <vector>
 #include <zmq.hpp>
 
+#include "common/limits.h"
 #include "common/status.h"
+#include "common/timeouts.h"
 
 namespace moerun::comm {
 
-inline constexpr int kPollSliceMs = 20;  // longest delay before Abort() is noticed
-// On a normal close, queued sends get this long to leave (the last collective's messages
-// must reach peers even when this process exits right after). After Abort() or a timeout
-// (a peer is gone): none.
-inline constexpr int kCloseLingerMs = 10000;
 inline constexpr uint16_t kWireVersion = 1;
-inline constexpr size_t kChunkBytes = size_t(1) << 20;  // payload bytes per chunk
-inline constexpr int kSocketBufferBytes = 4 << 20;      // SO_SNDBUF / SO_RCVBUF
 
 class ZmqTransport {
  public:

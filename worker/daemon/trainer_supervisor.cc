@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "common/subprocess.h"
+#include "common/timeouts.h"
 
 namespace moerun::worker {
 
@@ -23,7 +24,7 @@ TrainerSupervisor::TrainerSupervisor(std::function<void(const TrainerExit&)> on_
     : on_exit_(std::move(on_exit)) {}
 
 TrainerSupervisor::~TrainerSupervisor() {
-  StopWhere([](const TrainerLaunch&) { return true; }, 1000);
+  StopWhere([](const TrainerLaunch&) { return true; }, kShutdownGraceMs);
 }
 
 Result<pid_t> TrainerSupervisor::Start(const TrainerLaunch& launch) {
@@ -99,10 +100,10 @@ void TrainerSupervisor::StopWhere(const std::function<bool(const TrainerLaunch&)
     return false;
   };
   while (alive() && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    std::this_thread::sleep_for(std::chrono::milliseconds(kChildPollMs));
   }
   for (pid_t p : targets) kill(-p, SIGKILL);  // harmless for the ones already gone
-  while (alive()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  while (alive()) std::this_thread::sleep_for(std::chrono::milliseconds(kChildPollMs));
 }
 
 void TrainerSupervisor::StopJob(const std::string& job_id, int64_t grace_ms) {

@@ -20,10 +20,9 @@
 #include <vector>
 
 #include "common/status.h"
+#include "common/timeouts.h"
 
 namespace moerun::worker {
-
-inline constexpr int64_t kTrainerStopGraceMs = 5000;  // SIGTERM -> SIGKILL
 
 struct TrainerExit {
   std::string job_id;

@@ -8,8 +8,9 @@
 #include <filesystem>
 #include <fstream>
 
-#include "common/control_timeouts.h"
 #include "common/exit_codes.h"
+#include "common/limits.h"
+#include "common/timeouts.h"
 
 namespace moerun::worker {
 namespace {
@@ -78,7 +79,7 @@ WorkerDaemon::~WorkerDaemon() {
   // destroyed before it.
   std::set<std::string> jobs;
   for (const auto& [key, t] : trainers_) jobs.insert(std::get<0>(key));
-  for (const auto& j : jobs) supervisor_.StopJob(j, 1000);
+  for (const auto& j : jobs) supervisor_.StopJob(j, kShutdownGraceMs);
 }
 
 Result<std::unique_ptr<WorkerDaemon>> WorkerDaemon::Create(DaemonOptions opts) {

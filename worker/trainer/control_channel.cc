@@ -3,7 +3,7 @@
 #include <chrono>
 
 #include "common/control_socket.h"
-#include "common/control_timeouts.h"
+#include "common/timeouts.h"
 
 namespace moerun::trainer {
 

@@ -25,6 +25,7 @@
 
 #include "common/job_spec.h"
 #include "common/status.h"
+#include "common/timeouts.h"
 #include "worker/comm/timed_communicator.h"
 #include "worker/model/parameters.h"
 #include "worker/trainer/stage_backend.h"
@@ -40,7 +41,7 @@ Status CheckGpuTraining(const JobSpec& spec);
 
 struct GpuStepOptions {
   int device = -1;  // CUDA device of this rank; -1: rank mod the visible devices
-  int64_t data_plane_timeout_ms = 30000;
+  int64_t data_plane_timeout_ms = kDataPlaneTimeoutMs;
   // Where NCCL's time is added (the trainer's data-plane wait); may be null.
   std::shared_ptr<comm::DataPlaneWait> wait;
 };

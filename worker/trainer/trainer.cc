@@ -15,8 +15,9 @@
 #include <numbers>
 #include <optional>
 
-#include "common/control_timeouts.h"
 #include "common/exit_codes.h"
+#include "common/limits.h"
+#include "common/timeouts.h"
 #include "kernels/cpu/gemm.h"
 #include "worker/checkpoint/checkpoint_reader.h"
 #include "worker/checkpoint/checkpoint_writer.h"
@@ -39,8 +40,6 @@ namespace {
 namespace fs = std::filesystem;
 namespace cpu = kernels::cpu;
 using Clock = std::chrono::steady_clock;
-
-constexpr int64_t kEvalMaxWindows = 32;  // held-out windows per evaluation during training
 
 std::atomic<bool> g_stop{false};
 void OnStopSignal(int) { g_stop.store(true); }

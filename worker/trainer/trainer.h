@@ -16,6 +16,7 @@
 #include "common/exit_codes.h"
 #include "common/job_spec.h"
 #include "common/status.h"
+#include "common/timeouts.h"
 #include "worker/trainer/control_channel.h"
 
 namespace moerun::trainer {
@@ -30,7 +31,7 @@ struct TrainOptions {
   int rank = 0;
   int world = 1;
   std::vector<std::string> endpoints;
-  int64_t data_plane_timeout_ms = 30000;
+  int64_t data_plane_timeout_ms = kDataPlaneTimeoutMs;
   // Started by a worker daemon: the rendezvous and per-step reports go through the
   // coordinator, and the data plane binds a free port on data_host. Not owned.
   ControlChannel* control = nullptr;

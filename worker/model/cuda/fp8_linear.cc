@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <string>
 
+#include "common/limits.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/fp8_quantize.cuh"
 
@@ -10,8 +11,6 @@ namespace moerun::model::cuda {
 namespace {
 
 namespace kc = moerun::kernels::cuda;
-
-constexpr size_t kWorkspaceBytes = size_t(32) << 20;  // cuBLASLt's suggestion for Hopper
 
 // kernels/cuda/cuda_status.h decides each error's code.
 Status Cuda(cudaError_t e, const std::string& what) {
@@ -52,7 +51,7 @@ Result<std::unique_ptr<Fp8Linear>> Fp8Linear::Create(int64_t max_rows, int64_t m
   const int64_t elems = f->max_rows_ * max_features;
   const int64_t tiles = kc::Tiles1x128ScaleCount(f->max_rows_, max_features);
   const int64_t bands = kc::Tiles128x1ScaleCount(f->max_rows_, max_features);
-  f->workspace_ = f->Alloc<char>(static_cast<int64_t>(kWorkspaceBytes));
+  f->workspace_ = f->Alloc<char>(static_cast<int64_t>(kCublasLtWorkspaceBytes));
   f->a_ = f->Alloc<__nv_fp8_e4m3>(elems);
   f->ta_ = f->Alloc<__nv_fp8_e4m3>(elems);
   f->tb_ = f->Alloc<__nv_fp8_e4m3>(elems);
@@ -64,7 +63,7 @@ Result<std::unique_ptr<Fp8Linear>> Fp8Linear::Create(int64_t max_rows, int64_t m
                             std::to_string(f->max_rows_) + " x " + std::to_string(max_features) +
                             " operands");
   }
-  f->gemm_ = std::make_unique<kc::Fp8Gemm>(f->lt_, f->workspace_, kWorkspaceBytes);
+  f->gemm_ = std::make_unique<kc::Fp8Gemm>(f->lt_, f->workspace_, kCublasLtWorkspaceBytes);
   return Result<std::unique_ptr<Fp8Linear>>(std::move(f));
 }
 

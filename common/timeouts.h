@@ -1,0 +1,96 @@
+// Every timeout, interval and grace period of moerun in one place, each with its unit in its
+// name: the control plane (docs/architecture.md §6), the data plane (§5), process supervision
+// and the CLI. Heartbeat and progress timeouts of a job come from its spec (fault_tolerance.*);
+// these are the system's own. Sizes and counts are in common/limits.h.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace moerun {
+
+// DEALER sockets reconnect to a coordinator that went away: first after this long, then
+// doubling up to the maximum (libzmq's own backoff).
+inline constexpr int kControlReconnectMs = 100;
+inline constexpr int kControlReconnectMaxMs = 500;
+// Messages a DEALER queues while its coordinator is unreachable; beyond that they are dropped
+// (heartbeats and step reports are superseded by the next one anyway).
+inline constexpr int kControlSendQueueMessages = 1000;
+// How often the coordinator's loop runs its timers (dead daemons, watchdog, backoff, queue).
+inline constexpr int kCoordinatorTickMs = 50;
+// A CLI request (submit, status, cancel, ...) gives up after this long without an answer.
+inline constexpr int64_t kCliRequestTimeoutMs = 10000;
+// A trainer asks for its generation's rendezvous table every kRendezvousRetryMs until it has
+// it, and gives up (exit code 1) after kRendezvousTimeoutMs.
+inline constexpr int64_t kRendezvousRetryMs = 1000;
+inline constexpr int64_t kRendezvousResendMs = 10;  // the ask could not leave yet
+inline constexpr int64_t kRendezvousTimeoutMs = 120000;
+// STARTING must reach RUNNING (every rank at the rendezvous) within this long, or the start
+// counts as a failure of the generation.
+inline constexpr int64_t kJobStartTimeoutMs = 180000;
+// The coordinator repeats StartTrainers to a daemon whose heartbeats do not show the ranks
+// after this long (the first message may have been lost with a coordinator restart).
+inline constexpr int64_t kStartTrainersResendMs = 5000;
+// A log request forwarded to a daemon is answered with an error after this long.
+inline constexpr int64_t kForwardedRequestTimeoutMs = 5000;
+// Log bytes per `moerun logs` answer.
+// Stopping trainers: a cancelled job's trainers get kCancelGraceMs after SIGTERM to finish
+// their step and write a checkpoint before SIGKILL; a failed generation's get none (its
+// collectives are broken, waiting only delays the restart).
+inline constexpr int64_t kCancelGraceMs = 5000;
+inline constexpr int64_t kFenceGraceMs = 0;
+// The daemon's wait for a message before it polls its trainers.
+inline constexpr int kDaemonTickMs = 50;
+// A daemon is shown "late" once silent for max(kLateHeartbeatIntervals x its heartbeat
+// interval, half its heartbeat timeout); "dead" at the timeout itself.
+inline constexpr int64_t kLateHeartbeatIntervals = 2;
+// A control socket's unsent messages get this long when it closes.
+inline constexpr int kControlLingerMs = 1000;
+// The coordinator loop's longest sleep: also how long an HTTP request may wait to be picked up.
+inline constexpr int kControlPollMs = 10;
+// An HTTP API request waiting for the coordinator loop's answer.
+inline constexpr int64_t kHttpRequestTimeoutMs = 5000;
+// How soon the CURVE (ZAP) handler notices it should stop.
+inline constexpr int kZapPollMs = 50;
+
+// ---- process supervision -------------------------------------------------------------------
+// A trainer asked to stop gets this long after SIGTERM before SIGKILL (at most; a fence gives
+// kFenceGraceMs).
+inline constexpr int64_t kTrainerStopGraceMs = 5000;
+// A daemon shutting down, or dropping a job it no longer runs, gives its trainers this long.
+inline constexpr int64_t kShutdownGraceMs = 1000;
+// `moerun local`: the coordinator must write its endpoint within the first; a child asked to
+// stop gets the second; the state is polled every kLocalPollMs (each poll waiting up to
+// kLocalPollTimeoutMs for an answer), and the run is given up after kLocalGiveUpMs without
+// one from a (possibly relaunched) coordinator.
+inline constexpr int64_t kCoordinatorStartTimeoutMs = 10000;
+inline constexpr int64_t kChildStopTimeoutMs = 15000;
+inline constexpr int64_t kLocalPollMs = 500;
+inline constexpr int64_t kLocalPollTimeoutMs = 1000;
+inline constexpr int64_t kLocalGiveUpMs = 60000;
+
+// A parent waiting for a child process to start or stop checks this often.
+inline constexpr int64_t kChildPollMs = 10;
+
+// ---- the CLI ---------------------------------------------------------------------------------
+// A request's wait on the coordinator is sliced this finely (to notice a refused CURVE key).
+inline constexpr int64_t kCliPollSliceMs = 100;
+// `moerun status --watch` redraws (or, with the coordinator away, retries) this often;
+// `moerun logs --follow` asks for more this often.
+inline constexpr int64_t kStatusWatchIntervalMs = 1000;
+inline constexpr int64_t kLogFollowIntervalMs = 500;
+
+// ---- data plane ----------------------------------------------------------------------------
+// A collective or point-to-point call without progress for this long fails with TimedOut
+// naming the peer (the default of --data-plane-timeout-ms).
+inline constexpr int64_t kDataPlaneTimeoutMs = 30000;
+// NCCL calls are asynchronous: their completion (and any async error) is checked this often.
+inline constexpr int kNcclPollUs = 50;
+// The ZeroMQ data plane's longest wait before Abort() is noticed.
+inline constexpr int kDataPlanePollSliceMs = 20;
+// On a normal close, queued sends get this long to leave (the last collective's messages must
+// reach peers even when this process exits right after). After Abort() or a timeout (a peer is
+// gone): none.
+inline constexpr int kDataPlaneCloseLingerMs = 10000;
+
+}  // namespace moerun
