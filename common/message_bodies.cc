@@ -283,4 +283,68 @@ Result<QueryBody> QueryBody::FromJson(const nlohmann::json& body) {
   return b;
 }
 
+Result<DaemonReplyBody> DaemonReplyBody::FromJson(const nlohmann::json& body,
+                                                  std::string_view message) {
+  BodyReader r(body, message);
+  DaemonReplyBody b;
+  b.heartbeat_interval_ms = r.Int("heartbeat_interval_ms", 0, 0, kInt64Max);
+  b.heartbeat_timeout_ms = r.Int("heartbeat_timeout_ms", 0, 0, kInt64Max);
+  const nlohmann::json& acked = r.Array("acked", false);
+  for (size_t i = 0; i < acked.size() && r.status().ok(); ++i) {
+    BodyReader a(acked[i], std::string(message) + ": acked[" + std::to_string(i) + "]");
+    TrainerAck ack;
+    ack.job = a.String("job");
+    ack.generation = a.Uint("generation");
+    ack.rank = int(a.Int("rank", -kIntMax, kIntMax));
+    if (!a.status().ok()) return a.status();
+    b.acked.push_back(std::move(ack));
+  }
+  if (!r.status().ok()) return r.status();
+  return b;
+}
+
+Result<StartTrainersBody> StartTrainersBody::FromJson(const nlohmann::json& body) {
+  BodyReader r(body, "StartTrainers");
+  StartTrainersBody b;
+  const nlohmann::json& ranks = r.Array("ranks", true);
+  for (size_t i = 0; i < ranks.size() && r.status().ok(); ++i) {
+    if (!ranks[i].is_number_integer() || ranks[i].get<int64_t>() < 0 ||
+        ranks[i].get<int64_t>() > kIntMax) {
+      r.Fail("ranks[" + std::to_string(i) + "]", "must be a rank (a non-negative integer)");
+      break;
+    }
+    b.ranks.push_back(ranks[i].get<int>());
+  }
+  b.spec_yaml = r.String("spec_yaml");
+  b.run_dir = r.String("run_dir");
+  b.world = r.Int("world", 1, kIntMax);
+  b.spec_dir = r.String("spec_dir", "");
+  b.resume = r.Bool("resume", false);
+  b.restore_step = r.Int("restore_step", -1, -1, kInt64Max);
+  b.data_plane_timeout_ms = r.Int("data_plane_timeout_ms", 0, 0, kInt64Max);
+  b.steps = r.Int("steps", 0, 0, kInt64Max);
+  if (!r.status().ok()) return r.status();
+  return b;
+}
+
+Result<StopTrainersBody> StopTrainersBody::FromJson(const nlohmann::json& body) {
+  BodyReader r(body, "StopTrainers");
+  StopTrainersBody b;
+  b.below_generation = r.Uint("below_generation");
+  b.grace_ms = r.Int("grace_ms", -1, -1, kInt64Max);
+  if (!r.status().ok()) return r.status();
+  return b;
+}
+
+Result<LogRequestBody> LogRequestBody::FromJson(const nlohmann::json& body) {
+  BodyReader r(body, "log request");
+  LogRequestBody b;
+  b.request_id = r.String("request_id");
+  b.rank = int(r.Int("rank", -kIntMax, kIntMax));
+  b.offset = r.Int("offset", 0, -kInt64Max, kInt64Max);
+  b.max_bytes = r.Int("max_bytes", -1, -1, kInt64Max);
+  if (!r.status().ok()) return r.status();
+  return b;
+}
+
 }  // namespace moerun

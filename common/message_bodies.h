@@ -1,8 +1,8 @@
-// Typed bodies of the control-plane messages the coordinator receives (docs/architecture.md
-// §6), one struct per message, each read by FromJson. A body that lacks a required field, or
-// holds one of the wrong type or out of range, is refused with InvalidArgument naming the
-// message and the field ("Heartbeat: 'devices' must be an integer, not a string"); nothing
-// throws. Fields a reader does not know are ignored, so newer senders may add some.
+// Typed bodies of the control-plane messages the coordinator and the worker daemons receive
+// (docs/architecture.md §6), one struct per message, each read by FromJson. A body that lacks a
+// required field, or holds one of the wrong type or out of range, is refused with InvalidArgument
+// naming the message and the field ("Heartbeat: 'devices' must be an integer, not a string");
+// nothing throws. Fields a reader does not know are ignored, so newer senders may add some.
 // Thread-safe (pure functions).
 #pragma once
 
@@ -118,6 +118,52 @@ struct QueryBody {
   int rank = 0;
   int64_t offset = 0, max_bytes = 0;
   static Result<QueryBody> FromJson(const nlohmann::json& body);
+};
+
+// ---- received by a worker daemon -------------------------------------------------------------
+
+// A trainer whose exit the coordinator has recorded (Registered and Reply carry them).
+struct TrainerAck {
+  std::string job;
+  uint64_t generation = 0;
+  int rank = 0;
+};
+
+// Registered (heartbeat settings and acks) and the Reply to a heartbeat or an exit report
+// (acks only; the settings keep their last values).
+struct DaemonReplyBody {
+  int64_t heartbeat_interval_ms = 0;  // 0: not in this message
+  int64_t heartbeat_timeout_ms = 0;   // the lease; 0: none
+  std::vector<TrainerAck> acked;
+  static Result<DaemonReplyBody> FromJson(const nlohmann::json& body, std::string_view message);
+};
+
+// StartTrainers: the ranks of one job generation this daemon runs, and how.
+struct StartTrainersBody {
+  std::vector<int> ranks;
+  std::string spec_yaml, run_dir, spec_dir;
+  int64_t world = 0;
+  bool resume = false;
+  int64_t restore_step = -1;          // > 0: restore exactly this committed step
+  int64_t data_plane_timeout_ms = 0;  // 0: the trainer's default
+  int64_t steps = 0;                  // > 0: replaces train.steps
+  static Result<StartTrainersBody> FromJson(const nlohmann::json& body);
+};
+
+// StopTrainers: a job's trainers of generations below `below_generation` stop.
+struct StopTrainersBody {
+  uint64_t below_generation = 0;
+  int64_t grace_ms = -1;  // -1: the daemon's full grace
+  static Result<StopTrainersBody> FromJson(const nlohmann::json& body);
+};
+
+// A Query the coordinator forwards to a daemon: a chunk of one rank's log.
+struct LogRequestBody {
+  std::string request_id;
+  int rank = 0;
+  int64_t offset = 0;
+  int64_t max_bytes = -1;  // -1: as much as a chunk holds
+  static Result<LogRequestBody> FromJson(const nlohmann::json& body);
 };
 
 }  // namespace moerun

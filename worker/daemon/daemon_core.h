@@ -1,0 +1,147 @@
+// DaemonCore: a worker daemon's decisions (docs/architecture.md §6), apart from its sockets,
+// processes and files: fed the coordinator's envelopes, its trainers' exits and the ticks of a
+// Clock, it answers with actions for the daemon to carry out. Unit-tested by stepping a
+// FakeClock (tests/unit/test_daemon_core.cc); WorkerDaemon (worker/daemon/worker_daemon.h)
+// runs it against ZeroMQ and TrainerSupervisor.
+//  - Registration: Register every heartbeat interval until Registered, then Heartbeat; every
+//    one carries the host, the slots and each trainer's state.
+//  - Exits: reported at once (TrainerExited) and again in every heartbeat until the
+//    coordinator acknowledges them.
+//  - Fencing: a start of generation G first stops the job's older generations here and starts
+//    G's ranks only once none of them is left; StopTrainers stops those below a generation.
+//  - The lease: with no message from the coordinator for its heartbeat timeout, it has
+//    declared this daemon dead and restarted its ranks elsewhere, so every trainer here stops
+//    (once; a later answer renews the lease). A coordinator silent for three intervals is
+//    "away": heartbeats go on while the socket reconnects, and the daemon never exits for it.
+// Bodies are read by FromJson (common/message_bodies.h); a malformed one is dropped by name
+// and changes nothing. Not thread-safe: one thread feeds it.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/message_bodies.h"
+#include "common/protocol.h"
+
+namespace moerun::worker {
+
+struct DaemonIdentity {
+  std::string id, host, backend = "cpu", data_host = "127.0.0.1";
+  int64_t devices = 1;  // trainer slots
+  int64_t pid = 0;      // of the daemon process: a new one tells the coordinator it restarted
+};
+
+// What the daemon is to do, in this order: stop, then start, then send, then serve logs.
+struct DaemonActions {
+  struct Stop {
+    std::string job_id;
+    uint64_t below_generation = 0;  // UINT64_MAX: every generation
+    int64_t grace_ms = 0;
+  };
+  struct Start {
+    std::string job_id;
+    uint64_t generation = 0;
+    int rank = 0;
+    int device = -1;  // the lowest slot no running trainer holds; -1: none free
+    StartTrainersBody how;
+  };
+  struct Log {
+    std::string job_id;
+    LogRequestBody request;
+  };
+  std::vector<Stop> stops;
+  std::vector<Start> starts;
+  std::vector<Envelope> sends;
+  std::vector<Log> logs;
+  // Lines for the daemon's log: news ("registered") and warnings ("the coordinator is away").
+  std::vector<std::string> notes, warnings;
+};
+
+// A trainer's end as the daemon saw it.
+struct TrainerEnd {
+  std::string job_id;
+  uint64_t generation = 0;
+  int rank = 0;
+  int64_t pid = 0;
+  int exit_code = -1;  // -1 when killed by a signal
+  int signal = 0;
+  std::string text;  // "exited with code 3: <the trainer's reason>"
+};
+
+class DaemonCore {
+ public:
+  // `clock` is monotonic and outlives the core.
+  DaemonCore(DaemonIdentity identity, const Clock* clock);
+
+  // A message from the coordinator.
+  DaemonActions OnEnvelope(const Envelope& e);
+  // A trainer ended (or could not start: pid 0).
+  DaemonActions OnTrainerEnd(const TrainerEnd& end);
+  // A Start the daemon carried out: the trainer runs as `pid`.
+  void OnStarted(const std::string& job_id, uint64_t generation, int rank, int64_t pid, int device);
+  // Time passed: heartbeats, pending starts, the lease.
+  DaemonActions Tick();
+  // A heartbeat now (the daemon's last one, carrying the exits its shutdown caused).
+  Envelope HeartbeatNow();
+  // Jobs with a trainer here, running or not yet acknowledged.
+  std::set<std::string> jobs() const;
+
+  // Trainers running, and those ended but not yet acknowledged.
+  size_t running() const;
+  size_t unacknowledged() const;
+  bool registered() const { return registered_; }
+  bool self_fenced() const { return self_fenced_; }
+  bool coordinator_away() const { return away_; }
+  int64_t heartbeat_interval_ms() const { return heartbeat_interval_ms_; }
+
+ private:
+  using Key = std::tuple<std::string, uint64_t, int>;  // job, generation, rank
+  struct Trainer {
+    int64_t pid = 0;
+    bool running = true;
+    int exit_code = -1, signal = 0;
+    std::string text;
+    int device = -1;
+  };
+  struct Pending {
+    std::string job_id;
+    uint64_t generation = 0;
+    StartTrainersBody how;
+  };
+
+  void OnStart(const Envelope& e, DaemonActions* out);
+  void OnStop(const Envelope& e, DaemonActions* out);
+  void OnAcked(const std::vector<TrainerAck>& acked);
+  void StartPending(DaemonActions* out);
+  void Send(MessageType type, const std::string& job_id, uint64_t generation, nlohmann::json body,
+            DaemonActions* out) const;
+  nlohmann::json Heartbeat(int64_t seq) const;
+  nlohmann::json TrainerJson(const Key& key, const Trainer& t) const;
+  bool Stopping(const std::string& job_id, uint64_t below_generation) const;
+  int FreeDevice() const;
+
+  DaemonIdentity identity_;
+  const Clock* clock_;
+  std::map<Key, Trainer> trainers_;  // running, or ended and not yet acknowledged
+  std::set<Key> started_;            // ever started: a repeated start is ignored
+  std::vector<Pending> pending_;     // waiting for an older generation to stop
+  std::vector<Key> new_ends_;        // to report at once
+  int64_t heartbeat_interval_ms_ = 1000;
+  int64_t lease_ms_ = 0;  // the coordinator's heartbeat timeout; 0 until Registered
+  int64_t seq_ = 0;
+  int64_t next_beat_ms_ = 0;
+  int64_t last_answer_ms_ = 0;
+  bool registered_ = false, away_ = false, self_fenced_ = false;
+};
+
+// Job ids name directories on the daemon's host: only what the coordinator hands out
+// ([A-Za-z0-9._-], at most 128 characters, not "." or "..").
+bool SafeJobId(const std::string& id);
+
+}  // namespace moerun::worker
