@@ -98,7 +98,9 @@ int RunTrain(TrainArgs& a) {
   int code = kExitFailure;
   auto summary = trainer::Train(loaded.spec, text.str(), a.opts, &code);
   if (!summary.ok()) {
-    std::fprintf(stderr, "moerun train: %s\n", summary.status().message().c_str());
+    // With its code ("TimedOut: step 12: expert dispatch: ..."): the daemon passes this line
+    // on as the job's event cause.
+    std::fprintf(stderr, "moerun train: %s\n", summary.status().ToString().c_str());
     return code;
   }
   if (a.opts.rank != 0) return kExitOk;  // rank 0 speaks for the run

@@ -239,8 +239,8 @@ TEST_CASE("a trainer's refusal fails the job once, with the trainer's reason") {
   CHECK(c.Phase(job) == "FAILED");
   const json events = json::parse(c.Cli("events " + job + " --json").out);
   const std::string cause = events.back().value("cause", "");
-  CHECK_MESSAGE(cause.find("exited with code 3: data: data.paths: /nonexistent/corpus does "
-                           "not exist") != std::string::npos,
+  CHECK_MESSAGE(cause.find("exited with code 3: DataLoss: data: data.paths: /nonexistent/corpus "
+                           "does not exist") != std::string::npos,
                 cause);
   CHECK(cause.find("(not retryable)") != std::string::npos);
   CHECK(c.Job(job).value("restarts", -1) == 0);

@@ -17,9 +17,13 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// The trainer's own account of a refusal: the last "moerun train: ..." line of its log (the
-// file's last 4 KiB), without the prefix and at most 400 characters; empty when there is none.
-std::string TrainerRefusal(const std::string& log_path) {
+// Heads each start of a trainer in its log.
+constexpr char kStartBanner[] = "==== moerun-worker ";
+
+// The trainer's own account of its failure: the last "moerun train: ..." line its latest start
+// wrote to its log (within the file's last 4 KiB), without the prefix and at most 400
+// characters; empty when there is none.
+std::string TrainerReason(const std::string& log_path) {
   constexpr std::streamoff kTail = 4096;
   constexpr size_t kMaxChars = 400;
   const std::string prefix = "moerun train: ";
@@ -29,8 +33,10 @@ std::string TrainerRefusal(const std::string& log_path) {
   const std::streamoff size = in.tellg();
   in.seekg(std::max<std::streamoff>(0, size - kTail));
   std::string line, found;
-  while (std::getline(in, line))
+  while (std::getline(in, line)) {
+    if (line.rfind(kStartBanner, 0) == 0) found.clear();  // an older start's words
     if (line.rfind(prefix, 0) == 0) found = line.substr(prefix.size());
+  }
   if (found.size() > kMaxChars) found = found.substr(0, kMaxChars) + "...";
   return found;
 }
@@ -44,11 +50,10 @@ WorkerDaemon::WorkerDaemon(DaemonOptions opts)
           &clock_),
       supervisor_([this](const TrainerExit& e) {
         TrainerEnd end{e.job_id, e.generation, e.rank, e.pid, e.exit_code, e.signal, e.Describe()};
-        // A refusal is final (never retried): say why where the admin looks, not only in
-        // the trainer's log.
-        if (e.signal == 0 &&
-            (IsNonRetryableExit(e.exit_code) || e.exit_code == kExitBadCheckpoint)) {
-          const std::string why = TrainerRefusal(LogPath(e.job_id, e.rank));
+        // Why, where the admin looks (the job's event cause), not only in the trainer's log:
+        // a refusal, a data-plane timeout or abort, a CUDA error, each as itself.
+        if (e.signal == 0 && e.exit_code != kExitOk) {
+          const std::string why = TrainerReason(LogPath(e.job_id, e.rank));
           if (!why.empty()) end.text += ": " + why;
         }
         Execute(core_.OnTrainerEnd(end));
@@ -166,7 +171,7 @@ Status WorkerDaemon::StartRank(const DaemonActions::Start& p) {
   if (b.steps > 0) argv.insert(argv.end(), {"--steps", std::to_string(b.steps)});
   const std::string log = LogPath(p.job_id, rank);
   {
-    std::ofstream(log, std::ios::app) << "==== moerun-worker " << opts_.id << ": generation "
+    std::ofstream(log, std::ios::app) << kStartBanner << opts_.id << ": generation "
                                       << p.generation << " rank " << rank << " starting\n";
   }
   auto pid = supervisor_.Start({p.job_id, p.generation, rank, argv, log});

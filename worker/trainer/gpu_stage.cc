@@ -190,8 +190,11 @@ class GpuStage : public StageBackend {
 
   Result<GradientPack> PackGradients(bool routed_experts) override {
     const auto& runs = model_->runs(routed_experts);
-    if (runs.size() == 1)  // already contiguous: summed in place
+    if (runs.size() == 1) {  // already contiguous: summed in place, once the backward is done
+      // The communicator has its own stream (or none): the gradients must be written first.
+      MOERUN_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(stream_), "gradients"));
       return GradientPack{model_->grads() + runs[0].offset, size_t(runs[0].count)};
+    }
     MOERUN_RETURN_IF_ERROR(CopyRuns(runs, true));
     return GradientPack{pack_, size_t(Floats(runs))};
   }
