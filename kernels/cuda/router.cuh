@@ -1,5 +1,5 @@
-// CUDA twins of kernels/cpu/router.h (DeepSeek-V3's router, docs/architecture.md §4): affinity scores,
-// bias-corrected and group-limited top-k selection, and their backward passes. The router
+// CUDA twins of kernels/cpu/router.h (DeepSeek-V3's router, docs/architecture.md §4): affinity
+// scores, bias-corrected and group-limited top-k selection, and their backward passes. The router
 // runs in fp32 (its logits come from an fp32 GEMM), so these take float. Selection compares
 // in double and breaks ties toward the lower expert index, exactly as the CPU twin, so both
 // choose the same experts. Launchers take device pointers, plain sizes and an explicit

@@ -171,8 +171,8 @@ Status WorkerDaemon::StartRank(const DaemonActions::Start& p) {
   if (b.steps > 0) argv.insert(argv.end(), {"--steps", std::to_string(b.steps)});
   const std::string log = LogPath(p.job_id, rank);
   {
-    std::ofstream(log, std::ios::app) << kStartBanner << opts_.id << ": generation "
-                                      << p.generation << " rank " << rank << " starting\n";
+    std::ofstream(log, std::ios::app) << kStartBanner << opts_.id << ": generation " << p.generation
+                                      << " rank " << rank << " starting\n";
   }
   auto pid = supervisor_.Start({p.job_id, p.generation, rank, argv, log});
   if (!pid.ok()) return pid.status();
