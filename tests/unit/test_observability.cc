@@ -72,6 +72,12 @@ TEST_CASE("a timed communicator puts point-to-point calls in the bubble, collect
   // Exactly the fake clock's time: Recv, Send and SendRecv 80 ms; three collectives 60 ms.
   CHECK(wait->pipeline_s == doctest::Approx(0.080));
   CHECK(wait->collective_s == doctest::Approx(0.060));
+  // A step's share: what came after a copy taken at its start, each kind apart.
+  const DataPlaneWait start = *wait;
+  REQUIRE(world.Recv(1, 0, &f, 4).ok());
+  const DataPlaneWait step = wait->Since(start);
+  CHECK(step.pipeline_s == doctest::Approx(0.020));
+  CHECK(step.collective_s == 0.0);
   CHECK(world.size() == 2);
 }
 

@@ -14,6 +14,7 @@
 #include "tests/temp_path.h"
 #include "worker/comm/solo_communicator.h"
 #include "worker/trainer/step_driver.h"
+#include "worker/trainer/step_metrics.h"
 #include "worker/trainer/trainer.h"
 
 namespace moerun::trainer {
@@ -231,6 +232,29 @@ TEST_CASE("step driver: evaluation counts real windows; fixed-size batches repea
     const double l1 = 1.0 + double(window[0]) / 1000.0;
     CHECK(loss.value() == doctest::Approx((4 * l0 + l1) / 5.0));
   }
+}
+
+TEST_CASE("step line: the time split puts point-to-point waits in the bubble, collectives apart") {
+  Fixture f = Fixture::Make();
+  StepResult r;
+  r.loss = 2.5;
+  r.expert_load = {{10, 30, 20, 20}, {20, 20, 20, 20}};
+  comm::DataPlaneWait start{1.0, 2.0}, now{1.25, 2.5};
+  const auto line = StepLine(f.spec, 7, r, 1.0, now.Since(start));
+  CHECK(line["step"] == 7);
+  CHECK(line["bubble_s"] == 0.25);
+  CHECK(line["data_wait_s"] == 0.5);
+  CHECK(line["compute_s"] == 0.25);
+  CHECK(line["tokens_per_s"] == double(f.spec.train.global_batch * f.spec.model.seq_len));
+  CHECK(line["tokens_per_s"] == 2048.0);  // 16 sequences of 128 tokens in one second
+  // MoE layers keyed by their global index; max/mean averaged over them.
+  const int64_t first = f.spec.model.dense_layers;
+  CHECK(line["expert_load"][std::to_string(first)] == std::vector<int64_t>{10, 30, 20, 20});
+  const double mean =
+      double(f.spec.train.global_batch * f.spec.model.seq_len * f.spec.model.moe.top_k) /
+      double(kExperts);
+  CHECK(line["max_over_mean_load"].get<double>() ==
+        doctest::Approx((30.0 / mean + 20.0 / mean) / 2));
 }
 
 }  // namespace

@@ -23,6 +23,10 @@ namespace moerun::comm {
 struct DataPlaneWait {
   double pipeline_s = 0;    // in point-to-point calls
   double collective_s = 0;  // in collectives
+  // The waits since `before` (an earlier copy of this one): one step's share.
+  DataPlaneWait Since(const DataPlaneWait& before) const {
+    return {pipeline_s - before.pipeline_s, collective_s - before.collective_s};
+  }
 };
 
 class TimedCommunicator : public Communicator {

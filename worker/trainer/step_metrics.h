@@ -2,10 +2,12 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <vector>
 
 #include "common/job_spec.h"
 #include "common/status.h"
+#include "worker/comm/timed_communicator.h"
 #include "worker/trainer/step_result.h"
 #include "worker/trainer/topology.h"
 
@@ -17,6 +19,13 @@ namespace moerun::trainer {
 // (`stage_counts`: layers × experts, already summed over the data group; the stage's first
 // MoE layer is MoE layer `first_moe` of the model). Losses are means over the step's
 // data × micro_batches micro-batches.
+// One step's metrics line (metrics.jsonl, the coordinator's step report): loss, balance loss,
+// lr, norm, the step's time split into compute, data-plane wait and pipeline bubble (`waited`:
+// this step's share of DataPlaneWait), tokens/s, and the expert load per MoE layer (keyed by
+// global layer index) with its max/mean.
+nlohmann::json StepLine(const JobSpec& spec, int64_t step, const StepResult& r, double seconds,
+                        const comm::DataPlaneWait& waited);
+
 Status GatherStepMetrics(const JobSpec& spec, const Topology& t, double loss_sum,
                          double balance_sum, const std::vector<double>& stage_counts,
                          int64_t first_moe, StepResult* r);

@@ -37,35 +37,6 @@ void DrawProgress(int64_t step, int64_t total, double loss, double tps, double e
 
 }  // namespace
 
-nlohmann::json StepLine(const JobSpec& spec, int64_t step, const StepResult& r, double seconds,
-                        const comm::DataPlaneWait& waited) {
-  const ModelSpec& m = spec.model;
-  nlohmann::json load = nlohmann::json::object();
-  double imbalance = 0;
-  const double mean = double(spec.train.global_batch * m.seq_len * m.moe.top_k) /
-                      double(std::max<int64_t>(1, m.moe.routed_experts));
-  for (size_t l = 0; l < r.expert_load.size(); ++l) {
-    const auto& c = r.expert_load[l];
-    imbalance +=
-        double(*std::max_element(c.begin(), c.end())) / mean / double(r.expert_load.size());
-    load[std::to_string(m.dense_layers + int64_t(l))] = c;
-  }
-  const int64_t tokens = spec.train.global_batch * m.seq_len;
-  const double bubble = waited.pipeline_s, data_wait = waited.collective_s;
-  return {{"step", step},
-          {"loss", r.loss},
-          {"balance_loss", r.balance_loss},
-          {"lr", r.lr},
-          {"grad_norm", r.grad_norm},
-          {"step_time_s", seconds},
-          {"compute_s", std::max(0.0, seconds - bubble - data_wait)},
-          {"data_wait_s", data_wait},
-          {"bubble_s", bubble},
-          {"tokens_per_s", double(tokens) / seconds},
-          {"max_over_mean_load", imbalance},
-          {"expert_load", load}};
-}
-
 TrainReporter::TrainReporter(const JobSpec& spec, const TrainOptions& opts,
                              std::shared_ptr<spdlog::logger> log, bool tty)
     : spec_(spec), opts_(opts), log_(std::move(log)), lead_(opts.rank == 0), tty_(tty) {}

@@ -20,16 +20,11 @@
 #include "common/status.h"
 #include "worker/checkpoint/checkpoint_writer.h"
 #include "worker/comm/timed_communicator.h"
+#include "worker/trainer/step_metrics.h"
 #include "worker/trainer/step_result.h"
 #include "worker/trainer/trainer.h"
 
 namespace moerun::trainer {
-
-// One step's metrics line: loss, balance loss, lr, norm, the step's time split into compute,
-// data-plane wait and pipeline bubble (`waited`: this step's share of DataPlaneWait), tokens/s,
-// and the expert load per MoE layer (keyed by global layer index) with its max/mean.
-nlohmann::json StepLine(const JobSpec& spec, int64_t step, const StepResult& r, double seconds,
-                        const comm::DataPlaneWait& waited);
 
 class TrainReporter {
  public:

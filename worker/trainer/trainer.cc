@@ -220,9 +220,7 @@ Status OneStep(RankRun& run, TrainReporter& report, checkpoint::CheckpointWriter
   auto r = run.driver->Run(step, total);
   if (!r.ok()) return r.status().WithContext("step " + std::to_string(step));
   const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  const comm::DataPlaneWait waited{run.wait->collective_s - wait0.collective_s,
-                                   run.wait->pipeline_s - wait0.pipeline_s};
-  nlohmann::json line = StepLine(spec, step, r.value(), seconds, waited);
+  nlohmann::json line = StepLine(spec, step, r.value(), seconds, run.wait->Since(wait0));
   const bool eval_now =
       spec.train.eval_interval > 0 && (step % spec.train.eval_interval == 0 || step == total);
   if (eval_now && run.corpus->validation_windows() > 0) {
