@@ -19,17 +19,16 @@ bool LayerNameOk(const std::string& layer) {
          });
 }
 
-// Errors read "<message>: trainers[i]: ..." or, from `r`, "<message>: 'trainers' ...".
+// Errors read "<message>: trainers[i]: ..." or, from `r`, "<message>: 'trainers' ...". With
+// `rejected`, an entry that does not parse is left out (counted, its problem kept in
+// `*problem` when it is the first) instead of failing the whole list.
 Result<std::vector<TrainerReport>> TrainerReports(BodyReader& r, std::string_view message,
-                                                  bool required) {
+                                                  bool required, int* rejected = nullptr,
+                                                  std::string* problem = nullptr) {
   std::vector<TrainerReport> out;
   const nlohmann::json& list = r.Array("trainers", required);
   for (size_t i = 0; i < list.size() && r.status().ok(); ++i) {
     const std::string at = "trainers[" + std::to_string(i) + "]";
-    if (!list[i].is_object()) {
-      r.Fail(at, "must be an object");
-      break;
-    }
     BodyReader t(list[i], std::string(message) + ": " + at);
     TrainerReport x;
     x.job = t.String("job");
@@ -42,7 +41,11 @@ Result<std::vector<TrainerReport>> TrainerReports(BodyReader& r, std::string_vie
       x.signal = int(t.Int("signal", 0, 128));
       x.text = t.String("text", "");
     }
-    if (!t.status().ok()) return t.status();
+    if (!t.status().ok()) {
+      if (rejected == nullptr) return t.status();
+      if ((*rejected)++ == 0) *problem = t.status().message();
+      continue;
+    }
     out.push_back(std::move(x));
   }
   if (!r.status().ok()) return r.status();
@@ -180,7 +183,9 @@ Result<WorkerStatusBody> WorkerStatusBody::FromJson(const nlohmann::json& body,
   w.data_host = r.String("data_host");
   w.pid = r.Int("pid", 0, kInt64Max);
   w.seq = r.Int("seq", 0, 0, kInt64Max);
-  auto trainers = TrainerReports(r, message, false);
+  // The daemon's identity decides its liveness; a trainer entry it cannot read only costs
+  // that entry (the heartbeat still counts).
+  auto trainers = TrainerReports(r, message, false, &w.rejected_trainers, &w.trainer_problem);
   if (!trainers.ok()) return trainers.status();
   w.trainers = std::move(trainers.value());
   if (!r.status().ok()) return r.status();

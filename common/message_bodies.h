@@ -65,6 +65,9 @@ struct WorkerStatusBody {
   std::string host, backend, data_host;
   int64_t devices = 0, pid = 0, seq = 0;
   std::vector<TrainerReport> trainers;
+  // Trainer entries left out because they did not parse, and the first one's problem.
+  int rejected_trainers = 0;
+  std::string trainer_problem;
   static Result<WorkerStatusBody> FromJson(const nlohmann::json& body, std::string_view message);
 };
 

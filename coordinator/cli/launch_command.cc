@@ -28,7 +28,7 @@ volatile sig_atomic_t g_forward_signal = 0;  // SIGINT or SIGTERM to pass on to 
 void OnStopSignal(int sig) { g_forward_signal = sig; }
 
 // While it lives, SIGINT and SIGTERM are recorded for the ranks instead of ending this
-// process; without SA_RESTART, so a waitpid returns early (EINTR) to pass them on.
+// process; the wait loop passes them on.
 class PassedOnStopSignals {
  public:
   PassedOnStopSignals() {
@@ -112,9 +112,14 @@ int RunLaunch(const LaunchArgs& a) {
       g_forward_signal = 0;
       for (pid_t p : pids) kill(-p, sig);
     }
+    // Polled, not blocking: a signal that lands between the check above and a blocking wait
+    // would wait for a rank to exit before it is passed on.
     int status = 0;
-    const pid_t pid = waitpid(-1, &status, 0);
-    if (pid < 0 && errno == EINTR) continue;  // a signal to pass on
+    const pid_t pid = waitpid(-1, &status, WNOHANG);
+    if (pid == 0 || (pid < 0 && errno == EINTR)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(kChildPollMs));
+      continue;
+    }
     if (pid < 0) break;
     --running;
     const int rank = int(std::find(pids.begin(), pids.end(), pid) - pids.begin());

@@ -171,6 +171,11 @@ void Coordinator::OnWorkerMessage(const std::string& worker_id, const Envelope& 
 
 void Coordinator::OnWorkerStatus(const std::string& worker_id, const Envelope& e,
                                  const WorkerStatusBody& b) {
+  if (b.rejected_trainers > 0) {
+    ++counters_.invalid;
+    spdlog::warn("worker {}: {} trainer entr{} left out: {}", worker_id, b.rejected_trainers,
+                 b.rejected_trainers == 1 ? "y" : "ies", b.trainer_problem);
+  }
   WorkerInfo w;
   w.id = worker_id;
   w.host = b.host;

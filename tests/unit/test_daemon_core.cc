@@ -174,6 +174,35 @@ TEST_CASE("daemon core: the lease runs out, every trainer stops once; an answer 
   CHECK_FALSE(f.core.self_fenced());
 }
 
+TEST_CASE("daemon core: past the lease nothing new starts, and heartbeats show only real pids") {
+  Fixture f;
+  f.Register();
+  f.Started(f.Start("j-1", 1, {0}), 100);
+  (void)f.Start("j-1", 2, {0});  // waits for generation 1 to stop
+  f.clock.AdvanceMs(1001);       // the lease runs out ...
+  (void)f.End("j-1", 1, 0, -1);  // ... as generation 1 goes
+  auto fenced = f.core.Tick();
+  CHECK(fenced.starts.empty());  // the coordinator counts this daemon dead: no new trainer
+  // It answers again: the pending start goes ahead, and until the daemon has carried it out
+  // (a pid), no heartbeat reports it.
+  (void)f.Feed(MessageType::kReply, {{"acked", json::array()}});
+  f.clock.AdvanceMs(1000);
+  const DaemonActions tick = f.core.Tick();
+  REQUIRE(tick.starts.size() == 1);
+  const Envelope* beat = FindType(tick, MessageType::kHeartbeat);
+  REQUIRE(beat != nullptr);
+  for (const auto& t : beat->body["trainers"]) CHECK(t["pid"] != 0);
+  f.Started(tick, 200);
+  f.clock.AdvanceMs(100);
+  const DaemonActions next = f.core.Tick();
+  const Envelope* later = FindType(next, MessageType::kHeartbeat);
+  REQUIRE(later != nullptr);
+  bool seen = false;
+  for (const auto& t : later->body["trainers"])
+    seen = seen || (t["generation"] == 2 && t["pid"] == 200);
+  CHECK(seen);
+}
+
 TEST_CASE("daemon core: no lease before Registered, and none without trainers") {
   Fixture f;
   (void)f.core.Tick();

@@ -71,8 +71,6 @@ TEST_CASE("bodies: each problem is refused with the message and field named") {
   const Case cases[] = {
       {wrong_type, "Heartbeat: 'devices' must be an integer, not string"},
       {too_many, "Heartbeat: 'devices' is 5000, outside [0, 4096]"},
-      {trainer_bad, "Heartbeat: trainers[0]: 'running' must be true or false, not number"},
-      {trainer_gone, "Heartbeat: trainers[0]: 'exit_code' is missing"},
       {huge, "Heartbeat: 'pid' is 18446744073709551615, outside [0, 9223372036854775807]"},
       {json::array(), "Heartbeat: the body is not an object"},
   };
@@ -81,6 +79,20 @@ TEST_CASE("bodies: each problem is refused with the message and field named") {
     CHECK(w.status().code() == Status::Code::kInvalidArgument);
     CHECK(w.status().message() == c.message);
   }
+  // A trainer entry it cannot read costs that entry, never the heartbeat (the daemon's
+  // liveness); TrainerExited, which is nothing but entries, is refused whole.
+  for (const auto& [body, problem] :
+       {std::pair{trainer_bad,
+                  "Heartbeat: trainers[0]: 'running' must be true or false, not number"},
+        std::pair{trainer_gone, "Heartbeat: trainers[0]: 'exit_code' is missing"}}) {
+    auto w = WorkerStatusBody::FromJson(body, "Heartbeat");
+    REQUIRE(w.ok());
+    CHECK(w->trainers.empty());
+    CHECK(w->rejected_trainers == 1);
+    CHECK(w->trainer_problem == problem);
+  }
+  CHECK(TrainerExitedBody::FromJson({{"trainers", trainer_bad["trainers"]}}).status().message() ==
+        "TrainerExited: trainers[0]: 'running' must be true or false, not number");
   CHECK(StepReportBody::FromJson({{"rank", 0}, {"step", 1}, {"compute_s", "fast"}})
             .status()
             .message() == "StepReport: 'compute_s' must be a number, not string");

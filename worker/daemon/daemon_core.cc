@@ -45,7 +45,10 @@ nlohmann::json DaemonCore::TrainerJson(const Key& key, const Trainer& t) const {
 
 nlohmann::json DaemonCore::Heartbeat(int64_t seq) const {
   nlohmann::json list = nlohmann::json::array();
-  for (const auto& [key, t] : trainers_) list.push_back(TrainerJson(key, t));
+  for (const auto& [key, t] : trainers_) {
+    if (t.running && t.pid == 0) continue;  // a start not carried out yet: nothing to report
+    list.push_back(TrainerJson(key, t));
+  }
   return {{"host", identity_.host},
           {"devices", identity_.devices},
           {"backend", identity_.backend},
@@ -229,13 +232,16 @@ DaemonActions DaemonCore::Tick() {
     new_ends_.clear();
     Send(MessageType::kTrainerExited, "", 0, {{"trainers", list}}, &out);
   }
-  StartPending(&out);
+  // Past the lease the coordinator counts this daemon dead: nothing new starts here until it
+  // answers again.
+  const int64_t silent = now - last_answer_ms_;
+  const bool lease_over = lease_ms_ > 0 && silent > lease_ms_;
+  if (!lease_over) StartPending(&out);
   if (now >= next_beat_ms_) {
     out.sends.push_back({registered_ ? MessageType::kHeartbeat : MessageType::kRegister, 0, "",
                          "worker:" + identity_.id, Heartbeat(++seq_)});
     next_beat_ms_ = now + heartbeat_interval_ms_;
   }
-  const int64_t silent = now - last_answer_ms_;
   if (!away_ && silent > 3 * heartbeat_interval_ms_) {
     away_ = true;
     out.warnings.push_back("no answer from the coordinator for " + std::to_string(silent) +
@@ -244,7 +250,7 @@ DaemonActions DaemonCore::Tick() {
   // The lease: silent for the heartbeat timeout, the coordinator has declared this daemon
   // dead and restarts its ranks elsewhere. Its trainers must not go on beside the new
   // generation (a shared checkpoint shard has one writer), so they stop here.
-  if (lease_ms_ > 0 && !self_fenced_ && silent > lease_ms_ && running() > 0) {
+  if (lease_over && !self_fenced_ && running() > 0) {
     self_fenced_ = true;
     out.warnings.push_back("no answer from the coordinator for " + std::to_string(silent) +
                            " ms (the heartbeat timeout): stopping " + std::to_string(running()) +

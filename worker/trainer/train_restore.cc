@@ -34,7 +34,8 @@ Status ResumeNewest(const JobSpec& spec, const std::string& ckpt_dir, bool resum
   auto run = checkpoint::RunCheckpoints::Open(ckpt_dir);
   auto steps =
       run.ok() ? run->CompleteSteps() : Result<std::vector<int64_t>>(std::vector<int64_t>{});
-  if (!steps.ok()) return steps.status();
+  if (!steps.ok())
+    return Status::IOError("checkpoints in " + ckpt_dir + ": " + steps.status().ToString());
   if (!resume && !steps->empty()) {
     return Status::InvalidArgument(
         ckpt_dir + " already holds checkpoints up to step " + std::to_string(steps->back()) +
@@ -73,7 +74,12 @@ Result<std::unique_ptr<checkpoint::ShardStore>> OpenShardStore(const JobSpec& sp
   const std::string shard = CheckpointDir(spec, opts.run_dir) + "/" + topo.ShardName();
   std::error_code ec;
   fs::create_directories(shard, ec);
-  return checkpoint::ShardStore::Open(shard, true);
+  auto store = checkpoint::ShardStore::Open(shard, true);
+  // Exit 5 means "the committed step to restore is unreadable" (the coordinator then drops
+  // it): a store that cannot be opened for writing is a failure to retry instead.
+  if (!store.ok())
+    return Status::IOError("checkpoint shard " + shard + ": " + store.status().ToString());
+  return store;
 }
 
 Status RestoreOrResume(const JobSpec& spec, const TrainOptions& opts, const Topology& topo,
