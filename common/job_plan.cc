@@ -73,6 +73,11 @@ JobPlan MakeJobPlan(const JobSpec& spec) {
                                         static_cast<double>(m.moe.routed_experts)
                                   : 0.0;
   const double tokens_per_micro_batch = static_cast<double>(plan.micro_batch_sequences * m.seq_len);
+  plan.mha_kv_cache_values_per_token =
+      m.n_layers * m.n_heads * (m.qk_head_dim() + m.v_head_dim_effective());
+  plan.kv_cache_values_per_token = m.attention == AttentionKind::kMla
+                                       ? m.n_layers * (m.kv_lora_rank + m.qk_rope_head_dim)
+                                       : plan.mha_kv_cache_values_per_token;
 
   for (const StageLayout& st : placement.stages()) {
     StagePlan sp;

@@ -11,6 +11,9 @@
 //    on that stage (gpipe: all; 1f1b: pipeline - stage; dualpipe: pipeline + 1).
 //  * training FLOPs per token: 6 x (active parameters - embedding) plus causal attention
 //    3 x layers x heads x seq_len x (qk_head_dim + v_head_dim).
+//  * inference KV cache per token, over all layers: MHA keeps every head's key and value,
+//    heads x (qk_head_dim + v_head_dim); MLA keeps the compressed latent and the one shared
+//    RoPE key, kv_lora_rank + qk_rope_head_dim (the up-projections are applied on reading).
 // Pure functions of a valid spec; thread-safe.
 #pragma once
 
@@ -46,6 +49,10 @@ struct JobPlan {
   int64_t tokens_per_step = 0;        // global_batch x seq_len
   ParameterCounts params;
   std::vector<StagePlan> stages;
+  // Values cached per token for inference, all layers: this attention's, and what MHA of the
+  // same heads and head sizes would need (equal for an MHA job).
+  int64_t kv_cache_values_per_token = 0;
+  int64_t mha_kv_cache_values_per_token = 0;
   double dense_flops_per_token = 0;      // 6 x (active - embedding)
   double attention_flops_per_token = 0;  // causal score and value products, fwd + bwd
   double flops_per_token() const { return dense_flops_per_token + attention_flops_per_token; }

@@ -112,6 +112,19 @@ std::string PlanText(const JobSpec& spec, const JobPlan& plan, const PlanReportO
     << Fmt("%.4g", plan.attention_flops_per_token) << ")\n";
   o << "  tokens per step     " << plan.tokens_per_step << "\n";
   o << "  FLOPs per step      " << Fmt("%.4g", plan.flops_per_step()) << "\n";
+  // bf16, as an inference server would hold it.
+  o << "\ninference KV cache per token (bf16, all layers)\n";
+  char label[32];
+  std::snprintf(label, sizeof label, "  %-20s", std::string(ToString(m.attention)).c_str());
+  o << label << HumanBytes(2.0 * double(plan.kv_cache_values_per_token)) << "  ("
+    << plan.kv_cache_values_per_token << " values)\n";
+  if (m.attention == AttentionKind::kMla) {
+    o << "  MHA, same shape     " << HumanBytes(2.0 * double(plan.mha_kv_cache_values_per_token))
+      << "  ("
+      << Fmt("%.1f",
+             double(plan.mha_kv_cache_values_per_token) / double(plan.kv_cache_values_per_token))
+      << "x MLA's)\n";
+  }
   if (opts.cost) {
     o << "\nrun cost for " << Fmt("%.4g", opts.tokens) << " tokens at "
       << Fmt("%.3g", opts.mfu * 100) << "% MFU of " << Fmt("%.4g", opts.peak_tflops)
@@ -181,6 +194,9 @@ nlohmann::json PlanJson(const JobSpec& spec, const JobPlan& plan, const PlanRepo
   }
   j["ranks"] = ranks;
   j["memory_per_device_max_bytes"] = plan.max_device_bytes();
+  j["kv_cache_per_token"] = {{"values", plan.kv_cache_values_per_token},
+                             {"mha_values", plan.mha_kv_cache_values_per_token},
+                             {"bf16_bytes", 2 * plan.kv_cache_values_per_token}};
   j["flops"] = {{"per_token", plan.flops_per_token()},
                 {"per_token_dense", plan.dense_flops_per_token},
                 {"per_token_attention", plan.attention_flops_per_token},

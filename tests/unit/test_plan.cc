@@ -8,6 +8,7 @@
 #include "common/job_plan.h"
 #include "common/model_tensors.h"
 #include "common/placement.h"
+#include "common/plan_report.h"
 #include "common/spec_loader.h"
 
 #ifndef MOERUN_SOURCE_DIR
@@ -151,4 +152,23 @@ TEST_CASE("memory: per-parameter bytes by precision") {
   // 1f1b keeps pipeline - stage micro-batches in flight.
   CHECK(fp32.stages[0].micro_batches_in_flight == 2);
   CHECK(fp32.stages[1].micro_batches_in_flight == 1);
+}
+
+TEST_CASE("KV cache per token: MLA's latent and shared RoPE key against MHA of the same shape") {
+  auto loaded =
+      moerun::LoadJobSpecFile(std::string(MOERUN_SOURCE_DIR) + "/configs/deepseek-v3.yaml");
+  REQUIRE(loaded.ok());
+  const moerun::JobPlan plan = moerun::MakeJobPlan(loaded.spec);
+  // 61 layers x (kv_lora_rank 512 + qk_rope_head_dim 64); MHA: 61 x 128 heads x (192 + 128).
+  CHECK(plan.kv_cache_values_per_token == 61 * (512 + 64));
+  CHECK(plan.mha_kv_cache_values_per_token == 61 * 128 * (128 + 64 + 128));
+  const std::string text = moerun::PlanText(loaded.spec, plan, {});
+  CHECK(text.find("inference KV cache per token (bf16, all layers)") != std::string::npos);
+  CHECK(text.find("MHA, same shape     4.77 MiB  (71.1x MLA's)") != std::string::npos);
+  // An MHA job caches every head's key and value: the two figures agree.
+  auto tiny = moerun::LoadJobSpecFile(std::string(MOERUN_SOURCE_DIR) + "/configs/tiny-cpu.yaml");
+  REQUIRE(tiny.ok());
+  const moerun::JobPlan t = moerun::MakeJobPlan(tiny.spec);
+  CHECK(t.kv_cache_values_per_token == 4 * 2 * 128);
+  CHECK(t.mha_kv_cache_values_per_token == t.kv_cache_values_per_token);
 }
