@@ -48,8 +48,7 @@ Result<std::vector<TrainerReport>> TrainerReports(BodyReader& r, std::string_vie
     }
     out.push_back(std::move(x));
   }
-  if (!r.status().ok()) return r.status();
-  return out;
+  return r.Finish(std::move(out));
 }
 
 }  // namespace
@@ -78,34 +77,21 @@ const nlohmann::json* BodyReader::Field(const char* key, bool required) {
   return &*it;
 }
 
-std::string BodyReader::String(const char* key) {
-  const nlohmann::json* j = Field(key, true);
-  if (j == nullptr) return {};
-  if (!j->is_string()) {
-    WrongType(key, "a string", *j);
-    return {};
-  }
-  return j->get<std::string>();
-}
-
-std::string BodyReader::String(const char* key, std::string fallback) {
-  const nlohmann::json* j = Field(key, false);
+template <typename T>
+T BodyReader::Typed(const char* key, bool required, T fallback, const char* want,
+                    bool (nlohmann::json::*is)() const noexcept) {
+  const nlohmann::json* j = Field(key, required);
   if (j == nullptr) return fallback;
-  if (!j->is_string()) {
-    WrongType(key, "a string", *j);
+  if (!(j->*is)()) {
+    WrongType(key, want, *j);
     return fallback;
   }
-  return j->get<std::string>();
+  return j->get<T>();
 }
 
-int64_t BodyReader::Int(const char* key, int64_t min, int64_t max) {
-  const nlohmann::json* j = Field(key, true);
-  if (j == nullptr) return min;
-  return Int(key, min, min, max);
-}
-
-int64_t BodyReader::Int(const char* key, int64_t fallback, int64_t min, int64_t max) {
-  const nlohmann::json* j = Field(key, false);
+int64_t BodyReader::Integer(const char* key, bool required, int64_t fallback, int64_t min,
+                            int64_t max) {
+  const nlohmann::json* j = Field(key, required);
   if (j == nullptr) return fallback;
   if (!j->is_number_integer()) {
     WrongType(key, "an integer", *j);
@@ -122,6 +108,23 @@ int64_t BodyReader::Int(const char* key, int64_t fallback, int64_t min, int64_t 
   return v;
 }
 
+std::string BodyReader::String(const char* key) {
+  return Typed<std::string>(key, true, {}, "a string", &nlohmann::json::is_string);
+}
+
+std::string BodyReader::String(const char* key, std::string fallback) {
+  return Typed<std::string>(key, false, std::move(fallback), "a string",
+                            &nlohmann::json::is_string);
+}
+
+int64_t BodyReader::Int(const char* key, int64_t min, int64_t max) {
+  return Integer(key, true, min, min, max);
+}
+
+int64_t BodyReader::Int(const char* key, int64_t fallback, int64_t min, int64_t max) {
+  return Integer(key, false, fallback, min, max);
+}
+
 uint64_t BodyReader::Uint(const char* key) {
   const nlohmann::json* j = Field(key, true);
   if (j == nullptr) return 0;
@@ -133,33 +136,15 @@ uint64_t BodyReader::Uint(const char* key) {
 }
 
 double BodyReader::Number(const char* key, double fallback) {
-  const nlohmann::json* j = Field(key, false);
-  if (j == nullptr) return fallback;
-  if (!j->is_number()) {
-    WrongType(key, "a number", *j);
-    return fallback;
-  }
-  return j->get<double>();
+  return Typed<double>(key, false, fallback, "a number", &nlohmann::json::is_number);
 }
 
 bool BodyReader::Bool(const char* key) {
-  const nlohmann::json* j = Field(key, true);
-  if (j == nullptr) return false;
-  if (!j->is_boolean()) {
-    WrongType(key, "true or false", *j);
-    return false;
-  }
-  return j->get<bool>();
+  return Typed<bool>(key, true, false, "true or false", &nlohmann::json::is_boolean);
 }
 
 bool BodyReader::Bool(const char* key, bool fallback) {
-  const nlohmann::json* j = Field(key, false);
-  if (j == nullptr) return fallback;
-  if (!j->is_boolean()) {
-    WrongType(key, "true or false", *j);
-    return fallback;
-  }
-  return j->get<bool>();
+  return Typed<bool>(key, false, fallback, "true or false", &nlohmann::json::is_boolean);
 }
 
 const nlohmann::json& BodyReader::Array(const char* key, bool required) {
@@ -188,8 +173,7 @@ Result<WorkerStatusBody> WorkerStatusBody::FromJson(const nlohmann::json& body,
   auto trainers = TrainerReports(r, message, false, &w.rejected_trainers, &w.trainer_problem);
   if (!trainers.ok()) return trainers.status();
   w.trainers = std::move(trainers.value());
-  if (!r.status().ok()) return r.status();
-  return w;
+  return r.Finish(std::move(w));
 }
 
 Result<TrainerExitedBody> TrainerExitedBody::FromJson(const nlohmann::json& body) {
@@ -205,8 +189,7 @@ Result<RendezvousBody> RendezvousBody::FromJson(const nlohmann::json& body) {
   b.rank = int(r.Int("rank", -kIntMax, kIntMax));
   b.endpoint = r.String("endpoint");
   b.nccl_unique_id = r.String("nccl_unique_id", "");
-  if (!r.status().ok()) return r.status();
-  return b;
+  return r.Finish(std::move(b));
 }
 
 Result<ShardWrittenBody> ShardWrittenBody::FromJson(const nlohmann::json& body) {
@@ -216,8 +199,7 @@ Result<ShardWrittenBody> ShardWrittenBody::FromJson(const nlohmann::json& body) 
   b.step = r.Int("step", 0, kInt64Max);
   b.shard = r.String("shard");
   b.bytes = r.Int("bytes", 0, kInt64Max);
-  if (!r.status().ok()) return r.status();
-  return b;
+  return r.Finish(std::move(b));
 }
 
 Result<StepReportBody> StepReportBody::FromJson(const nlohmann::json& body) {
@@ -267,8 +249,7 @@ Result<SubmitJobBody> SubmitJobBody::FromJson(const nlohmann::json& body) {
   b.run_dir = r.String("run_dir", "");
   b.spec_dir = r.String("spec_dir", "");
   b.resume = r.Bool("resume", false);
-  if (!r.status().ok()) return r.status();
-  return b;
+  return r.Finish(std::move(b));
 }
 
 Result<QueryBody> QueryBody::FromJson(const nlohmann::json& body) {
@@ -284,8 +265,7 @@ Result<QueryBody> QueryBody::FromJson(const nlohmann::json& body) {
     b.offset = r.Int("offset", 0, -kInt64Max, kInt64Max);
     b.max_bytes = r.Int("max_bytes", kInt64Max, 0, kInt64Max);
   }
-  if (!r.status().ok()) return r.status();
-  return b;
+  return r.Finish(std::move(b));
 }
 
 Result<DaemonReplyBody> DaemonReplyBody::FromJson(const nlohmann::json& body,
@@ -304,8 +284,7 @@ Result<DaemonReplyBody> DaemonReplyBody::FromJson(const nlohmann::json& body,
     if (!a.status().ok()) return a.status();
     b.acked.push_back(std::move(ack));
   }
-  if (!r.status().ok()) return r.status();
-  return b;
+  return r.Finish(std::move(b));
 }
 
 Result<StartTrainersBody> StartTrainersBody::FromJson(const nlohmann::json& body) {
@@ -328,8 +307,7 @@ Result<StartTrainersBody> StartTrainersBody::FromJson(const nlohmann::json& body
   b.restore_step = r.Int("restore_step", -1, -1, kInt64Max);
   b.data_plane_timeout_ms = r.Int("data_plane_timeout_ms", 0, 0, kInt64Max);
   b.steps = r.Int("steps", 0, 0, kInt64Max);
-  if (!r.status().ok()) return r.status();
-  return b;
+  return r.Finish(std::move(b));
 }
 
 Result<StopTrainersBody> StopTrainersBody::FromJson(const nlohmann::json& body) {
@@ -337,8 +315,7 @@ Result<StopTrainersBody> StopTrainersBody::FromJson(const nlohmann::json& body) 
   StopTrainersBody b;
   b.below_generation = r.Uint("below_generation");
   b.grace_ms = r.Int("grace_ms", -1, -1, kInt64Max);
-  if (!r.status().ok()) return r.status();
-  return b;
+  return r.Finish(std::move(b));
 }
 
 Result<LogRequestBody> LogRequestBody::FromJson(const nlohmann::json& body) {
@@ -348,8 +325,7 @@ Result<LogRequestBody> LogRequestBody::FromJson(const nlohmann::json& body) {
   b.rank = int(r.Int("rank", -kIntMax, kIntMax));
   b.offset = r.Int("offset", 0, -kInt64Max, kInt64Max);
   b.max_bytes = r.Int("max_bytes", -1, -1, kInt64Max);
-  if (!r.status().ok()) return r.status();
-  return b;
+  return r.Finish(std::move(b));
 }
 
 }  // namespace moerun

@@ -37,12 +37,24 @@ class BodyReader {
 
   // InvalidArgument naming the message and the field, or OK.
   const Status& status() const { return status_; }
+  // The body read, or the first problem.
+  template <typename T>
+  Result<T> Finish(T body) const {
+    if (!status_.ok()) return status_;
+    return body;
+  }
   // Records a problem found by the caller (the first one stays).
   void Fail(const std::string& key, const std::string& what);
 
  private:
   const nlohmann::json* Field(const char* key, bool required);
   void WrongType(const char* key, const char* want, const nlohmann::json& got);
+  // The field when present and of the kind `is` accepts; else `fallback`, with a problem
+  // recorded when it is required or of another kind (named `want` in the message).
+  template <typename T>
+  T Typed(const char* key, bool required, T fallback, const char* want,
+          bool (nlohmann::json::*is)() const noexcept);
+  int64_t Integer(const char* key, bool required, int64_t fallback, int64_t min, int64_t max);
 
   const nlohmann::json& body_;
   std::string message_;

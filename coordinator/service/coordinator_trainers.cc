@@ -3,7 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <cctype>
+#include <optional>
 #include <set>
 
 #include "common/exit_codes.h"
@@ -25,27 +25,28 @@ void Coordinator::OnTrainerMessage(const std::string& peer, const Envelope& e) {
     return;
   }
   JobRun& job = it->second;
-  // The body, typed, before anything else: a malformed one is refused by name.
-  Result<RendezvousBody> rendezvous = Status::Unimplemented("");
-  Result<StepReportBody> report = Status::Unimplemented("");
-  Result<ShardWrittenBody> shard = Status::Unimplemented("");
+  // The body, typed, before anything else: a malformed one is refused by name. One of the
+  // three is set, and `rank` is its sender's.
+  std::optional<RendezvousBody> rendezvous;
+  std::optional<StepReportBody> report;
+  std::optional<ShardWrittenBody> shard;
   Status parsed;
   int rank = -1;
+  auto take = [&](auto parsed_body, auto* into) {
+    parsed = parsed_body.status();
+    if (!parsed.ok()) return;
+    rank = parsed_body->rank;
+    *into = std::move(parsed_body.value());
+  };
   switch (e.type) {
     case MessageType::kRendezvous:
-      rendezvous = RendezvousBody::FromJson(e.body);
-      parsed = rendezvous.status();
-      if (parsed.ok()) rank = rendezvous->rank;
+      take(RendezvousBody::FromJson(e.body), &rendezvous);
       break;
     case MessageType::kStepReport:
-      report = StepReportBody::FromJson(e.body);
-      parsed = report.status();
-      if (parsed.ok()) rank = report->rank;
+      take(StepReportBody::FromJson(e.body), &report);
       break;
     case MessageType::kShardWritten:
-      shard = ShardWrittenBody::FromJson(e.body);
-      parsed = shard.status();
-      if (parsed.ok()) rank = shard->rank;
+      take(ShardWrittenBody::FromJson(e.body), &shard);
       break;
     default:
       ++counters_.invalid;
@@ -70,12 +71,12 @@ void Coordinator::OnTrainerMessage(const std::string& peer, const Envelope& e) {
     }
     return;
   }
-  if (rendezvous.ok()) {
+  if (rendezvous) {
     OnRendezvous(peer, job, rank, rendezvous->endpoint, rendezvous->nccl_unique_id);
-  } else if (report.ok()) {
-    OnStepReport(job, report.value());
+  } else if (report) {
+    OnStepReport(job, *report);
   } else {
-    OnShardWritten(job, shard.value());
+    OnShardWritten(job, *shard);
   }
 }
 

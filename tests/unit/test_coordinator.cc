@@ -73,6 +73,19 @@ class Harness {
                 "trainer",
                 {{"rank", rank}, {"endpoint", "tcp://h:" + std::to_string(rank)}}});
   }
+  // Worker `a` with 2 slots, a "small" job on it, both ranks met: the job is RUNNING.
+  std::string Running() {
+    Beat("a", 2);
+    const std::string id = Submit("small")["job_id"];
+    Rendezvous(id, 1, 0);
+    Rendezvous(id, 1, 1);
+    REQUIRE(Job(id).state.phase() == JobPhase::kRunning);
+    return id;
+  }
+  void Report(const std::string& job, uint64_t gen, int rank, int64_t step) {
+    c().Handle(Trainer(job, gen, rank),
+               {MessageType::kStepReport, gen, job, "t", {{"rank", rank}, {"step", step}}});
+  }
   void Exit(const std::string& worker, const std::string& job, uint64_t gen, int rank, int code) {
     c().Handle("worker:" + worker, {MessageType::kTrainerExited,
                                     0,
@@ -217,23 +230,15 @@ TEST_CASE("a silent daemon fails its job; the restart goes to a live one with a 
 
 TEST_CASE("the wall clock stepped an hour either way declares no daemon or job dead") {
   Harness h("ntp");
-  h.Beat("a", 2);
-  const std::string id = h.Submit("small")["job_id"];
-  h.Rendezvous(id, 1, 0);
-  h.Rendezvous(id, 1, 1);
-  REQUIRE(h.Job(id).state.phase() == JobPhase::kRunning);
-  auto report = [&](int64_t step) {
-    for (int rank = 0; rank < 2; ++rank)
-      h.c().Handle(Harness::Trainer(id, 1, rank),
-                   {MessageType::kStepReport, 1, id, "t", {{"rank", rank}, {"step", step}}});
-  };
+  const std::string id = h.Running();
   int64_t step = 1;
   for (int64_t jump : {int64_t(3'600'000), int64_t(-7'200'000), int64_t(3'600'000)}) {
     h.clock.AdvanceMs(jump);        // NTP steps the wall clock; the monotonic timer does not move
     for (int i = 0; i < 10; ++i) {  // heartbeats and steps at their normal pace
       h.Advance(500);
       h.Beat("a", 2);
-      report(step++);
+      h.Report(id, 1, 0, step);
+      h.Report(id, 1, 1, step++);
       h.c().Tick();
     }
     CHECK(h.Job(id).state.phase() == JobPhase::kRunning);
@@ -259,12 +264,8 @@ TEST_CASE("an exit the policy cannot retry fails the job at once") {
 
 TEST_CASE("a restarted coordinator reloads its jobs and answers the rendezvous from the store") {
   Harness h("reload");
-  h.Beat("a", 2);
-  const std::string id = h.Submit("small")["job_id"];
-  h.Rendezvous(id, 1, 0);
-  h.Rendezvous(id, 1, 1);
-  h.c().Handle(Harness::Trainer(id, 1, 0),
-               {MessageType::kStepReport, 1, id, "t", {{"rank", 0}, {"step", 3}}});
+  const std::string id = h.Running();
+  h.Report(id, 1, 0, 3);
   h.Reopen();
   CHECK(h.Job(id).state.phase() == JobPhase::kRunning);
   CHECK(h.Job(id).state.generation() == 1);

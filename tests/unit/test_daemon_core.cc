@@ -36,8 +36,7 @@ struct Fixture {
   }
   // Runs the starts as the daemon would: each gets a pid.
   void Started(const DaemonActions& a, int64_t first_pid) {
-    for (const auto& s : a.starts)
-      core.OnStarted(s.job_id, s.generation, s.rank, first_pid++, s.device);
+    for (const auto& s : a.starts) core.OnStarted(s.job_id, s.generation, s.rank, first_pid++);
   }
   DaemonActions End(const std::string& job, uint64_t gen, int rank, int code) {
     return core.OnTrainerEnd(

@@ -202,11 +202,8 @@ void DaemonCore::StartPending(DaemonActions* out) {
   }
 }
 
-void DaemonCore::OnStarted(const std::string& job_id, uint64_t generation, int rank, int64_t pid,
-                           int device) {
-  Trainer& t = trainers_[{job_id, generation, rank}];
-  t.pid = pid;
-  t.device = device;
+void DaemonCore::OnStarted(const std::string& job_id, uint64_t generation, int rank, int64_t pid) {
+  trainers_[{job_id, generation, rank}].pid = pid;  // its device was taken with the Start
 }
 
 DaemonActions DaemonCore::OnTrainerEnd(const TrainerEnd& end) {

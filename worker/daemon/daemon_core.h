@@ -84,7 +84,7 @@ class DaemonCore {
   // A trainer ended (or could not start: pid 0).
   DaemonActions OnTrainerEnd(const TrainerEnd& end);
   // A Start the daemon carried out: the trainer runs as `pid`.
-  void OnStarted(const std::string& job_id, uint64_t generation, int rank, int64_t pid, int device);
+  void OnStarted(const std::string& job_id, uint64_t generation, int rank, int64_t pid);
   // Time passed: heartbeats, pending starts, the lease.
   DaemonActions Tick();
   // A heartbeat now (the daemon's last one, carrying the exits its shutdown caused).

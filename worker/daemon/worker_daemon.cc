@@ -176,7 +176,7 @@ Status WorkerDaemon::StartRank(const DaemonActions::Start& p) {
   }
   auto pid = supervisor_.Start({p.job_id, p.generation, rank, argv, log});
   if (!pid.ok()) return pid.status();
-  core_.OnStarted(p.job_id, p.generation, rank, pid.value(), device);
+  core_.OnStarted(p.job_id, p.generation, rank, pid.value());
   spdlog::info("job {} generation {} rank {}: started pid {} on device {}", p.job_id, p.generation,
                rank, pid.value(), device);
   return Status::OK();

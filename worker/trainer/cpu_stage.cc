@@ -17,6 +17,8 @@ CpuStage::CpuStage(const JobSpec& spec, Topology* topo, model::Parameters<float>
     ep = {topo->expert_group.get(), spec.model.moe.routed_experts / topo->expert};
   stage_ = std::make_unique<model::ModelStage<float>>(spec.model, topo->range, params,
                                                       spec.train.precision, ep);
+  for (bool routed : {false, true})
+    runs_[routed ? 1 : 0] = model::TrainableRuns(params->views(), routed);
 }
 
 StageGroups CpuStage::groups() const {
@@ -93,18 +95,17 @@ Status CpuStage::UpdateBalanceBias(double gamma, const std::vector<std::vector<i
 }
 
 Result<GradientPack> CpuStage::PackGradients(bool routed_experts) {
-  pack_runs_ = model::TrainableRuns(params_->views(), routed_experts);
   const float* grads = params_->grads().data();
   pack_.clear();
-  for (const auto& run : pack_runs_)
+  for (const auto& run : runs_[routed_experts ? 1 : 0])
     pack_.insert(pack_.end(), grads + run.offset, grads + run.offset + run.count);
   return GradientPack{pack_.data(), pack_.size()};
 }
 
-Status CpuStage::UnpackGradients(bool) {
+Status CpuStage::UnpackGradients(bool routed_experts) {
   float* grads = params_->grads().data();
   size_t o = 0;
-  for (const auto& run : pack_runs_) {
+  for (const auto& run : runs_[routed_experts ? 1 : 0]) {
     std::copy_n(pack_.data() + o, run.count, grads + run.offset);
     o += size_t(run.count);
   }

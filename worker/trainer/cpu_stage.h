@@ -65,7 +65,9 @@ class CpuStage : public StageBackend {
   // The boundary tensors: received input, output, received output gradient, input gradient.
   std::vector<float> hidden_in_, hidden_out_, grad_out_, grad_in_;
   std::vector<float> pack_;
-  std::vector<model::TensorRun> pack_runs_;  // what pack_ holds
+  // Trainable gradients as runs of grads() offsets: [0] all but routed experts, [1] routed
+  // experts (the layout never changes, so they are made once).
+  std::vector<model::TensorRun> runs_[2];
   double last_loss_ = 0, last_balance_loss_ = 0;
   int64_t last_sequences_ = 0;
 };

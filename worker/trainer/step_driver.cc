@@ -21,6 +21,14 @@ StepDriver::StepDriver(const JobSpec& spec, Topology* topo, const data::Corpus* 
   micro_seqs_ = spec.train.global_batch / (spec.parallel.data * spec.parallel.micro_batches);
 }
 
+Status StepDriver::ReceiveInput(int64_t m, int64_t sequences, uint32_t tag) {
+  // The op starts with its receive (or Flush): a held send's buffer is written only after.
+  if (topo_->first_stage()) return link_.Flush();
+  auto in = backend_->InputFor(m, sequences);
+  if (!in.ok()) return in.status();
+  return link_.Recv(topo_->prev, tag, in.value(), backend_->BoundaryBytes(sequences));
+}
+
 Status StepDriver::Forward(int64_t m, int64_t step, int64_t global_micro) {
   Topology& t = *topo_;
   StageBackend& b = *backend_;
@@ -33,14 +41,7 @@ Status StepDriver::Forward(int64_t m, int64_t step, int64_t global_micro) {
                            Ids(m) + j * seq_, Targets(m) + j * seq_);
   }
   const size_t bytes = b.BoundaryBytes(micro_seqs_);
-  // The op starts with its receive (or Flush): a held send's buffer is written only after.
-  if (t.first_stage()) {
-    MOERUN_RETURN_IF_ERROR(link_.Flush());
-  } else {
-    auto in = b.InputFor(m, micro_seqs_);
-    if (!in.ok()) return in.status();
-    MOERUN_RETURN_IF_ERROR(link_.Recv(t.prev, ForwardTag(m), in.value(), bytes));
-  }
+  MOERUN_RETURN_IF_ERROR(ReceiveInput(m, micro_seqs_, ForwardTag(m)));
   auto loss = b.Forward(m, Ids(m), Targets(m), micro_seqs_);
   if (!loss.ok()) return loss.status();
   if (t.last_stage()) loss_sum_ += loss.value();
@@ -170,13 +171,7 @@ Result<double> StepDriver::Evaluate(int64_t windows) {
     }
     const uint32_t tag = kEvalTagBase + ForwardTag(q);
     const size_t bytes = b.BoundaryBytes(sequences);
-    if (t.first_stage()) {
-      MOERUN_RETURN_IF_ERROR(link_.Flush());
-    } else {
-      auto in = b.InputFor(0, sequences);
-      if (!in.ok()) return in.status();
-      MOERUN_RETURN_IF_ERROR(link_.Recv(t.prev, tag, in.value(), bytes));
-    }
+    MOERUN_RETURN_IF_ERROR(ReceiveInput(0, sequences, tag));
     auto loss = b.Forward(0, Ids(0), Targets(0), sequences);
     if (!loss.ok()) return loss.status();
     if (!t.last_stage()) {

@@ -59,7 +59,10 @@ class StepDriver {
   void Abort(const std::string& reason) { backend_->Abort(reason); }
 
  private:
-  // Micro-batch m's forward (a training one: counted), or its forward once more.
+  // Micro-batch m's input from the previous stage into the backend (or, on the first stage,
+  // the held send let go): how every forward op starts.
+  Status ReceiveInput(int64_t m, int64_t sequences, uint32_t tag);
+  // Micro-batch m's training forward (counted).
   Status Forward(int64_t m, int64_t step, int64_t global_micro);
   Status Backward(int64_t m, double dloss);
   Status SumGradients();

@@ -68,11 +68,12 @@ void TrainReporter::Step(const nlohmann::json& line, int64_t total) {
     if (!lead_) report.erase("expert_load");  // rank 0's report is the one stored
     opts_.control->ReportStep(report);
   }
-  tokens_ += spec_.train.global_batch * spec_.model.seq_len;
-  const double elapsed =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   if (tty_) {
-    DrawProgress(step, total, loss, double(tokens_) / elapsed,
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    const int64_t tokens =
+        (step - first_step_ + 1) * spec_.train.global_batch * spec_.model.seq_len;
+    DrawProgress(step, total, loss, double(tokens) / elapsed,
                  elapsed / double(step - first_step_ + 1) * double(total - step));
   }
   log_->info("step {}/{} loss {:.4f} lr {:.3e} grad_norm {:.3f} load max/mean {:.2f} {:.0f} tok/s",

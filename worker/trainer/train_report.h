@@ -51,7 +51,7 @@ class TrainReporter {
   bool lead_, tty_;
   std::ofstream metrics_;
   std::chrono::steady_clock::time_point start_;
-  int64_t first_step_ = 1, tokens_ = 0;
+  int64_t first_step_ = 1;
   std::mutex shards_mu_;
   std::vector<nlohmann::json> shards_written_;  // guarded by shards_mu_
 };
