@@ -16,6 +16,9 @@
 //       --shared S [--threads N] [--reps R]
 //       One MoE layer's forward + backward (router, dispatch, experts, combine, shared
 //       experts, balance loss) on the CPU kernels.
+//   moerun-bench mla [--tokens T --seq S --d-model D --heads H --q-lora R --kv-lora R
+//       --nope N --rope R --v V] [--threads N] [--reps R]
+//       One MLA attention half (bench/mla_bench.h), forward + backward.
 //   moerun-bench gemm-gpu | moe-layer-gpu   (builds with CUDA; bench/gpu_bench.h)
 // Times are medians of --reps runs after one warm-up run.
 #include <malloc.h>
@@ -25,17 +28,17 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <nlohmann/json.hpp>
-#include <random>
 #include <vector>
 
+#include "bench/bench_timing.h"
 #include "bench/coordinator_bench.h"
 #ifdef MOERUN_BENCH_GPU
 #include "bench/gpu_bench.h"
 #endif
 #include "bench/metrics_bench.h"
+#include "bench/mla_bench.h"
 #include "bench/recovery_bench.h"
 #include "kernels/cpu/gemm.h"
 #include "worker/comm/zmq_communicator.h"
@@ -43,29 +46,13 @@
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
 namespace cpu = moerun::kernels::cpu;
 namespace model = moerun::model;
 
-template <typename F>
-double MedianSeconds(int reps, F&& f) {
-  f();  // warm-up: page faults, thread pool start
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    const auto s = Clock::now();
-    f();
-    t.push_back(std::chrono::duration<double>(Clock::now() - s).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
+using moerun::bench::MedianSeconds;
 
 std::vector<float> Random(size_t n, uint32_t seed, float std) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, std);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
+  return moerun::bench::RandomNormal(n, seed, std);
 }
 
 struct SgemmArgs {
@@ -270,6 +257,10 @@ int main(int argc, char** argv) {
       RunCollective(co);
     });
   }
+  moerun::bench::MlaBenchArgs ml;
+  CLI::App* mlc = app.add_subcommand("mla", "one MLA attention half, forward + backward");
+  moerun::bench::AddMlaBenchOptions(mlc, &ml);
+  mlc->callback([&] { moerun::bench::RunMlaBench(ml); });
   moerun::bench::CoordinatorBenchArgs cb;
   int rc = 0;
   CLI::App* cd =

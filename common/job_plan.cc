@@ -36,7 +36,7 @@ double LayerActivationElements(const ModelSpec& m, Backend backend, int64_t laye
   }
   // FFN: residual input, normed input, then per MLP gate, up and silu(gate)*up.
   e += 2 * d;
-  if (layer < m.dense_layers) {
+  if (m.dense_layer(layer)) {
     e += 3 * static_cast<double>(m.ffn_hidden);
   } else {
     const MoeSpec& x = m.moe;
@@ -84,10 +84,7 @@ JobPlan MakeJobPlan(const JobSpec& spec) {
     sp.layout = st;
     double params = 0, copy_bytes = 0;
     for (const TensorInfo& t : tensors) {
-      const bool here = t.layer >= 0
-                            ? (t.layer >= st.layer_begin && t.layer < st.layer_end)
-                            : (t.role == TensorRole::kEmbedding ? st.has_embedding : st.has_head);
-      if (!here) continue;
+      if (!StageHolds(m, t, st.layer_begin, st.layer_end, st.has_embedding, st.has_head)) continue;
       // Each rank holds its share of the routed experts; sums over all experts divide evenly.
       const double share = t.role == TensorRole::kRoutedExpert ? expert_share : 1.0;
       const double n = static_cast<double>(t.numel()) * share;
@@ -112,6 +109,12 @@ JobPlan MakeJobPlan(const JobSpec& spec) {
     if (st.has_embedding) act_elems += static_cast<double>(m.d_model);
     if (st.has_head)
       act_elems += 2.0 * static_cast<double>(m.d_model) + static_cast<double>(m.vocab_size);
+    // Each MTP module (with the head): its block, the embedding and hidden rows before and
+    // after their norms, the concatenation, the block's output, its norm and logits.
+    for (int64_t k = 1; k <= st.mtp_modules; ++k) {
+      act_elems += LayerActivationElements(m, spec.resources.backend, m.n_layers + k - 1) +
+                   10.0 * static_cast<double>(m.d_model) + static_cast<double>(m.vocab_size);
+    }
     sp.memory.weights_bytes = 4 * params + copy_bytes;
     sp.memory.grads_bytes = 4 * params;
     sp.memory.optimizer_bytes = 8 * params;
@@ -125,6 +128,14 @@ JobPlan MakeJobPlan(const JobSpec& spec) {
   plan.attention_flops_per_token = 3.0 * static_cast<double>(m.n_layers) *
                                    static_cast<double>(m.n_heads) * static_cast<double>(m.seq_len) *
                                    static_cast<double>(m.qk_head_dim() + m.v_head_dim_effective());
+  // Each MTP module runs its own tensors, one more block's attention and the shared head
+  // (nearly every position: seq_len - k of seq_len).
+  if (m.mtp.depth > 0) {
+    plan.mtp_flops_per_token = 6.0 * static_cast<double>(plan.params.mtp_active_per_token +
+                                                         m.mtp.depth * plan.params.head) +
+                               plan.attention_flops_per_token / static_cast<double>(m.n_layers) *
+                                   static_cast<double>(m.mtp.depth);
+  }
   return plan;
 }
 

@@ -10,7 +10,8 @@
 //    fused on CUDA, in fp32 (fp32 mode) or bf16 (bf16/fp8 modes), times the micro-batches in flight
 //    on that stage (gpipe: all; 1f1b: pipeline - stage; dualpipe: pipeline + 1).
 //  * training FLOPs per token: 6 x (active parameters - embedding) plus causal attention
-//    3 x layers x heads x seq_len x (qk_head_dim + v_head_dim).
+//    3 x layers x heads x seq_len x (qk_head_dim + v_head_dim); with multi-token prediction,
+//    per module 6 x (its active parameters + the head it shares) plus one layer's attention.
 //  * inference KV cache per token, over all layers: MHA keeps every head's key and value,
 //    heads x (qk_head_dim + v_head_dim); MLA keeps the compressed latent and the one shared
 //    RoPE key, kv_lora_rank + qk_rope_head_dim (the up-projections are applied on reading).
@@ -55,7 +56,10 @@ struct JobPlan {
   int64_t mha_kv_cache_values_per_token = 0;
   double dense_flops_per_token = 0;      // 6 x (active - embedding)
   double attention_flops_per_token = 0;  // causal score and value products, fwd + bwd
-  double flops_per_token() const { return dense_flops_per_token + attention_flops_per_token; }
+  double mtp_flops_per_token = 0;        // the multi-token prediction modules, fwd + bwd
+  double flops_per_token() const {
+    return dense_flops_per_token + attention_flops_per_token + mtp_flops_per_token;
+  }
   double flops_per_step() const { return flops_per_token() * static_cast<double>(tokens_per_step); }
   double max_device_bytes() const;
 };

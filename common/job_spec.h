@@ -47,6 +47,17 @@ struct MoeSpec {
   bool operator==(const MoeSpec&) const = default;
 };
 
+// Multi-token prediction (DeepSeek-V3 §2.2): `depth` sequential modules on top of the main
+// model, module k predicting the token k+1 positions ahead of each position from the previous
+// depth's hidden state and the embedding of the token k positions ahead, through one
+// transformer block and the shared output head. Training only.
+struct MtpSpec {
+  int64_t depth = 0;  // 0 disables; DeepSeek-V3 uses 1
+  double loss_weight =
+      0.3;  // λ: loss = main + λ/depth · Σ_k MTP loss k (DeepSeek-V3: 0.3, then 0.1)
+  bool operator==(const MtpSpec&) const = default;
+};
+
 struct ModelSpec {
   int64_t vocab_size = 0;    // required
   int64_t seq_len = 0;       // required: tokens per training sequence
@@ -67,8 +78,12 @@ struct ModelSpec {
   double init_std = 0.02;
   bool has_moe_section = false;  // whether the YAML had model.moe
   MoeSpec moe;
+  MtpSpec mtp;
 
   int64_t moe_layers() const { return n_layers - dense_layers; }
+  // Whether layer `layer` has a dense MLP: the first dense_layers, and every layer (MTP
+  // modules' blocks, numbered n_layers + k - 1, included) of a model without MoE layers.
+  bool dense_layer(int64_t layer) const { return layer < dense_layers || moe_layers() == 0; }
   // Per-head dimensions of the query/key dot product and of the values.
   int64_t qk_head_dim() const;
   int64_t v_head_dim_effective() const;

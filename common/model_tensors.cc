@@ -56,7 +56,7 @@ std::vector<TensorInfo> LayerTensors(const ModelSpec& m, int64_t i) {
   out.push_back({p + "input_layernorm.weight", {d}, i, -1, TensorRole::kNorm});
   AddAttention(&out, m, p + "self_attn.", i);
   out.push_back({p + "post_attention_layernorm.weight", {d}, i, -1, TensorRole::kNorm});
-  if (i < m.dense_layers) {
+  if (m.dense_layer(i)) {
     AddMlp(&out, p + "mlp", d, m.ffn_hidden, i, -1, TensorRole::kDenseMlp);
     return out;
   }
@@ -76,15 +76,39 @@ std::vector<TensorInfo> LayerTensors(const ModelSpec& m, int64_t i) {
   return out;
 }
 
+std::vector<TensorInfo> MtpModuleTensors(const ModelSpec& m, int64_t k) {
+  const int64_t l = m.n_layers + k - 1, d = m.d_model;
+  const std::string p = "model.layers." + std::to_string(l) + ".";
+  std::vector<TensorInfo> out;
+  out.push_back({p + "enorm.weight", {d}, l, -1, TensorRole::kNorm});
+  out.push_back({p + "hnorm.weight", {d}, l, -1, TensorRole::kNorm});
+  out.push_back({p + "eh_proj.weight", {d, 2 * d}, l, -1, TensorRole::kMtpProjection});
+  auto block = LayerTensors(m, l);
+  out.insert(out.end(), std::make_move_iterator(block.begin()),
+             std::make_move_iterator(block.end()));
+  out.push_back({p + "shared_head.norm.weight", {d}, l, -1, TensorRole::kNorm});
+  for (TensorInfo& t : out) t.mtp_module = k;
+  return out;
+}
+
+bool StageHolds(const ModelSpec& m, const TensorInfo& t, int64_t layer_begin, int64_t layer_end,
+                bool has_embedding, bool has_head) {
+  if (t.mtp_module > 0) return has_head;
+  if (t.layer >= 0) return t.layer >= layer_begin && t.layer < layer_end;
+  if (t.role == TensorRole::kEmbedding) return has_embedding || (has_head && m.mtp.depth > 0);
+  return has_head;
+}
+
 std::vector<TensorInfo> ModelTensors(const ModelSpec& m) {
   std::vector<TensorInfo> out;
+  auto append = [&out](std::vector<TensorInfo> more) {
+    out.insert(out.end(), std::make_move_iterator(more.begin()),
+               std::make_move_iterator(more.end()));
+  };
   out.push_back(
       {"model.embed_tokens.weight", {m.vocab_size, m.d_model}, -1, -1, TensorRole::kEmbedding});
-  for (int64_t i = 0; i < m.n_layers; ++i) {
-    auto layer = LayerTensors(m, i);
-    out.insert(out.end(), std::make_move_iterator(layer.begin()),
-               std::make_move_iterator(layer.end()));
-  }
+  for (int64_t i = 0; i < m.n_layers; ++i) append(LayerTensors(m, i));
+  for (int64_t k = 1; k <= m.mtp.depth; ++k) append(MtpModuleTensors(m, k));
   out.push_back({"model.norm.weight", {m.d_model}, -1, -1, TensorRole::kNorm});
   out.push_back({"lm_head.weight", {m.vocab_size, m.d_model}, -1, -1, TensorRole::kHead});
   return out;
@@ -98,6 +122,10 @@ ParameterCounts CountParameters(const ModelSpec& m, const std::vector<TensorInfo
   ParameterCounts c;
   for (const TensorInfo& t : tensors) {
     const int64_t n = t.numel();
+    if (t.mtp_module > 0) {
+      c.mtp += n;
+      continue;
+    }
     c.total += n;
     switch (t.role) {
       case TensorRole::kEmbedding:
@@ -123,6 +151,7 @@ ParameterCounts CountParameters(const ModelSpec& m, const std::vector<TensorInfo
         c.router += n;
         break;
       case TensorRole::kNorm:
+      case TensorRole::kMtpProjection:  // only in MTP modules, counted above
         c.norms += n;
         break;
     }
@@ -131,6 +160,7 @@ ParameterCounts CountParameters(const ModelSpec& m, const std::vector<TensorInfo
   const int64_t unused_per_layer =
       m.moe_layers() > 0 ? (m.moe.routed_experts - m.moe.top_k) * RoutedExpertParameters(m) : 0;
   c.active_per_token = c.total - m.moe_layers() * unused_per_layer;
+  c.mtp_active_per_token = c.mtp - (m.dense_layer(m.n_layers) ? 0 : m.mtp.depth * unused_per_layer);
   return c;
 }
 

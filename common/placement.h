@@ -6,7 +6,9 @@
 //
 // Layers split into contiguous stages as evenly as possible; when they do not divide, the
 // extra layers go to stages 1, 2, ... so stage 0 (which also holds the embedding) is never
-// the heaviest. Ranks fill workers in rank order, devices_per_worker at a time, so the
+// the heaviest. Multi-token prediction modules (model.mtp.depth) sit on the last stage, with
+// the head they share, and count as layers of the split: the last stage holds that many
+// fewer decoder layers. Ranks fill workers in rank order, devices_per_worker at a time, so the
 // ranks of an expert group (consecutive d) share a host whenever the group fits on one.
 // Pure functions of the spec; thread-safe.
 #pragma once
@@ -23,7 +25,8 @@ struct StageLayout {
   int64_t layer_begin = 0;  // first layer, inclusive
   int64_t layer_end = 0;    // one past the last layer
   bool has_embedding = false;
-  bool has_head = false;  // also the final norm
+  bool has_head = false;    // also the final norm
+  int64_t mtp_modules = 0;  // multi-token prediction modules (the last stage only)
   int64_t layers() const { return layer_end - layer_begin; }
 };
 
@@ -39,11 +42,16 @@ struct RankPlacement {
   int64_t device = 0;  // device on that worker
 };
 
-std::vector<StageLayout> SplitLayers(int64_t n_layers, int64_t pipeline);
+// n_layers decoder layers and mtp_depth MTP modules over `pipeline` stages. When the last
+// stage's share is not more than mtp_depth (spec_rules refuses such a job), it keeps one
+// decoder layer and the others keep the rest.
+std::vector<StageLayout> SplitLayers(int64_t n_layers, int64_t pipeline, int64_t mtp_depth = 0);
 
 class Placement {
  public:
   explicit Placement(const JobSpec& spec);
+  // The stage layout of `spec` (SplitLayers of its model and pipeline).
+  static std::vector<StageLayout> Stages(const JobSpec& spec);
 
   int64_t world_size() const { return pipeline_ * data_; }
   const std::vector<StageLayout>& stages() const { return stages_; }

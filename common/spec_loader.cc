@@ -33,6 +33,7 @@ constexpr IntRange kLoraRank{1, 1 << 14};
 constexpr IntRange kHeadDimOptional{0, 1 << 14};
 constexpr IntRange kHeadDim{1, 1 << 14};
 constexpr IntRange kExperts{1, 8192};
+constexpr IntRange kMtpDepth{0, 16};
 constexpr IntRange kSharedExperts{0, 64};
 constexpr IntRange kParallelDegree{1, 1 << 20};
 constexpr IntRange kStages{1, 1024};
@@ -63,6 +64,12 @@ void ReadMoe(SpecMapping& m, MoeSpec* moe, bool has_moe_layers) {
   balance.Real("bias_update_speed", &moe->balance.bias_update_speed, {0.0, 1.0});
   balance.Real("seq_aux_alpha", &moe->balance.seq_aux_alpha, {0.0, 1.0});
   balance.RejectUnknownKeys();
+  m.RejectUnknownKeys();
+}
+
+void ReadMtp(SpecMapping& m, MtpSpec* mtp) {
+  m.Int("depth", &mtp->depth, kMtpDepth);
+  m.Real("loss_weight", &mtp->loss_weight, {0.0, 100.0});
   m.RejectUnknownKeys();
 }
 
@@ -106,6 +113,8 @@ void ReadModel(SpecMapping& m, ModelSpec* model, DiagnosticSink* sink) {
   }
   m.Real("rope_theta", &model->rope_theta, {0.0, kRealMax, true});
   m.Real("init_std", &model->init_std, {0.0, 1.0, true});
+  SpecMapping mtp = m.Child("mtp");
+  ReadMtp(mtp, &model->mtp);
   bool has_moe_layers = model->n_layers > model->dense_layers;
   if (m.Has("moe")) {
     model->has_moe_section = true;

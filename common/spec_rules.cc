@@ -62,6 +62,10 @@ void CheckModel(const ModelSpec& m, RuleChecker& r) {
     r.Require(m.qk_rope_head_dim % 2 == 0, "model.qk_rope_head_dim", {},
               "must be even (RoPE rotates pairs of dimensions), got " + S(m.qk_rope_head_dim));
   }
+  r.Require(m.mtp.depth < m.seq_len, "model.mtp.depth", {"model.seq_len"},
+            "must be less than model.seq_len (" + S(m.seq_len) + "): module k predicts the token " +
+                "k+1 positions ahead, so a window keeps seq_len - k positions to learn from, got " +
+                S(m.mtp.depth));
   const bool has_moe_layers = m.n_layers > m.dense_layers;
   if (!has_moe_layers) {
     r.Require(!m.has_moe_section, "model.moe", {"model.n_layers", "model.dense_layers"},
@@ -98,6 +102,22 @@ void CheckParallel(const JobSpec& s, RuleChecker& r) {
   r.Require(p.pipeline <= m.n_layers, "parallel.pipeline", {"model.n_layers"},
             "must be at most model.n_layers (" + S(m.n_layers) +
                 ") so every stage holds a layer, got " + S(p.pipeline));
+  if (m.mtp.depth > 0 && p.pipeline > 1 && p.pipeline <= m.n_layers) {
+    // The MTP modules count as layers of the split and sit on the last stage with the head.
+    auto fits = [&](int64_t stages) {
+      const int64_t blocks = m.n_layers + m.mtp.depth, base = blocks / stages;
+      return base + (blocks % stages == stages - 1 ? 1 : 0) > m.mtp.depth;
+    };
+    int64_t most = p.pipeline;
+    while (most > 1 && !fits(most)) --most;
+    r.Require(fits(p.pipeline), "parallel.pipeline", {"model.n_layers", "model.mtp.depth"},
+              S(p.pipeline) + " stages cannot hold model.mtp.depth " + S(m.mtp.depth) +
+                  ": the MTP modules count as layers of the split and sit on the last stage, "
+                  "whose share of the " +
+                  S(m.n_layers) + " layers + " + S(m.mtp.depth) +
+                  " modules leaves it no decoder layer; use at most " + S(most) +
+                  " stages or a smaller mtp.depth");
+  }
   r.Require(Divides(p.expert, p.data), "parallel.expert", {"parallel.data"},
             "must divide parallel.data (" + S(p.data) + "), got " + S(p.expert));
   const bool has_moe = m.n_layers > m.dense_layers && m.has_moe_section;

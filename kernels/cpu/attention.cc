@@ -5,6 +5,7 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/cpu/causal_softmax.h"
 #include "kernels/cpu/gemm.h"
 
 namespace moerun::kernels::cpu {
@@ -21,19 +22,7 @@ void AttentionForward(const T* q, const T* k, const T* v, T* out, T* probs, int6
       T* p = probs + (bi * h + hi) * t * t;
       // S = scale · Q Kᵀ, then a causal softmax per row.
       Gemm<T>(false, true, t, t, dk, T(scale), qb, qs, kb, qs, T(0), p, t);
-      for (int64_t i = 0; i < t; ++i) {
-        T* row = p + i * t;
-        T mx = row[0];
-        for (int64_t j = 1; j <= i; ++j) mx = std::max(mx, row[j]);
-        double sum = 0;
-        for (int64_t j = 0; j <= i; ++j) {
-          row[j] = std::exp(row[j] - mx);
-          sum += double(row[j]);
-        }
-        const T inv = T(1.0 / sum);
-        for (int64_t j = 0; j <= i; ++j) row[j] *= inv;
-        for (int64_t j = i + 1; j < t; ++j) row[j] = T(0);
-      }
+      for (int64_t i = 0; i < t; ++i) CausalSoftmaxRow(p + i * t, i, t);
       Gemm<T>(false, false, t, dv, t, T(1), p, t, vb, vs, T(0), out + bi * t * vs + hi * dv, vs);
     }
   }
@@ -53,14 +42,7 @@ void AttentionBackward(const T* dout, const T* q, const T* k, const T* v, const 
       Gemm<T>(true, false, t, dv, t, T(1), p, t, dout + vo, vs, T(0), dv_out + vo, vs);
       Gemm<T>(false, true, t, t, dv, T(1), dout + vo, vs, v + vo, vs, T(0), ds.data(), t);
       // dS = P ⊙ (dP − rowsum(P ⊙ dP)); zero above the diagonal because P is.
-      for (int64_t i = 0; i < t; ++i) {
-        T* row = ds.data() + i * t;
-        const T* prow = p + i * t;
-        double dot = 0;
-        for (int64_t j = 0; j <= i; ++j) dot += double(prow[j]) * double(row[j]);
-        for (int64_t j = 0; j <= i; ++j) row[j] = prow[j] * (row[j] - T(dot));
-        for (int64_t j = i + 1; j < t; ++j) row[j] = T(0);
-      }
+      for (int64_t i = 0; i < t; ++i) CausalSoftmaxBackwardRow(p + i * t, ds.data() + i * t, i, t);
       // dQ = scale · dS K;  dK = scale · dSᵀ Q
       Gemm<T>(false, false, t, dk, t, T(scale), ds.data(), t, k + qo, qs, T(0), dq + qo, qs);
       Gemm<T>(true, false, t, dk, t, T(scale), ds.data(), t, q + qo, qs, T(0), dk_out + qo, qs);

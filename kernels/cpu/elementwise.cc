@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 namespace moerun::kernels::cpu {
 
@@ -71,6 +72,31 @@ void Rope(T* x, int64_t b, int64_t t, int64_t h, int64_t hd, double theta, bool 
 }
 
 template <typename T>
+void RopeInterleaved(T* x, int64_t b, int64_t t, int64_t h, int64_t row_stride, int64_t head_stride,
+                     int64_t dim, double theta, bool inverse) {
+  const int64_t half = dim / 2;
+  std::vector<T> cs(static_cast<size_t>(2 * half));
+  for (int64_t pos = 0; pos < t; ++pos) {
+    for (int64_t i = 0; i < half; ++i) {
+      const double angle = double(pos) * std::pow(theta, -2.0 * double(i) / double(dim));
+      cs[size_t(2 * i)] = T(std::cos(angle));
+      cs[size_t(2 * i + 1)] = inverse ? T(-std::sin(angle)) : T(std::sin(angle));
+    }
+    for (int64_t bi = 0; bi < b; ++bi) {
+      for (int64_t hi = 0; hi < h; ++hi) {
+        T* v = x + (bi * t + pos) * row_stride + hi * head_stride;
+        for (int64_t i = 0; i < half; ++i) {
+          const T c = cs[size_t(2 * i)], s = cs[size_t(2 * i + 1)];
+          const T x1 = v[2 * i], x2 = v[2 * i + 1];
+          v[2 * i] = x1 * c - x2 * s;
+          v[2 * i + 1] = x2 * c + x1 * s;
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
 void SwiGluForward(const T* gate, const T* up, T* out, int64_t count) {
   for (int64_t i = 0; i < count; ++i) {
     const T g = gate[i];
@@ -111,15 +137,17 @@ double CrossEntropy(const T* logits, const int32_t* targets, T* dlogits, int64_t
   return n > 0 ? total / double(n) : 0.0;
 }
 
-#define MOERUN_INSTANTIATE(T)                                                               \
-  template void EmbeddingForward<T>(const T*, const int32_t*, T*, int64_t, int64_t);        \
-  template void EmbeddingBackward<T>(const T*, const int32_t*, T*, int64_t, int64_t);       \
-  template void RmsNormForward<T>(const T*, const T*, T*, T*, int64_t, int64_t);            \
-  template void RmsNormBackward<T>(const T*, const T*, const T*, const T*, T*, T*, int64_t, \
-                                   int64_t);                                                \
-  template void Rope<T>(T*, int64_t, int64_t, int64_t, int64_t, double, bool);              \
-  template void SwiGluForward<T>(const T*, const T*, T*, int64_t);                          \
-  template void SwiGluBackward<T>(const T*, const T*, const T*, T*, T*, int64_t);           \
+#define MOERUN_INSTANTIATE(T)                                                                \
+  template void EmbeddingForward<T>(const T*, const int32_t*, T*, int64_t, int64_t);         \
+  template void EmbeddingBackward<T>(const T*, const int32_t*, T*, int64_t, int64_t);        \
+  template void RmsNormForward<T>(const T*, const T*, T*, T*, int64_t, int64_t);             \
+  template void RmsNormBackward<T>(const T*, const T*, const T*, const T*, T*, T*, int64_t,  \
+                                   int64_t);                                                 \
+  template void Rope<T>(T*, int64_t, int64_t, int64_t, int64_t, double, bool);               \
+  template void RopeInterleaved<T>(T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, \
+                                   double, bool);                                            \
+  template void SwiGluForward<T>(const T*, const T*, T*, int64_t);                           \
+  template void SwiGluBackward<T>(const T*, const T*, const T*, T*, T*, int64_t);            \
   template double CrossEntropy<T>(const T*, const int32_t*, T*, int64_t, int64_t, double);
 MOERUN_INSTANTIATE(float)
 MOERUN_INSTANTIATE(double)

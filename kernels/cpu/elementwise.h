@@ -31,6 +31,14 @@ void RmsNormBackward(const T* dy, const T* x, const T* w, const T* rstd, T* dx, 
 template <typename T>
 void Rope(T* x, int64_t b, int64_t t, int64_t h, int64_t hd, double theta, bool inverse);
 
+// RoPE in DeepSeek's interleaved convention (MLA's RoPE parts; what the published DeepSeek-V3
+// weights expect): dimension pair (2i, 2i+1) turns by pos * theta^(-2i/dim), in place on the
+// `dim` values at x + r·row_stride + j·head_stride for rows r < B·T (pos = r mod T) and heads
+// j < h. `inverse` turns the other way: the backward pass.
+template <typename T>
+void RopeInterleaved(T* x, int64_t b, int64_t t, int64_t h, int64_t row_stride, int64_t head_stride,
+                     int64_t dim, double theta, bool inverse);
+
 // SwiGLU: out = silu(gate) * up, all [N, F].
 template <typename T>
 void SwiGluForward(const T* gate, const T* up, T* out, int64_t count);

@@ -40,6 +40,18 @@ ModelSpec TinySpec() {
   return m;
 }
 
+// TinySpec with multi-head latent attention; q_lora_rank 0 projects queries directly.
+ModelSpec TinyMlaSpec(int64_t q_lora_rank) {
+  ModelSpec m = TinySpec();
+  m.attention = moerun::AttentionKind::kMla;
+  m.q_lora_rank = q_lora_rank;
+  m.kv_lora_rank = 3;
+  m.qk_nope_head_dim = 2;
+  m.qk_rope_head_dim = 2;
+  m.v_head_dim = 3;
+  return m;
+}
+
 const std::vector<int32_t> kIds = {1, 4, 2, 9, 0, 3, 3, 7, 10, 5};
 const std::vector<int32_t> kTargets = {4, 2, 9, 0, 6, 3, 7, 10, 5, 1};
 
@@ -77,29 +89,139 @@ TEST_CASE("model: every parameter's gradient matches finite differences") {
   }
 }
 
-TEST_CASE("model: two pipeline stages give the single stage's loss and gradients") {
+TEST_CASE("model with MLA: every parameter's gradient matches finite differences") {
+  for (int64_t q_lora : {4, 0}) {
+    CAPTURE(q_lora);
+    ModelSpec spec = TinyMlaSpec(q_lora);
+    StageRange all{0, spec.n_layers, true, true};
+    Parameters<double> params(StageTensors(spec, all));
+    params.Initialize(5, spec.init_std);
+    CHECK((params.Find("model.layers.0.self_attn.q_a_proj.weight") != nullptr) == (q_lora > 0));
+    CHECK((params.Find("model.layers.0.self_attn.q_proj.weight") != nullptr) == (q_lora == 0));
+    // Norm scales away from 1, so their gradients are checked at a general point.
+    for (const auto& v : params.views()) {
+      if (v.info.role != moerun::TensorRole::kNorm) continue;
+      for (int64_t i = 0; i < v.info.numel(); ++i)
+        params.values()[size_t(v.offset + i)] = 1.0 + 0.1 * double((i * 7 + v.offset) % 5);
+    }
+    ModelStage<double> stage(spec, all, &params);
+    REQUIRE(stage.status().ok());
+    StageActivations<double> acts;
+    auto loss = [&] {
+      REQUIRE(stage.Forward(acts, kIds.data(), nullptr, kTargets.data(), 2, 5, nullptr).ok());
+      return acts.loss + acts.balance_loss;
+    };
+    loss();
+    params.ZeroGrads();
+    REQUIRE(stage.Backward(acts, 1.0, nullptr, nullptr).ok());
+    std::vector<double> analytic = params.grads();
+    moerun::testing::CheckGradient("whole MLA model", params.values(), analytic, loss, 1e-5, 1e-6);
+  }
+}
+
+TEST_CASE("model with MTP: every gradient, the shared embedding and head included, matches") {
+  for (int64_t depth : {1, 2}) {
+    for (bool mla : {false, true}) {
+      CAPTURE(depth);
+      CAPTURE(mla);
+      ModelSpec spec = mla ? TinyMlaSpec(4) : TinySpec();
+      spec.mtp.depth = depth;
+      spec.mtp.loss_weight = 0.4;
+      StageRange all{0, spec.n_layers, true, true};
+      Parameters<double> params(StageTensors(spec, all));
+      params.Initialize(9, spec.init_std);
+      REQUIRE(params.Find("model.layers.3.eh_proj.weight") != nullptr);
+      CHECK((params.Find("model.layers.4.shared_head.norm.weight") != nullptr) == (depth == 2));
+      ModelStage<double> stage(spec, all, &params);
+      REQUIRE(stage.status().ok());
+      CHECK(stage.mtp_depth() == depth);
+      // The MTP blocks are MoE layers after the main ones.
+      CHECK(stage.moe_layers().back() == spec.n_layers + depth - 1);
+      StageActivations<double> acts;
+      auto loss = [&] {
+        REQUIRE(stage.Forward(acts, kIds.data(), nullptr, kTargets.data(), 2, 5, nullptr).ok());
+        return acts.loss + spec.mtp.loss_weight * acts.mtp_loss + acts.balance_loss;
+      };
+      loss();
+      CHECK(acts.mtp_loss > 0);
+      params.ZeroGrads();
+      REQUIRE(stage.Backward(acts, 1.0, nullptr, nullptr).ok());
+      std::vector<double> analytic = params.grads();
+      moerun::testing::CheckGradient("model with MTP", params.values(), analytic, loss, 1e-5, 1e-6);
+      // Evaluation measures the main model alone: the same loss, no MTP, no MTP expert counts.
+      loss();  // at the unperturbed weights again
+      const double main_loss = acts.loss;
+      stage.set_mtp_enabled(false);
+      REQUIRE(stage.Forward(acts, kIds.data(), nullptr, kTargets.data(), 2, 5, nullptr).ok());
+      CHECK(acts.loss == main_loss);
+      CHECK(acts.mtp_loss == 0);
+      CHECK(acts.mtp.empty());
+      for (int64_t c : stage.expert_counts().back()) CHECK(c == 0);
+    }
+  }
+}
+
+TEST_CASE("model with MTP over two stages: the last keeps a copy of the embedding") {
   ModelSpec spec = TinySpec();
+  spec.mtp.depth = 1;
   StageRange all{0, 3, true, true}, first{0, 2, true, false}, second{2, 3, false, true};
   Parameters<double> whole(StageTensors(spec, all)), p0(StageTensors(spec, first)),
       p1(StageTensors(spec, second));
   for (auto* p : {&whole, &p0, &p1}) p->Initialize(3, spec.init_std);
-  CHECK(p0.size() + p1.size() == whole.size());
+  const std::string emb = "model.embed_tokens.weight";
+  REQUIRE(p1.Find(emb) != nullptr);
+  const int64_t table = spec.vocab_size * spec.d_model;
+  CHECK(std::equal(p0.Find(emb), p0.Find(emb) + table, p1.Find(emb)));
+  CHECK(p0.size() + p1.size() == whole.size() + table);
   ModelStage<double> s_all(spec, all, &whole), s0(spec, first, &p0), s1(spec, second, &p1);
+  CHECK(s0.mtp_depth() == 0);
+  CHECK(s1.mtp_depth() == 1);
   StageActivations<double> a_all, a0, a1;
-  auto l_all = s_all.Forward(a_all, kIds.data(), nullptr, kTargets.data(), 2, 5, nullptr);
+  REQUIRE(s_all.Forward(a_all, kIds.data(), nullptr, kTargets.data(), 2, 5, nullptr).ok());
   std::vector<double> hidden(10 * 8), dhidden(10 * 8);
   REQUIRE(s0.Forward(a0, kIds.data(), nullptr, nullptr, 2, 5, hidden.data()).ok());
-  auto l_split = s1.Forward(a1, nullptr, hidden.data(), kTargets.data(), 2, 5, nullptr);
-  REQUIRE(l_all.ok());
-  REQUIRE(l_split.ok());
-  CHECK(l_split.value() == l_all.value());
+  REQUIRE(s1.Forward(a1, nullptr, hidden.data(), kTargets.data(), 2, 5, nullptr).ok());
+  CHECK(a1.mtp_loss == a_all.mtp_loss);
   REQUIRE(s_all.Backward(a_all, 1.0, nullptr, nullptr).ok());
   REQUIRE(s1.Backward(a1, 1.0, nullptr, dhidden.data()).ok());
   REQUIRE(s0.Backward(a0, 1.0, dhidden.data(), nullptr).ok());
+  // The two copies' gradients sum to the one embedding's (what the trainer all-reduces).
+  for (int64_t i = 0; i < table; ++i)
+    CHECK(p0.Grad(emb)[i] + p1.Grad(emb)[i] == doctest::Approx(whole.Grad(emb)[i]).epsilon(1e-12));
   for (const auto& v : whole.views()) {
+    if (v.info.name == emb) continue;
     double* part = p0.Grad(v.info.name) ? p0.Grad(v.info.name) : p1.Grad(v.info.name);
     REQUIRE(part != nullptr);
     for (int64_t i = 0; i < v.info.numel(); ++i) CHECK(part[i] == whole.grads()[v.offset + i]);
+  }
+}
+
+TEST_CASE("model: two pipeline stages give the single stage's loss and gradients") {
+  for (bool mla : {false, true}) {
+    CAPTURE(mla);
+    ModelSpec spec = mla ? TinyMlaSpec(4) : TinySpec();
+    StageRange all{0, 3, true, true}, first{0, 2, true, false}, second{2, 3, false, true};
+    Parameters<double> whole(StageTensors(spec, all)), p0(StageTensors(spec, first)),
+        p1(StageTensors(spec, second));
+    for (auto* p : {&whole, &p0, &p1}) p->Initialize(3, spec.init_std);
+    CHECK(p0.size() + p1.size() == whole.size());
+    ModelStage<double> s_all(spec, all, &whole), s0(spec, first, &p0), s1(spec, second, &p1);
+    StageActivations<double> a_all, a0, a1;
+    auto l_all = s_all.Forward(a_all, kIds.data(), nullptr, kTargets.data(), 2, 5, nullptr);
+    std::vector<double> hidden(10 * 8), dhidden(10 * 8);
+    REQUIRE(s0.Forward(a0, kIds.data(), nullptr, nullptr, 2, 5, hidden.data()).ok());
+    auto l_split = s1.Forward(a1, nullptr, hidden.data(), kTargets.data(), 2, 5, nullptr);
+    REQUIRE(l_all.ok());
+    REQUIRE(l_split.ok());
+    CHECK(l_split.value() == l_all.value());
+    REQUIRE(s_all.Backward(a_all, 1.0, nullptr, nullptr).ok());
+    REQUIRE(s1.Backward(a1, 1.0, nullptr, dhidden.data()).ok());
+    REQUIRE(s0.Backward(a0, 1.0, dhidden.data(), nullptr).ok());
+    for (const auto& v : whole.views()) {
+      double* part = p0.Grad(v.info.name) ? p0.Grad(v.info.name) : p1.Grad(v.info.name);
+      REQUIRE(part != nullptr);
+      for (int64_t i = 0; i < v.info.numel(); ++i) CHECK(part[i] == whole.grads()[v.offset + i]);
+    }
   }
 }
 
@@ -144,14 +266,6 @@ TEST_CASE("model: what cannot run, or fails underneath, comes back as a Status, 
   auto r = split.Forward(acts, kIds.data(), nullptr, kTargets.data(), 2, 5, nullptr);
   CHECK(r.status().code() == moerun::Status::Code::kAborted);
   CHECK(r.status().message() == "expert counts: peer rank 3 is gone");
-  // Multi-head latent attention is refused by name.
-  ModelSpec mla = spec;
-  mla.attention = moerun::AttentionKind::kMla;
-  ModelStage<float> latent(mla, all, &params);
-  CHECK(latent.status().code() == moerun::Status::Code::kUnimplemented);
-  CHECK(
-      latent.Forward(acts, kIds.data(), nullptr, kTargets.data(), 2, 5, nullptr).status().code() ==
-      moerun::Status::Code::kUnimplemented);
   // Parameters that do not cover the range: the missing tensor is named.
   Parameters<float> half(StageTensors(spec, {0, 1, true, false}));
   ModelStage<float> wrong(spec, all, &half);

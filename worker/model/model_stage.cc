@@ -8,23 +8,11 @@
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/router.h"
 #include "worker/model/ffn_block.h"
+#include "worker/model/stage_activations.h"
 
 namespace moerun::model {
 
 namespace cpu = kernels::cpu;
-
-template <typename T>
-struct LayerActivations {
-  std::vector<T> x;          // layer input [N, D]
-  std::vector<T> n1, rstd1;  // input_layernorm output [N, D] and 1/rms [N]
-  std::vector<T> q, k, v;    // projections, q and k after RoPE [N, H·hd]
-  std::vector<T> probs;      // [B, H, S, S]
-  std::vector<T> att;        // attention output before o_proj [N, H·hd]
-  std::vector<T> mid;        // x + attention [N, D]
-  std::vector<T> n2, rstd2;  // post_attention_layernorm
-  std::vector<T> g, u, a;    // dense MLP [N, F]
-  MoeActivations<T> moe;
-};
 
 template <typename T>
 StageActivations<T>::StageActivations() = default;
@@ -45,14 +33,27 @@ std::vector<TensorInfo> StageTensors(const ModelSpec& spec, const StageRange& r)
   std::vector<TensorInfo> out;
   const int64_t e_end = r.expert_end < 0 ? spec.moe.routed_experts : r.expert_end;
   for (TensorInfo& t : ModelTensors(spec)) {
-    bool here = t.layer >= 0 ? (t.layer >= r.layer_begin && t.layer < r.layer_end)
-                             : (t.role == TensorRole::kEmbedding ? r.has_embedding : r.has_head);
+    bool here = StageHolds(spec, t, r.layer_begin, r.layer_end, r.has_embedding, r.has_head);
     if (t.role == TensorRole::kRoutedExpert) {
       here = here && t.expert >= r.expert_begin && t.expert < e_end;
     }
     if (here) out.push_back(std::move(t));
   }
   return out;
+}
+
+MlaShape MlaShapeFor(const ModelSpec& spec, GemmPrecision precision) {
+  MlaShape m;
+  m.d_model = spec.d_model;
+  m.heads = spec.n_heads;
+  m.q_lora_rank = spec.q_lora_rank;
+  m.kv_lora_rank = spec.kv_lora_rank;
+  m.nope = spec.qk_nope_head_dim;
+  m.rope = spec.qk_rope_head_dim;
+  m.v = spec.v_head_dim;
+  m.rope_theta = spec.rope_theta;
+  m.precision = precision;
+  return m;
 }
 
 MoeShape MoeShapeFor(const ModelSpec& spec) {
@@ -82,17 +83,16 @@ ModelStage<T>::ModelStage(const ModelSpec& spec, StageRange range, Parameters<T>
     linear_precision_ = GemmPrecision::kFp8;
     head_precision_ = GemmPrecision::kBf16;
   }
-  if (spec.attention != AttentionKind::kMha) {
-    status_ =
-        Status::Unimplemented("model.attention: mla is not implemented by the CPU trainer yet");
-  }
+  if (spec.attention == AttentionKind::kMla) mla_shape_ = MlaShapeFor(spec, linear_precision_);
   // Every tensor of the range is bound by name below: checked once here.
   for (const TensorInfo& t : StageTensors(spec, range_)) {
     if (status_.ok() && params->Find(t.name) == nullptr)
       status_ = Status::Internal("model stage: the parameters lack " + t.name);
   }
-  for (int64_t l = range.layer_begin; l < range.layer_end; ++l) {
-    if (l >= spec.dense_layers) moe_layers_.push_back(l);
+  // The MTP modules' blocks follow the stage's last layer (layers n_layers + k - 1).
+  if (range_.has_head) mtp_depth_ = spec.mtp.depth;
+  for (int64_t l = range.layer_begin; l < range.layer_end + mtp_depth_; ++l) {
+    if (!spec.dense_layer(l)) moe_layers_.push_back(l);
   }
   expert_counts_.assign(moe_layers_.size(), std::vector<int64_t>(spec.moe.routed_experts, 0));
   moe_shape_ = MoeShapeFor(spec);
@@ -138,6 +138,17 @@ Result<double> ModelStage<T>::Forward(StageActivations<T>& acts, const int32_t* 
   LinearForwardP(acts.final_norm.data(), params_->Find("lm_head.weight"), acts.logits.data(), n, d,
                  v, head_precision_);
   acts.loss = cpu::CrossEntropy<T>(acts.logits.data(), targets, nullptr, n, v, 1.0);
+  acts.mtp.clear();
+  acts.mtp_loss = 0;
+  if (mtp_enabled_ && mtp_depth_ > 0) {
+    MOERUN_RETURN_IF_ERROR(MtpForward(acts));
+    return acts.loss;
+  }
+  // No MTP module ran: their blocks routed no token.
+  for (size_t j = 0; j < moe_layers_.size(); ++j) {
+    if (moe_layers_[j] >= spec_.n_layers)
+      std::fill(expert_counts_[j].begin(), expert_counts_[j].end(), 0);
+  }
   return acts.loss;
 }
 
@@ -156,6 +167,7 @@ Status ModelStage<T>::Backward(StageActivations<T>& acts, double dloss, const T*
     cpu::RmsNormBackward(dnorm.data(), acts.final_in.data(), params_->Find("model.norm.weight"),
                          acts.final_rstd.data(), dh.data(), params_->Grad("model.norm.weight"), n,
                          d);
+    if (!acts.mtp.empty()) MOERUN_RETURN_IF_ERROR(MtpBackward(acts, dloss, dh.data()));
   } else {
     std::copy(dhidden_out, dhidden_out + n * d, dh.begin());
   }
@@ -197,6 +209,28 @@ MlpWeights<T> ModelStage<T>::Mlp(int64_t layer, const std::string& prefix, int64
 }
 
 template <typename T>
+MlaWeights<T> ModelStage<T>::Mla(int64_t layer) {
+  MlaWeights<T> w;
+  auto bind = [&](const char* name, const T** value, T** grad) {
+    const std::string full = std::string("self_attn.") + name + ".weight";
+    *value = Param(layer, full.c_str());
+    *grad = ParamGrad(layer, full.c_str());
+  };
+  if (spec_.q_lora_rank > 0) {
+    bind("q_a_proj", &w.q_a, &w.dq_a);
+    bind("q_a_layernorm", &w.q_a_norm, &w.dq_a_norm);
+    bind("q_b_proj", &w.q_b, &w.dq_b);
+  } else {
+    bind("q_proj", &w.q, &w.dq);
+  }
+  bind("kv_a_proj_with_mqa", &w.kv_a, &w.dkv_a);
+  bind("kv_a_layernorm", &w.kv_a_norm, &w.dkv_a_norm);
+  bind("kv_b_proj", &w.kv_b, &w.dkv_b);
+  bind("o_proj", &w.o, &w.d_o);
+  return w;
+}
+
+template <typename T>
 MoeWeights<T> ModelStage<T>::Moe(int64_t layer, std::vector<float>* bias) {
   const int64_t e = spec_.moe.routed_experts;
   const T* b = Param(layer, "mlp.gate.e_score_correction_bias");
@@ -212,13 +246,8 @@ MoeWeights<T> ModelStage<T>::Moe(int64_t layer, std::vector<float>* bias) {
 }
 
 template <typename T>
-Status ModelStage<T>::LayerForward(int64_t l, LayerActivations<T>& a, const T* x, T* y, int64_t b,
-                                   int64_t s) {
+void ModelStage<T>::MhaForward(int64_t l, LayerActivations<T>& a, int64_t b, int64_t s) {
   const int64_t n = b * s, d = spec_.d_model, h = spec_.n_heads, hd = d / h, hh = h * hd;
-  a.x.assign(x, x + n * d);
-  a.n1.resize(static_cast<size_t>(n * d));
-  a.rstd1.resize(static_cast<size_t>(n));
-  cpu::RmsNormForward(x, Param(l, "input_layernorm.weight"), a.n1.data(), a.rstd1.data(), n, d);
   for (auto* buf : {&a.q, &a.k, &a.v, &a.att}) buf->resize(static_cast<size_t>(n * hh));
   LinearForwardP(a.n1.data(), Param(l, "self_attn.q_proj.weight"), a.q.data(), n, d, hh,
                  linear_precision_);
@@ -231,14 +260,29 @@ Status ModelStage<T>::LayerForward(int64_t l, LayerActivations<T>& a, const T* x
   a.probs.resize(static_cast<size_t>(b * h * s * s));
   cpu::AttentionForward(a.q.data(), a.k.data(), a.v.data(), a.att.data(), a.probs.data(), b, s, h,
                         hd, hd, 1.0 / std::sqrt(double(hd)));
-  a.mid.assign(x, x + n * d);  // residual: mid = x + att · Woᵀ
   LinearForwardP(a.att.data(), Param(l, "self_attn.o_proj.weight"), a.mid.data(), n, hh, d,
                  linear_precision_, true);
+}
+
+template <typename T>
+Status ModelStage<T>::LayerForward(int64_t l, LayerActivations<T>& a, const T* x, T* y, int64_t b,
+                                   int64_t s) {
+  const int64_t n = b * s, d = spec_.d_model;
+  a.x.assign(x, x + n * d);
+  a.n1.resize(static_cast<size_t>(n * d));
+  a.rstd1.resize(static_cast<size_t>(n));
+  cpu::RmsNormForward(x, Param(l, "input_layernorm.weight"), a.n1.data(), a.rstd1.data(), n, d);
+  a.mid.assign(x, x + n * d);  // residual: mid = x + attention(n1)
+  if (spec_.attention == AttentionKind::kMla) {
+    MlaForward(a.n1.data(), b, s, mla_shape_, Mla(l), a.mla, a.mid.data(), true);
+  } else {
+    MhaForward(l, a, b, s);
+  }
   a.n2.resize(static_cast<size_t>(n * d));
   a.rstd2.resize(static_cast<size_t>(n));
   cpu::RmsNormForward(a.mid.data(), Param(l, "post_attention_layernorm.weight"), a.n2.data(),
                       a.rstd2.data(), n, d);
-  if (l < spec_.dense_layers) {
+  if (spec_.dense_layer(l)) {
     const int64_t f = spec_.ffn_hidden;
     for (auto* buf : {&a.g, &a.u, &a.a}) buf->resize(static_cast<size_t>(n * f));
     MlpForward(a.n2.data(), n, d, Mlp(l, "mlp", f), a.g.data(), a.u.data(), a.a.data(), y, false);
@@ -253,12 +297,33 @@ Status ModelStage<T>::LayerForward(int64_t l, LayerActivations<T>& a, const T* x
 }
 
 template <typename T>
+void ModelStage<T>::MhaBackward(int64_t l, LayerActivations<T>& a, const T* dh, T* dn, int64_t b,
+                                int64_t s) {
+  const int64_t n = b * s, d = spec_.d_model, h = spec_.n_heads, hd = d / h, hh = h * hd;
+  // mid = x + o_proj(attention(rope(q), rope(k), v)).
+  std::vector<T> datt(static_cast<size_t>(n * hh));
+  LinearBackwardP(dh, a.att.data(), Param(l, "self_attn.o_proj.weight"), datt.data(),
+                  ParamGrad(l, "self_attn.o_proj.weight"), n, hh, d, false, linear_precision_);
+  std::vector<T> dq(datt.size()), dk(datt.size()), dv(datt.size());
+  cpu::AttentionBackward(datt.data(), a.q.data(), a.k.data(), a.v.data(), a.probs.data(), dq.data(),
+                         dk.data(), dv.data(), b, s, h, hd, hd, 1.0 / std::sqrt(double(hd)));
+  cpu::Rope(dq.data(), b, s, h, hd, spec_.rope_theta, true);
+  cpu::Rope(dk.data(), b, s, h, hd, spec_.rope_theta, true);
+  LinearBackwardP(dq.data(), a.n1.data(), Param(l, "self_attn.q_proj.weight"), dn,
+                  ParamGrad(l, "self_attn.q_proj.weight"), n, d, hh, false, linear_precision_);
+  LinearBackwardP(dk.data(), a.n1.data(), Param(l, "self_attn.k_proj.weight"), dn,
+                  ParamGrad(l, "self_attn.k_proj.weight"), n, d, hh, true, linear_precision_);
+  LinearBackwardP(dv.data(), a.n1.data(), Param(l, "self_attn.v_proj.weight"), dn,
+                  ParamGrad(l, "self_attn.v_proj.weight"), n, d, hh, true, linear_precision_);
+}
+
+template <typename T>
 Status ModelStage<T>::LayerBackward(int64_t l, LayerActivations<T>& a, double dloss, T* dh,
                                     int64_t b, int64_t s) {
-  const int64_t n = b * s, d = spec_.d_model, h = spec_.n_heads, hd = d / h, hh = h * hd;
+  const int64_t n = b * s, d = spec_.d_model;
   // FFN half: out = mid + FFN(norm2(mid)).
   std::vector<T> dn(static_cast<size_t>(n * d)), dx(static_cast<size_t>(n * d));
-  if (l < spec_.dense_layers) {
+  if (spec_.dense_layer(l)) {
     std::vector<T> scratch;
     MlpBackward(dh, a.n2.data(), n, d, Mlp(l, "mlp", spec_.ffn_hidden), a.g.data(), a.u.data(),
                 a.a.data(), dn.data(), false, scratch);
@@ -272,21 +337,12 @@ Status ModelStage<T>::LayerBackward(int64_t l, LayerActivations<T>& a, double dl
                        n, d);
   for (int64_t i = 0; i < n * d; ++i) dh[i] += dx[i];  // dh is now d(mid)
 
-  // Attention half: mid = x + o_proj(attention(rope(q), rope(k), v)).
-  std::vector<T> datt(static_cast<size_t>(n * hh));
-  LinearBackwardP(dh, a.att.data(), Param(l, "self_attn.o_proj.weight"), datt.data(),
-                  ParamGrad(l, "self_attn.o_proj.weight"), n, hh, d, false, linear_precision_);
-  std::vector<T> dq(datt.size()), dk(datt.size()), dv(datt.size());
-  cpu::AttentionBackward(datt.data(), a.q.data(), a.k.data(), a.v.data(), a.probs.data(), dq.data(),
-                         dk.data(), dv.data(), b, s, h, hd, hd, 1.0 / std::sqrt(double(hd)));
-  cpu::Rope(dq.data(), b, s, h, hd, spec_.rope_theta, true);
-  cpu::Rope(dk.data(), b, s, h, hd, spec_.rope_theta, true);
-  LinearBackwardP(dq.data(), a.n1.data(), Param(l, "self_attn.q_proj.weight"), dn.data(),
-                  ParamGrad(l, "self_attn.q_proj.weight"), n, d, hh, false, linear_precision_);
-  LinearBackwardP(dk.data(), a.n1.data(), Param(l, "self_attn.k_proj.weight"), dn.data(),
-                  ParamGrad(l, "self_attn.k_proj.weight"), n, d, hh, true, linear_precision_);
-  LinearBackwardP(dv.data(), a.n1.data(), Param(l, "self_attn.v_proj.weight"), dn.data(),
-                  ParamGrad(l, "self_attn.v_proj.weight"), n, d, hh, true, linear_precision_);
+  // Attention half: mid = x + attention(norm1(x)); dn is d(norm1 output).
+  if (spec_.attention == AttentionKind::kMla) {
+    MlaBackward(dh, a.n1.data(), b, s, mla_shape_, Mla(l), a.mla, dn.data(), false);
+  } else {
+    MhaBackward(l, a, dh, dn.data(), b, s);
+  }
   cpu::RmsNormBackward(dn.data(), a.x.data(), Param(l, "input_layernorm.weight"), a.rstd1.data(),
                        dx.data(), ParamGrad(l, "input_layernorm.weight"), n, d);
   for (int64_t i = 0; i < n * d; ++i) dh[i] += dx[i];  // dh is now d(x)

@@ -14,6 +14,7 @@
 
 #include "common/job_spec.h"
 #include "worker/model/ffn_block.h"
+#include "worker/model/mla_block.h"
 #include "worker/model/parameters.h"
 
 namespace moerun::model {
@@ -27,12 +28,16 @@ struct StageRange {
 
 // A MoE layer's shape from the model spec (router precision left at its fp32 default).
 MoeShape MoeShapeFor(const ModelSpec& spec);
+// An MLA layer's shape from the model spec, its projections in `precision`.
+MlaShape MlaShapeFor(const ModelSpec& spec, GemmPrecision precision);
 
 // The tensors a stage holds, in ModelTensors() order.
 std::vector<TensorInfo> StageTensors(const ModelSpec& spec, const StageRange& range);
 
 template <typename T>
-struct LayerActivations;  // defined in model_stage.cc
+struct LayerActivations;  // defined in stage_activations.h (internal)
+template <typename T>
+struct MtpActivations;
 
 template <typename T>
 struct StageActivations {
@@ -43,7 +48,9 @@ struct StageActivations {
   std::vector<int32_t> ids, targets;
   std::vector<std::unique_ptr<LayerActivations<T>>> layers;
   std::vector<T> final_in, final_norm, final_rstd, logits;
-  double loss = 0;          // mean cross-entropy (head stage)
+  std::vector<std::unique_ptr<MtpActivations<T>>> mtp;  // one per MTP module that ran
+  double loss = 0;          // mean cross-entropy (head stage), the main model's
+  double mtp_loss = 0;      // mean over the MTP modules of their mean cross-entropy
   double balance_loss = 0;  // Σ over this stage's MoE layers of the sequence-wise loss
 };
 
@@ -57,24 +64,30 @@ class ModelStage {
   ModelStage(const ModelSpec& spec, StageRange range, Parameters<T>* params,
              Precision precision = Precision::kFp32, ExpertParallel ep = {});
 
-  // Not OK when the stage cannot run: Unimplemented for MLA attention, Internal when `params`
-  // lacks a tensor of the range. Forward and Backward return it.
+  // Not OK when the stage cannot run: Internal when `params` lacks a tensor of the range.
+  // Forward and Backward return it.
   const Status& status() const { return status_; }
 
   // B sequences of S tokens (N = B·S). Input: ids [N] with the embedding, else hidden [N, D].
   // With the head, targets [N] give the loss (returned); else hidden_out [N, D] is written and
   // 0 returned. An expert group's data-plane failure comes back as itself.
+  // With the head and model.mtp.depth > 0 (and MTP enabled), the multi-token prediction
+  // modules run after the head on the same targets: module k reads token i + k from the
+  // targets (t_{i+k-1}) and predicts t_{i+k} at positions i < S - k (docs/architecture.md §4.4).
+  // acts.mtp_loss gets their mean cross-entropy; the returned loss stays the main model's.
   Result<double> Forward(StageActivations<T>& acts, const int32_t* ids, const T* hidden_in,
                          const int32_t* targets, int64_t batch, int64_t seq, T* hidden_out);
 
   // From the loss (head stage; scaled by dloss) or from dhidden_out [N, D]. Writes
-  // dhidden_in [N, D] when the stage has no embedding. The balance losses are scaled by dloss.
+  // dhidden_in [N, D] when the stage has no embedding. The balance losses are scaled by dloss,
+  // MTP module k's cross-entropy by dloss · mtp.loss_weight / mtp.depth.
   Status Backward(StageActivations<T>& acts, double dloss, const T* dhidden_out, T* dhidden_in);
 
   // Tokens routed to each expert in the last Forward, per MoE layer of this stage:
-  // [moe layer index within the stage][expert].
+  // [moe layer index within the stage][expert]. The MTP modules' MoE blocks come last (zero
+  // after a forward without MTP).
   const std::vector<std::vector<int64_t>>& expert_counts() const { return expert_counts_; }
-  // MoE layers held, in order (global layer indices).
+  // MoE layers held, in order (global layer indices; an MTP module k's block is n_layers + k - 1).
   const std::vector<int64_t>& moe_layers() const { return moe_layers_; }
   // Aux-loss-free balancing: b_i += γ · sign(mean_load − load_i) for one MoE layer, from the
   // step's global counts [E]. `layer` is a global layer index.
@@ -82,26 +95,44 @@ class ModelStage {
 
   const StageRange& range() const { return range_; }
 
+  // Multi-token prediction runs in training forwards only: evaluation and `moerun eval`
+  // measure the main model. On by default on a head stage of a model with model.mtp.depth > 0.
+  void set_mtp_enabled(bool enabled) { mtp_enabled_ = enabled; }
+  // MTP modules this stage holds (model.mtp.depth on the head stage, else 0).
+  int64_t mtp_depth() const { return mtp_depth_; }
+
  private:
   Status LayerForward(int64_t layer, LayerActivations<T>& a, const T* x, T* y, int64_t b,
                       int64_t s);
+  // The MTP modules after the head (model_stage_mtp.cc): forward from acts.final_in and the
+  // targets; backward adds the gradient of final_in to dfinal [N, D].
+  Status MtpForward(StageActivations<T>& acts);
+  Status MtpBackward(StageActivations<T>& acts, double dloss, T* dfinal);
   // dh: in, the gradient of the layer's output; out, of its input.
   Status LayerBackward(int64_t layer, LayerActivations<T>& a, double dloss, T* dh, int64_t b,
                        int64_t s);
+  // The attention half of multi-head attention: a.mid += o_proj(attention(a.n1)); its
+  // backward writes dn (=) from dh, the gradient of a.mid.
+  void MhaForward(int64_t layer, LayerActivations<T>& a, int64_t b, int64_t s);
+  void MhaBackward(int64_t layer, LayerActivations<T>& a, const T* dh, T* dn, int64_t b, int64_t s);
   T* Param(int64_t layer, const char* suffix);
   T* ParamGrad(int64_t layer, const char* suffix);
   MlpWeights<T> Mlp(int64_t layer, const std::string& prefix, int64_t hidden);
   // `bias` receives the layer's balancing bias as fp32 (the router's input type).
   MoeWeights<T> Moe(int64_t layer, std::vector<float>* bias);
+  MlaWeights<T> Mla(int64_t layer);
 
   ModelSpec spec_;
   MoeShape moe_shape_;
+  MlaShape mla_shape_;                                     // attention: mla
   GemmPrecision linear_precision_ = GemmPrecision::kFp32;  // decoder projections and MLPs
   GemmPrecision head_precision_ = GemmPrecision::kFp32;    // LM head (and router: moe_shape_)
   ExpertParallel ep_;
   StageRange range_;
   Parameters<T>* params_;
-  std::vector<int64_t> moe_layers_;
+  std::vector<int64_t> moe_layers_;  // the MTP modules' MoE blocks included, last
+  int64_t mtp_depth_ = 0;
+  bool mtp_enabled_ = true;
   std::vector<std::vector<int64_t>> expert_counts_;
   Status status_;
 };

@@ -30,7 +30,7 @@ Result<Topology> MakeTopology(const JobSpec& spec, std::unique_ptr<comm::Communi
   t.d = t.rank % t.data;
   if (t.stage > 0) t.prev = int((t.stage - 1) * t.data + t.d);
   if (t.stage + 1 < t.pipeline) t.next = int((t.stage + 1) * t.data + t.d);
-  const StageLayout layout = SplitLayers(m.n_layers, t.pipeline)[size_t(t.stage)];
+  const StageLayout layout = SplitLayers(m.n_layers, t.pipeline, m.mtp.depth)[size_t(t.stage)];
   t.range = {layout.layer_begin, layout.layer_end, layout.has_embedding, layout.has_head, 0, -1};
   if (m.moe_layers() > 0) {
     const int64_t per = m.moe.routed_experts / t.expert;

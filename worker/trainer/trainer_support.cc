@@ -8,9 +8,10 @@
 namespace moerun::trainer {
 
 Status TrainerSupport(const JobSpec& spec) {
-  if (spec.model.attention != AttentionKind::kMha) {
+  if (spec.model.mtp.depth > 0) {
     return Status::Unimplemented(
-        "model.attention: mla is not implemented by the trainers yet; use attention: mha");
+        "model.mtp.depth: multi-token prediction is not wired into the trainers yet; set "
+        "depth: 0");
   }
   return GpuStepSupport(spec);
 }
@@ -18,6 +19,11 @@ Status TrainerSupport(const JobSpec& spec) {
 Status GpuStepSupport(const JobSpec& spec) {
   if (spec.resources.backend != Backend::kCuda) return Status::OK();
   const std::string prefix = "resources.backend: cuda: ";
+  if (spec.model.attention == AttentionKind::kMla) {
+    return Status::Unimplemented(prefix +
+                                 "model.attention: mla is not implemented by the GPU trainer yet; "
+                                 "train it with resources.backend: cpu, or use attention: mha");
+  }
   if (spec.train.precision == Precision::kFp8) {
     const int64_t micro_tokens = spec.train.global_batch /
                                  (spec.parallel.data * spec.parallel.micro_batches) *

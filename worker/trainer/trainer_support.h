@@ -8,12 +8,12 @@
 
 namespace moerun::trainer {
 
-// OK, or Unimplemented naming what is missing and what to use instead: MLA attention (any
-// backend), and for resources.backend: cuda what GpuStepSupport refuses.
+// OK, or Unimplemented naming what is missing and what to use instead: for
+// resources.backend: cuda what GpuStepSupport refuses.
 Status TrainerSupport(const JobSpec& spec);
 
-// For a cuda job, what the GPU step (worker/trainer/gpu_stage.h) lacks: fp8 sizes
-// cuBLASLt cannot take. OK for a cpu job.
+// For a cuda job, what the GPU step (worker/trainer/gpu_stage.h) lacks: MLA attention, fp8
+// sizes cuBLASLt cannot take. OK for a cpu job.
 Status GpuStepSupport(const JobSpec& spec);
 
 }  // namespace moerun::trainer
