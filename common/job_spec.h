@@ -84,6 +84,8 @@ struct ModelSpec {
   // Whether layer `layer` has a dense MLP: the first dense_layers, and every layer (MTP
   // modules' blocks, numbered n_layers + k - 1, included) of a model without MoE layers.
   bool dense_layer(int64_t layer) const { return layer < dense_layers || moe_layers() == 0; }
+  // MoE layers with the MTP modules' MoE blocks (those follow the main ones, in order).
+  int64_t moe_layers_with_mtp() const { return moe_layers() > 0 ? moe_layers() + mtp.depth : 0; }
   // Per-head dimensions of the query/key dot product and of the values.
   int64_t qk_head_dim() const;
   int64_t v_head_dim_effective() const;

@@ -95,6 +95,7 @@ std::string FormatProgress(const nlohmann::json& j) {
   std::string out = "step " + std::to_string(j.value("step", int64_t(0))) + "/" +
                     std::to_string(j.value("total_steps", int64_t(0)));
   if (j.contains("loss")) out += "  loss " + Num(j, "loss", 4);
+  if (j.contains("mtp_loss")) out += "  mtp " + Num(j, "mtp_loss", 4);
   if (j.contains("tokens_per_s")) out += "  " + Num(j, "tokens_per_s", 0) + " tok/s";
   if (j.contains("eta_s")) out += "  ETA " + DurationText(j["eta_s"].get<double>());
   return out;

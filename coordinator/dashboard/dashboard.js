@@ -92,6 +92,7 @@ function makeCharts() {
   charts.loss = lineChart('loss-chart', [
     { name: 'train', id: 'loss' },
     { name: 'held-out', id: 'val_loss', showSymbol: true, symbolSize: 6 },
+    { name: 'MTP', id: 'mtp_loss' },
   ], 'loss');
   charts.throughput = lineChart('throughput-chart', [{ name: 'tokens/s', id: 'tokens_per_s' }],
                                 'tokens/s');
@@ -133,7 +134,8 @@ function drawCharts() {
   const m = state.metrics;
   const pick = (key) => m.filter((r) => typeof r[key] === 'number').map((r) => [r.step, r[key]]);
   charts.loss.setOption({ series: [{ id: 'loss', data: pick('loss') },
-                                   { id: 'val_loss', data: pick('val_loss') }] });
+                                   { id: 'val_loss', data: pick('val_loss') },
+                                   { id: 'mtp_loss', data: pick('mtp_loss') }] });
   charts.throughput.setOption({ series: [{ id: 'tokens_per_s', data: pick('tokens_per_s') }] });
   charts.split.setOption({ series: [{ id: 'compute_s', data: pick('compute_s') },
                                     { id: 'data_wait_s', data: pick('data_wait_s') },
@@ -250,6 +252,8 @@ function drawJob(job) {
   $('stat-step').textContent = job.step + '/' + total;
   $('stat-loss').textContent = fmt(job.loss, 4);
   $('stat-val-loss').textContent = fmt(job.val_loss, 4);
+  $('stat-mtp-box').hidden = typeof job.mtp_loss !== 'number';
+  $('stat-mtp-loss').textContent = fmt(job.mtp_loss, 4);
   $('stat-tokens').textContent = fmtCount(job.tokens_per_s);
   $('stat-eta').textContent = job.phase === 'RUNNING' ? fmtDuration(job.eta_s) : '–';
   $('stat-generation').textContent = String(job.generation);

@@ -142,7 +142,7 @@ nlohmann::json Coordinator::JobSummary(const JobRun& job) const {
                       {"total_steps", job.total_steps()},
                       {"submitted_ms", job.submitted_ms},
                       {"run_dir", job.run_dir}};
-  for (const char* k : {"loss", "tokens_per_s", "step_time_s"}) {
+  for (const char* k : {"loss", "mtp_loss", "tokens_per_s", "step_time_s"}) {
     if (job.progress.contains(k)) j[k] = job.progress[k];
   }
   if (job.held_out.contains("val_loss")) {

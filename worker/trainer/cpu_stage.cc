@@ -22,17 +22,22 @@ CpuStage::CpuStage(const JobSpec& spec, Topology* topo, model::Parameters<float>
 }
 
 StageGroups CpuStage::groups() const {
-  return {topo_->world_comm.get(), topo_->data_group.get(), topo_->replica_group.get()};
+  return {topo_->world_comm.get(), topo_->data_group.get(), topo_->replica_group.get(),
+          topo_->embedding_group.get()};
 }
 
 Status CpuStage::BeginStep(int64_t in_flight) {
+  stage_->set_mtp_enabled(true);
   // Every micro-batch keeps its own activations: slot m for micro-batch m.
   acts_.resize(size_t(std::max(in_flight, topo_->micro_batches)));
   params_->ZeroGrads();
   return Status::OK();
 }
 
-void CpuStage::BeginEvaluation() { acts_.resize(std::max<size_t>(acts_.size(), 1)); }
+void CpuStage::BeginEvaluation() {
+  stage_->set_mtp_enabled(false);
+  acts_.resize(std::max<size_t>(acts_.size(), 1));
+}
 
 size_t CpuStage::BoundaryBytes(int64_t sequences) const {
   return size_t(sequences * spec_.model.seq_len * spec_.model.d_model) * sizeof(float);
@@ -56,6 +61,7 @@ Result<double> CpuStage::Forward(int64_t micro, const int32_t* ids, const int32_
   if (!loss.ok()) return loss.status();
   last_loss_ = loss.value();
   last_balance_loss_ = a.balance_loss;
+  last_mtp_loss_ = a.mtp_loss;
   last_sequences_ = sequences;
   return t.last_stage() ? last_loss_ : 0.0;
 }
@@ -112,10 +118,17 @@ Status CpuStage::UnpackGradients(bool routed_experts) {
   return Status::OK();
 }
 
+Result<GradientPack> CpuStage::EmbeddingGradient() {
+  float* g = params_->Grad("model.embed_tokens.weight");
+  if (g == nullptr) return Status::Internal("CPU stage: this stage holds no embedding");
+  return GradientPack{g, size_t(spec_.model.vocab_size * spec_.model.d_model)};
+}
+
 Result<double> CpuStage::GradSquareSum(bool dense, bool routed) {
   double sq = 0;
   for (const auto& v : params_->views()) {
     if (!v.info.trainable()) continue;
+    if (v.info.role == TensorRole::kEmbedding && !topo_->range.has_embedding) continue;
     if (v.info.role == TensorRole::kRoutedExpert ? routed : dense)
       sq += cpu::SumOfSquares(params_->grads().data() + v.offset, v.info.numel());
   }

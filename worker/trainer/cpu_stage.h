@@ -37,6 +37,7 @@ class CpuStage : public StageBackend {
                          int64_t sequences) override;
   const void* Output() const override { return hidden_out_.data(); }
   double balance_loss() const override { return last_balance_loss_; }
+  double mtp_loss() const override { return last_mtp_loss_; }
   int64_t moe_layers() const override { return int64_t(stage_->moe_layers().size()); }
   const int64_t* ExpertCounts(int64_t j) const override {
     return stage_->expert_counts()[size_t(j)].data();
@@ -49,6 +50,7 @@ class CpuStage : public StageBackend {
   Status UpdateBalanceBias(double gamma, const std::vector<std::vector<int64_t>>& counts) override;
   Result<GradientPack> PackGradients(bool routed_experts) override;
   Status UnpackGradients(bool routed_experts) override;
+  Result<GradientPack> EmbeddingGradient() override;
   Result<double> GradSquareSum(bool dense, bool routed) override;
   Status ApplyStep(const kernels::cpu::AdamWStep& adam, double clip) override;
   Status SyncHost() override { return Status::OK(); }
@@ -68,7 +70,7 @@ class CpuStage : public StageBackend {
   // Trainable gradients as runs of grads() offsets: [0] all but routed experts, [1] routed
   // experts (the layout never changes, so they are made once).
   std::vector<model::TensorRun> runs_[2];
-  double last_loss_ = 0, last_balance_loss_ = 0;
+  double last_loss_ = 0, last_balance_loss_ = 0, last_mtp_loss_ = 0;
   int64_t last_sequences_ = 0;
 };
 

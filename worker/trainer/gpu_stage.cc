@@ -157,6 +157,11 @@ class GpuStage : public StageBackend {
 
   const void* Output() const override { return model_->stage_output(); }
   double balance_loss() const override { return model_->balance_loss(); }
+  // GpuStepSupport refuses multi-token prediction: no MTP module runs here.
+  double mtp_loss() const override { return 0; }
+  Result<GradientPack> EmbeddingGradient() override {
+    return Status::Unimplemented("GPU step: multi-token prediction is not implemented");
+  }
   int64_t moe_layers() const override { return model_->moe_layers(); }
   const int64_t* ExpertCounts(int64_t j) const override { return model_->expert_counts(j); }
 

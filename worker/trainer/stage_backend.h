@@ -29,6 +29,9 @@ struct StageGroups {
   comm::Communicator* stages = nullptr;            // the world: activations between stages
   comm::Communicator* dense_gradients = nullptr;   // the data group
   comm::Communicator* expert_gradients = nullptr;  // the expert replica group
+  // The first and the last stage of this replica when the last keeps a copy of the embedding
+  // (multi-token prediction over a pipeline): the copies' gradients are summed over it.
+  comm::Communicator* embedding = nullptr;
 };
 
 // One kind of gradient packed contiguously for one all-reduce (`count` floats at `data`).
@@ -70,6 +73,9 @@ class StageBackend {
   virtual const void* Output() const = 0;
   // The last forward's sum of this stage's MoE layers' sequence-wise balance losses.
   virtual double balance_loss() const = 0;
+  // The last training forward's mean MTP cross-entropy (last stage with model.mtp.depth > 0;
+  // else 0). Evaluation forwards run no MTP module.
+  virtual double mtp_loss() const = 0;
   // MoE layers of this stage, and the last forward's tokens per routed expert of its j-th
   // (host memory, routed_experts values, valid until the next Forward).
   virtual int64_t moe_layers() const = 0;
@@ -98,8 +104,12 @@ class StageBackend {
   // after the caller summed it, back where they belong.
   virtual Result<GradientPack> PackGradients(bool routed_experts) = 0;
   virtual Status UnpackGradients(bool routed_experts) = 0;
+  // The embedding's gradient on a stage holding it (the first stage, or the last stage's copy
+  // under multi-token prediction), for the sum over groups().embedding.
+  virtual Result<GradientPack> EmbeddingGradient() = 0;
   // Σ of squared trainable gradients: of everything but routed experts when `dense`, of
-  // routed experts when `routed`, in tensor order.
+  // routed experts when `routed`, in tensor order. The last stage's copy of the embedding is
+  // left out (the first stage counts it).
   virtual Result<double> GradSquareSum(bool dense, bool routed) = 0;
   // Gradients scaled by `clip` (1: untouched), AdamW on every trainable tensor (weight decay
   // on matrices). Gradients are zero again by the next step's forwards.

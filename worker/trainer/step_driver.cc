@@ -44,7 +44,7 @@ Status StepDriver::Forward(int64_t m, int64_t step, int64_t global_micro) {
   MOERUN_RETURN_IF_ERROR(ReceiveInput(m, micro_seqs_, ForwardTag(m)));
   auto loss = b.Forward(m, Ids(m), Targets(m), micro_seqs_);
   if (!loss.ok()) return loss.status();
-  if (t.last_stage()) loss_sum_ += loss.value();
+  if (t.last_stage()) loss_sum_ += loss.value(), mtp_sum_ += b.mtp_loss();
   balance_sum_ += b.balance_loss();
   const int64_t experts = std::max<int64_t>(spec_.model.moe.routed_experts, 0);
   for (int64_t l = 0; l < b.moe_layers(); ++l) {
@@ -90,6 +90,11 @@ Status StepDriver::SumGradients() {
     MOERUN_RETURN_IF_ERROR(group->AllReduceSum(pack->data, pack->count));
     MOERUN_RETURN_IF_ERROR(backend_->UnpackGradients(routed));
   }
+  if (g.embedding != nullptr) {
+    auto emb = backend_->EmbeddingGradient();
+    if (!emb.ok()) return emb.status();
+    MOERUN_RETURN_IF_ERROR(g.embedding->AllReduceSum(emb->data, emb->count));
+  }
   return Status::OK();
 }
 
@@ -103,7 +108,7 @@ Result<StepResult> StepDriver::Run(int64_t step, int64_t total_steps) {
   MOERUN_RETURN_IF_ERROR(b.BeginStep(std::max<int64_t>(MicroBatchesInFlight(ops), 1)));
   const int64_t stage_moe = b.moe_layers();
   counts_.assign(size_t(stage_moe * experts), 0.0);
-  loss_sum_ = balance_sum_ = 0;
+  loss_sum_ = balance_sum_ = mtp_sum_ = 0;
   ids_.resize(size_t(micro));
   targets_.resize(size_t(micro));
   const double dloss = 1.0 / double(spec_.parallel.data * spec_.parallel.micro_batches);
@@ -135,12 +140,12 @@ Result<StepResult> StepDriver::Run(int64_t step, int64_t total_steps) {
   const kernels::cpu::AdamWStep adam{r.lr, o.beta1, o.beta2, o.eps, o.weight_decay, step};
   MOERUN_RETURN_IF_ERROR(b.ApplyStep(adam, kernels::cpu::ClipFactor(r.grad_norm, o.grad_clip)));
 
-  // The stage's MoE layers are its last ones: the first is the model's MoE layer
-  // max(layer_begin, dense_layers) − dense_layers.
+  // The stage's MoE layers are its last ones (the MTP modules' after them): the first is the
+  // model's MoE layer max(layer_begin, dense_layers) − dense_layers.
   const int64_t first_moe =
       stage_moe == 0 ? 0 : std::max(t.range.layer_begin, ms.dense_layers) - ms.dense_layers;
   MOERUN_RETURN_IF_ERROR(
-      GatherStepMetrics(spec_, t, loss_sum_, balance_sum_, counts_, first_moe, &r));
+      GatherStepMetrics(spec_, t, {loss_sum_, balance_sum_, mtp_sum_}, counts_, first_moe, &r));
   return r;
 }
 

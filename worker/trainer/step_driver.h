@@ -10,7 +10,9 @@
 //  2. Expert token counts summed over the stage's data group; every replica updates its
 //     balancing biases from the same global counts.
 //  3. Gradients summed: dense ones over the data group, routed experts' over the expert
-//     replica group, each packed into one all-reduce.
+//     replica group, each packed into one all-reduce; under multi-token prediction over a
+//     pipeline, the embedding's two copies (first and last stage) then over their pair, so
+//     both stay the same bits.
 //  4. The global gradient norm with every parameter counted once — dense ones on replica 0,
 //     routed experts on the first expert group — then clipping and AdamW.
 // Evaluation: every replica runs the same number of forwards (expert groups exchange tokens
@@ -78,7 +80,7 @@ class StepDriver {
   int64_t seq_ = 0, micro_seqs_ = 0;
   std::vector<std::vector<int32_t>> ids_, targets_;  // per micro-batch in the step
   std::vector<double> counts_;  // this stage's MoE layers × experts, this step
-  double loss_sum_ = 0, balance_sum_ = 0;
+  double loss_sum_ = 0, balance_sum_ = 0, mtp_sum_ = 0;
 };
 
 }  // namespace moerun::trainer

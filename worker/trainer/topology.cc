@@ -55,6 +55,12 @@ Result<Topology> MakeTopology(const JobSpec& spec, std::unique_ptr<comm::Communi
   if (!eg.ok()) return eg.status();
   auto rg = split(replica_members, "replica/" + s + "/" + std::to_string(t.d % t.expert));
   if (!rg.ok()) return rg.status();
+  if (m.mtp.depth > 0 && t.pipeline > 1 && (t.first_stage() || t.last_stage())) {
+    const std::vector<int> ends = {int(t.d), int((t.pipeline - 1) * t.data + t.d)};
+    auto emb = split(ends, "embedding/" + std::to_string(t.d));
+    if (!emb.ok()) return emb.status();
+    t.embedding_group = std::move(emb.value());
+  }
   t.data_group = std::move(dg.value());
   t.expert_group = std::move(eg.value());
   t.replica_group = std::move(rg.value());

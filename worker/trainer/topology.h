@@ -5,7 +5,9 @@
 //                         and expert token counts (so every replica updates its biases alike);
 //   expert group:         the `expert` ranks that hold every expert once — tokens travel here;
 //   expert replica group: the data/expert ranks holding the same experts — their gradients;
-//   world:                global norms and the step's metrics.
+//   world:                global norms and the step's metrics;
+//   embedding group:      replica d of the first and the last stage, whose two copies of the
+//                         embedding (multi-token prediction) get one summed gradient.
 // A run of one process (world 1) uses a SoloCommunicator and runs data × micro_batches
 // micro-batches itself, so it computes the same sums as the parallel job.
 #pragma once
@@ -28,6 +30,9 @@ struct Topology {
   int prev = -1, next = -1;   // world ranks of the neighbouring stages' replica d, or -1
   model::StageRange range;    // layers, embedding/head, experts held
   std::unique_ptr<comm::Communicator> world_comm, data_group, expert_group, replica_group;
+  // Replica d of the first and the last stage, when the last keeps a copy of the embedding
+  // (model.mtp.depth > 0 and pipeline > 1); null elsewhere.
+  std::unique_ptr<comm::Communicator> embedding_group;
 
   bool first_stage() const { return stage == 0; }
   bool last_stage() const { return stage == pipeline - 1; }

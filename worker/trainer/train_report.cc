@@ -1,5 +1,6 @@
 #include "worker/trainer/train_report.h"
 
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -76,9 +77,12 @@ void TrainReporter::Step(const nlohmann::json& line, int64_t total) {
     DrawProgress(step, total, loss, double(tokens) / elapsed,
                  elapsed / double(step - first_step_ + 1) * double(total - step));
   }
-  log_->info("step {}/{} loss {:.4f} lr {:.3e} grad_norm {:.3f} load max/mean {:.2f} {:.0f} tok/s",
-             step, total, loss, double(line["lr"]), double(line["grad_norm"]),
-             double(line["max_over_mean_load"]), double(line["tokens_per_s"]));
+  const std::string mtp =
+      line.contains("mtp_loss") ? fmt::format(" mtp {:.4f}", double(line["mtp_loss"])) : "";
+  log_->info(
+      "step {}/{} loss {:.4f}{} lr {:.3e} grad_norm {:.3f} load max/mean {:.2f} {:.0f} tok/s", step,
+      total, loss, mtp, double(line["lr"]), double(line["grad_norm"]),
+      double(line["max_over_mean_load"]), double(line["tokens_per_s"]));
 }
 
 void TrainReporter::ShardWritten(const checkpoint::WriteReport& r, const std::string& shard) {

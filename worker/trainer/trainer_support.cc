@@ -7,18 +7,17 @@
 
 namespace moerun::trainer {
 
-Status TrainerSupport(const JobSpec& spec) {
-  if (spec.model.mtp.depth > 0) {
-    return Status::Unimplemented(
-        "model.mtp.depth: multi-token prediction is not wired into the trainers yet; set "
-        "depth: 0");
-  }
-  return GpuStepSupport(spec);
-}
+Status TrainerSupport(const JobSpec& spec) { return GpuStepSupport(spec); }
 
 Status GpuStepSupport(const JobSpec& spec) {
   if (spec.resources.backend != Backend::kCuda) return Status::OK();
   const std::string prefix = "resources.backend: cuda: ";
+  if (spec.model.mtp.depth > 0) {
+    return Status::Unimplemented(prefix +
+                                 "model.mtp.depth: multi-token prediction is not implemented by "
+                                 "the GPU trainer yet; train it with resources.backend: cpu, or "
+                                 "set mtp.depth: 0");
+  }
   if (spec.model.attention == AttentionKind::kMla) {
     return Status::Unimplemented(prefix +
                                  "model.attention: mla is not implemented by the GPU trainer yet; "
