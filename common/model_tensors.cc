@@ -114,6 +114,35 @@ std::vector<TensorInfo> ModelTensors(const ModelSpec& m) {
   return out;
 }
 
+std::vector<ModelShapeField> ModelShapeFields(const ModelSpec& m) {
+  std::vector<ModelShapeField> f = {
+      {"model.vocab_size", m.vocab_size},
+      {"model.d_model", m.d_model},
+      {"model.n_layers", m.n_layers},
+      {"model.n_heads", m.n_heads},
+      {"model.dense_layers", m.dense_layers},
+      {"model.ffn_hidden", m.dense_layers > 0 ? m.ffn_hidden : 0},
+      {"model.attention", m.attention == AttentionKind::kMla ? 1 : 0},
+      {"model.q_lora_rank", m.q_lora_rank},
+      {"model.kv_lora_rank", m.kv_lora_rank},
+      {"model.qk_nope_head_dim", m.qk_nope_head_dim},
+      {"model.qk_rope_head_dim", m.qk_rope_head_dim},
+      {"model.v_head_dim", m.v_head_dim},
+      {"model.mtp.depth", m.mtp.depth},
+  };
+  if (m.moe_layers() > 0) {
+    f.push_back({"model.moe.routed_experts", m.moe.routed_experts});
+    f.push_back({"model.moe.shared_experts", m.moe.shared_experts});
+    f.push_back({"model.moe.expert_hidden", m.moe.expert_hidden});
+  }
+  return f;
+}
+
+std::string ModelShapeText(const std::string& field, int64_t value) {
+  if (field == "model.attention") return value == 1 ? "mla" : "mha";
+  return std::to_string(value);
+}
+
 int64_t RoutedExpertParameters(const ModelSpec& m) { return 3 * m.d_model * m.moe.expert_hidden; }
 
 ParameterCounts CountParameters(const ModelSpec& m) { return CountParameters(m, ModelTensors(m)); }

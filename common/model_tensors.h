@@ -80,6 +80,17 @@ ParameterCounts CountParameters(const ModelSpec& model);
 // The same from a tensor list already built by ModelTensors(model).
 ParameterCounts CountParameters(const ModelSpec& model, const std::vector<TensorInfo>& tensors);
 
+// The fields of a model spec that decide its tensors' names and shapes, as (field path,
+// value), attention as 0 (mha) or 1 (mla): what a checkpoint records beside its weights, so
+// a restore into another model can name the field that differs.
+struct ModelShapeField {
+  std::string field;  // "model.attention", "model.moe.routed_experts", ...
+  int64_t value = 0;
+};
+std::vector<ModelShapeField> ModelShapeFields(const ModelSpec& model);
+// A field's value as a spec writes it ("mla" for model.attention 1).
+std::string ModelShapeText(const std::string& field, int64_t value);
+
 // Parameters of one routed expert (gate, up and down projections).
 int64_t RoutedExpertParameters(const ModelSpec& model);
 

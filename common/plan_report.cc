@@ -60,7 +60,18 @@ std::string PlanText(const JobSpec& spec, const JobPlan& plan, const PlanReportO
   o << "  dense MLPs          " << HumanCount(double(c.dense_mlp)) << "\n";
   o << "  routed experts      " << HumanCount(double(c.routed_experts)) << "\n";
   o << "  shared experts      " << HumanCount(double(c.shared_experts)) << "\n";
-  o << "  routers and norms   " << HumanCount(double(c.router + c.norms)) << "\n\n";
+  o << "  routers and norms   " << HumanCount(double(c.router + c.norms)) << "\n";
+  if (m.mtp.depth > 0) {
+    // Training only, apart from the main model's total (the published DeepSeek-V3 checkpoint
+    // holds 685B with it: 671B + the module with its copies of the embedding and head).
+    o << "  MTP modules         " << HumanCount(double(c.mtp)) << "  (" << m.mtp.depth << " module"
+      << (m.mtp.depth == 1 ? "" : "s") << ", " << HumanCount(double(c.mtp_active_per_token))
+      << " active per token; not in the total, embedding and head shared)\n";
+    o << "  with MTP            " << HumanCount(double(c.total + c.mtp)) << " total, "
+      << HumanCount(double(c.total + c.mtp + m.mtp.depth * (c.embedding + c.head)))
+      << " as the checkpoint stores it (each module keeps copies of embedding and head)\n";
+  }
+  o << "\n";
 
   o << "placement\n";
   if (opts.every_rank) {
@@ -85,6 +96,12 @@ std::string PlanText(const JobSpec& spec, const JobPlan& plan, const PlanReportO
         << Range(st.layer_begin, st.layer_end);
       if (st.has_embedding) o << " + embedding";
       if (st.has_head) o << " + final norm and head";
+      if (st.mtp_modules > 0) {
+        o << " + " << st.mtp_modules << " MTP module" << (st.mtp_modules == 1 ? "" : "s")
+          << " (layer" << (st.mtp_modules == 1 ? " " : "s ")
+          << Range(m.n_layers, m.n_layers + st.mtp_modules) << ")";
+        if (!st.has_embedding) o << " and a copy of the embedding";
+      }
       o << "; " << par.data / par.expert << " expert group"
         << (par.data / par.expert == 1 ? "" : "s") << " of " << par.expert << " ranks";
       if (placement.experts_per_rank() > 0)
@@ -109,7 +126,9 @@ std::string PlanText(const JobSpec& spec, const JobPlan& plan, const PlanReportO
   o << "\ncompute (training, forward + backward)\n";
   o << "  FLOPs per token     " << Fmt("%.4g", plan.flops_per_token())
     << "  (6 x active non-embedding " << Fmt("%.4g", plan.dense_flops_per_token) << " + attention "
-    << Fmt("%.4g", plan.attention_flops_per_token) << ")\n";
+    << Fmt("%.4g", plan.attention_flops_per_token);
+  if (plan.mtp_flops_per_token > 0) o << " + MTP " << Fmt("%.4g", plan.mtp_flops_per_token);
+  o << ")\n";
   o << "  tokens per step     " << plan.tokens_per_step << "\n";
   o << "  FLOPs per step      " << Fmt("%.4g", plan.flops_per_step()) << "\n";
   // bf16, as an inference server would hold it.
@@ -161,7 +180,9 @@ nlohmann::json PlanJson(const JobSpec& spec, const JobPlan& plan, const PlanRepo
                      {"routed_experts", c.routed_experts},
                      {"shared_experts", c.shared_experts},
                      {"router", c.router},
-                     {"norms", c.norms}};
+                     {"norms", c.norms},
+                     {"mtp", c.mtp},
+                     {"mtp_active_per_token", c.mtp_active_per_token}};
   json stages = json::array();
   for (const StagePlan& sp : plan.stages) {
     stages.push_back({{"stage", sp.layout.stage},
@@ -169,6 +190,7 @@ nlohmann::json PlanJson(const JobSpec& spec, const JobPlan& plan, const PlanRepo
                       {"layer_end", sp.layout.layer_end},
                       {"has_embedding", sp.layout.has_embedding},
                       {"has_head", sp.layout.has_head},
+                      {"mtp_modules", sp.layout.mtp_modules},
                       {"params_per_rank", sp.params_per_rank},
                       {"micro_batches_in_flight", sp.micro_batches_in_flight},
                       {"memory_bytes",
@@ -200,6 +222,7 @@ nlohmann::json PlanJson(const JobSpec& spec, const JobPlan& plan, const PlanRepo
   j["flops"] = {{"per_token", plan.flops_per_token()},
                 {"per_token_dense", plan.dense_flops_per_token},
                 {"per_token_attention", plan.attention_flops_per_token},
+                {"per_token_mtp", plan.mtp_flops_per_token},
                 {"tokens_per_step", plan.tokens_per_step},
                 {"per_step", plan.flops_per_step()}};
   if (opts.cost) {

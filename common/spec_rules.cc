@@ -115,8 +115,8 @@ void CheckParallel(const JobSpec& s, RuleChecker& r) {
                   ": the MTP modules count as layers of the split and sit on the last stage, "
                   "whose share of the " +
                   S(m.n_layers) + " layers + " + S(m.mtp.depth) +
-                  " modules leaves it no decoder layer; use at most " + S(most) +
-                  " stages or a smaller mtp.depth");
+                  " modules leaves it no decoder layer; use at most " + S(most) + " stage" +
+                  (most == 1 ? "" : "s") + " or a smaller mtp.depth");
   }
   r.Require(Divides(p.expert, p.data), "parallel.expert", {"parallel.data"},
             "must divide parallel.data (" + S(p.data) + "), got " + S(p.expert));

@@ -4,7 +4,8 @@
 # Usage: scripts/install-deps.sh [--with-torch] [--for-tests]
 #   --with-torch  python3-torch, for the comparison benchmarks only
 #   --for-tests   what the tests drive besides moerun: chromium (dashboard browser test),
-#                 prometheus (scrape test), tmux (status --watch in a terminal)
+#                 prometheus (scrape test), tmux (status --watch in a terminal), python3-torch
+#                 (the exported DeepSeek-V3 checkpoint loaded by a PyTorch reference)
 set -euo pipefail
 
 packages=(
@@ -19,7 +20,7 @@ packages=(
 for arg in "$@"; do
   case "$arg" in
     --with-torch) packages+=(python3-torch) ;;
-    --for-tests) packages+=(chromium prometheus tmux) ;;
+    --for-tests) packages+=(chromium prometheus tmux python3-torch) ;;
     *) echo "install-deps: unknown option $arg (--with-torch, --for-tests)" >&2; exit 2 ;;
   esac
 done

@@ -19,6 +19,7 @@
 #include "common/subprocess.h"
 #include "common/timeouts.h"
 #include "coordinator/cli/commands.h"
+#include "coordinator/cli/run_dir.h"
 #include "worker/trainer/trainer_support.h"
 
 namespace moerun::cli {
@@ -63,6 +64,10 @@ int RunLaunch(const LaunchArgs& a) {
     // Refused here rather than by every trainer after the job is placed.
     std::fprintf(stderr, "moerun %s: %s\n", "launch", gpu.message().c_str());
     return kExitUnsupported;
+  }
+  if (Status s = CheckRunDirModel(loaded, a.file, a.run_dir); !s.ok()) {
+    std::fprintf(stderr, "%s\n", s.message().c_str());
+    return kExitInvalidConfig;
   }
   const int64_t world = loaded.spec.parallel.world_size();
   if (a.nproc != world) {

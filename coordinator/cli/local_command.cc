@@ -30,6 +30,7 @@
 #include "common/timeouts.h"
 #include "coordinator/cli/commands.h"
 #include "coordinator/cli/control_client.h"
+#include "coordinator/cli/run_dir.h"
 #include "coordinator/cli/status_format.h"
 #include "worker/trainer/trainer_support.h"
 
@@ -153,6 +154,10 @@ int RunLocal(const LocalArgs& a) {
   const int64_t slots = (world + workers - 1) / workers;
   const std::string run_dir =
       fs::absolute(a.run_dir.empty() ? "runs/" + spec.name : a.run_dir).lexically_normal().string();
+  if (Status m = CheckRunDirModel(loaded, a.file, run_dir); !m.ok()) {
+    std::fprintf(stderr, "%s\n", m.message().c_str());
+    return kExitInvalidConfig;
+  }
   const std::string control = run_dir + "/control";
   const std::string coord_dir = control + "/coordinator", keys_dir = control + "/keys";
   Status s = PrepareKeys(coord_dir, keys_dir);

@@ -1,14 +1,19 @@
 #include "coordinator/cli/run_dir.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "common/exit_codes.h"
+#include "common/model_tensors.h"
 #include "common/spec_loader.h"
 #include "worker/trainer/trainer.h"
 
 namespace moerun::cli {
+
+namespace fs = std::filesystem;
 
 Result<Run> OpenRun(const std::string& run_dir) {
   const std::string path = run_dir + "/job.yaml";
@@ -44,6 +49,34 @@ Result<RunStep> OpenRunStep(const std::string& run_dir, std::optional<int64_t> s
   auto entries = ckpts->ReadStep(chosen.value());
   if (!entries.ok()) return entries.status();
   return RunStep{std::move(run.value()), chosen.value(), std::move(entries.value())};
+}
+
+Status CheckRunDirModel(const LoadedJobSpec& job, const std::string& job_file,
+                        const std::string& run_dir) {
+  std::error_code ec;
+  if (!fs::exists(run_dir + "/job.yaml", ec)) return Status::OK();
+  auto run = OpenRun(run_dir);
+  if (!run.ok()) return Status::OK();  // not a run this version wrote: the trainer decides
+  const std::string ckpt = trainer::CheckpointDir(job.spec, run_dir);
+  if (!fs::exists(ckpt, ec) || fs::is_empty(ckpt, ec)) return Status::OK();
+  const auto theirs = ModelShapeFields(run->spec.model);
+  for (const ModelShapeField& f : ModelShapeFields(job.spec.model)) {
+    auto it = std::find_if(theirs.begin(), theirs.end(),
+                           [&](const ModelShapeField& t) { return t.field == f.field; });
+    const int64_t was = it == theirs.end() ? 0 : it->value;
+    if (was == f.value) continue;
+    SpecDiagnostic d;
+    d.file = job_file;
+    d.pos = job.sources.Locate(f.field);
+    d.field = f.field;
+    d.message = ModelShapeText(f.field, f.value) + ", but the checkpoints in " + ckpt +
+                " are of a model with " + f.field + ": " + ModelShapeText(f.field, was) + " (" +
+                run_dir +
+                "/job.yaml); train into a new --run-dir, or resume with the "
+                "model the run was trained with";
+    return Status::InvalidArgument(d.ToString());
+  }
+  return Status::OK();
 }
 
 int Fail(const char* command, const Status& s) {

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "common/job_spec.h"
+#include "common/spec_loader.h"
 #include "common/status.h"
 #include "worker/checkpoint/checkpoint_reader.h"
 
@@ -31,6 +32,13 @@ struct RunStep {
 };
 // OpenRun + ChooseStep + reading the step from every shard.
 Result<RunStep> OpenRunStep(const std::string& run_dir, std::optional<int64_t> step);
+
+// Before a job trains into `run_dir`: when the run dir holds checkpoints of a job whose model
+// differs from `job` (its job.yaml), InvalidArgument as "FILE:LINE:COL: error: FIELD: ..."
+// at the job's field that differs, so nothing starts, overwrites job.yaml or mixes another
+// model's steps with its checkpoints. OK when the run dir is new or holds the same model.
+Status CheckRunDirModel(const LoadedJobSpec& job, const std::string& job_file,
+                        const std::string& run_dir);
 
 // Prints "moerun <command>: <message>" to stderr and returns the exit code for `s`:
 // 2 for bad arguments, 1 otherwise.

@@ -11,6 +11,7 @@
 #include "common/exit_codes.h"
 #include "common/spec_loader.h"
 #include "coordinator/cli/commands.h"
+#include "coordinator/cli/run_dir.h"
 #include "worker/trainer/gpu_stage.h"
 #include "worker/trainer/trainer.h"
 
@@ -69,6 +70,10 @@ int RunTrain(TrainArgs& a) {
   }
   std::fputs(loaded.Report().c_str(), stderr);
   if (!loaded.ok()) return kExitInvalidConfig;
+  if (Status s = CheckRunDirModel(loaded, a.file, a.opts.run_dir); !s.ok()) {
+    std::fprintf(stderr, "%s\n", s.message().c_str());
+    return kExitInvalidConfig;
+  }
   std::ifstream in(a.file);
   std::stringstream text;
   text << in.rdbuf();

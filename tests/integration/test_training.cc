@@ -227,6 +227,25 @@ TEST_CASE("exit codes: bad data 3, bad spec 2, missing run 1") {
   CHECK(
       again.err.find("already holds checkpoints up to step 40: continue that run with --resume") !=
       std::string::npos);
+  // Another model's checkpoints are refused before anything starts: exit 2 at the job's
+  // file:line:column and field, the run's job.yaml left as it was.
+  std::string mla_text = ReadAll(kJob);
+  mla_text.replace(mla_text.find("  n_heads: 2\n"), 13,
+                   "  n_heads: 2\n  attention: mla\n  kv_lora_rank: 8\n  qk_nope_head_dim: 8\n"
+                   "  qk_rope_head_dim: 4\n  v_head_dim: 8\n");
+  const std::string mla_job = run + "-mla.yaml";
+  std::ofstream(mla_job) << mla_text;
+  const std::string before = ReadAll(run + "/job.yaml");
+  for (const char* how : {"train ", "launch --nproc 4 "}) {
+    Output other =
+        RunMoerun(std::string(how) + mla_job + " --run-dir " + run + " --resume --no-progress");
+    CHECK(other.exit_code == 2);
+    CHECK(other.err.find(mla_job + ":10:3: error: model.attention: mla, but the checkpoints in " +
+                         run + "/checkpoints are of a model with model.attention: mha") !=
+          std::string::npos);
+  }
+  CHECK(ReadAll(run + "/job.yaml") == before);
+  fs::remove(mla_job);
   Output no_run = RunMoerun("checkpoint digest --run-dir /nonexistent/run");
   CHECK(no_run.exit_code == 1);
   CHECK(no_run.err.find("is /nonexistent/run a moerun run directory?") != std::string::npos);

@@ -27,8 +27,8 @@ moerun::JobSpec LoadConfig(const std::string& name) {
 }  // namespace
 
 TEST_CASE("every example config is valid") {
-  for (const char* f : {"tiny-cpu.yaml", "deepseek-v3.yaml", "gpu-8x.yaml", "multi-host-cpu.yaml",
-                        "single-gpu.yaml"}) {
+  for (const char* f : {"tiny-cpu.yaml", "deepseek-v3.yaml", "deepseek-v3-mini.yaml", "gpu-8x.yaml",
+                        "multi-host-cpu.yaml", "single-gpu.yaml"}) {
     CAPTURE(f);
     LoadConfig(f);
   }
@@ -47,6 +47,46 @@ TEST_CASE("DeepSeek-V3: ~671B total, ~37B active parameters") {
   const long long mla = 7168LL * 1536 + 1536LL * 128 * 192 + 7168LL * (512 + 64) +
                         512LL * 128 * (128 + 128) + 128LL * 128 * 7168;
   CHECK(c.attention == 61 * mla);
+  // The multi-token prediction module is counted apart: one decoder block (MoE) with eh_proj
+  // and three norms; with its copies of embedding and head, the 685B the checkpoint holds.
+  REQUIRE(spec.model.mtp.depth == 1);
+  const long long block = mla + 256LL * 3 * 7168 * 2048 + 3LL * 7168 * 2048 + 256LL * 7168 + 256 +
+                          2 * 7168 + 1536 +
+                          512;  // with the layer norms, q_a_layernorm and kv_a_layernorm
+  CHECK(c.mtp == block + 2LL * 7168 * 7168 + 3 * 7168);
+  CHECK(c.mtp_active_per_token == c.mtp - (256LL - 8) * 3 * 7168 * 2048);
+  CHECK(std::fabs(double(c.total + c.mtp + c.embedding + c.head) / 685e9 - 1.0) < 0.005);
+  moerun::JobSpec no_mtp = spec;
+  no_mtp.model.mtp.depth = 0;
+  CHECK(moerun::CountParameters(no_mtp.model).total == c.total);
+}
+
+TEST_CASE(
+    "MTP modules: named as the published checkpoint's layer n_layers + k - 1, on the last stage") {
+  moerun::JobSpec spec = LoadConfig("deepseek-v3-mini.yaml");
+  const auto& m = spec.model;
+  std::set<std::string> names;
+  for (const auto& t : moerun::ModelTensors(m)) {
+    names.insert(t.name);
+    CHECK((t.mtp_module > 0) == (t.layer >= m.n_layers));
+  }
+  for (const char* n : {"model.layers.4.enorm.weight", "model.layers.4.hnorm.weight",
+                        "model.layers.4.eh_proj.weight", "model.layers.4.shared_head.norm.weight",
+                        "model.layers.4.self_attn.kv_a_proj_with_mqa.weight",
+                        "model.layers.4.mlp.experts.15.down_proj.weight",
+                        "model.layers.4.mlp.gate.e_score_correction_bias"}) {
+    CHECK(names.count(n) == 1);
+  }
+  CHECK(names.count("model.layers.5.enorm.weight") == 0);
+  // 4 layers + 1 module over 2 stages: 2 + (2 + the module); the last stage keeps the embedding.
+  auto stages = moerun::Placement::Stages(spec);
+  CHECK(stages[0].layer_end == 2);
+  CHECK(stages[1].layer_begin == 2);
+  CHECK(stages[1].layer_end == 4);
+  CHECK(stages[1].mtp_modules == 1);
+  const auto plan = moerun::MakeJobPlan(spec);
+  CHECK(plan.mtp_flops_per_token > 0);
+  CHECK(plan.stages[1].params_per_rank > plan.stages[0].params_per_rank);
 }
 
 TEST_CASE("tiny model: counts match a hand count") {
@@ -91,6 +131,40 @@ TEST_CASE("layer split: contiguous, balanced, stage 0 never heavier") {
       CHECK(stages[0].layers() == lo);
       CHECK(stages.front().has_embedding);
       CHECK(stages.back().has_head);
+    }
+  }
+}
+
+TEST_CASE("layer split with MTP modules: they count as layers of the last stage") {
+  for (int64_t depth = 1; depth <= 3; ++depth) {
+    for (int64_t layers = 1; layers <= 40; ++layers) {
+      for (int64_t p = 1; p <= layers && p <= 12; ++p) {
+        CAPTURE(depth);
+        CAPTURE(layers);
+        CAPTURE(p);
+        auto stages = moerun::SplitLayers(layers, p, depth);
+        REQUIRE(stages.size() == size_t(p));
+        CHECK(stages.back().mtp_modules == depth);
+        CHECK(stages.back().layer_end == layers);
+        int64_t next = 0;
+        for (const auto& s : stages) {
+          CHECK(s.layer_begin == next);
+          CHECK(s.layers() >= 0);
+          next = s.layer_end;
+        }
+        // A layout the rules accept (the last stage's share exceeds the modules) keeps a
+        // decoder layer on every stage, and blocks (modules counted) differ by at most one.
+        const int64_t blocks = layers + depth;
+        const int64_t last_share = blocks / p + (p > 1 && blocks % p == p - 1 ? 1 : 0);
+        if (p > 1 && last_share <= depth) continue;
+        int64_t lo = 1 << 20, hi = 0;
+        for (const auto& s : stages) {
+          CHECK(s.layers() >= 1);
+          lo = std::min(lo, s.layers() + s.mtp_modules);
+          hi = std::max(hi, s.layers() + s.mtp_modules);
+        }
+        CHECK(hi - lo <= 1);
+      }
     }
   }
 }

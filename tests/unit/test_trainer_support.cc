@@ -27,6 +27,7 @@ TEST_CASE("the example configs: what this version's trainers can run") {
     const moerun::Status s = moerun::trainer::TrainerSupport(spec);
     CHECK(s.code() == moerun::Status::Code::kUnimplemented);
     CHECK(s.message().find("model.attention: mla") != std::string::npos);
+    CHECK((s.message().find("model.mtp.depth") != std::string::npos) == (spec.model.mtp.depth > 0));
     spec.resources.backend = moerun::Backend::kCpu;
     CHECK(moerun::trainer::TrainerSupport(spec).ok());
   }

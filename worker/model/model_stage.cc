@@ -164,10 +164,10 @@ Status ModelStage<T>::Backward(StageActivations<T>& acts, double dloss, const T*
     cpu::CrossEntropy<T>(acts.logits.data(), acts.targets.data(), dlogits.data(), n, v, dloss);
     LinearBackwardP(dlogits.data(), acts.final_norm.data(), params_->Find("lm_head.weight"),
                     dnorm.data(), params_->Grad("lm_head.weight"), n, d, v, false, head_precision_);
+    if (!acts.mtp.empty()) MOERUN_RETURN_IF_ERROR(MtpBackward(acts, dloss, dnorm.data()));
     cpu::RmsNormBackward(dnorm.data(), acts.final_in.data(), params_->Find("model.norm.weight"),
                          acts.final_rstd.data(), dh.data(), params_->Grad("model.norm.weight"), n,
                          d);
-    if (!acts.mtp.empty()) MOERUN_RETURN_IF_ERROR(MtpBackward(acts, dloss, dh.data()));
   } else {
     std::copy(dhidden_out, dhidden_out + n * d, dh.begin());
   }

@@ -104,8 +104,8 @@ class ModelStage {
  private:
   Status LayerForward(int64_t layer, LayerActivations<T>& a, const T* x, T* y, int64_t b,
                       int64_t s);
-  // The MTP modules after the head (model_stage_mtp.cc): forward from acts.final_in and the
-  // targets; backward adds the gradient of final_in to dfinal [N, D].
+  // The MTP modules after the head (model_stage_mtp.cc): forward from acts.final_norm and the
+  // targets; backward adds the gradient of final_norm to dfinal [N, D].
   Status MtpForward(StageActivations<T>& acts);
   Status MtpBackward(StageActivations<T>& acts, double dloss, T* dfinal);
   // dh: in, the gradient of the layer's output; out, of its input.

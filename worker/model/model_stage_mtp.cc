@@ -3,8 +3,10 @@
 //   h'_i = eh_proj([enorm(Emb(t_{i+k-1})); hnorm(h^{k-1}_i)])   (t: targets, t_j = x_{j+1})
 //   h^k  = block_k(h')                       one decoder layer, numbered n_layers + k - 1
 //   loss_k = mean CE(lm_head(shared_head.norm(h^k_i)), t_{i+k})
-// h^0 is the main model's last hidden state (before model.norm). The embedding and the head
-// are the main model's (on a pipeline's last stage, its copy of the embedding).
+// h^0 is the main model's output after model.norm (what inference engines that load the
+// published DeepSeek-V3 MTP weights feed its hnorm); h^k for k >= 1 is block k's output. The
+// embedding and the head are the main model's (on a pipeline's last stage, its copy of the
+// embedding).
 #include <algorithm>
 #include <string>
 
@@ -37,7 +39,7 @@ Status ModelStage<T>::MtpForward(StageActivations<T>& acts) {
   const int64_t b = acts.batch, s = acts.seq, d = spec_.d_model, v = spec_.vocab_size;
   const T* embed = params_->Find("model.embed_tokens.weight");
   const T* head = params_->Find("lm_head.weight");
-  const T* prev = acts.final_in.data();
+  const T* prev = acts.final_norm.data();
   for (int64_t k = 1; k <= mtp_depth_; ++k) {
     const int64_t l = spec_.n_layers + k - 1, sk = s - k, nk = b * sk;
     acts.mtp.push_back(std::make_unique<MtpActivations<T>>());
@@ -120,7 +122,7 @@ Status ModelStage<T>::MtpBackward(StageActivations<T>& acts, double dloss, T* df
                          dprev.data(), ParamGrad(l, "hnorm.weight"), nk, d);
     dnext.swap(dprev);
   }
-  // Module 1 read the main model's first s - 1 positions of each sequence.
+  // Module 1 read the main model's first s - 1 normed positions of each sequence.
   for (int64_t bi = 0; bi < b; ++bi)
     for (int64_t i = 0; i < (s - 1) * d; ++i)
       dfinal[bi * s * d + i] += dnext[size_t(bi * (s - 1) * d + i)];

@@ -7,8 +7,11 @@ namespace moerun::trainer {
 
 Result<double> MeanCrossEntropy(model::ModelStage<float>& stage, int64_t windows, int64_t seq_len,
                                 int64_t batch,
-                                const std::function<void(int64_t, int32_t*, int32_t*)>& window) {
+                                const std::function<void(int64_t, int32_t*, int32_t*)>& window,
+                                double* mtp_mean) {
   if (windows <= 0) return 0.0;
+  stage.set_mtp_enabled(mtp_mean != nullptr);
+  double mtp_total = 0;
   model::StageActivations<float> acts;
   std::vector<int32_t> inputs, targets;
   double total = 0;
@@ -22,7 +25,9 @@ Result<double> MeanCrossEntropy(model::ModelStage<float>& stage, int64_t windows
     auto loss = stage.Forward(acts, inputs.data(), nullptr, targets.data(), b, seq_len, nullptr);
     if (!loss.ok()) return loss.status();
     total += loss.value() * double(b);
+    mtp_total += acts.mtp_loss * double(b);
   }
+  if (mtp_mean != nullptr) *mtp_mean = mtp_total / double(windows);
   return total / double(windows);
 }
 

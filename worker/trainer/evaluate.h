@@ -10,9 +10,12 @@
 namespace moerun::trainer {
 
 // window(k, inputs, targets) fills window k of `seq_len` tokens; windows run in batches of
-// `batch` sequences through a whole-model stage.
+// `batch` sequences through a whole-model stage. The multi-token prediction modules run only
+// when `mtp_mean` is given (and the model has them): it gets the mean over windows of their
+// mean cross-entropy.
 Result<double> MeanCrossEntropy(model::ModelStage<float>& stage, int64_t windows, int64_t seq_len,
                                 int64_t batch,
-                                const std::function<void(int64_t, int32_t*, int32_t*)>& window);
+                                const std::function<void(int64_t, int32_t*, int32_t*)>& window,
+                                double* mtp_mean = nullptr);
 
 }  // namespace moerun::trainer

@@ -12,7 +12,11 @@
 
 namespace moerun::trainer {
 
-// Writes OUT/model.safetensors and OUT/config.json from the "param/" entries of a step.
+// Writes OUT/model.safetensors and OUT/config.json from the "param/" entries of a step. With
+// attention: mla the names and config keys are Hugging Face DeepseekV3's; multi-token
+// prediction module k is layer n_layers + k - 1 with enorm, hnorm, eh_proj, its block,
+// shared_head.norm and copies of the embedding and head (embed_tokens, shared_head.head),
+// as the published DeepSeek-V3 checkpoint lays them out.
 Status ExportHuggingFace(const JobSpec& spec, const std::vector<checkpoint::Entry>& entries,
                          int64_t step, const std::string& out_dir);
 

@@ -23,8 +23,7 @@ Status RestoreCommitted(const std::string& shard, int64_t restore_step,
   }
   auto entries = store->ReadStep(restore_step);
   if (!entries.ok()) return entries.status();
-  return RestoreState(entries.value(), &state->params, &state->opt, &state->step,
-                      state->fingerprint);
+  return RestoreState(entries.value(), &state->params, &state->opt, &state->step, state->model);
 }
 
 // --resume: the newest step every shard holds and verifies, refused steps logged and
@@ -44,11 +43,18 @@ Status ResumeNewest(const JobSpec& spec, const std::string& ckpt_dir, bool resum
   for (auto it = steps->rbegin(); resume && it != steps->rend(); ++it) {
     auto entries = run->ReadStep(*it);
     Status s = entries.ok() ? RestoreState(entries.value(), &state->params, &state->opt,
-                                           &state->step, state->fingerprint)
+                                           &state->step, state->model)
                             : entries.status();
     if (s.ok()) {
       log.info("resumed from checkpoint step {}", state->step);
       return Status::OK();
+    }
+    // Another model's checkpoints: older steps are that model's too, and starting afresh
+    // would write this model's steps among them. Nothing has started; stop here.
+    if (s.code() == Status::Code::kInvalidArgument) {
+      return Status::InvalidArgument("checkpoints in " + ckpt_dir + ": " + s.message() +
+                                     "; train into a new --run-dir, or resume with the model "
+                                     "the run was trained with");
     }
     log.error("checkpoint step {} refused: {}; trying the previous one", *it, s.message());
     state->params.Initialize(spec.train.seed, spec.model.init_std);  // undo a partial restore
@@ -63,7 +69,7 @@ TrainState::TrainState(const JobSpec& spec, const model::StageRange& range)
     : params(model::StageTensors(spec.model, range)),
       opt{std::vector<float>(params.values().size(), 0.0f),
           std::vector<float>(params.values().size(), 0.0f)},
-      fingerprint(ModelFingerprint(spec.model)) {
+      model(spec.model) {
   params.Initialize(spec.train.seed, spec.model.init_std);
 }
 
@@ -88,6 +94,12 @@ Status RestoreOrResume(const JobSpec& spec, const TrainOptions& opts, const Topo
   MOERUN_RETURN_IF_ERROR(topo.world_comm->Barrier());
   if (opts.restore_step > 0) {
     Status s = RestoreCommitted(ckpt_dir + "/" + topo.ShardName(), opts.restore_step, store, state);
+    // Another model's step is not unreadable: falling back to an older one cannot help.
+    if (s.code() == Status::Code::kInvalidArgument) {
+      return Status::InvalidArgument("committed checkpoint step " +
+                                     std::to_string(opts.restore_step) + " in " + ckpt_dir + ": " +
+                                     s.message());
+    }
     if (!s.ok()) {
       return Status::Corruption("committed checkpoint step " + std::to_string(opts.restore_step) +
                                 " is unreadable: " + s.message());

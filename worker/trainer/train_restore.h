@@ -28,7 +28,7 @@ struct TrainState {
   model::Parameters<float> params;
   OptimizerState opt;
   int64_t step = 0;
-  uint64_t fingerprint = 0;  // ModelFingerprint of the job's whole model
+  ModelSpec model;  // the job's whole model, which a checkpoint must be of
 };
 
 // This rank's checkpoint shard, created if missing; null when the rank writes none (only

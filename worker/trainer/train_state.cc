@@ -23,7 +23,7 @@ uint64_t ModelFingerprint(const ModelSpec& model) {
 }
 
 std::vector<Entry> SnapshotState(const model::Parameters<float>& params, const OptimizerState& opt,
-                                 int64_t step, uint64_t seed, uint64_t fingerprint) {
+                                 int64_t step, uint64_t seed, const ModelSpec& model) {
   std::vector<Entry> out;
   for (const auto& v : params.views()) {
     const int64_t n = v.info.numel();
@@ -35,12 +35,14 @@ std::vector<Entry> SnapshotState(const model::Parameters<float>& params, const O
   }
   out.push_back(Entry::I64("meta/step", step));
   out.push_back(Entry::I64("meta/seed", static_cast<int64_t>(seed)));
-  out.push_back(Entry::I64("meta/fingerprint", static_cast<int64_t>(fingerprint)));
+  out.push_back(Entry::I64("meta/fingerprint", static_cast<int64_t>(ModelFingerprint(model))));
+  for (const ModelShapeField& f : ModelShapeFields(model))
+    out.push_back(Entry::I64("meta/" + f.field, f.value));
   return out;
 }
 
 Status RestoreState(const std::vector<Entry>& entries, model::Parameters<float>* params,
-                    OptimizerState* opt, int64_t* step, uint64_t fingerprint) {
+                    OptimizerState* opt, int64_t* step, const ModelSpec& model) {
   std::unordered_map<std::string, const Entry*> by_name;
   for (const Entry& e : entries) by_name[e.name] = &e;
   auto meta = [&](const char* name) -> const Entry* {
@@ -52,9 +54,18 @@ Status RestoreState(const std::vector<Entry>& entries, model::Parameters<float>*
   const Entry* st = meta("meta/step");
   if (fp == nullptr || st == nullptr)
     return Status::Corruption("checkpoint lacks meta/step or meta/fingerprint");
-  if (uint64_t(fp->i64()) != fingerprint) {
-    return Status::FailedPrecondition(
-        "checkpoint is of a different model (tensor names or shapes differ from the job's)");
+  if (uint64_t(fp->i64()) != ModelFingerprint(model)) {
+    // The first recorded field that differs names the mismatch.
+    for (const ModelShapeField& f : ModelShapeFields(model)) {
+      const Entry* e = meta(("meta/" + f.field).c_str());
+      if (e == nullptr || e->i64() == f.value) continue;
+      return Status::InvalidArgument("it is another model's checkpoint: trained with " + f.field +
+                                     ": " + ModelShapeText(f.field, e->i64()) +
+                                     ", but the job has " + f.field + ": " +
+                                     ModelShapeText(f.field, f.value));
+    }
+    return Status::InvalidArgument(
+        "it is another model's checkpoint: its tensor names or shapes differ from the job's");
   }
   auto load = [&](const std::string& name, const model::ParameterView& v, float* dst) -> Status {
     auto it = by_name.find(name);

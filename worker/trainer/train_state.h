@@ -21,15 +21,18 @@ struct OptimizerState {
 // Names and shapes of every tensor of the whole model: equal for every shard of one job.
 uint64_t ModelFingerprint(const ModelSpec& model);
 
-// `fingerprint` is ModelFingerprint of the whole model (the snapshot may be one shard of it).
+// `model` is the whole model (the snapshot may be one shard of it): its fingerprint and the
+// fields that shape it (meta/model.*, common/model_tensors.h) are recorded.
 std::vector<checkpoint::Entry> SnapshotState(const model::Parameters<float>& params,
                                              const OptimizerState& opt, int64_t step, uint64_t seed,
-                                             uint64_t fingerprint);
+                                             const ModelSpec& model);
 
 // Fills params (and opt when non-null) from a checkpoint (entries of one or several shards);
-// *step gets its step. Fails with the entry's name when a tensor is missing or has another
-// shape, or when the checkpoint is of another model than `fingerprint`.
+// *step gets its step. Corruption naming the entry when a tensor is missing or has another
+// shape; InvalidArgument when the checkpoint is of another model than `model`, naming the
+// first field that differs (checkpoints written before fields were recorded: the fingerprint
+// alone).
 Status RestoreState(const std::vector<checkpoint::Entry>& entries, model::Parameters<float>* params,
-                    OptimizerState* opt, int64_t* step, uint64_t fingerprint);
+                    OptimizerState* opt, int64_t* step, const ModelSpec& model);
 
 }  // namespace moerun::trainer

@@ -241,7 +241,7 @@ Status OneStep(RankRun& run, TrainReporter& report, checkpoint::CheckpointWriter
     Status synced = run.driver->SyncHost();
     if (!synced.ok()) return synced.WithContext("checkpoint step " + std::to_string(step));
     const TrainState& st = *run.state;
-    writer->Submit(step, SnapshotState(st.params, st.opt, step, spec.train.seed, st.fingerprint));
+    writer->Submit(step, SnapshotState(st.params, st.opt, step, spec.train.seed, st.model));
   }
   report.ReportShards();
   if (stopping.value()) {

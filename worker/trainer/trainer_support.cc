@@ -1,6 +1,7 @@
 #include "worker/trainer/trainer_support.h"
 
 #include <string>
+#include <vector>
 
 #include "worker/model/fp8_shape_support.h"
 #include "worker/trainer/gpu_stage.h"
@@ -12,16 +13,16 @@ Status TrainerSupport(const JobSpec& spec) { return GpuStepSupport(spec); }
 Status GpuStepSupport(const JobSpec& spec) {
   if (spec.resources.backend != Backend::kCuda) return Status::OK();
   const std::string prefix = "resources.backend: cuda: ";
-  if (spec.model.mtp.depth > 0) {
-    return Status::Unimplemented(prefix +
-                                 "model.mtp.depth: multi-token prediction is not implemented by "
-                                 "the GPU trainer yet; train it with resources.backend: cpu, or "
-                                 "set mtp.depth: 0");
-  }
-  if (spec.model.attention == AttentionKind::kMla) {
-    return Status::Unimplemented(prefix +
-                                 "model.attention: mla is not implemented by the GPU trainer yet; "
-                                 "train it with resources.backend: cpu, or use attention: mha");
+  // What the GPU model lacks, named together so one edit of the spec answers it all.
+  std::vector<std::string> missing;
+  if (spec.model.attention == AttentionKind::kMla) missing.push_back("model.attention: mla");
+  if (spec.model.mtp.depth > 0) missing.push_back("model.mtp.depth > 0 (multi-token prediction)");
+  if (!missing.empty()) {
+    std::string what = missing[0];
+    if (missing.size() > 1) what += " and " + missing[1];
+    return Status::Unimplemented(prefix + what + (missing.size() > 1 ? " are" : " is") +
+                                 " not implemented by the GPU trainer yet; train with "
+                                 "resources.backend: cpu, or use attention: mha and mtp.depth: 0");
   }
   if (spec.train.precision == Precision::kFp8) {
     const int64_t micro_tokens = spec.train.global_batch /
