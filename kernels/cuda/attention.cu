@@ -4,8 +4,8 @@
 namespace moerun::kernels::cuda {
 namespace {
 
-using detail::BlockMax;
 using detail::BlockSum;
+using detail::CausalSoftmaxRow;
 using detail::FromFloat;
 using detail::ToFloat;
 
@@ -30,17 +30,7 @@ __global__ void ForwardKernel(const T* q, const T* k, const T* v, T* out, float*
     p[j] = s;
     mx = fmaxf(mx, s);
   }
-  mx = BlockMax(mx, scratch);
-  float sum = 0.0f;
-  for (int64_t j = threadIdx.x; j <= i; j += blockDim.x) {
-    const float e = expf(p[j] - mx);
-    p[j] = e;
-    sum += e;
-  }
-  sum = BlockSum(sum, scratch);
-  const float inv = 1.0f / sum;
-  for (int64_t j = threadIdx.x; j < t; j += blockDim.x) p[j] = j <= i ? p[j] * inv : 0.0f;
-  __syncthreads();  // the row's probabilities, written by every thread, are read by every one
+  CausalSoftmaxRow(p, i, t, mx, scratch);
   T* o = out + (bi * t + i) * vs + hi * dv;
   for (int64_t d = threadIdx.x; d < dv; d += blockDim.x) {
     float acc = 0.0f;

@@ -51,6 +51,23 @@ __device__ V BlockMax(V v, V* scratch) {
   return m;
 }
 
+// The rest of query row i of a causal softmax once the block's threads hold its scores in
+// p[0..i] and `mx` their own maximum: p[0..i] becomes the probabilities, p[i+1..t) zero. The
+// row is the block's: every thread calls it; it returns synchronized, the row readable by all.
+__device__ inline void CausalSoftmaxRow(float* p, int64_t i, int64_t t, float mx, float* scratch) {
+  mx = BlockMax(mx, scratch);
+  float sum = 0.0f;
+  for (int64_t j = threadIdx.x; j <= i; j += blockDim.x) {
+    const float e = expf(p[j] - mx);
+    p[j] = e;
+    sum += e;
+  }
+  sum = BlockSum(sum, scratch);
+  const float inv = 1.0f / sum;
+  for (int64_t j = threadIdx.x; j < t; j += blockDim.x) p[j] = j <= i ? p[j] * inv : 0.0f;
+  __syncthreads();
+}
+
 // out[r] = in[index[r]] for rows of d values: the embedding lookup and the MoE dispatch.
 template <typename T>
 __global__ void GatherRowsKernel(const T* in, const int32_t* index, T* out, int64_t rows,

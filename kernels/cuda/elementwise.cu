@@ -91,6 +91,23 @@ __global__ void RopeKernel(T* x, int64_t b, int64_t t, int64_t h, int64_t hd, do
 }
 
 template <typename T>
+__global__ void RopeInterleavedKernel(T* x, int64_t b, int64_t t, int64_t h, int64_t row_stride,
+                                      int64_t head_stride, int64_t dim, double theta,
+                                      bool inverse) {
+  const int64_t half = dim / 2;
+  const int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (id >= b * t * h * half) return;
+  const int64_t i = id % half, bth = id / half, row = bth / h, hi = bth % h, pos = row % t;
+  const double angle = static_cast<double>(pos) * pow(theta, -2.0 * i / static_cast<double>(dim));
+  const float c = static_cast<float>(cos(angle));
+  const float s = static_cast<float>(inverse ? -sin(angle) : sin(angle));
+  T* v = x + row * row_stride + hi * head_stride + 2 * i;
+  const float x1 = ToFloat(v[0]), x2 = ToFloat(v[1]);
+  v[0] = FromFloat<T>(x1 * c - x2 * s);
+  v[1] = FromFloat<T>(x2 * c + x1 * s);
+}
+
+template <typename T>
 __global__ void SwiGluForwardKernel(const T* gate, const T* up, T* out, int64_t count) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= count) return;
@@ -214,6 +231,17 @@ cudaError_t LaunchRope(T* x, int64_t b, int64_t t, int64_t h, int64_t hd, double
 }
 
 template <typename T>
+cudaError_t LaunchRopeInterleaved(T* x, int64_t b, int64_t t, int64_t h, int64_t row_stride,
+                                  int64_t head_stride, int64_t dim, double theta, bool inverse,
+                                  cudaStream_t stream) {
+  const int64_t work = b * t * h * (dim / 2);
+  if (work == 0) return cudaSuccess;
+  RopeInterleavedKernel<<<Blocks(work, kThreads), kThreads, 0, stream>>>(
+      x, b, t, h, row_stride, head_stride, dim, theta, inverse);
+  return cudaGetLastError();
+}
+
+template <typename T>
 cudaError_t LaunchSwiGluForward(const T* gate, const T* up, T* out, int64_t count,
                                 cudaStream_t stream) {
   if (count == 0) return cudaSuccess;
@@ -253,6 +281,8 @@ cudaError_t LaunchCrossEntropy(const T* logits, const int32_t* targets, T* dlogi
                                                 float*, int64_t, int64_t, cudaStream_t);         \
   template cudaError_t LaunchRope<T>(T*, int64_t, int64_t, int64_t, int64_t, double, bool,       \
                                      cudaStream_t);                                              \
+  template cudaError_t LaunchRopeInterleaved<T>(T*, int64_t, int64_t, int64_t, int64_t, int64_t, \
+                                                int64_t, double, bool, cudaStream_t);            \
   template cudaError_t LaunchSwiGluForward<T>(const T*, const T*, T*, int64_t, cudaStream_t);    \
   template cudaError_t LaunchSwiGluBackward<T>(const T*, const T*, const T*, T*, T*, int64_t,    \
                                                cudaStream_t);                                    \

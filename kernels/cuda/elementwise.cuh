@@ -38,6 +38,14 @@ template <typename T>
 cudaError_t LaunchRope(T* x, int64_t b, int64_t t, int64_t h, int64_t hd, double theta,
                        bool inverse, cudaStream_t stream);
 
+// Interleaved RoPE (DeepSeek's convention, MLA's RoPE parts) in place on the `dim` values at
+// x + r·row_stride + j·head_stride for rows r < b·t (pos = r mod t) and heads j < h: pair
+// (2i, 2i+1) turns by pos · theta^(-2i/dim); `inverse` is the backward pass.
+template <typename T>
+cudaError_t LaunchRopeInterleaved(T* x, int64_t b, int64_t t, int64_t h, int64_t row_stride,
+                                  int64_t head_stride, int64_t dim, double theta, bool inverse,
+                                  cudaStream_t stream);
+
 // out = silu(gate) · up; backward writes dgate, dup (=). All [count].
 template <typename T>
 cudaError_t LaunchSwiGluForward(const T* gate, const T* up, T* out, int64_t count,

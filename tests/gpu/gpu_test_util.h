@@ -136,6 +136,23 @@ struct OpResult {
 void Record(const OpResult& r);
 void PrintTable();
 
+// One op's CUDA result against its CPU twin: a row of the table, and a failed check when the
+// max relative error exceeds the precision's bound. ms, bytes and flops describe the kernel.
+template <typename T>
+void CheckOp(const std::string& op, const std::vector<float>& got, const std::vector<float>& want,
+             double ms = 0, double bytes = 0, double flops = 0) {
+  const double err = MaxRelError(got, want);
+  Record({op, PrecisionName<T>(), err, Tolerance<T>(), ms, bytes, flops});
+  CHECK_MESSAGE(err <= Tolerance<T>(), op << " " << PrecisionName<T>() << ": max rel error " << err
+                                          << " > " << Tolerance<T>());
+}
+
+// A device array's values as floats.
+template <typename T>
+std::vector<float> Get(const DeviceArray<T>& a) {
+  return ToFloats(a.Download());
+}
+
 // Milliseconds of `launch` on the default stream (after one warm-up call), by CUDA events.
 template <typename F>
 double TimeMs(F&& launch) {

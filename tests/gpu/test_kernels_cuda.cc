@@ -25,8 +25,10 @@
 namespace cpu = moerun::kernels::cpu;
 namespace cuda = moerun::kernels::cuda;
 using moerun::gpu_testing::AsStored;
+using moerun::gpu_testing::CheckOp;
 using moerun::gpu_testing::DeviceArray;
 using moerun::gpu_testing::FromFloats;
+using moerun::gpu_testing::Get;
 using moerun::gpu_testing::MaxRelError;
 using moerun::gpu_testing::Normal;
 using moerun::gpu_testing::OpResult;
@@ -37,20 +39,6 @@ using moerun::gpu_testing::ToFloats;
 using moerun::gpu_testing::Tolerance;
 
 namespace {
-
-template <typename T>
-void Check(const std::string& op, const std::vector<float>& got, const std::vector<float>& want,
-           double ms = 0, double bytes = 0, double flops = 0) {
-  const double err = MaxRelError(got, want);
-  Record({op, PrecisionName<T>(), err, Tolerance<T>(), ms, bytes, flops});
-  CHECK_MESSAGE(err <= Tolerance<T>(), op << " " << PrecisionName<T>() << ": max rel error " << err
-                                          << " > " << Tolerance<T>());
-}
-
-template <typename T>
-std::vector<float> Get(const DeviceArray<T>& a) {
-  return ToFloats(a.Download());
-}
 
 template <typename T>
 void ElementwiseOps() {
@@ -69,7 +57,7 @@ void ElementwiseOps() {
   const double emb_ms = TimeMs([&] {
     CUDA_OK(cuda::LaunchEmbeddingForward<T>(d_table.ptr, d_ids.ptr, d_out.ptr, n, d, nullptr));
   });
-  Check<T>("embedding forward", Get(d_out), want, emb_ms, 2.0 * n * d * sizeof(T));
+  CheckOp<T>("embedding forward", Get(d_out), want, emb_ms, 2.0 * n * d * sizeof(T));
   auto dout = AsStored<T>(Normal(size_t(n * d), 3));
   std::vector<float> dtable(size_t(v * d), 0.0f);
   cpu::EmbeddingBackward(dout.data(), ids.data(), dtable.data(), n, d);
@@ -78,7 +66,7 @@ void ElementwiseOps() {
   DeviceArray<T> d_dout(dout.size());
   d_dout.Upload(FromFloats<T>(dout));
   CUDA_OK(cuda::LaunchEmbeddingBackward<T>(d_dout.ptr, d_ids.ptr, d_dtable.ptr, n, d, nullptr));
-  Check<T>("embedding backward", d_dtable.Download(), dtable);
+  CheckOp<T>("embedding backward", d_dtable.Download(), dtable);
 
   // RMSNorm.
   auto x = AsStored<T>(Normal(size_t(n * d), 4));
@@ -92,18 +80,18 @@ void ElementwiseOps() {
   const double rms_ms = TimeMs([&] {
     CUDA_OK(cuda::LaunchRmsNormForward<T>(d_x.ptr, d_w.ptr, d_y.ptr, d_rstd.ptr, n, d, nullptr));
   });
-  Check<T>("rmsnorm forward", Get(d_y), y, rms_ms, 2.0 * n * d * sizeof(T));
+  CheckOp<T>("rmsnorm forward", Get(d_y), y, rms_ms, 2.0 * n * d * sizeof(T));
   auto dy = AsStored<T>(Normal(size_t(n * d), 6));
   std::vector<float> dx(x.size()), dw(w.size(), 0.0f);
   auto rstd_gpu = d_rstd.Download();
   cpu::RmsNormBackward(dy.data(), x.data(), w.data(), rstd.data(), dx.data(), dw.data(), n, d);
-  Check<T>("rmsnorm rstd", rstd_gpu, rstd);
+  CheckOp<T>("rmsnorm rstd", rstd_gpu, rstd);
   d_dy.Upload(FromFloats<T>(dy));
   CUDA_OK(cudaMemset(d_dw.ptr, 0, w.size() * sizeof(float)));
   CUDA_OK(cuda::LaunchRmsNormBackward<T>(d_dy.ptr, d_x.ptr, d_w.ptr, d_rstd.ptr, d_dx.ptr, d_dw.ptr,
                                          n, d, nullptr));
-  Check<T>("rmsnorm backward dx", Get(d_dx), dx);
-  Check<T>("rmsnorm backward dw", d_dw.Download(), dw);
+  CheckOp<T>("rmsnorm backward dx", Get(d_dx), dx);
+  CheckOp<T>("rmsnorm backward dw", d_dw.Download(), dw);
 
   // RoPE, forward then inverse: [B=4, T=128, H=8, hd=64].
   const int64_t b = 4, t = 128, h = 8, hd = 64;
@@ -114,7 +102,7 @@ void ElementwiseOps() {
     DeviceArray<T> d_q(q.size());
     d_q.Upload(FromFloats<T>(q));
     CUDA_OK(cuda::LaunchRope<T>(d_q.ptr, b, t, h, hd, 10000.0, inverse, nullptr));
-    Check<T>(inverse ? "rope backward" : "rope forward", Get(d_q), want_q);
+    CheckOp<T>(inverse ? "rope backward" : "rope forward", Get(d_q), want_q);
   }
 
   // SwiGLU.
@@ -129,11 +117,11 @@ void ElementwiseOps() {
   const double swiglu_ms = TimeMs([&] {
     CUDA_OK(cuda::LaunchSwiGluForward<T>(d_gate.ptr, d_up.ptr, d_act.ptr, n * d, nullptr));
   });
-  Check<T>("swiglu forward", Get(d_act), act, swiglu_ms, 3.0 * n * d * sizeof(T));
+  CheckOp<T>("swiglu forward", Get(d_act), act, swiglu_ms, 3.0 * n * d * sizeof(T));
   CUDA_OK(cuda::LaunchSwiGluBackward<T>(d_dy.ptr, d_gate.ptr, d_up.ptr, d_dgate.ptr, d_dup.ptr,
                                         n * d, nullptr));
-  Check<T>("swiglu backward dgate", Get(d_dgate), dgate);
-  Check<T>("swiglu backward dup", Get(d_dup), dup);
+  CheckOp<T>("swiglu backward dgate", Get(d_dgate), dgate);
+  CheckOp<T>("swiglu backward dup", Get(d_dup), dup);
 
   // Cross-entropy over [n, v] logits.
   auto logits = AsStored<T>(Normal(size_t(n * v), 10, 2.0f));
@@ -151,9 +139,9 @@ void ElementwiseOps() {
     CUDA_OK(cuda::LaunchCrossEntropy<T>(d_logits.ptr, d_targets.ptr, d_dlogits.ptr, d_row_loss.ptr,
                                         d_loss.ptr, n, v, 1.0, nullptr));
   });
-  Check<T>("cross-entropy loss", {float(d_loss.Download()[0])}, {float(loss)}, ce_ms,
-           2.0 * n * v * sizeof(T));
-  Check<T>("cross-entropy dlogits", Get(d_dlogits), dlogits);
+  CheckOp<T>("cross-entropy loss", {float(d_loss.Download()[0])}, {float(loss)}, ce_ms,
+             2.0 * n * v * sizeof(T));
+  CheckOp<T>("cross-entropy dlogits", Get(d_dlogits), dlogits);
 }
 
 }  // namespace
@@ -182,8 +170,8 @@ TEST_CASE("router: scores, bias-corrected group-limited top-k and backward match
     d_logits.Upload(logits);
     d_bias.Upload(bias);
     CUDA_OK(cuda::LaunchRouterScores(d_logits.ptr, d_scores.ptr, n, cfg, nullptr));
-    Check<float>(softmax ? "router scores softmax" : "router scores sigmoid", d_scores.Download(),
-                 scores);
+    CheckOp<float>(softmax ? "router scores softmax" : "router scores sigmoid", d_scores.Download(),
+                   scores);
     // Selection from identical scores (the CPU's) must choose identical experts.
     d_scores.Upload(scores);
     std::vector<int32_t> idx(size_t(n * cfg.top_k));
@@ -196,8 +184,8 @@ TEST_CASE("router: scores, bias-corrected group-limited top-k and backward match
                                        nullptr));
     });
     CHECK(d_idx.Download() == idx);
-    Check<float>(softmax ? "router select softmax" : "router select grouped", d_gates.Download(),
-                 gates, ms);
+    CheckOp<float>(softmax ? "router select softmax" : "router select grouped", d_gates.Download(),
+                   gates, ms);
     auto dgates = Normal(gates.size(), 13);
     std::vector<float> dscores(scores.size(), 0.0f), dlogits(scores.size());
     cpu::RouterGatesBackward(dgates.data(), scores.data(), idx.data(), dscores.data(), n, cfg);
@@ -208,11 +196,11 @@ TEST_CASE("router: scores, bias-corrected group-limited top-k and backward match
     CUDA_OK(cudaMemset(d_dscores.ptr, 0, scores.size() * sizeof(float)));
     CUDA_OK(cuda::LaunchRouterGatesBackward(d_dgates.ptr, d_scores.ptr, d_idx.ptr, d_dscores.ptr, n,
                                             cfg, nullptr));
-    Check<float>("router gates backward", d_dscores.Download(), dscores);
+    CheckOp<float>("router gates backward", d_dscores.Download(), dscores);
     d_dscores.Upload(dscores);
     CUDA_OK(cuda::LaunchRouterScoresBackward(d_dscores.ptr, d_scores.ptr, d_dlogits.ptr, n, cfg,
                                              nullptr));
-    Check<float>("router scores backward", d_dlogits.Download(), dlogits);
+    CheckOp<float>("router scores backward", d_dlogits.Download(), dlogits);
   }
   // The sequence-wise balance loss and its gradient, grouped routing's choices as input.
   {
@@ -241,8 +229,8 @@ TEST_CASE("router: scores, bias-corrected group-limited top-k and backward match
       CUDA_OK(cuda::LaunchSeqBalanceLoss(d_scores.ptr, d_idx.ptr, b, t, 1e-3, cfg, d_dscores.ptr,
                                          2.0, loss.ptr, {row_sum.ptr, f.ptr, seq.ptr}, nullptr));
     });
-    Check<float>("balance loss", {float(loss.Download()[0])}, {float(want)}, ms);
-    Check<float>("balance loss dscores", d_dscores.Download(), dscores);
+    CheckOp<float>("balance loss", {float(loss.Download()[0])}, {float(want)}, ms);
+    CheckOp<float>("balance loss dscores", d_dscores.Download(), dscores);
   }
   cpu::RouterConfig too_many;
   too_many.experts = 64;
@@ -289,7 +277,7 @@ void DispatchOps() {
   d_x.Upload(FromFloats<T>(x));
   const double disp_ms =
       TimeMs([&] { CUDA_OK(cuda::LaunchDispatchRows<T>(d_x.ptr, dp, d_buf.ptr, d, nullptr)); });
-  Check<T>("dispatch rows", Get(d_buf), buf, disp_ms, 2.0 * n * k * d * sizeof(T));
+  CheckOp<T>("dispatch rows", Get(d_buf), buf, disp_ms, 2.0 * n * k * d * sizeof(T));
 
   auto dbuf = AsStored<T>(Normal(buf.size(), 16));
   std::vector<float> dx(x.size(), 0.0f);
@@ -298,7 +286,7 @@ void DispatchOps() {
   d_dbuf.Upload(FromFloats<T>(dbuf));
   CUDA_OK(cudaMemset(d_dx.ptr, 0, x.size() * sizeof(T)));
   CUDA_OK(cuda::LaunchDispatchRowsBackward<T>(d_dbuf.ptr, dp, d_dx.ptr, d, nullptr));
-  Check<T>("dispatch rows backward", Get(d_dx), dx);
+  CheckOp<T>("dispatch rows backward", Get(d_dx), dx);
 
   auto gates = Normal(size_t(n * k), 17, 0.3f);
   DeviceArray<float> d_gates(gates.size());
@@ -308,7 +296,7 @@ void DispatchOps() {
   DeviceArray<T> d_y(y.size());
   CUDA_OK(cudaMemset(d_y.ptr, 0, y.size() * sizeof(T)));
   CUDA_OK(cuda::LaunchCombine<T>(d_dbuf.ptr, d_gates.ptr, dp, d_y.ptr, d, nullptr));
-  Check<T>("combine", Get(d_y), y);
+  CheckOp<T>("combine", Get(d_y), y);
 
   auto dy = AsStored<T>(Normal(y.size(), 18));
   std::vector<float> dout(buf.size()), dgates(gates.size());
@@ -318,8 +306,8 @@ void DispatchOps() {
   d_dy.Upload(FromFloats<T>(dy));
   CUDA_OK(cuda::LaunchCombineBackward<T>(d_dy.ptr, d_dbuf.ptr, d_gates.ptr, dp, d_dout.ptr,
                                          d_dgates.ptr, d, nullptr));
-  Check<T>("combine backward dout", Get(d_dout), dout);
-  Check<T>("combine backward dgates", d_dgates.Download(), dgates);
+  CheckOp<T>("combine backward dout", Get(d_dout), dout);
+  CheckOp<T>("combine backward dgates", d_dgates.Download(), dgates);
 
   // Expert parallelism's regrouping: a random permutation of the dispatch rows, there and
   // back; copies, so exactly the CPU's.
@@ -359,7 +347,7 @@ void GemmOps(cublasHandle_t handle) {
             CUBLAS_STATUS_SUCCESS);
   });
   // cuBLAS may use TF32 for fp32 only when asked; the default math mode keeps full fp32.
-  Check<T>("linear forward", Get(d_y), AsStored<T>(y), ms, 0, 2.0 * n * in * out);
+  CheckOp<T>("linear forward", Get(d_y), AsStored<T>(y), ms, 0, 2.0 * n * in * out);
   auto dy = AsStored<T>(Normal(y.size(), 21));
   std::vector<float> dx(x.size()), dw(w.size(), 0.0f);
   cpu::LinearBackward(dy.data(), x.data(), w.data(), dx.data(), dw.data(), n, in, out, false);
@@ -369,8 +357,8 @@ void GemmOps(cublasHandle_t handle) {
   CUDA_OK(cudaMemset(d_dw.ptr, 0, w.size() * sizeof(float)));
   REQUIRE(cuda::LinearBackward<T>(handle, d_dy.ptr, d_x.ptr, d_w.ptr, d_dx.ptr, d_dw.ptr, n, in,
                                   out, false) == CUBLAS_STATUS_SUCCESS);
-  Check<T>("linear backward dx", Get(d_dx), AsStored<T>(dx));
-  Check<T>("linear backward dw", d_dw.Download(), dw);
+  CheckOp<T>("linear backward dx", Get(d_dx), AsStored<T>(dx));
+  CheckOp<T>("linear backward dw", d_dw.Download(), dw);
 
   // The experts of one layer in one grouped call; one expert gets no rows.
   const int64_t experts = 8, ein = 256, eout = 384;
@@ -401,13 +389,13 @@ void GemmOps(cublasHandle_t handle) {
     REQUIRE(cuda::ExpertLinearForward<T>(handle, d_ex.ptr, d_ew.ptr, d_ey.ptr, rows.data(), experts,
                                          ein, eout, pointers.ptr) == CUBLAS_STATUS_SUCCESS);
   });
-  Check<T>("expert grouped gemm forward", Get(d_ey), AsStored<T>(ey), gms, 0,
-           2.0 * total * ein * eout);
+  CheckOp<T>("expert grouped gemm forward", Get(d_ey), AsStored<T>(ey), gms, 0,
+             2.0 * total * ein * eout);
   REQUIRE(cuda::ExpertLinearBackward<T>(handle, d_edy.ptr, d_ex.ptr, d_ew.ptr, d_edx.ptr, d_edw.ptr,
                                         rows.data(), experts, ein, eout,
                                         pointers.ptr) == CUBLAS_STATUS_SUCCESS);
-  Check<T>("expert grouped gemm dx", Get(d_edx), AsStored<T>(edx));
-  Check<T>("expert grouped gemm dw", d_edw.Download(), edw);
+  CheckOp<T>("expert grouped gemm dx", Get(d_edx), AsStored<T>(edx));
+  CheckOp<T>("expert grouped gemm dw", d_edw.Download(), edw);
 }
 
 }  // namespace
@@ -442,22 +430,22 @@ TEST_CASE("AdamW, the gradient norm and clipping match the CPU") {
     cpu::AdamWUpdate(p.data(), g.data(), m.data(), v.data(), n, s, true);
     CUDA_OK(cuda::LaunchAdamWUpdate(d_p.ptr, d_g.ptr, d_m.ptr, d_v.ptr, n, s, true, nullptr));
   }
-  Check<float>("adamw params", d_p.Download(), p);
-  Check<float>("adamw first moments", d_m.Download(), m);
-  Check<float>("adamw second moments", d_v.Download(), v);
+  CheckOp<float>("adamw params", d_p.Download(), p);
+  CheckOp<float>("adamw first moments", d_m.Download(), m);
+  CheckOp<float>("adamw second moments", d_v.Download(), v);
   DeviceArray<double> partial(size_t(cuda::kNormBlocks)), sum(1);
   const double ms =
       TimeMs([&] { CUDA_OK(cuda::LaunchSumOfSquares(d_g.ptr, n, partial.ptr, sum.ptr, nullptr)); });
   const double want = cpu::SumOfSquares(g.data(), n);
   const double got = sum.Download()[0];
-  Check<float>("grad sum of squares", {float(got)}, {float(want)}, ms, 4.0 * n);
+  CheckOp<float>("grad sum of squares", {float(got)}, {float(want)}, ms, 4.0 * n);
   // Same inputs, same bits: the reduction order is fixed.
   CUDA_OK(cuda::LaunchSumOfSquares(d_g.ptr, n, partial.ptr, sum.ptr, nullptr));
   CHECK(sum.Download()[0] == got);
   const float factor = float(cpu::ClipFactor(std::sqrt(want), 0.5));
   cpu::ScaleInPlace(g.data(), n, factor);
   CUDA_OK(cuda::LaunchScaleInPlace(d_g.ptr, n, factor, nullptr));
-  Check<float>("clip scale", d_g.Download(), g);
+  CheckOp<float>("clip scale", d_g.Download(), g);
 }
 
 namespace {
@@ -481,9 +469,9 @@ void AttentionOps() {
     CUDA_OK(cuda::LaunchAttentionForward<T>(d_q.ptr, d_k.ptr, d_v.ptr, d_out.ptr, d_probs.ptr, b, t,
                                             h, dk, dv, scale, nullptr));
   });
-  Check<T>("attention forward", Get(d_out), out, ms, 0,
-           2.0 * b * h * (t * (t + 1) / 2.0) * double(dk + dv));
-  Check<T>("attention probs", d_probs.Download(), probs);
+  CheckOp<T>("attention forward", Get(d_out), out, ms, 0,
+             2.0 * b * h * (t * (t + 1) / 2.0) * double(dk + dv));
+  CheckOp<T>("attention probs", d_probs.Download(), probs);
   auto dout = AsStored<T>(Normal(out.size(), 30));
   std::vector<float> dq(q.size()), dk_(k.size()), dv_(v.size());
   cpu::AttentionBackward(dout.data(), q.data(), k.data(), v.data(), probs.data(), dq.data(),
@@ -493,9 +481,9 @@ void AttentionOps() {
   CUDA_OK(cuda::LaunchAttentionBackward<T>(d_dout.ptr, d_q.ptr, d_k.ptr, d_v.ptr, d_probs.ptr,
                                            d_ds.ptr, d_dq.ptr, d_dk.ptr, d_dv.ptr, b, t, h, dk, dv,
                                            scale, nullptr));
-  Check<T>("attention backward dq", Get(d_dq), dq);
-  Check<T>("attention backward dk", Get(d_dk), dk_);
-  Check<T>("attention backward dv", Get(d_dv), dv_);
+  CheckOp<T>("attention backward dq", Get(d_dq), dq);
+  CheckOp<T>("attention backward dk", Get(d_dk), dk_);
+  CheckOp<T>("attention backward dv", Get(d_dv), dv_);
 }
 
 }  // namespace

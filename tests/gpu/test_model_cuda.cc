@@ -11,10 +11,13 @@
 #include "common/spec_loader.h"
 #include "tests/gpu/gpu_test_util.h"
 #include "tests/gpu/member_threads.h"
+#include "tests/gpu/model_fixture.h"
 #include "worker/model/cuda/model_cuda.h"
 #include "worker/model/model_stage.h"
 
 namespace model = moerun::model;
+using moerun::gpu_testing::Batch;
+using moerun::gpu_testing::Gpu;
 using moerun::gpu_testing::MaxRelError;
 using moerun::gpu_testing::Record;
 
@@ -27,66 +30,10 @@ moerun::ModelSpec TrainFast() {
   return loaded.spec.model;
 }
 
-// A fixed batch: random tokens, each target the next token of its sequence.
-void Batch(const moerun::ModelSpec& m, int64_t b, std::vector<int32_t>* ids,
-           std::vector<int32_t>* targets) {
-  std::mt19937 rng(77);
-  const int64_t s = m.seq_len;
-  std::vector<int32_t> stream(size_t(b * (s + 1)));
-  for (auto& t : stream) t = int32_t(rng() % uint32_t(m.vocab_size));
-  ids->resize(size_t(b * s));
-  targets->resize(size_t(b * s));
-  for (int64_t i = 0; i < b; ++i)
-    for (int64_t j = 0; j < s; ++j) {
-      (*ids)[size_t(i * s + j)] = stream[size_t(i * (s + 1) + j)];
-      (*targets)[size_t(i * s + j)] = stream[size_t(i * (s + 1) + j + 1)];
-    }
-}
-
-struct Gpu {
-  Gpu() {
-    REQUIRE(cublasCreate(&handle) == CUBLAS_STATUS_SUCCESS);
-    REQUIRE(cudaStreamCreate(&stream) == cudaSuccess);
-  }
-  ~Gpu() {
-    cudaStreamDestroy(stream);
-    cublasDestroy(handle);
-  }
-  cublasHandle_t handle;
-  cudaStream_t stream;
-};
-
 template <typename T>
 void TrainsOnOneGpu(const char* precision, bool fp8 = false) {
-  const moerun::ModelSpec spec = TrainFast();
-  const int64_t b = 4;
-  std::vector<int32_t> ids, targets;
-  Batch(spec, b, &ids, &targets);
-  model::Parameters<float> params(moerun::ModelTensors(spec));
-  params.Initialize(5, spec.init_std);
-  Gpu gpu;
-  auto m =
-      model::cuda::ModelCuda<T>::Create(spec, params, b, spec.seq_len, gpu.stream, gpu.handle, fp8);
-  REQUIRE_MESSAGE(m.ok(), m.status().message());
-  moerun::kernels::cpu::AdamWStep adam;
-  adam.lr = 3e-3;
-  adam.weight_decay = 0.0;
-  double first = 0, last = 0;
-  for (int64_t step = 1; step <= 40; ++step) {
-    auto loss = m.value()->Forward(ids.data(), targets.data());
-    REQUIRE_MESSAGE(loss.ok(), loss.status().message());
-    REQUIRE(std::isfinite(loss.value()));
-    if (step == 1) first = loss.value();
-    last = loss.value();
-    REQUIRE(m.value()->Backward(1.0).ok());
-    adam.step = step;
-    auto norm = m.value()->Step(adam, 1.0);
-    REQUIRE(norm.ok());
-    REQUIRE(m.value()->UpdateBalanceBias(1e-3).ok());
-  }
-  MESSAGE(precision << ": loss " << first << " -> " << last << " in 40 steps");
-  Record({std::string("1-GPU training loss ratio"), precision, last / first, 0.7, 0, 0, 0});
-  CHECK(last < 0.7 * first);
+  moerun::gpu_testing::CheckTrainsOnOneGpu<T>(TrainFast(), "1-GPU training loss ratio", precision,
+                                              fp8);
 }
 
 // train-fast's model, weights from seed 3, and one fixed batch of 4 sequences: what the GPU
@@ -127,17 +74,7 @@ TEST_CASE_FIXTURE(
   REQUIRE(m.value()->Backward(1.0).ok());
   std::vector<float> grads;
   REQUIRE(m.value()->Download(nullptr, &grads).ok());
-  const double err = MaxRelError(grads, params.grads());
-  Record({"model loss + all gradients", "fp32", err, 1e-3, 0, 0, 0});
-  CHECK(err <= 1e-3);
-  // Tensor by tensor, so a failure names the tensor.
-  for (const auto& v : params.views()) {
-    const auto* g = grads.data() + v.offset;
-    const auto* want = params.grads().data() + v.offset;
-    const double e = MaxRelError(std::vector<float>(g, g + v.info.numel()),
-                                 std::vector<float>(want, want + v.info.numel()));
-    CHECK_MESSAGE(e <= 1e-3, v.info.name << ": " << e);
-  }
+  moerun::gpu_testing::CheckGradients(grads, params, "model loss + all gradients");
 }
 
 TEST_CASE("1-GPU training of train-fast's model: the loss falls, fp32, bf16 and fp8") {

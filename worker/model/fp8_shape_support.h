@@ -15,4 +15,9 @@ namespace moerun::model {
 // OK, or Unimplemented naming every size that breaks the rule; `tokens` per forward.
 Status Fp8ShapeSupport(const ModelSpec& spec, int64_t tokens);
 
+// The widest input or output of the attention projections: heads x head dim for MHA; for MLA
+// the largest of q_lora_rank, kv_lora_rank + qk_rope_head_dim and the heads' q, kv and output
+// widths.
+int64_t AttentionWidth(const ModelSpec& spec);
+
 }  // namespace moerun::model

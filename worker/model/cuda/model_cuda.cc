@@ -45,8 +45,9 @@ template <typename T>
 Result<std::unique_ptr<ModelCuda<T>>> ModelCuda<T>::Create(
     const ModelSpec& spec, const StageRange& range, const Parameters<float>& params, int64_t batch,
     int64_t seq, cudaStream_t stream, cublasHandle_t handle, bool fp8, ExpertGroupCuda ep) {
-  if (spec.attention != AttentionKind::kMha) {
-    return Status::Unimplemented("model on the GPU: model.attention mla is not implemented yet");
+  if (spec.mtp.depth > 0) {
+    return Status::Unimplemented(
+        "model on the GPU: multi-token prediction (model.mtp.depth) is not implemented yet");
   }
   if (batch <= 0 || seq <= 0) return Status::InvalidArgument("model on the GPU: empty batch");
   if (range.layer_begin < 0 || range.layer_end > spec.n_layers ||
@@ -86,9 +87,8 @@ Result<std::unique_ptr<ModelCuda<T>>> ModelCuda<T>::Create(
     } else {
       MOERUN_RETURN_IF_ERROR(Fp8ShapeSupport(spec, batch * seq));
       const MoeShape shape = MoeShapeFor(spec);
-      const int64_t hh = spec.n_heads * (spec.d_model / spec.n_heads);
-      const int64_t features =
-          std::max({spec.d_model, hh, spec.ffn_hidden, shape.expert_hidden, shape.shared_hidden});
+      const int64_t features = std::max({spec.d_model, AttentionWidth(spec), spec.ffn_hidden,
+                                         shape.expert_hidden, shape.shared_hidden});
       // With expert parallelism an expert may get a row from every member's every token.
       const int64_t max_rows = batch * seq * (ep.group != nullptr ? ep.group->size() : 1);
       auto f = Fp8Linear::Create(max_rows, features, stream);
@@ -123,6 +123,13 @@ Status ModelCuda<T>::Allocate(const Parameters<float>& params) {
   size_ = params.size();
   const int64_t n = batch_ * seq_, d = spec_.d_model, hh = spec_.d_model, h = spec_.n_heads,
                 v = spec_.vocab_size, f = spec_.ffn_hidden;
+  const bool mla = spec_.attention == AttentionKind::kMla;
+  // Attention scratch: MHA's q, k, v and output are [N, hh]; MLA's dq_, dk_ (its d(kv)),
+  // dv_ (its d(k_pe)) and datt_ take their own widths.
+  const int64_t wq = mla ? spec_.n_heads * (spec_.qk_nope_head_dim + spec_.qk_rope_head_dim) : hh;
+  const int64_t wk = mla ? spec_.n_heads * (spec_.qk_nope_head_dim + spec_.v_head_dim) : hh;
+  const int64_t wv = mla ? spec_.qk_rope_head_dim : hh;
+  const int64_t wo = mla ? spec_.n_heads * spec_.v_head_dim : hh;
   master_ = Alloc<float>(size_);
   grads_ = Alloc<float>(size_);
   m_ = Alloc<float>(size_);
@@ -148,10 +155,10 @@ Status ModelCuda<T>::Allocate(const Parameters<float>& params) {
   dh_ = Alloc<T>(n * d);
   dn_ = Alloc<T>(n * d);
   dx_ = Alloc<T>(n * d);
-  datt_ = Alloc<T>(n * hh);
-  dq_ = Alloc<T>(n * hh);
-  dk_ = Alloc<T>(n * hh);
-  dv_ = Alloc<T>(n * hh);
+  datt_ = Alloc<T>(n * wo);
+  dq_ = Alloc<T>(n * wq);
+  dk_ = Alloc<T>(n * wk);
+  dv_ = Alloc<T>(n * wv);
   da_ = Alloc<T>(n * f);
   dg_ = Alloc<T>(n * f);
   du_ = Alloc<T>(n * f);
@@ -160,10 +167,14 @@ Status ModelCuda<T>::Allocate(const Parameters<float>& params) {
   for (int64_t l = range_.layer_begin; l < range_.layer_end; ++l) {
     auto layer = std::make_unique<Layer>();
     layer->n1 = Alloc<T>(n * d);
-    layer->q = Alloc<T>(n * hh);
-    layer->k = Alloc<T>(n * hh);
-    layer->v = Alloc<T>(n * hh);
-    layer->att = Alloc<T>(n * hh);
+    if (mla) {
+      AllocateMla(*layer);
+    } else {
+      layer->q = Alloc<T>(n * hh);
+      layer->k = Alloc<T>(n * hh);
+      layer->v = Alloc<T>(n * hh);
+      layer->att = Alloc<T>(n * hh);
+    }
     layer->mid = Alloc<T>(n * d);
     layer->n2 = Alloc<T>(n * d);
     layer->rstd1 = Alloc<float>(n);
@@ -215,6 +226,7 @@ Status ModelCuda<T>::Allocate(const Parameters<float>& params) {
           {"self_attn.k_proj.weight", {hh, d}},
           {"self_attn.v_proj.weight", {hh, d}},
           {"self_attn.o_proj.weight", {d, hh}}};
+      if (mla) linears = MlaLinears();
       if (l < spec_.dense_layers) {
         linears.push_back({"mlp.gate_proj.weight", {f, d}});
         linears.push_back({"mlp.up_proj.weight", {f, d}});
@@ -317,6 +329,14 @@ Status ModelCuda<T>::LayerForward(int64_t l) {
         MOERUN_RETURN_IF_ERROR(fp8_->Quantize(Master(LayerName(l, name)), w));
     }
   }
+  if (spec_.attention == AttentionKind::kMla) {
+    // mid = x + o_proj(mla(n1))
+    MOERUN_RETURN_IF_ERROR(
+        Cuda(cudaMemcpyAsync(a.mid, x, n * d * sizeof(T), cudaMemcpyDeviceToDevice, stream_),
+             "residual"));
+    MOERUN_RETURN_IF_ERROR(MlaForward(l, a));
+    return FfnForward(l, a, y);
+  }
   MOERUN_RETURN_IF_ERROR(Linear(l, "self_attn.q_proj.weight", a.n1, a.q, d, hh));
   MOERUN_RETURN_IF_ERROR(Linear(l, "self_attn.k_proj.weight", a.n1, a.k, d, hh));
   MOERUN_RETURN_IF_ERROR(Linear(l, "self_attn.v_proj.weight", a.n1, a.v, d, hh));
@@ -332,9 +352,15 @@ Status ModelCuda<T>::LayerForward(int64_t l) {
   MOERUN_RETURN_IF_ERROR(Cuda(
       cudaMemcpyAsync(a.mid, x, n * d * sizeof(T), cudaMemcpyDeviceToDevice, stream_), "residual"));
   MOERUN_RETURN_IF_ERROR(Linear(l, "self_attn.o_proj.weight", a.att, a.mid, hh, d, true));
+  return FfnForward(l, a, y);
+}
+
+template <typename T>
+Status ModelCuda<T>::FfnForward(int64_t l, Layer& a, T* y) {
+  const int64_t n = batch_ * seq_, d = spec_.d_model;
   MOERUN_RETURN_IF_ERROR(
-      Cuda(kc::LaunchRmsNormForward<T>(a.mid, P("post_attention_layernorm.weight"), a.n2, a.rstd2,
-                                       n, d, stream_),
+      Cuda(kc::LaunchRmsNormForward<T>(a.mid, W(LayerName(l, "post_attention_layernorm.weight")),
+                                       a.n2, a.rstd2, n, d, stream_),
            "post-attention norm"));
   if (l < spec_.dense_layers) {
     const int64_t f = spec_.ffn_hidden;
@@ -397,7 +423,11 @@ Status ModelCuda<T>::LayerBackward(int64_t l, double dloss) {
                                         dx_, PG("post_attention_layernorm.weight"), n, d, stream_),
            "post-attention norm backward"));
   MOERUN_RETURN_IF_ERROR(Cuda(kc::LaunchAddInPlace<T>(dh_, dx_, n * d, stream_), "d(mid)"));
-  // Attention half: mid = x + o_proj(attention(rope(q), rope(k), v)).
+  // Attention half: mid = x + o_proj(attention(rope(q), rope(k), v)), or MLA's.
+  if (spec_.attention == AttentionKind::kMla) {
+    MOERUN_RETURN_IF_ERROR(MlaBackward(l, a));
+    return InputNormBackward(l, a, x);
+  }
   MOERUN_RETURN_IF_ERROR(LinearGrad(l, "self_attn.o_proj.weight", dh_, a.att, datt_, hh, d, false));
   MOERUN_RETURN_IF_ERROR(
       Cuda(kc::LaunchAttentionBackward<T>(datt_, a.q, a.k, a.v, a.probs, ds_, dq_, dk_, dv_, batch_,
@@ -410,10 +440,16 @@ Status ModelCuda<T>::LayerBackward(int64_t l, double dloss) {
   MOERUN_RETURN_IF_ERROR(LinearGrad(l, "self_attn.q_proj.weight", dq_, a.n1, dn_, d, hh, false));
   MOERUN_RETURN_IF_ERROR(LinearGrad(l, "self_attn.k_proj.weight", dk_, a.n1, dn_, d, hh, true));
   MOERUN_RETURN_IF_ERROR(LinearGrad(l, "self_attn.v_proj.weight", dv_, a.n1, dn_, d, hh, true));
-  MOERUN_RETURN_IF_ERROR(
-      Cuda(kc::LaunchRmsNormBackward<T>(dn_, x, P("input_layernorm.weight"), a.rstd1, dx_,
-                                        PG("input_layernorm.weight"), n, d, stream_),
-           "input norm backward"));
+  return InputNormBackward(l, a, x);
+}
+
+template <typename T>
+Status ModelCuda<T>::InputNormBackward(int64_t l, Layer& a, const T* x) {
+  const int64_t n = batch_ * seq_, d = spec_.d_model;
+  MOERUN_RETURN_IF_ERROR(Cuda(
+      kc::LaunchRmsNormBackward<T>(dn_, x, W(LayerName(l, "input_layernorm.weight")), a.rstd1, dx_,
+                                   G(LayerName(l, "input_layernorm.weight")), n, d, stream_),
+      "input norm backward"));
   return Cuda(kc::LaunchAddInPlace<T>(dh_, dx_, n * d, stream_), "d(x)");
 }
 

@@ -1,6 +1,7 @@
-// ModelCuda: a pipeline stage of the MoE transformer (docs/architecture.md §4, MHA attention) on
-// one GPU — optionally the embedding, decoder layers [layer_begin, layer_end) (RMSNorm, q/k/v/o
-// with RoPE and causal attention, dense MLP or the MoE layer), optionally the final norm, LM head
+// ModelCuda: a pipeline stage of the MoE transformer (docs/architecture.md §4) on one GPU —
+// optionally the embedding, decoder layers [layer_begin, layer_end) (RMSNorm, attention — MHA's
+// q/k/v/o with RoPE, or MLA's low-rank projections (model_cuda_mla.cc) — dense MLP or the MoE
+// layer), optionally the final norm, LM head
 // and cross-entropy — forward, backward and the optimizer step. The GPU twin of ModelStage (expert
 // parallelism included) plus the trainer's AdamW step, for `backend: cuda`; the whole model is the
 // one-stage case. A stage without the embedding reads its input from stage_input(), one without the
@@ -127,6 +128,16 @@ class ModelCuda {
   Layer& LayerAt(int64_t l) const { return *layers_[size_t(l - range_.layer_begin)]; }
   Status LayerForward(int64_t l);
   Status LayerBackward(int64_t l, double dloss);
+  // MLA's share of them (model_cuda_mla.cc): buffers, the linears fp8 quantizes, and the
+  // attention half — forward adds o_proj's output to `mid`, backward writes dn_ (=) from dh_.
+  void AllocateMla(Layer& layer);
+  std::vector<std::pair<std::string, std::pair<int64_t, int64_t>>> MlaLinears() const;
+  Status MlaForward(int64_t l, Layer& a);
+  Status MlaBackward(int64_t l, Layer& a);
+  // The rest of a layer after attention: y = mid + FFN(norm2(mid)); and the input norm's
+  // backward, dh_ += d(x) from dn_.
+  Status FfnForward(int64_t l, Layer& a, T* y);
+  Status InputNormBackward(int64_t l, Layer& a, const T* x);
   // Layer l's linear `name` ("self_attn.q_proj.weight", ...): y (=, or += with accumulate)
   // = x · Wᵀ, and its backward; in T through cuBLAS, or in fp8.
   Status Linear(int64_t l, const std::string& name, const T* x, T* y, int64_t in, int64_t out,
@@ -166,6 +177,9 @@ class ModelCuda {
   // Backward scratch.
   T *dh_ = nullptr, *dn_ = nullptr, *dx_ = nullptr, *datt_ = nullptr, *dq_ = nullptr,
     *dk_ = nullptr, *dv_ = nullptr, *da_ = nullptr, *dg_ = nullptr, *du_ = nullptr;
+  // MLA: kv_a_proj's output (forward) and its gradient (backward) [N, kr + dr]; the gradients
+  // of a normed latent and of its norm's input [N, max(kr, qr)]. dk_ holds d(kv), dv_ d(k_pe).
+  T *kva_ = nullptr, *dlat_ = nullptr, *dlat_in_ = nullptr;
   float* ds_ = nullptr;
 };
 

@@ -46,7 +46,12 @@ struct ModelCuda<T>::Layer {
   T *n1 = nullptr, *q = nullptr, *k = nullptr, *v = nullptr, *att = nullptr, *mid = nullptr,
     *n2 = nullptr;
   float *rstd1 = nullptr, *rstd2 = nullptr, *probs = nullptr;
-  T *g = nullptr, *u = nullptr, *a = nullptr;                // dense MLP [N, F]
+  T *g = nullptr, *u = nullptr, *a = nullptr;  // dense MLP [N, F]
+  // MLA (model_cuda_mla.cc): q holds [N, H, dn + dr], att [N, H, dv], k and v stay unused.
+  T *qa = nullptr, *qa_norm = nullptr;    // q_a_proj's output before and after its norm [N, qr]
+  T *ckv = nullptr, *ckv_norm = nullptr;  // the latent before and after its norm [N, kr]
+  T *kpe = nullptr, *kv = nullptr;        // shared RoPE key [N, dr]; kv_b_proj's output
+  float *qa_rstd = nullptr, *ckv_rstd = nullptr;
   std::unique_ptr<MoeLayerCuda<T>> moe;                      // MoE layers
   std::unordered_map<std::string, Fp8Linear::Weight> fp8_w;  // fp8: quantized each Forward
   MoeLayerWeightsCuda<T> moe_w;  // its weights and gradients, bound once
