@@ -45,7 +45,7 @@ struct RankPlacement {
 // n_layers decoder layers and mtp_depth MTP modules over `pipeline` stages. When the last
 // stage's share is not more than mtp_depth (spec_rules refuses such a job), it keeps one
 // decoder layer and the others keep the rest.
-std::vector<StageLayout> SplitLayers(int64_t n_layers, int64_t pipeline, int64_t mtp_depth = 0);
+std::vector<StageLayout> SplitLayers(int64_t n_layers, int64_t pipeline, int64_t mtp_depth);
 
 class Placement {
  public:

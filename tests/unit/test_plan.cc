@@ -117,7 +117,7 @@ TEST_CASE("tiny model: counts match a hand count") {
 TEST_CASE("layer split: contiguous, balanced, stage 0 never heavier") {
   for (int64_t layers = 1; layers <= 64; ++layers) {
     for (int64_t p = 1; p <= layers && p <= 16; ++p) {
-      auto stages = moerun::SplitLayers(layers, p);
+      auto stages = moerun::SplitLayers(layers, p, 0);
       REQUIRE(stages.size() == size_t(p));
       int64_t next = 0, lo = layers, hi = 0;
       for (const auto& s : stages) {

@@ -62,6 +62,13 @@ TEST_CASE("restore: the same model, another model named by its field, an old che
   s = moerun::trainer::RestoreState(entries, &same, nullptr, &step, mtp);
   CHECK(s.message().find("model.mtp.depth: 0, but the job has model.mtp.depth: 1") !=
         std::string::npos);
+  // Every tensor shape alike, another head split: the recorded field names it.
+  moerun::ModelSpec heads = mha;
+  heads.n_heads = 4;
+  s = moerun::trainer::RestoreState(entries, &same, nullptr, &step, heads);
+  CHECK(s.code() == moerun::Status::Code::kInvalidArgument);
+  CHECK(s.message().find("model.n_heads: 2, but the job has model.n_heads: 4") !=
+        std::string::npos);
   // A checkpoint from before the fields were recorded: refused by its fingerprint alone.
   std::vector<moerun::checkpoint::Entry> old;
   for (const auto& e : entries)

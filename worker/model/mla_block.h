@@ -49,8 +49,8 @@ struct MlaActivations {
   std::vector<T> ckv, ckv_norm, ckv_rstd;  // latent [N, kr] before and after RMSNorm; [N]
   std::vector<T> kpe;                      // [N, dr], turned
   std::vector<T> kv;                       // [N, H, dn + dv]
-  std::vector<T> probs;                    // [B, H, S, S]
-  std::vector<T> att;                      // [N, H, dv], o_proj's input
+  std::vector<T> probs;  // [B, H, S, S]; above each row block's diagonal: stale, never read
+  std::vector<T> att;    // [N, H, dv], o_proj's input
   // Scratch: kv_a_proj's output (forward) and its gradient (backward), the gradients of o_proj's
   // input, q, kv, k_pe, of a normed input and of a norm's input.
   std::vector<T> kva, datt, dq, dkv, dkpe, dnormed, dnorm_in;

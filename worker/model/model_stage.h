@@ -98,6 +98,7 @@ class ModelStage {
   // Multi-token prediction runs in training forwards only: evaluation and `moerun eval`
   // measure the main model. On by default on a head stage of a model with model.mtp.depth > 0.
   void set_mtp_enabled(bool enabled) { mtp_enabled_ = enabled; }
+  bool mtp_enabled() const { return mtp_enabled_; }
   // MTP modules this stage holds (model.mtp.depth on the head stage, else 0).
   int64_t mtp_depth() const { return mtp_depth_; }
 

@@ -10,6 +10,7 @@ Result<double> MeanCrossEntropy(model::ModelStage<float>& stage, int64_t windows
                                 const std::function<void(int64_t, int32_t*, int32_t*)>& window,
                                 double* mtp_mean) {
   if (windows <= 0) return 0.0;
+  const bool was = stage.mtp_enabled();
   stage.set_mtp_enabled(mtp_mean != nullptr);
   double mtp_total = 0;
   model::StageActivations<float> acts;
@@ -23,10 +24,14 @@ Result<double> MeanCrossEntropy(model::ModelStage<float>& stage, int64_t windows
       window(first + i, inputs.data() + i * seq_len, targets.data() + i * seq_len);
     }
     auto loss = stage.Forward(acts, inputs.data(), nullptr, targets.data(), b, seq_len, nullptr);
-    if (!loss.ok()) return loss.status();
+    if (!loss.ok()) {
+      stage.set_mtp_enabled(was);
+      return loss.status();
+    }
     total += loss.value() * double(b);
     mtp_total += acts.mtp_loss * double(b);
   }
+  stage.set_mtp_enabled(was);
   if (mtp_mean != nullptr) *mtp_mean = mtp_total / double(windows);
   return total / double(windows);
 }

@@ -95,7 +95,8 @@ Status ExportHuggingFace(const JobSpec& spec, const std::vector<checkpoint::Entr
       {"routed_scaling_factor", m.moe.route_scale},
       {"n_group", m.moe.n_groups},
       {"topk_group", m.moe.topk_groups},
-      {"first_k_dense_replace", m.dense_layers},
+      // Without MoE layers the MTP blocks are dense too (ModelSpec::dense_layer).
+      {"first_k_dense_replace", m.moe_layers() > 0 ? m.dense_layers : m.n_layers + m.mtp.depth},
       {"moe_layer_freq", 1},
       {"ep_size", 1},
       {"scoring_func", m.moe.score_func == ScoreFunc::kSigmoid ? "sigmoid" : "softmax"},

@@ -54,16 +54,16 @@ Status RestoreState(const std::vector<Entry>& entries, model::Parameters<float>*
   const Entry* st = meta("meta/step");
   if (fp == nullptr || st == nullptr)
     return Status::Corruption("checkpoint lacks meta/step or meta/fingerprint");
+  // The recorded fields first: some models differ with every tensor shape alike (n_heads at
+  // the same d_model), which the fingerprint cannot see. The first field that differs names it.
+  for (const ModelShapeField& f : ModelShapeFields(model)) {
+    const Entry* e = meta(("meta/" + f.field).c_str());
+    if (e == nullptr || e->i64() == f.value) continue;
+    return Status::InvalidArgument("it is another model's checkpoint: trained with " + f.field +
+                                   ": " + ModelShapeText(f.field, e->i64()) + ", but the job has " +
+                                   f.field + ": " + ModelShapeText(f.field, f.value));
+  }
   if (uint64_t(fp->i64()) != ModelFingerprint(model)) {
-    // The first recorded field that differs names the mismatch.
-    for (const ModelShapeField& f : ModelShapeFields(model)) {
-      const Entry* e = meta(("meta/" + f.field).c_str());
-      if (e == nullptr || e->i64() == f.value) continue;
-      return Status::InvalidArgument("it is another model's checkpoint: trained with " + f.field +
-                                     ": " + ModelShapeText(f.field, e->i64()) +
-                                     ", but the job has " + f.field + ": " +
-                                     ModelShapeText(f.field, f.value));
-    }
     return Status::InvalidArgument(
         "it is another model's checkpoint: its tensor names or shapes differ from the job's");
   }

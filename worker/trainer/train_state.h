@@ -30,8 +30,8 @@ std::vector<checkpoint::Entry> SnapshotState(const model::Parameters<float>& par
 // Fills params (and opt when non-null) from a checkpoint (entries of one or several shards);
 // *step gets its step. Corruption naming the entry when a tensor is missing or has another
 // shape; InvalidArgument when the checkpoint is of another model than `model`, naming the
-// first field that differs (checkpoints written before fields were recorded: the fingerprint
-// alone).
+// first recorded field that differs (even where every tensor shape agrees, e.g. n_heads at the
+// same d_model); checkpoints written before fields were recorded: by the fingerprint alone.
 Status RestoreState(const std::vector<checkpoint::Entry>& entries, model::Parameters<float>* params,
                     OptimizerState* opt, int64_t* step, const ModelSpec& model);
 

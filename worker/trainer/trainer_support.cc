@@ -14,15 +14,22 @@ Status GpuStepSupport(const JobSpec& spec) {
   if (spec.resources.backend != Backend::kCuda) return Status::OK();
   const std::string prefix = "resources.backend: cuda: ";
   // What the GPU model lacks, named together so one edit of the spec answers it all.
-  std::vector<std::string> missing;
-  if (spec.model.attention == AttentionKind::kMla) missing.push_back("model.attention: mla");
-  if (spec.model.mtp.depth > 0) missing.push_back("model.mtp.depth > 0 (multi-token prediction)");
+  std::vector<std::string> missing, instead;
+  if (spec.model.attention == AttentionKind::kMla) {
+    missing.push_back("model.attention: mla");
+    instead.push_back("attention: mha");
+  }
+  if (spec.model.mtp.depth > 0) {
+    missing.push_back("model.mtp.depth > 0 (multi-token prediction)");
+    instead.push_back("mtp.depth: 0");
+  }
   if (!missing.empty()) {
-    std::string what = missing[0];
-    if (missing.size() > 1) what += " and " + missing[1];
-    return Status::Unimplemented(prefix + what + (missing.size() > 1 ? " are" : " is") +
+    const bool both = missing.size() > 1;
+    return Status::Unimplemented(prefix + missing[0] + (both ? " and " + missing[1] : "") +
+                                 (both ? " are" : " is") +
                                  " not implemented by the GPU trainer yet; train with "
-                                 "resources.backend: cpu, or use attention: mha and mtp.depth: 0");
+                                 "resources.backend: cpu, or use " +
+                                 instead[0] + (both ? " and " + instead[1] : ""));
   }
   if (spec.train.precision == Precision::kFp8) {
     const int64_t micro_tokens = spec.train.global_batch /
