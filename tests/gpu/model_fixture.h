@@ -13,6 +13,7 @@
 #include "common/job_spec.h"
 #include "tests/gpu/gpu_test_util.h"
 #include "worker/model/cuda/model_cuda.h"
+#include "worker/model/model_stage.h"
 
 namespace moerun::gpu_testing {
 
@@ -46,6 +47,41 @@ inline void Batch(const ModelSpec& m, int64_t b, std::vector<int32_t>* ids,
       (*targets)[size_t(i * s + j)] = stream[size_t(i * (s + 1) + j + 1)];
     }
 }
+
+// `spec`'s whole model from weights of seed 3 on the fixed batch of 4 sequences, once on the
+// GPU in fp32 and once on the CPU (ModelStage): both forwards and backwards run, the GPU's
+// gradients downloaded.
+struct CpuGpuRun {
+  explicit CpuGpuRun(const ModelSpec& s) : spec(s), params(ModelTensors(s)) {
+    Batch(spec, b, &ids, &targets);
+    params.Initialize(3, spec.init_std);
+    auto m = model::cuda::ModelCuda<float>::Create(spec, params, b, spec.seq_len, gpu.stream,
+                                                   gpu.handle);
+    REQUIRE_MESSAGE(m.ok(), m.status().message());
+    gpu_model = std::move(m.value());
+    stage = std::make_unique<model::ModelStage<float>>(
+        spec, model::StageRange{0, spec.n_layers, true, true}, &params);
+    auto cpu = stage->Forward(acts, ids.data(), nullptr, targets.data(), b, spec.seq_len, nullptr);
+    REQUIRE(cpu.ok());
+    cpu_loss = cpu.value();
+    REQUIRE(stage->Backward(acts, 1.0, nullptr, nullptr).ok());
+    auto g = gpu_model->Forward(ids.data(), targets.data());
+    REQUIRE_MESSAGE(g.ok(), g.status().message());
+    gpu_loss = g.value();
+    REQUIRE(gpu_model->Backward(1.0).ok());
+    REQUIRE(gpu_model->Download(nullptr, &gpu_grads).ok());
+  }
+  const ModelSpec spec;
+  const int64_t b = 4;
+  std::vector<int32_t> ids, targets;
+  model::Parameters<float> params;
+  Gpu gpu;
+  std::unique_ptr<model::cuda::ModelCuda<float>> gpu_model;
+  std::unique_ptr<model::ModelStage<float>> stage;
+  model::StageActivations<float> acts;
+  double cpu_loss = 0, gpu_loss = 0;
+  std::vector<float> gpu_grads;
+};
 
 // The GPU's gradients (in Parameters<float> layout) against the CPU's: one table row for all of
 // them, and a check per tensor so a failure names it; `bound` is the max relative error.

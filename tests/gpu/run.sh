@@ -9,7 +9,8 @@
 # The checks, in order (exit non-zero if any fails; every step runs):
 #  1. gpu_tests: every CUDA op against its CPU twin (fp32, bf16; the fp8 quantizers bit for
 #     bit and the block-scaled cuBLASLt GEMMs against the CPU's fp8 linear layer), the whole
-#     model against the CPU model, 1-GPU training (fixed batch), and `moerun train` on the
+#     model against the CPU model (MHA; MLA with q_a/q_b and with q_proj; MLA with two MTP
+#     modules: both losses and every gradient), 1-GPU training (fixed batch), and `moerun train` on the
 #     GPU: loss against the CPU trainer, falling loss, resume from a checkpoint bit for bit.
 #     It ends with the table: op, precision, max relative error, bound, ms, GB/s and TFLOP/s,
 #     each also as a share of the GPU's peak (theoretical memory bandwidth; cuBLAS's own

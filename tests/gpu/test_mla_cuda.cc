@@ -117,30 +117,11 @@ moerun::ModelSpec MlaModel(int64_t q_lora_rank) {
 }  // namespace
 
 TEST_CASE("the MLA model on the GPU: the CPU's loss and every gradient, q_a/q_b and q_proj") {
-  namespace model = moerun::model;
   for (int64_t q_lora : {16, 0}) {
     CAPTURE(q_lora);
-    const moerun::ModelSpec spec = MlaModel(q_lora);
-    const int64_t b = 4, s = spec.seq_len;
-    std::vector<int32_t> ids, targets;
-    moerun::gpu_testing::Batch(spec, b, &ids, &targets);
-    model::Parameters<float> params(moerun::ModelTensors(spec));
-    params.Initialize(3, spec.init_std);
-    moerun::gpu_testing::Gpu gpu;
-    auto m = model::cuda::ModelCuda<float>::Create(spec, params, b, s, gpu.stream, gpu.handle);
-    REQUIRE_MESSAGE(m.ok(), m.status().message());
-    model::ModelStage<float> stage(spec, model::StageRange{0, spec.n_layers, true, true}, &params);
-    model::StageActivations<float> acts;
-    auto cpu_loss = stage.Forward(acts, ids.data(), nullptr, targets.data(), b, s, nullptr);
-    REQUIRE(cpu_loss.ok());
-    REQUIRE(stage.Backward(acts, 1.0, nullptr, nullptr).ok());
-    auto gpu_loss = m.value()->Forward(ids.data(), targets.data());
-    REQUIRE_MESSAGE(gpu_loss.ok(), gpu_loss.status().message());
-    CHECK(std::fabs(gpu_loss.value() - cpu_loss.value()) <= 1e-4 * std::fabs(cpu_loss.value()));
-    REQUIRE(m.value()->Backward(1.0).ok());
-    std::vector<float> grads;
-    REQUIRE(m.value()->Download(nullptr, &grads).ok());
-    moerun::gpu_testing::CheckGradients(grads, params,
+    moerun::gpu_testing::CpuGpuRun run(MlaModel(q_lora));
+    CHECK(std::fabs(run.gpu_loss - run.cpu_loss) <= 1e-4 * std::fabs(run.cpu_loss));
+    moerun::gpu_testing::CheckGradients(run.gpu_grads, run.params,
                                         q_lora > 0 ? "MLA model loss + all gradients (q_a/q_b)"
                                                    : "MLA model loss + all gradients (q_proj)");
   }

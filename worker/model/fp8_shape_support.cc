@@ -39,6 +39,11 @@ Status Fp8ShapeSupport(const ModelSpec& spec, int64_t tokens) {
                      h * (spec.qk_nope_head_dim + spec.v_head_dim)});
     sizes.push_back({"n_heads x v_head_dim", h * spec.v_head_dim});
   }
+  // Multi-token prediction module k runs seq_len − k positions of each sequence.
+  for (int64_t k = 1; k <= spec.mtp.depth && spec.seq_len > 0; ++k) {
+    sizes.push_back({"tokens of an MTP module (sequences x (seq_len - k))",
+                     tokens / spec.seq_len * (spec.seq_len - k)});
+  }
   std::string bad;
   for (auto [what, size] : sizes) {
     if (size % 16 != 0) {

@@ -49,6 +49,7 @@ class Parameters {
 // from different replicas. Runs are in buffer order; a layer's experts make one run.
 struct TensorRun {
   int64_t offset = 0, count = 0;
+  bool operator==(const TensorRun&) const = default;
 };
 std::vector<TensorRun> TrainableRuns(const std::vector<ParameterView>& views, bool routed_experts);
 

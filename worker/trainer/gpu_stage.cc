@@ -42,6 +42,7 @@ class GpuStage : public StageBackend {
     for (T* p : stash_) cudaFree(p);
     world_dev_.reset();
     replica_dev_.reset();
+    embedding_dev_.reset();
     expert_dev_.reset();
     data_dev_.reset();
     if (pack_ != nullptr) cudaFree(pack_);
@@ -73,7 +74,8 @@ class GpuStage : public StageBackend {
     }
     // Device communicators (NCCL, or host-staged where ranks share a GPU), made in the same
     // order on every rank: the world (activations between stages), data group (dense
-    // gradients), expert group (tokens), expert replica group (expert gradients).
+    // gradients), the embedding pair (first and last stage under MTP), expert group (tokens),
+    // expert replica group (expert gradients).
     auto device_group = [&](comm::Communicator* host, const char* what,
                             std::unique_ptr<comm::Communicator>* out) -> Status {
       if (host->size() <= 1) return Status::OK();
@@ -88,6 +90,10 @@ class GpuStage : public StageBackend {
     if (topo_->pipeline > 1)  // activations between stages
       MOERUN_RETURN_IF_ERROR(device_group(topo_->world_comm.get(), "stages", &world_dev_));
     MOERUN_RETURN_IF_ERROR(device_group(topo_->data_group.get(), "data group", &data_dev_));
+    if (topo_->embedding_group) {  // multi-token prediction over a pipeline: the embedding pair
+      MOERUN_RETURN_IF_ERROR(
+          device_group(topo_->embedding_group.get(), "embedding pair", &embedding_dev_));
+    }
     if (topo_->expert > 1) {
       MOERUN_RETURN_IF_ERROR(device_group(topo_->expert_group.get(), "expert group", &expert_dev_));
       MOERUN_RETURN_IF_ERROR(
@@ -112,7 +118,7 @@ class GpuStage : public StageBackend {
   StageGroups groups() const override {
     // Without expert parallelism the expert replica group is the data group.
     return {world_dev_.get(), data_dev_.get(),
-            topo_->expert > 1 ? replica_dev_.get() : data_dev_.get()};
+            topo_->expert > 1 ? replica_dev_.get() : data_dev_.get(), embedding_dev_.get()};
   }
 
   // Buffers are sized at creation for a micro-batch.
@@ -123,10 +129,14 @@ class GpuStage : public StageBackend {
     // m + slots arrives only after m's backward (1F1B: pipeline − stage; GPipe: all).
     stash_slots_ = std::max<int64_t>(in_flight, 1);
     last_forward_ = -1;
+    model_->set_mtp_enabled(true);
     return Status::OK();  // ApplyStep left the gradients zero
   }
 
-  void BeginEvaluation() override { last_forward_ = -1; }  // it replaces the kept activations
+  void BeginEvaluation() override {
+    last_forward_ = -1;  // it replaces the kept activations
+    model_->set_mtp_enabled(false);
+  }
 
   size_t BoundaryBytes(int64_t sequences) const override {
     return size_t(sequences * seq_ * spec_.model.d_model) * sizeof(T);
@@ -157,10 +167,13 @@ class GpuStage : public StageBackend {
 
   const void* Output() const override { return model_->stage_output(); }
   double balance_loss() const override { return model_->balance_loss(); }
-  // GpuStepSupport refuses multi-token prediction: no MTP module runs here.
-  double mtp_loss() const override { return 0; }
+  double mtp_loss() const override { return model_->mtp_loss(); }
   Result<GradientPack> EmbeddingGradient() override {
-    return Status::Unimplemented("GPU step: multi-token prediction is not implemented");
+    float* g = model_->embedding_grad();
+    if (g == nullptr) return Status::Internal("GPU step: this stage holds no embedding");
+    // The communicator has its own stream (or none): the gradients must be written first.
+    MOERUN_RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(stream_), "gradients"));
+    return GradientPack{g, size_t(spec_.model.vocab_size * spec_.model.d_model)};
   }
   int64_t moe_layers() const override { return model_->moe_layers(); }
   const int64_t* ExpertCounts(int64_t j) const override { return model_->expert_counts(j); }
@@ -240,7 +253,8 @@ class GpuStage : public StageBackend {
   }
 
   void Abort(const std::string& reason) override {
-    for (auto* c : {world_dev_.get(), data_dev_.get(), expert_dev_.get(), replica_dev_.get()})
+    for (auto* c : {world_dev_.get(), data_dev_.get(), expert_dev_.get(), replica_dev_.get(),
+                    embedding_dev_.get()})
       if (c != nullptr) c->Abort(reason);
   }
 
@@ -297,7 +311,8 @@ class GpuStage : public StageBackend {
   // Device communicators over the world (activations between stages), the data, expert and
   // expert replica groups; null for a group of one (the world's with one stage, the last two
   // without expert parallelism).
-  std::unique_ptr<comm::Communicator> world_dev_, data_dev_, expert_dev_, replica_dev_;
+  std::unique_ptr<comm::Communicator> world_dev_, data_dev_, expert_dev_, replica_dev_,
+      embedding_dev_;       // replica d of the first and last stage (MTP over a pipeline), or null
   std::string transports_;  // which transport each group uses, for Describe
   float* pack_ = nullptr;   // device: gradients of one kind, packed for one all-reduce
   // Per micro-batch in flight on later stages: the activations received (device; kept for

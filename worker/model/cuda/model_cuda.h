@@ -6,6 +6,8 @@
 // parallelism included) plus the trainer's AdamW step, for `backend: cuda`; the whole model is the
 // one-stage case. A stage without the embedding reads its input from stage_input(), one without the
 // head leaves its output in stage_output(); their gradients go through the same kind of buffers.
+// A head stage of a model with model.mtp.depth > 0 also runs the multi-token prediction modules
+// in training forwards (model_cuda_mtp.cc), on its copy of the embedding when it has no other.
 // One micro-batch's activations are kept (the last Forward's): a pipeline schedule with
 // several micro-batches in flight runs a micro-batch's forward again before its backward.
 // Weights: fp32 master copy, gradients and AdamW moments on the device in the flat layout of
@@ -22,6 +24,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "common/job_spec.h"
@@ -89,7 +92,7 @@ class ModelCuda {
   T* output_grad() const { return dh_; }                // Backward's input without head
   const T* input_grad() const { return dh_; }           // Backward's output without embedding
   const StageRange& range() const { return range_; }
-  // MoE layers of this stage.
+  // MoE layers of this stage, the MTP modules' blocks last (global indices n_layers + k − 1).
   int64_t moe_layers() const;
   // Aux-loss-free balancing from the last Forward's counts: b_i += γ · sign(mean − load_i).
   Status UpdateBalanceBias(double gamma);
@@ -98,8 +101,16 @@ class ModelCuda {
   // replicas.
   Status UpdateBalanceBias(double gamma, const std::vector<std::vector<int64_t>>& counts);
 
-  // The sum of the stage's MoE layers' balance losses in the last Forward.
+  // The sum of the stage's MoE layers' balance losses in the last Forward (the MTP modules'
+  // blocks included when they ran).
   double balance_loss() const;
+  // Multi-token prediction: runs in forwards while enabled (training; evaluation turns it off),
+  // on a head stage of a model with model.mtp.depth > 0, as on the CPU (model_stage.h).
+  void set_mtp_enabled(bool enabled) { mtp_enabled_ = enabled; }
+  // The last Forward's mean over the modules of their mean cross-entropy (0: none ran).
+  double mtp_loss() const { return mtp_ran_ ? mtp_loss_ : 0.0; }
+  // The embedding's gradient (device, fp32, vocab × d_model), or null on a stage without it.
+  float* embedding_grad() const { return G("model.embed_tokens.weight"); }
   // Tokens per routed expert in MoE layer j (from the stage's first MoE layer) in the last
   // Forward; host memory, valid until the next Forward.
   const int64_t* expert_counts(int64_t j) const;
@@ -124,10 +135,22 @@ class ModelCuda {
   struct Layer;
   ModelCuda() = default;
   Status Allocate(const Parameters<float>& params);
-  // Layer l (a global index) and its activations.
-  Layer& LayerAt(int64_t l) const { return *layers_[size_t(l - range_.layer_begin)]; }
-  Status LayerForward(int64_t l);
-  Status LayerBackward(int64_t l, double dloss);
+  struct MtpModule;
+  int64_t MainMoeLayers() const;  // the stage's MoE layers before the MTP modules
+  // Layer l (a global index; an MTP module k's block is n_layers + k − 1) and its activations.
+  Layer& LayerAt(int64_t l) const;
+  // Layer l on batch_ sequences of seq_now_ tokens: y = layer(x); its backward turns dh_
+  // (d(y)) into d(x), reading x again.
+  Status LayerForward(int64_t l, const T* x, T* y);
+  Status LayerBackward(int64_t l, const T* x, double dloss);
+  // A layer's activations and bound weights (`l` may be an MTP block).
+  Status AllocateLayer(int64_t l, Layer& layer);
+  // The multi-token prediction modules after the head (model_cuda_mtp.cc), the CPU's order:
+  // buffers; forward from fnorm_ and the host targets; backward adding the gradient of fnorm_
+  // to dfnorm_.
+  Status AllocateMtp();
+  Status MtpForward(const int32_t* targets);
+  Status MtpBackward(double dloss);
   // MLA's share of them (model_cuda_mla.cc): buffers, the linears fp8 quantizes, and the
   // attention half — forward adds o_proj's output to `mid`, backward writes dn_ (=) from dh_.
   void AllocateMla(Layer& layer);
@@ -155,6 +178,8 @@ class ModelCuda {
   StageRange range_;
   ExpertGroupCuda ep_;
   int64_t batch_ = 0, seq_ = 0;
+  int64_t seq_now_ =
+      0;  // sequence length of the layer being run: seq_, or seq_ − k in MTP module k
   cudaStream_t stream_ = nullptr;
   cublasHandle_t handle_ = nullptr;
   std::vector<void*> owned_;
@@ -180,6 +205,19 @@ class ModelCuda {
   // MLA: kv_a_proj's output (forward) and its gradient (backward) [N, kr + dr]; the gradients
   // of a normed latent and of its norm's input [N, max(kr, qr)]. dk_ holds d(kv), dv_ d(k_pe).
   T *kva_ = nullptr, *dlat_ = nullptr, *dlat_in_ = nullptr;
+  // Multi-token prediction (head stage, model.mtp.depth > 0): the modules, their switch and
+  // the last forward's mean MTP cross-entropy; scratch: d(fnorm_) [N, D], d([enorm; hnorm])
+  // [N, 2D], the gradient of a module's hidden input [N, D].
+  std::vector<std::unique_ptr<MtpModule>> mtp_;
+  std::vector<std::unique_ptr<Layer>> mtp_layers_;
+  bool mtp_enabled_ = true, mtp_ran_ = false;
+  bool mtp_fp8_stale_ = true;  // the MTP layers' fp8 weight copies lag the masters
+  double mtp_loss_ = 0;
+  T *dfnorm_ = nullptr, *dcat_ = nullptr, *dprev_ = nullptr;
+  std::vector<int64_t> no_counts_;  // an MTP block's expert counts when no module ran
+  // Trainable runs counted in the global norm: runs_ less the last stage's copy of the
+  // embedding (the first stage counts it).
+  std::vector<TensorRun> norm_runs_[2];
   float* ds_ = nullptr;
 };
 

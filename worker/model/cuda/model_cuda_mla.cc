@@ -14,6 +14,7 @@
 namespace moerun::model::cuda {
 
 namespace kc = moerun::kernels::cuda;
+using model_cuda_internal::Copy2D;
 using model_cuda_internal::Cuda;
 using model_cuda_internal::LayerName;
 
@@ -38,16 +39,6 @@ struct MlaWidths {
   kc::MlaDimsCuda dims() const { return {h, dn, dr, dv}; }
   double scale() const { return 1.0 / std::sqrt(double(dn + dr)); }
 };
-
-// Rows of `cols` values from a buffer whose rows are `src_stride` wide into one whose rows
-// are `dst_stride` wide, on the stream.
-template <typename T>
-cudaError_t CopyColumns(T* dst, int64_t dst_stride, const T* src, int64_t src_stride, int64_t cols,
-                        int64_t rows, cudaStream_t stream) {
-  return cudaMemcpy2DAsync(dst, size_t(dst_stride) * sizeof(T), src, size_t(src_stride) * sizeof(T),
-                           size_t(cols) * sizeof(T), size_t(rows), cudaMemcpyDeviceToDevice,
-                           stream);
-}
 
 }  // namespace
 
@@ -94,7 +85,7 @@ std::vector<std::pair<std::string, std::pair<int64_t, int64_t>>> ModelCuda<T>::M
 template <typename T>
 Status ModelCuda<T>::MlaForward(int64_t l, Layer& a) {
   const MlaWidths w(spec_);
-  const int64_t n = batch_ * seq_, d = w.d, h = w.h, qr = w.qr, kr = w.kr, dn = w.dn, dr = w.dr;
+  const int64_t n = batch_ * seq_now_, d = w.d, h = w.h, qr = w.qr, kr = w.kr, dn = w.dn, dr = w.dr;
   const double theta = spec_.rope_theta;
   auto P = [&](const char* s) { return W(LayerName(l, s)); };
   if (qr > 0) {
@@ -107,23 +98,23 @@ Status ModelCuda<T>::MlaForward(int64_t l, Layer& a) {
   } else {
     MOERUN_RETURN_IF_ERROR(Linear(l, "self_attn.q_proj.weight", a.n1, a.q, d, w.q));
   }
-  MOERUN_RETURN_IF_ERROR(Cuda(kc::LaunchRopeInterleaved<T>(a.q + dn, batch_, seq_, h, w.q, dn + dr,
-                                                           dr, theta, false, stream_),
+  MOERUN_RETURN_IF_ERROR(Cuda(kc::LaunchRopeInterleaved<T>(a.q + dn, batch_, seq_now_, h, w.q,
+                                                           dn + dr, dr, theta, false, stream_),
                               "rope q"));
   // The latent and the shared RoPE key come out of one projection; each is kept contiguous.
   MOERUN_RETURN_IF_ERROR(Linear(l, "self_attn.kv_a_proj_with_mqa.weight", a.n1, kva_, d, w.latent));
-  MOERUN_RETURN_IF_ERROR(Cuda(CopyColumns(a.ckv, kr, kva_, w.latent, kr, n, stream_), "latent"));
-  MOERUN_RETURN_IF_ERROR(Cuda(CopyColumns(a.kpe, dr, kva_ + kr, w.latent, dr, n, stream_), "k_pe"));
-  MOERUN_RETURN_IF_ERROR(
-      Cuda(kc::LaunchRopeInterleaved<T>(a.kpe, batch_, seq_, 1, dr, dr, dr, theta, false, stream_),
-           "rope k_pe"));
+  MOERUN_RETURN_IF_ERROR(Cuda(Copy2D(a.ckv, kr, kva_, w.latent, kr, n, stream_), "latent"));
+  MOERUN_RETURN_IF_ERROR(Cuda(Copy2D(a.kpe, dr, kva_ + kr, w.latent, dr, n, stream_), "k_pe"));
+  MOERUN_RETURN_IF_ERROR(Cuda(
+      kc::LaunchRopeInterleaved<T>(a.kpe, batch_, seq_now_, 1, dr, dr, dr, theta, false, stream_),
+      "rope k_pe"));
   MOERUN_RETURN_IF_ERROR(
       Cuda(kc::LaunchRmsNormForward<T>(a.ckv, P("self_attn.kv_a_layernorm.weight"), a.ckv_norm,
                                        a.ckv_rstd, n, kr, stream_),
            "latent norm"));
   MOERUN_RETURN_IF_ERROR(Linear(l, "self_attn.kv_b_proj.weight", a.ckv_norm, a.kv, kr, w.kv));
   MOERUN_RETURN_IF_ERROR(
-      Cuda(kc::LaunchMlaAttentionForward<T>(a.q, a.kv, a.kpe, a.att, a.probs, batch_, seq_,
+      Cuda(kc::LaunchMlaAttentionForward<T>(a.q, a.kv, a.kpe, a.att, a.probs, batch_, seq_now_,
                                             w.dims(), w.scale(), stream_),
            "mla attention"));
   return Linear(l, "self_attn.o_proj.weight", a.att, a.mid, w.out, d, true);
@@ -132,24 +123,23 @@ Status ModelCuda<T>::MlaForward(int64_t l, Layer& a) {
 template <typename T>
 Status ModelCuda<T>::MlaBackward(int64_t l, Layer& a) {
   const MlaWidths w(spec_);
-  const int64_t n = batch_ * seq_, d = w.d, h = w.h, qr = w.qr, kr = w.kr, dn = w.dn, dr = w.dr;
+  const int64_t n = batch_ * seq_now_, d = w.d, h = w.h, qr = w.qr, kr = w.kr, dn = w.dn, dr = w.dr;
   const double theta = spec_.rope_theta;
   auto P = [&](const char* s) { return W(LayerName(l, s)); };
   auto PG = [&](const char* s) { return G(LayerName(l, s)); };
   T *dkv = dk_, *dkpe = dv_;
   MOERUN_RETURN_IF_ERROR(
       LinearGrad(l, "self_attn.o_proj.weight", dh_, a.att, datt_, w.out, d, false));
-  const kc::MlaDimsCuda dims{h, dn, dr, spec_.v_head_dim};
-  MOERUN_RETURN_IF_ERROR(Cuda(kc::LaunchMlaAttentionBackward<T>(
-                                  datt_, a.q, a.kv, a.kpe, a.probs, ds_, dq_, dkv, dkpe, batch_,
-                                  seq_, dims, 1.0 / std::sqrt(double(dn + dr)), stream_),
-                              "mla attention backward"));
-  MOERUN_RETURN_IF_ERROR(Cuda(kc::LaunchRopeInterleaved<T>(dq_ + dn, batch_, seq_, h, w.q, dn + dr,
-                                                           dr, theta, true, stream_),
-                              "rope dq"));
   MOERUN_RETURN_IF_ERROR(
-      Cuda(kc::LaunchRopeInterleaved<T>(dkpe, batch_, seq_, 1, dr, dr, dr, theta, true, stream_),
-           "rope dk_pe"));
+      Cuda(kc::LaunchMlaAttentionBackward<T>(datt_, a.q, a.kv, a.kpe, a.probs, ds_, dq_, dkv, dkpe,
+                                             batch_, seq_now_, w.dims(), w.scale(), stream_),
+           "mla attention backward"));
+  MOERUN_RETURN_IF_ERROR(Cuda(kc::LaunchRopeInterleaved<T>(dq_ + dn, batch_, seq_now_, h, w.q,
+                                                           dn + dr, dr, theta, true, stream_),
+                              "rope dq"));
+  MOERUN_RETURN_IF_ERROR(Cuda(
+      kc::LaunchRopeInterleaved<T>(dkpe, batch_, seq_now_, 1, dr, dr, dr, theta, true, stream_),
+      "rope dk_pe"));
   // Keys and values: kv_b_proj, the latent's norm, then kv_a_proj from [dlatent, dk_pe].
   MOERUN_RETURN_IF_ERROR(
       LinearGrad(l, "self_attn.kv_b_proj.weight", dkv, a.ckv_norm, dlat_, kr, w.kv, false));
@@ -157,9 +147,8 @@ Status ModelCuda<T>::MlaBackward(int64_t l, Layer& a) {
       kc::LaunchRmsNormBackward<T>(dlat_, a.ckv, P("self_attn.kv_a_layernorm.weight"), a.ckv_rstd,
                                    dlat_in_, PG("self_attn.kv_a_layernorm.weight"), n, kr, stream_),
       "latent norm backward"));
-  MOERUN_RETURN_IF_ERROR(
-      Cuda(CopyColumns(kva_, w.latent, dlat_in_, kr, kr, n, stream_), "dlatent"));
-  MOERUN_RETURN_IF_ERROR(Cuda(CopyColumns(kva_ + kr, w.latent, dkpe, dr, dr, n, stream_), "dk_pe"));
+  MOERUN_RETURN_IF_ERROR(Cuda(Copy2D(kva_, w.latent, dlat_in_, kr, kr, n, stream_), "dlatent"));
+  MOERUN_RETURN_IF_ERROR(Cuda(Copy2D(kva_ + kr, w.latent, dkpe, dr, dr, n, stream_), "dk_pe"));
   MOERUN_RETURN_IF_ERROR(
       LinearGrad(l, "self_attn.kv_a_proj_with_mqa.weight", kva_, a.n1, dn_, d, w.latent, false));
   // Queries.

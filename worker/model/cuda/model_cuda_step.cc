@@ -28,6 +28,12 @@ Result<double> ModelCuda<T>::Step(const kernels::cpu::AdamWStep& adam, double gr
 
 template <typename T>
 Result<double> ModelCuda<T>::GradSquareSum() {
+  if (norm_runs_[0] != runs_[0]) {  // a copy of the embedding the first stage counts
+    auto dense = GradSquareSum(false), routed = GradSquareSum(true);
+    if (!dense.ok()) return dense.status();
+    if (!routed.ok()) return routed.status();
+    return dense.value() + routed.value();
+  }
   // Router biases get no gradient, so the whole buffer's sum is the trainable tensors' sum.
   MOERUN_RETURN_IF_ERROR(
       Cuda(kc::LaunchSumOfSquares(grads_, size_, partial_, norm_, stream_), "gradient norm"));
@@ -42,7 +48,7 @@ template <typename T>
 Result<double> ModelCuda<T>::GradSquareSum(bool routed_experts) {
   // One reduction per run of adjacent tensors of the wanted kind.
   double sum = 0;
-  for (const TensorRun& run : runs(routed_experts)) {
+  for (const TensorRun& run : norm_runs_[routed_experts ? 1 : 0]) {
     MOERUN_RETURN_IF_ERROR(Cuda(
         kc::LaunchSumOfSquares(grads_ + run.offset, run.count, partial_, norm_, stream_), "norm"));
     double sq = 0;
@@ -69,9 +75,10 @@ Status ModelCuda<T>::ApplyStep(const kernels::cpu::AdamWStep& adam, double clip)
   }
   MOERUN_RETURN_IF_ERROR(Cuda(cudaMemsetAsync(grads_, 0, size_ * sizeof(float), stream_), "zero"));
   if (fp8_) {  // new weights: the next Forward quantizes them
-    fp8_stale_ = true;
-    for (auto& layer : layers_)
-      if (layer->moe) layer->moe->WeightsChanged();
+    fp8_stale_ = mtp_fp8_stale_ = true;
+    for (auto* list : {&layers_, &mtp_layers_})
+      for (auto& layer : *list)
+        if (layer->moe) layer->moe->WeightsChanged();
   }
   if constexpr (!std::is_same_v<T, float>) {
     MOERUN_RETURN_IF_ERROR(
@@ -83,9 +90,8 @@ Status ModelCuda<T>::ApplyStep(const kernels::cpu::AdamWStep& adam, double clip)
 template <typename T>
 Status ModelCuda<T>::UpdateBalanceBias(double gamma) {
   std::vector<std::vector<int64_t>> counts;
-  for (const auto& layer : layers_) {
-    if (!layer->moe) continue;
-    const int64_t* c = layer->moe->expert_counts();
+  for (int64_t j = 0; j < moe_layers(); ++j) {
+    const int64_t* c = expert_counts(j);
     counts.emplace_back(c, c + spec_.moe.routed_experts);
   }
   return UpdateBalanceBias(gamma, counts);
@@ -101,10 +107,13 @@ Status ModelCuda<T>::UpdateBalanceBias(double gamma,
                                    std::to_string(moe_layers()));
   }
   std::vector<float> bias(static_cast<size_t>(e));
-  const int64_t first_moe = range_.layer_end - moe_layers();
-  for (int64_t l = first_moe; l < range_.layer_end; ++l) {
+  // The stage's MoE layers are its last ones, then the MTP modules' blocks (n_layers + k − 1):
+  // one run of global indices.
+  const int64_t first_moe = range_.layer_end - MainMoeLayers();
+  for (int64_t j = 0; j < moe_layers(); ++j) {
+    const int64_t l = first_moe + j;
     float* dev = Master(LayerName(l, "mlp.gate.e_score_correction_bias"));
-    const auto& layer_counts = all_counts[size_t(l - first_moe)];
+    const auto& layer_counts = all_counts[size_t(j)];
     if (int64_t(layer_counts.size()) != e) {
       return Status::InvalidArgument(
           "model on the GPU: expert counts of layer " + std::to_string(l) + " have " +
@@ -124,18 +133,30 @@ double ModelCuda<T>::balance_loss() const {
   double sum = 0;
   for (const auto& layer : layers_)
     if (layer->moe) sum += layer->moe->balance_loss();
+  for (const auto& layer : mtp_layers_)
+    if (layer->moe && mtp_ran_) sum += layer->moe->balance_loss();
   return sum;
 }
 
 template <typename T>
 const int64_t* ModelCuda<T>::expert_counts(int64_t j) const {
-  return layers_[size_t(range_.layer_end - moe_layers() + j - range_.layer_begin)]
-      ->moe->expert_counts();
+  const int64_t main = MainMoeLayers();
+  if (j >= main) {  // an MTP module's block: its counts when the modules ran, else none
+    return mtp_ran_ ? mtp_layers_[size_t(j - main)]->moe->expert_counts() : no_counts_.data();
+  }
+  return layers_[size_t(range_.layer_end - main + j - range_.layer_begin)]->moe->expert_counts();
+}
+
+template <typename T>
+int64_t ModelCuda<T>::MainMoeLayers() const {
+  if (spec_.moe_layers() == 0) return 0;
+  return range_.layer_end - std::clamp(spec_.dense_layers, range_.layer_begin, range_.layer_end);
 }
 
 template <typename T>
 int64_t ModelCuda<T>::moe_layers() const {
-  return range_.layer_end - std::clamp(spec_.dense_layers, range_.layer_begin, range_.layer_end);
+  // The MTP modules' blocks are MoE layers too (when the model has MoE layers), after the rest.
+  return MainMoeLayers() + (spec_.moe_layers() > 0 ? int64_t(mtp_layers_.size()) : 0);
 }
 
 template <typename T>
