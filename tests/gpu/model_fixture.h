@@ -48,6 +48,15 @@ inline void Batch(const ModelSpec& m, int64_t b, std::vector<int32_t>* ids,
     }
 }
 
+// A stage's tensors, their values copied from the whole model's.
+inline model::Parameters<float> StageParams(const ModelSpec& spec, const model::StageRange& r,
+                                            model::Parameters<float>& whole) {
+  model::Parameters<float> p(model::StageTensors(spec, r));
+  for (const auto& v : p.views())
+    std::copy_n(whole.Find(v.info.name), v.info.numel(), p.values().data() + v.offset);
+  return p;
+}
+
 // `spec`'s whole model from weights of seed 3 on the fixed batch of 4 sequences, once on the
 // GPU in fp32 and once on the CPU (ModelStage): both forwards and backwards run, the GPU's
 // gradients downloaded.

@@ -109,7 +109,7 @@ moerun::ModelSpec MlaModel(int64_t q_lora_rank) {
       moerun::LoadJobSpecFile(moerun::gpu_testing::SourceDir() + "/tests/configs/mla-mtp.yaml");
   REQUIRE(loaded.ok());
   moerun::ModelSpec m = loaded.spec.model;
-  m.mtp.depth = 0;  // the GPU model has no MTP modules yet
+  m.mtp.depth = 0;  // MLA alone here; tests/gpu/test_mtp_cuda.cc adds the MTP modules
   m.q_lora_rank = q_lora_rank;
   return m;
 }

@@ -155,18 +155,7 @@ TEST_CASE_FIXTURE(Comparison,
   CHECK(err8 < err32);
 }
 
-namespace {
-
-// The stage's tensors, their values copied from the whole model's.
-model::Parameters<float> StageParams(const moerun::ModelSpec& spec, const model::StageRange& r,
-                                     model::Parameters<float>& whole) {
-  model::Parameters<float> p(model::StageTensors(spec, r));
-  for (const auto& v : p.views())
-    std::copy_n(whole.Find(v.info.name), v.info.numel(), p.values().data() + v.offset);
-  return p;
-}
-
-}  // namespace
+using moerun::gpu_testing::StageParams;
 
 TEST_CASE_FIXTURE(Comparison,
                   "two pipeline stages on the GPU: the whole model's loss and gradients") {

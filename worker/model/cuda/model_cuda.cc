@@ -34,6 +34,11 @@ Result<std::unique_ptr<ModelCuda<T>>> ModelCuda<T>::Create(
     const ModelSpec& spec, const StageRange& range, const Parameters<float>& params, int64_t batch,
     int64_t seq, cudaStream_t stream, cublasHandle_t handle, bool fp8, ExpertGroupCuda ep) {
   if (batch <= 0 || seq <= 0) return Status::InvalidArgument("model on the GPU: empty batch");
+  if (range.has_head && seq <= spec.mtp.depth) {
+    return Status::InvalidArgument("model on the GPU: sequences of " + std::to_string(seq) +
+                                   " tokens leave MTP module " + std::to_string(spec.mtp.depth) +
+                                   " no position");
+  }
   if (range.layer_begin < 0 || range.layer_end > spec.n_layers ||
       range.layer_begin > range.layer_end) {
     return Status::InvalidArgument("model on the GPU: layers " + std::to_string(range.layer_begin) +
@@ -69,7 +74,9 @@ Result<std::unique_ptr<ModelCuda<T>>> ModelCuda<T>::Create(
     if constexpr (!std::is_same_v<T, __nv_bfloat16>) {
       return Status::InvalidArgument("model on the GPU: fp8 runs with bf16 storage");
     } else {
-      MOERUN_RETURN_IF_ERROR(Fp8ShapeSupport(spec, batch * seq));
+      ModelSpec sized = spec;  // the MTP modules' token counts follow the sequences run
+      sized.seq_len = seq;
+      MOERUN_RETURN_IF_ERROR(Fp8ShapeSupport(sized, batch * seq));
       const MoeShape shape = MoeShapeFor(spec);
       // MTP's eh_proj reads 2 x d_model features.
       const int64_t features =
@@ -97,6 +104,7 @@ Result<std::unique_ptr<ModelCuda<T>>> ModelCuda<T>::Create(
 template <typename T>
 ModelCuda<T>::~ModelCuda() {
   layers_.clear();  // MoE layers free their own buffers first
+  mtp_layers_.clear();
   for (void* p : owned_) cudaFree(p);
 }
 
@@ -333,7 +341,7 @@ Status ModelCuda<T>::LayerForward(int64_t l, const T* x, T* y) {
       "input norm"));
   // This step's weights, quantized once for all its micro-batches (the MTP modules' layers in
   // their first forward of the step).
-  if (fp8_ && (l >= spec_.n_layers ? mtp_fp8_stale_ : fp8_stale_)) {
+  if (fp8_ && l < spec_.n_layers && fp8_stale_) {
     if constexpr (std::is_same_v<T, __nv_bfloat16>) {
       for (const auto& [name, w] : a.fp8_w)  // from the fp32 masters, as the CPU does
         MOERUN_RETURN_IF_ERROR(fp8_->Quantize(Master(LayerName(l, name)), w));

@@ -86,9 +86,14 @@ Status ModelCuda<T>::MtpForward(const int32_t* targets) {
     MOERUN_RETURN_IF_ERROR(
         Cuda(kc::LaunchRmsNormForward<T>(m.emb, P("enorm.weight"), m.en, m.en_rstd, nk, d, stream_),
              "enorm"));
-    // The previous depth ran on sk + 1 positions per sequence; this one reads the first sk.
-    MOERUN_RETURN_IF_ERROR(
-        Cuda(Copy2D(m.h, sk * d, prev, (sk + 1) * d, sk * d, b, stream_), "MTP hidden rows"));
+    // The previous depth ran on sk + 1 positions per sequence; this one reads the first sk (one
+    // copy per sequence: a 2-D copy's pitch is bounded, and sequences may be long).
+    for (int64_t bi = 0; bi < b; ++bi) {
+      MOERUN_RETURN_IF_ERROR(
+          Cuda(cudaMemcpyAsync(m.h + bi * sk * d, prev + bi * (sk + 1) * d,
+                               size_t(sk * d) * sizeof(T), cudaMemcpyDeviceToDevice, stream_),
+               "MTP hidden rows"));
+    }
     MOERUN_RETURN_IF_ERROR(
         Cuda(kc::LaunchRmsNormForward<T>(m.h, P("hnorm.weight"), m.hn, m.hn_rstd, nk, d, stream_),
              "hnorm"));
@@ -96,9 +101,9 @@ Status ModelCuda<T>::MtpForward(const int32_t* targets) {
     MOERUN_RETURN_IF_ERROR(Cuda(Copy2D(m.cat + d, 2 * d, m.hn, d, d, nk, stream_), "[; hnorm]"));
     seq_now_ = sk;
     if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-      if (fp8_ && mtp_fp8_stale_) {  // eh_proj runs before the block quantizes the rest
-        MOERUN_RETURN_IF_ERROR(fp8_->Quantize(Master(LayerName(l, "eh_proj.weight")),
-                                              LayerAt(l).fp8_w.at("eh_proj.weight")));
+      if (fp8_ && mtp_fp8_stale_) {  // the module's linears, eh_proj and its block's, once a step
+        for (const auto& [name, w] : LayerAt(l).fp8_w)
+          MOERUN_RETURN_IF_ERROR(fp8_->Quantize(Master(LayerName(l, name)), w));
       }
     }
     MOERUN_RETURN_IF_ERROR(Linear(l, "eh_proj.weight", m.cat, m.x, 2 * d, d));
