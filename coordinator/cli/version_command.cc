@@ -1,10 +1,12 @@
-// moerun version: the build and, when built with CUDA, the CUDA/NCCL/cuBLAS versions it was
-// compiled against. The CLI does not load the CUDA libraries (they cost ~0.5 s per call);
-// trainers report the GPUs they see.
+// moerun version: the build, the CPU GEMM library and the kernels it picks on this machine
+// (oneDNN: its version, instruction set and implementation per operand type), and, when built
+// with CUDA, the CUDA/NCCL/cuBLAS versions it was compiled against. The CLI does not load the
+// CUDA libraries (they cost ~0.5 s per call); trainers report the GPUs they see.
 #include <cstdio>
 
 #include "common/exit_codes.h"
 #include "coordinator/cli/commands.h"
+#include "kernels/cpu/dnnl_matmul.h"
 #ifdef MOERUN_WITH_CUDA
 #include <cublas_api.h>
 #include <cuda_runtime_api.h>
@@ -20,6 +22,7 @@ namespace {
 
 int RunVersion() {
   std::printf("moerun %s\n", MOERUN_VERSION);
+  std::printf("CPU GEMMs: %s\n", kernels::cpu::DnnlKernelInfo().c_str());
 #ifdef MOERUN_WITH_CUDA
   std::printf("built with CUDA %d.%d (architectures %s), NCCL %d.%d.%d, cuBLAS %d.%d.%d\n",
               CUDART_VERSION / 1000, (CUDART_VERSION % 1000) / 10, MOERUN_CUDA_ARCHS, NCCL_MAJOR,

@@ -1,17 +1,18 @@
 #include "kernels/cpu/gemm.h"
 
 #include <cblas.h>
+#ifndef MOERUN_NO_OPENMP
+#include <omp.h>
+#endif
+
+#include "kernels/cpu/dnnl_matmul.h"
 
 namespace moerun::kernels::cpu {
 
 template <>
 void Gemm<float>(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                  int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  if (m == 0 || n == 0) return;
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-              static_cast<blasint>(m), static_cast<blasint>(n), static_cast<blasint>(k), alpha, a,
-              static_cast<blasint>(lda), b, static_cast<blasint>(ldb), beta, c,
-              static_cast<blasint>(ldc));
+  DnnlGemm(GemmOperands::kF32, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 template <>
@@ -38,7 +39,12 @@ void LinearBackward(const T* dy, const T* x, const T* w, T* dx, T* dw, int64_t n
   if (dw != nullptr && n > 0) Gemm<T>(true, false, out, in, n, T(1), dy, out, x, in, T(1), dw, in);
 }
 
-void SetBlasThreads(int threads) { openblas_set_num_threads(threads); }
+void SetBlasThreads(int threads) {
+  openblas_set_num_threads(threads);
+#ifndef MOERUN_NO_OPENMP
+  omp_set_num_threads(threads);  // oneDNN's runtime
+#endif
+}
 
 #define MOERUN_INSTANTIATE(T)                                                                      \
   template void LinearForward<T>(const T*, const T*, T*, int64_t, int64_t, int64_t);               \

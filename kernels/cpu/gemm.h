@@ -1,6 +1,8 @@
-// Dense matrix products on the CPU, always through OpenBLAS (cblas_sgemm / cblas_dgemm).
-// Row-major throughout. Templates are instantiated for float (training) and double (the
-// finite-difference tests). Threading is OpenBLAS's: SetBlasThreads picks the count.
+// Dense matrix products on the CPU: fp32 through oneDNN's matmul (kernels/cpu/dnnl_matmul.h;
+// at every shape the models use it runs about twice OpenBLAS's rate on the machines measured,
+// docs/performance.md), fp64 (the finite-difference tests) through OpenBLAS's cblas_dgemm.
+// Row-major throughout. Templates are instantiated for float (training) and double.
+// SetBlasThreads picks the thread count of both libraries (oneDNN's is OpenMP's).
 #pragma once
 
 #include <cstdint>

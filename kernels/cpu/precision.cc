@@ -34,6 +34,15 @@ void RoundToBf16(const float* in, float* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = RoundToBf16(in[i]);
 }
 
+void ToBf16Bits(const float* in, uint16_t* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float r = RoundToBf16(in[i]);
+    uint32_t bits;
+    std::memcpy(&bits, &r, sizeof bits);
+    out[i] = static_cast<uint16_t>(bits >> 16);
+  }
+}
+
 float RoundToE4M3(float x) {
   if (std::isnan(x)) return x;
   const float a = std::fabs(x);

@@ -21,6 +21,9 @@ inline constexpr int64_t kFp8TileCols = 128;  // 1x128 activation tiles, 128x128
 
 float RoundToBf16(float x);
 void RoundToBf16(const float* in, float* out, int64_t n);
+// The same rounding, kept as bf16 bits (the upper half of the rounded fp32): the operands of
+// native bf16 GEMMs (kernels/cpu/dnnl_matmul.h).
+void ToBf16Bits(const float* in, uint16_t* out, int64_t n);
 
 float RoundToE4M3(float x);  // saturating; NaN stays NaN
 

@@ -1,7 +1,9 @@
-// Linear layers in a chosen GEMM precision (docs/architecture.md §4). The CPU emulates the GPU
-// recipe by rounding each GEMM's inputs, then multiplying in fp32 with fp32 accumulation:
-//   kBf16: inputs rounded to bf16 (round to nearest even).
-//   kFp8:  E4M3 with scale = amax / 448 per tile, tiles along each GEMM's contraction
+// Linear layers in a chosen GEMM precision (docs/architecture.md §4), every sum in fp32:
+//   kFp32: fp32 operands (oneDNN, kernels/cpu/gemm.h).
+//   kBf16: operands rounded to bf16 (round to nearest even) and multiplied natively in bf16
+//          by oneDNN (AVX512-BF16 or AMX where the CPU has them), as the GPU's bf16 GEMMs do.
+//   kFp8:  emulated by rounding the operands, then multiplying in fp32: E4M3 with scale = amax /
+//   448 per tile, tiles along each GEMM's contraction
 //          dimension (DeepSeek-V3's recipe, and what Hopper's block-scaled fp8 GEMMs read):
 //          y = x·Wᵀ and dx = dy·W take activations / output gradients in 1x128 tiles along
 //          their features and weights in 128x128 blocks; dW = dyᵀ·x takes dy and x in 128x1

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "kernels/cpu/dnnl_matmul.h"
 #include "kernels/cpu/optimizer.h"
 
 namespace moerun::trainer {
@@ -148,7 +149,7 @@ Status CpuStage::ApplyStep(const cpu::AdamWStep& adam, double clip) {
 
 std::string CpuStage::Describe() const {
   return "CPU, " + std::to_string(spec_.resources.threads_per_trainer) + " thread(s), " +
-         std::string(ToString(spec_.train.precision));
+         std::string(ToString(spec_.train.precision)) + "; " + kernels::cpu::DnnlKernelInfo();
 }
 
 }  // namespace moerun::trainer
