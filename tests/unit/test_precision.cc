@@ -41,6 +41,24 @@ TEST_CASE("bf16 rounds to nearest, ties to even") {
   CHECK(std::isinf(cpu::RoundToBf16(3.4e38f)));  // rounds past the largest bf16
 }
 
+TEST_CASE("bf16 bits (the native GEMMs' operands) are RoundToBf16's upper half, every class") {
+  std::vector<float> in;
+  for (uint32_t b : {0x3f808000u, 0x3f818000u, 0x3f808001u, 0xbf808000u, 0x7f7fffffu, 0x00000001u,
+                     0x80000000u, 0x7f800000u, 0xff800000u, 0x7fc00001u, 0x7f800001u, 0xffa00000u})
+    in.push_back(Bits(b));
+  std::mt19937 rng(5);
+  for (int i = 0; i < 4096; ++i) in.push_back(Bits(rng()));  // every exponent, NaNs included
+  std::vector<uint16_t> got(in.size());
+  cpu::ToBf16Bits(in.data(), got.data(), int64_t(in.size()));
+  for (size_t i = 0; i < in.size(); ++i) {
+    const float want = cpu::RoundToBf16(in[i]);
+    uint32_t w;
+    std::memcpy(&w, &want, 4);
+    CAPTURE(i);
+    CHECK(got[i] == uint16_t(w >> 16));
+  }
+}
+
 TEST_CASE("E4M3: representable values are fixed points, midpoints tie to even") {
   auto values = E4M3Values();
   CHECK(values.back() == 448.0f);
