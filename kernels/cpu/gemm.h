@@ -1,5 +1,5 @@
 // Dense matrix products on the CPU: fp32 through oneDNN's matmul (kernels/cpu/dnnl_matmul.h;
-// faster than OpenBLAS at every shape the models use, on every machine measured:
+// as fast as OpenBLAS or faster at the models' shapes on the machines measured:
 // docs/performance.md), fp64 (the finite-difference tests) through OpenBLAS's cblas_dgemm.
 // Row-major throughout. Templates are instantiated for float (training) and double.
 // SetBlasThreads picks the thread count of both libraries (oneDNN's is OpenMP's).
