@@ -3,6 +3,20 @@
 #include <algorithm>
 
 namespace moerun {
+namespace {
+
+// Blocks (decoder layers and MTP modules) of the last stage: the even share, plus one when the
+// leftovers, which go to stages 1, 2, ..., reach it.
+int64_t LastStageShare(int64_t blocks, int64_t pipeline) {
+  const int64_t base = blocks / pipeline, extra = blocks % pipeline;
+  return base + (pipeline > 1 && pipeline - 1 <= extra ? 1 : 0);
+}
+
+}  // namespace
+
+bool LastStageHoldsLayer(int64_t n_layers, int64_t pipeline, int64_t mtp_depth) {
+  return pipeline == 1 || LastStageShare(n_layers + mtp_depth, pipeline) > mtp_depth;
+}
 
 std::vector<StageLayout> SplitLayers(int64_t n_layers, int64_t pipeline, int64_t mtp_depth) {
   std::vector<StageLayout> stages;
@@ -10,9 +24,8 @@ std::vector<StageLayout> SplitLayers(int64_t n_layers, int64_t pipeline, int64_t
   const int64_t base = blocks / pipeline, extra = blocks % pipeline;
   // The last stage's decoder layers: its share less the MTP modules, at least one (a job
   // where that is not so is refused by the rules; the layout stays well formed).
-  const int64_t last_share = base + (pipeline - 1 >= 1 && pipeline - 1 <= extra ? 1 : 0);
   const int64_t last_layers =
-      pipeline == 1 ? n_layers : std::max<int64_t>(1, last_share - mtp_depth);
+      pipeline == 1 ? n_layers : std::max<int64_t>(1, LastStageShare(blocks, pipeline) - mtp_depth);
   const int64_t first_layers = n_layers - last_layers;  // over stages 0 .. pipeline-2
   int64_t next = 0;
   for (int64_t s = 0; s < pipeline; ++s) {

@@ -47,6 +47,10 @@ struct RankPlacement {
 // decoder layer and the others keep the rest.
 std::vector<StageLayout> SplitLayers(int64_t n_layers, int64_t pipeline, int64_t mtp_depth);
 
+// Whether that split leaves the last stage a decoder layer beside its mtp_depth MTP modules
+// (its share of the n_layers + mtp_depth blocks exceeds them); always true for one stage.
+bool LastStageHoldsLayer(int64_t n_layers, int64_t pipeline, int64_t mtp_depth);
+
 class Placement {
  public:
   explicit Placement(const JobSpec& spec);

@@ -3,6 +3,8 @@
 #include <initializer_list>
 #include <string>
 
+#include "common/placement.h"
+
 namespace moerun {
 namespace {
 
@@ -105,8 +107,7 @@ void CheckParallel(const JobSpec& s, RuleChecker& r) {
   if (m.mtp.depth > 0 && p.pipeline > 1 && p.pipeline <= m.n_layers) {
     // The MTP modules count as layers of the split and sit on the last stage with the head.
     auto fits = [&](int64_t stages) {
-      const int64_t blocks = m.n_layers + m.mtp.depth, base = blocks / stages;
-      return base + (blocks % stages == stages - 1 ? 1 : 0) > m.mtp.depth;
+      return LastStageHoldsLayer(m.n_layers, stages, m.mtp.depth);
     };
     int64_t most = p.pipeline;
     while (most > 1 && !fits(most)) --most;

@@ -126,6 +126,11 @@ std::string DnnlKernelInfo() {
   return out;
 }
 
-bool DnnlHasBf16() { return Primitive(GemmOperands::kBf16, false, false, 0.0f) != nullptr; }
+// Decided once: where oneDNN has no bf16 matmul, asking again would throw and catch on every
+// linear layer.
+bool DnnlHasBf16() {
+  static const bool has = Primitive(GemmOperands::kBf16, false, false, 0.0f) != nullptr;
+  return has;
+}
 
 }  // namespace moerun::kernels::cpu

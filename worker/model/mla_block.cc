@@ -24,7 +24,7 @@ template <typename T>
 void MlaForward(const T* x, int64_t b, int64_t s, const MlaShape& m, const MlaWeights<T>& w,
                 MlaActivations<T>& a, T* y, bool accumulate_y) {
   const int64_t n = b * s, d = m.d_model, h = m.heads, qr = m.q_lora_rank, kr = m.kv_lora_rank;
-  const int64_t dr = m.rope, qw = h * (m.nope + dr), kvw = h * (m.nope + m.v), ow = h * m.v;
+  const int64_t dr = m.rope, qw = m.q_width(), kvw = m.kv_width(), ow = m.out_width();
   Resize(a.q, n * qw);
   if (qr > 0) {
     Resize(a.qa, n * qr);
@@ -66,7 +66,7 @@ template <typename T>
 void MlaBackward(const T* dy, const T* x, int64_t b, int64_t s, const MlaShape& m,
                  const MlaWeights<T>& w, MlaActivations<T>& a, T* dx, bool accumulate_dx) {
   const int64_t n = b * s, d = m.d_model, h = m.heads, qr = m.q_lora_rank, kr = m.kv_lora_rank;
-  const int64_t dr = m.rope, qw = h * (m.nope + dr), kvw = h * (m.nope + m.v), ow = h * m.v;
+  const int64_t dr = m.rope, qw = m.q_width(), kvw = m.kv_width(), ow = m.out_width();
   Resize(a.datt, n * ow);
   LinearBackwardP(dy, a.att.data(), w.o, a.datt.data(), w.d_o, n, ow, d, false, m.precision);
   Resize(a.dq, n * qw);

@@ -29,6 +29,12 @@ struct MlaShape {
 
   kernels::cpu::MlaDims dims() const { return {heads, nope, rope, v}; }
   double scale() const;  // 1 / sqrt(nope + rope)
+  // Per-token widths: q [H·(dn + dr)], kv_b_proj's output [H·(dn + dv)], the attention output
+  // [H·dv], kv_a_proj's output (the latent and the shared RoPE key) [kr + dr].
+  int64_t q_width() const { return heads * (nope + rope); }
+  int64_t kv_width() const { return heads * (nope + v); }
+  int64_t out_width() const { return heads * v; }
+  int64_t latent_width() const { return kv_lora_rank + rope; }
 };
 
 // Weights [out, in] and their gradients (+=). With q_lora_rank 0, q_a, q_a_norm and q_b are
