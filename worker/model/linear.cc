@@ -84,12 +84,14 @@ void LinearBackwardP(const T* dy, const T* x, const T* w, T* dx, T* dw, int64_t 
                      int64_t out, bool accumulate_dx, GemmPrecision p) {
   if constexpr (std::is_same_v<T, float>) {
     if (p == GemmPrecision::kBf16 && cpu::DnnlHasBf16()) {  // dx = dy·W, dW += dyᵀ·x in bf16
-      const auto qdy = Bf16(dy, n * out), qx = Bf16(x, n * in), qw = Bf16(w, out * in);
+      const auto qdy = Bf16(dy, n * out);
       if (dx != nullptr) {
+        const auto qw = Bf16(w, out * in);
         cpu::DnnlGemm(cpu::GemmOperands::kBf16, false, false, n, in, out, 1.0f, qdy.data(), out,
                       qw.data(), in, accumulate_dx ? 1.0f : 0.0f, dx, in);
       }
       if (dw != nullptr && n > 0) {
+        const auto qx = Bf16(x, n * in);
         cpu::DnnlGemm(cpu::GemmOperands::kBf16, true, false, out, in, n, 1.0f, qdy.data(), out,
                       qx.data(), in, 1.0f, dw, in);
       }

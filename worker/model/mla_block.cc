@@ -24,7 +24,8 @@ template <typename T>
 void MlaForward(const T* x, int64_t b, int64_t s, const MlaShape& m, const MlaWeights<T>& w,
                 MlaActivations<T>& a, T* y, bool accumulate_y) {
   const int64_t n = b * s, d = m.d_model, h = m.heads, qr = m.q_lora_rank, kr = m.kv_lora_rank;
-  const int64_t dr = m.rope, qw = m.q_width(), kvw = m.kv_width(), ow = m.out_width();
+  const int64_t dr = m.rope, qw = m.q_width(), kvw = m.kv_width(), ow = m.out_width(),
+                lw = m.latent_width();
   Resize(a.q, n * qw);
   if (qr > 0) {
     Resize(a.qa, n * qr);
@@ -39,14 +40,14 @@ void MlaForward(const T* x, int64_t b, int64_t s, const MlaShape& m, const MlaWe
   cpu::RopeInterleaved(a.q.data() + m.nope, b, s, h, qw, m.nope + dr, dr, m.rope_theta, false);
 
   // The latent and the shared RoPE key come out of one projection; each is kept contiguous.
-  Resize(a.kva, n * (kr + dr));
+  Resize(a.kva, n * lw);
   Resize(a.ckv, n * kr);
   Resize(a.kpe, n * dr);
-  LinearForwardP(x, w.kv_a, a.kva.data(), n, d, kr + dr, m.precision);
+  LinearForwardP(x, w.kv_a, a.kva.data(), n, d, lw, m.precision);
   for (int64_t i = 0; i < n; ++i) {
-    const T* row = a.kva.data() + i * (kr + dr);
+    const T* row = a.kva.data() + i * lw;
     std::copy(row, row + kr, a.ckv.data() + i * kr);
-    std::copy(row + kr, row + kr + dr, a.kpe.data() + i * dr);
+    std::copy(row + kr, row + lw, a.kpe.data() + i * dr);
   }
   cpu::RopeInterleaved(a.kpe.data(), b, s, 1, dr, dr, dr, m.rope_theta, false);
   Resize(a.ckv_norm, n * kr);
@@ -66,7 +67,8 @@ template <typename T>
 void MlaBackward(const T* dy, const T* x, int64_t b, int64_t s, const MlaShape& m,
                  const MlaWeights<T>& w, MlaActivations<T>& a, T* dx, bool accumulate_dx) {
   const int64_t n = b * s, d = m.d_model, h = m.heads, qr = m.q_lora_rank, kr = m.kv_lora_rank;
-  const int64_t dr = m.rope, qw = m.q_width(), kvw = m.kv_width(), ow = m.out_width();
+  const int64_t dr = m.rope, qw = m.q_width(), kvw = m.kv_width(), ow = m.out_width(),
+                lw = m.latent_width();
   Resize(a.datt, n * ow);
   LinearBackwardP(dy, a.att.data(), w.o, a.datt.data(), w.d_o, n, ow, d, false, m.precision);
   Resize(a.dq, n * qw);
@@ -84,13 +86,13 @@ void MlaBackward(const T* dy, const T* x, int64_t b, int64_t s, const MlaShape& 
                   false, m.precision);
   cpu::RmsNormBackward(a.dnormed.data(), a.ckv.data(), w.kv_a_norm, a.ckv_rstd.data(),
                        a.dnorm_in.data(), w.dkv_a_norm, n, kr);
-  Resize(a.kva, n * (kr + dr));
+  Resize(a.kva, n * lw);
   for (int64_t i = 0; i < n; ++i) {
-    T* row = a.kva.data() + i * (kr + dr);
+    T* row = a.kva.data() + i * lw;
     std::copy_n(a.dnorm_in.data() + i * kr, kr, row);
     std::copy_n(a.dkpe.data() + i * dr, dr, row + kr);
   }
-  LinearBackwardP(a.kva.data(), x, w.kv_a, dx, w.dkv_a, n, d, kr + dr, accumulate_dx, m.precision);
+  LinearBackwardP(a.kva.data(), x, w.kv_a, dx, w.dkv_a, n, d, lw, accumulate_dx, m.precision);
 
   // Queries.
   if (qr > 0) {
