@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One MLA attention half side by side, in one run: the BLAS ceiling (sgemm), moerun's layer
-# (moerun-bench mla) and the same layer in PyTorch (Debian's python3-torch), alternating
-# A/B/A/B so drift on a shared machine hits both. JSON lines on stdout.
+# One MLA attention half side by side, in one run: the GEMM ceilings (sgemm: OpenBLAS, oneDNN
+# fp32 and bf16), moerun's layer (moerun-bench mla) and the same layer in PyTorch (Debian's
+# python3-torch), alternating A/B/A/B so drift on a shared machine hits both. JSON lines on stdout.
 # Usage: bench/compare_mla.sh [rounds] [mla flags]   (defaults: 2 rounds, the shape,
 #        one thread)
 set -euo pipefail

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The MoE layer side by side, in one run: the BLAS ceiling (sgemm), moerun's layer, and the
-# same layer in PyTorch (Debian's python3-torch). JSON lines on stdout.
+# The MoE layer side by side, in one run: the GEMM ceilings (sgemm: OpenBLAS, oneDNN fp32 and
+# bf16), moerun's layer, and the same layer in PyTorch (Debian's python3-torch). JSON lines on
+# stdout.
 # Usage: bench/compare_moe_layer.sh [moe-layer flags]   (defaults: the issue's shape, 1 thread)
 set -euo pipefail
 cd "$(dirname "$0")/.."

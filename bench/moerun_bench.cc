@@ -1,6 +1,8 @@
 // moerun-bench: measurements printed as one JSON object per line.
-//   moerun-bench sgemm [--m M --n N --k K] [--threads N] [--reps R]
-//       OpenBLAS cblas_sgemm: this machine's fp32 GEMM ceiling.
+//   moerun-bench sgemm [--m M --n N --k K] [--trans-b] [--threads N] [--reps R]
+//       This machine's CPU GEMM ceilings side by side, one line each: OpenBLAS's cblas_sgemm,
+//       then oneDNN's fp32 and bf16 matmuls (kernels/cpu/dnnl_matmul.h, what moerun's linear
+//       layers run), with the instruction set oneDNN uses.
 //   moerun-bench allreduce|alltoall --nproc N --bytes B [--transport ipc|tcp] [--reps R]
 //       The ZeroMQ data plane between N processes on this machine: algorithm bandwidth
 //       (bytes / time) and bus bandwidth (all-reduce: x 2(N-1)/N; all-to-all: x (N-1)/N),
@@ -21,6 +23,7 @@
 //       One MLA attention half (bench/mla_bench.h), forward + backward.
 //   moerun-bench gemm-gpu | moe-layer-gpu   (builds with CUDA; bench/gpu_bench.h)
 // Times are medians of --reps runs after one warm-up run.
+#include <cblas.h>
 #include <malloc.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -40,7 +43,9 @@
 #include "bench/metrics_bench.h"
 #include "bench/mla_bench.h"
 #include "bench/recovery_bench.h"
+#include "kernels/cpu/dnnl_matmul.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/precision.h"
 #include "worker/comm/zmq_communicator.h"
 #include "worker/model/ffn_block.h"
 
@@ -58,25 +63,47 @@ std::vector<float> Random(size_t n, uint32_t seed, float std) {
 struct SgemmArgs {
   int64_t m = 2048, n = 2048, k = 2048;
   int threads = 1, reps = 5;
+  bool trans_b = false;  // B stored [n, k], as a linear layer's weight in its forward product
 };
 
 void RunSgemm(const SgemmArgs& a) {
   cpu::SetBlasThreads(a.threads);
   auto x = Random(size_t(a.m * a.k), 1, 1.0f), w = Random(size_t(a.k * a.n), 2, 1.0f);
   std::vector<float> y(size_t(a.m * a.n));
-  const double s = MedianSeconds(a.reps, [&] {
-    cpu::Gemm<float>(false, false, a.m, a.n, a.k, 1.0f, x.data(), a.k, w.data(), a.n, 0.0f,
-                     y.data(), a.n);
-  });
   const double flops = 2.0 * double(a.m) * double(a.n) * double(a.k);
-  nlohmann::json j = {{"bench", "sgemm"},
-                      {"m", a.m},
-                      {"n", a.n},
-                      {"k", a.k},
-                      {"threads", a.threads},
-                      {"median_s", s},
-                      {"gflops", flops / s / 1e9}};
-  std::printf("%s\n", j.dump().c_str());
+  const std::string isa = cpu::DnnlKernelInfo();
+  const int64_t ldb = a.trans_b ? a.k : a.n;
+  auto report = [&](const char* library, const char* precision, double s) {
+    nlohmann::json j = {{"bench", "sgemm"},
+                        {"library", library},
+                        {"precision", precision},
+                        {"m", a.m},
+                        {"n", a.n},
+                        {"k", a.k},
+                        {"trans_b", a.trans_b},
+                        {"threads", a.threads},
+                        {"median_s", s},
+                        {"gflops", flops / s / 1e9}};
+    if (std::string(library) == "onednn") j["kernels"] = isa;
+    std::printf("%s\n", j.dump().c_str());
+  };
+  report("openblas", "fp32", MedianSeconds(a.reps, [&] {
+           cblas_sgemm(CblasRowMajor, CblasNoTrans, a.trans_b ? CblasTrans : CblasNoTrans,
+                       blasint(a.m), blasint(a.n), blasint(a.k), 1.0f, x.data(), blasint(a.k),
+                       w.data(), blasint(ldb), 0.0f, y.data(), blasint(a.n));
+         }));
+  report("onednn", "fp32", MedianSeconds(a.reps, [&] {
+           cpu::DnnlGemm(cpu::GemmOperands::kF32, false, a.trans_b, a.m, a.n, a.k, 1.0f, x.data(),
+                         a.k, w.data(), ldb, 0.0f, y.data(), a.n);
+         }));
+  if (!cpu::DnnlHasBf16()) return;  // the "kernels" field of the lines above says so
+  std::vector<uint16_t> xb(x.size()), wb(w.size());
+  cpu::ToBf16Bits(x.data(), xb.data(), int64_t(x.size()));
+  cpu::ToBf16Bits(w.data(), wb.data(), int64_t(w.size()));
+  report("onednn", "bf16", MedianSeconds(a.reps, [&] {
+           cpu::DnnlGemm(cpu::GemmOperands::kBf16, false, a.trans_b, a.m, a.n, a.k, 1.0f, xb.data(),
+                         a.k, wb.data(), ldb, 0.0f, y.data(), a.n);
+         }));
 }
 
 struct MoeArgs {
@@ -225,12 +252,14 @@ int main(int argc, char** argv) {
   CLI::App app{"moerun-bench: measurements as JSON lines"};
   app.require_subcommand(1);
   SgemmArgs sg;
-  CLI::App* s = app.add_subcommand("sgemm", "OpenBLAS sgemm: the fp32 GEMM ceiling");
+  CLI::App* s =
+      app.add_subcommand("sgemm", "CPU GEMM ceilings: OpenBLAS sgemm, oneDNN fp32 and bf16");
   s->add_option("--m", sg.m)->capture_default_str();
   s->add_option("--n", sg.n)->capture_default_str();
   s->add_option("--k", sg.k)->capture_default_str();
   s->add_option("--threads", sg.threads)->capture_default_str();
   s->add_option("--reps", sg.reps)->capture_default_str();
+  s->add_flag("--trans-b", sg.trans_b, "B stored [n, k], as a linear layer's weight");
   s->callback([&] { RunSgemm(sg); });
   MoeArgs mo;
   CLI::App* m = app.add_subcommand("moe-layer", "one MoE layer, forward + backward");

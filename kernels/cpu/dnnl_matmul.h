@@ -1,7 +1,7 @@
 // Matrix products on the CPU through oneDNN's matmul primitive (the library PyTorch uses for
 // its CPU GEMMs). oneDNN picks its kernels for the CPU it runs on (AVX-512, AVX512-BF16,
 // AMX). Against OpenBLAS's sgemm at the models' shapes: fp32 0.9–1.4× on an Intel Xeon
-// (slower only at 2048³), 1.7–2.1× on an AMD EPYC whose OpenBLAS is held to AVX2; bf16 2× its
+// (slower only at 2048³), 1.7–2.1× on an AMD EPYC whose OpenBLAS is held to AVX2; bf16 1.5–2× its
 // fp32 with AVX512-BF16, 7–12× with AMX (docs/performance.md, issue 17).
 //
 // Row-major like kernels/cpu/gemm.h: C[m,n] = alpha · op(A) · op(B) + beta · C, op(X) = X or
