@@ -15,9 +15,10 @@
 //       Per-step reports at DeepSeek-V3's shape through the coordinator's store, retention
 //       and Prometheus text (bench/metrics_bench.h).
 //   moerun-bench moe-layer --tokens T --d-model D --experts E --top-k K --expert-hidden H
-//       --shared S [--threads N] [--reps R]
+//       --shared S [--threads N] [--reps R] [--precision fp32|bf16|fp8] [--profile]
 //       One MoE layer's forward + backward (router, dispatch, experts, combine, shared
-//       experts, balance loss) on the CPU kernels.
+//       experts, balance loss) on the CPU kernels; --profile adds seconds per call by
+//       operation (kernels/cpu/op_profile.h).
 //   moerun-bench mla [--tokens T --seq S --d-model D --heads H --q-lora R --kv-lora R
 //       --nope N --rope R --v V] [--threads N] [--reps R]
 //       One MLA attention half (bench/mla_bench.h), forward + backward.
@@ -31,6 +32,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <vector>
@@ -45,6 +47,7 @@
 #include "bench/recovery_bench.h"
 #include "kernels/cpu/dnnl_matmul.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/op_profile.h"
 #include "kernels/cpu/precision.h"
 #include "worker/comm/zmq_communicator.h"
 #include "worker/model/ffn_block.h"
@@ -109,7 +112,38 @@ void RunSgemm(const SgemmArgs& a) {
 struct MoeArgs {
   int64_t tokens = 4096, d = 512, experts = 16, top_k = 4, hidden = 256, shared = 1;
   int threads = 1, reps = 5;
+  std::string precision = "fp32";
+  bool profile = false;
 };
+
+// Seconds per call of f by operation (kernels/cpu/op_profile.h), over `reps` calls made after
+// the timed ones, so the timers never touch the reported median.
+template <typename F>
+nlohmann::json OpProfile(int reps, F&& f) {
+  cpu::ResetOpProfile();
+  cpu::SetOpProfiling(true);
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
+  for (int i = 0; i < reps; ++i) f();
+  const double total = std::chrono::duration<double>(Clock::now() - start).count() / reps;
+  cpu::SetOpProfiling(false);
+  nlohmann::json ops = nlohmann::json::object();
+  double timed = 0;
+  const auto totals = cpu::OpProfileTotals();
+  for (size_t i = 0; i < totals.size(); ++i) {
+    if (totals[i].calls == 0) continue;
+    ops[cpu::OpName(static_cast<cpu::Op>(i))] = totals[i].seconds / reps;
+    timed += totals[i].seconds / reps;
+  }
+  ops["other"] = std::max(0.0, total - timed);
+  return ops;
+}
+
+model::GemmPrecision ParsePrecision(const std::string& p) {
+  if (p == "bf16") return model::GemmPrecision::kBf16;
+  if (p == "fp8") return model::GemmPrecision::kFp8;
+  return model::GemmPrecision::kFp32;
+}
 
 void RunMoeLayer(const MoeArgs& a) {
   cpu::SetBlasThreads(a.threads);
@@ -119,6 +153,10 @@ void RunMoeLayer(const MoeArgs& a) {
   shape.expert_hidden = a.hidden;
   shape.shared_hidden = a.hidden * a.shared;
   shape.seq_aux_alpha = 1e-4;
+  // As ModelStage sets them: experts in the job's precision, the router in bf16 for bf16 and
+  // fp8 jobs (DeepSeek-V3 keeps gating out of fp8).
+  const model::GemmPrecision p = ParsePrecision(a.precision);
+  shape.router_precision = p == model::GemmPrecision::kFp32 ? p : model::GemmPrecision::kBf16;
   const float std = 0.02f;
   auto router = Random(size_t(a.experts * a.d), 3, std);
   std::vector<float> drouter(router.size()), bias(size_t(a.experts), 0.0f);
@@ -143,17 +181,18 @@ void RunMoeLayer(const MoeArgs& a) {
   model::MoeWeights<float> w{router.data(), drouter.data(), bias.data(), {}, {}};
   for (auto& m : experts)
     w.experts.push_back(
-        {m.g.data(), m.u.data(), m.d.data(), m.dg.data(), m.du.data(), m.dd.data(), a.hidden});
-  w.shared = {shared.g.data(),  shared.u.data(),  shared.d.data(),    shared.dg.data(),
-              shared.du.data(), shared.dd.data(), shape.shared_hidden};
+        {m.g.data(), m.u.data(), m.d.data(), m.dg.data(), m.du.data(), m.dd.data(), a.hidden, p});
+  w.shared = {shared.g.data(),  shared.u.data(),  shared.d.data(),     shared.dg.data(),
+              shared.du.data(), shared.dd.data(), shape.shared_hidden, p};
   auto x = Random(size_t(a.tokens * a.d), 4, 1.0f), dy = Random(x.size(), 5, 1.0f);
   std::vector<float> y(x.size()), dx(x.size());
   model::MoeActivations<float> act;
-  const double s = MedianSeconds(a.reps, [&] {
+  auto step = [&] {
     // Local experts only: nothing here can fail.
     (void)model::MoeForward(x.data(), 1, a.tokens, shape, w, act, y.data());
     (void)model::MoeBackward(dy.data(), x.data(), 1, a.tokens, shape, w, act, 1.0, dx.data());
-  });
+  };
+  const double s = MedianSeconds(a.reps, step);
   // Forward + backward GEMM work: 3 matrices per MLP, 2 FLOPs per MAC, 3x for fwd + 2 bwd.
   const double t = double(a.tokens), d = double(a.d);
   const double flops =
@@ -164,7 +203,9 @@ void RunMoeLayer(const MoeArgs& a) {
                       {"experts", a.experts},      {"top_k", a.top_k},
                       {"expert_hidden", a.hidden}, {"shared", a.shared},
                       {"threads", a.threads},      {"median_s", s},
-                      {"tokens_per_s", t / s},     {"gflops", flops / s / 1e9}};
+                      {"tokens_per_s", t / s},     {"gflops", flops / s / 1e9},
+                      {"precision", a.precision},  {"kernels", cpu::DnnlKernelInfo()}};
+  if (a.profile) j["profile_s"] = OpProfile(a.reps, step);
   std::printf("%s\n", j.dump().c_str());
 }
 
@@ -271,6 +312,10 @@ int main(int argc, char** argv) {
   m->add_option("--shared", mo.shared)->capture_default_str();
   m->add_option("--threads", mo.threads)->capture_default_str();
   m->add_option("--reps", mo.reps)->capture_default_str();
+  m->add_option("--precision", mo.precision, "the experts' GEMMs (the router: bf16 unless fp32)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fp32", "bf16", "fp8"}));
+  m->add_flag("--profile", mo.profile, "add seconds per call by operation (profile_s)");
   m->callback([&] { RunMoeLayer(mo); });
   CollectiveArgs co;
   for (const char* op : {"allreduce", "alltoall"}) {

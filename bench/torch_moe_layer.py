@@ -5,6 +5,10 @@ Same math: sigmoid router with bias-corrected top-k and normalized gates, tokens
 expert, a loop over experts (SwiGLU MLPs), weighted combine, one fused shared-expert MLP,
 forward + backward. Prints one JSON line with the same keys as moerun-bench. Needs Debian's
 python3-torch (run with /usr/bin/python3).
+
+--precision bf16 runs the step under PyTorch's CPU autocast to bfloat16 (its GEMMs in bf16 on
+oneDNN, fp32 master weights), the field's usual way to train in bf16 on a CPU. PyTorch 1.13 has
+no fp8 type: --precision fp8 is refused.
 """
 import argparse
 import json
@@ -25,6 +29,7 @@ def main():
     p.add_argument("--shared", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -45,6 +50,11 @@ def main():
     dy = torch.randn(T, D)
 
     def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            y = layer()
+        y.float().backward(dy)
+
+    def layer():
         scores = torch.sigmoid(x @ router.t())
         idx = torch.topk(scores + bias, K, dim=-1).indices  # [T, K]
         gates = scores.gather(1, idx)
@@ -60,9 +70,8 @@ def main():
             outs.append(h @ wd[e].t())
         out = torch.cat(outs)
         weighted = out * gates.reshape(-1)[order].unsqueeze(1)
-        y = torch.zeros_like(x).index_add(0, token_of, weighted)
-        y = y + (F.silu(x @ sg.t()) * (x @ su.t())) @ sd.t()
-        y.backward(dy)
+        y = torch.zeros_like(weighted[:T]).index_add(0, token_of, weighted)
+        return y + (F.silu(x @ sg.t()) * (x @ su.t())) @ sd.t()
 
     step()
     times = []
@@ -74,7 +83,7 @@ def main():
     flops = 18.0 * T * D * (K * H + H * S) + 6.0 * T * D * E
     print(json.dumps({"bench": "moe-layer", "impl": "pytorch", "torch": torch.__version__,
                       "tokens": T, "d_model": D, "experts": E, "top_k": K, "expert_hidden": H,
-                      "shared": S, "threads": a.threads, "median_s": s, "tokens_per_s": T / s,
+                      "shared": S, "threads": a.threads, "precision": a.precision, "median_s": s, "tokens_per_s": T / s,
                       "gflops": flops / s / 1e9}))
 
 

@@ -1,17 +1,20 @@
-// moerun train JOB.yaml --run-dir DIR [--steps N] [--resume] [--no-progress]
+// moerun train JOB.yaml --run-dir DIR [--steps N] [--resume] [--no-progress] [--profile-ops]
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "common/exit_codes.h"
 #include "common/spec_loader.h"
 #include "coordinator/cli/commands.h"
 #include "coordinator/cli/run_dir.h"
+#include "kernels/cpu/op_profile.h"
 #include "worker/trainer/gpu_stage.h"
 #include "worker/trainer/trainer.h"
 
@@ -24,6 +27,7 @@ struct TrainArgs {
   std::string file;
   trainer::TrainOptions opts;
   bool no_progress = false;
+  bool profile_ops = false;
   std::string endpoints;  // comma-separated, one per rank (set by `moerun launch`)
   // Set by a worker daemon: the job generation this trainer belongs to.
   trainer::ControlChannelOptions control;
@@ -59,6 +63,31 @@ void HandToGpuTrainer() {
   std::fflush(nullptr);
   execv(gpu.c_str(), argv.data());
   std::fprintf(stderr, "moerun train: cannot start %s: %s\n", gpu.c_str(), std::strerror(errno));
+}
+
+// The run's CPU time by operation (kernels/cpu/op_profile.h), as <run dir>/op_profile.json and
+// one line on stdout, largest first.
+void ReportOpProfile(const std::string& run_dir, int rank) {
+  const auto totals = kernels::cpu::OpProfileTotals();
+  std::vector<std::pair<double, std::string>> order;
+  nlohmann::json ops = nlohmann::json::object();
+  for (size_t i = 0; i < totals.size(); ++i) {
+    if (totals[i].calls == 0) continue;
+    const std::string name = kernels::cpu::OpName(static_cast<kernels::cpu::Op>(i));
+    ops[name] = {{"seconds", totals[i].seconds}, {"calls", totals[i].calls}};
+    order.emplace_back(totals[i].seconds, name);
+  }
+  std::sort(order.rbegin(), order.rend());
+  const std::string path =
+      run_dir + (rank == 0 ? "/op_profile.json" : "/op_profile." + std::to_string(rank) + ".json");
+  std::ofstream(path) << nlohmann::json{{"version", 1}, {"ops", ops}}.dump(1) << "\n";
+  std::string line = "CPU time by operation (" + path + "):";
+  for (const auto& [seconds, name] : order) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, " %s %.2fs", name.c_str(), seconds);
+    line += buf;
+  }
+  std::printf("%s\n", line.c_str());
 }
 
 int RunTrain(TrainArgs& a) {
@@ -101,7 +130,9 @@ int RunTrain(TrainArgs& a) {
     }
   }
   int code = kExitFailure;
+  kernels::cpu::SetOpProfiling(a.profile_ops);
   auto summary = trainer::Train(loaded.spec, text.str(), a.opts, &code);
+  if (a.profile_ops) ReportOpProfile(a.opts.run_dir, a.opts.rank);
   if (!summary.ok()) {
     // With its code ("TimedOut: step 12: expert dispatch: ..."): the daemon passes this line
     // on as the job's event cause.
@@ -136,6 +167,8 @@ void AddTrainCommand(CLI::App& app, int* exit_code) {
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--resume", a->opts.resume, "continue from the newest readable checkpoint");
   cmd->add_flag("--no-progress", a->no_progress, "no progress bar, even on a terminal");
+  cmd->add_flag("--profile-ops", a->profile_ops,
+                "time the CPU kernels by operation; writes op_profile.json in the run dir");
   // Set by `moerun launch` for each rank of a parallel run.
   cmd->add_option("--rank", a->opts.rank, "this process's rank in a parallel run")->group("");
   cmd->add_option("--world", a->opts.world, "ranks in a parallel run")->group("");

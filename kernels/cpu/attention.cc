@@ -7,12 +7,14 @@
 
 #include "kernels/cpu/causal_softmax.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/op_profile.h"
 
 namespace moerun::kernels::cpu {
 
 template <typename T>
 void AttentionForward(const T* q, const T* k, const T* v, T* out, T* probs, int64_t b, int64_t t,
                       int64_t h, int64_t dk, int64_t dv, double scale) {
+  ScopedOp profile_op(Op::kAttention);
   const int64_t qs = h * dk, vs = h * dv;  // row strides of q/k and v/out
   for (int64_t bi = 0; bi < b; ++bi) {
     for (int64_t hi = 0; hi < h; ++hi) {
@@ -32,6 +34,7 @@ template <typename T>
 void AttentionBackward(const T* dout, const T* q, const T* k, const T* v, const T* probs, T* dq,
                        T* dk_out, T* dv_out, int64_t b, int64_t t, int64_t h, int64_t dk,
                        int64_t dv, double scale) {
+  ScopedOp profile_op(Op::kAttention);
   const int64_t qs = h * dk, vs = h * dv;
   std::vector<T> ds(static_cast<size_t>(t * t));
   for (int64_t bi = 0; bi < b; ++bi) {

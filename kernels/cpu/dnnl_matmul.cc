@@ -6,6 +6,8 @@
 #include <oneapi/dnnl/dnnl.hpp>
 #include <tuple>
 
+#include "kernels/cpu/op_profile.h"
+
 namespace moerun::kernels::cpu {
 namespace {
 
@@ -67,6 +69,7 @@ const std::pair<dnnl::matmul, std::string>* Primitive(GemmOperands type, bool ta
 void DnnlGemm(GemmOperands type, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
               const void* a, int64_t lda, const void* b, int64_t ldb, float beta, float* c,
               int64_t ldc) {
+  ScopedOp profile_op(type == GemmOperands::kF32 ? Op::kGemmF32 : Op::kGemmBf16);
   if (m == 0 || n == 0) return;
   if (k == 0) {  // no products: C = beta · C
     for (int64_t i = 0; i < m; ++i)

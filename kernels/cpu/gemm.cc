@@ -6,6 +6,7 @@
 #endif
 
 #include "kernels/cpu/dnnl_matmul.h"
+#include "kernels/cpu/op_profile.h"
 
 namespace moerun::kernels::cpu {
 
@@ -18,6 +19,7 @@ void Gemm<float>(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
 template <>
 void Gemm<double>(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const double* a,
                   int64_t lda, const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
+  ScopedOp profile_op(Op::kGemmF64);
   if (m == 0 || n == 0) return;
   cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
               static_cast<blasint>(m), static_cast<blasint>(n), static_cast<blasint>(k), alpha, a,

@@ -6,6 +6,7 @@
 
 #include "kernels/cpu/causal_softmax.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/op_profile.h"
 
 namespace moerun::kernels::cpu {
 namespace {
@@ -19,6 +20,7 @@ constexpr int64_t kRowBlock = 64;
 template <typename T>
 void MlaAttentionForward(const T* q, const T* kv, const T* kpe, T* out, T* probs, int64_t b,
                          int64_t t, const MlaDims& m, double scale) {
+  ScopedOp profile_op(Op::kAttention);
   const int64_t h = m.heads, dq = m.nope + m.rope, dkv = m.nope + m.v;
   const int64_t qs = h * dq, kvs = h * dkv, os = h * m.v;  // row strides
   const T sc = T(scale);
@@ -47,6 +49,7 @@ template <typename T>
 void MlaAttentionBackward(const T* dout, const T* q, const T* kv, const T* kpe, const T* probs,
                           T* dq, T* dkv, T* dkpe, int64_t b, int64_t t, const MlaDims& m,
                           double scale) {
+  ScopedOp profile_op(Op::kAttention);
   const int64_t h = m.heads, dqw = m.nope + m.rope, dkvw = m.nope + m.v;
   const int64_t qs = h * dqw, kvs = h * dkvw, os = h * m.v;
   const T sc = T(scale);

@@ -2,10 +2,15 @@
 
 #include <cmath>
 
+#include "kernels/cpu/op_profile.h"
+#include "kernels/cpu/vector_math.h"
+
 namespace moerun::kernels::cpu {
 
-void AdamWUpdate(float* p, const float* g, float* m, float* v, int64_t n, const AdamWStep& s,
-                 bool decay) {
+MOERUN_SIMD_CLONES void AdamWUpdate(float* __restrict p, const float* __restrict g,
+                                    float* __restrict m, float* __restrict v, int64_t n,
+                                    const AdamWStep& s, bool decay) {
+  ScopedOp profile_op(Op::kOptimizer);
   const float b1 = float(s.beta1), b2 = float(s.beta2);
   const float c1 = float(1.0 / (1.0 - std::pow(s.beta1, double(s.step))));
   const float c2 = float(1.0 / (1.0 - std::pow(s.beta2, double(s.step))));
@@ -19,9 +24,8 @@ void AdamWUpdate(float* p, const float* g, float* m, float* v, int64_t n, const 
 }
 
 double SumOfSquares(const float* g, int64_t n) {
-  double s = 0;
-  for (int64_t i = 0; i < n; ++i) s += double(g[i]) * double(g[i]);
-  return s;
+  ScopedOp profile_op(Op::kOptimizer);
+  return DotF64(g, g, n);
 }
 
 double ClipFactor(double norm, double max_norm) {
@@ -29,7 +33,8 @@ double ClipFactor(double norm, double max_norm) {
   return max_norm / (norm + 1e-6);
 }
 
-void ScaleInPlace(float* g, int64_t n, float factor) {
+MOERUN_SIMD_CLONES void ScaleInPlace(float* g, int64_t n, float factor) {
+  ScopedOp profile_op(Op::kOptimizer);
   for (int64_t i = 0; i < n; ++i) g[i] *= factor;
 }
 

@@ -42,4 +42,13 @@ void FakeQuantE4M3Tiles128x1(const float* in, float* out, float* scales, int64_t
 void FakeQuantE4M3Blocks128x128(const float* in, float* out, float* scales, int64_t rows,
                                 int64_t cols);
 
+// The same three quantizers for a block-scaled GEMM (kernels/cpu/fp8_gemm.h): q gets the E4M3
+// values themselves, RoundToE4M3(in / scale), as bf16 bits (exact: E4M3's 3 mantissa bits fit
+// bf16's 7 and its exponents lie inside bf16's range); scales as above. q · scale is the
+// FakeQuant output bit for bit.
+void QuantE4M3Tiles1x128(const float* in, uint16_t* q, float* scales, int64_t rows, int64_t cols);
+void QuantE4M3Tiles128x1(const float* in, uint16_t* q, float* scales, int64_t rows, int64_t cols);
+void QuantE4M3Blocks128x128(const float* in, uint16_t* q, float* scales, int64_t rows,
+                            int64_t cols);
+
 }  // namespace moerun::kernels::cpu

@@ -5,10 +5,13 @@
 #include <numeric>
 #include <vector>
 
+#include "kernels/cpu/op_profile.h"
+
 namespace moerun::kernels::cpu {
 
 template <typename T>
 void RouterScores(const T* logits, T* scores, int64_t n, const RouterConfig& cfg) {
+  ScopedOp profile_op(Op::kRouter);
   const int64_t e = cfg.experts;
   for (int64_t i = 0; i < n; ++i) {
     const T* l = logits + i * e;
@@ -27,6 +30,7 @@ void RouterScores(const T* logits, T* scores, int64_t n, const RouterConfig& cfg
 template <typename T>
 void RouterSelect(const T* scores, const float* bias, int32_t* idx, T* gates, int64_t n,
                   const RouterConfig& cfg) {
+  ScopedOp profile_op(Op::kRouter);
   const int64_t e = cfg.experts, k = cfg.top_k, g = cfg.n_groups, per_group = e / g;
   std::vector<double> sel(static_cast<size_t>(e));
   std::vector<int32_t> order(static_cast<size_t>(e));
@@ -80,6 +84,7 @@ void RouterSelect(const T* scores, const float* bias, int32_t* idx, T* gates, in
 template <typename T>
 void RouterGatesBackward(const T* dgates, const T* scores, const int32_t* idx, T* dscores,
                          int64_t n, const RouterConfig& cfg) {
+  ScopedOp profile_op(Op::kRouter);
   const int64_t e = cfg.experts, k = cfg.top_k;
   const double r = cfg.route_scale;
   for (int64_t i = 0; i < n; ++i) {
@@ -102,6 +107,7 @@ void RouterGatesBackward(const T* dgates, const T* scores, const int32_t* idx, T
 template <typename T>
 double SeqBalanceLoss(const T* scores, const int32_t* idx, int64_t b, int64_t t, double alpha,
                       const RouterConfig& cfg, T* dscores, double dloss) {
+  ScopedOp profile_op(Op::kRouter);
   const int64_t e = cfg.experts, k = cfg.top_k;
   std::vector<double> f(static_cast<size_t>(e)), p(static_cast<size_t>(e));
   double loss = 0;
@@ -142,6 +148,7 @@ double SeqBalanceLoss(const T* scores, const int32_t* idx, int64_t b, int64_t t,
 template <typename T>
 void RouterScoresBackward(const T* dscores, const T* scores, T* dlogits, int64_t n,
                           const RouterConfig& cfg) {
+  ScopedOp profile_op(Op::kRouter);
   const int64_t e = cfg.experts;
   for (int64_t i = 0; i < n; ++i) {
     const T* s = scores + i * e;

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
@@ -56,6 +57,47 @@ Output Train(const std::string& run_dir, const std::string& extra = "") {
   return r;
 }
 
+// Trains `job` for 300 steps whole, and again with a SIGKILL half-way and --resume: the two
+// runs' losses and final weights must be the same bits.
+void CheckKillAndResume(const std::string& job, const std::string& name) {
+  const std::string whole = RunDir(name + "-whole"), killed = RunDir(name + "-killed");
+  const std::string steps = "--steps 300";
+  auto train = [&](const std::string& dir, const std::string& extra) {
+    Output r = RunMoerun("train " + job + " --run-dir " + dir + " --no-progress " + extra);
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+  };
+  train(whole, steps);
+  const pid_t pid =
+      SpawnMoerun({"train", job, "--run-dir", killed, "--no-progress", "--steps", "300"});
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (Lines(killed + "/metrics.jsonl") < 150 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  REQUIRE(kill(pid, SIGKILL) == 0);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  REQUIRE(WIFSIGNALED(status));
+  const size_t at_kill = Lines(killed + "/metrics.jsonl");
+  INFO("killed after ", at_kill, " steps");
+  REQUIRE(at_kill < 300);
+  train(killed, steps + " --resume");
+  CHECK(ReadAll(killed + "/train.log").find("resumed from checkpoint step") != std::string::npos);
+  CHECK(Losses(killed) == Losses(whole));
+  CHECK(Digest(killed) == Digest(whole));
+  fs::remove_all(whole);
+  fs::remove_all(killed);
+}
+
+// kJob in another precision, written next to the runs.
+std::string JobIn(const std::string& precision) {
+  std::string spec = ReadAll(kJob);
+  spec.replace(spec.find("  seed: 99\n"), 11, "  seed: 99\n  precision: " + precision + "\n");
+  const std::string job = RunDir("job-" + precision) + ".yaml";
+  std::ofstream(job) << spec;
+  return job;
+}
+
 }  // namespace
 
 TEST_CASE("the same job twice: bitwise-identical losses and weights") {
@@ -71,28 +113,27 @@ TEST_CASE("the same job twice: bitwise-identical losses and weights") {
 
 TEST_CASE(
     "SIGKILL mid-run, then --resume: the same losses and digest as a run that never stopped") {
-  const std::string whole = RunDir("whole"), killed = RunDir("killed");
-  const std::string steps = "--steps 300";
-  Train(whole, steps);
-  const pid_t pid =
-      SpawnMoerun({"train", kJob, "--run-dir", killed, "--no-progress", "--steps", "300"});
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (Lines(killed + "/metrics.jsonl") < 150 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  CheckKillAndResume(kJob, "fp32");
+}
+
+TEST_CASE("bf16 and fp8 (oneDNN bf16 GEMMs): the same bits twice, and across a kill and resume") {
+  for (const std::string precision : {"bf16", "fp8"}) {
+    CAPTURE(precision);
+    const std::string job = JobIn(precision);
+    const std::string a = RunDir(precision + "-a"), b = RunDir(precision + "-b");
+    for (const auto& dir : {a, b}) {
+      Output r = RunMoerun("train " + job + " --run-dir " + dir + " --no-progress");
+      INFO(r.err);
+      REQUIRE(r.exit_code == 0);
+    }
+    CHECK(Losses(a).size() == 40);
+    CHECK(Losses(a) == Losses(b));
+    CHECK(Digest(a) == Digest(b));
+    fs::remove_all(a);
+    fs::remove_all(b);
+    CheckKillAndResume(job, precision);
+    fs::remove(job);
   }
-  REQUIRE(kill(pid, SIGKILL) == 0);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  REQUIRE(WIFSIGNALED(status));
-  const size_t at_kill = Lines(killed + "/metrics.jsonl");
-  INFO("killed after ", at_kill, " steps");
-  REQUIRE(at_kill < 300);
-  Output resumed = Train(killed, steps + " --resume");
-  CHECK(ReadAll(killed + "/train.log").find("resumed from checkpoint step") != std::string::npos);
-  CHECK(Losses(killed) == Losses(whole));
-  CHECK(Digest(killed) == Digest(whole));
-  fs::remove_all(whole);
-  fs::remove_all(killed);
 }
 
 TEST_CASE("a corrupt newest checkpoint is refused by name and the previous one is used") {

@@ -29,6 +29,23 @@ float Bits(uint32_t b) {
   return f;
 }
 
+// The E4M3 rounding written plainly, with branches, as a second definition to hold the
+// vectorized one to.
+float PlainE4M3(float x) {
+  if (std::isnan(x)) return x;
+  const float a = std::fabs(x);
+  if (a >= 448.0f) return std::copysign(448.0f, x);
+  float r;
+  if (a < 0x1p-6f) {
+    r = std::nearbyint(a * 512.0f) / 512.0f;  // subnormals: multiples of 2^-9, ties to even
+  } else {
+    int e;
+    const float m = std::frexp(a, &e);  // a = m · 2^e, m in [0.5, 1): 4 significant bits
+    r = std::ldexp(std::nearbyint(std::ldexp(m, 4)), e - 4);
+  }
+  return std::copysign(std::min(r, 448.0f), x);
+}
+
 }  // namespace
 
 TEST_CASE("bf16 rounds to nearest, ties to even") {
@@ -77,6 +94,56 @@ TEST_CASE("E4M3: representable values are fixed points, midpoints tie to even") 
   CHECK(cpu::RoundToE4M3(1e6f) == 448.0f);  // saturates
   CHECK(cpu::RoundToE4M3(-500.0f) == -448.0f);
   CHECK(std::isnan(cpu::RoundToE4M3(NAN)));
+}
+
+TEST_CASE("E4M3 rounding equals its plain definition across the float range") {
+  // Every 61st bit pattern (70 million values: each exponent, both signs, NaNs, infinities).
+  int64_t wrong = 0;
+  for (uint64_t b = 0; b <= 0xffffffffull; b += 61) {
+    const float x = Bits(uint32_t(b)), got = cpu::RoundToE4M3(x), want = PlainE4M3(x);
+    if (std::isnan(want) ? !std::isnan(got) : std::memcmp(&got, &want, 4) != 0) {
+      if (wrong++ < 5) INFO("x bits " << b << " got " << got << " want " << want);
+    }
+  }
+  CHECK(wrong == 0);
+  for (float x : {0x1p-10f, 0x1.8p-10f, 0x3p-10f, 0x1.fep-7f, 464.0f, 480.0f, -INFINITY})
+    CHECK(cpu::RoundToE4M3(x) == PlainE4M3(x));
+}
+
+TEST_CASE("the GEMM quantizers' E4M3 values times their scales are FakeQuant's output") {
+  const int64_t rows = 260, cols = 300;  // ragged tiles and blocks both ways
+  std::mt19937 rng(3);
+  std::normal_distribution<float> n(0.0f, 2.0f);
+  std::vector<float> x(size_t(rows * cols));
+  for (auto& v : x) v = n(rng);
+  x[17] = 1e-4f;  // about 2^-7 of its tiles' scales: an E4M3 subnormal
+  std::vector<float> fake(x.size()), s1(4096), s2(4096);
+  std::vector<uint16_t> q(x.size());
+  // Elements whose q is not an E4M3 value, or whose q · scale is not the FakeQuant output.
+  auto mismatches = [&](auto scale_of) {
+    int64_t bad = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c) {
+        const size_t i = size_t(r * cols + c);
+        const float v = Bits(uint32_t(q[i]) << 16);
+        bad += v != cpu::RoundToE4M3(v) || v * scale_of(r, c) != fake[i];
+      }
+    }
+    return bad;
+  };
+  cpu::FakeQuantE4M3Tiles1x128(x.data(), fake.data(), s1.data(), rows, cols);
+  cpu::QuantE4M3Tiles1x128(x.data(), q.data(), s2.data(), rows, cols);
+  CHECK(s1 == s2);
+  CHECK(mismatches([&](int64_t r, int64_t c) { return s2[size_t(r * 3 + c / 128)]; }) == 0);
+  cpu::FakeQuantE4M3Blocks128x128(x.data(), fake.data(), s1.data(), rows, cols);
+  cpu::QuantE4M3Blocks128x128(x.data(), q.data(), s2.data(), rows, cols);
+  CHECK(s1 == s2);
+  CHECK(mismatches([&](int64_t r, int64_t c) { return s2[size_t((r / 128) * 3 + c / 128)]; }) == 0);
+  cpu::FakeQuantE4M3Tiles128x1(x.data(), fake.data(), s1.data(), rows, cols);
+  cpu::QuantE4M3Tiles128x1(x.data(), q.data(), s2.data(), rows, cols);
+  CHECK(s1 == s2);
+  CHECK(mismatches([&](int64_t r, int64_t c) { return s2[size_t((r / 128) * cols + c)]; }) == 0);
+  CHECK(q[17] != 0);  // the tiny value became an E4M3 subnormal, not zero
 }
 
 TEST_CASE("1x128 tiles: one scale per row per 128 columns, amax maps to 448") {

@@ -12,8 +12,7 @@ template <typename T>
 void MlpForward(const T* x, int64_t n, int64_t d, const MlpWeights<T>& w, T* g, T* u, T* a, T* y,
                 bool accumulate_y) {
   const int64_t h = w.hidden;
-  LinearForwardP(x, w.gate, g, n, d, h, w.precision);
-  LinearForwardP(x, w.up, u, n, d, h, w.precision);
+  LinearForwardPair(x, w.gate, w.up, g, u, n, d, h, w.precision);
   cpu::SwiGluForward(g, u, a, n * h);
   LinearForwardP(a, w.down, y, n, h, d, w.precision, accumulate_y);
 }
@@ -28,8 +27,8 @@ void MlpBackward(const T* dy, const T* x, int64_t n, int64_t d, const MlpWeights
   T* du = dg + n * h;
   LinearBackwardP(dy, a, w.down, da, w.ddown, n, h, d, false, w.precision);
   cpu::SwiGluBackward(da, g, u, dg, du, n * h);
-  LinearBackwardP(dg, x, w.gate, dx, w.dgate, n, d, h, accumulate_dx, w.precision);
-  LinearBackwardP(du, x, w.up, dx, w.dup, n, d, h, true, w.precision);
+  LinearBackwardPair(dg, du, x, w.gate, w.up, dx, w.dgate, w.dup, n, d, h, accumulate_dx,
+                     w.precision);
 }
 
 namespace {
