@@ -2,7 +2,7 @@
 # Installs the Debian 12 packages moerun needs to build, test and run. Idempotent:
 # packages already present are left alone and apt is not touched when nothing is missing.
 # Usage: scripts/install-deps.sh [--with-torch] [--for-tests]
-#   --with-torch  python3-torch, for the comparison benchmarks only
+#   --with-torch  python3-torch (and python3-yaml), for the comparison benchmarks only
 #   --for-tests   what the tests drive besides moerun: chromium (dashboard browser test),
 #                 prometheus (scrape test), tmux (status --watch in a terminal), python3-torch
 #                 (the exported DeepSeek-V3 checkpoint loaded by a PyTorch reference)
@@ -19,7 +19,7 @@ packages=(
 )
 for arg in "$@"; do
   case "$arg" in
-    --with-torch) packages+=(python3-torch) ;;
+    --with-torch) packages+=(python3-torch python3-yaml) ;;
     --for-tests) packages+=(chromium prometheus tmux python3-torch) ;;
     *) echo "install-deps: unknown option $arg (--with-torch, --for-tests)" >&2; exit 2 ;;
   esac

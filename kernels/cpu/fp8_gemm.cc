@@ -12,21 +12,48 @@
 namespace moerun::kernels::cpu {
 namespace {
 
-constexpr int64_t kBlockFloats = 32 * 1024;  // 128 KiB of fp32 partial sums per row block
+// Up to kGroup chunks' partial sums are made, then added into C in one pass (in chunk order,
+// so the bits are those of one pass per chunk): C is read and written once per group.
+constexpr int64_t kGroup = 4;
+// Floats of partial sums per chunk in a row block: 256 KiB, big enough that each bf16 GEMM call
+// keeps oneDNN's kernel busy (smaller blocks cost more in calls than they save in cache).
+constexpr int64_t kBlockFloats = 64 * 1024;
 
-// c[i, j] (= or +=) (sa[i] · sb[j]) · p[i, j] over [m, n]; p is dense (row stride n).
+// c[i, j] (= when !add, else +=) Σ_g (sa_g[i] · sb_g[j]) · p_g[i, j] over [m, n], g = 0..groups-1
+// in order: p_g = p + g·m·n (dense, row stride n), sa_g = sa + g·lda_s, sb_g = sb + g·ldb_s.
 MOERUN_SIMD_CLONES void ScaleInto(const float* __restrict p, const float* __restrict sa,
-                                  const float* __restrict sb, bool add, float* __restrict c,
-                                  int64_t ldc, int64_t m, int64_t n) {
+                                  int64_t lda_s, const float* __restrict sb, int64_t ldb_s,
+                                  int64_t groups, bool add, float* __restrict c, int64_t ldc,
+                                  int64_t m, int64_t n) {
   ScopedOp profile_op(Op::kScaleChunks);
   for (int64_t i = 0; i < m; ++i) {
-    const float si = sa[i];
-    const float* __restrict pi = p + i * n;
     float* __restrict ci = c + i * ldc;
-    if (add) {
-      for (int64_t j = 0; j < n; ++j) ci[j] += (si * sb[j]) * pi[j];
-    } else {
+    int64_t g = 0;
+    if (!add) {
+      const float si = sa[i];
+      const float* __restrict pi = p + i * n;
       for (int64_t j = 0; j < n; ++j) ci[j] = (si * sb[j]) * pi[j];
+      g = 1;
+    }
+    // Two chunks per pass where there are two: C's row is read and written half as often.
+    for (; g + 1 < groups; g += 2) {
+      const float s0 = sa[g * lda_s + i], s1 = sa[(g + 1) * lda_s + i];
+      const float* __restrict p0 = p + (g * m + i) * n;
+      const float* __restrict p1 = p + ((g + 1) * m + i) * n;
+      const float* __restrict b0 = sb + g * ldb_s;
+      const float* __restrict b1 = sb + (g + 1) * ldb_s;
+      for (int64_t j = 0; j < n; ++j) {
+        float v = ci[j];
+        v += (s0 * b0[j]) * p0[j];
+        v += (s1 * b1[j]) * p1[j];
+        ci[j] = v;
+      }
+    }
+    for (; g < groups; ++g) {
+      const float si = sa[g * lda_s + i];
+      const float* __restrict pi = p + (g * m + i) * n;
+      const float* __restrict bg = sb + g * ldb_s;
+      for (int64_t j = 0; j < n; ++j) ci[j] += (si * bg[j]) * pi[j];
     }
   }
 }
@@ -51,8 +78,11 @@ void BlockScaledGemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const ui
     return;
   }
   thread_local std::vector<float> partial, wide_a, wide_b;
-  partial.resize(
-      static_cast<size_t>(std::min<int64_t>(m, std::max<int64_t>(kBlockFloats / n, 16)) * n));
+  const int64_t chunks = (k + kFp8TileCols - 1) / kFp8TileCols;
+  const int64_t group = std::min(kGroup, chunks);
+  // Rows go in blocks whose partial sums stay in cache until they are added into C.
+  const int64_t block = std::clamp<int64_t>(kBlockFloats / n / 16 * 16, 16, m);
+  partial.resize(static_cast<size_t>(group * block * n));
   const bool bf16 = DnnlHasBf16();
   const void* a_base = a;
   const void* b_base = b;
@@ -68,23 +98,23 @@ void BlockScaledGemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const ui
     elem = sizeof(float);
   }
   const GemmOperands type = bf16 ? GemmOperands::kBf16 : GemmOperands::kF32;
-  const int64_t chunks = (k + kFp8TileCols - 1) / kFp8TileCols;
-  // Rows go in blocks whose partial sums and output (2 x 128 KiB) stay in cache while every
-  // chunk adds into them: one pass over C per chunk from memory cost more than the GEMMs.
-  const int64_t block = std::clamp<int64_t>(kBlockFloats / n / 16 * 16, 16, m);
   for (int64_t r0 = 0; r0 < m; r0 += block) {
     const int64_t rows = std::min(block, m - r0);
-    for (int64_t ch = 0; ch < chunks; ++ch) {
-      const int64_t k0 = ch * kFp8TileCols, kc = std::min(kFp8TileCols, k - k0);
-      // Chunk ch of op(A) is columns k0.. of A, or rows k0.. when A is stored transposed; the
-      // same for op(B) the other way round. Row block r0 of op(A) is rows r0.. of A, or
-      // columns r0.. when transposed.
-      const int64_t a_off = ta ? k0 * lda + r0 : r0 * lda + k0;
-      const auto* ac = static_cast<const char*>(a_base) + size_t(a_off) * elem;
-      const auto* bc = static_cast<const char*>(b_base) + size_t(tb ? k0 : k0 * ldb) * elem;
-      DnnlGemm(type, ta, tb, rows, n, kc, 1.0f, ac, lda, bc, ldb, 0.0f, partial.data(), n);
-      ScaleInto(partial.data(), sa + ch * m + r0, sb + ch * n, accumulate || ch > 0, c + r0 * ldc,
-                ldc, rows, n);
+    for (int64_t g0 = 0; g0 < chunks; g0 += group) {
+      const int64_t groups = std::min(group, chunks - g0);
+      for (int64_t g = 0; g < groups; ++g) {
+        const int64_t k0 = (g0 + g) * kFp8TileCols, kc = std::min(kFp8TileCols, k - k0);
+        // Chunk g0+g of op(A) is columns k0.. of A, or rows k0.. when A is stored transposed;
+        // the same for op(B) the other way round. Row block r0 of op(A) is rows r0.. of A, or
+        // columns r0.. when transposed.
+        const int64_t a_off = ta ? k0 * lda + r0 : r0 * lda + k0;
+        const auto* ac = static_cast<const char*>(a_base) + size_t(a_off) * elem;
+        const auto* bc = static_cast<const char*>(b_base) + size_t(tb ? k0 : k0 * ldb) * elem;
+        DnnlGemm(type, ta, tb, rows, n, kc, 1.0f, ac, lda, bc, ldb, 0.0f,
+                 partial.data() + g * rows * n, n);
+      }
+      ScaleInto(partial.data(), sa + g0 * m + r0, m, sb + g0 * n, n, groups, accumulate || g0 > 0,
+                c + r0 * ldc, ldc, rows, n);
     }
   }
 }

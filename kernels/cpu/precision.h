@@ -1,12 +1,13 @@
-// Low-precision emulation on the CPU (docs/architecture.md §4). The CPU backend trains bf16 and fp8
+// Low-precision operands on the CPU (docs/architecture.md §4). The CPU backend trains bf16 and fp8
 // jobs by rounding GEMM inputs exactly as the GPU recipe does, so the numerics match:
 //  * bf16: round-to-nearest-even of fp32 to 8 mantissa bits.
 //  * fp8 E4M3 (the "fn" variant: no infinities, max finite 448, subnormals down to 2^-9),
 //    round-to-nearest-even with saturation, and DeepSeek-V3's scaling: one scale per 1x128
 //    tile of activations (per row, per 128 columns) or per 128x128 block of weights,
 //    scale = amax / 448 of the tile (1 for an all-zero tile).
-// "FakeQuant" functions return the dequantized values (x_q * scale) in fp32, which is what
-// a GEMM with fp32 accumulation sees. All functions are pure and thread-safe; `in` and `out`
+// "FakeQuant" functions return the dequantized values (x_q * scale) in fp32 (the references the
+// tests hold the GPU and the fp8 GEMM to); "Quant" functions return x_q itself as bf16 bits, the
+// operand of kernels/cpu/fp8_gemm.h. All functions are pure and thread-safe; `in` and `out`
 // may alias. The CUDA twins: kernels/cuda/fp8_quantize.cuh (real E4M3 storage that
 // dequantizes to these values bit for bit) and kernels/cuda/elementwise.cuh's
 // LaunchCastFromFloat (bf16).
