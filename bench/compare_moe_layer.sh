@@ -25,7 +25,7 @@ case "$precision" in
 esac
 args=(--tokens 4096 --d-model 512 --experts 16 --top-k 4 --expert-hidden 256 --shared 1 --threads 1 "${extra[@]}")
 "$bin" sgemm --m 2048 --n 2048 --k 2048 --threads 1
-"$bin" sgemm --m 1024 --n 256 --k 512 --threads 1 --trans-b   # one expert's forward GEMM here
+"$bin" sgemm --m 1024 --n 256 --k 512 --threads 1 --trans-b --reps 101   # one expert's forward GEMM
 for _ in $(seq 1 "$rounds"); do
   for p in "${moerun[@]}"; do "$bin" moe-layer "${args[@]}" --precision "$p" --profile; done
   for p in "${torch[@]}"; do /usr/bin/python3 bench/torch_moe_layer.py "${args[@]}" --precision "$p"; done

@@ -42,8 +42,9 @@ Status ModelStage<T>::MtpForward(StageActivations<T>& acts) {
   const T* prev = acts.final_norm.data();
   for (int64_t k = 1; k <= mtp_depth_; ++k) {
     const int64_t l = spec_.n_layers + k - 1, sk = s - k, nk = b * sk;
-    acts.mtp.push_back(std::make_unique<MtpActivations<T>>());
-    MtpActivations<T>& a = *acts.mtp.back();
+    // Kept from the slot's last micro-batch, as the layers' (ModelStage::Forward).
+    if (acts.mtp.size() < size_t(k)) acts.mtp.push_back(std::make_unique<MtpActivations<T>>());
+    MtpActivations<T>& a = *acts.mtp[size_t(k - 1)];
     Resize(a.ids, nk);
     Resize(a.targets, nk);
     for (int64_t bi = 0; bi < b; ++bi) {
