@@ -19,42 +19,53 @@ constexpr int64_t kGroup = 4;
 // keeps oneDNN's kernel busy (smaller blocks cost more in calls than they save in cache).
 constexpr int64_t kBlockFloats = 64 * 1024;
 
+// One row of C: c[j] (= when !add, else +=) Σ_g (s_g · b_g[j]) · p_g[j] for g < G, in order,
+// in one pass. Every pointer is its own restrict parameter so the loop vectorizes without
+// alias checks; absent chunks (g ≥ G) are never read.
+MOERUN_SIMD_CLONES void ScaleRow(int groups, bool add, float* __restrict c,
+                                 const float* __restrict p0, const float* __restrict p1,
+                                 const float* __restrict p2, const float* __restrict p3,
+                                 const float* __restrict b0, const float* __restrict b1,
+                                 const float* __restrict b2, const float* __restrict b3, float s0,
+                                 float s1, float s2, float s3, int64_t n) {
+  if (!add) {
+    for (int64_t j = 0; j < n; ++j) c[j] = (s0 * b0[j]) * p0[j];
+  } else {
+    for (int64_t j = 0; j < n; ++j) c[j] = c[j] + (s0 * b0[j]) * p0[j];
+  }
+  switch (groups) {
+    case 1:
+      return;
+    case 2:
+      for (int64_t j = 0; j < n; ++j) c[j] = c[j] + (s1 * b1[j]) * p1[j];
+      return;
+    case 3:
+      for (int64_t j = 0; j < n; ++j) c[j] = (c[j] + (s1 * b1[j]) * p1[j]) + (s2 * b2[j]) * p2[j];
+      return;
+    default:
+      for (int64_t j = 0; j < n; ++j)
+        c[j] = ((c[j] + (s1 * b1[j]) * p1[j]) + (s2 * b2[j]) * p2[j]) + (s3 * b3[j]) * p3[j];
+      return;
+  }
+}
+
 // c[i, j] (= when !add, else +=) Σ_g (sa_g[i] · sb_g[j]) · p_g[i, j] over [m, n], g = 0..groups-1
-// in order: p_g = p + g·m·n (dense, row stride n), sa_g = sa + g·lda_s, sb_g = sb + g·ldb_s.
-MOERUN_SIMD_CLONES void ScaleInto(const float* __restrict p, const float* __restrict sa,
-                                  int64_t lda_s, const float* __restrict sb, int64_t ldb_s,
-                                  int64_t groups, bool add, float* __restrict c, int64_t ldc,
-                                  int64_t m, int64_t n) {
+// (at most kGroup) in order: p_g = p + g·m·n (dense, row stride n), sa_g = sa + g·lda_s,
+// sb_g = sb + g·ldb_s. The same bits as one pass per chunk; C is read and written at most twice.
+void ScaleInto(const float* p, const float* sa, int64_t lda_s, const float* sb, int64_t ldb_s,
+               int64_t groups, bool add, float* c, int64_t ldc, int64_t m, int64_t n) {
   ScopedOp profile_op(Op::kScaleChunks);
+  const float* b[kGroup] = {sb, sb, sb, sb};
+  for (int64_t g = 0; g < groups; ++g) b[g] = sb + g * ldb_s;
   for (int64_t i = 0; i < m; ++i) {
-    float* __restrict ci = c + i * ldc;
-    int64_t g = 0;
-    if (!add) {
-      const float si = sa[i];
-      const float* __restrict pi = p + i * n;
-      for (int64_t j = 0; j < n; ++j) ci[j] = (si * sb[j]) * pi[j];
-      g = 1;
+    const float* pi[kGroup];
+    float si[kGroup] = {0, 0, 0, 0};
+    for (int64_t g = 0; g < kGroup; ++g) {
+      pi[g] = p + (std::min(g, groups - 1) * m + i) * n;
+      if (g < groups) si[g] = sa[g * lda_s + i];
     }
-    // Two chunks per pass where there are two: C's row is read and written half as often.
-    for (; g + 1 < groups; g += 2) {
-      const float s0 = sa[g * lda_s + i], s1 = sa[(g + 1) * lda_s + i];
-      const float* __restrict p0 = p + (g * m + i) * n;
-      const float* __restrict p1 = p + ((g + 1) * m + i) * n;
-      const float* __restrict b0 = sb + g * ldb_s;
-      const float* __restrict b1 = sb + (g + 1) * ldb_s;
-      for (int64_t j = 0; j < n; ++j) {
-        float v = ci[j];
-        v += (s0 * b0[j]) * p0[j];
-        v += (s1 * b1[j]) * p1[j];
-        ci[j] = v;
-      }
-    }
-    for (; g < groups; ++g) {
-      const float si = sa[g * lda_s + i];
-      const float* __restrict pi = p + (g * m + i) * n;
-      const float* __restrict bg = sb + g * ldb_s;
-      for (int64_t j = 0; j < n; ++j) ci[j] += (si * bg[j]) * pi[j];
-    }
+    ScaleRow(int(groups), add, c + i * ldc, pi[0], pi[1], pi[2], pi[3], b[0], b[1], b[2], b[3],
+             si[0], si[1], si[2], si[3], n);
   }
 }
 

@@ -48,9 +48,7 @@ inline float ExpF(float x) {
 }
 
 // Row reductions for the fp32 kernels, vectorized: sums in double over 8 interleaved lanes
-// added in a fixed order, so every run gives the same bits. SumF64 and DotF64 also give the
-// same bits on every instruction set (a product of two floats is exact in double); Dot3F64's
-// second product may be fused with the sum where the CPU has FMA.
+// added in a fixed order, so every run, and every instruction set's clone, gives the same bits.
 float MaxF(const float* x, int64_t n);     // n ≥ 1; as std::max folded from x[0]: NaN only there
 double SumF64(const float* x, int64_t n);  // Σ x
 double DotF64(const float* a, const float* b, int64_t n);                   // Σ a·b

@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "kernels/cpu/dnnl_matmul.h"
 #include "kernels/cpu/fp8_gemm.h"
 #include "kernels/cpu/precision.h"
 
@@ -100,4 +101,33 @@ TEST_CASE("block-scaled GEMM: k = 0 writes zeros or leaves C as it is") {
   cpu::BlockScaledGemm(false, false, 2, 3, 0, none.data(), 0, nullptr, none.data(), 3, nullptr,
                        false, c.data(), 3);
   CHECK(c == std::vector<float>(6, 0.0f));
+}
+
+TEST_CASE("block-scaled GEMM: bit for bit one bf16 GEMM and one scaling pass per chunk") {
+  // Five chunks: a group of four added in one pass, then one more.
+  const int64_t m = 40, n = 70, k = 600, chunks = 5;
+  const auto a = RandomE4M3(size_t(m * k), 5), b = RandomE4M3(size_t(n * k), 6);
+  const auto sa = RandomScales(size_t(chunks * m), 7), sb = RandomScales(size_t(chunks * n), 8);
+  if (!cpu::DnnlHasBf16()) return;  // the definition below multiplies in bf16
+  for (bool accumulate : {false, true}) {
+    CAPTURE(accumulate);
+    std::vector<float> got(size_t(m * n), 0.25f), want(size_t(m * n), 0.25f);
+    cpu::BlockScaledGemm(false, true, m, n, k, a.data(), k, sa.data(), b.data(), k, sb.data(),
+                         accumulate, got.data(), n);
+    std::vector<float> p(size_t(m * n));
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+      const int64_t k0 = ch * 128, kc = std::min<int64_t>(128, k - k0);
+      cpu::DnnlGemm(cpu::GemmOperands::kBf16, false, true, m, n, kc, 1.0f, a.data() + k0, k,
+                    b.data() + k0, k, 0.0f, p.data(), n);
+      for (int64_t i = 0; i < m; ++i) {
+        for (int64_t j = 0; j < n; ++j) {
+          const float s = sa[size_t(ch * m + i)] * sb[size_t(ch * n + j)];
+          const float t = s * p[size_t(i * n + j)];
+          float& c = want[size_t(i * n + j)];
+          c = (ch == 0 && !accumulate) ? t : c + t;
+        }
+      }
+    }
+    CHECK(got == want);
+  }
 }
