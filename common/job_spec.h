@@ -149,6 +149,9 @@ struct FaultToleranceSpec {
   int64_t restart_backoff_ms = 1000;
   int64_t restart_backoff_max_ms = 30000;
   int64_t spares = 0;  // idle daemons held in reserve to replace failed ones
+  // A restart that finds no room (too few live slots) waits this long, then fails the job with
+  // what it waited for; 0 waits for ever. Jobs still QUEUED wait their turn without a limit.
+  int64_t capacity_timeout_ms = 600000;
   bool operator==(const FaultToleranceSpec&) const = default;
 };
 

@@ -47,6 +47,7 @@ constexpr IntRange kTimeoutMs{20, 86'400'000};
 constexpr IntRange kBackoffMs{0, 86'400'000};
 constexpr IntRange kRestarts{0, 1'000'000};
 constexpr IntRange kSpares{0, 1 << 20};
+constexpr IntRange kCapacityTimeoutMs{0, 7 * 86'400'000LL};  // 0: wait for ever
 constexpr IntRange kDevicesPerWorker{1, 64};
 constexpr IntRange kThreads{1, 1024};
 
@@ -196,6 +197,7 @@ void ReadSpec(SpecMapping& root, JobSpec* spec, DiagnosticSink* sink) {
   ft.Int("restart_backoff_ms", &f.restart_backoff_ms, kBackoffMs);
   ft.Int("restart_backoff_max_ms", &f.restart_backoff_max_ms, kBackoffMs);
   ft.Int("spares", &f.spares, kSpares);
+  ft.Int("capacity_timeout_ms", &f.capacity_timeout_ms, kCapacityTimeoutMs);
   ft.RejectUnknownKeys();
 
   SpecMapping res = root.Child("resources");

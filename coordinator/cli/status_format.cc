@@ -175,6 +175,12 @@ std::string FormatJob(const nlohmann::json& j, int64_t now_ms, bool color) {
   if (j.contains("val_loss")) out += "held-out   " + Num(j, "val_loss", 4) + "\n";
   out += "submitted  " + WallTime(j.value("submitted_ms", now_ms)) + "\n";
   out += "run dir    " + j.value("run_dir", "") + "\n";
+  if (j.contains("waiting_for")) {
+    char waited[32];
+    std::snprintf(waited, sizeof waited, " (%.0f s)", j.value("waiting_s", 0.0));
+    const std::string line = "waiting    " + j["waiting_for"].get<std::string>() + waited;
+    out += (color ? kYellow + line + "\033[0m" : line) + "\n";
+  }
   if (j.contains("last_event")) out += "last event " + j["last_event"].get<std::string>() + "\n";
   const auto& ranks = j.value("ranks", nlohmann::json::array());
   if (!ranks.empty()) {

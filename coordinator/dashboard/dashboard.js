@@ -247,6 +247,11 @@ function drawJob(job) {
   const phase = $('job-phase');
   phase.textContent = job.phase;
   phase.className = 'pill ' + job.phase;
+  // A job with no room to start or restart says what it waits for (and for how long).
+  const waiting = $('job-waiting');
+  waiting.hidden = typeof job.waiting_for !== 'string';
+  waiting.textContent = waiting.hidden ? '' :
+    job.waiting_for + ' · ' + fmtDuration(job.waiting_s);
   const total = job.total_steps || 0;
   $('job-progress-bar').style.width = (total ? 100 * job.step / total : 0).toFixed(1) + '%';
   $('stat-step').textContent = job.step + '/' + total;

@@ -239,6 +239,8 @@ std::string HttpApi::PrometheusText(const nlohmann::json& status,
       {"moerun_job_lost_steps_total", "lost_steps", "counter",
        "Steps trained again after restarts."},
       {"moerun_job_committed_step", "committed_step", "gauge", "Newest committed checkpoint step."},
+      {"moerun_job_waiting_seconds", "waiting_s", "gauge",
+       "How long the job has waited for slots to start or restart (absent: not waiting)."},
   };
   for (const auto& g : job_gauges) {
     help(g.name, g.type, g.text);

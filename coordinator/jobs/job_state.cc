@@ -108,6 +108,10 @@ Status JobState::Succeed(int64_t now_ms, std::string cause) {
   return Move(JobPhase::kSucceeded, now_ms, std::move(cause));
 }
 
+void JobState::Note(int64_t now_ms, std::string cause) {
+  events_.push_back({now_ms, phase_, phase_, generation_, std::move(cause), -1, ""});
+}
+
 Status JobState::Cancel(int64_t now_ms, std::string cause) {
   if (IsTerminal(phase_)) {
     return Status::FailedPrecondition("job " + job_id_ + " already ended " +

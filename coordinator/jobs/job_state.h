@@ -67,6 +67,8 @@ class JobState {
               bool non_retryable = false);
   Status Succeed(int64_t now_ms, std::string cause);  // RUNNING -> SUCCEEDED
   Status Cancel(int64_t now_ms, std::string cause);   // any non-terminal -> CANCELLED
+  // An event without a transition (from == to): what the job is waiting for, and the like.
+  void Note(int64_t now_ms, std::string cause);
 
   nlohmann::json ToJson() const;
   static Result<JobState> FromJson(const nlohmann::json& j);

@@ -333,14 +333,31 @@ void Coordinator::FinishIfDone(JobRun& job) {
   for (const auto& r : job.ranks) {
     if (!r.exited || r.exit_code != 0 || r.signal != 0) return;
   }
+  SucceedJob(
+      job, "every rank finished at step " + std::to_string(job.progress.value("step", int64_t(0))));
+}
+
+bool Coordinator::LastStepCommitted(const JobRun& job) const {
+  return job.total_steps() > 0 && job.committed_step >= job.total_steps();
+}
+
+void Coordinator::SucceedJob(JobRun& job, const std::string& cause, bool schedule) {
+  if (IsTerminal(job.state.phase())) return;
   const int64_t now = clock_->NowMs();
-  if (job.state.phase() != JobPhase::kRunning) (void)job.state.Running(now, "every rank finished");
-  Status s = job.state.Succeed(
-      now, "every rank finished at step " + std::to_string(job.progress.value("step", int64_t(0))));
-  if (!s.ok()) spdlog::warn("{}", s.message());
-  spdlog::info("job {} SUCCEEDED", job.state.job_id());
+  if (job.state.phase() != JobPhase::kRunning) (void)job.state.Running(now, cause);
+  Status s = job.state.Succeed(now, cause);
+  if (!s.ok()) {
+    spdlog::warn("{}", s.message());
+    return;
+  }
+  spdlog::info("job {} SUCCEEDED: {}", job.state.job_id(), cause);
+  // Trainers still running (their exits not reported: a stopped daemon) have nothing left
+  // to do that counts.
+  bool all_exited = true;
+  for (const auto& r : job.ranks) all_exited = all_exited && r.exited;
+  if (!all_exited) StopTrainers(job, UINT64_MAX, kFenceGraceMs);
   Persist(job);
-  Schedule();
+  if (schedule) Schedule();
 }
 
 }  // namespace moerun::coordinator

@@ -31,6 +31,7 @@
 #include "common/protocol.h"
 #include "common/status.h"
 #include "coordinator/membership/worker_registry.h"
+#include "coordinator/scheduler/rank_placer.h"
 #include "coordinator/service/job_run.h"
 #include "coordinator/state/coordinator_store.h"
 
@@ -110,10 +111,19 @@ class Coordinator {
   void Schedule();                    // queue heads and due restarts get slots
   bool StartGeneration(JobRun& job);  // places ranks and sends StartTrainers; false: no room
   void SendStart(JobRun& job, const std::string& worker_id);
+  // No placement for `job` now: remember since when and why, and say so once per new reason
+  // (an event, the log; status, the dashboard and Prometheus read it from the job).
+  void NoteWaiting(JobRun& job, const PlacementRequest& req);
   void FailJob(JobRun& job, const std::string& cause, int rank, const std::string& host,
                bool non_retryable);
   void StopTrainers(const JobRun& job, uint64_t below_generation, int64_t grace_ms);
   void FinishIfDone(JobRun& job);
+  // The job's last step is committed: nothing that happens to its ranks or daemons afterwards
+  // can undo the run.
+  bool LastStepCommitted(const JobRun& job) const;
+  // -> SUCCEEDED (through RUNNING when RECOVERING), fencing every trainer still running.
+  // `schedule`: hand the freed slots out now (false when called from Schedule itself).
+  void SucceedJob(JobRun& job, const std::string& cause, bool schedule = true);
   // Fails every active job with a rank on the daemon (it died or restarted).
   void FailJobsOn(const std::string& worker_id, const std::string& cause);
   std::map<std::string, int64_t> FreeSlots() const;

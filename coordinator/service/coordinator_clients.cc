@@ -156,6 +156,10 @@ nlohmann::json Coordinator::JobSummary(const JobRun& job) const {
     j["eta_s"] = ms_per_step * double(job.total_steps() - step) / 1000.0;
   }
   if (!job.state.events().empty()) j["last_event"] = job.state.events().back().cause;
+  if (job.waiting_since_ms > 0) {
+    j["waiting_for"] = job.waiting_for;
+    j["waiting_s"] = double(timer_->NowMs() - job.waiting_since_ms) / 1000.0;
+  }
   std::set<std::string> workers;
   for (const auto& r : job.ranks) workers.insert(r.worker);
   j["workers"] = workers;
@@ -170,8 +174,9 @@ nlohmann::json Coordinator::JobDetail(const JobRun& job) const {
     const RankRun& rr = job.ranks[r];
     const RankPlacement p = layout.Rank(int64_t(r));
     const WorkerInfo* w = workers_.Find(rr.worker);
-    std::string state = rr.exited    ? rr.exit_text
-                        : rr.running ? (job.table.empty() ? "at rendezvous" : "running")
+    std::string state = rr.exited              ? rr.exit_text
+                        : rr.running           ? (job.table.empty() ? "at rendezvous" : "running")
+                        : job.waiting_since_ms ? "waiting for slots"
                         : job.state.phase() == JobPhase::kRunning ||
                                 job.state.phase() == JobPhase::kStarting ||
                                 job.state.phase() == JobPhase::kRecovering

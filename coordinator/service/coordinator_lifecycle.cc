@@ -45,8 +45,16 @@ void Coordinator::Schedule() {
   for (auto& [id, job] : jobs_) order.push_back(&job);
   std::sort(order.begin(), order.end(),
             [](const JobRun* a, const JobRun* b) { return a->sequence < b->sequence; });
-  // Restarts first: their jobs were already admitted.
+  // Restarts first: their jobs were already admitted. One whose last step is committed (a
+  // reloaded coordinator may find such a job RECOVERING) has nothing left to restart for.
   for (JobRun* job : order) {
+    if (job->state.phase() == JobPhase::kRecovering && LastStepCommitted(*job)) {
+      SucceedJob(
+          *job,
+          "checkpoint step " + std::to_string(job->committed_step) + " (the last) is committed",
+          false);
+      continue;
+    }
     if (job->state.phase() == JobPhase::kRecovering &&
         job->started_generation != job->state.generation() &&
         now >= job->state.restart_not_before_ms()) {
@@ -72,7 +80,12 @@ bool Coordinator::StartGeneration(JobRun& job) {
     }
   }
   auto placement = PlaceRanks(req);
-  if (!placement) return false;
+  if (!placement) {
+    NoteWaiting(job, req);
+    return false;
+  }
+  job.waiting_since_ms = 0;
+  job.waiting_for.clear();
   const int64_t now = clock_->NowMs();
   if (job.state.phase() == JobPhase::kQueued) {
     std::set<std::string> hosts(placement->begin(), placement->end());
@@ -113,6 +126,32 @@ bool Coordinator::StartGeneration(JobRun& job) {
   return true;
 }
 
+void Coordinator::NoteWaiting(JobRun& job, const PlacementRequest& req) {
+  // Usable: free slots on live daemons, plus those this job's own surviving ranks hold (a
+  // restart keeps them).
+  int64_t usable = 0;
+  for (const auto& [worker, slots] : req.free_slots) usable += std::max<int64_t>(0, slots);
+  for (const auto& pinned : req.pinned) usable += pinned.empty() ? 0 : 1;
+  std::string why =
+      "waiting for " + std::to_string(req.world) + " slots, " + std::to_string(usable) + " usable";
+  std::vector<std::string> down;
+  for (const auto& w : workers_.All()) {
+    if (!w.alive) down.push_back("worker " + w.id + " DEAD");
+  }
+  if (!down.empty()) why += ": " + fmt::format("{}", fmt::join(down, ", "));
+  if (job.waiting_since_ms == 0) job.waiting_since_ms = timer_->NowMs();
+  if (why == job.waiting_for) return;
+  job.waiting_for = why;
+  const int64_t limit = job.spec.fault_tolerance.capacity_timeout_ms;
+  const bool restart = job.state.phase() == JobPhase::kRecovering;
+  job.state.Note(clock_->NowMs(),
+                 why + (restart && limit > 0 ? " (fails after " + std::to_string(limit) +
+                                                   " ms: fault_tolerance.capacity_timeout_ms)"
+                                             : ""));
+  spdlog::warn("job {}: {}", job.state.job_id(), why);
+  Persist(job, false);
+}
+
 void Coordinator::SendStart(JobRun& job, const std::string& worker_id) {
   nlohmann::json ranks = nlohmann::json::array();
   for (size_t r = 0; r < job.ranks.size(); ++r) {
@@ -143,6 +182,11 @@ void Coordinator::StopTrainers(const JobRun& job, uint64_t below_generation, int
 
 void Coordinator::FailJob(JobRun& job, const std::string& cause, int rank, const std::string& host,
                           bool non_retryable) {
+  if (LastStepCommitted(job)) {  // the run is durable: a failure after it changes nothing
+    SucceedJob(job, "checkpoint step " + std::to_string(job.committed_step) +
+                        " (the last) is committed; after it: " + cause);
+    return;
+  }
   const int64_t now = clock_->NowMs();
   // Steps past the newest committed checkpoint are trained again by the next generation.
   // (This generation's reports only: steps an earlier failure already counted are not
@@ -191,6 +235,18 @@ void Coordinator::Tick() {
                  settings_.heartbeat_timeout_ms);
     FailJobsOn(id, "worker " + id + " sent no heartbeat for " +
                        std::to_string(settings_.heartbeat_timeout_ms) + " ms");
+  }
+  for (auto& [id, job] : jobs_) {
+    const int64_t limit = job.spec.fault_tolerance.capacity_timeout_ms;
+    if (job.state.phase() == JobPhase::kRecovering && job.waiting_since_ms > 0 && limit > 0 &&
+        now - job.waiting_since_ms > limit) {
+      const std::string why = job.waiting_for;
+      job.waiting_since_ms = 0;
+      FailJob(job,
+              "no room to restart for " + std::to_string(limit) +
+                  " ms (fault_tolerance.capacity_timeout_ms): " + why,
+              -1, "", true);
+    }
   }
   for (auto& [id, job] : jobs_) {
     if (!Active(job) || job.started_generation != job.state.generation()) continue;

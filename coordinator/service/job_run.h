@@ -78,6 +78,10 @@ struct JobRun {
   // Two-phase commit: shards reported written, per step, until every shard of the step is in.
   std::map<int64_t, std::map<std::string, int64_t>> shards_written;  // step -> shard -> bytes
   int64_t last_progress_ms = 0;  // any rank finished a step (the progress watchdog)
+  // No room to start (a QUEUED head or a due restart): since when, on the timer (0: not
+  // waiting), and what for ("3 of 4 slots free: worker local-1 DEAD").
+  int64_t waiting_since_ms = 0;
+  std::string waiting_for;
 
   int64_t world() const { return spec.parallel.world_size(); }
   int64_t total_steps() const { return steps_override > 0 ? steps_override : spec.train.steps; }

@@ -150,4 +150,11 @@ inline std::vector<pid_t> ChildrenRunning(pid_t parent, const std::string& progr
   return out;
 }
 
+// The worker daemon `moerun local` (pid `local`) started as `id` ("local-1"); 0 if none.
+inline pid_t LocalDaemon(pid_t local, const std::string& id) {
+  for (pid_t p : ChildrenRunning(local, "moerun-worker"))
+    if (ReadAll("/proc/" + std::to_string(p) + "/cmdline").find(id) != std::string::npos) return p;
+  return 0;
+}
+
 }  // namespace moerun::testing

@@ -23,6 +23,21 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// The job of `spec` trained undisturbed (`moerun launch`, 4 processes) into dir/clean with
+// `extra` flags must end with the same weights as `run`, at `step`.
+void CheckDigestOfUndisturbed(const std::string& spec, const std::string& run,
+                              const std::string& dir, const std::string& extra,
+                              const std::string& step) {
+  Output clean = RunMoerun("launch --nproc 4 " + spec + " --run-dir " + dir + "/clean " + extra +
+                           " --no-progress");
+  REQUIRE_MESSAGE(clean.exit_code == 0, clean.err);
+  Output a = RunMoerun("checkpoint digest --run-dir " + run);
+  Output b = RunMoerun("checkpoint digest --run-dir " + dir + "/clean");
+  REQUIRE(a.exit_code == 0);
+  CHECK(a.out == b.out);
+  CHECK(a.out.find("step " + step) != std::string::npos);
+}
+
 TEST_CASE(
     "the default job survives killed trainers, a daemon, a frozen trainer and the coordinator") {
   const std::string dir = FreshTempPath("chaos", "default", true);
@@ -77,15 +92,7 @@ TEST_CASE(
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 0);
 
-  // The same job, undisturbed.
-  Output clean =
-      RunMoerun("launch --nproc 4 " + spec + " --run-dir " + dir + "/clean --no-progress");
-  REQUIRE_MESSAGE(clean.exit_code == 0, clean.err);
-  Output a = RunMoerun("checkpoint digest --run-dir " + run);
-  Output b = RunMoerun("checkpoint digest --run-dir " + dir + "/clean");
-  REQUIRE(a.exit_code == 0);
-  CHECK(a.out == b.out);
-  CHECK(a.out.find("step 300") != std::string::npos);
+  CheckDigestOfUndisturbed(spec, run, dir, "", "300");
 
   // The coordinator's record: every blow was a restart, none of them read a bad checkpoint,
   // and the committed manifests it kept are all readable.
@@ -110,6 +117,41 @@ TEST_CASE(
   }
   CHECK(list.out.find("ok") != std::string::npos);
   CHECK(list.out.find("bad") == std::string::npos);
+}
+
+TEST_CASE("a frozen daemon and no spare: the job says what it waits for, resumes at SIGCONT") {
+  const std::string dir = FreshTempPath("chaos", "frozen-daemon", true);
+  const std::string spec = std::string(MOERUN_SOURCE_DIR) + "/configs/tiny-cpu.yaml";
+  const std::string run = dir + "/frozen", log = dir + "/local.log";
+  const pid_t local = SpawnLogged(
+      MOERUN_BIN, {"local", spec, "--run-dir", run, "--steps", "150", "--no-progress"}, log);
+  REQUIRE(WaitFor([&] { return trainer::LastMetricsStep(run) >= 60; }, 120));
+  const pid_t frozen = LocalDaemon(local, "local-1");
+  REQUIRE(frozen > 0);
+  kill(frozen, SIGSTOP);
+  // Status says what the restart waits for, and keeps saying it.
+  const std::string control = run + "/control";
+  const std::string endpoint = ReadAll(control + "/coordinator/endpoint");
+  const std::string env = "MOERUN_COORDINATOR=" + endpoint.substr(0, endpoint.find('\n')) +
+                          " MOERUN_KEYS=" + control + "/keys ";
+  std::string status;
+  CHECK(WaitFor(
+      [&] {
+        status = ShellOutput(env + MOERUN_BIN + " status tiny-cpu-1 2>&1");
+        return status.find("waiting    waiting for 4 slots, 2 usable: worker local-1 DEAD") !=
+               std::string::npos;
+      },
+      30));
+  MESSAGE(status);
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  CHECK(ShellOutput(env + MOERUN_BIN + " status tiny-cpu-1 2>&1").find("RECOVERING") !=
+        std::string::npos);
+  kill(frozen, SIGCONT);
+  int status_code = 0;
+  REQUIRE(WaitFor([&] { return waitpid(local, &status_code, WNOHANG) == local; }, 180));
+  CHECK(WIFEXITED(status_code));
+  CHECK(WEXITSTATUS(status_code) == 0);
+  CheckDigestOfUndisturbed(spec, run, dir, "--steps 150", "150");
 }
 
 }  // namespace

@@ -157,16 +157,19 @@ TEST_CASE("two jobs run at once while a third waits in the FIFO queue; all three
         return true;
       },
       180));
-  // The third started only after one of the first two ended.
+  // The third said what it waited for, and started only after one of the first two ended.
   const json events = json::parse(c.Cli("events " + jobs[2] + " --json").out);
-  REQUIRE(events.size() >= 3);
-  CHECK(events[1]["to"] == "STARTING");
+  REQUIRE(events.size() >= 4);
+  CHECK(events[1]["from"] == "QUEUED");
+  CHECK(events[1]["to"] == "QUEUED");
+  CHECK(events[1]["cause"].get<std::string>().find("waiting for 2 slots") == 0);
+  CHECK(events[2]["to"] == "STARTING");
   int64_t first_done = INT64_MAX;
   for (int i = 0; i < 2; ++i) {
     for (const auto& e : json::parse(c.Cli("events " + jobs[i] + " --json").out))
       if (e["to"] == "SUCCEEDED") first_done = std::min<int64_t>(first_done, e["time_ms"]);
   }
-  CHECK(events[1]["time_ms"].get<int64_t>() >= first_done);
+  CHECK(events[2]["time_ms"].get<int64_t>() >= first_done);
   for (int i = 0; i < 3; ++i) {
     const json j = c.Job(jobs[size_t(i)]);
     CHECK(j["step"] == kSteps);

@@ -88,10 +88,7 @@ TEST_CASE("moerun status --watch in a terminal: live progress, unhealthy workers
   MESSAGE("watch showed step " << first << ", then " << later);
 
   // Freeze daemon local-1: LATE after two missed heartbeats, DEAD after the timeout.
-  pid_t frozen = 0;
-  for (pid_t p : ChildrenRunning(local, "moerun-worker"))
-    if (ReadAll("/proc/" + std::to_string(p) + "/cmdline").find("local-1") != std::string::npos)
-      frozen = p;
+  const pid_t frozen = moerun::testing::LocalDaemon(local, "local-1");
   REQUIRE(frozen > 0);
   kill(frozen, SIGSTOP);
   std::string line;

@@ -474,6 +474,76 @@ TEST_CASE("the last shards of a run still commit after the job SUCCEEDED") {
   CHECK(h.Job(id).committed_step == 40);
 }
 
+TEST_CASE("a job whose last step is committed SUCCEEDS whatever happens to its daemons after") {
+  for (const bool daemon_stops : {true, false}) {
+    CAPTURE(daemon_stops);
+    Harness h(daemon_stops ? "done-then-silent" : "done-then-crash");
+    const std::string id = h.Running();
+    h.Report(id, 1, 0, 400);
+    Shard(h, id, 1, 0, 400, "stage-0/dp-0");
+    Shard(h, id, 1, 1, 400, "stage-1/dp-0");
+    REQUIRE(h.Job(id).committed_step == 400);
+    CHECK(h.Job(id).state.phase() == JobPhase::kRunning);  // the ranks have not exited yet
+    if (daemon_stops) {
+      for (int i = 0; i < 7; ++i) {  // a stopped daemon: no heartbeat, no exit reports
+        h.Advance(1000);
+        h.c().Tick();
+      }
+    } else {
+      h.Exit("a", id, 1, 0, 1);  // a crash on the way out
+    }
+    CHECK(h.Job(id).state.phase() == JobPhase::kSucceeded);
+    CHECK(h.Job(id).state.generation() == 1);  // no restart
+    CHECK(h.Job(id).state.events().back().cause.find(
+              "checkpoint step 400 (the last) is committed; after it: ") != std::string::npos);
+    const Sent stop = h.Last("worker:a", MessageType::kStopTrainers);
+    CHECK(stop.e.body["below_generation"] == std::numeric_limits<uint64_t>::max());
+  }
+}
+
+TEST_CASE("a restart with no room says what it waits for, then fails after capacity_timeout_ms") {
+  for (const bool capacity_returns : {false, true}) {
+    CAPTURE(capacity_returns);
+    Harness h(capacity_returns ? "room-returns" : "no-room");
+    const std::string id = h.Running();
+    for (int i = 0; i < 7; ++i) {  // the only daemon goes silent (SIGSTOP): no room anywhere
+      h.Advance(1000);
+      h.c().Tick();
+    }
+    REQUIRE(h.Job(id).state.phase() == JobPhase::kRecovering);
+    CHECK(h.Job(id).waiting_for == "waiting for 2 slots, 0 usable: worker a DEAD");
+    const JobEvent& note = h.Job(id).state.events().back();
+    CHECK(note.from == JobPhase::kRecovering);
+    CHECK(note.to == JobPhase::kRecovering);
+    CHECK(note.cause.find("fails after 600000 ms") != std::string::npos);
+    const size_t events = h.Job(id).state.events().size();
+    h.Advance(1000);
+    h.c().Tick();
+    CHECK(h.Job(id).state.events().size() == events);  // said once, not every tick
+    h.c().Handle("cli:9", {MessageType::kQuery, 0, "", "cli", {{"what", "status"}}});
+    const json jobs = h.Last("cli:9").e.body["jobs"];
+    REQUIRE(jobs.size() == 1);
+    CHECK(jobs[0]["waiting_for"] == "waiting for 2 slots, 0 usable: worker a DEAD");
+    CHECK(jobs[0]["waiting_s"].get<double>() >= 1.0);
+    if (capacity_returns) {  // SIGCONT: the daemon beats again and the restart goes out
+      h.Advance(60'000);
+      h.c().Tick();
+      h.Beat("a", 2);
+      CHECK(h.Last("worker:a", MessageType::kStartTrainers).e.generation == 2);
+      CHECK(h.Job(id).waiting_for.empty());
+      continue;
+    }
+    for (int i = 0; i < 600; ++i) {
+      h.Advance(1000);
+      h.c().Tick();
+    }
+    CHECK(h.Job(id).state.phase() == JobPhase::kFailed);
+    CHECK(h.Job(id).state.events().back().cause ==
+          "no room to restart for 600000 ms (fault_tolerance.capacity_timeout_ms): waiting for 2 "
+          "slots, 0 usable: worker a DEAD (not retryable)");
+  }
+}
+
 TEST_CASE("a daemon that restarted fails the generation it was running") {
   Harness h("restarted");
   h.Beat("a", 2);
