@@ -326,7 +326,14 @@ void Coordinator::OnRankExit(JobRun& job, int rank, int exit_code, int signal,
              (fallback > 0 ? "step " + std::to_string(fallback) : "the start") + " (" +
              std::to_string(bad - fallback) + " more steps to redo)";
   }
-  FailJob(job, cause, rank, w ? w->host : r.worker, signal == 0 && IsNonRetryableExit(exit_code));
+  bool non_retryable = signal == 0 && IsNonRetryableExit(exit_code);
+  if (signal == 0 && exit_code == kExitBadCheckpoint && job.restore_step <= 0) {
+    // The trainers chose among the steps on disk themselves and still could not read one: no
+    // restart can do better.
+    cause += " (no readable committed checkpoint is left to fall back to)";
+    non_retryable = true;
+  }
+  FailJob(job, cause, rank, w ? w->host : r.worker, non_retryable);
 }
 
 void Coordinator::FinishIfDone(JobRun& job) {

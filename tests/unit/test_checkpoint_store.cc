@@ -3,7 +3,9 @@
 #include <rocksdb/db.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <fstream>
 
 #include "common/crc32c.h"
 #include "tests/temp_path.h"
@@ -128,4 +130,64 @@ TEST_CASE("the digest covers weights only, in name order, from any shard split")
   CHECK(WeightsDigest(pa) != WeightsDigest(pc));
   std::vector<const Entry*> no_meta = {&a[0], &a[1]};
   CHECK(WeightsDigest(pa) == WeightsDigest(no_meta));
+}
+
+namespace {
+
+// The shard's files whose names end with `ext`, newest (highest number) first.
+std::vector<fs::path> FilesEndingWith(const std::string& dir, const std::string& ext) {
+  std::vector<fs::path> out;
+  for (const auto& f : fs::directory_iterator(dir))
+    if (f.path().extension() == ext) out.push_back(f.path());
+  std::sort(out.rbegin(), out.rend());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("a damaged write-ahead log is reported, and the committed steps are all there") {
+  const std::string dir = TempDir("damaged-log");
+  {
+    auto s = ShardStore::Open(dir, true);
+    REQUIRE(s.ok());
+    REQUIRE(s.value()->WriteStep(10, Step(10)).ok());
+    REQUIRE(s.value()->WriteStep(20, Step(20)).ok());
+    CHECK(s.value()->damage().empty());
+  }
+  // Garbage where the log's next record would be.
+  const auto logs = FilesEndingWith(dir, ".log");
+  REQUIRE(!logs.empty());
+  {
+    std::ofstream log(logs.front(), std::ios::binary | std::ios::app);
+    log << std::string(256, '\xA5');
+  }
+  auto s = ShardStore::Open(dir, true);
+  REQUIRE(s.ok());
+  CHECK(s.value()->damage().find("write-ahead log is damaged") != std::string::npos);
+  CHECK(s.value()->CompleteSteps().value() == std::vector<int64_t>{10, 20});
+  CHECK(s.value()->ReadStep(20).ok());
+}
+
+TEST_CASE("a deleted table file: readers refuse the shard, the writer keeps what is intact") {
+  const std::string dir = TempDir("deleted-sst");
+  {
+    auto s = ShardStore::Open(dir, true);
+    REQUIRE(s.ok());
+    for (int64_t step : {10, 20, 30}) REQUIRE(s.value()->WriteStep(step, Step(float(step))).ok());
+  }
+  const auto tables = FilesEndingWith(dir, ".sst");
+  REQUIRE(tables.size() >= 3);  // each committed step was flushed into its own table file
+  fs::remove(tables.front());   // the newest: step 30
+  auto reader = ShardStore::Open(dir, false);
+  REQUIRE_FALSE(reader.ok());
+  CHECK(reader.status().code() == moerun::Status::Code::kCorruption);
+  CHECK(reader.status().message().find(dir) != std::string::npos);
+  auto writer = ShardStore::Open(dir, true);
+  REQUIRE(writer.ok());
+  CHECK(writer.value()->damage().find("it is damaged") != std::string::npos);
+  auto steps = writer.value()->CompleteSteps();
+  REQUIRE(steps.ok());
+  CHECK(std::find(steps->begin(), steps->end(), 30) == steps->end());  // gone, not half there
+  CHECK(writer.value()->ReadStep(10).ok());
+  CHECK_FALSE(writer.value()->ReadStep(30).ok());
 }

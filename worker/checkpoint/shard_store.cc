@@ -2,7 +2,9 @@
 
 #include <rocksdb/db.h>
 #include <rocksdb/write_batch.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -117,6 +119,24 @@ Result<Entry> DecodeEntry(const std::string& name, const std::string& v, const s
 ShardStore::ShardStore(std::string dir, rocksdb::DB* db) : dir_(std::move(dir)), db_(db) {}
 ShardStore::~ShardStore() = default;
 
+namespace {
+
+// RocksDB's message without its code's name ("IO error: ..." rather than "Corruption: IO
+// error: ...", which our own Status code would repeat).
+std::string RocksText(const rocksdb::Status& s) {
+  return s.getState() != nullptr ? std::string(s.getState()) : s.ToString();
+}
+
+// Errors a retry or another step cannot fix: the directory is not ours to write.
+bool NotWritable(const rocksdb::Status& s) {
+  const std::string m = s.ToString();
+  return m.find("Permission denied") != std::string::npos ||
+         m.find("Read-only file system") != std::string::npos ||
+         m.find("Operation not permitted") != std::string::npos;
+}
+
+}  // namespace
+
 Result<std::unique_ptr<ShardStore>> ShardStore::Open(const std::string& dir, bool create) {
   rocksdb::Options options;
   options.create_if_missing = create;
@@ -129,15 +149,42 @@ Result<std::unique_ptr<ShardStore>> ShardStore::Open(const std::string& dir, boo
     options.avoid_flush_during_recovery = true;
   }
   rocksdb::DB* db = nullptr;
-  // Readers open read-only: no lock, so they may read a shard its writer holds open.
-  rocksdb::Status s = create ? rocksdb::DB::Open(options, dir, &db)
-                             : rocksdb::DB::OpenForReadOnly(options, dir, &db);
-  if (!s.ok()) {
-    if (!create && s.IsInvalidArgument())
-      return Status::NotFound("checkpoint shard " + dir + " does not exist");
-    return FromRocks(s, "checkpoint shard " + dir);
+  const std::string what = "checkpoint shard " + dir;
+  if (!create) {
+    // Readers open read-only: no lock, so they may read a shard its writer holds open.
+    rocksdb::Status s = rocksdb::DB::OpenForReadOnly(options, dir, &db);
+    if (s.IsInvalidArgument()) return Status::NotFound(what + " does not exist");
+    // Whatever stops a reader (a missing or damaged file) makes its steps unreadable.
+    if (!s.ok()) return Status::Corruption(what + ": " + RocksText(s));
+    return std::unique_ptr<ShardStore>(new ShardStore(dir, db));
   }
-  return std::unique_ptr<ShardStore>(new ShardStore(dir, db));
+  // The writer: a damaged write-ahead log fails the open instead of being cut silently.
+  options.wal_recovery_mode = rocksdb::WALRecoveryMode::kAbsoluteConsistency;
+  rocksdb::Status s = rocksdb::DB::Open(options, dir, &db);
+  if (s.ok()) return std::unique_ptr<ShardStore>(new ShardStore(dir, db));
+  if (NotWritable(s)) {
+    return Status::DataLoss(what + " is not writable (" + RocksText(s) +
+                            "): fix the directory's permissions or attributes");
+  }
+  // Damaged: keep what is intact, and say what was not. Every committed step is flushed to
+  // checksummed table files (WriteStep), so a damaged log tail holds nothing committed; a
+  // missing or damaged table file loses the steps it held, which restore then refuses by
+  // name and the coordinator falls back from.
+  const std::string first = RocksText(s);
+  options.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
+  s = rocksdb::DB::Open(options, dir, &db);
+  std::string damage =
+      "its write-ahead log is damaged (" + first + "); the records after the damage were dropped";
+  if (!s.ok()) {
+    options.best_efforts_recovery = true;
+    s = rocksdb::DB::Open(options, dir, &db);
+    damage = "it is damaged (" + first +
+             "); it was opened at the newest state its intact files hold, without its log";
+  }
+  if (!s.ok()) return Status::Corruption(what + " cannot be opened: " + first);
+  auto store = std::unique_ptr<ShardStore>(new ShardStore(dir, db));
+  store->damage_ = what + ": " + damage;
+  return store;
 }
 
 Status ShardStore::AllowCompaction() {
@@ -146,6 +193,17 @@ Status ShardStore::AllowCompaction() {
 }
 
 Result<int64_t> ShardStore::WriteStep(int64_t step, const std::vector<Entry>& entries) {
+  // A directory that became unwritable (permissions, chattr +i, a read-only remount) is found
+  // here, by name, rather than as a failed flush deep in RocksDB, which may abort.
+  const std::string probe = dir_ + "/.write-check-" + std::to_string(getpid());
+  if (FILE* f = std::fopen(probe.c_str(), "w"); f != nullptr) {
+    std::fclose(f);
+    std::remove(probe.c_str());
+  } else {
+    return Status::DataLoss("checkpoint shard " + dir_ + " is not writable (" +
+                            std::strerror(errno) +
+                            "): fix the directory's permissions or attributes");
+  }
   const std::string prefix = StepPrefix(step);
   nlohmann::json manifest = nlohmann::json::array();
   int64_t bytes = 0;
@@ -165,6 +223,10 @@ Result<int64_t> ShardStore::WriteStep(int64_t step, const std::vector<Entry>& en
   MOERUN_RETURN_IF_ERROR(
       FromRocks(db_->Put(durable, prefix + kManifest, m.dump()),
                 "checkpoint shard " + dir_ + " manifest of step " + std::to_string(step)));
+  // Into checksummed table files: a damaged log then cannot take a committed step with it.
+  MOERUN_RETURN_IF_ERROR(
+      FromRocks(db_->Flush(rocksdb::FlushOptions()),
+                "checkpoint shard " + dir_ + " flush of step " + std::to_string(step)));
   return bytes;
 }
 

@@ -53,11 +53,21 @@ class ShardStore {
   // of the shard disappears while other ranks open it read-only to restore (RocksDB deletes
   // the files a compaction or a recovery flush made obsolete). Call AllowCompaction() once
   // every reader is done.
+  //
+  // Failures: a reader's open fails with Corruption (the shard's steps are unreadable), or
+  // NotFound when the shard does not exist. The writer's open fails with DataLoss when the
+  // directory is not writable; a damaged shard (a damaged log, a missing or damaged table
+  // file) is opened with what is intact, and damage() says what was lost; Corruption when
+  // even that fails.
   static Result<std::unique_ptr<ShardStore>> Open(const std::string& dir, bool create_if_missing);
+  // Empty, or what the writer's open found damaged and dropped (for the log and the restore
+  // error).
+  const std::string& damage() const { return damage_; }
   Status AllowCompaction();
   ~ShardStore();
 
-  // Writes every entry, then the manifest with fsync. Returns the bytes written.
+  // Writes every entry, then the manifest with fsync, then flushes the step into table files.
+  // Returns the bytes written.
   Result<int64_t> WriteStep(int64_t step, const std::vector<Entry>& entries);
   // Steps with a manifest, ascending.
   Result<std::vector<int64_t>> CompleteSteps() const;
@@ -70,6 +80,7 @@ class ShardStore {
   ShardStore(std::string dir, rocksdb::DB* db);
   std::string dir_;
   std::unique_ptr<rocksdb::DB> db_;
+  std::string damage_;
 };
 
 }  // namespace moerun::checkpoint

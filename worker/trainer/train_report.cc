@@ -88,6 +88,9 @@ void TrainReporter::Step(const nlohmann::json& line, int64_t total) {
 void TrainReporter::ShardWritten(const checkpoint::WriteReport& r, const std::string& shard) {
   if (!r.status.ok()) {
     log_->error("checkpoint step {} failed: {}", r.step, r.status.message());
+    std::lock_guard<std::mutex> lock(shards_mu_);
+    if (r.status.code() == Status::Code::kDataLoss && write_failure_.ok())
+      write_failure_ = r.status.WithContext("checkpoint step " + std::to_string(r.step));
     return;
   }
   log_->info("checkpoint step {} written: {:.1f} MiB in {:.3f} s", r.step,
@@ -97,11 +100,13 @@ void TrainReporter::ShardWritten(const checkpoint::WriteReport& r, const std::st
   shards_written_.push_back({{"step", r.step}, {"shard", shard}, {"bytes", r.bytes}});
 }
 
-void TrainReporter::ReportShards() {
-  if (!opts_.control) return;
+Status TrainReporter::ReportShards() {
   std::lock_guard<std::mutex> lock(shards_mu_);
-  for (const auto& j : shards_written_) opts_.control->ReportShard(j);
-  shards_written_.clear();
+  if (opts_.control) {
+    for (const auto& j : shards_written_) opts_.control->ReportShard(j);
+    shards_written_.clear();
+  }
+  return write_failure_;
 }
 
 void TrainReporter::Finish() {

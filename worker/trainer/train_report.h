@@ -39,8 +39,10 @@ class TrainReporter {
   // A checkpoint write finished (any thread): logged, and a durable shard queued for the
   // coordinator.
   void ShardWritten(const checkpoint::WriteReport& r, const std::string& shard);
-  // Sends the queued shard reports (the training thread).
-  void ReportShards();
+  // Sends the queued shard reports (the training thread). Returns the first write that failed
+  // for good (DataLoss: the shard's directory is not writable), which ends the rank (exit 3);
+  // other write failures are logged and training goes on to the next checkpoint.
+  Status ReportShards();
   // Ends the progress bar's line.
   void Finish();
 
@@ -54,6 +56,7 @@ class TrainReporter {
   int64_t first_step_ = 1;
   std::mutex shards_mu_;
   std::vector<nlohmann::json> shards_written_;  // guarded by shards_mu_
+  Status write_failure_;                        // guarded by shards_mu_
 };
 
 }  // namespace moerun::trainer

@@ -80,10 +80,15 @@ Result<std::unique_ptr<checkpoint::ShardStore>> OpenShardStore(const JobSpec& sp
   const std::string shard = CheckpointDir(spec, opts.run_dir) + "/" + topo.ShardName();
   std::error_code ec;
   fs::create_directories(shard, ec);
+  if (ec) {
+    return Status::DataLoss("checkpoint shard " + shard + " cannot be created (" + ec.message() +
+                            "): fix the directory's permissions or attributes");
+  }
   auto store = checkpoint::ShardStore::Open(shard, true);
-  // Exit 5 means "the committed step to restore is unreadable" (the coordinator then drops
-  // it): a store that cannot be opened for writing is a failure to retry instead.
-  if (!store.ok())
+  // DataLoss (not writable: exit 3, never retried) and Corruption (damaged beyond opening:
+  // exit 5, the coordinator falls back) pass as they are; anything else is retried.
+  if (!store.ok() && store.status().code() != Status::Code::kDataLoss &&
+      store.status().code() != Status::Code::kCorruption)
     return Status::IOError("checkpoint shard " + shard + ": " + store.status().ToString());
   return store;
 }
@@ -101,8 +106,9 @@ Status RestoreOrResume(const JobSpec& spec, const TrainOptions& opts, const Topo
                                      s.message());
     }
     if (!s.ok()) {
-      return Status::Corruption("committed checkpoint step " + std::to_string(opts.restore_step) +
-                                " is unreadable: " + s.message());
+      return Status::Corruption(
+          "committed checkpoint step " + std::to_string(opts.restore_step) + " is unreadable: " +
+          s.message() + (store && !store->damage().empty() ? " (" + store->damage() + ")" : ""));
     }
     log.info("restored committed checkpoint step {} from {}", state->step, topo.ShardName());
   } else if (fs::exists(ckpt_dir)) {

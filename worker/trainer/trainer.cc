@@ -6,9 +6,12 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -63,9 +66,28 @@ class StopSignals {
   void (*old_term_)(int) = nullptr;
 };
 
-std::shared_ptr<spdlog::logger> MakeLogger(const std::string& path, bool to_stderr) {
+// A directory this process must write to, tried by creating a file there: permissions, a
+// read-only mount and an immutable attribute (chattr +i) all fail here, with the path, instead
+// of deep inside RocksDB or spdlog. DataLoss: exit 3, never retried (a restart cannot help).
+Status CheckWritable(const std::string& dir, const std::string& what) {
+  const std::string probe = dir + "/.moerun-write-check-" + std::to_string(getpid());
+  FILE* f = std::fopen(probe.c_str(), "w");
+  if (f == nullptr) {
+    return Status::DataLoss(what + " " + dir + " is not writable (" + std::strerror(errno) +
+                            "): fix its permissions or attributes, or choose another");
+  }
+  std::fclose(f);
+  std::remove(probe.c_str());
+  return Status::OK();
+}
+
+Result<std::shared_ptr<spdlog::logger>> MakeLogger(const std::string& path, bool to_stderr) {
   std::vector<spdlog::sink_ptr> sinks;
-  sinks.push_back(std::make_shared<spdlog::sinks::basic_file_sink_mt>(path));
+  try {
+    sinks.push_back(std::make_shared<spdlog::sinks::basic_file_sink_mt>(path));
+  } catch (const spdlog::spdlog_ex& e) {
+    return Status::DataLoss("log file " + path + ": " + e.what());
+  }
   if (to_stderr) sinks.push_back(std::make_shared<spdlog::sinks::stderr_sink_mt>());
   auto log = std::make_shared<spdlog::logger>("train", sinks.begin(), sinks.end());
   log->set_pattern("%Y-%m-%d %H:%M:%S.%e %l %v");
@@ -170,12 +192,18 @@ Status OpenRunDir(RankRun& run, const std::string& spec_yaml) {
   const bool lead = opts.rank == 0;  // writes metrics and the main log
   std::error_code ec;
   fs::create_directories(opts.run_dir, ec);
-  if (ec) return Status::IOError("run dir " + opts.run_dir + ": " + ec.message());
+  if (ec) {
+    return Status::DataLoss("run dir " + opts.run_dir + " cannot be created (" + ec.message() +
+                            "): fix its parent's permissions, or choose another");
+  }
+  MOERUN_RETURN_IF_ERROR(CheckWritable(opts.run_dir, "run dir"));
   if (lead) std::ofstream(opts.run_dir + "/job.yaml") << spec_yaml;
   run.tty = lead && opts.progress && isatty(STDERR_FILENO);
-  run.log = MakeLogger(
+  auto log = MakeLogger(
       opts.run_dir + (lead ? "/train.log" : "/train-rank-" + std::to_string(opts.rank) + ".log"),
       (lead && !run.tty) || opts.control != nullptr);  // a daemon keeps every rank's stderr
+  if (!log.ok()) return log.status();
+  run.log = std::move(log.value());
   cpu::SetBlasThreads(int(run.spec.resources.threads_per_trainer));
   return Status::OK();
 }
@@ -204,6 +232,7 @@ Status Bootstrap(RankRun& run) {
   auto store = OpenShardStore(run.spec, run.opts, t);
   if (!store.ok()) return store.status();
   run.store = std::move(store.value());
+  if (run.store && !run.store->damage().empty()) run.log->warn("{}", run.store->damage());
   return RestoreOrResume(run.spec, run.opts, *run.topo, run.store.get(), &run.state.value(),
                          *run.log);
 }
@@ -243,7 +272,7 @@ Status OneStep(RankRun& run, TrainReporter& report, checkpoint::CheckpointWriter
     const TrainState& st = *run.state;
     writer->Submit(step, SnapshotState(st.params, st.opt, step, spec.train.seed, st.model));
   }
-  report.ReportShards();
+  MOERUN_RETURN_IF_ERROR(report.ReportShards());
   if (stopping.value()) {
     return Status::Cancelled("interrupted after step " + std::to_string(step) +
                              "; a checkpoint was written: continue with --resume");
@@ -272,7 +301,7 @@ Result<TrainSummary> StepLoop(RankRun& run) {
   Status result;
   while (result.ok() && state.step < total) result = OneStep(run, report, writer.get(), &summary);
   if (writer) writer->Wait();
-  report.ReportShards();
+  if (Status w = report.ReportShards(); result.ok() && !w.ok()) result = w;
   report.Finish();
   summary.last_step = state.step;
   const double elapsed = std::chrono::duration<double>(Clock::now() - run_start).count();
