@@ -19,9 +19,14 @@ struct CheckpointArgs {
 int RunList(const CheckpointArgs& a) {
   auto run = OpenRun(a.run_dir);
   if (!run.ok()) return Fail("checkpoint", run.status());
-  auto ckpts = checkpoint::RunCheckpoints::Open(run->checkpoint_dir);
+  // A shard that cannot be opened is listed as such, and the steps of the others are marked
+  // partial: what is readable is still shown.
+  std::vector<std::string> unreadable;
+  auto ckpts = checkpoint::RunCheckpoints::OpenReadable(run->checkpoint_dir, &unreadable);
   if (!ckpts.ok()) return Fail("checkpoint", ckpts.status());
-  auto steps = ckpts->CompleteSteps();
+  for (const auto& u : unreadable)
+    std::printf("shard %s\n  unreadable: its steps cannot be restored\n", u.c_str());
+  auto steps = ckpts->shards() > 0 ? ckpts->CompleteSteps() : std::vector<int64_t>{};
   if (!steps.ok()) return Fail("checkpoint", steps.status());
   std::printf("%-10s %-10s %-12s %s\n", "step", "entries", "MiB", "state");
   for (int64_t s : steps.value()) {
@@ -33,9 +38,13 @@ int RunList(const CheckpointArgs& a) {
     }
     double bytes = 0;
     for (const auto& e : entries.value()) bytes += double(e.bytes.size());
-    std::printf("%-10lld %-10zu %-12.2f ok\n", (long long)s, entries->size(), bytes / (1 << 20));
+    std::printf(
+        "%-10lld %-10zu %-12.2f %s\n", (long long)s, entries->size(), bytes / (1 << 20),
+        unreadable.empty()
+            ? "ok"
+            : ("partial: " + std::to_string(unreadable.size()) + " shard(s) unreadable").c_str());
   }
-  return kExitOk;
+  return unreadable.empty() ? kExitOk : kExitBadCheckpoint;
 }
 
 int RunDigest(const CheckpointArgs& a) {

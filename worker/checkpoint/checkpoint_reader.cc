@@ -9,6 +9,11 @@ namespace moerun::checkpoint {
 namespace fs = std::filesystem;
 
 Result<RunCheckpoints> RunCheckpoints::Open(const std::string& dir) {
+  return OpenReadable(dir, nullptr);
+}
+
+Result<RunCheckpoints> RunCheckpoints::OpenReadable(const std::string& dir,
+                                                    std::vector<std::string>* unreadable) {
   std::vector<std::string> shard_dirs;
   std::error_code ec;
   for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::end(it);
@@ -23,6 +28,10 @@ Result<RunCheckpoints> RunCheckpoints::Open(const std::string& dir) {
   RunCheckpoints r;
   for (const auto& d : shard_dirs) {
     auto s = ShardStore::Open(d, false);
+    if (!s.ok() && unreadable != nullptr) {
+      unreadable->push_back(fs::relative(d, dir).string() + ": " + s.status().message());
+      continue;
+    }
     if (!s.ok()) return s.status();
     r.stores_.push_back(std::move(s.value()));
   }

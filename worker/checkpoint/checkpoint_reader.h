@@ -16,6 +16,10 @@ class RunCheckpoints {
  public:
   // Opens every shard under `dir`; NotFound when there is none.
   static Result<RunCheckpoints> Open(const std::string& dir);
+  // The same, leaving out shards that cannot be opened: each goes into *unreadable as
+  // "stage-S/dp-D: reason" (names relative to `dir`). NotFound when there is no shard at all.
+  static Result<RunCheckpoints> OpenReadable(const std::string& dir,
+                                             std::vector<std::string>* unreadable);
 
   // Steps complete in every shard, ascending.
   Result<std::vector<int64_t>> CompleteSteps() const;
