@@ -112,8 +112,11 @@ void Coordinator::OnShardWritten(JobRun& job, const ShardWrittenBody& body) {
   const std::string& shard = body.shard;
   const int64_t bytes = body.bytes;
   const std::set<std::string> expected = ExpectedShards(job);
-  if (step <= job.committed_step || !expected.count(shard)) {
-    ++counters_.stale;  // a repeat, or a shard this job does not have
+  // Trainers repeat their newest report with every step until a newer one: a committed
+  // step's repeat is expected and ignored.
+  if (step <= job.committed_step) return;
+  if (!expected.count(shard)) {
+    ++counters_.stale;  // a shard this job does not have
     return;
   }
   auto& written = job.shards_written[step];

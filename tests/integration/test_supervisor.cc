@@ -1,6 +1,7 @@
 // The daemon's trainer supervision with real child processes: exit codes and signals are
-// reported, a trainer that ignores SIGTERM is killed after the grace period, and fencing
-// stops only the old generation.
+// reported, a trainer that ignores SIGTERM is killed after the grace period, fencing stops
+// only the old generation, and a frozen (SIGSTOPped) trainer is killed after the frozen
+// timeout while one that runs again in time is left alone.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include <signal.h>
@@ -74,4 +75,33 @@ TEST_CASE("fencing stops the old generation only") {
   CHECK(exits[0].job_id == "j");
   CHECK(exits[0].generation == 1);
   CHECK(s.Running() == 2);
+}
+
+TEST_CASE("a trainer frozen past the frozen timeout is killed, and its exit says why") {
+  std::vector<TrainerExit> exits;
+  TrainerSupervisor s([&](const TrainerExit& e) { exits.push_back(e); });
+  s.set_frozen_timeout_ms(300);
+  auto frozen = s.Start(Shell("j", 1, 0, "sleep 100"));
+  auto thawed = s.Start(Shell("j", 1, 1, "sleep 100"));
+  REQUIRE(frozen.ok());
+  REQUIRE(thawed.ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  kill(frozen.value(), SIGSTOP);
+  kill(thawed.value(), SIGSTOP);
+  const auto t0 = Clock::now();
+  for (int i = 0; i < 20; ++i) {  // 100 ms of polls: frozen, but not for long enough yet
+    s.Poll();
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  kill(thawed.value(), SIGCONT);
+  CHECK(exits.empty());
+  PollUntil(s, [&] { return !exits.empty(); });
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  REQUIRE(exits.size() == 1);
+  CHECK(exits[0].rank == 0);
+  CHECK(exits[0].signal == SIGKILL);
+  CHECK(exits[0].Describe().find("frozen (stopped, state T) for ") == 0);
+  CHECK(exits[0].Describe().find("killed by its daemon") != std::string::npos);
+  CHECK(secs >= 0.3);
+  CHECK(s.Running() == 1);  // the one that ran again in time
 }

@@ -460,6 +460,23 @@ TEST_CASE("a checkpoint step commits only when every shard is in; restarts resto
   CHECK(h.Last("worker:a", MessageType::kStartTrainers).e.body["restore_step"] == -1);
 }
 
+TEST_CASE("shard reports repeated after a coordinator restart still commit their step") {
+  Harness h("resent-shards");
+  const std::string id = h.Running();
+  Shard(h, id, 1, 0, 50, "stage-0/dp-0");
+  h.Reopen();  // the coordinator restarts: what it had heard of step 50 is gone
+  h.Beat("a", 2);
+  CHECK(h.Job(id).committed_step == 0);
+  Shard(h, id, 1, 1, 50, "stage-1/dp-0");  // the other writer's report reaches the new one
+  CHECK(h.Job(id).committed_step == 0);
+  Shard(h, id, 1, 0, 50, "stage-0/dp-0");  // rank 0 repeats its report with its next step
+  CHECK(h.Job(id).committed_step == 50);
+  const uint64_t stale = h.c().counters().stale;
+  Shard(h, id, 1, 0, 50, "stage-0/dp-0");  // and again: ignored, not an error
+  CHECK(h.c().counters().stale == stale);
+  CHECK(h.Job(id).committed_step == 50);
+}
+
 TEST_CASE("the last shards of a run still commit after the job SUCCEEDED") {
   Harness h("late");
   h.Beat("a", 2);

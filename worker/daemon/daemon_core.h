@@ -99,6 +99,9 @@ class DaemonCore {
   bool self_fenced() const { return self_fenced_; }
   bool coordinator_away() const { return away_; }
   int64_t heartbeat_interval_ms() const { return heartbeat_interval_ms_; }
+  // The coordinator's heartbeat timeout (0 until registered): also how long a trainer may
+  // stay frozen before its daemon kills it.
+  int64_t lease_ms() const { return lease_ms_; }
 
  private:
   using Key = std::tuple<std::string, uint64_t, int>;  // job, generation, rank

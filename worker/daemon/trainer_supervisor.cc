@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <fstream>
 #include <thread>
 
 #include "common/subprocess.h"
@@ -15,6 +16,7 @@
 namespace moerun::worker {
 
 std::string TrainerExit::Describe() const {
+  if (!cause.empty()) return cause;
   if (signal != 0)
     return "killed by signal " + std::to_string(signal) + " (" + strsignal(signal) + ")";
   return "exited with code " + std::to_string(exit_code);
@@ -41,10 +43,46 @@ Result<pid_t> TrainerSupervisor::Start(const TrainerLaunch& launch) {
   return pid;
 }
 
+namespace {
+
+// Whether the process is stopped (by a signal, or traced): state T or t in /proc/<pid>/stat.
+bool Stopped(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  std::getline(in, stat);
+  const size_t paren = stat.rfind(')');  // the command name may hold spaces and parentheses
+  return paren != std::string::npos && paren + 2 < stat.size() &&
+         (stat[paren + 2] == 'T' || stat[paren + 2] == 't');
+}
+
+}  // namespace
+
+void TrainerSupervisor::set_frozen_timeout_ms(int64_t ms) {
+  std::lock_guard<std::mutex> lock(mu_);
+  frozen_timeout_ms_ = ms;
+}
+
 int TrainerSupervisor::Poll() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     const auto now = std::chrono::steady_clock::now();
+    if (frozen_timeout_ms_ > 0) {
+      for (const auto& [pid, launch] : children_) {
+        if (killed_frozen_.count(pid)) continue;
+        if (!Stopped(pid)) {
+          stopped_since_.erase(pid);
+          continue;
+        }
+        const auto since = stopped_since_.emplace(pid, now).first->second;
+        const auto frozen_ms =
+            std::chrono::duration_cast<std::chrono::milliseconds>(now - since).count();
+        if (frozen_ms >= frozen_timeout_ms_) {
+          kill(-pid, SIGKILL);
+          killed_frozen_[pid] = "frozen (stopped, state T) for " + std::to_string(frozen_ms) +
+                                " ms: killed by its daemon";
+        }
+      }
+    }
     for (auto it = kill_at_.begin(); it != kill_at_.end();) {
       if (!children_.count(it->first)) {
         it = kill_at_.erase(it);
@@ -73,7 +111,13 @@ int TrainerSupervisor::Poll() {
            it->second.rank,
            pid,
            WIFEXITED(status) ? WEXITSTATUS(status) : -1,
-           WIFSIGNALED(status) ? WTERMSIG(status) : 0};
+           WIFSIGNALED(status) ? WTERMSIG(status) : 0,
+           {}};
+      if (auto f = killed_frozen_.find(pid); f != killed_frozen_.end()) {
+        e.cause = f->second;
+        killed_frozen_.erase(f);
+      }
+      stopped_since_.erase(pid);
       children_.erase(it);
     }
     ++reaped;

@@ -5,8 +5,12 @@
 // stdout/stderr in a log file, and SIGKILL when the supervising process dies (so a daemon
 // killed with SIGKILL leaves no orphan trainers behind).
 //
-// Poll() reaps finished children without blocking and fires on_exit for each. Thread-safe
-// for one owner thread plus Stop*/Running from others.
+// Poll() reaps finished children without blocking and fires on_exit for each. It also finds
+// frozen children: a trainer stopped (SIGSTOP, state T in /proc/<pid>/stat) for longer than
+// the frozen timeout is killed, and its exit says so. A stopped process cannot beat, so this
+// is the trainer's heartbeat as its daemon sees it; a trainer that hangs with its threads
+// alive is the coordinator's progress watchdog's to find. Thread-safe for one owner thread
+// plus Stop*/Running from others.
 #pragma once
 
 #include <sys/types.h>
@@ -31,6 +35,7 @@ struct TrainerExit {
   pid_t pid = 0;
   int exit_code = -1;            // when exited normally, else -1
   int signal = 0;                // when killed by a signal, else 0
+  std::string cause;             // set when the supervisor killed it itself (a frozen trainer)
   std::string Describe() const;  // "exited with code 3" / "killed by signal 9 (Killed)"
 };
 
@@ -56,6 +61,8 @@ class TrainerSupervisor {
   void StopOlderThan(const std::string& job_id, uint64_t generation,
                      int64_t grace_ms = kTrainerStopGraceMs);
   size_t Running() const;
+  // 0 (the default) never kills a frozen trainer.
+  void set_frozen_timeout_ms(int64_t ms);
 
   // The same stop for an event loop that must not block: SIGTERM now to trainers of job_id
   // with generation < below_generation, and Poll() sends SIGKILL to any of them still alive
@@ -72,6 +79,9 @@ class TrainerSupervisor {
   mutable std::mutex mu_;
   std::map<pid_t, TrainerLaunch> children_;
   std::map<pid_t, std::chrono::steady_clock::time_point> kill_at_;  // after Terminate()
+  int64_t frozen_timeout_ms_ = 0;
+  std::map<pid_t, std::chrono::steady_clock::time_point> stopped_since_;  // seen in state T
+  std::map<pid_t, std::string> killed_frozen_;                            // pid -> cause
 };
 
 }  // namespace moerun::worker

@@ -95,6 +95,8 @@ void WorkerDaemon::Run(const std::atomic<bool>& stop) {
     } else if (msg->has_value()) {
       Execute(core_.OnEnvelope(**msg));
     }
+    // A trainer frozen as long as the coordinator lets a daemon be silent is dead too.
+    supervisor_.set_frozen_timeout_ms(core_.lease_ms());
     supervisor_.Poll();  // exits reach the core through the supervisor's callback
     Execute(core_.Tick());
   }

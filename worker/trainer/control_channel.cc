@@ -66,6 +66,10 @@ void ControlChannel::ReportStep(const nlohmann::json& report) {
   body["rank"] = opts_.rank;
   (void)SendEnvelope(*dealer_,
                      {MessageType::kStepReport, opts_.generation, opts_.job_id, "trainer", body});
+  if (!last_shard_.is_null()) {
+    (void)SendEnvelope(*dealer_, {MessageType::kShardWritten, opts_.generation, opts_.job_id,
+                                  "trainer", last_shard_});
+  }
 }
 
 }  // namespace moerun::trainer
@@ -77,6 +81,7 @@ void ControlChannel::ReportShard(const nlohmann::json& shard) {
   body["rank"] = opts_.rank;
   (void)SendEnvelope(*dealer_,
                      {MessageType::kShardWritten, opts_.generation, opts_.job_id, "trainer", body});
+  last_shard_ = std::move(body);
 }
 
 }  // namespace moerun::trainer

@@ -3,8 +3,10 @@
 //   Rendezvous  reports this rank's data-plane endpoint and waits for the generation's table
 //               (asking again every kRendezvousRetryMs: the coordinator may restart meanwhile)
 //   ReportStep  one step's metrics; never blocks, dropped while the coordinator is away
-//   ReportShard a checkpoint shard is durable; never blocks (a lost report only means that
-//               step is never committed, and the next one is)
+//   ReportShard a checkpoint shard is durable; never blocks. The newest shard report goes
+//               again with every step report until a newer one replaces it, so a report
+//               lost while the coordinator was away (or restarting) still commits its step;
+//               the coordinator takes repeats as they come (its commit is idempotent).
 // Not thread-safe; one per trainer process.
 #pragma once
 
@@ -45,6 +47,7 @@ class ControlChannel {
   ControlChannelOptions opts_;
   zmq::context_t ctx_;
   std::unique_ptr<zmq::socket_t> dealer_;
+  nlohmann::json last_shard_;  // the newest ShardWritten body (null until one)
 };
 
 }  // namespace moerun::trainer
