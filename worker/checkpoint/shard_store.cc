@@ -173,8 +173,9 @@ Result<std::unique_ptr<ShardStore>> ShardStore::Open(const std::string& dir, boo
   const std::string first = RocksText(s);
   options.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
   s = rocksdb::DB::Open(options, dir, &db);
-  std::string damage =
-      "its write-ahead log is damaged (" + first + "); the records after the damage were dropped";
+  // (A writer killed mid-write leaves such a tail too: an incomplete last record.)
+  std::string damage = "its write-ahead log is damaged or ends in an incomplete record (" + first +
+                       "); the records from there on were dropped, none of them committed";
   if (!s.ok()) {
     options.best_efforts_recovery = true;
     s = rocksdb::DB::Open(options, dir, &db);
