@@ -105,8 +105,16 @@ int main(int argc, char** argv) {
   state_dir = fs::absolute(state_dir).lexically_normal().string();
   settings.jobs_dir = jobs_dir.empty() ? state_dir + "/jobs" : fs::absolute(jobs_dir).string();
 
-  auto file_sink =
-      std::make_shared<spdlog::sinks::basic_file_sink_mt>(state_dir + "/coordinator.log");
+  std::shared_ptr<spdlog::sinks::basic_file_sink_mt> file_sink;
+  try {
+    file_sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(state_dir + "/coordinator.log");
+  } catch (const spdlog::spdlog_ex& e) {  // an unwritable state dir: no retry can help
+    std::fprintf(stderr,
+                 "moerun-coordinator: log file %s/coordinator.log: %s: fix the "
+                 "directory's permissions or attributes\n",
+                 state_dir.c_str(), e.what());
+    return kExitBadData;
+  }
   auto err_sink = std::make_shared<spdlog::sinks::stderr_sink_mt>();
   auto logger =
       std::make_shared<spdlog::logger>("coordinator", spdlog::sinks_init_list{file_sink, err_sink});

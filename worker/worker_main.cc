@@ -71,7 +71,16 @@ int main(int argc, char** argv) {
   }
   o.state_dir = fs::absolute(o.state_dir).lexically_normal().string();
   o.keys_dir = fs::absolute(o.keys_dir).lexically_normal().string();
-  auto file_sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(o.state_dir + "/worker.log");
+  std::shared_ptr<spdlog::sinks::basic_file_sink_mt> file_sink;
+  try {
+    file_sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(o.state_dir + "/worker.log");
+  } catch (const spdlog::spdlog_ex& e) {  // an unwritable state dir: no retry can help
+    std::fprintf(stderr,
+                 "moerun-worker: log file %s/worker.log: %s: fix the directory's "
+                 "permissions or attributes\n",
+                 o.state_dir.c_str(), e.what());
+    return kExitBadData;
+  }
   auto err_sink = std::make_shared<spdlog::sinks::stderr_sink_mt>();
   auto logger =
       std::make_shared<spdlog::logger>("worker", spdlog::sinks_init_list{file_sink, err_sink});

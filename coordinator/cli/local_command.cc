@@ -74,12 +74,22 @@ struct Child {
   std::string log;
   pid_t pid = -1;
   int relaunches = 0;
+  int fatal_exit = 0;  // it exited with a code no relaunch can fix (an unwritable state dir)
 
   void Launch() { pid = SpawnChild(args, log); }
   // Relaunches a dead child; returns false while it is alive.
   bool ReviveIfDead() {
     int status = 0;
     if (pid <= 0 || waitpid(pid, &status, WNOHANG) != pid) return false;
+    if (WIFEXITED(status) && IsNonRetryableExit(WEXITSTATUS(status))) {
+      std::fprintf(stderr,
+                   "\nmoerun local: %s (pid %d) exited with code %d, which a relaunch "
+                   "cannot fix; see %s\n",
+                   name.c_str(), pid, WEXITSTATUS(status), log.c_str());
+      fatal_exit = WEXITSTATUS(status);
+      pid = -1;
+      return false;
+    }
     std::fprintf(stderr, "\nmoerun local: %s (pid %d) %s; relaunching it\n", name.c_str(), pid,
                  WIFSIGNALED(status)
                      ? ("was killed by signal " + std::to_string(WTERMSIG(status))).c_str()
@@ -264,6 +274,14 @@ int RunLocal(const LocalArgs& a) {
     }
     coord.ReviveIfDead();
     for (auto& d : daemons) d.ReviveIfDead();
+    int fatal = coord.fatal_exit;
+    for (const auto& d : daemons) fatal = fatal != 0 ? fatal : d.fatal_exit;
+    if (fatal != 0) {
+      std::signal(SIGINT, old_int);
+      std::signal(SIGTERM, old_term);
+      shutdown();
+      return fatal;
+    }
     // A short wait: a dead coordinator is noticed and relaunched within about a second.
     auto reply =
         client.value()->Request(MessageType::kQuery, job, {{"what", "job"}}, kLocalPollTimeoutMs);
