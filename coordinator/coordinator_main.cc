@@ -24,6 +24,7 @@
 #include "common/control_socket.h"
 #include "common/curve_auth.h"
 #include "common/exit_codes.h"
+#include "common/service_notifier.h"
 #include "coordinator/http/http_api.h"
 #include "coordinator/service/control_server.h"
 #include "coordinator/service/coordinator.h"
@@ -195,10 +196,16 @@ int main(int argc, char** argv) {
   std::signal(SIGINT, OnSignal);
   std::signal(SIGPIPE, SIG_IGN);
   coordinator::Coordinator* c = coord.value().get();
-  srv->Run(c, g_stop, [&http_api, c] {
+  // Under systemd (scripts/systemd/moerun-coordinator.service): ready now, and a watchdog ping
+  // from the serving loop, so a coordinator whose loop stops turning is restarted.
+  ServiceNotifier notifier;
+  notifier.Ready("listening on " + srv->endpoint());
+  srv->Run(c, g_stop, [&http_api, c, &notifier] {
+    notifier.Tick();
     if (!http_api) return;
     for (const auto& [peer, env] : http_api->TakeRequests()) c->Handle(peer, env);
   });
+  notifier.Stopping();
   spdlog::info("coordinator stopping");
   return kExitOk;
 }

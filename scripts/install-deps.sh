@@ -13,7 +13,7 @@ packages=(
   libzmq3-dev cppzmq-dev libsodium-dev
   libyaml-cpp-dev librocksdb-dev libspdlog-dev libfmt-dev
   doctest-dev nlohmann-json3-dev libcpp-httplib-dev libcli11-dev
-  libopenblas-dev libdnnl-dev
+  libopenblas-dev libdnnl-dev libsystemd-dev
   clang libclang-rt-14-dev clang-format
   fortunes
 )

@@ -3,6 +3,8 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include <httplib.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include <chrono>
 #include <filesystem>
@@ -493,4 +495,45 @@ TEST_CASE("moerun local trains to the same checkpoint digest as moerun launch") 
 }
 
 }  // namespace
+// systemd's notify protocol (scripts/systemd/*.service: Type=notify, WatchdogSec=): a
+// datagram socket stands in for systemd, as $NOTIFY_SOCKET; the coordinator must say READY=1
+// once it listens and then WATCHDOG=1 at least every half WATCHDOG_USEC.
+TEST_CASE("under systemd's notify protocol the coordinator says READY and pings its watchdog") {
+  const std::string dir = FreshTempPath("control", "sd-notify", true);
+  const std::string sock_path = dir + "/notify.sock";
+  const int sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  REQUIRE(sock >= 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", sock_path.c_str());
+  REQUIRE(bind(sock, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  timeval wait{0, 200'000};
+  setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+  setenv("NOTIFY_SOCKET", sock_path.c_str(), 1);
+  setenv("WATCHDOG_USEC", "400000", 1);  // a ping at least every 0.2 s
+  const pid_t coordinator =
+      SpawnLogged(BinDir() + "/moerun-coordinator",
+                  {"--state-dir", dir + "/coordinator", "--bind",
+                   "ipc://@moerun-test-" + std::to_string(getpid()) + "-sd", "--http", "off"},
+                  dir + "/coordinator.out");
+  unsetenv("NOTIFY_SOCKET");
+  unsetenv("WATCHDOG_USEC");
+  std::vector<std::string> got;
+  int pings = 0;
+  REQUIRE(WaitFor(
+      [&] {
+        char buf[512];
+        const ssize_t n = recv(sock, buf, sizeof buf - 1, 0);
+        if (n > 0) {
+          got.emplace_back(buf, size_t(n));
+          pings += got.back() == "WATCHDOG=1";
+        }
+        return pings >= 3;
+      },
+      20));
+  CHECK(got.front().rfind("READY=1\nSTATUS=listening on ", 0) == 0);
+  Terminate(coordinator);
+  close(sock);
+}
+
 }  // namespace moerun::testing

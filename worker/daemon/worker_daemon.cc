@@ -10,6 +10,7 @@
 
 #include "common/exit_codes.h"
 #include "common/limits.h"
+#include "common/service_notifier.h"
 #include "common/timeouts.h"
 
 namespace moerun::worker {
@@ -88,7 +89,12 @@ void WorkerDaemon::SendEnvelopeOrWarn(const Envelope& e) {
 void WorkerDaemon::Run(const std::atomic<bool>& stop) {
   spdlog::info("worker {} on {}: {} {} slots, coordinator {}", opts_.id, opts_.host, opts_.devices,
                opts_.backend, opts_.coordinator);
+  // Under systemd (scripts/systemd/moerun-worker.service): ready once the loop runs, and a
+  // watchdog ping each turn, so a daemon whose loop stops (frozen, deadlocked) is restarted.
+  ServiceNotifier notifier;
+  notifier.Ready("worker " + opts_.id + ", " + std::to_string(opts_.devices) + " slots");
   while (!stop.load()) {
+    notifier.Tick();
     auto msg = ReceiveEnvelope(*dealer_, kDaemonTickMs);
     if (!msg.ok()) {
       spdlog::warn("dropped a message from the coordinator: {}", msg.status().message());
@@ -100,6 +106,7 @@ void WorkerDaemon::Run(const std::atomic<bool>& stop) {
     supervisor_.Poll();  // exits reach the core through the supervisor's callback
     Execute(core_.Tick());
   }
+  notifier.Stopping();
   spdlog::info("worker {} stopping: {} trainer(s) to stop", opts_.id, supervisor_.Running());
   for (const auto& j : core_.jobs()) supervisor_.StopJob(j);
   supervisor_.Poll();
