@@ -4,7 +4,9 @@
 #include <cstdlib>
 #include <map>
 #include <oneapi/dnnl/dnnl.hpp>
+#include <string>
 #include <tuple>
+#include <utility>
 
 #include "kernels/cpu/op_profile.h"
 
@@ -99,26 +101,17 @@ void DnnlGemm(GemmOperands type, bool ta, bool tb, int64_t m, int64_t n, int64_t
 
 std::string DnnlKernelInfo() {
   const dnnl_version_t* v = dnnl::version();
-  std::string isa;
-  switch (dnnl::get_effective_cpu_isa()) {
-    case dnnl::cpu_isa::avx512_core_amx:
-      isa = "avx512_core_amx";
-      break;
-    case dnnl::cpu_isa::avx512_core_bf16:
-      isa = "avx512_core_bf16";
-      break;
-    case dnnl::cpu_isa::avx512_core_vnni:
-      isa = "avx512_core_vnni";
-      break;
-    case dnnl::cpu_isa::avx512_core:
-      isa = "avx512_core";
-      break;
-    case dnnl::cpu_isa::avx2:
-      isa = "avx2";
-      break;
-    default:
-      isa = "other";
-  }
+  // The instruction sets that matter for these products, best first.
+  static constexpr std::pair<dnnl::cpu_isa, const char*> kIsas[] = {
+      {dnnl::cpu_isa::avx512_core_amx, "avx512_core_amx"},
+      {dnnl::cpu_isa::avx512_core_bf16, "avx512_core_bf16"},
+      {dnnl::cpu_isa::avx512_core_vnni, "avx512_core_vnni"},
+      {dnnl::cpu_isa::avx512_core, "avx512_core"},
+      {dnnl::cpu_isa::avx2, "avx2"}};
+  const dnnl::cpu_isa effective = dnnl::get_effective_cpu_isa();
+  std::string isa = "other";
+  for (const auto& [id, name] : kIsas)
+    if (effective == id) isa = name;
   std::string out = "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." +
                     std::to_string(v->patch) + ", ISA " + isa;
   for (GemmOperands t : {GemmOperands::kF32, GemmOperands::kBf16}) {

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "common/spec_loader.h"
+
 namespace moerun::gpu_testing {
 
 #define CUDA_OK(expr) REQUIRE_EQ(cudaSuccess, (expr))
@@ -24,6 +26,13 @@ inline std::string SourceDir() {
   const char* e = std::getenv("MOERUN_SOURCE_DIR");
   return e != nullptr && *e != '\0' ? std::string(e) : std::string(MOERUN_SOURCE_DIR);
 }
+// A job spec from tests/configs/ (the test stops when it does not load).
+inline JobSpec TestConfig(const std::string& file) {
+  auto loaded = LoadJobSpecFile(SourceDir() + "/tests/configs/" + file);
+  REQUIRE_MESSAGE(loaded.ok(), loaded.Report());
+  return loaded.spec;
+}
+
 // Whether device 0 is a Hopper GPU (sm_90): the only one with cuBLASLt's 1x128 / 128x128
 // block-scaled fp8 GEMMs. fp8 checks elsewhere say they were skipped.
 inline bool IsHopper() {

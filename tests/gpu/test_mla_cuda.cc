@@ -6,7 +6,6 @@
 // table.
 #include <doctest/doctest.h>
 
-#include "common/spec_loader.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/mla_attention.h"
 #include "kernels/cuda/elementwise.cuh"
@@ -105,10 +104,7 @@ TEST_CASE("MLA: interleaved RoPE and the attention core match the CPU") {
 namespace {
 
 moerun::ModelSpec MlaModel(int64_t q_lora_rank) {
-  auto loaded =
-      moerun::LoadJobSpecFile(moerun::gpu_testing::SourceDir() + "/tests/configs/mla-mtp.yaml");
-  REQUIRE(loaded.ok());
-  moerun::ModelSpec m = loaded.spec.model;
+  moerun::ModelSpec m = moerun::gpu_testing::TestConfig("mla-mtp.yaml").model;
   m.mtp.depth = 0;  // MLA alone here; tests/gpu/test_mtp_cuda.cc adds the MTP modules
   m.q_lora_rank = q_lora_rank;
   return m;

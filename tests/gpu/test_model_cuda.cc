@@ -8,7 +8,6 @@
 #include <cmath>
 #include <random>
 
-#include "common/spec_loader.h"
 #include "tests/gpu/gpu_test_util.h"
 #include "tests/gpu/member_threads.h"
 #include "tests/gpu/model_fixture.h"
@@ -23,12 +22,7 @@ using moerun::gpu_testing::Record;
 
 namespace {
 
-moerun::ModelSpec TrainFast() {
-  auto loaded =
-      moerun::LoadJobSpecFile(moerun::gpu_testing::SourceDir() + "/tests/configs/train-fast.yaml");
-  REQUIRE(loaded.ok());
-  return loaded.spec.model;
-}
+moerun::ModelSpec TrainFast() { return moerun::gpu_testing::TestConfig("train-fast.yaml").model; }
 
 template <typename T>
 void TrainsOnOneGpu(const char* precision, bool fp8 = false) {

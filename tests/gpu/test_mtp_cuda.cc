@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <cmath>
 
-#include "common/spec_loader.h"
 #include "tests/gpu/gpu_test_util.h"
 #include "tests/gpu/model_fixture.h"
 #include "worker/model/cuda/model_cuda.h"
@@ -20,12 +19,7 @@ using moerun::gpu_testing::MaxRelError;
 
 namespace {
 
-moerun::ModelSpec MlaMtpModel() {
-  auto loaded =
-      moerun::LoadJobSpecFile(moerun::gpu_testing::SourceDir() + "/tests/configs/mla-mtp.yaml");
-  REQUIRE(loaded.ok());
-  return loaded.spec.model;
-}
+moerun::ModelSpec MlaMtpModel() { return moerun::gpu_testing::TestConfig("mla-mtp.yaml").model; }
 
 }  // namespace
 

@@ -13,7 +13,6 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "common/spec_loader.h"
 #include "tests/gpu/gpu_test_util.h"
 #include "tests/temp_path.h"
 #include "worker/trainer/trainer.h"
@@ -23,10 +22,7 @@ using moerun::gpu_testing::Record;
 namespace {
 
 moerun::JobSpec GpuJob(moerun::Precision precision) {
-  auto loaded =
-      moerun::LoadJobSpecFile(moerun::gpu_testing::SourceDir() + "/tests/configs/train-fast.yaml");
-  REQUIRE(loaded.ok());
-  moerun::JobSpec s = loaded.spec;
+  moerun::JobSpec s = moerun::gpu_testing::TestConfig("train-fast.yaml");
   s.parallel.pipeline = 1;
   s.parallel.expert = 1;
   s.resources.devices_per_worker = 1;

@@ -2,14 +2,13 @@
 
 #include <rocksdb/db.h>
 #include <rocksdb/write_batch.h>
-#include <unistd.h>
 
-#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "common/crc32c.h"
+#include "common/writable_dir.h"
 
 namespace moerun::checkpoint {
 namespace {
@@ -194,17 +193,8 @@ Status ShardStore::AllowCompaction() {
 }
 
 Result<int64_t> ShardStore::WriteStep(int64_t step, const std::vector<Entry>& entries) {
-  // A directory that became unwritable (permissions, chattr +i, a read-only remount) is found
-  // here, by name, rather than as a failed flush deep in RocksDB, which may abort.
-  const std::string probe = dir_ + "/.write-check-" + std::to_string(getpid());
-  if (FILE* f = std::fopen(probe.c_str(), "w"); f != nullptr) {
-    std::fclose(f);
-    std::remove(probe.c_str());
-  } else {
-    return Status::DataLoss("checkpoint shard " + dir_ + " is not writable (" +
-                            std::strerror(errno) +
-                            "): fix the directory's permissions or attributes");
-  }
+  // A directory that became unwritable since the shard opened is found here, by name.
+  MOERUN_RETURN_IF_ERROR(CheckWritableDir(dir_, "checkpoint shard"));
   const std::string prefix = StepPrefix(step);
   nlohmann::json manifest = nlohmann::json::array();
   int64_t bytes = 0;

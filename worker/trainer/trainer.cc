@@ -6,12 +6,9 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <csignal>
-#include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -21,6 +18,7 @@
 #include "common/exit_codes.h"
 #include "common/limits.h"
 #include "common/timeouts.h"
+#include "common/writable_dir.h"
 #include "kernels/cpu/gemm.h"
 #include "worker/checkpoint/checkpoint_reader.h"
 #include "worker/checkpoint/checkpoint_writer.h"
@@ -65,21 +63,6 @@ class StopSignals {
   void (*old_int_)(int) = nullptr;
   void (*old_term_)(int) = nullptr;
 };
-
-// A directory this process must write to, tried by creating a file there: permissions, a
-// read-only mount and an immutable attribute (chattr +i) all fail here, with the path, instead
-// of deep inside RocksDB or spdlog. DataLoss: exit 3, never retried (a restart cannot help).
-Status CheckWritable(const std::string& dir, const std::string& what) {
-  const std::string probe = dir + "/.moerun-write-check-" + std::to_string(getpid());
-  FILE* f = std::fopen(probe.c_str(), "w");
-  if (f == nullptr) {
-    return Status::DataLoss(what + " " + dir + " is not writable (" + std::strerror(errno) +
-                            "): fix its permissions or attributes, or choose another");
-  }
-  std::fclose(f);
-  std::remove(probe.c_str());
-  return Status::OK();
-}
 
 Result<std::shared_ptr<spdlog::logger>> MakeLogger(const std::string& path, bool to_stderr) {
   std::vector<spdlog::sink_ptr> sinks;
@@ -196,7 +179,7 @@ Status OpenRunDir(RankRun& run, const std::string& spec_yaml) {
     return Status::DataLoss("run dir " + opts.run_dir + " cannot be created (" + ec.message() +
                             "): fix its parent's permissions, or choose another");
   }
-  MOERUN_RETURN_IF_ERROR(CheckWritable(opts.run_dir, "run dir"));
+  MOERUN_RETURN_IF_ERROR(CheckWritableDir(opts.run_dir, "run dir"));
   if (lead) std::ofstream(opts.run_dir + "/job.yaml") << spec_yaml;
   run.tty = lead && opts.progress && isatty(STDERR_FILENO);
   auto log = MakeLogger(
