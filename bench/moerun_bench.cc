@@ -11,6 +11,8 @@
 //       A coordinator under N simulated daemons' heartbeats (bench/coordinator_bench.h).
 //   moerun-bench recovery [--trials N] [--faults kill,stop]
 //       Fault -> detected -> next completed step on moerun local (bench/recovery_bench.h).
+//   moerun-bench goodput [--steps N] [--fault-every-s S]
+//       A fault every S s on moerun local: goodput and the final digest (bench/goodput_bench.h).
 //   moerun-bench metrics [--steps S] [--layers L] [--experts E] [--ranks R]
 //       Per-step reports at DeepSeek-V3's shape through the coordinator's store, retention
 //       and Prometheus text (bench/metrics_bench.h).
@@ -42,6 +44,7 @@
 #ifdef MOERUN_BENCH_GPU
 #include "bench/gpu_bench.h"
 #endif
+#include "bench/goodput_bench.h"
 #include "bench/metrics_bench.h"
 #include "bench/mla_bench.h"
 #include "bench/recovery_bench.h"
@@ -351,6 +354,16 @@ int main(int argc, char** argv) {
   rv->add_option("--at-step", rb.at_step)->capture_default_str();
   rv->add_option("--faults", rb.faults, "kill, stop")->delimiter(',');
   rv->callback([&] { rc = moerun::bench::RunRecoveryBench(rb); });
+  moerun::bench::GoodputBenchArgs gb;
+  CLI::App* gp = app.add_subcommand(
+      "goodput", "a fault every S seconds on moerun local: goodput and the final digest");
+  gp->add_option("--job", gb.job)->capture_default_str();
+  gp->add_option("--steps", gb.steps)->capture_default_str()->check(CLI::PositiveNumber);
+  gp->add_option("--fault-every-s", gb.fault_every_s)
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  gp->add_option("--seed", gb.seed)->capture_default_str();
+  gp->callback([&] { rc = moerun::bench::RunGoodputBench(gb); });
   moerun::bench::MetricsBenchArgs mb;
   CLI::App* mt = app.add_subcommand(
       "metrics", "per-step reports at DeepSeek-V3's shape through the coordinator's store");

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -13,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "bench/bench_process.h"
 #include "common/clock.h"
 #include "coordinator/state/coordinator_store.h"
 #include "worker/trainer/trainer.h"
@@ -22,20 +24,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using coordinator::JobPhase;
-
-std::vector<pid_t> Children(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
-  std::vector<pid_t> out;
-  pid_t c;
-  while (in >> c) out.push_back(c);
-  return out;
-}
-
-bool Runs(pid_t pid, const std::string& program) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline");
-  std::string s((std::istreambuf_iterator<char>(in)), {});
-  return s.find(program) != std::string::npos;
-}
 
 double Median(std::vector<double> v) {
   if (v.empty()) return -1;
@@ -49,19 +37,7 @@ nlohmann::json Trial(const RecoveryBenchArgs& a, const std::string& fault, int t
                           std::to_string(trial);
   fs::remove_all(run);
   fs::create_directories(run);
-  const std::string moerun = (fs::read_symlink("/proc/self/exe").parent_path() / "moerun").string();
-  std::fflush(stdout);
-  const pid_t local = fork();
-  if (local == 0) {
-    FILE* out = std::fopen((run + ".log").c_str(), "w");
-    if (out) {
-      dup2(fileno(out), STDOUT_FILENO);
-      dup2(fileno(out), STDERR_FILENO);
-    }
-    execl(moerun.c_str(), moerun.c_str(), "local", a.job.c_str(), "--run-dir", run.c_str(),
-          "--steps", std::to_string(a.steps).c_str(), "--no-progress", nullptr);
-    _exit(127);
-  }
+  const pid_t local = SpawnLocal(a.job, run, a.steps);
   nlohmann::json r = {{"bench", "recovery"}, {"fault", fault}, {"trial", trial}};
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(5);
   pid_t victim = -1;
@@ -94,9 +70,17 @@ nlohmann::json Trial(const RecoveryBenchArgs& a, const std::string& fault, int t
     return r;
   }
   const auto& job = jobs->back();
-  int64_t recovering_ms = -1, running_ms = -1;
+  int64_t recovering_ms = -1, running_ms = -1, redone = -1;
+  bool from_memory = false;
   for (const auto& e : job.events()) {
     if (e.time_ms < fault_ms) continue;
+    // "(1 steps to redo, from memory step 60)", "restoring step 60 from memory ..."
+    if (const size_t at = e.cause.find(" steps to redo"); at != std::string::npos && redone < 0) {
+      size_t begin = at;
+      while (begin > 0 && std::isdigit(static_cast<unsigned char>(e.cause[begin - 1]))) --begin;
+      if (begin < at) redone = std::stoll(e.cause.substr(begin, at - begin));
+    }
+    from_memory = from_memory || e.cause.rfind("restoring step ", 0) == 0;
     if (e.to == JobPhase::kRecovering && recovering_ms < 0) recovering_ms = e.time_ms;
     if (e.to == JobPhase::kRunning && recovering_ms >= 0 && running_ms < 0) running_ms = e.time_ms;
   }
@@ -116,6 +100,8 @@ nlohmann::json Trial(const RecoveryBenchArgs& a, const std::string& fault, int t
   r["rendezvous_ms"] = running_ms >= 0 ? running_ms - recovering_ms : -1;
   r["restore_to_step_ms"] = next_after_running_ms >= 0 ? next_after_running_ms - running_ms : -1;
   r["fault_to_step_ms"] = next_step_ms >= 0 ? next_step_ms - fault_ms : -1;
+  r["steps_redone"] = redone;
+  r["restored_from"] = from_memory ? "memory" : "disk";
   r["run_dir"] = run;
   return r;
 }
@@ -134,7 +120,8 @@ int RunRecoveryBench(const RecoveryBenchArgs& a) {
       const nlohmann::json r = Trial(a, fault, t);
       std::printf("%s\n", r.dump().c_str());
       std::fflush(stdout);
-      for (const char* k : {"detect_ms", "rendezvous_ms", "restore_to_step_ms", "fault_to_step_ms"})
+      for (const char* k :
+           {"detect_ms", "rendezvous_ms", "restore_to_step_ms", "fault_to_step_ms", "steps_redone"})
         if (r.contains(k) && r[k].get<int64_t>() >= 0) figures[k].push_back(r[k].get<double>());
     }
     nlohmann::json summary = {{"bench", "recovery"},

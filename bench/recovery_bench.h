@@ -6,6 +6,8 @@
 //   rendezvous_ms          RECOVERING -> the new generation meets (RUNNING)
 //   restore_to_step_ms     RUNNING -> its first completed step (checkpoint restore included)
 //   fault_to_step_ms       fault -> the first step completed after it
+//   steps_redone           steps trained again (from the RECOVERING event)
+//   restored_from          "memory" (checkpoints in memory) or "disk"
 // One JSON line per trial, then one with the medians per fault.
 #pragma once
 

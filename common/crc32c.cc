@@ -1,6 +1,11 @@
 #include "common/crc32c.h"
 
 #include <array>
+#include <cstring>
+
+#if defined(__x86_64__)
+#include <nmmintrin.h>
+#endif
 
 namespace moerun {
 namespace {
@@ -23,7 +28,42 @@ constexpr Tables kTables;
 
 }  // namespace
 
+#if defined(__x86_64__)
+// SSE4.2's crc32 instruction computes the same CRC-32C, eight bytes per instruction.
+__attribute__((target("sse4.2"))) uint32_t Crc32cSse42(const void* data, std::size_t n,
+                                                       uint32_t crc) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  uint64_t c = ~crc;
+  while (n >= 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    c = _mm_crc32_u64(c, v);
+    p += 8;
+    n -= 8;
+  }
+  auto c32 = uint32_t(c);
+  while (n-- > 0) c32 = _mm_crc32_u8(c32, *p++);
+  return ~c32;
+}
+#endif
+
+bool Crc32cHardware() {
+#if defined(__x86_64__)
+  static const bool has = __builtin_cpu_supports("sse4.2");
+  return has;
+#else
+  return false;
+#endif
+}
+
 uint32_t Crc32c(const void* data, std::size_t n, uint32_t crc) {
+#if defined(__x86_64__)
+  if (Crc32cHardware()) return Crc32cSse42(data, n, crc);
+#endif
+  return Crc32cPortable(data, n, crc);
+}
+
+uint32_t Crc32cPortable(const void* data, std::size_t n, uint32_t crc) {
   const auto* p = static_cast<const uint8_t*>(data);
   const auto& t = kTables.t;
   crc = ~crc;

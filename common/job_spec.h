@@ -138,6 +138,9 @@ struct CheckpointSpec {
   int64_t keep = 3;              // committed steps retained
   bool async = true;             // write from a host copy on a background thread
   std::string dir;               // empty: <run dir>/checkpoints
+  // Every this many steps each rank of a daemon-started job also snapshots its state into
+  // memory on its host (tmpfs); 0 disables (worker/checkpoint/memory_snapshots.h).
+  int64_t memory_interval_steps = 1;
   bool operator==(const CheckpointSpec&) const = default;
 };
 

@@ -36,5 +36,7 @@ inline constexpr int kDataPlaneSocketBufferBytes = 4 << 20;  // SO_SNDBUF / SO_R
 inline constexpr std::size_t kCublasLtWorkspaceBytes = std::size_t(32) << 20;
 // Held-out windows per evaluation during training (the first ones, the same every time).
 inline constexpr int64_t kEvalMaxWindows = 32;
+// A daemon reports each trainer's newest this-many flight-recorder entries on a hang.
+inline constexpr std::size_t kFlightEntriesReported = 16;
 
 }  // namespace moerun

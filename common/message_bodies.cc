@@ -212,6 +212,16 @@ Result<StepReportBody> StepReportBody::FromJson(const nlohmann::json& body) {
   b.bubble_s = r.Number("bubble_s", 0.0);
   if (body.is_object() && body.contains("val_loss") && body["val_loss"].is_number())
     b.val_loss = body["val_loss"].get<double>();
+  if (body.is_object() && body.contains("memory_steps")) {
+    const nlohmann::json& m = body["memory_steps"];
+    if (!m.is_array() || m.size() != 2 || !m[0].is_number_integer() || !m[1].is_number_integer() ||
+        m[0].get<int64_t>() < 0 || m[1].get<int64_t>() < m[0].get<int64_t>()) {
+      r.Fail("memory_steps", "must be [oldest, newest] steps");
+    } else {
+      b.memory_oldest = m[0].get<int64_t>();
+      b.memory_newest = m[1].get<int64_t>();
+    }
+  }
   if (r.status().ok() && body.contains("expert_load")) {
     const nlohmann::json& load = body["expert_load"];
     if (!load.is_object()) r.Fail("expert_load", "must be an object of layer: counts");
@@ -307,6 +317,7 @@ Result<StartTrainersBody> StartTrainersBody::FromJson(const nlohmann::json& body
   b.restore_step = r.Int("restore_step", -1, -1, kInt64Max);
   b.data_plane_timeout_ms = r.Int("data_plane_timeout_ms", 0, 0, kInt64Max);
   b.steps = r.Int("steps", 0, 0, kInt64Max);
+  b.restore_from_memory = r.Bool("restore_from_memory", false);
   return r.Finish(std::move(b));
 }
 

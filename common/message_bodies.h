@@ -108,6 +108,8 @@ struct StepReportBody {
   int64_t step = 0;
   double compute_s = 0, data_wait_s = 0, bubble_s = 0;
   std::optional<double> val_loss;
+  // The oldest and newest memory snapshot the rank holds on its host (0, 0: none).
+  int64_t memory_oldest = 0, memory_newest = 0;
   // Tokens per expert by MoE layer name (rank 0's report only), names [A-Za-z0-9._-]{1,16}.
   std::map<std::string, std::vector<int64_t>> expert_load;
   nlohmann::json scalars;  // the report as sent, without expert_load: what is stored
@@ -162,6 +164,7 @@ struct StartTrainersBody {
   int64_t restore_step = -1;          // > 0: restore exactly this committed step
   int64_t data_plane_timeout_ms = 0;  // 0: the trainer's default
   int64_t steps = 0;                  // > 0: replaces train.steps
+  bool restore_from_memory = false;   // restore_step is in the ranks' memory snapshots
   static Result<StartTrainersBody> FromJson(const nlohmann::json& body);
 };
 

@@ -186,6 +186,7 @@ void ReadSpec(SpecMapping& root, JobSpec* spec, DiagnosticSink* sink) {
   ckpt.Int("keep", &spec->checkpoint.keep, kKeep);
   ckpt.Bool("async", &spec->checkpoint.async);
   ckpt.String("dir", &spec->checkpoint.dir);
+  ckpt.Int("memory_interval_steps", &spec->checkpoint.memory_interval_steps, kStepsOptional);
   ckpt.RejectUnknownKeys();
 
   SpecMapping ft = root.Child("fault_tolerance");

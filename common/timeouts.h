@@ -12,7 +12,11 @@ namespace moerun {
 // DEALER sockets reconnect to a coordinator that went away: first after this long, then
 // doubling up to the maximum (libzmq's own backoff).
 inline constexpr int kControlReconnectMs = 100;
-inline constexpr int kControlReconnectMaxMs = 500;
+inline constexpr int kControlReconnectMaxMs = 200;
+// A connect attempt that fails within this long was refused (a reset or an unreachable
+// answer): nothing listens at the coordinator's address, and a daemon's lease waits. One that
+// hangs longer is a silent network and proves nothing (common/connection_monitor.h).
+inline constexpr int64_t kConnectRefusedWithinMs = 1000;
 // Messages a DEALER queues while its coordinator is unreachable; beyond that they are dropped
 // (heartbeats and step reports are superseded by the next one anyway).
 inline constexpr int kControlSendQueueMessages = 1000;
@@ -33,6 +37,9 @@ inline constexpr int64_t kJobStartTimeoutMs = 180000;
 inline constexpr int64_t kStartTrainersResendMs = 5000;
 // A log request forwarded to a daemon is answered with an error after this long.
 inline constexpr int64_t kForwardedRequestTimeoutMs = 5000;
+// A hang's flight recorders: the coordinator waits this long for the daemons' answers before
+// writing the diagnosis with what it has.
+inline constexpr int64_t kFlightCollectTimeoutMs = 2000;
 // Log bytes per `moerun logs` answer.
 // Stopping trainers: a cancelled job's trainers get kCancelGraceMs after SIGTERM to finish
 // their step and write a checkpoint before SIGKILL; a failed generation's get none (its
@@ -57,6 +64,9 @@ inline constexpr int kZapPollMs = 50;
 // A trainer asked to stop gets this long after SIGTERM before SIGKILL (at most; a fence gives
 // kFenceGraceMs).
 inline constexpr int64_t kTrainerStopGraceMs = 5000;
+// A trainer started by a daemon beats into its BeatFile this often (common/beat_file.h) and
+// reads its daemon's beat as often.
+inline constexpr int64_t kTrainerBeatMs = 100;
 // A daemon shutting down, or dropping a job it no longer runs, gives its trainers this long.
 inline constexpr int64_t kShutdownGraceMs = 1000;
 // `moerun local`: the coordinator must write its endpoint within the first; a child asked to
@@ -68,6 +78,10 @@ inline constexpr int64_t kChildStopTimeoutMs = 15000;
 inline constexpr int64_t kLocalPollMs = 500;
 inline constexpr int64_t kLocalPollTimeoutMs = 1000;
 inline constexpr int64_t kLocalGiveUpMs = 60000;
+// `moerun local` kills and relaunches a daemon whose process lives but which the coordinator
+// has counted dead this long (frozen, deadlocked, cut off), as it relaunches one that died.
+// Longer than a heartbeat timeout, so a daemon that is only slow gets the chance to come back.
+inline constexpr int64_t kLocalSilentDaemonMs = 10000;
 
 // A parent waiting for a child process to start or stop checks this often.
 inline constexpr int64_t kChildPollMs = 10;

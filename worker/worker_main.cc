@@ -53,6 +53,9 @@ int main(int argc, char** argv) {
                  "address this host's trainers bind their data plane on (reachable by peers)")
       ->capture_default_str();
   app.add_option("--trainer", o.trainer_program, "the moerun binary [next to this one]");
+  app.add_option("--memory-dir", o.memory_dir,
+                 "where trainers keep memory snapshots: on tmpfs, outliving them "
+                 "[/dev/shm/moerun-<hash of the state dir>]");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -71,6 +74,12 @@ int main(int argc, char** argv) {
   }
   o.state_dir = fs::absolute(o.state_dir).lexically_normal().string();
   o.keys_dir = fs::absolute(o.keys_dir).lexically_normal().string();
+  if (o.memory_dir.empty()) {
+    // One per state dir: two daemons on a host never share it, a relaunched one finds it.
+    char hash[17];
+    std::snprintf(hash, sizeof hash, "%016zx", std::hash<std::string>{}(o.state_dir));
+    o.memory_dir = std::string("/dev/shm/moerun-") + hash;
+  }
   std::shared_ptr<spdlog::sinks::basic_file_sink_mt> file_sink;
   try {
     file_sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(o.state_dir + "/worker.log");

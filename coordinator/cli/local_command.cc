@@ -6,7 +6,9 @@
 //   <run dir>/control/keys/          the client keys the CLI, daemons and trainers share
 //   <run dir>/control/worker-I/      daemon I's state dir (trainer logs)
 // The job resumes from checkpoints already in the run dir, so running it again continues (or
-// finds complete) the previous run. Ctrl-C cancels the job and stops everything.
+// finds complete) the previous run. Ctrl-C cancels the job and stops everything. A coordinator
+// or daemon that dies is relaunched; so is a daemon whose process lives while the coordinator
+// has counted it dead for kLocalSilentDaemonMs (frozen, deadlocked).
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -17,6 +19,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -74,7 +77,9 @@ struct Child {
   std::string log;
   pid_t pid = -1;
   int relaunches = 0;
-  int fatal_exit = 0;  // it exited with a code no relaunch can fix (an unwritable state dir)
+  int fatal_exit = 0;       // it exited with a code no relaunch can fix (an unwritable state dir)
+  std::string worker_id{};  // a daemon's --id
+  std::optional<SteadyClock::time_point> dead_since{};  // the coordinator counts it dead
 
   void Launch() { pid = SpawnChild(args, log); }
   // Relaunches a dead child; returns false while it is alive.
@@ -95,8 +100,32 @@ struct Child {
                      ? ("was killed by signal " + std::to_string(WTERMSIG(status))).c_str()
                      : ("exited with code " + std::to_string(WEXITSTATUS(status))).c_str());
     ++relaunches;
+    dead_since.reset();
     Launch();
     return true;
+  }
+  // A daemon whose process lives while the coordinator has counted it dead (its `workers`
+  // entry in a status reply) for kLocalSilentDaemonMs is killed; ReviveIfDead relaunches it.
+  void KillIfSilent(const nlohmann::json& workers) {
+    bool dead = false;
+    for (const auto& w : workers) {
+      // A relaunched daemon is its old self's record until it registers: judged by its pid.
+      if (w.value("worker", "") == worker_id && w.value("pid", int64_t(0)) == int64_t(pid))
+        dead = !w.value("alive", true);
+    }
+    if (!dead || pid <= 0) {
+      dead_since.reset();
+      return;
+    }
+    const auto now = SteadyClock::now();
+    if (!dead_since) dead_since = now;
+    if (now - *dead_since < std::chrono::milliseconds(kLocalSilentDaemonMs)) return;
+    std::fprintf(stderr,
+                 "\nmoerun local: %s (pid %d) runs but the coordinator has counted it dead for "
+                 "%lld s (frozen or cut off); killing it\n",
+                 name.c_str(), pid, (long long)(kLocalSilentDaemonMs / 1000));
+    kill(pid, SIGKILL);  // its trainers go with it (they die with their daemon)
+    dead_since.reset();
   }
 };
 
@@ -213,6 +242,7 @@ int RunLocal(const LocalArgs& a) {
                         keys_dir, "--state-dir", control + "/worker-" + n, "--id", "local-" + n,
                         "--devices", std::to_string(slots), "--data-host", "127.0.0.1"},
                        control + "/worker-" + n + ".out"});
+    daemons.back().worker_id = "local-" + n;
     daemons.back().Launch();
   }
   std::string http_url;
@@ -295,6 +325,11 @@ int RunLocal(const LocalArgs& a) {
     }
     last_answer = SteadyClock::now();
     detail = reply.value();
+    auto cluster =
+        client.value()->Request(MessageType::kQuery, "", {{"what", "status"}}, kLocalPollTimeoutMs);
+    if (cluster.ok() && cluster->contains("workers")) {
+      for (auto& d : daemons) d.KillIfSilent((*cluster)["workers"]);
+    }
     const std::string now_phase = detail.value("phase", "");
     if (now_phase != phase) {
       if (tty && !phase.empty()) std::fprintf(stderr, "\n");

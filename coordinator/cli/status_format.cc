@@ -169,6 +169,9 @@ std::string FormatJob(const nlohmann::json& j, int64_t now_ms, bool color) {
       (j.value("committed_step", 0) > 0
            ? "step " + std::to_string(j.value("committed_step", 0)) + " committed"
            : std::string("none committed yet")) +
+      (j.value("memory_step", 0) > 0
+           ? "; in memory on every rank's host: step " + std::to_string(j.value("memory_step", 0))
+           : std::string()) +
       "\n" + "progress   " +
       ProgressBar(j.value("step", int64_t(0)), j.value("total_steps", int64_t(0)), 30) + "  " +
       FormatProgress(j) + "\n";

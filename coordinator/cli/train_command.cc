@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +16,7 @@
 #include "coordinator/cli/commands.h"
 #include "coordinator/cli/run_dir.h"
 #include "kernels/cpu/op_profile.h"
+#include "worker/trainer/daemon_watch.h"
 #include "worker/trainer/gpu_stage.h"
 #include "worker/trainer/trainer.h"
 
@@ -32,6 +34,9 @@ struct TrainArgs {
   // Set by a worker daemon: the job generation this trainer belongs to.
   trainer::ControlChannelOptions control;
   std::string spec_dir;
+  // Set by a worker daemon: the beat file shared with it and how stale its beat may get.
+  std::string daemon_beat;
+  int64_t daemon_lease_ms = 0;
 };
 
 std::vector<std::string> SplitCommas(const std::string& s) {
@@ -90,6 +95,26 @@ void ReportOpProfile(const std::string& run_dir, int rank) {
   std::printf("%s\n", line.c_str());
 }
 
+// MOERUN_FAULT_STALL=rank=R,step=S[,generation=G]: rank R (of generation G when given, of a
+// daemon-started job) hangs at the start of step S; see TrainOptions::injected_stall_step.
+int64_t InjectedStallStep(int rank, uint64_t generation) {
+  const char* env = std::getenv("MOERUN_FAULT_STALL");
+  if (env == nullptr) return 0;
+  int64_t want_rank = -1, step = 0, want_generation = 0;
+  for (const std::string& part : SplitCommas(env)) {
+    const size_t eq = part.find('=');
+    if (eq == std::string::npos) continue;
+    const std::string key = part.substr(0, eq);
+    const int64_t value = std::atoll(part.c_str() + eq + 1);
+    if (key == "rank") want_rank = value;
+    if (key == "step") step = value;
+    if (key == "generation") want_generation = value;
+  }
+  if (want_rank != rank || (want_generation > 0 && uint64_t(want_generation) != generation))
+    return 0;
+  return step;
+}
+
 int RunTrain(TrainArgs& a) {
   LoadedJobSpec loaded = LoadJobSpecFile(a.file, a.spec_dir);
   // Before any output: the GPU trainer reports on the spec itself.
@@ -107,6 +132,7 @@ int RunTrain(TrainArgs& a) {
   std::stringstream text;
   text << in.rdbuf();
   a.opts.progress = !a.no_progress;
+  a.opts.injected_stall_step = InjectedStallStep(a.opts.rank, a.control.generation);
   std::unique_ptr<trainer::ControlChannel> channel;
   if (!a.control.address.empty()) {
     if (a.control.job_id.empty() || a.control.generation == 0 || a.control.keys_dir.empty()) {
@@ -128,6 +154,15 @@ int RunTrain(TrainArgs& a) {
       std::fprintf(stderr, "moerun train: --rank/--world/--endpoints do not fit together\n");
       return kExitInvalidConfig;
     }
+  }
+  std::unique_ptr<trainer::DaemonWatch> watch;
+  if (!a.daemon_beat.empty()) {
+    auto w = trainer::DaemonWatch::Start(a.daemon_beat, a.daemon_lease_ms);
+    if (!w.ok()) {
+      std::fprintf(stderr, "moerun train: %s\n", w.status().message().c_str());
+      return kExitFailure;
+    }
+    watch = std::move(w.value());
   }
   int code = kExitFailure;
   kernels::cpu::SetOpProfiling(a.profile_ops);
@@ -187,6 +222,16 @@ void AddTrainCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--data-host", a->opts.data_host, "bind the data plane here")->group("");
   cmd->add_option("--spec-dir", a->spec_dir, "resolve relative data paths here")->group("");
   cmd->add_option("--restore-step", a->opts.restore_step, "restore exactly this step")->group("");
+  cmd->add_option("--daemon-beat", a->daemon_beat, "beat file shared with the daemon")->group("");
+  cmd->add_option("--memory-dir", a->opts.memory_dir, "memory snapshots here (tmpfs)")->group("");
+  cmd->add_flag("--restore-from-memory", a->opts.restore_from_memory,
+                "read --restore-step from --memory-dir")
+      ->group("");
+  cmd->add_option("--flight-recorder", a->opts.flight_recorder,
+                  "record data-plane calls in this file")
+      ->group("");
+  cmd->add_option("--daemon-lease-ms", a->daemon_lease_ms, "fence after the daemon is silent")
+      ->group("");
   cmd->callback([a, exit_code] { *exit_code = RunTrain(*a); });
 }
 

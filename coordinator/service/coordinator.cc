@@ -314,7 +314,18 @@ void Coordinator::OnRankExit(JobRun& job, int rank, int exit_code, int signal,
   ++activity_[r.worker].trainer_failures;
   const WorkerInfo* w = workers_.Find(r.worker);
   std::string cause = "rank " + std::to_string(rank) + " " + r.exit_text;
-  if (signal == 0 && exit_code == kExitBadCheckpoint && job.restore_step > 0) {
+  if (signal == 0 && exit_code == kExitBadCheckpoint && job.restore_from_memory) {
+    // A memory snapshot missing or damaged: the next generation restores from disk.
+    auto left = store_->CommittedSteps(job.state.job_id());
+    const int64_t disk = left.ok() && !left->empty() ? left->back() : 0;
+    cause += ": the memory snapshot of step " + std::to_string(job.restore_step) +
+             " is unusable; falling back to " +
+             (disk > 0 ? "step " + std::to_string(disk) : "the start") + " on disk (" +
+             std::to_string(job.restore_step - disk) + " more steps to redo)";
+    job.lost_steps += job.restore_step - disk;
+    job.memory_step = 0;
+    job.restore_from_memory = false;
+  } else if (signal == 0 && exit_code == kExitBadCheckpoint && job.restore_step > 0) {
     // Never restore this step again: the next generation falls back to the one before it.
     const int64_t bad = job.restore_step;
     (void)store_->DeleteManifest(job.state.job_id(), bad);
@@ -326,6 +337,9 @@ void Coordinator::OnRankExit(JobRun& job, int rank, int exit_code, int signal,
              (fallback > 0 ? "step " + std::to_string(fallback) : "the start") + " (" +
              std::to_string(bad - fallback) + " more steps to redo)";
   }
+  // A rank whose data plane timed out waited for a peer: the flight recorders say which.
+  if (r.exit_text.find("TimedOut: data plane") != std::string::npos && !job.table.empty())
+    CollectFlightRecords(job);
   bool non_retryable = signal == 0 && IsNonRetryableExit(exit_code);
   if (signal == 0 && exit_code == kExitBadCheckpoint && job.restore_step <= 0) {
     // The trainers chose among the steps on disk themselves and still could not read one: no

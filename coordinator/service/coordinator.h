@@ -111,6 +111,10 @@ class Coordinator {
   void Schedule();                    // queue heads and due restarts get slots
   bool StartGeneration(JobRun& job);  // places ranks and sends StartTrainers; false: no room
   void SendStart(JobRun& job, const std::string& worker_id);
+  // Checkpoints in memory: restore job.memory_step from the ranks' memory snapshots when
+  // every rank is placed on the host that holds its snapshot, else say why not and restore
+  // from disk (docs/fault-tolerance.md, "Checkpoints in memory").
+  void ChooseMemoryRestore(JobRun& job);
   // No placement for `job` now: remember since when and why, and say so once per new reason
   // (an event, the log; status, the dashboard and Prometheus read it from the job).
   void NoteWaiting(JobRun& job, const PlacementRequest& req);
@@ -127,6 +131,13 @@ class Coordinator {
   // Fails every active job with a rank on the daemon (it died or restarted).
   void FailJobsOn(const std::string& worker_id, const std::string& cause);
   std::map<std::string, int64_t> FreeSlots() const;
+
+  // Hangs (docs/fault-tolerance.md, "Hangs"): the daemons of the job's current generation
+  // are asked for their trainers' flight recorders; the answers (or kFlightCollectTimeoutMs)
+  // become one event naming the rank that did not arrive and where the others wait.
+  void CollectFlightRecords(const JobRun& job);
+  void OnFlightReply(const Envelope& e, const std::string& request_id);
+  void FinishFlightCollections(bool only_complete);
 
   void Persist(JobRun& job, bool sync = true);
   bool SendTo(const std::string& peer, MessageType type, const std::string& job_id,
@@ -159,6 +170,16 @@ class Coordinator {
     int64_t deadline_ms = 0;
   };
   std::map<std::string, Forwarded> forwarded_;  // request id -> the client waiting
+  struct FlightCollection {
+    std::string job_id;
+    uint64_t generation = 0;
+    int world = 0;
+    int64_t deadline_ms = 0;
+    std::set<std::string> pending;  // workers yet to answer
+    nlohmann::json ranks = nlohmann::json::object();
+    std::vector<std::string> problems;
+  };
+  std::map<std::string, FlightCollection> flights_;  // "flight/<job>/<generation>" -> answers
   uint64_t next_request_ = 1;
 };
 

@@ -137,6 +137,7 @@ nlohmann::json Coordinator::JobSummary(const JobRun& job) const {
                       {"restarts", job.state.restarts()},
                       {"lost_steps", job.lost_steps},
                       {"committed_step", job.committed_step},
+                      {"memory_step", job.MemoryCommitted()},
                       {"world", job.world()},
                       {"step", step},
                       {"total_steps", job.total_steps()},
@@ -216,6 +217,7 @@ nlohmann::json Coordinator::WorkerTable() const {
     auto a = activity_.find(w.id);
     out.push_back({{"worker", w.id},
                    {"host", w.host},
+                   {"pid", w.pid},
                    {"backend", w.backend},
                    {"devices", w.devices},
                    {"used", used[w.id]},
@@ -378,6 +380,10 @@ void Coordinator::ForwardLogRequest(const std::string& peer, const QueryBody& q)
 void Coordinator::OnForwardedReply(const Envelope& e) {
   BodyReader r(e.body, ToString(e.type));
   const std::string request_id = r.String("request_id", "");
+  if (request_id.rfind("flight/", 0) == 0) {
+    OnFlightReply(e, request_id);
+    return;
+  }
   auto it = forwarded_.find(request_id);
   if (it == forwarded_.end()) {
     ++counters_.stale;  // answered after its deadline

@@ -103,6 +103,7 @@ bool Coordinator::StartGeneration(JobRun& job) {
   job.shards_written.clear();
   auto committed = store_->CommittedSteps(job.state.job_id());
   job.restore_step = committed.ok() && !committed->empty() ? committed->back() : -1;
+  ChooseMemoryRestore(job);
   if (job.state.generation() > 1 && job.restore_step >= 0) {
     // The steps after the checkpoint will be reported again: their old reports go, so curves
     // show the run that counts, and the progress and held-out loss step back with it.
@@ -124,6 +125,39 @@ bool Coordinator::StartGeneration(JobRun& job) {
                job.state.generation(), placement->size(), fmt::join(workers, ", "));
   for (const auto& w : workers) SendStart(job, w);
   return true;
+}
+
+void Coordinator::ChooseMemoryRestore(JobRun& job) {
+  job.restore_from_memory = false;
+  const int64_t disk = std::max<int64_t>(job.restore_step, 0);
+  if (job.memory_step <= disk) {
+    job.memory_step = 0;  // the disk checkpoint is as new
+    return;
+  }
+  // A rank's snapshot is on the host that ran it: usable only if it runs there again.
+  std::string moved;
+  for (size_t r = 0; r < job.ranks.size() && moved.empty(); ++r) {
+    const std::string was = r < job.memory_workers.size() ? job.memory_workers[r] : "";
+    if (job.ranks[r].worker != was) {
+      moved = "rank " + std::to_string(r) + " moved from " + (was.empty() ? "?" : was) + " to " +
+              job.ranks[r].worker;
+    }
+  }
+  const std::string on_disk = disk > 0 ? "step " + std::to_string(disk) : "the start";
+  if (moved.empty()) {
+    job.state.Note(clock_->NowMs(),
+                   "restoring step " + std::to_string(job.memory_step) +
+                       " from memory on the ranks' hosts (newest on disk: " + on_disk + ")");
+    job.restore_step = job.memory_step;
+    job.restore_from_memory = true;
+    return;
+  }
+  job.lost_steps += job.memory_step - disk;
+  job.state.Note(clock_->NowMs(), "memory snapshots of step " + std::to_string(job.memory_step) +
+                                      " cannot be used (" + moved + "): restoring " + on_disk +
+                                      " from disk (" + std::to_string(job.memory_step - disk) +
+                                      " more steps to redo)");
+  job.memory_step = 0;
 }
 
 void Coordinator::NoteWaiting(JobRun& job, const PlacementRequest& req) {
@@ -168,6 +202,7 @@ void Coordinator::SendStart(JobRun& job, const std::string& worker_id) {
           {"resume", job.resume || job.state.generation() > 1},
           {"steps", job.steps_override},
           {"restore_step", job.restore_step},
+          {"restore_from_memory", job.restore_from_memory},
           {"data_plane_timeout_ms", job.spec.fault_tolerance.progress_timeout_ms}});
 }
 
@@ -193,10 +228,20 @@ void Coordinator::FailJob(JobRun& job, const std::string& cause, int rank, const
   // counted again.)
   int64_t reached = 0;
   for (const auto& r : job.ranks) reached = std::max(reached, r.step);
-  const int64_t lost = reached > 0 ? std::max<int64_t>(0, reached - job.committed_step) : 0;
-  Status s = job.state.Fail(
-      now, lost > 0 ? cause + " (" + std::to_string(lost) + " steps to redo)" : cause, rank, host,
-      non_retryable);
+  // Memory snapshots every rank holds, newer than the disk commit, are what the next
+  // generation restores if its ranks stay on their hosts (ChooseMemoryRestore).
+  if (const int64_t in_memory = job.MemoryCommitted(); in_memory > job.committed_step) {
+    job.memory_step = in_memory;
+    job.memory_workers.clear();
+    for (const auto& r : job.ranks) job.memory_workers.push_back(r.worker);
+  }
+  const bool memory = job.memory_step > job.committed_step;
+  const int64_t restart_at = memory ? job.memory_step : job.committed_step;
+  const int64_t lost = reached > 0 ? std::max<int64_t>(0, reached - restart_at) : 0;
+  const std::string redo = std::to_string(lost) + " steps to redo" +
+                           (memory ? ", from memory step " + std::to_string(job.memory_step) : "");
+  Status s = job.state.Fail(now, lost > 0 || memory ? cause + " (" + redo + ")" : cause, rank, host,
+                            non_retryable);
   if (!s.ok()) {
     spdlog::warn("{}", s.message());
     return;
@@ -253,6 +298,7 @@ void Coordinator::Tick() {
     const int64_t progress_timeout = job.spec.fault_tolerance.progress_timeout_ms;
     if (job.state.phase() == JobPhase::kRunning && progress_timeout > 0 &&
         now - job.last_progress_ms > progress_timeout) {
+      CollectFlightRecords(job);
       FailJob(job,
               "no rank finished a step for " + std::to_string(progress_timeout) +
                   " ms (a hung trainer or a stuck collective)",
@@ -266,6 +312,7 @@ void Coordinator::Tick() {
               -1, "", false);
     }
   }
+  FinishFlightCollections(false);
   for (auto it = forwarded_.begin(); it != forwarded_.end();) {
     if (now > it->second.deadline_ms) {
       ReplyError(it->second.client, "the worker holding that log did not answer within " +

@@ -183,6 +183,8 @@ void Coordinator::OnStepReport(JobRun& job, const StepReportBody& body) {
   if (rank == 0) load = body.expert_load;
   RankRun& rr = job.ranks[size_t(rank)];
   rr.step = step;
+  rr.memory_oldest = body.memory_oldest;
+  rr.memory_newest = body.memory_newest;
   rr.compute_s = body.compute_s;
   rr.data_wait_s = body.data_wait_s;
   rr.bubble_s = body.bubble_s;

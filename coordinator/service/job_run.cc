@@ -1,6 +1,22 @@
 #include "coordinator/service/job_run.h"
 
+#include <algorithm>
+
 namespace moerun::coordinator {
+
+int64_t JobRun::MemoryCommitted() const {
+  // Each rank keeps its newest few snapshots; the step all of them hold is the oldest newest,
+  // provided it is newer than every rank's oldest (the next write recycles the oldest, and a
+  // rank's report lags its writes by up to one).
+  if (ranks.empty()) return 0;
+  int64_t newest = INT64_MAX, oldest = 0;
+  for (const auto& r : ranks) {
+    if (r.memory_newest <= 0) return 0;
+    newest = std::min(newest, r.memory_newest);
+    oldest = std::max(oldest, r.memory_oldest);
+  }
+  return newest > oldest ? newest : 0;
+}
 
 nlohmann::json JobRun::ToRecord() const {
   nlohmann::json ranks_j = nlohmann::json::array();
@@ -24,6 +40,7 @@ nlohmann::json JobRun::ToRecord() const {
           {"started_generation", started_generation},
           {"nccl_unique_id", nccl_unique_id},
           {"restore_step", restore_step},
+          {"restore_from_memory", restore_from_memory},
           {"committed_step", committed_step},
           {"lost_steps", lost_steps},
           {"generation_started_ms", generation_started_ms},
@@ -60,6 +77,7 @@ Status JobRun::FromRecord(const nlohmann::json& j) {
     started_generation = j.at("started_generation").get<uint64_t>();
     nccl_unique_id = j.at("nccl_unique_id").get<std::string>();
     restore_step = j.at("restore_step").get<int64_t>();
+    restore_from_memory = j.value("restore_from_memory", false);  // absent before memory
     committed_step = j.at("committed_step").get<int64_t>();
     lost_steps = j.at("lost_steps").get<int64_t>();
     generation_started_ms = j.at("generation_started_ms").get<int64_t>();

@@ -33,6 +33,8 @@ struct RankRun {
   // That step's wall time split, seconds (volatile): compute, data-plane wait (collectives
   // and sends) and pipeline bubble (waiting on a neighbouring stage).
   double compute_s = 0, data_wait_s = 0, bubble_s = 0;
+  // The memory snapshots it holds on its host, oldest and newest step (volatile; 0: none).
+  int64_t memory_oldest = 0, memory_newest = 0;
 };
 
 struct JobRun {
@@ -58,6 +60,12 @@ struct JobRun {
   int64_t restore_step = -1;
   int64_t committed_step = 0;
   int64_t lost_steps = 0;  // steps trained and then redone after restarts, in all
+  // Checkpoints in memory: the newest step every rank of the failed generation held in memory
+  // on its host, and those hosts by rank (volatile: a restarted coordinator restores from
+  // disk); whether this generation restores restore_step from memory (stored).
+  int64_t memory_step = 0;
+  std::vector<std::string> memory_workers;
+  bool restore_from_memory = false;
   int64_t generation_started_ms = 0;
   // Rank 0's latest step report. Durable as the newest metric/<id>/<step> record, which a
   // restarted coordinator reads back; the run record's copy is only as new as its last write.
@@ -86,6 +94,8 @@ struct JobRun {
   int64_t world() const { return spec.parallel.world_size(); }
   int64_t total_steps() const { return steps_override > 0 ? steps_override : spec.train.steps; }
   bool placed() const { return !ranks.empty(); }
+  // The newest step every rank now holds in memory (from their step reports); 0: none.
+  int64_t MemoryCommitted() const;
 
   nlohmann::json ToRecord() const;  // the run/<id> document
   // Restores the durable part; state, spec and spec_yaml are set by the caller.

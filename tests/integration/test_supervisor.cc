@@ -1,15 +1,23 @@
 // The daemon's trainer supervision with real child processes: exit codes and signals are
 // reported, a trainer that ignores SIGTERM is killed after the grace period, fencing stops
 // only the old generation, and a frozen (SIGSTOPped) trainer is killed after the frozen
-// timeout while one that runs again in time is left alone.
+// timeout while one that runs again in time is left alone. Beat files: the daemon beats into
+// each, a trainer whose beat went stale is killed as hung, and a trainer whose daemon stopped
+// beating fences itself (worker/trainer/daemon_watch.h).
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <thread>
 
+#include "common/exit_codes.h"
+#include "tests/temp_path.h"
 #include "worker/daemon/trainer_supervisor.h"
+#include "worker/trainer/daemon_watch.h"
 
 using moerun::worker::TrainerExit;
 using moerun::worker::TrainerLaunch;
@@ -19,7 +27,7 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 TrainerLaunch Shell(const std::string& job, uint64_t gen, int rank, const std::string& script) {
-  return {job, gen, rank, {"/bin/sh", "-c", script}, ""};
+  return {job, gen, rank, {"/bin/sh", "-c", script}, "", ""};
 }
 
 void PollUntil(TrainerSupervisor& s, const std::function<bool()>& done) {
@@ -104,4 +112,62 @@ TEST_CASE("a trainer frozen past the frozen timeout is killed, and its exit says
   CHECK(exits[0].Describe().find("killed by its daemon") != std::string::npos);
   CHECK(secs >= 0.3);
   CHECK(s.Running() == 1);  // the one that ran again in time
+}
+
+TEST_CASE("beat files: the daemon beats, a stale trainer beat is a hung trainer") {
+  const std::string dir = moerun::testing::FreshTempPath("supervisor", "beats", true);
+  std::vector<TrainerExit> exits;
+  TrainerSupervisor s([&](const TrainerExit& e) { exits.push_back(e); });
+  s.set_frozen_timeout_ms(300);
+  TrainerLaunch quiet = Shell("j", 1, 0, "sleep 100");  // never beats: not judged by beats
+  quiet.beat_path = dir + "/quiet";
+  TrainerLaunch hung = Shell("j", 1, 1, "sleep 100");
+  hung.beat_path = dir + "/hung";
+  REQUIRE(s.Start(quiet).ok());
+  REQUIRE(s.Start(hung).ok());
+  auto beat = moerun::BeatFile::Open(hung.beat_path);
+  REQUIRE(beat.ok());
+  const int64_t before = beat.value()->daemon_ms();
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  s.Poll();
+  CHECK(beat.value()->daemon_ms() > before);  // the daemon's side beats with every poll
+  beat.value()->BeatTrainer(moerun::BeatFile::NowMs() - 1000);  // its last beat, long ago
+  PollUntil(s, [&] { return !exits.empty(); });
+  REQUIRE(exits.size() == 1);
+  CHECK(exits[0].rank == 1);
+  CHECK(exits[0].Describe().find("hung (no beat for ") == 0);
+  CHECK(s.Running() == 1);
+  beat.value().reset();
+  s.StopJob("j", 100);
+  CHECK_FALSE(std::filesystem::exists(hung.beat_path));  // removed with the trainer
+}
+
+TEST_CASE("beat files: a trainer whose daemon stopped beating fences itself") {
+  const std::string dir = moerun::testing::FreshTempPath("supervisor", "fence", true);
+  const std::string path = dir + "/beat";
+  auto daemon_side = moerun::BeatFile::Create(path, moerun::BeatFile::NowMs(), getpid());
+  REQUIRE(daemon_side.ok());
+  auto missing = moerun::trainer::DaemonWatch::Start(dir + "/none", 200);
+  REQUIRE_FALSE(missing.ok());
+  CHECK(missing.status().message().find(dir + "/none") != std::string::npos);
+  std::fflush(nullptr);
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {  // the trainer: watches, beats, and would sleep far past the lease
+    auto watch = moerun::trainer::DaemonWatch::Start(path, 200);
+    if (!watch.ok()) _exit(99);
+    std::this_thread::sleep_for(std::chrono::seconds(30));
+    _exit(0);
+  }
+  // The daemon beats for a while (the trainer lives on), then stops (frozen).
+  for (int i = 0; i < 30; ++i) {
+    daemon_side.value()->BeatDaemon(moerun::BeatFile::NowMs());
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  int status = 0;
+  CHECK(waitpid(child, &status, WNOHANG) == 0);
+  CHECK(daemon_side.value()->trainer_ms() > 0);  // the trainer's side beats too
+  REQUIRE(waitpid(child, &status, 0) == child);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == moerun::kExitFailure);
 }

@@ -35,6 +35,20 @@ TEST_CASE("CRC32C matches the standard check value") {
   std::string big(1000, 'x');
   CHECK(moerun::Crc32c(big.data() + 10, 990, moerun::Crc32c(big.data(), 10)) ==
         moerun::Crc32c(big.data(), 1000));
+  CHECK(moerun::Crc32cPortable("123456789", 9) == 0xE3069283u);
+}
+
+TEST_CASE("CRC32C: the CPU's instruction and the tables agree at every length and offset") {
+  MESSAGE("crc32 instruction: " << std::string(moerun::Crc32cHardware() ? "yes" : "no"));
+  std::string data(4099, '\0');
+  uint32_t x = 12345;
+  for (char& c : data) c = char((x = x * 1103515245u + 12345u) >> 16);
+  for (size_t offset : {0, 1, 3, 7}) {
+    for (size_t n : {0, 1, 7, 8, 9, 63, 64, 65, 1000, 4092}) {
+      CHECK(moerun::Crc32c(data.data() + offset, n, 77u) ==
+            moerun::Crc32cPortable(data.data() + offset, n, 77u));
+    }
+  }
 }
 
 TEST_CASE("entry encoding round-trips and refuses damage") {

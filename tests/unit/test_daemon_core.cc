@@ -173,6 +173,62 @@ TEST_CASE("daemon core: the lease runs out, every trainer stops once; an answer 
   CHECK_FALSE(f.core.self_fenced());
 }
 
+TEST_CASE("daemon core: the stop says why: an expired lease, a newer generation") {
+  Fixture f;
+  f.Register();
+  f.Started(f.Start("j-1", 1, {0}), 100);
+  auto fence = f.Start("j-1", 2, {0});
+  REQUIRE(fence.stops.size() == 1);
+  CHECK(fence.stops[0].cause == "stopped by its daemon: generation 2 of the job starts here");
+  f.clock.AdvanceMs(1001);
+  auto fenced = f.core.Tick();
+  REQUIRE(fenced.stops.size() == 1);
+  CHECK(fenced.stops[0].cause.find("the lease (heartbeat timeout 1000 ms) expired") !=
+        std::string::npos);
+}
+
+TEST_CASE("daemon core: while the coordinator's address refuses connections the lease waits") {
+  Fixture f;
+  f.Register();
+  f.Started(f.Start("j-1", 1, {0, 1}), 100);
+  // The coordinator dies at once; its address refuses every attempt for 1500 ms.
+  for (int i = 0; i < 15; ++i) {
+    f.clock.AdvanceMs(100);
+    (void)f.core.OnLink({LinkEvent::Kind::kRefused});
+    CHECK(f.core.Tick().stops.empty());
+  }
+  CHECK(f.core.coordinator_away());
+  // Restarted: the connection comes up and a heartbeat goes at once, not an interval later.
+  f.clock.AdvanceMs(50);
+  (void)f.core.Tick();
+  f.clock.AdvanceMs(10);
+  (void)f.core.OnLink({LinkEvent::Kind::kUp});
+  CHECK(CountType(f.core.Tick(), MessageType::kHeartbeat) == 1);
+  (void)f.Feed(MessageType::kReply, {{"acked", json::array()}});
+  CHECK_FALSE(f.core.coordinator_away());
+  CHECK_FALSE(f.core.self_fenced());
+
+  // Refusals stretch the lease by one more timeout at most: a network that answers with
+  // resets while the coordinator lives cannot keep trainers beside their replacements.
+  for (int i = 0; i < 25; ++i) {
+    f.clock.AdvanceMs(100);
+    (void)f.core.OnLink({LinkEvent::Kind::kRefused});
+    const auto tick = f.core.Tick();
+    CHECK(tick.stops.empty() == (i != 20));  // fenced once, 2000 ms after the answer
+  }
+  CHECK(f.core.self_fenced());
+}
+
+TEST_CASE("daemon core: a refused key is said once per run of refusals") {
+  Fixture f;
+  CHECK(f.core.OnLink({LinkEvent::Kind::kAuthFailed, 400}).warnings.size() == 1);
+  CHECK(f.core.OnLink({LinkEvent::Kind::kAuthFailed, 400}).warnings.empty());
+  (void)f.core.OnLink({LinkEvent::Kind::kUp});
+  const auto again = f.core.OnLink({LinkEvent::Kind::kAuthFailed, 400});
+  REQUIRE(again.warnings.size() == 1);
+  CHECK(again.warnings[0].find("authorized_keys") != std::string::npos);
+}
+
 TEST_CASE("daemon core: past the lease nothing new starts, and heartbeats show only real pids") {
   Fixture f;
   f.Register();

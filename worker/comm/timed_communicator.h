@@ -8,6 +8,8 @@
 //                                 gradient, count and norm all-reduces, barriers.
 // Communicators made by Split() add to the same DataPlaneWait, so one object sums a rank's
 // waits over all its groups. Times are seconds of `clock` (monotonic; a FakeClock in tests).
+// With a FlightRecorder (worker/comm/flight_recorder.h), every call is also recorded there
+// under the communicator's name ("world", or the name given to Split) and its own count.
 // Like every Communicator, calls come from one thread at a time; the counters are not atomic.
 #pragma once
 
@@ -17,6 +19,7 @@
 
 #include "common/clock.h"
 #include "worker/comm/communicator.h"
+#include "worker/comm/flight_recorder.h"
 
 namespace moerun::comm {
 
@@ -33,7 +36,9 @@ class TimedCommunicator : public Communicator {
  public:
   // `clock` outlives the communicator and those Split makes.
   TimedCommunicator(std::unique_ptr<Communicator> inner, std::shared_ptr<DataPlaneWait> wait,
-                    const Clock* clock = SystemClock::Default());
+                    const Clock* clock = SystemClock::Default(),
+                    std::shared_ptr<FlightRecorder> recorder = nullptr,
+                    std::string group = "world");
 
   int rank() const override { return inner_->rank(); }
   int size() const override { return inner_->size(); }
@@ -52,9 +57,16 @@ class TimedCommunicator : public Communicator {
   void Abort(const std::string& reason) override { inner_->Abort(reason); }
 
  private:
+  // Runs `call`, adds its time to *into and records it (op, peer, bytes) in the recorder.
+  template <typename Call>
+  Status Run(FlightOp op, int peer, uint64_t bytes, double* into, Call&& call);
+
   std::unique_ptr<Communicator> inner_;
   std::shared_ptr<DataPlaneWait> wait_;
   const Clock* clock_;
+  std::shared_ptr<FlightRecorder> recorder_;  // may be null
+  std::string group_;
+  uint64_t group_seq_ = 0;
 };
 
 }  // namespace moerun::comm

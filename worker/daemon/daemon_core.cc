@@ -97,6 +97,16 @@ DaemonActions DaemonCore::OnEnvelope(const Envelope& e) {
       OnStop(e, &out);
       break;
     case MessageType::kQuery: {
+      if (e.body.is_object() && e.body.value("what", "") == "flight") {
+        BodyReader r(e.body, "Query");
+        const std::string request_id = r.String("request_id", "");
+        if (!SafeJobId(e.job_id) || request_id.empty()) {
+          out.warnings.push_back("dropped a flight recorder request for job '" + e.job_id + "'");
+        } else {
+          out.flights.push_back({e.job_id, e.generation, request_id});
+        }
+        break;
+      }
       auto b = LogRequestBody::FromJson(e.body);
       if (!b.ok()) {
         out.warnings.push_back("dropped a message: " + b.status().message());
@@ -119,6 +129,45 @@ DaemonActions DaemonCore::OnEnvelope(const Envelope& e) {
   return out;
 }
 
+DaemonActions DaemonCore::OnLink(const LinkEvent& e) {
+  DaemonActions out;
+  const int64_t now = clock_->NowMs();
+  switch (e.kind) {
+    case LinkEvent::Kind::kUp:
+      next_beat_ms_ = now;  // at once: the coordinator may be counting this daemon's silence
+      key_refused_ = false;
+      break;
+    case LinkEvent::Kind::kRefused:
+      last_refused_ms_ = now;
+      break;
+    case LinkEvent::Kind::kAuthFailed:
+      if (!key_refused_) {
+        out.warnings.push_back(
+            "the coordinator refused this daemon's key (CURVE status " + std::to_string(e.detail) +
+            "): add client.key from its --keys directory to the coordinator's authorized_keys");
+      }
+      key_refused_ = true;
+      break;
+    case LinkEvent::Kind::kHandshakeFailed:
+      if (!key_refused_) {
+        out.warnings.push_back("the handshake with the coordinator failed (libzmq event value " +
+                               std::to_string(e.detail) +
+                               "): is coordinator.key its current public key?");
+      }
+      key_refused_ = true;
+      break;
+    case LinkEvent::Kind::kDown:
+      break;
+  }
+  return out;
+}
+
+int64_t DaemonCore::LeaseSilenceMs(int64_t now) const {
+  int64_t since = last_answer_ms_;
+  if (last_refused_ms_ > since) since = std::min(last_refused_ms_, last_answer_ms_ + lease_ms_);
+  return now - since;
+}
+
 void DaemonCore::OnAcked(const std::vector<TrainerAck>& acked) {
   for (const TrainerAck& a : acked) {
     auto it = trainers_.find({a.job, a.generation, a.rank});
@@ -138,7 +187,10 @@ void DaemonCore::OnStart(const Envelope& e, DaemonActions* out) {
     return;
   }
   // Fencing: older generations of the job stop before this one starts.
-  out->stops.push_back({e.job_id, e.generation, kFenceGraceMs});
+  out->stops.push_back({e.job_id, e.generation, kFenceGraceMs,
+                        "stopped by its daemon: generation " + std::to_string(e.generation) +
+                            " of the job starts here",
+                        false});
   std::erase_if(started_, [&](const Key& k) {
     return std::get<0>(k) == e.job_id && std::get<1>(k) < e.generation;
   });
@@ -160,7 +212,10 @@ void DaemonCore::OnStop(const Envelope& e, DaemonActions* out) {
   out->notes.push_back("stopping job " + e.job_id + " trainers of generations below " +
                        std::to_string(b->below_generation) + " (grace " + std::to_string(grace) +
                        " ms)");
-  out->stops.push_back({e.job_id, b->below_generation, grace});
+  out->stops.push_back({e.job_id, b->below_generation, grace,
+                        "stopped at the coordinator's request (generations below " +
+                            std::to_string(b->below_generation) + ")",
+                        b->below_generation == UINT64_MAX});
   std::erase_if(pending_, [&](const Pending& p) {
     return p.job_id == e.job_id && p.generation < b->below_generation;
   });
@@ -232,7 +287,8 @@ DaemonActions DaemonCore::Tick() {
   // Past the lease the coordinator counts this daemon dead: nothing new starts here until it
   // answers again.
   const int64_t silent = now - last_answer_ms_;
-  const bool lease_over = lease_ms_ > 0 && silent > lease_ms_;
+  const int64_t lease_silence = LeaseSilenceMs(now);
+  const bool lease_over = lease_ms_ > 0 && lease_silence > lease_ms_;
   if (!lease_over) StartPending(&out);
   if (now >= next_beat_ms_) {
     out.sends.push_back({registered_ ? MessageType::kHeartbeat : MessageType::kRegister, 0, "",
@@ -249,12 +305,15 @@ DaemonActions DaemonCore::Tick() {
   // generation (a shared checkpoint shard has one writer), so they stop here.
   if (lease_over && !self_fenced_ && running() > 0) {
     self_fenced_ = true;
-    out.warnings.push_back("no answer from the coordinator for " + std::to_string(silent) +
-                           " ms (the heartbeat timeout): stopping " + std::to_string(running()) +
-                           " trainer(s), whose generation it has ended");
-    for (const std::string& job : jobs()) out.stops.push_back({job, UINT64_MAX, kFenceGraceMs});
+    const std::string why = "no answer from the coordinator for " + std::to_string(silent) +
+                            " ms: the lease (heartbeat timeout " + std::to_string(lease_ms_) +
+                            " ms) expired";
+    out.warnings.push_back(why + ", stopping " + std::to_string(running()) +
+                           " trainer(s), whose generation the coordinator has ended");
+    for (const std::string& job : jobs())
+      out.stops.push_back({job, UINT64_MAX, kFenceGraceMs, "stopped by its daemon: " + why, false});
   }
-  if (silent <= lease_ms_) self_fenced_ = false;
+  if (lease_silence <= lease_ms_) self_fenced_ = false;
   return out;
 }
 

@@ -13,6 +13,11 @@
 //    declared this daemon dead and restarted its ranks elsewhere, so every trainer here stops
 //    (once; a later answer renews the lease). A coordinator silent for three intervals is
 //    "away": heartbeats go on while the socket reconnects, and the daemon never exits for it.
+//    While connecting to the coordinator is refused outright, nothing listens there and
+//    nothing counts this daemon's silence (a restarted coordinator counts from its own
+//    start), so the lease counts from the latest refusal instead, at most one more timeout:
+//    a coordinator restart shorter than the heartbeat timeout stops no trainer.
+//  - Every stop carries its reason, which becomes the trainer's exit cause.
 // Bodies are read by FromJson (common/message_bodies.h); a malformed one is dropped by name
 // and changes nothing. Not thread-safe: one thread feeds it.
 #pragma once
@@ -26,6 +31,7 @@
 #include <vector>
 
 #include "common/clock.h"
+#include "common/connection_monitor.h"
 #include "common/message_bodies.h"
 #include "common/protocol.h"
 
@@ -37,12 +43,15 @@ struct DaemonIdentity {
   int64_t pid = 0;      // of the daemon process: a new one tells the coordinator it restarted
 };
 
-// What the daemon is to do, in this order: stop, then start, then send, then serve logs.
+// What the daemon is to do, in this order: stop, then start, then send, then serve logs and
+// flight recorders.
 struct DaemonActions {
   struct Stop {
     std::string job_id;
     uint64_t below_generation = 0;  // UINT64_MAX: every generation
     int64_t grace_ms = 0;
+    std::string cause;      // "stopped by its daemon: ...", the trainers' exit cause
+    bool job_over = false;  // the coordinator ended the job here: its memory snapshots go too
   };
   struct Start {
     std::string job_id;
@@ -55,10 +64,17 @@ struct DaemonActions {
     std::string job_id;
     LogRequestBody request;
   };
+  // The coordinator asks for the flight recorders of a generation's trainers here (a hang).
+  struct Flight {
+    std::string job_id;
+    uint64_t generation = 0;
+    std::string request_id;
+  };
   std::vector<Stop> stops;
   std::vector<Start> starts;
   std::vector<Envelope> sends;
   std::vector<Log> logs;
+  std::vector<Flight> flights;
   // Lines for the daemon's log: news ("registered") and warnings ("the coordinator is away").
   std::vector<std::string> notes, warnings;
 };
@@ -81,6 +97,8 @@ class DaemonCore {
 
   // A message from the coordinator.
   DaemonActions OnEnvelope(const Envelope& e);
+  // The connection to the coordinator changed (common/connection_monitor.h).
+  DaemonActions OnLink(const LinkEvent& e);
   // A trainer ended (or could not start: pid 0).
   DaemonActions OnTrainerEnd(const TrainerEnd& end);
   // A Start the daemon carried out: the trainer runs as `pid`.
@@ -128,6 +146,9 @@ class DaemonCore {
   nlohmann::json TrainerJson(const Key& key, const Trainer& t) const;
   bool Stopping(const std::string& job_id, uint64_t below_generation) const;
   int FreeDevice() const;
+  // How long the lease has run: silence since the last answer, or since the latest refused
+  // connection when that came later (by at most one more lease).
+  int64_t LeaseSilenceMs(int64_t now) const;
 
   DaemonIdentity identity_;
   const Clock* clock_;
@@ -140,6 +161,8 @@ class DaemonCore {
   int64_t seq_ = 0;
   int64_t next_beat_ms_ = 0;
   int64_t last_answer_ms_ = 0;
+  int64_t last_refused_ms_ = -1;  // the coordinator's address refused a connection; -1: never
+  bool key_refused_ = false;      // said once per run of refusals of this daemon's key
   bool registered_ = false, away_ = false, self_fenced_ = false;
 };
 

@@ -16,10 +16,10 @@
 namespace moerun::worker {
 
 std::string TrainerExit::Describe() const {
-  if (!cause.empty()) return cause;
-  if (signal != 0)
-    return "killed by signal " + std::to_string(signal) + " (" + strsignal(signal) + ")";
-  return "exited with code " + std::to_string(exit_code);
+  const std::string how =
+      signal != 0 ? "killed by signal " + std::to_string(signal) + " (" + strsignal(signal) + ")"
+                  : "exited with code " + std::to_string(exit_code);
+  return cause.empty() ? how : cause + " (" + how + ")";
 }
 
 TrainerSupervisor::TrainerSupervisor(std::function<void(const TrainerExit&)> on_exit)
@@ -35,11 +35,21 @@ Result<pid_t> TrainerSupervisor::Start(const TrainerLaunch& launch) {
   // outlives its daemon: a daemon that died (SIGKILL included) cannot fence it any more, and
   // its replacement does not know it.
   const std::string log = launch.log_path.empty() ? "/dev/null" : launch.log_path;
+  std::unique_ptr<BeatFile> beat;
+  if (!launch.beat_path.empty()) {
+    auto created = BeatFile::Create(launch.beat_path, BeatFile::NowMs(), getpid());
+    if (!created.ok()) return created.status().WithContext("trainer");
+    beat = std::move(created.value());
+  }
   auto spawned = Spawn({launch.argv[0], launch.argv, log, log, SIGKILL});
-  if (!spawned.ok()) return spawned.status().WithContext("trainer");
+  if (!spawned.ok()) {
+    if (beat) unlink(launch.beat_path.c_str());
+    return spawned.status().WithContext("trainer");
+  }
   const pid_t pid = spawned.value();
   std::lock_guard<std::mutex> lock(mu_);
   children_[pid] = launch;
+  if (beat) beats_[pid] = std::move(beat);
   return pid;
 }
 
@@ -66,11 +76,21 @@ int TrainerSupervisor::Poll() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     const auto now = std::chrono::steady_clock::now();
+    const int64_t now_ms = BeatFile::NowMs();
+    for (auto& [pid, beat] : beats_) beat->BeatDaemon(now_ms);
     if (frozen_timeout_ms_ > 0) {
       for (const auto& [pid, launch] : children_) {
-        if (killed_frozen_.count(pid)) continue;
+        if (cause_.count(pid)) continue;
         if (!Stopped(pid)) {
           stopped_since_.erase(pid);
+          // Running, yet its beat thread has not beaten for the timeout: hung.
+          auto beat = beats_.find(pid);
+          const int64_t last = beat == beats_.end() ? 0 : beat->second->trainer_ms();
+          if (last > 0 && now_ms - last >= frozen_timeout_ms_) {
+            kill(-pid, SIGKILL);
+            cause_[pid] =
+                "hung (no beat for " + std::to_string(now_ms - last) + " ms): killed by its daemon";
+          }
           continue;
         }
         const auto since = stopped_since_.emplace(pid, now).first->second;
@@ -78,8 +98,8 @@ int TrainerSupervisor::Poll() {
             std::chrono::duration_cast<std::chrono::milliseconds>(now - since).count();
         if (frozen_ms >= frozen_timeout_ms_) {
           kill(-pid, SIGKILL);
-          killed_frozen_[pid] = "frozen (stopped, state T) for " + std::to_string(frozen_ms) +
-                                " ms: killed by its daemon";
+          cause_[pid] = "frozen (stopped, state T) for " + std::to_string(frozen_ms) +
+                        " ms: killed by its daemon";
         }
       }
     }
@@ -113,11 +133,15 @@ int TrainerSupervisor::Poll() {
            WIFEXITED(status) ? WEXITSTATUS(status) : -1,
            WIFSIGNALED(status) ? WTERMSIG(status) : 0,
            {}};
-      if (auto f = killed_frozen_.find(pid); f != killed_frozen_.end()) {
+      if (auto f = cause_.find(pid); f != cause_.end()) {
         e.cause = f->second;
-        killed_frozen_.erase(f);
+        cause_.erase(f);
       }
       stopped_since_.erase(pid);
+      if (auto b = beats_.find(pid); b != beats_.end()) {
+        unlink(b->second->path().c_str());
+        beats_.erase(b);
+      }
       children_.erase(it);
     }
     ++reaped;
@@ -161,11 +185,12 @@ void TrainerSupervisor::StopOlderThan(const std::string& job_id, uint64_t genera
 }
 
 void TrainerSupervisor::Terminate(const std::string& job_id, uint64_t below_generation,
-                                  int64_t grace_ms) {
+                                  int64_t grace_ms, const std::string& cause) {
   std::lock_guard<std::mutex> lock(mu_);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(grace_ms);
   for (const auto& [pid, l] : children_) {
     if (l.job_id != job_id || l.generation >= below_generation) continue;
+    if (!cause.empty()) cause_.emplace(pid, cause);  // the first reason stands
     auto it = kill_at_.find(pid);
     if (it != kill_at_.end()) {
       it->second = std::min(it->second, deadline);  // a shorter grace wins

@@ -5,12 +5,12 @@
 // stdout/stderr in a log file, and SIGKILL when the supervising process dies (so a daemon
 // killed with SIGKILL leaves no orphan trainers behind).
 //
-// Poll() reaps finished children without blocking and fires on_exit for each. It also finds
-// frozen children: a trainer stopped (SIGSTOP, state T in /proc/<pid>/stat) for longer than
-// the frozen timeout is killed, and its exit says so. A stopped process cannot beat, so this
-// is the trainer's heartbeat as its daemon sees it; a trainer that hangs with its threads
-// alive is the coordinator's progress watchdog's to find. Thread-safe for one owner thread
-// plus Stop*/Running from others.
+// Poll() reaps finished children without blocking and fires on_exit for each. It also beats
+// into each child's BeatFile (common/beat_file.h), when the launch names one, and finds
+// frozen children: a trainer stopped (SIGSTOP, state T in /proc/<pid>/stat), or whose own
+// beat is older than the frozen timeout, is killed, and its exit says which. A trainer that
+// hangs with its beat thread alive is the coordinator's progress watchdog's to find.
+// Thread-safe for one owner thread plus Stop*/Running from others.
 #pragma once
 
 #include <sys/types.h>
@@ -19,10 +19,12 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "common/beat_file.h"
 #include "common/status.h"
 #include "common/timeouts.h"
 
@@ -33,10 +35,14 @@ struct TrainerExit {
   uint64_t generation = 0;
   int rank = 0;
   pid_t pid = 0;
-  int exit_code = -1;            // when exited normally, else -1
-  int signal = 0;                // when killed by a signal, else 0
-  std::string cause;             // set when the supervisor killed it itself (a frozen trainer)
-  std::string Describe() const;  // "exited with code 3" / "killed by signal 9 (Killed)"
+  int exit_code = -1;  // when exited normally, else -1
+  int signal = 0;      // when killed by a signal, else 0
+  // Why it was stopped, when the supervisor stopped it: a frozen trainer killed, or the
+  // reason given to Terminate() (a fence, an expired lease).
+  std::string cause;
+  // "exited with code 3" / "killed by signal 9 (Killed)", after the cause when there is one:
+  // "stopped by its daemon: ... (killed by signal 15 (Terminated))".
+  std::string Describe() const;
 };
 
 struct TrainerLaunch {
@@ -45,6 +51,8 @@ struct TrainerLaunch {
   int rank = 0;
   std::vector<std::string> argv;  // argv[0] is the program path
   std::string log_path;           // stdout and stderr, appended
+  // Created before the start and removed after the exit; empty: no beats.
+  std::string beat_path{};
 };
 
 class TrainerSupervisor {
@@ -66,9 +74,10 @@ class TrainerSupervisor {
 
   // The same stop for an event loop that must not block: SIGTERM now to trainers of job_id
   // with generation < below_generation, and Poll() sends SIGKILL to any of them still alive
-  // grace_ms later. Repeating it for a trainer already stopping changes nothing.
+  // grace_ms later. Repeating it for a trainer already stopping changes nothing but a shorter
+  // grace. `cause` becomes the exit's cause (the first one given wins).
   void Terminate(const std::string& job_id, uint64_t below_generation,
-                 int64_t grace_ms = kTrainerStopGraceMs);
+                 int64_t grace_ms = kTrainerStopGraceMs, const std::string& cause = "");
   // Trainers of job_id with generation < below_generation that are still alive.
   size_t Count(const std::string& job_id, uint64_t below_generation) const;
 
@@ -81,7 +90,8 @@ class TrainerSupervisor {
   std::map<pid_t, std::chrono::steady_clock::time_point> kill_at_;  // after Terminate()
   int64_t frozen_timeout_ms_ = 0;
   std::map<pid_t, std::chrono::steady_clock::time_point> stopped_since_;  // seen in state T
-  std::map<pid_t, std::string> killed_frozen_;                            // pid -> cause
+  std::map<pid_t, std::string> cause_;  // pid -> why the supervisor stopped it
+  std::map<pid_t, std::unique_ptr<BeatFile>> beats_;
 };
 
 }  // namespace moerun::worker

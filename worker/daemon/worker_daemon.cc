@@ -12,6 +12,7 @@
 #include "common/limits.h"
 #include "common/service_notifier.h"
 #include "common/timeouts.h"
+#include "worker/comm/flight_recorder.h"
 
 namespace moerun::worker {
 namespace {
@@ -77,6 +78,9 @@ Result<std::unique_ptr<WorkerDaemon>> WorkerDaemon::Create(DaemonOptions opts) {
                               {d->opts_.coordinator, "worker:" + d->opts_.id, /*immediate=*/true});
   if (!dealer.ok()) return dealer.status();
   d->dealer_ = std::move(dealer.value());
+  auto link = ConnectionMonitor::Create(d->ctx_, *d->dealer_, "worker-" + std::to_string(getpid()));
+  if (!link.ok()) return link.status();
+  d->link_ = std::move(link.value());
   return d;
 }
 
@@ -95,6 +99,7 @@ void WorkerDaemon::Run(const std::atomic<bool>& stop) {
   notifier.Ready("worker " + opts_.id + ", " + std::to_string(opts_.devices) + " slots");
   while (!stop.load()) {
     notifier.Tick();
+    for (const LinkEvent& e : link_->Poll()) Execute(core_.OnLink(e));
     auto msg = ReceiveEnvelope(*dealer_, kDaemonTickMs);
     if (!msg.ok()) {
       spdlog::warn("dropped a message from the coordinator: {}", msg.status().message());
@@ -111,12 +116,17 @@ void WorkerDaemon::Run(const std::atomic<bool>& stop) {
   for (const auto& j : core_.jobs()) supervisor_.StopJob(j);
   supervisor_.Poll();
   SendEnvelopeOrWarn(core_.HeartbeatNow());  // the exits, best effort
+  // Stopped on purpose: no trainer of this daemon will restore from memory. (A daemon that
+  // dies leaves them, for its trainers' restart on this host.)
+  std::error_code ec;
+  if (!opts_.memory_dir.empty()) fs::remove_all(opts_.memory_dir, ec);
 }
 
 void WorkerDaemon::Execute(const DaemonActions& a) {
   for (const auto& note : a.notes) spdlog::info("{}", note);
   for (const auto& warning : a.warnings) spdlog::warn("{}", warning);
-  for (const auto& s : a.stops) supervisor_.Terminate(s.job_id, s.below_generation, s.grace_ms);
+  for (const auto& s : a.stops)
+    supervisor_.Terminate(s.job_id, s.below_generation, s.grace_ms, s.cause);
   for (const auto& s : a.starts) {
     Status st = StartRank(s);
     if (!st.ok()) {
@@ -127,6 +137,13 @@ void WorkerDaemon::Execute(const DaemonActions& a) {
   }
   for (const auto& e : a.sends) SendEnvelopeOrWarn(e);
   for (const auto& log : a.logs) ServeLog(log);
+  for (const auto& f : a.flights) ServeFlight(f);
+}
+
+std::string WorkerDaemon::TrainerFilePrefix(const std::string& job_id, uint64_t generation,
+                                            int rank) const {
+  return opts_.state_dir + "/trainers/" + job_id + ".g" + std::to_string(generation) + ".r" +
+         std::to_string(rank);
 }
 
 std::string WorkerDaemon::LogPath(const std::string& job_id, int rank) const {
@@ -175,15 +192,32 @@ Status WorkerDaemon::StartRank(const DaemonActions::Start& p) {
   if (b.resume) argv.push_back("--resume");
   if (b.restore_step > 0)
     argv.insert(argv.end(), {"--restore-step", std::to_string(b.restore_step)});
+  if (!opts_.memory_dir.empty()) {
+    argv.insert(argv.end(), {"--memory-dir", opts_.memory_dir + "/" + p.job_id});
+    if (b.restore_from_memory) argv.push_back("--restore-from-memory");
+  }
   if (b.data_plane_timeout_ms > 0)
     argv.insert(argv.end(), {"--data-plane-timeout-ms", std::to_string(b.data_plane_timeout_ms)});
   if (b.steps > 0) argv.insert(argv.end(), {"--steps", std::to_string(b.steps)});
+  // The trainer fences itself once this daemon's beat is older than the coordinator's
+  // heartbeat timeout less one interval: before the coordinator restarts its rank elsewhere.
+  // Its flight recorder lies beside the beat file, for the coordinator to ask about a hang.
+  const std::string trainer_files = TrainerFilePrefix(p.job_id, p.generation, rank);
+  fs::create_directories(opts_.state_dir + "/trainers", ec);
+  argv.insert(argv.end(), {"--flight-recorder", trainer_files + ".flight"});
+  std::string beat;
+  if (core_.lease_ms() > 0) {
+    beat = trainer_files + ".beat";
+    const int64_t lease =
+        std::max(core_.heartbeat_interval_ms(), core_.lease_ms() - core_.heartbeat_interval_ms());
+    argv.insert(argv.end(), {"--daemon-beat", beat, "--daemon-lease-ms", std::to_string(lease)});
+  }
   const std::string log = LogPath(p.job_id, rank);
   {
     std::ofstream(log, std::ios::app) << kStartBanner << opts_.id << ": generation " << p.generation
                                       << " rank " << rank << " starting\n";
   }
-  auto pid = supervisor_.Start({p.job_id, p.generation, rank, argv, log});
+  auto pid = supervisor_.Start({p.job_id, p.generation, rank, argv, log, beat});
   if (!pid.ok()) return pid.status();
   core_.OnStarted(p.job_id, p.generation, rank, pid.value());
   spdlog::info("job {} generation {} rank {}: started pid {} on device {}", p.job_id, p.generation,
@@ -223,6 +257,34 @@ void WorkerDaemon::ServeLog(const DaemonActions::Log& log) {
                        {"next_offset", offset + int64_t(data.size())},
                        {"size", size},
                        {"worker", opts_.id}}});
+}
+
+void WorkerDaemon::ServeFlight(const DaemonActions::Flight& f) {
+  // This generation's recorder files, whether their trainers run, ended or were killed.
+  const std::string prefix = f.job_id + ".g" + std::to_string(f.generation) + ".r";
+  nlohmann::json ranks = nlohmann::json::object(), problems = nlohmann::json::array();
+  std::error_code ec;
+  const int64_t now = comm::FlightRecorder::NowNs();
+  for (const auto& entry : fs::directory_iterator(opts_.state_dir + "/trainers", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(prefix, 0) != 0 || entry.path().extension() != ".flight") continue;
+    auto contents = comm::FlightRecorder::Read(entry.path().string(), kFlightEntriesReported);
+    if (!contents.ok()) {
+      problems.push_back(contents.status().message());
+      continue;
+    }
+    nlohmann::json entries = nlohmann::json::array();
+    for (const auto& e : contents->entries) entries.push_back(e.ToJson(now));
+    ranks[std::to_string(contents->rank)] = entries;
+  }
+  SendEnvelopeOrWarn({MessageType::kReply,
+                      f.generation,
+                      f.job_id,
+                      "worker:" + opts_.id,
+                      {{"request_id", f.request_id},
+                       {"worker", opts_.id},
+                       {"ranks", ranks},
+                       {"problems", problems}}});
 }
 
 }  // namespace moerun::worker

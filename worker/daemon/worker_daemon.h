@@ -11,11 +11,14 @@
 // backoff, heartbeats go on, and the daemon never exits because of it. Its trainers keep
 // training for as long as the coordinator's heartbeat timeout (the lease): after that the
 // coordinator has declared this daemon dead and restarted its ranks elsewhere, so the daemon
-// stops them itself (it cannot tell a coordinator restart from a network partition). Files under
-// state_dir:
+// stops them itself, unless the coordinator's address refuses connections (it is restarting;
+// docs/fault-tolerance.md, "The lease"). Files under state_dir:
 //   jobs/<job>/gen-<G>.yaml         the spec its trainers of generation G read
 //   logs/<job>/rank-<R>.log         each trainer's stdout and stderr, all generations
+//   trainers/<job>.g<G>.r<R>.beat   beats between this daemon and the trainer (while it runs)
+//   trainers/<job>.g<G>.r<R>.flight the trainer's flight recorder (kept for the coordinator)
 //   worker.log                      the daemon's own log
+// and under memory_dir (tmpfs): <job>/rank-<R>.step-<S>.mem, the trainers' memory snapshots.
 // Run() owns everything on the calling thread; the stop flag may be set from a signal.
 #pragma once
 
@@ -30,6 +33,7 @@
 #include <zmq.hpp>
 
 #include "common/clock.h"
+#include "common/connection_monitor.h"
 #include "common/control_socket.h"
 #include "common/status.h"
 #include "worker/daemon/daemon_core.h"
@@ -47,6 +51,9 @@ struct DaemonOptions {
   std::string backend = "cpu";          // "cpu" | "cuda"
   std::string data_host = "127.0.0.1";  // trainers bind their data plane here
   std::string trainer_program;          // the `moerun` binary
+  // Trainers' memory snapshots, one directory per job (tmpfs): they outlive a trainer, and
+  // the daemon removes a job's once the job is over here.
+  std::string memory_dir;
 };
 
 class WorkerDaemon {
@@ -64,14 +71,19 @@ class WorkerDaemon {
   // A start: the spec file, the command line, the process. Its failure is the rank's end.
   Status StartRank(const DaemonActions::Start& s);
   void ServeLog(const DaemonActions::Log& log);
+  // A generation's flight recorders (trainers/<job>.g<G>.r*.flight) in one Reply.
+  void ServeFlight(const DaemonActions::Flight& f);
   void SendEnvelopeOrWarn(const Envelope& e);
   std::string LogPath(const std::string& job_id, int rank) const;
+  // <state dir>/trainers/<job>.g<generation>.r<rank>: + ".beat", + ".flight".
+  std::string TrainerFilePrefix(const std::string& job_id, uint64_t generation, int rank) const;
 
   DaemonOptions opts_;
   SystemClock clock_;
   DaemonCore core_;
   zmq::context_t ctx_;
   std::unique_ptr<zmq::socket_t> dealer_;
+  std::unique_ptr<ConnectionMonitor> link_;  // dealer_'s connection; destroyed before it
   TrainerSupervisor supervisor_;
 };
 

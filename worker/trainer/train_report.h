@@ -14,6 +14,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/job_spec.h"
@@ -35,6 +36,9 @@ class TrainReporter {
   // trained again), else emptied. `first_step` is the first step this run trains.
   Status Open(int64_t step, int64_t first_step);
   // Writes, reports and logs a step's line (with val_loss when it has one).
+  // Goes into the coordinator's copy of each step report: the oldest and newest memory
+  // snapshot this rank holds (worker/checkpoint/memory_snapshots.h).
+  void set_memory_held(std::pair<int64_t, int64_t> held) { memory_held_ = held; }
   void Step(const nlohmann::json& line, int64_t total);
   // A checkpoint write finished (any thread): logged, and a durable shard queued for the
   // coordinator.
@@ -47,6 +51,7 @@ class TrainReporter {
   void Finish();
 
  private:
+  std::pair<int64_t, int64_t> memory_held_{0, 0};
   const JobSpec& spec_;
   const TrainOptions& opts_;
   std::shared_ptr<spdlog::logger> log_;

@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "worker/checkpoint/checkpoint_reader.h"
+#include "worker/checkpoint/memory_snapshots.h"
 
 namespace moerun::trainer {
 namespace {
@@ -97,7 +98,19 @@ Status RestoreOrResume(const JobSpec& spec, const TrainOptions& opts, const Topo
                        checkpoint::ShardStore* store, TrainState* state, spdlog::logger& log) {
   const std::string ckpt_dir = CheckpointDir(spec, opts.run_dir);
   MOERUN_RETURN_IF_ERROR(topo.world_comm->Barrier());
-  if (opts.restore_step > 0) {
+  if (opts.restore_step > 0 && opts.restore_from_memory) {
+    // The coordinator found this step in every rank's memory on the hosts it placed them on.
+    auto entries = checkpoint::MemorySnapshots::Read(opts.memory_dir, opts.rank, opts.restore_step);
+    Status s = entries.ok() ? RestoreState(entries.value(), &state->params, &state->opt,
+                                           &state->step, state->model)
+                            : entries.status();
+    if (!s.ok()) {
+      return Status::Corruption("memory snapshot of committed step " +
+                                std::to_string(opts.restore_step) +
+                                " is unreadable: " + s.message());
+    }
+    log.info("restored step {} from memory ({})", state->step, opts.memory_dir);
+  } else if (opts.restore_step > 0) {
     Status s = RestoreCommitted(ckpt_dir + "/" + topo.ShardName(), opts.restore_step, store, state);
     // Another model's step is not unreadable: falling back to an older one cannot help.
     if (s.code() == Status::Code::kInvalidArgument) {

@@ -41,6 +41,31 @@ std::vector<Entry> SnapshotState(const model::Parameters<float>& params, const O
   return out;
 }
 
+std::vector<checkpoint::EntryView> StateViews(const model::Parameters<float>& params,
+                                              const OptimizerState& opt, int64_t step,
+                                              uint64_t seed, const ModelSpec& model) {
+  // SnapshotState's entries, in its order, pointing into the arrays.
+  std::vector<checkpoint::EntryView> out;
+  auto f32 = [&](std::string name, const model::ParameterView& v, const float* base) {
+    out.push_back({std::move(name), checkpoint::DType::kF32, v.info.shape, base + v.offset,
+                   size_t(v.info.numel()) * sizeof(float), 0});
+  };
+  auto i64 = [&](std::string name, int64_t value) {
+    out.push_back({std::move(name), checkpoint::DType::kI64, {}, nullptr, 8, value});
+  };
+  for (const auto& v : params.views()) {
+    f32("param/" + v.info.name, v, params.values().data());
+    if (!v.info.trainable()) continue;
+    f32("adam_m/" + v.info.name, v, opt.m.data());
+    f32("adam_v/" + v.info.name, v, opt.v.data());
+  }
+  i64("meta/step", step);
+  i64("meta/seed", static_cast<int64_t>(seed));
+  i64("meta/fingerprint", static_cast<int64_t>(ModelFingerprint(model)));
+  for (const ModelShapeField& f : ModelShapeFields(model)) i64("meta/" + f.field, f.value);
+  return out;
+}
+
 Status RestoreState(const std::vector<Entry>& entries, model::Parameters<float>* params,
                     OptimizerState* opt, int64_t* step, const ModelSpec& model) {
   std::unordered_map<std::string, const Entry*> by_name;

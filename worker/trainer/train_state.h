@@ -9,6 +9,7 @@
 
 #include "common/job_spec.h"
 #include "common/status.h"
+#include "worker/checkpoint/memory_snapshots.h"
 #include "worker/checkpoint/shard_store.h"
 #include "worker/model/parameters.h"
 
@@ -26,6 +27,12 @@ uint64_t ModelFingerprint(const ModelSpec& model);
 std::vector<checkpoint::Entry> SnapshotState(const model::Parameters<float>& params,
                                              const OptimizerState& opt, int64_t step, uint64_t seed,
                                              const ModelSpec& model);
+
+// SnapshotState's entries as views into `params` and `opt`, nothing copied: the memory
+// snapshots copy them once, straight into their slot (worker/checkpoint/memory_snapshots.h).
+std::vector<checkpoint::EntryView> StateViews(const model::Parameters<float>& params,
+                                              const OptimizerState& opt, int64_t step,
+                                              uint64_t seed, const ModelSpec& model);
 
 // Fills params (and opt when non-null) from a checkpoint (entries of one or several shards);
 // *step gets its step. Corruption naming the entry when a tensor is missing or has another

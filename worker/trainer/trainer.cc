@@ -22,6 +22,7 @@
 #include "kernels/cpu/gemm.h"
 #include "worker/checkpoint/checkpoint_reader.h"
 #include "worker/checkpoint/checkpoint_writer.h"
+#include "worker/checkpoint/memory_snapshots.h"
 #include "worker/comm/solo_communicator.h"
 #include "worker/comm/timed_communicator.h"
 #include "worker/comm/zmq_communicator.h"
@@ -167,6 +168,8 @@ struct RankRun {
   std::optional<TrainState> state;
   std::unique_ptr<checkpoint::ShardStore> store;  // null unless this rank writes a shard
   std::unique_ptr<StepDriver> driver;
+  std::unique_ptr<checkpoint::MemorySnapshots> memory;  // null unless a daemon asked for them
+  bool memory_failed = false;  // a memory snapshot could not be written (said once)
 };
 
 // Phase 0: the run directory, the job's YAML in it, this rank's log.
@@ -195,9 +198,17 @@ Status OpenRunDir(RankRun& run, const std::string& spec_yaml) {
 Status Bootstrap(RankRun& run) {
   auto world = ConnectWorld(run.opts, *run.log);
   if (!world.ok()) return world.status();
-  // Every communicator of the topology is split from this one, so all add to `wait`.
-  auto topo = MakeTopology(
-      run.spec, std::make_unique<comm::TimedCommunicator>(std::move(world.value()), run.wait));
+  // Every communicator of the topology is split from this one, so all add to `wait` and
+  // record into the same flight recorder.
+  std::shared_ptr<comm::FlightRecorder> recorder;
+  if (!run.opts.flight_recorder.empty()) {
+    auto r = comm::FlightRecorder::Create(run.opts.flight_recorder, run.opts.rank);
+    if (!r.ok()) return r.status();
+    recorder = std::move(r.value());
+  }
+  auto topo = MakeTopology(run.spec, std::make_unique<comm::TimedCommunicator>(
+                                         std::move(world.value()), run.wait, SystemClock::Default(),
+                                         std::move(recorder)));
   if (!topo.ok()) return topo.status();
   run.topo.emplace(std::move(topo.value()));
   const Topology& t = *run.topo;
@@ -229,6 +240,12 @@ Status OneStep(RankRun& run, TrainReporter& report, checkpoint::CheckpointWriter
   const auto t0 = Clock::now();
   const comm::DataPlaneWait wait0 = *run.wait;
   run.state->step = step;
+  if (step == run.opts.injected_stall_step) {
+    run.log->warn("MOERUN_FAULT_STALL: rank {} stops at step {} for good (an injected hang)",
+                  run.opts.rank, step);
+    run.log->flush();
+    for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
   auto r = run.driver->Run(step, total);
   if (!r.ok()) return r.status().WithContext("step " + std::to_string(step));
   const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -243,17 +260,33 @@ Status OneStep(RankRun& run, TrainReporter& report, checkpoint::CheckpointWriter
     summary->final_val_loss = val.value();
     run.log->info("step {} held-out loss {:.4f} over {} windows", step, val.value(), windows);
   }
+  if (run.memory) report.set_memory_held(run.memory->Held());
   report.Step(line, total);
   summary->final_loss = r->loss;
   auto stopping = run.driver->AnyRank(StopSignals::requested());
   if (!stopping.ok()) return stopping.status();
   const bool ckpt_now = spec.checkpoint.interval_steps > 0 &&
                         (step % spec.checkpoint.interval_steps == 0 || step == total);
+  bool host_synced = false;
   if (writer && (ckpt_now || stopping.value())) {
+    host_synced = true;
     Status synced = run.driver->SyncHost();
     if (!synced.ok()) return synced.WithContext("checkpoint step " + std::to_string(step));
     const TrainState& st = *run.state;
     writer->Submit(step, SnapshotState(st.params, st.opt, step, spec.train.seed, st.model));
+  }
+  const int64_t mem_every = spec.checkpoint.memory_interval_steps;
+  if (run.memory && mem_every > 0 && step % mem_every == 0 && step < total) {
+    Status synced = host_synced ? Status::OK() : run.driver->SyncHost();
+    if (!synced.ok()) return synced.WithContext("memory snapshot step " + std::to_string(step));
+    const TrainState& st = *run.state;
+    Status written =
+        run.memory->Write(step, StateViews(st.params, st.opt, step, spec.train.seed, st.model));
+    // Not fatal: the disk checkpoints still hold the run; say it once.
+    if (!written.ok() && !run.memory_failed) {
+      run.memory_failed = true;
+      run.log->error("memory snapshot of step {}: {}", step, written.message());
+    }
   }
   MOERUN_RETURN_IF_ERROR(report.ReportShards());
   if (stopping.value()) {
@@ -279,11 +312,22 @@ Result<TrainSummary> StepLoop(RankRun& run) {
         run.store.get(), spec.checkpoint.keep, spec.checkpoint.async,
         [&report, shard](const checkpoint::WriteReport& r) { report.ShardWritten(r, shard); });
   }
+  if (!run.opts.memory_dir.empty() && spec.checkpoint.memory_interval_steps > 0) {
+    auto memory = checkpoint::MemorySnapshots::Open(run.opts.memory_dir, run.opts.rank);
+    if (!memory.ok()) return memory.status();
+    run.memory = std::move(memory.value());
+  }
   StopSignals signals;
   const auto run_start = Clock::now();
   Status result;
   while (result.ok() && state.step < total) result = OneStep(run, report, writer.get(), &summary);
   if (writer) writer->Wait();
+  if (run.memory) {
+    const int64_t n = std::max<int64_t>(1, run.memory->written());
+    run.log->info("memory snapshots: {} written, {:.2f} ms each", run.memory->written(),
+                  1e3 * run.memory->write_seconds() / double(n));
+    if (result.ok()) run.memory->RemoveAll();  // complete: nothing restores them
+  }
   if (Status w = report.ReportShards(); result.ok() && !w.ok()) result = w;
   report.Finish();
   summary.last_step = state.step;

@@ -42,6 +42,18 @@ struct TrainOptions {
   // resources.backend: cuda: this rank's CUDA device (its slot on the worker); -1: rank mod
   // the visible devices.
   int device = -1;
+  // Non-empty: record every data-plane call in a FlightRecorder file here
+  // (worker/comm/flight_recorder.h).
+  std::string flight_recorder;
+  // > 0: at the start of this step the main thread stops for good while the process and its
+  // other threads live on: a hang for drills and tests (MOERUN_FAULT_STALL, see
+  // docs/fault-tolerance.md, "Hangs").
+  int64_t injected_stall_step = 0;
+  // Set by a worker daemon: its memory directory for this job (tmpfs), where this rank keeps
+  // memory snapshots every checkpoint.memory_interval_steps; with restore_from_memory,
+  // restore_step is read from there instead of the checkpoint shard.
+  std::string memory_dir;
+  bool restore_from_memory = false;
 };
 
 struct TrainSummary {

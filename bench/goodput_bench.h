@@ -1,0 +1,25 @@
+// moerun-bench goodput [--job FILE] [--steps N] [--fault-every-s S] [--seed N]
+// Goodput under a fault every S seconds (issue 18): the job of FILE runs under `moerun local`
+// twice, N steps each. First undisturbed; then with a fault every S seconds, drawn from
+//   kill trainer (SIGKILL), stop trainer (SIGSTOP, left stopped), kill daemon (SIGKILL),
+//   stop daemon (SIGSTOP, left stopped: `moerun local` relaunches it), kill coordinator
+// with a seeded generator. goodput = undisturbed wall time / disturbed wall time: the share
+// of the disturbed run's time that trained steps that count. The final checkpoint digests of
+// both runs must be equal. Prints one JSON line per fault, then the result.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace moerun::bench {
+
+struct GoodputBenchArgs {
+  std::string job = "configs/tiny-cpu.yaml";
+  int64_t steps = 3000;
+  double fault_every_s = 60;
+  uint32_t seed = 18;
+};
+
+int RunGoodputBench(const GoodputBenchArgs& a);
+
+}  // namespace moerun::bench

@@ -1,0 +1,169 @@
+// Checkpoints in memory: MemorySnapshots (worker/checkpoint/memory_snapshots.h) writes a
+// rank's state in the background, keeps the newest two, reads them back with every CRC
+// checked, and refuses damaged files by name; the coordinator restores the newest step every
+// rank holds in memory when each rank stays on its host, says why not otherwise, and falls back
+// to disk when a memory snapshot cannot be read.
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "tests/temp_path.h"
+#include "tests/unit/coordinator_harness.h"
+#include "worker/checkpoint/memory_snapshots.h"
+
+namespace moerun {
+namespace {
+
+using checkpoint::Entry;
+using checkpoint::MemorySnapshots;
+using coordinator::Harness;
+using coordinator::JobPhase;
+using coordinator::Sent;
+using nlohmann::json;
+
+// A rank's state at `step`: three floats and the step, as views.
+struct FakeState {
+  std::vector<float> w;
+  std::vector<checkpoint::EntryView> Views(int64_t step) {
+    w = {1.5f, -2.0f, float(step)};
+    return {{"param/w", checkpoint::DType::kF32, {3}, w.data(), 12, 0},
+            {"meta/step", checkpoint::DType::kI64, {}, nullptr, 8, step}};
+  }
+};
+
+TEST_CASE("memory snapshots: written in place, the newest three kept, read back whole") {
+  const std::string dir = testing::FreshTempPath("memory", "snapshots", true) + "/job";
+  auto m = MemorySnapshots::Open(dir, 3);
+  REQUIRE(m.ok());
+  FakeState st;
+  CHECK(m.value()->Held() == std::pair<int64_t, int64_t>{0, 0});
+  for (int64_t step : {1, 2, 3, 4}) REQUIRE(m.value()->Write(step, st.Views(step)).ok());
+  CHECK(m.value()->Held() == std::pair<int64_t, int64_t>{2, 4});
+  CHECK(m.value()->written() == 4);
+  auto gone = MemorySnapshots::Read(dir, 3, 1);  // its slot now holds step 4
+  REQUIRE_FALSE(gone.ok());
+  CHECK(gone.status().message().find("not in " + dir) != std::string::npos);
+  for (int64_t step : {2, 3, 4}) {
+    auto read = MemorySnapshots::Read(dir, 3, step);
+    REQUIRE(read.ok());
+    REQUIRE(read->size() == 2);
+    CHECK(read->at(0).name == "param/w");
+    CHECK(read->at(0).shape == std::vector<int64_t>{3});
+    CHECK(read->at(0).f32()[2] == float(step));
+    CHECK(read->at(1).i64() == step);
+  }
+  m.value()->RemoveAll();
+  CHECK_FALSE(std::filesystem::exists(MemorySnapshots::SlotPath(dir, 3, 0)));
+  CHECK(m.value()->Held() == std::pair<int64_t, int64_t>{0, 0});
+}
+
+TEST_CASE("memory snapshots: a flipped or cut slot is refused by name, one mid-write ignored") {
+  const std::string dir = testing::FreshTempPath("memory", "damaged", true);
+  auto m = MemorySnapshots::Open(dir, 0);
+  REQUIRE(m.ok());
+  FakeState st;
+  REQUIRE(m.value()->Write(7, st.Views(7)).ok());
+  const std::string path = MemorySnapshots::SlotPath(dir, 0, 0);
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  m.value().reset();  // unmapped: the test writes the file itself from here
+  std::string flipped = bytes;
+  flipped[flipped.size() - 20] ^= 0x40;  // inside the body
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << flipped;
+  auto bad = MemorySnapshots::Read(dir, 0, 7);
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.status().code() == Status::Code::kCorruption);
+  CHECK(bad.status().message().find(path) != std::string::npos);
+  CHECK(bad.status().message().find("fails its CRC") != std::string::npos);
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes.substr(0, bytes.size() - 9);
+  CHECK_FALSE(MemorySnapshots::Read(dir, 0, 7).ok());
+  // A writer that died mid-copy left step 0 in the header: no reader takes that slot.
+  std::string torn = bytes;
+  std::memset(torn.data() + 8, 0, 8);
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << torn;
+  auto none = MemorySnapshots::Read(dir, 0, 7);
+  REQUIRE_FALSE(none.ok());
+  CHECK(none.status().message().find("is not in") != std::string::npos);
+}
+
+// Worker `a` runs both ranks; rank 0 reports holding memory steps 10-12, rank 1 11-13.
+std::string RunningWithMemory(Harness& h) {
+  const std::string id = h.Running();
+  for (int rank : {0, 1}) {
+    h.c().Handle(Harness::Trainer(id, 1, rank),
+                 {MessageType::kStepReport,
+                  1,
+                  id,
+                  "t",
+                  {{"rank", rank},
+                   {"step", 13},
+                   {"memory_steps", rank == 0 ? json{10, 12} : json{11, 13}}}});
+  }
+  return id;
+}
+
+void Wait(Harness& h, int64_t ms, const std::vector<std::string>& workers) {
+  for (int64_t t = 0; t < ms; t += 500) {
+    h.Advance(500);
+    for (const auto& w : workers) h.Beat(w, 2);
+    h.c().Tick();
+  }
+}
+
+TEST_CASE("coordinator: a restart on the same hosts restores the newest step held in memory") {
+  Harness h("memory-same");
+  const std::string id = RunningWithMemory(h);
+  h.c().Handle("cli:9", {MessageType::kQuery, 0, id, "cli", {{"what", "job"}}});
+  CHECK(h.Last("cli:9").e.body["memory_step"] == 12);  // the step both ranks hold
+  h.Exit("a", id, 1, 1, 1);
+  CHECK(h.Job(id).state.phase() == JobPhase::kRecovering);
+  CHECK(h.Job(id).state.events().back().cause.find("1 steps to redo, from memory step 12") !=
+        std::string::npos);
+  Wait(h, 1000, {"a"});
+  const Sent start = h.Last("worker:a", MessageType::kStartTrainers);
+  CHECK(start.e.body["restore_step"] == 12);
+  CHECK(start.e.body["restore_from_memory"] == true);
+  bool said = false;
+  for (const auto& e : h.Job(id).state.events())
+    said = said || e.cause.find("restoring step 12 from memory") != std::string::npos;
+  CHECK(said);
+  // The snapshot cannot be read after all: the next generation restores from disk.
+  h.Exit("a", id, 2, 0, 5);
+  CHECK(h.Job(id).state.events().back().cause.find(
+            "the memory snapshot of step 12 is unusable; falling back to the start on disk") !=
+        std::string::npos);
+  Wait(h, 5000, {"a"});
+  const Sent third = h.Last("worker:a", MessageType::kStartTrainers);
+  CHECK(third.e.generation == 3);
+  CHECK(third.e.body["restore_from_memory"] == false);
+  CHECK(third.e.body["restore_step"] == -1);
+}
+
+TEST_CASE("coordinator: a rank that moves to another host makes the restart use the disk") {
+  Harness h("memory-moved");
+  const std::string id = RunningWithMemory(h);
+  h.Beat("b", 2);  // room elsewhere
+  // Worker a dies: its ranks move to b, where their memory snapshots are not.
+  for (int i = 0; i < 12; ++i) {
+    h.Advance(500);
+    h.Beat("b", 2);
+    h.c().Tick();
+  }
+  Wait(h, 2000, {"b"});
+  const Sent start = h.Last("worker:b", MessageType::kStartTrainers);
+  CHECK(start.e.body["restore_from_memory"] == false);
+  bool said = false;
+  for (const auto& e : h.Job(id).state.events())
+    said = said || e.cause.find(
+                       "memory snapshots of step 12 cannot be used (rank 0 moved from "
+                       "a to b)") != std::string::npos;
+  CHECK(said);
+}
+
+}  // namespace
+}  // namespace moerun

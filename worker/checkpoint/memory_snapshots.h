@@ -1,0 +1,78 @@
+// MemorySnapshots: a rank's newest training states in memory that outlives the rank
+// (docs/fault-tolerance.md, "Checkpoints in memory"). The rank's daemon names a directory on
+// tmpfs (/dev/shm) for the job; every checkpoint.memory_interval_steps steps the rank copies
+// its state straight from its arrays into one of kMemorySnapshotsKept slot files it keeps
+// mapped (the oldest is overwritten), so a snapshot costs one copy and one CRC pass in the
+// training thread: no allocation, no page faults after the first round, no thread. A restarted
+// rank on the same host restores from it instead of the disk checkpoint, losing at most the
+// steps since the last snapshot; the coordinator decides which step that is, from what every
+// rank reports it holds (the two-phase commit, held in the coordinator's memory).
+//
+// Slot file rank-<R>.slot-<K>.mem, version 1, little-endian: a 64-byte header {"MOEMEM01",
+// u64 step (0 while being written), u32 rank, u32 entries, u64 body bytes, u32 CRC32C of the
+// body}, then the body: per entry u32 name bytes, name, u8 dtype, u32 dims, i64 dims[],
+// u64 payload bytes, payload. A write clears the step first and sets it last, so a rank that
+// dies mid-copy leaves a slot no reader takes. Reading checks the magic, the step, every bound
+// and the CRC; a failure names the file (Corruption). One thread per object.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "worker/checkpoint/shard_store.h"
+
+namespace moerun::checkpoint {
+
+// Three: the coordinator's commit is a step every rank reported holding, newer than its oldest
+// (which the next write overwrites), so it is still there when a rank dies right after.
+inline constexpr int kMemorySnapshotsKept = 3;
+
+// An entry to snapshot, pointing into the caller's arrays (valid for the Write call).
+struct EntryView {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;  // null: the payload is `scalar` (an I64 entry)
+  size_t bytes = 0;
+  int64_t scalar = 0;
+};
+
+class MemorySnapshots {
+ public:
+  // `dir` is created if missing; the error names it.
+  static Result<std::unique_ptr<MemorySnapshots>> Open(const std::string& dir, int rank);
+  ~MemorySnapshots();
+
+  // Copies `entries` into the oldest slot as step `step` (newer than any held).
+  Status Write(int64_t step, const std::vector<EntryView>& entries);
+  // The oldest and newest step held whole; {0, 0}: none yet.
+  std::pair<int64_t, int64_t> Held() const;
+  // Deletes every slot file (the run is complete: nothing will restore from them).
+  void RemoveAll();
+  double write_seconds() const { return write_s_; }
+  int64_t written() const { return written_; }
+
+  static std::string SlotPath(const std::string& dir, int rank, int slot);
+  // Step `step` of `rank`, from whichever slot holds it; Corruption naming the file otherwise.
+  static Result<std::vector<Entry>> Read(const std::string& dir, int rank, int64_t step);
+
+ private:
+  struct Slot {
+    void* map = nullptr;
+    size_t size = 0;
+    int64_t step = 0;
+  };
+  MemorySnapshots(std::string dir, int rank) : dir_(std::move(dir)), rank_(rank) {}
+  Status Map(Slot& s, int index, size_t size);
+
+  std::string dir_;
+  int rank_;
+  Slot slots_[kMemorySnapshotsKept];
+  double write_s_ = 0;
+  int64_t written_ = 0;
+};
+
+}  // namespace moerun::checkpoint
