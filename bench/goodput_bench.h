@@ -3,9 +3,10 @@
 // twice, N steps each. First undisturbed; then with a fault every S seconds, drawn from
 //   kill trainer (SIGKILL), stop trainer (SIGSTOP, left stopped), kill daemon (SIGKILL),
 //   stop daemon (SIGSTOP, left stopped: `moerun local` relaunches it), kill coordinator
-// with a seeded generator. goodput = undisturbed wall time / disturbed wall time: the share
-// of the disturbed run's time that trained steps that count. The final checkpoint digests of
-// both runs must be equal. Prints one JSON line per fault, then the result.
+// each kind in turn in a seeded order (the victim drawn at random). goodput = undisturbed wall time
+// / disturbed wall time: the share of the disturbed run's time that trained steps that count. The
+// final checkpoint digests of both runs must be equal. Prints one JSON line per fault, then the
+// result.
 #pragma once
 
 #include <cstdint>

@@ -338,7 +338,9 @@ void Coordinator::OnRankExit(JobRun& job, int rank, int exit_code, int signal,
              std::to_string(bad - fallback) + " more steps to redo)";
   }
   // A rank whose data plane timed out waited for a peer: the flight recorders say which.
-  if (r.exit_text.find("TimedOut: data plane") != std::string::npos && !job.table.empty())
+  // ("TimedOut: step 31: expert dispatch: data plane: waited 5004 ms for rank 2 ...")
+  if (r.exit_text.find("TimedOut") != std::string::npos &&
+      r.exit_text.find("data plane: waited") != std::string::npos && !job.table.empty())
     CollectFlightRecords(job);
   bool non_retryable = signal == 0 && IsNonRetryableExit(exit_code);
   if (signal == 0 && exit_code == kExitBadCheckpoint && job.restore_step <= 0) {

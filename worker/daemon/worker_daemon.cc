@@ -125,8 +125,10 @@ void WorkerDaemon::Run(const std::atomic<bool>& stop) {
 void WorkerDaemon::Execute(const DaemonActions& a) {
   for (const auto& note : a.notes) spdlog::info("{}", note);
   for (const auto& warning : a.warnings) spdlog::warn("{}", warning);
-  for (const auto& s : a.stops)
+  for (const auto& s : a.stops) {
     supervisor_.Terminate(s.job_id, s.below_generation, s.grace_ms, s.cause);
+    if (s.job_over && SafeJobId(s.job_id)) RemoveJobFiles(s.job_id);
+  }
   for (const auto& s : a.starts) {
     Status st = StartRank(s);
     if (!st.ok()) {
@@ -138,6 +140,18 @@ void WorkerDaemon::Execute(const DaemonActions& a) {
   for (const auto& e : a.sends) SendEnvelopeOrWarn(e);
   for (const auto& log : a.logs) ServeLog(log);
   for (const auto& f : a.flights) ServeFlight(f);
+}
+
+void WorkerDaemon::RemoveJobFiles(const std::string& job_id) {
+  // The coordinator ended the job here: its memory snapshots and flight recorders go (beat
+  // files go with their trainers). A trainer still stopping cannot recreate the directory.
+  std::error_code ec;
+  if (!opts_.memory_dir.empty()) fs::remove_all(opts_.memory_dir + "/" + job_id, ec);
+  const std::string prefix = job_id + ".g";
+  for (const auto& f : fs::directory_iterator(opts_.state_dir + "/trainers", ec)) {
+    const std::string name = f.path().filename().string();
+    if (name.rfind(prefix, 0) == 0 && f.path().extension() == ".flight") fs::remove(f.path(), ec);
+  }
 }
 
 std::string WorkerDaemon::TrainerFilePrefix(const std::string& job_id, uint64_t generation,

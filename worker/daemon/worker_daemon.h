@@ -71,6 +71,8 @@ class WorkerDaemon {
   // A start: the spec file, the command line, the process. Its failure is the rank's end.
   Status StartRank(const DaemonActions::Start& s);
   void ServeLog(const DaemonActions::Log& log);
+  // The job is over here: its memory snapshots and flight recorders go.
+  void RemoveJobFiles(const std::string& job_id);
   // A generation's flight recorders (trainers/<job>.g<G>.r*.flight) in one Reply.
   void ServeFlight(const DaemonActions::Flight& f);
   void SendEnvelopeOrWarn(const Envelope& e);
