@@ -59,6 +59,27 @@ TEST_CASE("memory snapshots: written in place, the newest three kept, read back 
   CHECK(m.value()->Held() == std::pair<int64_t, int64_t>{0, 0});
 }
 
+TEST_CASE("memory snapshots: a restarted rank keeps the snapshot it restored from") {
+  const std::string dir = testing::FreshTempPath("memory", "restart", true);
+  FakeState st;
+  {
+    auto first = MemorySnapshots::Open(dir, 1);
+    REQUIRE(first.ok());
+    for (int64_t step : {10, 11, 12}) REQUIRE(first.value()->Write(step, st.Views(step)).ok());
+  }
+  // The next process restores step 12 and trains on: 13 and 14 go over 10 and 11.
+  auto second = MemorySnapshots::Open(dir, 1);
+  REQUIRE(second.ok());
+  CHECK(second.value()->Held() == std::pair<int64_t, int64_t>{0, 0});  // not its own
+  for (int64_t step : {13, 14}) REQUIRE(second.value()->Write(step, st.Views(step)).ok());
+  CHECK(MemorySnapshots::Read(dir, 1, 12).ok());
+  CHECK_FALSE(MemorySnapshots::Read(dir, 1, 10).ok());
+  CHECK_FALSE(MemorySnapshots::Read(dir, 1, 11).ok());
+  REQUIRE(second.value()->Write(15, st.Views(15)).ok());  // now 12 is the oldest
+  CHECK_FALSE(MemorySnapshots::Read(dir, 1, 12).ok());
+  CHECK(second.value()->Held() == std::pair<int64_t, int64_t>{13, 15});
+}
+
 TEST_CASE("memory snapshots: a flipped or cut slot is refused by name, one mid-write ignored") {
   const std::string dir = testing::FreshTempPath("memory", "damaged", true);
   auto m = MemorySnapshots::Open(dir, 0);

@@ -79,7 +79,14 @@ Result<std::unique_ptr<MemorySnapshots>> MemorySnapshots::Open(const std::string
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return Status::IOError("memory snapshots: cannot create " + dir + ": " + ec.message());
-  return std::unique_ptr<MemorySnapshots>(new MemorySnapshots(dir, rank));
+  std::unique_ptr<MemorySnapshots> m(new MemorySnapshots(dir, rank));
+  for (int i = 0; i < kMemorySnapshotsKept; ++i) {
+    char head[16] = {0};
+    std::ifstream in(SlotPath(dir, rank, i), std::ios::binary);
+    if (in.read(head, sizeof head) && std::memcmp(head, kMagic, 8) == 0)
+      std::memcpy(&m->found_step_[i], head + 8, 8);
+  }
+  return m;
 }
 
 MemorySnapshots::~MemorySnapshots() {
@@ -112,9 +119,11 @@ Status MemorySnapshots::Map(Slot& s, int index, size_t size) {
 Status MemorySnapshots::Write(int64_t step, const std::vector<EntryView>& entries) {
   const auto t0 = std::chrono::steady_clock::now();
   // The oldest slot (an empty one first) takes the new step.
+  auto age = [&](int i) { return slots_[i].step > 0 ? slots_[i].step : found_step_[i]; };
   int index = 0;
   for (int i = 1; i < kMemorySnapshotsKept; ++i)
-    if (slots_[i].step < slots_[index].step) index = i;
+    if (age(i) < age(index)) index = i;
+  found_step_[index] = 0;
   Slot& s = slots_[index];
   s.step = 0;
   const size_t body = BodyBytes(entries);

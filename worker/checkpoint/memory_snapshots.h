@@ -46,9 +46,12 @@ class MemorySnapshots {
   static Result<std::unique_ptr<MemorySnapshots>> Open(const std::string& dir, int rank);
   ~MemorySnapshots();
 
-  // Copies `entries` into the oldest slot as step `step` (newer than any held).
+  // Copies `entries` into the oldest slot as step `step` (newer than any held). Slots an
+  // earlier process of the rank left count by the step in their header, so a restarted rank
+  // overwrites the oldest of those first, not the one it just restored from.
   Status Write(int64_t step, const std::vector<EntryView>& entries);
-  // The oldest and newest step held whole; {0, 0}: none yet.
+  // The oldest and newest step this object wrote and holds; {0, 0}: none yet. (An earlier
+  // process's slots are not reported: the coordinator counts only what this generation holds.)
   std::pair<int64_t, int64_t> Held() const;
   // Deletes every slot file (the run is complete: nothing will restore from them).
   void RemoveAll();
@@ -71,6 +74,7 @@ class MemorySnapshots {
   std::string dir_;
   int rank_;
   Slot slots_[kMemorySnapshotsKept];
+  int64_t found_step_[kMemorySnapshotsKept] = {};  // in a slot's header at Open; 0: none
   double write_s_ = 0;
   int64_t written_ = 0;
 };
