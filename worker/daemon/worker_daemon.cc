@@ -7,6 +7,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <vector>
 
 #include "common/exit_codes.h"
 #include "common/limits.h"
@@ -41,6 +42,21 @@ std::string TrainerReason(const std::string& log_path) {
   }
   if (found.size() > kMaxChars) found = found.substr(0, kMaxChars) + "...";
   return found;
+}
+
+// Removes a job's memory-snapshot slots (rank-<R>.slot-<K>.mem) and then the directory if
+// that left it empty: never anything else, whatever --memory-dir names.
+void RemoveSnapshotDir(const std::string& dir) {
+  std::error_code ec;
+  std::vector<fs::path> slots;
+  for (const auto& f : fs::directory_iterator(dir, ec)) {
+    const std::string name = f.path().filename().string();
+    if (name.rfind("rank-", 0) == 0 && name.find(".slot-") != std::string::npos &&
+        f.path().extension() == ".mem")
+      slots.push_back(f.path());
+  }
+  for (const auto& p : slots) fs::remove(p, ec);
+  fs::remove(dir, ec);  // fails, harmlessly, unless empty
 }
 
 }  // namespace
@@ -118,8 +134,13 @@ void WorkerDaemon::Run(const std::atomic<bool>& stop) {
   SendEnvelopeOrWarn(core_.HeartbeatNow());  // the exits, best effort
   // Stopped on purpose: no trainer of this daemon will restore from memory. (A daemon that
   // dies leaves them, for its trainers' restart on this host.)
+  if (opts_.memory_dir.empty()) return;
   std::error_code ec;
-  if (!opts_.memory_dir.empty()) fs::remove_all(opts_.memory_dir, ec);
+  std::vector<std::string> jobs;  // listed first: removing while iterating is unspecified
+  for (const auto& job : fs::directory_iterator(opts_.memory_dir, ec))
+    if (job.is_directory(ec)) jobs.push_back(job.path().string());
+  for (const auto& job : jobs) RemoveSnapshotDir(job);
+  fs::remove(opts_.memory_dir, ec);  // only when nothing else is in it
 }
 
 void WorkerDaemon::Execute(const DaemonActions& a) {
@@ -146,7 +167,7 @@ void WorkerDaemon::RemoveJobFiles(const std::string& job_id) {
   // The coordinator ended the job here: its memory snapshots and flight recorders go (beat
   // files go with their trainers). A trainer still stopping cannot recreate the directory.
   std::error_code ec;
-  if (!opts_.memory_dir.empty()) fs::remove_all(opts_.memory_dir + "/" + job_id, ec);
+  if (!opts_.memory_dir.empty()) RemoveSnapshotDir(opts_.memory_dir + "/" + job_id);
   const std::string prefix = job_id + ".g";
   for (const auto& f : fs::directory_iterator(opts_.state_dir + "/trainers", ec)) {
     const std::string name = f.path().filename().string();
