@@ -170,6 +170,7 @@ struct RankRun {
   std::unique_ptr<StepDriver> driver;
   std::unique_ptr<checkpoint::MemorySnapshots> memory;  // null unless a daemon asked for them
   bool memory_failed = false;  // a memory snapshot could not be written (said once)
+  std::vector<checkpoint::EntryView> memory_views;  // this rank's state, for the snapshots
 };
 
 // Phase 0: the run directory, the job's YAML in it, this rank's log.
@@ -279,9 +280,15 @@ Status OneStep(RankRun& run, TrainReporter& report, checkpoint::CheckpointWriter
   if (run.memory && mem_every > 0 && step % mem_every == 0 && step < total) {
     Status synced = host_synced ? Status::OK() : run.driver->SyncHost();
     if (!synced.ok()) return synced.WithContext("memory snapshot step " + std::to_string(step));
-    const TrainState& st = *run.state;
-    Status written =
-        run.memory->Write(step, StateViews(st.params, st.opt, step, spec.train.seed, st.model));
+    // The views point into arrays that never move: built once (names, shapes, the model's
+    // fingerprint), then only meta/step changes.
+    if (run.memory_views.empty()) {
+      const TrainState& st = *run.state;
+      run.memory_views = StateViews(st.params, st.opt, step, spec.train.seed, st.model);
+    }
+    for (auto& v : run.memory_views)
+      if (v.name == "meta/step") v.scalar = step;
+    Status written = run.memory->Write(step, run.memory_views);
     // Not fatal: the disk checkpoints still hold the run; say it once.
     if (!written.ok() && !run.memory_failed) {
       run.memory_failed = true;
