@@ -1,12 +1,17 @@
 #include "common/subprocess.h"
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+
+extern char** environ;
 
 namespace moerun {
 namespace {
@@ -35,11 +40,35 @@ Result<pid_t> Spawn(const SpawnOptions& o) {
   std::vector<char*> argv;
   for (const auto& a : o.argv) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
+  // The child's environment, built before the fork: the parent's, less what `environment`
+  // replaces, plus `environment`.
+  std::vector<std::string> replaced;
+  for (const auto& e : o.environment) replaced.push_back(e.substr(0, e.find('=') + 1));
+  std::vector<char*> envp;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    bool keep = true;
+    for (const auto& name : replaced) keep = keep && std::strncmp(*e, name.c_str(), name.size());
+    if (keep) envp.push_back(*e);
+  }
+  for (const auto& e : o.environment) envp.push_back(const_cast<char*>(e.c_str()));
+  envp.push_back(nullptr);
   const pid_t parent = getpid();
   std::fflush(stdout);  // nothing buffered is written twice
   std::fflush(stderr);
+  // Signals wait until the child has reset its handlers: one that came between fork and exec
+  // would run the parent's handler in the child (a daemon's SIGTERM flag, a test framework's
+  // crash report) instead of ending it.
+  sigset_t all, before;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &before);
   const pid_t pid = fork();
   if (pid == 0) {
+    for (int sig = 1; sig < NSIG; ++sig) {
+      struct sigaction sa {};
+      if (sigaction(sig, nullptr, &sa) == 0 && sa.sa_handler != SIG_IGN && sa.sa_handler != SIG_DFL)
+        signal(sig, SIG_DFL);
+    }
+    pthread_sigmask(SIG_SETMASK, &before, nullptr);
     setpgid(0, 0);
     if (o.parent_death_signal != 0) {
       prctl(PR_SET_PDEATHSIG, o.parent_death_signal);
@@ -47,15 +76,21 @@ Result<pid_t> Spawn(const SpawnOptions& o) {
     }
     if (out.value() >= 0) dup2(out.value(), STDOUT_FILENO);
     if (err.value() >= 0) dup2(err.value(), STDERR_FILENO);
-    execv(o.program.c_str(), argv.data());
+    execve(o.program.c_str(), argv.data(), envp.data());
     _exit(127);
   }
   const int saved = errno;
+  pthread_sigmask(SIG_SETMASK, &before, nullptr);
   if (out.value() >= 0) close(out.value());
   if (err.value() >= 0 && err.value() != out.value()) close(err.value());
   if (pid < 0) return Status::Unavailable(std::string("fork: ") + std::strerror(saved));
   setpgid(pid, pid);  // also from the parent, so there is no window before the child does it
   return pid;
+}
+
+std::vector<std::string> TrainerEnvironment() {
+  if (std::getenv("GLIBC_TUNABLES") != nullptr) return {};
+  return {"GLIBC_TUNABLES=glibc.malloc.hugetlb=1"};
 }
 
 }  // namespace moerun

@@ -4,12 +4,15 @@
 //  - its own process group, set from both sides so there is no window: kill(-pid, sig)
 //    reaches the child and everything it starts, and a terminal's Ctrl-C reaches only the
 //    parent, which stops its children in order;
+//  - signals blocked from fork until the child has reset the parent's handlers to the default,
+//    so a signal sent at once (a fence) ends the child rather than running a parent's handler;
 //  - a parent-death signal: the child gets `parent_death_signal` when the parent thread that
 //    spawned it exits (SIGKILL included), and exits 127 at once when the parent died before
 //    that took effect; a child never outlives the process that supervises it;
 //  - stdout and stderr appended to files opened close-on-exec, so no descriptor of the
 //    parent's leaks into the child but the two it asked for;
-//  - execv of `program`; a failed exec exits 127.
+//  - execve of `program` with the parent's environment plus `environment`; a failed exec exits
+//    127.
 // Thread-safe (fork copies only the calling thread; the child runs no allocation before exec
 // but the argv built beforehand).
 #pragma once
@@ -31,9 +34,18 @@ struct SpawnOptions {
   // parent's own when empty. "/dev/null" discards.
   std::string stdout_path, stderr_path;
   int parent_death_signal = SIGKILL;  // 0: none
+  // "NAME=value" entries added to the parent's environment; one that names a variable the
+  // parent has replaces it.
+  std::vector<std::string> environment{};
 };
 
 // The child's pid.
 Result<pid_t> Spawn(const SpawnOptions& options);
+
+// What a trainer's environment adds: glibc's malloc asks for transparent huge pages for its
+// large blocks (GLIBC_TUNABLES=glibc.malloc.hugetlb=1), which halves what a fresh trainer
+// spends on page faults before its first step (docs/fault-tolerance.md, "Restarts"). Nothing
+// when the parent's environment already sets GLIBC_TUNABLES: the operator's choice stands.
+std::vector<std::string> TrainerEnvironment();
 
 }  // namespace moerun

@@ -102,7 +102,8 @@ int RunLaunch(const LaunchArgs& a) {
     if (a.steps > 0) args.insert(args.end(), {"--steps", std::to_string(a.steps)});
     if (a.resume) args.push_back("--resume");
     if (a.no_progress || r != 0) args.push_back("--no-progress");
-    auto pid = Spawn({"/proc/self/exe", args, r != 0 ? "/dev/null" : "", "", SIGKILL});
+    auto pid = Spawn(
+        {"/proc/self/exe", args, r != 0 ? "/dev/null" : "", "", SIGKILL, TrainerEnvironment()});
     if (!pid.ok()) {
       std::fprintf(stderr, "moerun launch: rank %d: %s\n", r, pid.status().message().c_str());
       for (pid_t p : pids) kill(-p, SIGKILL);

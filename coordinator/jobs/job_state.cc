@@ -92,8 +92,16 @@ Status JobState::Fail(int64_t now_ms, std::string cause, int rank, std::string h
                 std::move(host));
   }
   ++restarts_;
-  int64_t backoff = policy_.backoff_ms;
-  for (int64_t i = 1; i < restarts_ && backoff < policy_.backoff_max_ms; ++i) backoff *= 2;
+  int64_t backoff = 0;
+  if (trained_) {
+    failures_in_a_row_ = 0;
+  } else {
+    ++failures_in_a_row_;
+    backoff = policy_.backoff_ms;
+    for (int64_t i = 1; i < failures_in_a_row_ && backoff < policy_.backoff_max_ms; ++i)
+      backoff *= 2;
+  }
+  trained_ = false;
   restart_not_before_ms_ = now_ms + std::min(backoff, policy_.backoff_max_ms);
   Status s = Move(JobPhase::kRecovering, now_ms, std::move(cause), rank, std::move(host));
   ++generation_;  // the next start fences every trainer of the old generation
@@ -136,6 +144,8 @@ nlohmann::json JobState::ToJson() const {
           {"phase", ToString(phase_)},
           {"generation", generation_},
           {"restarts", restarts_},
+          {"failures_in_a_row", failures_in_a_row_},
+          {"trained", trained_},
           {"restart_not_before_ms", restart_not_before_ms_},
           {"policy",
            {{"max_restarts", policy_.max_restarts},
@@ -160,6 +170,9 @@ Result<JobState> JobState::FromJson(const nlohmann::json& j) {
     if (!ParsePhase(j.at("phase").get<std::string>(), &s.phase_)) return bad("unknown phase");
     s.generation_ = j.at("generation").get<uint64_t>();
     s.restarts_ = j.at("restarts").get<int64_t>();
+    // Absent in states stored before the backoff counted failures in a row: as if none.
+    s.failures_in_a_row_ = j.value("failures_in_a_row", int64_t(0));
+    s.trained_ = j.value("trained", false);
     s.restart_not_before_ms_ = j.at("restart_not_before_ms").get<int64_t>();
     s.events_.clear();
     for (const auto& e : j.at("events")) {

@@ -10,8 +10,10 @@
 //   FAILED, CANCELLED from any state that is not terminal.
 //
 // Transitions not on the diagram are refused with a Status naming both states; terminal
-// states accept nothing. Restarts are bounded by max_restarts; the backoff before restart n
-// (1-based) is min(backoff_ms · 2^(n-1), backoff_max_ms). Time comes from the caller's clock.
+// states accept nothing. Restarts are bounded by max_restarts. A generation that trained a step
+// restarts at once (a fault, not a crash loop); the k-th failure in a row of generations that
+// trained nothing waits min(backoff_ms · 2^(k-1), backoff_max_ms). Time comes from the caller's
+// clock.
 // Serializes to versioned JSON so the coordinator can store it and reload it after a
 // restart. Not thread-safe: the coordinator owns it on one thread.
 #pragma once
@@ -69,6 +71,9 @@ class JobState {
   Status Cancel(int64_t now_ms, std::string cause);   // any non-terminal -> CANCELLED
   // An event without a transition (from == to): what the job is waiting for, and the like.
   void Note(int64_t now_ms, std::string cause);
+  // The current generation completed a step: its failure restarts at once, and the backoff's
+  // count of failures in a row starts over.
+  void Trained() { trained_ = true; }
 
   nlohmann::json ToJson() const;
   static Result<JobState> FromJson(const nlohmann::json& j);
@@ -81,6 +86,8 @@ class JobState {
   JobPhase phase_ = JobPhase::kQueued;
   uint64_t generation_ = 0;
   int64_t restarts_ = 0;
+  int64_t failures_in_a_row_ = 0;  // of generations that trained no step
+  bool trained_ = false;           // the current generation completed a step
   int64_t restart_not_before_ms_ = 0;
   std::vector<JobEvent> events_;
 };

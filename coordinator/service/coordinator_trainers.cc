@@ -182,6 +182,7 @@ void Coordinator::OnStepReport(JobRun& job, const StepReportBody& body) {
   std::map<std::string, std::vector<int64_t>> load;
   if (rank == 0) load = body.expert_load;
   RankRun& rr = job.ranks[size_t(rank)];
+  job.state.Trained();
   rr.step = step;
   rr.memory_oldest = body.memory_oldest;
   rr.memory_newest = body.memory_newest;

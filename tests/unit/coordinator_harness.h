@@ -115,6 +115,13 @@ class Harness {
     return n;
   }
   const JobRun& Job(const std::string& id) { return c().jobs().at(id); }
+  // Whether any of the job's events says `text` (a restart that needs no backoff begins in the
+  // same call that recorded its cause, so the cause need not be the last event).
+  bool Said(const std::string& id, const std::string& text) {
+    for (const auto& e : Job(id).state.events())
+      if (e.cause.find(text) != std::string::npos) return true;
+    return false;
+  }
 
   // The wall clock and the monotonic timer, stepped together by Advance; a test may step the
   // wall alone, as NTP does.

@@ -50,6 +50,34 @@ TEST_CASE("failures restart with exponential backoff and a new generation, up to
   CHECK(j.events()[3].host == "host-b");
 }
 
+TEST_CASE("a generation that trained a step restarts at once and resets the backoff") {
+  JobState j("tiny", {10, 1000, 30000}, 0);
+  REQUIRE(j.Start(0, "start").ok());
+  REQUIRE(j.Running(0, "up").ok());
+  // Two failures in a row before any step: 1000, then 2000 ms.
+  REQUIRE(j.Fail(100, "rank 0 crashed at start").ok());
+  CHECK(j.restart_not_before_ms() == 1100);
+  REQUIRE(j.Running(1100, "up").ok());
+  REQUIRE(j.Fail(1200, "rank 0 crashed at start").ok());
+  CHECK(j.restart_not_before_ms() == 3200);
+  REQUIRE(j.Running(3200, "up").ok());
+  // This generation trains: its failure restarts at once.
+  j.Trained();
+  REQUIRE(j.Fail(5000, "rank 3 killed by signal 9").ok());
+  CHECK(j.restart_not_before_ms() == 5000);
+  REQUIRE(j.Running(5000, "up").ok());
+  // The next generation trains nothing: the count starts over at 1000 ms, not 4000.
+  REQUIRE(j.Fail(5100, "rank 3 crashed at start").ok());
+  CHECK(j.restart_not_before_ms() == 6100);
+  // Both counts outlive a coordinator restart.
+  auto back = JobState::FromJson(j.ToJson());
+  REQUIRE(back.ok());
+  REQUIRE(back->Running(6100, "up").ok());
+  REQUIRE(back->Fail(6200, "again").ok());
+  CHECK(back->restart_not_before_ms() == 8200);
+  CHECK(back->restarts() == 5);
+}
+
 TEST_CASE("a failure that cannot succeed on retry fails the job at once") {
   JobState j("tiny", {10, 1, 1}, 0);
   REQUIRE(j.Start(0, "s").ok());

@@ -143,21 +143,16 @@ TEST_CASE("coordinator: a restart on the same hosts restores the newest step hel
   CHECK(h.Last("cli:9").e.body["memory_step"] == 12);  // the step both ranks hold
   h.Exit("a", id, 1, 1, 1);
   CHECK(h.Job(id).state.phase() == JobPhase::kRecovering);
-  CHECK(h.Job(id).state.events().back().cause.find("1 steps to redo, from memory step 12") !=
-        std::string::npos);
+  CHECK(h.Said(id, "1 steps to redo, from memory step 12"));
   Wait(h, 1000, {"a"});
   const Sent start = h.Last("worker:a", MessageType::kStartTrainers);
   CHECK(start.e.body["restore_step"] == 12);
   CHECK(start.e.body["restore_from_memory"] == true);
-  bool said = false;
-  for (const auto& e : h.Job(id).state.events())
-    said = said || e.cause.find("restoring step 12 from memory") != std::string::npos;
-  CHECK(said);
+  CHECK(h.Said(id, "restoring step 12 from memory"));
   // The snapshot cannot be read after all: the next generation restores from disk.
   h.Exit("a", id, 2, 0, 5);
-  CHECK(h.Job(id).state.events().back().cause.find(
-            "the memory snapshot of step 12 is unusable; falling back to the start on disk") !=
-        std::string::npos);
+  CHECK(
+      h.Said(id, "the memory snapshot of step 12 is unusable; falling back to the start on disk"));
   Wait(h, 5000, {"a"});
   const Sent third = h.Last("worker:a", MessageType::kStartTrainers);
   CHECK(third.e.generation == 3);

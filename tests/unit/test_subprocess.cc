@@ -66,6 +66,32 @@ TEST_CASE("spawn: the output file reaches the child as stdout and stderr only") 
   CHECK(Read(log) == "1\n2\n");
 }
 
+TEST_CASE("spawn: the child gets the parent's environment with the entries given added") {
+  const std::string dir = testing::FreshTempPath("subprocess", "env", true);
+  const std::string log = dir + "/env.log";
+  setenv("MOERUN_TEST_KEPT", "kept", 1);
+  setenv("MOERUN_TEST_REPLACED", "old", 1);
+  auto pid = Spawn({"/bin/sh",
+                    {"sh", "-c",
+                     "echo $MOERUN_TEST_KEPT $MOERUN_TEST_REPLACED $MOERUN_TEST_ADDED; "
+                     "env | grep -c '^MOERUN_TEST_REPLACED='"},
+                    log,
+                    log,
+                    SIGKILL,
+                    {"MOERUN_TEST_REPLACED=new", "MOERUN_TEST_ADDED=added"}});
+  REQUIRE(pid.ok());
+  CHECK(Wait(pid.value()) == 0);
+  CHECK(Read(log) == "kept new added\n1\n");
+  unsetenv("MOERUN_TEST_KEPT");
+  unsetenv("MOERUN_TEST_REPLACED");
+  // A trainer's malloc asks for huge pages unless the operator set GLIBC_TUNABLES.
+  unsetenv("GLIBC_TUNABLES");
+  CHECK(TrainerEnvironment() == std::vector<std::string>{"GLIBC_TUNABLES=glibc.malloc.hugetlb=1"});
+  setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2", 1);
+  CHECK(TrainerEnvironment().empty());
+  unsetenv("GLIBC_TUNABLES");
+}
+
 TEST_CASE("spawn: a program that cannot run exits 127; a missing log directory is an error") {
   auto pid = Spawn({"/nonexistent/program", {"program"}, "/dev/null", "/dev/null"});
   REQUIRE(pid.ok());

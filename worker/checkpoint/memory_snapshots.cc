@@ -178,13 +178,26 @@ Result<std::vector<Entry>> MemorySnapshots::Read(const std::string& dir, int ran
   std::string problems;
   for (int i = 0; i < kMemorySnapshotsKept; ++i) {
     const std::string path = SlotPath(dir, rank, i);
-    std::ifstream in(path, std::ios::binary);
+    std::ifstream in(path, std::ios::binary | std::ios::ate);
     if (!in) continue;
-    const std::string data((std::istreambuf_iterator<char>(in)), {});
+    // The header first: the other slots hold other steps, and a restart waits on this read.
+    const std::streamoff size = in.tellg();
+    std::string data(
+        size_t(std::max<std::streamoff>(0, std::min<std::streamoff>(size, kHeaderBytes))), '\0');
+    in.seekg(0);
+    if (!in.read(data.data(), std::streamsize(data.size()))) continue;
     Cursor head(data.data(), data.size());
     const char* magic = head.Bytes(8);
     const uint64_t file_step = head.Get<uint64_t>();
     if (!head.ok() || file_step != uint64_t(step)) continue;  // another step, or none
+    data.resize(size_t(size));                                // then the whole file, in one read
+    if (!in.seekg(0) || !in.read(data.data(), std::streamsize(size))) {
+      return Status::Corruption("memory snapshot " + path + " of step " + std::to_string(step) +
+                                ": cannot be read");
+    }
+    head = Cursor(data.data(), data.size());
+    magic = head.Bytes(8);
+    head.Get<uint64_t>();
     auto bad = [&](const std::string& why) {
       return Status::Corruption("memory snapshot " + path + " of step " + std::to_string(step) +
                                 ": " + why);

@@ -41,7 +41,7 @@ Result<pid_t> TrainerSupervisor::Start(const TrainerLaunch& launch) {
     if (!created.ok()) return created.status().WithContext("trainer");
     beat = std::move(created.value());
   }
-  auto spawned = Spawn({launch.argv[0], launch.argv, log, log, SIGKILL});
+  auto spawned = Spawn({launch.argv[0], launch.argv, log, log, SIGKILL, TrainerEnvironment()});
   if (!spawned.ok()) {
     if (beat) unlink(launch.beat_path.c_str());
     return spawned.status().WithContext("trainer");
@@ -191,7 +191,13 @@ void TrainerSupervisor::Terminate(const std::string& job_id, uint64_t below_gene
   for (const auto& [pid, l] : children_) {
     if (l.job_id != job_id || l.generation >= below_generation) continue;
     if (!cause.empty()) cause_.emplace(pid, cause);  // the first reason stands
+    const auto never = std::chrono::steady_clock::time_point::max();
     auto it = kill_at_.find(pid);
+    if (grace_ms <= 0) {  // a fence: no checkpoint to wait for, and the restart waits on it
+      if (it == kill_at_.end() || it->second != never) kill(-pid, SIGKILL);
+      kill_at_[pid] = never;
+      continue;
+    }
     if (it != kill_at_.end()) {
       it->second = std::min(it->second, deadline);  // a shorter grace wins
       continue;

@@ -74,8 +74,9 @@ class TrainerSupervisor {
 
   // The same stop for an event loop that must not block: SIGTERM now to trainers of job_id
   // with generation < below_generation, and Poll() sends SIGKILL to any of them still alive
-  // grace_ms later. Repeating it for a trainer already stopping changes nothing but a shorter
-  // grace. `cause` becomes the exit's cause (the first one given wins).
+  // grace_ms later; grace_ms 0 (a fence) is SIGKILL now. Repeating it for a trainer already
+  // stopping changes nothing but a shorter grace. `cause` becomes the exit's cause (the first one
+  // given wins).
   void Terminate(const std::string& job_id, uint64_t below_generation,
                  int64_t grace_ms = kTrainerStopGraceMs, const std::string& cause = "");
   // Trainers of job_id with generation < below_generation that are still alive.

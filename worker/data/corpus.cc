@@ -28,10 +28,14 @@ bool Excluded(const fs::path& p, const std::vector<std::string>& globs) {
 }
 
 Status ReadBytes(const std::string& path, std::vector<char>* out) {
-  std::ifstream in(path, std::ios::binary);
+  // One read of the whole file: a restarted trainer loads the corpus again, on its critical path.
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) return Status::IOError("data file " + path + ": cannot open");
-  out->assign(std::istreambuf_iterator<char>(in), {});
-  if (in.bad()) return Status::IOError("data file " + path + ": read failed");
+  const std::streamoff size = in.tellg();
+  if (size < 0) return Status::IOError("data file " + path + ": cannot tell its size");
+  out->resize(size_t(size));
+  in.seekg(0);
+  if (!in.read(out->data(), size)) return Status::IOError("data file " + path + ": read failed");
   return Status::OK();
 }
 
@@ -56,6 +60,7 @@ Status AppendShard(const std::string& path, const std::vector<char>& bytes, int6
                               std::to_string((int64_t(bytes.size()) - header) / 2));
   }
   const uint8_t* p = reinterpret_cast<const uint8_t*>(bytes.data()) + header;
+  tokens->reserve(tokens->size() + size_t(count));
   for (int64_t i = 0; i < count; ++i) {
     const int32_t t = int32_t(p[2 * i]) | (int32_t(p[2 * i + 1]) << 8);
     if (t >= vocab) {
@@ -100,11 +105,22 @@ Result<Corpus> Corpus::Load(const DataSpec& spec, int64_t vocab, int64_t seq_len
   Corpus c;
   c.files_ = std::move(files.value());
   c.seq_len_ = seq_len;
+  // One allocation for every token: growing the array copies it and faults its pages again.
+  uintmax_t total_bytes = 0;
+  for (const auto& f : c.files_) {
+    std::error_code ec;
+    const uintmax_t size = fs::file_size(f, ec);
+    if (!ec) total_bytes += size;
+  }
+  c.tokens_.reserve(size_t(spec.format == DataFormat::kText ? total_bytes : total_bytes / 2));
   std::vector<char> bytes;
   for (const auto& f : c.files_) {
     MOERUN_RETURN_IF_ERROR(ReadBytes(f, &bytes));
     if (spec.format == DataFormat::kText) {
-      for (char ch : bytes) c.tokens_.push_back(int32_t(static_cast<unsigned char>(ch)));
+      const size_t at = c.tokens_.size();
+      c.tokens_.resize(at + bytes.size());
+      std::transform(bytes.begin(), bytes.end(), c.tokens_.begin() + std::ptrdiff_t(at),
+                     [](char ch) { return int32_t(static_cast<unsigned char>(ch)); });
     } else {
       MOERUN_RETURN_IF_ERROR(AppendShard(f, bytes, vocab, &c.tokens_));
     }

@@ -66,12 +66,12 @@ Status ResumeNewest(const JobSpec& spec, const std::string& ckpt_dir, bool resum
 
 }  // namespace
 
-TrainState::TrainState(const JobSpec& spec, const model::StageRange& range)
+TrainState::TrainState(const JobSpec& spec, const model::StageRange& range, bool initialize)
     : params(model::StageTensors(spec.model, range)),
       opt{std::vector<float>(params.values().size(), 0.0f),
           std::vector<float>(params.values().size(), 0.0f)},
       model(spec.model) {
-  params.Initialize(spec.train.seed, spec.model.init_std);
+  if (initialize) params.Initialize(spec.train.seed, spec.model.init_std);
 }
 
 Result<std::unique_ptr<checkpoint::ShardStore>> OpenShardStore(const JobSpec& spec,

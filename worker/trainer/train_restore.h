@@ -23,8 +23,9 @@ namespace moerun::trainer {
 // The state a rank trains from: its stage's weights and AdamW moments, and the last step
 // done (0: none).
 struct TrainState {
-  // Weights initialized from train.seed, moments zero.
-  TrainState(const JobSpec& spec, const model::StageRange& range);
+  // Weights initialized from train.seed (or zero when `initialize` is false: a restore of a
+  // committed step overwrites every one, or fails the rank), moments zero.
+  TrainState(const JobSpec& spec, const model::StageRange& range, bool initialize = true);
   model::Parameters<float> params;
   OptimizerState opt;
   int64_t step = 0;

@@ -3,6 +3,7 @@
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -11,9 +12,11 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <nlohmann/json.hpp>
 #include <numbers>
 #include <optional>
+#include <sstream>
 
 #include "common/exit_codes.h"
 #include "common/limits.h"
@@ -155,6 +158,50 @@ Result<std::unique_ptr<StepDriver>> MakeDriver(const JobSpec& spec, const TrainO
   return std::make_unique<StepDriver>(spec, topo, corpus, std::move(backend));
 }
 
+// How long each phase of a rank's start took, logged once with its first step: what a restart
+// costs, and where.
+class StartupAccount {
+ public:
+  // The first phase is the process's own start (exec, libraries, spec checks), from its start
+  // time in /proc (10 ms ticks).
+  StartupAccount() {
+    std::ifstream in("/proc/self/stat");
+    std::string stat;
+    std::getline(in, stat);
+    const size_t paren = stat.rfind(')');
+    if (paren == std::string::npos) return;
+    std::istringstream fields(stat.substr(paren + 2));
+    std::string field;
+    for (int i = 3; i <= 22 && fields >> field; ++i) {
+      if (i != 22) continue;  // starttime, clock ticks after boot
+      timespec now{};
+      clock_gettime(CLOCK_BOOTTIME, &now);
+      const double started_s = std::stod(field) / double(sysconf(_SC_CLK_TCK));
+      const double age_ms = (double(now.tv_sec) + double(now.tv_nsec) * 1e-9 - started_s) * 1e3;
+      if (age_ms >= 0) phases_.emplace_back("process", age_ms);
+    }
+  }
+  // Ends the current phase under `name`.
+  void Mark(const char* name) {
+    const auto now = Clock::now();
+    phases_.emplace_back(name, std::chrono::duration<double, std::milli>(now - last_).count());
+    last_ = now;
+  }
+  std::string Describe() const {
+    double total = 0;
+    std::string parts;
+    for (const auto& [name, ms] : phases_) {
+      total += ms;
+      parts += (parts.empty() ? "" : ", ") + std::string(name) + " " + std::to_string(int64_t(ms));
+    }
+    return "started in " + std::to_string(int64_t(total)) + " ms (" + parts + " ms)";
+  }
+
+ private:
+  Clock::time_point last_ = Clock::now();
+  std::vector<std::pair<const char*, double>> phases_;
+};
+
 // Everything a rank's run holds between its phases.
 struct RankRun {
   RankRun(JobSpec s, const TrainOptions& o) : spec(std::move(s)), opts(o) {}
@@ -167,10 +214,13 @@ struct RankRun {
   std::optional<data::Corpus> corpus;
   std::optional<TrainState> state;
   std::unique_ptr<checkpoint::ShardStore> store;  // null unless this rank writes a shard
+  // The store while it opens beside a restore from memory, which reads no shard.
+  std::future<Result<std::unique_ptr<checkpoint::ShardStore>>> store_opening;
   std::unique_ptr<StepDriver> driver;
   std::unique_ptr<checkpoint::MemorySnapshots> memory;  // null unless a daemon asked for them
   bool memory_failed = false;  // a memory snapshot could not be written (said once)
   std::vector<checkpoint::EntryView> memory_views;  // this rank's state, for the snapshots
+  StartupAccount startup;
 };
 
 // Phase 0: the run directory, the job's YAML in it, this rank's log.
@@ -197,8 +247,10 @@ Status OpenRunDir(RankRun& run, const std::string& spec_yaml) {
 
 // Phases 2 and 3: the world and its groups, the data, the model state to start from.
 Status Bootstrap(RankRun& run) {
+  run.startup.Mark("log");
   auto world = ConnectWorld(run.opts, *run.log);
   if (!world.ok()) return world.status();
+  run.startup.Mark("rendezvous");
   // Every communicator of the topology is split from this one, so all add to `wait` and
   // record into the same flight recorder.
   std::shared_ptr<comm::FlightRecorder> recorder;
@@ -212,24 +264,43 @@ Status Bootstrap(RankRun& run) {
                                          std::move(recorder)));
   if (!topo.ok()) return topo.status();
   run.topo.emplace(std::move(topo.value()));
+  run.startup.Mark("groups");
   const Topology& t = *run.topo;
   const ModelSpec& m = run.spec.model;
   auto corpus = data::Corpus::Load(run.spec.data, m.vocab_size, m.seq_len);
   if (!corpus.ok()) return Status::DataLoss("data: " + corpus.status().message());
   run.corpus.emplace(std::move(corpus.value()));
+  run.startup.Mark("data");
   run.log->info(
       "job {} rank {}/{}: stage {} (layers {}-{}), replica {}, experts {}-{}; {} data files, {} "
       "tokens",
       run.spec.name, t.rank, t.world, t.stage, t.range.layer_begin, t.range.layer_end - 1, t.d,
       t.range.expert_begin, t.range.expert_end - 1, run.corpus->files().size(),
       run.corpus->tokens());
-  run.state.emplace(run.spec, t.range);
-  auto store = OpenShardStore(run.spec, run.opts, t);
-  if (!store.ok()) return store.status();
-  run.store = std::move(store.value());
-  if (run.store && !run.store->damage().empty()) run.log->warn("{}", run.store->damage());
-  return RestoreOrResume(run.spec, run.opts, *run.topo, run.store.get(), &run.state.value(),
-                         *run.log);
+  // A restart restores every weight of the committed step (or fails): no initialization first.
+  run.state.emplace(run.spec, t.range, /*initialize=*/run.opts.restore_step <= 0);
+  run.startup.Mark("state");
+  if (run.opts.restore_from_memory && run.opts.restore_step > 0) {
+    // Nobody reads a shard: RocksDB opens it while the restore and the first step run.
+    run.store_opening = std::async(std::launch::async, [&run] {
+      auto store = OpenShardStore(run.spec, run.opts, *run.topo);
+      if (store.ok() && store.value()) {
+        Status allowed = store.value()->AllowCompaction();
+        if (!allowed.ok()) return Result<std::unique_ptr<checkpoint::ShardStore>>(allowed);
+      }
+      return store;
+    });
+  } else {
+    auto store = OpenShardStore(run.spec, run.opts, t);
+    if (!store.ok()) return store.status();
+    run.store = std::move(store.value());
+    if (run.store && !run.store->damage().empty()) run.log->warn("{}", run.store->damage());
+    run.startup.Mark("shard store");
+  }
+  Status restored =
+      RestoreOrResume(run.spec, run.opts, *run.topo, run.store.get(), &run.state.value(), *run.log);
+  run.startup.Mark("restore");
+  return restored;
 }
 
 // One step of the loop: train, evaluate when due, report, agree on stopping, checkpoint when
@@ -263,6 +334,10 @@ Status OneStep(RankRun& run, TrainReporter& report, checkpoint::CheckpointWriter
   }
   if (run.memory) report.set_memory_held(run.memory->Held());
   report.Step(line, total);
+  if (step == summary->first_step) {
+    run.startup.Mark("first step");
+    run.log->info("{}", run.startup.Describe());
+  }
   summary->final_loss = r->loss;
   auto stopping = run.driver->AnyRank(StopSignals::requested());
   if (!stopping.ok()) return stopping.status();
@@ -312,6 +387,13 @@ Result<TrainSummary> StepLoop(RankRun& run) {
   summary.first_step = state.step + 1;
   TrainReporter report(spec, run.opts, run.log, run.tty);
   MOERUN_RETURN_IF_ERROR(report.Open(state.step, summary.first_step));
+  if (run.store_opening.valid()) {
+    auto store = run.store_opening.get();
+    if (!store.ok()) return store.status();
+    run.store = std::move(store.value());
+    if (run.store && !run.store->damage().empty()) run.log->warn("{}", run.store->damage());
+    run.startup.Mark("shard store");
+  }
   std::unique_ptr<checkpoint::CheckpointWriter> writer;
   if (run.store) {
     const std::string shard = run.topo->ShardName();
@@ -368,6 +450,7 @@ Result<TrainSummary> TrainRank(const JobSpec& job, const std::string& spec_yaml,
   auto driver = MakeDriver(run.spec, opts, &*run.topo, &*run.state, &*run.corpus, run.wait);
   if (!driver.ok()) return driver.status();
   run.driver = std::move(driver.value());
+  run.startup.Mark("backend");
   run.log->info("steps run on {}", run.driver->Describe());
   auto summary = StepLoop(run);
   if (!summary.ok()) return FailedRun(run, summary.status());
