@@ -1,5 +1,6 @@
 // Processes for the benches that run `moerun local` and fault it (recovery, goodput): starting
-// it with its output in a file, and finding its coordinator, daemons and trainers in /proc.
+// it with its output in a file (its coordinator, daemons and trainers are found with
+// common/process_tree.h).
 #pragma once
 
 #include <sys/types.h>
@@ -12,22 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "common/process_tree.h"
+
 namespace moerun::bench {
-
-inline std::vector<pid_t> Children(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
-  std::vector<pid_t> out;
-  pid_t c;
-  while (in >> c) out.push_back(c);
-  return out;
-}
-
-// Whether the process's command line mentions `program`.
-inline bool Runs(pid_t pid, const std::string& program) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline");
-  std::string s((std::istreambuf_iterator<char>(in)), {});
-  return s.find(program) != std::string::npos;
-}
 
 // The `moerun` binary next to this one.
 inline std::string MoerunBinary() {

@@ -6,12 +6,16 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <regex>
+#include <sstream>
 #include <thread>
 #include <vector>
 
 #include "bench/bench_process.h"
+#include "coordinator/state/coordinator_store.h"
 #include "worker/trainer/trainer.h"
 
 namespace moerun::bench {
@@ -36,14 +40,11 @@ std::string Digest(const std::string& run) {
 // there was no target (e.g. no trainer running at that moment).
 std::string Fault(pid_t local, const std::string& kind, std::mt19937& rng) {
   std::vector<pid_t> daemons, trainers, coordinators;
-  for (pid_t c : Children(local)) {
-    if (Runs(c, "moerun-worker")) {
-      daemons.push_back(c);
-      for (pid_t t : Children(c)) trainers.push_back(t);
-    } else if (Runs(c, "moerun-coordinator")) {
-      coordinators.push_back(c);
-    }
+  for (pid_t d : ChildrenRunning(local, "moerun-worker")) {
+    daemons.push_back(d);
+    for (pid_t t : Children(d)) trainers.push_back(t);
   }
+  coordinators = ChildrenRunning(local, "moerun-coordinator");
   const bool on_trainer = kind.find("trainer") != std::string::npos;
   const std::vector<pid_t>& pool = on_trainer                   ? trainers
                                    : kind == "kill coordinator" ? coordinators
@@ -54,12 +55,59 @@ std::string Fault(pid_t local, const std::string& kind, std::mt19937& rng) {
   return kind + " (pid " + std::to_string(victim) + ")";
 }
 
+// Time between consecutive steps of a finished run beyond its own median interval, summed
+// (seconds), and that median: what faults cost, measured within one run, so that the machine
+// running faster or slower than during the undisturbed run does not count. A step trained
+// again after a restart replaces its first report, so the interval that spans a restart holds
+// the steps thrown away too. Negative when the run's store cannot be read.
+std::pair<double, double> ExcessOverMedian(const std::string& run) {
+  auto store = coordinator::CoordinatorStore::Open(run + "/control/coordinator/db");
+  if (!store.ok()) return {-1, -1};
+  auto jobs = store.value()->LoadJobs();
+  if (!jobs.ok() || jobs->empty()) return {-1, -1};
+  auto metrics = store.value()->Metrics(jobs->back().job_id(), 0, 10000000);
+  if (!metrics.ok() || metrics->size() < 3) return {-1, -1};
+  std::vector<std::pair<int64_t, int64_t>> at;  // step, time_ms
+  for (const auto& m : metrics.value()) at.emplace_back(m.value("step", 0), m.value("time_ms", 0));
+  std::sort(at.begin(), at.end());
+  std::vector<int64_t> gaps;
+  for (size_t i = 1; i < at.size(); ++i) gaps.push_back(at[i].second - at[i - 1].second);
+  std::vector<int64_t> sorted = gaps;
+  std::nth_element(sorted.begin(), sorted.begin() + std::ptrdiff_t(sorted.size() / 2),
+                   sorted.end());
+  const int64_t median = sorted[sorted.size() / 2];
+  int64_t excess = 0;
+  for (int64_t g : gaps) excess += std::max<int64_t>(0, g - median);
+  return {double(excess) / 1e3, double(median) / 1e3};
+}
+
+// Writes a copy of the job to `path` with fault_tolerance.max_restarts set; false when the job
+// has no `  max_restarts:` line to set.
+bool WriteJobWithRestarts(const std::string& job, int64_t max_restarts, const std::string& path) {
+  std::ifstream in(job);
+  std::stringstream text;
+  text << in.rdbuf();
+  const std::regex line("^  max_restarts: *[0-9]+", std::regex::multiline);
+  const std::string before = text.str();
+  if (!std::regex_search(before, line)) return false;
+  std::ofstream(path) << std::regex_replace(before, line,
+                                            "  max_restarts: " + std::to_string(max_restarts));
+  return true;
+}
+
 }  // namespace
 
-int RunGoodputBench(const GoodputBenchArgs& a) {
+int RunGoodputBench(const GoodputBenchArgs& args) {
   const std::string base = "/tmp/moerun-bench-goodput-" + std::to_string(getpid());
   fs::remove_all(base);
   fs::create_directories(base);
+  GoodputBenchArgs a = args;
+  a.job = base + "/job.yaml";
+  if (!WriteJobWithRestarts(args.job, args.max_restarts, a.job)) {
+    std::fprintf(stderr, "moerun-bench goodput: %s has no fault_tolerance.max_restarts line\n",
+                 args.job.c_str());
+    return 2;
+  }
   // Undisturbed.
   const auto t0 = Clock::now();
   const pid_t clean = SpawnLocal(a.job, base + "/clean", a.steps);
@@ -103,8 +151,12 @@ int RunGoodputBench(const GoodputBenchArgs& a) {
   const double faulted_s = std::chrono::duration<double>(Clock::now() - t1).count();
   const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
   const std::string d0 = Digest(base + "/clean"), d1 = Digest(base + "/faulted");
+  const auto [clean_excess, clean_median] = ExcessOverMedian(base + "/clean");
+  const auto [faulted_excess, faulted_median] = ExcessOverMedian(base + "/faulted");
+  const double fault_cost = faulted_excess - clean_excess;
   std::printf("%s\n", nlohmann::json{{"bench", "goodput"},
-                                     {"job", a.job},
+                                     {"job", args.job},
+                                     {"max_restarts", a.max_restarts},
                                      {"steps", a.steps},
                                      {"fault_every_s", a.fault_every_s},
                                      {"faults", faults},
@@ -112,6 +164,9 @@ int RunGoodputBench(const GoodputBenchArgs& a) {
                                      {"faulted_s", faulted_s},
                                      {"succeeded", ok},
                                      {"goodput", clean_s / faulted_s},
+                                     {"median_step_interval_s", {clean_median, faulted_median}},
+                                     {"fault_cost_s", fault_cost},
+                                     {"goodput_fault_cost", 1 - fault_cost / faulted_s},
                                      {"digest_equal", !d0.empty() && d0 == d1},
                                      {"run_dir", base}}
                           .dump()

@@ -363,6 +363,9 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   gp->add_option("--seed", gb.seed)->capture_default_str();
+  gp->add_option("--max-restarts", gb.max_restarts)
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   gp->callback([&] { rc = moerun::bench::RunGoodputBench(gb); });
   moerun::bench::MetricsBenchArgs mb;
   CLI::App* mt = app.add_subcommand(

@@ -43,9 +43,8 @@ nlohmann::json Trial(const RecoveryBenchArgs& a, const std::string& fault, int t
   pid_t victim = -1;
   while (std::chrono::steady_clock::now() < deadline && victim < 0) {
     if (trainer::LastMetricsStep(run) >= a.at_step) {
-      for (pid_t w : Children(local))
-        if (Runs(w, "moerun-worker"))
-          for (pid_t t : Children(w)) victim = t;
+      for (pid_t w : ChildrenRunning(local, "moerun-worker"))
+        for (pid_t t : Children(w)) victim = t;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }

@@ -16,6 +16,7 @@
 #include <memory>
 #include <string>
 
+#include "common/mapped_file.h"
 #include "common/status.h"
 
 namespace moerun {
@@ -27,7 +28,6 @@ class BeatFile {
                                                   int64_t daemon_pid);
   // The trainer's side: a file Create made; an error names the path and what is wrong.
   static Result<std::unique_ptr<BeatFile>> Open(const std::string& path);
-  ~BeatFile();
   BeatFile(const BeatFile&) = delete;
   BeatFile& operator=(const BeatFile&) = delete;
 
@@ -42,11 +42,13 @@ class BeatFile {
   static int64_t NowMs();
 
  private:
-  BeatFile(std::string path, void* map) : path_(std::move(path)), map_(map) {}
-  std::atomic<int64_t>& slot(int i) const { return static_cast<std::atomic<int64_t>*>(map_)[i]; }
+  BeatFile(std::string path, MappedFile map) : path_(std::move(path)), map_(std::move(map)) {}
+  std::atomic<int64_t>& slot(int i) const {
+    return static_cast<std::atomic<int64_t>*>(map_.data())[i];
+  }
 
   std::string path_;
-  void* map_;
+  MappedFile map_;
 };
 
 }  // namespace moerun

@@ -4,6 +4,8 @@
 #include <cctype>
 #include <limits>
 
+#include "common/limits.h"
+
 namespace moerun {
 namespace {
 
@@ -173,6 +175,12 @@ Result<WorkerStatusBody> WorkerStatusBody::FromJson(const nlohmann::json& body,
   auto trainers = TrainerReports(r, message, false, &w.rejected_trainers, &w.trainer_problem);
   if (!trainers.ok()) return trainers.status();
   w.trainers = std::move(trainers.value());
+  // Like a trainer entry, a memory job that is not an id costs only itself.
+  for (const auto& j : r.Array("memory_jobs", false)) {
+    if (w.memory_jobs.size() >= kMaxMemoryJobsReported) break;
+    if (j.is_string() && j.get_ref<const std::string&>().size() <= kMaxMessageIdBytes)
+      w.memory_jobs.push_back(j.get<std::string>());
+  }
   return r.Finish(std::move(w));
 }
 

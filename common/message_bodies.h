@@ -77,6 +77,8 @@ struct WorkerStatusBody {
   std::string host, backend, data_host;
   int64_t devices = 0, pid = 0, seq = 0;
   std::vector<TrainerReport> trainers;
+  // Jobs whose memory snapshots the daemon's host holds (absent from older daemons).
+  std::vector<std::string> memory_jobs;
   // Trainer entries left out because they did not parse, and the first one's problem.
   int rejected_trainers = 0;
   std::string trainer_problem;

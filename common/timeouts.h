@@ -35,6 +35,8 @@ inline constexpr int64_t kJobStartTimeoutMs = 180000;
 // The coordinator repeats StartTrainers to a daemon whose heartbeats do not show the ranks
 // after this long (the first message may have been lost with a coordinator restart).
 inline constexpr int64_t kStartTrainersResendMs = 5000;
+// A daemon lists the jobs whose memory snapshots it holds this often, for its heartbeats.
+inline constexpr int64_t kMemoryJobsListMs = 1000;
 // A log request forwarded to a daemon is answered with an error after this long.
 inline constexpr int64_t kForwardedRequestTimeoutMs = 5000;
 // A hang's flight recorders: the coordinator waits this long for the daemons' answers before
@@ -79,9 +81,11 @@ inline constexpr int64_t kLocalPollMs = 500;
 inline constexpr int64_t kLocalPollTimeoutMs = 1000;
 inline constexpr int64_t kLocalGiveUpMs = 60000;
 // `moerun local` kills and relaunches a daemon whose process lives but which the coordinator
-// has counted dead this long (frozen, deadlocked, cut off), as it relaunches one that died.
-// Longer than a heartbeat timeout, so a daemon that is only slow gets the chance to come back.
-inline constexpr int64_t kLocalSilentDaemonMs = 10000;
+// has counted dead this long (frozen, deadlocked, cut off), as it relaunches one that died:
+// a heartbeat timeout of silence was its chance, its trainers have fenced themselves and the
+// job restarts without them; without a spare their ranks wait for this daemon, so the sooner
+// the better (one poll, to see it twice). `--relaunch-dead-after-ms` sets it.
+inline constexpr int64_t kLocalSilentDaemonMs = 500;
 
 // A parent waiting for a child process to start or stop checks this often.
 inline constexpr int64_t kChildPollMs = 10;

@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <sstream>
 #include <thread>
@@ -49,6 +50,7 @@ void OnInterrupt(int) { g_interrupted.store(true); }
 struct LocalArgs {
   std::string file, run_dir;
   int64_t workers = 0, steps = 0, linger_s = 0;
+  int64_t relaunch_dead_after_ms = kLocalSilentDaemonMs;
   bool no_progress = false;
 };
 
@@ -80,6 +82,7 @@ struct Child {
   int fatal_exit = 0;       // it exited with a code no relaunch can fix (an unwritable state dir)
   std::string worker_id{};  // a daemon's --id
   std::optional<SteadyClock::time_point> dead_since{};  // the coordinator counts it dead
+  int64_t relaunch_dead_after_ms = kLocalSilentDaemonMs;
 
   void Launch() { pid = SpawnChild(args, log); }
   // Relaunches a dead child; returns false while it is alive.
@@ -119,11 +122,11 @@ struct Child {
     }
     const auto now = SteadyClock::now();
     if (!dead_since) dead_since = now;
-    if (now - *dead_since < std::chrono::milliseconds(kLocalSilentDaemonMs)) return;
+    if (now - *dead_since < std::chrono::milliseconds(relaunch_dead_after_ms)) return;
     std::fprintf(stderr,
                  "\nmoerun local: %s (pid %d) runs but the coordinator has counted it dead for "
-                 "%lld s (frozen or cut off); killing it\n",
-                 name.c_str(), pid, (long long)(kLocalSilentDaemonMs / 1000));
+                 "%lld ms (frozen or cut off); killing it\n",
+                 name.c_str(), pid, (long long)relaunch_dead_after_ms);
     kill(pid, SIGKILL);  // its trainers go with it (they die with their daemon)
     dead_since.reset();
   }
@@ -216,9 +219,16 @@ int RunLocal(const LocalArgs& a) {
       control + "/coordinator.out"};
   coord.Launch();
   std::vector<Child> daemons;
+  // The daemons' memory snapshots, under one root this command owns: a daemon it had to kill
+  // (frozen at the end, say) cannot remove its own, so the root goes once all are stopped.
+  char hash[17];
+  std::snprintf(hash, sizeof hash, "%016zx", std::hash<std::string>{}(control));
+  const std::string memory_root = std::string("/dev/shm/moerun-local-") + hash;
   auto shutdown = [&] {
     for (auto it = daemons.rbegin(); it != daemons.rend(); ++it) Stop(it->pid);
     Stop(coord.pid);
+    std::error_code ec;
+    fs::remove_all(memory_root, ec);
   };
   std::string endpoint;
   const auto start_deadline =
@@ -240,9 +250,11 @@ int RunLocal(const LocalArgs& a) {
     daemons.push_back({"worker local-" + n,
                        {(bin / "moerun-worker").string(), "--coordinator", endpoint, "--keys",
                         keys_dir, "--state-dir", control + "/worker-" + n, "--id", "local-" + n,
-                        "--devices", std::to_string(slots), "--data-host", "127.0.0.1"},
+                        "--devices", std::to_string(slots), "--data-host", "127.0.0.1",
+                        "--memory-dir", memory_root + "/worker-" + n},
                        control + "/worker-" + n + ".out"});
     daemons.back().worker_id = "local-" + n;
+    daemons.back().relaunch_dead_after_ms = a.relaunch_dead_after_ms;
     daemons.back().Launch();
   }
   std::string http_url;
@@ -401,6 +413,10 @@ void AddLocalCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--steps", a->steps, "train this many steps instead of train.steps")
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--no-progress", a->no_progress, "no progress line, even on a terminal");
+  cmd->add_option("--relaunch-dead-after-ms", a->relaunch_dead_after_ms,
+                  "kill and relaunch a daemon whose process lives but which the coordinator "
+                  "has counted dead this long (frozen, deadlocked) [500]")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--linger", a->linger_s,
                   "keep the coordinator's dashboard and API up this many seconds after the job "
                   "ends [0]")

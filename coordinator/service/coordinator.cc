@@ -200,6 +200,14 @@ void Coordinator::OnWorkerStatus(const std::string& worker_id, const Envelope& e
   }
   nlohmann::json acked = nlohmann::json::array();
   ReconcileTrainers(worker_id, b.trainers, true, &acked);
+  // Memory snapshots of a job that is over (or unknown here) outlived it on a daemon that was
+  // away when it ended: the stop that ends a job removes them.
+  for (const std::string& job_id : b.memory_jobs) {
+    auto it = jobs_.find(job_id);
+    if (it != jobs_.end() && !IsTerminal(it->second.state.phase())) continue;
+    SendTo(kWorkerPrefix + worker_id, MessageType::kStopTrainers, job_id, 0,
+           {{"below_generation", UINT64_MAX}, {"grace_ms", kFenceGraceMs}});
+  }
   if (e.type == MessageType::kRegister) {
     SendTo(kWorkerPrefix + worker_id, MessageType::kRegistered, "", 0,
            {{"heartbeat_interval_ms", settings_.heartbeat_interval_ms},

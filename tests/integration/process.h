@@ -17,6 +17,8 @@
 #include <thread>
 #include <vector>
 
+#include "common/process_tree.h"
+
 namespace moerun::testing {
 
 struct Output {
@@ -131,29 +133,10 @@ inline bool WaitFor(const std::function<bool()>& pred, double seconds) {
   return pred();
 }
 
-// Child pids of `pid` (a daemon's trainers, `moerun local`'s coordinator and daemons).
-inline std::vector<pid_t> Children(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
-  std::vector<pid_t> out;
-  pid_t c;
-  while (in >> c) out.push_back(c);
-  return out;
-}
-
-// Children of `parent` whose command line mentions `program`.
-inline std::vector<pid_t> ChildrenRunning(pid_t parent, const std::string& program) {
-  std::vector<pid_t> out;
-  for (pid_t c : Children(parent)) {
-    std::string cmd = ReadAll("/proc/" + std::to_string(c) + "/cmdline");
-    if (cmd.find(program) != std::string::npos) out.push_back(c);
-  }
-  return out;
-}
-
 // The worker daemon `moerun local` (pid `local`) started as `id` ("local-1"); 0 if none.
 inline pid_t LocalDaemon(pid_t local, const std::string& id) {
   for (pid_t p : ChildrenRunning(local, "moerun-worker"))
-    if (ReadAll("/proc/" + std::to_string(p) + "/cmdline").find(id) != std::string::npos) return p;
+    if (CommandLine(p).find(id) != std::string::npos) return p;
   return 0;
 }
 

@@ -115,8 +115,12 @@ TEST_CASE(
   const std::string dir = FreshTempPath("chaos", "frozen-daemon", true);
   const std::string spec = std::string(MOERUN_SOURCE_DIR) + "/configs/tiny-cpu.yaml";
   const std::string run = dir + "/frozen", log = dir + "/local.log";
-  const pid_t local = SpawnLogged(
-      MOERUN_BIN, {"local", spec, "--run-dir", run, "--steps", "200", "--no-progress"}, log);
+  // 10 s before `moerun local` relaunches a daemon counted dead: room to see the wait and
+  // SIGCONT it first.
+  const pid_t local = SpawnLogged(MOERUN_BIN,
+                                  {"local", spec, "--run-dir", run, "--steps", "200",
+                                   "--no-progress", "--relaunch-dead-after-ms", "10000"},
+                                  log);
   REQUIRE(WaitFor([&] { return trainer::LastMetricsStep(run) >= 60; }, 120));
   const pid_t frozen = LocalDaemon(local, "local-1");
   REQUIRE(frozen > 0);
@@ -132,7 +136,7 @@ TEST_CASE(
       },
       30));
   MESSAGE(status);
-  // Well within kLocalSilentDaemonMs (10 s), after which `moerun local` would relaunch it.
+  // Well within --relaunch-dead-after-ms (10 s), after which `moerun local` would relaunch it.
   std::this_thread::sleep_for(std::chrono::seconds(1));
   CHECK(LocalCli(run, "status tiny-cpu-1").find("RECOVERING") != std::string::npos);
   kill(frozen, SIGCONT);

@@ -10,7 +10,7 @@
 #include "tests/integration/process.h"
 #include "tests/temp_path.h"
 
-using moerun::testing::ChildrenRunning;
+using moerun::ChildrenRunning;
 using moerun::testing::FreshTempPath;
 using moerun::testing::ReadAll;
 using moerun::testing::ShellOutput;

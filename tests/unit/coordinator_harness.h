@@ -44,17 +44,13 @@ class Harness {
   }
   Coordinator& c() { return *coordinator_; }
 
-  void Beat(const std::string& worker, int slots, json trainers = json::array()) {
-    c().Handle("worker:" + worker, {MessageType::kHeartbeat,
-                                    0,
-                                    "",
-                                    "worker:" + worker,
-                                    {{"host", worker + ".example"},
-                                     {"devices", slots},
-                                     {"backend", "cpu"},
-                                     {"data_host", "127.0.0.1"},
-                                     {"pid", 100},
-                                     {"trainers", trainers}}});
+  // A heartbeat (or Register) of daemon `worker`, pid 100; `extra` fields added or replaced.
+  void Beat(const std::string& worker, int slots, json trainers = json::array(),
+            json extra = json::object(), MessageType type = MessageType::kHeartbeat) {
+    json body = {{"host", worker + ".example"}, {"devices", slots}, {"backend", "cpu"},
+                 {"data_host", "127.0.0.1"},    {"pid", 100},       {"trainers", trainers}};
+    body.update(extra);
+    c().Handle("worker:" + worker, {type, 0, "", "worker:" + worker, body});
   }
   json Submit(const std::string& name) {
     // 400 steps: room for the step numbers these tests report (the coordinator drops reports

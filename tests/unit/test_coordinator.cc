@@ -275,16 +275,7 @@ TEST_CASE(
 TEST_CASE("a daemon that restarted fails the generation it was running") {
   Harness h("restarted");
   const std::string id = h.Running();
-  h.c().Handle("worker:a", {MessageType::kRegister,
-                            0,
-                            "",
-                            "worker:a",
-                            {{"host", "a.example"},
-                             {"devices", 2},
-                             {"backend", "cpu"},
-                             {"data_host", "127.0.0.1"},
-                             {"pid", 101},  // was 100
-                             {"trainers", json::array()}}});
+  h.Beat("a", 2, json::array(), {{"pid", 101}}, MessageType::kRegister);  // was 100
   CHECK(h.Job(id).state.phase() == JobPhase::kRecovering);
   CHECK(h.Job(id).state.events().back().cause.find("restarted") != std::string::npos);
 }

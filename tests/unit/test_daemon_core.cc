@@ -83,6 +83,23 @@ TEST_CASE("daemon core: Register until Registered, then a Heartbeat every interv
   CHECK(CountType(f.core.Tick(), MessageType::kHeartbeat) == 1);
 }
 
+TEST_CASE("daemon core: heartbeats name the jobs whose memory snapshots the host holds") {
+  Fixture f;
+  f.Register();
+  f.core.set_memory_jobs({"old-1", "tiny-2"});
+  f.clock.AdvanceMs(100);
+  auto beat = f.core.Tick();
+  const Envelope* hb = FindType(beat, MessageType::kHeartbeat);
+  REQUIRE(hb != nullptr);
+  CHECK(hb->body["memory_jobs"] == json::array({"old-1", "tiny-2"}));
+  // The stop the coordinator answers with ends the job here: the daemon removes its files.
+  auto stop = f.Feed(MessageType::kStopTrainers,
+                     {{"below_generation", UINT64_MAX}, {"grace_ms", 0}}, "old-1");
+  REQUIRE(stop.stops.size() == 1);
+  CHECK(stop.stops[0].job_over);
+  CHECK(stop.stops[0].job_id == "old-1");
+}
+
 TEST_CASE("daemon core: an exit is reported at once and in every heartbeat until acknowledged") {
   Fixture f;
   f.Register();

@@ -181,5 +181,27 @@ TEST_CASE("coordinator: a rank that moves to another host makes the restart use 
   CHECK(said);
 }
 
+TEST_CASE("coordinator: a daemon that holds memory snapshots of a job that is over is told so") {
+  Harness h("memory-leftover");
+  const std::string id = h.Running();
+  auto beat = [&](json memory_jobs) {
+    h.sent.clear();
+    h.Beat("a", 2, json::array(), {{"memory_jobs", memory_jobs}});
+  };
+  // A running job's snapshots stay; one the coordinator never ran goes; entries that are not
+  // job ids cost only themselves (the heartbeat still counts).
+  beat(json::array({id, "gone-7", 42}));
+  CHECK(h.Count(MessageType::kStopTrainers, "worker:a") == 1);
+  const Sent stop = h.Last("worker:a", MessageType::kStopTrainers);
+  CHECK(stop.e.job_id == "gone-7");
+  CHECK(stop.e.body["below_generation"] == UINT64_MAX);
+  CHECK(h.Count(MessageType::kReply, "worker:a") == 1);
+  // Once the job is over, its snapshots go too.
+  h.c().Handle("cli:2", {MessageType::kCancelJob, 0, id, "cli", json::object()});
+  REQUIRE(IsTerminal(h.Job(id).state.phase()));
+  beat(json::array({id}));
+  CHECK(h.Last("worker:a", MessageType::kStopTrainers).e.job_id == id);
+}
+
 }  // namespace
 }  // namespace moerun

@@ -1,12 +1,7 @@
 #include "worker/checkpoint/memory_snapshots.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -89,30 +84,15 @@ Result<std::unique_ptr<MemorySnapshots>> MemorySnapshots::Open(const std::string
   return m;
 }
 
-MemorySnapshots::~MemorySnapshots() {
-  for (Slot& s : slots_)
-    if (s.map) munmap(s.map, s.size);
-}
+MemorySnapshots::~MemorySnapshots() = default;
 
 Status MemorySnapshots::Map(Slot& s, int index, size_t size) {
-  if (s.map && s.size == size) return Status::OK();
-  if (s.map) munmap(s.map, s.size);
+  if (s.file.mapped() && s.file.size() == size) return Status::OK();
   s = Slot{};
-  const std::string path = SlotPath(dir_, rank_, index);
-  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0) return Status::IOError("cannot open " + path + ": " + std::strerror(errno));
-  if (ftruncate(fd, off_t(size)) != 0) {
-    const int err = errno;
-    close(fd);
-    return Status::IOError("cannot size " + path +
-                           " (is the memory file system full?): " + std::strerror(err));
-  }
-  void* map = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  const int err = errno;
-  close(fd);
-  if (map == MAP_FAILED) return Status::IOError("cannot map " + path + ": " + strerror(err));
-  s.map = map;
-  s.size = size;
+  auto file = MappedFile::Map(SlotPath(dir_, rank_, index), MappedFile::Mode::kResize, size,
+                              "memory snapshot");
+  if (!file.ok()) return file.status();
+  s.file = std::move(file.value());
   return Status::OK();
 }
 
@@ -128,9 +108,9 @@ Status MemorySnapshots::Write(int64_t step, const std::vector<EntryView>& entrie
   s.step = 0;
   const size_t body = BodyBytes(entries);
   MOERUN_RETURN_IF_ERROR(Map(s, index, kHeaderBytes + body));
-  auto* h = static_cast<Header*>(s.map);
+  auto* h = static_cast<Header*>(s.file.data());
   h->step.store(0, std::memory_order_release);  // no reader takes a slot being written
-  char* p = static_cast<char*>(s.map) + kHeaderBytes;
+  char* p = static_cast<char*>(s.file.data()) + kHeaderBytes;
   for (const auto& e : entries) {
     p = Put<uint32_t>(p, uint32_t(e.name.size()));
     std::memcpy(p, e.name.data(), e.name.size());
@@ -147,7 +127,7 @@ Status MemorySnapshots::Write(int64_t step, const std::vector<EntryView>& entrie
   h->rank = uint32_t(rank_);
   h->entries = uint32_t(entries.size());
   h->body_bytes = body;
-  h->crc = Crc32c(static_cast<char*>(s.map) + kHeaderBytes, body);
+  h->crc = Crc32c(static_cast<char*>(s.file.data()) + kHeaderBytes, body);
   h->step.store(uint64_t(step), std::memory_order_release);
   s.step = step;
   ++written_;
@@ -167,7 +147,6 @@ std::pair<int64_t, int64_t> MemorySnapshots::Held() const {
 
 void MemorySnapshots::RemoveAll() {
   for (int i = 0; i < kMemorySnapshotsKept; ++i) {
-    if (slots_[i].map) munmap(slots_[i].map, slots_[i].size);
     slots_[i] = Slot{};
     std::error_code ec;
     fs::remove(SlotPath(dir_, rank_, i), ec);

@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/mapped_file.h"
 #include "worker/checkpoint/shard_store.h"
 
 namespace moerun::checkpoint {
@@ -64,8 +65,7 @@ class MemorySnapshots {
 
  private:
   struct Slot {
-    void* map = nullptr;
-    size_t size = 0;
+    MappedFile file;
     int64_t step = 0;
   };
   MemorySnapshots(std::string dir, int rank) : dir_(std::move(dir)), rank_(rank) {}

@@ -1,12 +1,6 @@
 #include "worker/comm/flight_recorder.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <chrono>
 #include <cstring>
 
@@ -93,26 +87,15 @@ Result<std::shared_ptr<FlightRecorder>> FlightRecorder::Create(const std::string
                                                                int64_t capacity) {
   if (capacity <= 0) return Status::InvalidArgument("flight recorder capacity must be positive");
   const size_t bytes = kHeaderBytes + size_t(capacity) * kRecordBytes;
-  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Status::IOError("flight recorder " + path + ": " + std::strerror(errno));
-  if (ftruncate(fd, off_t(bytes)) != 0) {
-    const int err = errno;
-    close(fd);
-    return Status::IOError("flight recorder " + path + ": " + std::strerror(err));
-  }
-  void* map = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  const int err = errno;
-  close(fd);
-  if (map == MAP_FAILED) return Status::IOError("flight recorder " + path + ": " + strerror(err));
-  Header* h = HeaderOf(map);
+  auto file = MappedFile::Map(path, MappedFile::Mode::kCreate, bytes, "flight recorder");
+  if (!file.ok()) return file.status();
+  Header* h = HeaderOf(file->data());
   h->rank = rank;
   h->capacity = capacity;
   h->written.store(0);
   std::memcpy(h->magic, kMagic, 8);
-  return std::shared_ptr<FlightRecorder>(new FlightRecorder(map, capacity));
+  return std::shared_ptr<FlightRecorder>(new FlightRecorder(std::move(file.value()), capacity));
 }
-
-FlightRecorder::~FlightRecorder() { munmap(map_, kHeaderBytes + size_t(capacity_) * kRecordBytes); }
 
 uint64_t FlightRecorder::Begin(FlightOp op, const std::string& group, uint64_t group_seq,
                                int group_rank, int group_size, int peer, uint64_t bytes) {
@@ -143,23 +126,17 @@ void FlightRecorder::End(uint64_t seq, bool ok) {
 }
 
 Result<FlightRecorder::Contents> FlightRecorder::Read(const std::string& path, size_t last) {
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Status::NotFound("flight recorder " + path + ": " + std::strerror(errno));
-  struct stat st {};
-  if (fstat(fd, &st) != 0 || size_t(st.st_size) < kHeaderBytes) {
-    close(fd);
+  auto file = MappedFile::Map(path, MappedFile::Mode::kReadOnly, 0, "flight recorder");
+  if (!file.ok()) return file.status();
+  if (file->size() < kHeaderBytes)
     return Status::Corruption("flight recorder " + path + " has no header");
-  }
-  void* map = mmap(nullptr, size_t(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
-  close(fd);
-  if (map == MAP_FAILED) return Status::IOError("flight recorder " + path + ": cannot map it");
+  void* map = file->data();
   Contents out;
   const Header* h = HeaderOf(map);
   Status bad;
   if (std::memcmp(h->magic, kMagic, 8) != 0) {
     bad = Status::Corruption("flight recorder " + path + " is not a version 1 recorder file");
-  } else if (h->capacity <= 0 ||
-             size_t(st.st_size) < kHeaderBytes + size_t(h->capacity) * kRecordBytes) {
+  } else if (h->capacity <= 0 || file->size() < kHeaderBytes + size_t(h->capacity) * kRecordBytes) {
     bad = Status::Corruption("flight recorder " + path + " is shorter than its capacity");
   } else {
     out.rank = int(h->rank);
@@ -183,7 +160,6 @@ Result<FlightRecorder::Contents> FlightRecorder::Read(const std::string& path, s
       out.entries.push_back(std::move(e));
     }
   }
-  munmap(map, size_t(st.st_size));
   if (!bad.ok()) return bad;
   return out;
 }

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "common/mapped_file.h"
 #include "common/status.h"
 
 namespace moerun::comm {
@@ -64,7 +65,6 @@ class FlightRecorder {
     std::vector<FlightEntry> entries;
   };
   static Result<Contents> Read(const std::string& path, size_t last = kDefaultCapacity);
-  ~FlightRecorder();
 
   // Returns the entry's slot handle for End().
   uint64_t Begin(FlightOp op, const std::string& group, uint64_t group_seq, int group_rank,
@@ -74,8 +74,10 @@ class FlightRecorder {
   static int64_t NowNs();
 
  private:
-  FlightRecorder(void* map, int64_t capacity) : map_(map), capacity_(capacity) {}
-  void* map_;
+  FlightRecorder(MappedFile file, int64_t capacity)
+      : file_(std::move(file)), map_(file_.data()), capacity_(capacity) {}
+  MappedFile file_;
+  void* map_;  // file_'s bytes
   int64_t capacity_;
   uint64_t next_seq_ = 1;
 };

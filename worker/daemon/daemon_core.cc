@@ -55,7 +55,8 @@ nlohmann::json DaemonCore::Heartbeat(int64_t seq) const {
           {"data_host", identity_.data_host},
           {"pid", identity_.pid},
           {"seq", seq},
-          {"trainers", list}};
+          {"trainers", list},
+          {"memory_jobs", memory_jobs_}};
 }
 
 Envelope DaemonCore::HeartbeatNow() {

@@ -109,6 +109,11 @@ class DaemonCore {
   Envelope HeartbeatNow();
   // Jobs with a trainer here, running or not yet acknowledged.
   std::set<std::string> jobs() const;
+  // Jobs whose memory snapshots this host holds (their directories under --memory-dir), for
+  // the heartbeat: the coordinator answers a job that is over, or that it does not know, with a
+  // stop that ends it here (its snapshots go), so a daemon that was frozen or away when the
+  // job ended does not keep them.
+  void set_memory_jobs(std::vector<std::string> jobs) { memory_jobs_ = std::move(jobs); }
 
   // Trainers running, and those ended but not yet acknowledged.
   size_t running() const;
@@ -164,6 +169,7 @@ class DaemonCore {
   int64_t last_refused_ms_ = -1;  // the coordinator's address refused a connection; -1: never
   bool key_refused_ = false;      // said once per run of refusals of this daemon's key
   bool registered_ = false, away_ = false, self_fenced_ = false;
+  std::vector<std::string> memory_jobs_;
 };
 
 // Job ids name directories on the daemon's host: only what the coordinator hands out

@@ -125,6 +125,7 @@ void WorkerDaemon::Run(const std::atomic<bool>& stop) {
     // A trainer frozen as long as the coordinator lets a daemon be silent is dead too.
     supervisor_.set_frozen_timeout_ms(core_.lease_ms());
     supervisor_.Poll();  // exits reach the core through the supervisor's callback
+    ListMemoryJobs();
     Execute(core_.Tick());
   }
   notifier.Stopping();
@@ -161,6 +162,20 @@ void WorkerDaemon::Execute(const DaemonActions& a) {
   for (const auto& e : a.sends) SendEnvelopeOrWarn(e);
   for (const auto& log : a.logs) ServeLog(log);
   for (const auto& f : a.flights) ServeFlight(f);
+}
+
+void WorkerDaemon::ListMemoryJobs() {
+  const int64_t now = clock_.NowMs();
+  if (opts_.memory_dir.empty() || now - memory_jobs_listed_ms_ < kMemoryJobsListMs) return;
+  memory_jobs_listed_ms_ = now;
+  std::vector<std::string> jobs;
+  std::error_code ec;
+  for (const auto& d : fs::directory_iterator(opts_.memory_dir, ec)) {
+    const std::string name = d.path().filename().string();
+    if (d.is_directory(ec) && SafeJobId(name) && jobs.size() < kMaxMemoryJobsReported)
+      jobs.push_back(name);
+  }
+  core_.set_memory_jobs(std::move(jobs));
 }
 
 void WorkerDaemon::RemoveJobFiles(const std::string& job_id) {

@@ -18,7 +18,8 @@
 //   trainers/<job>.g<G>.r<R>.beat   beats between this daemon and the trainer (while it runs)
 //   trainers/<job>.g<G>.r<R>.flight the trainer's flight recorder (kept for the coordinator)
 //   worker.log                      the daemon's own log
-// and under memory_dir (tmpfs): <job>/rank-<R>.step-<S>.mem, the trainers' memory snapshots.
+// and under memory_dir (tmpfs): <job>/rank-<R>.slot-<K>.mem, the trainers' memory snapshots
+// (worker/checkpoint/memory_snapshots.h).
 // Run() owns everything on the calling thread; the stop flag may be set from a signal.
 #pragma once
 
@@ -79,6 +80,8 @@ class WorkerDaemon {
   std::string LogPath(const std::string& job_id, int rank) const;
   // <state dir>/trainers/<job>.g<generation>.r<rank>: + ".beat", + ".flight".
   std::string TrainerFilePrefix(const std::string& job_id, uint64_t generation, int rank) const;
+  // The job directories under memory_dir, for the heartbeat (every kMemoryJobsListMs).
+  void ListMemoryJobs();
 
   DaemonOptions opts_;
   SystemClock clock_;
@@ -87,6 +90,7 @@ class WorkerDaemon {
   std::unique_ptr<zmq::socket_t> dealer_;
   std::unique_ptr<ConnectionMonitor> link_;  // dealer_'s connection; destroyed before it
   TrainerSupervisor supervisor_;
+  int64_t memory_jobs_listed_ms_ = 0;
 };
 
 }  // namespace moerun::worker
