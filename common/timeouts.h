@@ -48,8 +48,10 @@ inline constexpr int64_t kFlightCollectTimeoutMs = 2000;
 // collectives are broken, waiting only delays the restart).
 inline constexpr int64_t kCancelGraceMs = 5000;
 inline constexpr int64_t kFenceGraceMs = 0;
-// The daemon's wait for a message before it polls its trainers.
+// The daemon's wait for a message before it polls its trainers; shorter while trainers it
+// killed are not reaped yet, since a restart waits on them (a fence).
 inline constexpr int kDaemonTickMs = 50;
+inline constexpr int kDaemonReapTickMs = 5;
 // A daemon is shown "late" once silent for max(kLateHeartbeatIntervals x its heartbeat
 // interval, half its heartbeat timeout); "dead" at the timeout itself.
 inline constexpr int64_t kLateHeartbeatIntervals = 2;

@@ -214,6 +214,13 @@ size_t TrainerSupervisor::Count(const std::string& job_id, uint64_t below_genera
   return n;
 }
 
+bool TrainerSupervisor::Killing() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [pid, when] : kill_at_)  // max(): SIGKILL sent
+    if (when == std::chrono::steady_clock::time_point::max() && children_.count(pid)) return true;
+  return false;
+}
+
 size_t TrainerSupervisor::Running() const {
   std::lock_guard<std::mutex> lock(mu_);
   return children_.size();

@@ -81,6 +81,8 @@ class TrainerSupervisor {
                  int64_t grace_ms = kTrainerStopGraceMs, const std::string& cause = "");
   // Trainers of job_id with generation < below_generation that are still alive.
   size_t Count(const std::string& job_id, uint64_t below_generation) const;
+  // Whether a trainer Terminate() sent SIGKILL to is still to be reaped.
+  bool Killing() const;
 
  private:
   void StopWhere(const std::function<bool(const TrainerLaunch&)>& match, int64_t grace_ms);

@@ -116,7 +116,7 @@ void WorkerDaemon::Run(const std::atomic<bool>& stop) {
   while (!stop.load()) {
     notifier.Tick();
     for (const LinkEvent& e : link_->Poll()) Execute(core_.OnLink(e));
-    auto msg = ReceiveEnvelope(*dealer_, kDaemonTickMs);
+    auto msg = ReceiveEnvelope(*dealer_, supervisor_.Killing() ? kDaemonReapTickMs : kDaemonTickMs);
     if (!msg.ok()) {
       spdlog::warn("dropped a message from the coordinator: {}", msg.status().message());
     } else if (msg->has_value()) {
