@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <regex>
@@ -15,7 +17,6 @@
 #include <vector>
 
 #include "bench/bench_process.h"
-#include "coordinator/state/coordinator_store.h"
 #include "worker/trainer/trainer.h"
 
 namespace moerun::bench {
@@ -57,21 +58,29 @@ std::string Fault(pid_t local, const std::string& kind, std::mt19937& rng) {
 
 // Time between consecutive steps of a finished run beyond its own median interval, summed
 // (seconds), and that median: what faults cost, measured within one run, so that the machine
-// running faster or slower than during the undisturbed run does not count. A step trained
-// again after a restart replaces its first report, so the interval that spans a restart holds
-// the steps thrown away too. Negative when the run's store cannot be read.
+// running faster or slower than during the undisturbed run does not count. Read from rank 0's
+// train.log, which has every step at millisecond resolution (the coordinator's store thins old
+// steps); a step trained again after a restart counts at its last time, so the interval that
+// spans a restart holds the steps thrown away too. Negative when the log cannot be read.
 std::pair<double, double> ExcessOverMedian(const std::string& run) {
-  auto store = coordinator::CoordinatorStore::Open(run + "/control/coordinator/db");
-  if (!store.ok()) return {-1, -1};
-  auto jobs = store.value()->LoadJobs();
-  if (!jobs.ok() || jobs->empty()) return {-1, -1};
-  auto metrics = store.value()->Metrics(jobs->back().job_id(), 0, 10000000);
-  if (!metrics.ok() || metrics->size() < 3) return {-1, -1};
-  std::vector<std::pair<int64_t, int64_t>> at;  // step, time_ms
-  for (const auto& m : metrics.value()) at.emplace_back(m.value("step", 0), m.value("time_ms", 0));
-  std::sort(at.begin(), at.end());
+  std::ifstream in(run + "/train.log");
+  std::map<int64_t, int64_t> at;  // step -> its last time, ms
+  std::string line;
+  while (std::getline(in, line)) {
+    std::tm tm{};
+    int ms = 0;
+    long long step = 0;
+    if (std::sscanf(line.c_str(), "%d-%d-%d %d:%d:%d.%d info step %lld/", &tm.tm_year, &tm.tm_mon,
+                    &tm.tm_mday, &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &ms, &step) != 8)
+      continue;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    at[step] = int64_t(timegm(&tm)) * 1000 + ms;
+  }
+  if (at.size() < 3) return {-1, -1};
   std::vector<int64_t> gaps;
-  for (size_t i = 1; i < at.size(); ++i) gaps.push_back(at[i].second - at[i - 1].second);
+  for (auto it = std::next(at.begin()); it != at.end(); ++it)
+    gaps.push_back(it->second - std::prev(it)->second);
   std::vector<int64_t> sorted = gaps;
   std::nth_element(sorted.begin(), sorted.begin() + std::ptrdiff_t(sorted.size() / 2),
                    sorted.end());
