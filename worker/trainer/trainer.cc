@@ -281,7 +281,8 @@ Status Bootstrap(RankRun& run) {
   run.state.emplace(run.spec, t.range, /*initialize=*/run.opts.restore_step <= 0);
   run.startup.Mark("state");
   if (run.opts.restore_from_memory && run.opts.restore_step > 0) {
-    // Nobody reads a shard: RocksDB opens it while the restore and the first step run.
+    // Nobody reads a shard: RocksDB opens it while the restore runs (the step loop waits for
+    // it before the first step, which may write a checkpoint).
     run.store_opening = std::async(std::launch::async, [&run] {
       auto store = OpenShardStore(run.spec, run.opts, *run.topo);
       if (store.ok() && store.value()) {
