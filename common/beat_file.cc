@@ -1,7 +1,8 @@
 #include "common/beat_file.h"
 
-#include <chrono>
 #include <cstring>
+
+#include "common/clock.h"
 
 namespace moerun {
 namespace {
@@ -13,11 +14,7 @@ static_assert(std::atomic<int64_t>::is_always_lock_free, "beats are shared betwe
 
 }  // namespace
 
-int64_t BeatFile::NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
+int64_t BeatFile::NowMs() { return SystemClock::Default()->NowMs(); }
 
 Result<std::unique_ptr<BeatFile>> BeatFile::Create(const std::string& path, int64_t now_ms,
                                                    int64_t daemon_pid) {

@@ -38,7 +38,7 @@ class BeatFile {
   int64_t daemon_pid() const { return slot(3).load(std::memory_order_relaxed); }
   const std::string& path() const { return path_; }
 
-  // CLOCK_MONOTONIC in milliseconds (std::chrono::steady_clock on Linux).
+  // CLOCK_MONOTONIC in milliseconds: SystemClock (common/clock.h), std::chrono::steady_clock.
   static int64_t NowMs();
 
  private:

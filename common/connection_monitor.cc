@@ -1,18 +1,10 @@
 #include "common/connection_monitor.h"
 
-#include <chrono>
 #include <cstring>
 
+#include "common/clock.h"
+
 namespace moerun {
-namespace {
-
-int64_t SteadyMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-}  // namespace
 
 const char* ToString(LinkEvent::Kind kind) {
   switch (kind) {
@@ -76,7 +68,7 @@ std::vector<LinkEvent> ConnectionMonitor::Poll() {
     uint32_t value = 0;
     std::memcpy(&event, head.data(), 2);
     std::memcpy(&value, static_cast<const char*>(head.data()) + 2, 4);
-    const int64_t now = SteadyMs();
+    const int64_t now = SystemClock::Default()->NowMs();
     switch (event) {
       case ZMQ_EVENT_CONNECT_DELAYED:
         attempt_started_ms_ = now;

@@ -12,6 +12,7 @@
 #include <filesystem>
 
 #include "common/exit_codes.h"
+#include "common/shm_dir.h"
 #include "worker/daemon/worker_daemon.h"
 
 namespace {
@@ -76,9 +77,7 @@ int main(int argc, char** argv) {
   o.keys_dir = fs::absolute(o.keys_dir).lexically_normal().string();
   if (o.memory_dir.empty()) {
     // One per state dir: two daemons on a host never share it, a relaunched one finds it.
-    char hash[17];
-    std::snprintf(hash, sizeof hash, "%016zx", std::hash<std::string>{}(o.state_dir));
-    o.memory_dir = std::string("/dev/shm/moerun-") + hash;
+    o.memory_dir = ShmDirFor("", o.state_dir);
   }
   std::shared_ptr<spdlog::sinks::basic_file_sink_mt> file_sink;
   try {

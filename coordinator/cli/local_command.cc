@@ -19,7 +19,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <optional>
 #include <sstream>
 #include <thread>
@@ -29,6 +28,7 @@
 #include "common/curve_auth.h"
 #include "common/duration_text.h"
 #include "common/exit_codes.h"
+#include "common/shm_dir.h"
 #include "common/spec_loader.h"
 #include "common/subprocess.h"
 #include "common/timeouts.h"
@@ -221,9 +221,7 @@ int RunLocal(const LocalArgs& a) {
   std::vector<Child> daemons;
   // The daemons' memory snapshots, under one root this command owns: a daemon it had to kill
   // (frozen at the end, say) cannot remove its own, so the root goes once all are stopped.
-  char hash[17];
-  std::snprintf(hash, sizeof hash, "%016zx", std::hash<std::string>{}(control));
-  const std::string memory_root = std::string("/dev/shm/moerun-local-") + hash;
+  const std::string memory_root = ShmDirFor("local-", control);
   auto shutdown = [&] {
     for (auto it = daemons.rbegin(); it != daemons.rend(); ++it) Stop(it->pid);
     Stop(coord.pid);

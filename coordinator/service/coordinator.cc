@@ -322,28 +322,27 @@ void Coordinator::OnRankExit(JobRun& job, int rank, int exit_code, int signal,
   ++activity_[r.worker].trainer_failures;
   const WorkerInfo* w = workers_.Find(r.worker);
   std::string cause = "rank " + std::to_string(rank) + " " + r.exit_text;
-  if (signal == 0 && exit_code == kExitBadCheckpoint && job.restore_from_memory) {
-    // A memory snapshot missing or damaged: the next generation restores from disk.
-    auto left = store_->CommittedSteps(job.state.job_id());
-    const int64_t disk = left.ok() && !left->empty() ? left->back() : 0;
-    cause += ": the memory snapshot of step " + std::to_string(job.restore_step) +
-             " is unusable; falling back to " +
-             (disk > 0 ? "step " + std::to_string(disk) : "the start") + " on disk (" +
-             std::to_string(job.restore_step - disk) + " more steps to redo)";
-    job.lost_steps += job.restore_step - disk;
-    job.memory_step = 0;
-    job.restore_from_memory = false;
-  } else if (signal == 0 && exit_code == kExitBadCheckpoint && job.restore_step > 0) {
-    // Never restore this step again: the next generation falls back to the one before it.
+  if (signal == 0 && exit_code == kExitBadCheckpoint &&
+      (job.restore_from_memory || job.restore_step > 0)) {
+    // The step restored cannot be read. A memory snapshot: the next generation restores the
+    // newest step on disk. A disk step: never restored again; the next falls back to the one
+    // before it.
     const int64_t bad = job.restore_step;
-    (void)store_->DeleteManifest(job.state.job_id(), bad);
+    const bool memory = job.restore_from_memory;
+    if (!memory) (void)store_->DeleteManifest(job.state.job_id(), bad);
     auto left = store_->CommittedSteps(job.state.job_id());
     const int64_t fallback = left.ok() && !left->empty() ? left->back() : 0;
-    job.committed_step = fallback;
-    job.lost_steps += bad - fallback;
-    cause += ": checkpoint step " + std::to_string(bad) + " is unreadable; falling back to " +
-             (fallback > 0 ? "step " + std::to_string(fallback) : "the start") + " (" +
+    cause += memory ? ": the memory snapshot of step " + std::to_string(bad) + " is unusable"
+                    : ": checkpoint step " + std::to_string(bad) + " is unreadable";
+    cause += "; falling back to " + StepOrStart(fallback) + (memory ? " on disk" : "") + " (" +
              std::to_string(bad - fallback) + " more steps to redo)";
+    job.lost_steps += bad - fallback;
+    if (memory) {
+      job.memory_step = 0;
+      job.restore_from_memory = false;
+    } else {
+      job.committed_step = fallback;
+    }
   }
   // A rank whose data plane timed out waited for a peer: the flight recorders say which.
   // ("TimedOut: step 31: expert dispatch: data plane: waited 5004 ms for rank 2 ...")

@@ -143,7 +143,7 @@ void Coordinator::ChooseMemoryRestore(JobRun& job) {
               job.ranks[r].worker;
     }
   }
-  const std::string on_disk = disk > 0 ? "step " + std::to_string(disk) : "the start";
+  const std::string on_disk = StepOrStart(disk);
   if (moved.empty()) {
     job.state.Note(clock_->NowMs(),
                    "restoring step " + std::to_string(job.memory_step) +

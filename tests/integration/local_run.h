@@ -26,7 +26,7 @@ inline std::string LocalCli(const std::string& run, const std::string& args) {
 inline pid_t LocalTrainer(pid_t local, int rank) {
   for (pid_t d : ChildrenRunning(local, "moerun-worker")) {
     for (pid_t t : Children(d)) {
-      std::string cmd = ReadAll("/proc/" + std::to_string(t) + "/cmdline");
+      std::string cmd = CommandLine(t);
       for (char& c : cmd)
         if (c == '\0') c = ' ';
       if (cmd.find(" --rank " + std::to_string(rank) + " ") != std::string::npos) return t;

@@ -64,6 +64,35 @@ class Cursor {
   bool ok_ = true;
 };
 
+// A slot's header as it lies in the file, read with one read: Open takes the step of each slot
+// an earlier process left, Read the slot that holds the step asked for.
+struct SlotHeader {
+  bool magic_ok = false;
+  uint64_t step = 0;  // 0: being written, or none
+  uint32_t rank = 0, entries = 0;
+  uint64_t body_bytes = 0;
+  uint32_t crc = 0;
+  uint64_t file_bytes = 0;
+};
+
+// False when the file is missing or shorter than a header.
+bool ReadSlotHeader(std::ifstream& in, SlotHeader* h) {
+  char bytes[kHeaderBytes];
+  in.seekg(0, std::ios::end);
+  const std::streamoff size = in.tellg();
+  in.seekg(0);
+  if (!in || size < std::streamoff(kHeaderBytes) || !in.read(bytes, kHeaderBytes)) return false;
+  Cursor c(bytes, kHeaderBytes);
+  h->magic_ok = std::memcmp(c.Bytes(8), kMagic, 8) == 0;
+  h->step = c.Get<uint64_t>();
+  h->rank = c.Get<uint32_t>();
+  h->entries = c.Get<uint32_t>();
+  h->body_bytes = c.Get<uint64_t>();
+  h->crc = c.Get<uint32_t>();
+  h->file_bytes = uint64_t(size);
+  return true;
+}
+
 }  // namespace
 
 std::string MemorySnapshots::SlotPath(const std::string& dir, int rank, int slot) {
@@ -76,10 +105,9 @@ Result<std::unique_ptr<MemorySnapshots>> MemorySnapshots::Open(const std::string
   if (ec) return Status::IOError("memory snapshots: cannot create " + dir + ": " + ec.message());
   std::unique_ptr<MemorySnapshots> m(new MemorySnapshots(dir, rank));
   for (int i = 0; i < kMemorySnapshotsKept; ++i) {
-    char head[16] = {0};
     std::ifstream in(SlotPath(dir, rank, i), std::ios::binary);
-    if (in.read(head, sizeof head) && std::memcmp(head, kMagic, 8) == 0)
-      std::memcpy(&m->found_step_[i], head + 8, 8);
+    SlotHeader h;
+    if (ReadSlotHeader(in, &h) && h.magic_ok) m->found_step_[i] = int64_t(h.step);
   }
   return m;
 }
@@ -154,44 +182,25 @@ void MemorySnapshots::RemoveAll() {
 }
 
 Result<std::vector<Entry>> MemorySnapshots::Read(const std::string& dir, int rank, int64_t step) {
-  std::string problems;
   for (int i = 0; i < kMemorySnapshotsKept; ++i) {
     const std::string path = SlotPath(dir, rank, i);
-    std::ifstream in(path, std::ios::binary | std::ios::ate);
-    if (!in) continue;
     // The header first: the other slots hold other steps, and a restart waits on this read.
-    const std::streamoff size = in.tellg();
-    std::string data(
-        size_t(std::max<std::streamoff>(0, std::min<std::streamoff>(size, kHeaderBytes))), '\0');
-    in.seekg(0);
-    if (!in.read(data.data(), std::streamsize(data.size()))) continue;
-    Cursor head(data.data(), data.size());
-    const char* magic = head.Bytes(8);
-    const uint64_t file_step = head.Get<uint64_t>();
-    if (!head.ok() || file_step != uint64_t(step)) continue;  // another step, or none
-    data.resize(size_t(size));                                // then the whole file, in one read
-    if (!in.seekg(0) || !in.read(data.data(), std::streamsize(size))) {
-      return Status::Corruption("memory snapshot " + path + " of step " + std::to_string(step) +
-                                ": cannot be read");
-    }
-    head = Cursor(data.data(), data.size());
-    magic = head.Bytes(8);
-    head.Get<uint64_t>();
+    std::ifstream in(path, std::ios::binary);
+    SlotHeader h;
+    if (!ReadSlotHeader(in, &h) || h.step != uint64_t(step)) continue;  // another step, or none
     auto bad = [&](const std::string& why) {
       return Status::Corruption("memory snapshot " + path + " of step " + std::to_string(step) +
                                 ": " + why);
     };
-    if (std::memcmp(magic, kMagic, 8) != 0) return bad("not a version 1 snapshot");
-    const uint32_t file_rank = head.Get<uint32_t>();
-    const uint32_t n = head.Get<uint32_t>();
-    const uint64_t body = head.Get<uint64_t>();
-    const uint32_t crc = head.Get<uint32_t>();
-    if (!head.ok() || file_rank != uint32_t(rank) || body > data.size() - kHeaderBytes)
+    if (!h.magic_ok) return bad("not a version 1 snapshot");
+    if (h.rank != uint32_t(rank) || h.body_bytes > h.file_bytes - kHeaderBytes)
       return bad("its header does not fit the file");
-    if (Crc32c(data.data() + kHeaderBytes, body) != crc) return bad("it fails its CRC");
-    Cursor c(data.data() + kHeaderBytes, body);
+    std::string data(h.body_bytes, '\0');  // then the body, in one read
+    if (!in.read(data.data(), std::streamsize(data.size()))) return bad("cannot be read");
+    if (Crc32c(data.data(), data.size()) != h.crc) return bad("it fails its CRC");
+    Cursor c(data.data(), data.size());
     std::vector<Entry> out;
-    for (uint32_t k = 0; k < n && c.ok(); ++k) {
+    for (uint32_t k = 0; k < h.entries && c.ok(); ++k) {
       Entry e;
       const uint32_t name_bytes = c.Get<uint32_t>();
       const char* name = c.Bytes(name_bytes);
@@ -207,7 +216,7 @@ Result<std::vector<Entry>> MemorySnapshots::Read(const std::string& dir, int ran
       e.bytes.assign(payload, payload + bytes);
       out.push_back(std::move(e));
     }
-    if (!c.ok() || out.size() != n) return bad("it is truncated");
+    if (!c.ok() || out.size() != h.entries) return bad("it is truncated");
     return out;
   }
   return Status::Corruption("memory snapshot of step " + std::to_string(step) + " of rank " +

@@ -1,8 +1,9 @@
 #include "worker/comm/flight_recorder.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
+
+#include "common/clock.h"
 
 namespace moerun::comm {
 namespace {
@@ -77,11 +78,7 @@ nlohmann::json FlightEntry::ToJson(int64_t now_ns) const {
   return j;
 }
 
-int64_t FlightRecorder::NowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
+int64_t FlightRecorder::NowNs() { return SystemClock::Default()->NowNs(); }
 
 Result<std::shared_ptr<FlightRecorder>> FlightRecorder::Create(const std::string& path, int rank,
                                                                int64_t capacity) {
@@ -100,7 +97,7 @@ Result<std::shared_ptr<FlightRecorder>> FlightRecorder::Create(const std::string
 uint64_t FlightRecorder::Begin(FlightOp op, const std::string& group, uint64_t group_seq,
                                int group_rank, int group_size, int peer, uint64_t bytes) {
   const uint64_t seq = next_seq_++;
-  Record* r = RecordAt(map_, capacity_, seq);
+  Record* r = RecordAt(file_.data(), capacity_, seq);
   r->seq.store(0, std::memory_order_relaxed);  // being rewritten
   r->group_seq = group_seq;
   r->start_ns = NowNs();
@@ -114,12 +111,12 @@ uint64_t FlightRecorder::Begin(FlightOp op, const std::string& group, uint64_t g
   std::memset(r->group, 0, kGroupChars);
   std::memcpy(r->group, group.data(), std::min(group.size(), kGroupChars - 1));
   r->seq.store(seq, std::memory_order_release);
-  HeaderOf(map_)->written.store(seq, std::memory_order_release);
+  HeaderOf(file_.data())->written.store(seq, std::memory_order_release);
   return seq;
 }
 
 void FlightRecorder::End(uint64_t seq, bool ok) {
-  Record* r = RecordAt(map_, capacity_, seq);
+  Record* r = RecordAt(file_.data(), capacity_, seq);
   if (r->seq.load(std::memory_order_relaxed) != seq) return;
   r->ok = ok ? 1 : 0;
   r->end_ns.store(NowNs(), std::memory_order_release);
@@ -131,36 +128,32 @@ Result<FlightRecorder::Contents> FlightRecorder::Read(const std::string& path, s
   if (file->size() < kHeaderBytes)
     return Status::Corruption("flight recorder " + path + " has no header");
   void* map = file->data();
-  Contents out;
   const Header* h = HeaderOf(map);
-  Status bad;
-  if (std::memcmp(h->magic, kMagic, 8) != 0) {
-    bad = Status::Corruption("flight recorder " + path + " is not a version 1 recorder file");
-  } else if (h->capacity <= 0 || file->size() < kHeaderBytes + size_t(h->capacity) * kRecordBytes) {
-    bad = Status::Corruption("flight recorder " + path + " is shorter than its capacity");
-  } else {
-    out.rank = int(h->rank);
-    out.written = h->written.load(std::memory_order_acquire);
-    const uint64_t n = std::min<uint64_t>({out.written, uint64_t(h->capacity), last});
-    for (uint64_t seq = out.written - n + 1; seq <= out.written && n > 0; ++seq) {
-      const Record* r = RecordAt(map, h->capacity, seq);
-      if (r->seq.load(std::memory_order_acquire) != seq) continue;  // being rewritten
-      FlightEntry e;
-      e.seq = seq;
-      e.group_seq = r->group_seq;
-      e.start_ns = r->start_ns;
-      e.end_ns = r->end_ns.load(std::memory_order_acquire);
-      e.bytes = r->bytes;
-      e.op = FlightOp(r->op);
-      e.ok = r->ok != 0;
-      e.peer = r->peer;
-      e.group_rank = r->group_rank;
-      e.group_size = r->group_size;
-      e.group.assign(r->group, strnlen(r->group, kGroupChars));
-      out.entries.push_back(std::move(e));
-    }
+  if (std::memcmp(h->magic, kMagic, 8) != 0)
+    return Status::Corruption("flight recorder " + path + " is not a version 1 recorder file");
+  if (h->capacity <= 0 || file->size() < kHeaderBytes + size_t(h->capacity) * kRecordBytes)
+    return Status::Corruption("flight recorder " + path + " is shorter than its capacity");
+  Contents out;
+  out.rank = int(h->rank);
+  out.written = h->written.load(std::memory_order_acquire);
+  const uint64_t n = std::min<uint64_t>({out.written, uint64_t(h->capacity), last});
+  for (uint64_t seq = out.written - n + 1; seq <= out.written && n > 0; ++seq) {
+    const Record* r = RecordAt(map, h->capacity, seq);
+    if (r->seq.load(std::memory_order_acquire) != seq) continue;  // being rewritten
+    FlightEntry e;
+    e.seq = seq;
+    e.group_seq = r->group_seq;
+    e.start_ns = r->start_ns;
+    e.end_ns = r->end_ns.load(std::memory_order_acquire);
+    e.bytes = r->bytes;
+    e.op = FlightOp(r->op);
+    e.ok = r->ok != 0;
+    e.peer = r->peer;
+    e.group_rank = r->group_rank;
+    e.group_size = r->group_size;
+    e.group.assign(r->group, strnlen(r->group, kGroupChars));
+    out.entries.push_back(std::move(e));
   }
-  if (!bad.ok()) return bad;
   return out;
 }
 

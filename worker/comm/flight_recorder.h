@@ -74,10 +74,8 @@ class FlightRecorder {
   static int64_t NowNs();
 
  private:
-  FlightRecorder(MappedFile file, int64_t capacity)
-      : file_(std::move(file)), map_(file_.data()), capacity_(capacity) {}
+  FlightRecorder(MappedFile file, int64_t capacity) : file_(std::move(file)), capacity_(capacity) {}
   MappedFile file_;
-  void* map_;  // file_'s bytes
   int64_t capacity_;
   uint64_t next_seq_ = 1;
 };

@@ -55,6 +55,9 @@ Result<pid_t> TrainerSupervisor::Start(const TrainerLaunch& launch) {
 
 namespace {
 
+// kill_at_'s value once SIGKILL went out: never again.
+constexpr auto kKillSent = std::chrono::steady_clock::time_point::max();
+
 // Whether the process is stopped (by a signal, or traced): state T or t in /proc/<pid>/stat.
 bool Stopped(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
@@ -108,7 +111,7 @@ int TrainerSupervisor::Poll() {
         it = kill_at_.erase(it);
       } else if (now >= it->second) {
         kill(-it->first, SIGKILL);
-        it->second = std::chrono::steady_clock::time_point::max();  // once
+        it->second = kKillSent;
         ++it;
       } else {
         ++it;
@@ -191,11 +194,10 @@ void TrainerSupervisor::Terminate(const std::string& job_id, uint64_t below_gene
   for (const auto& [pid, l] : children_) {
     if (l.job_id != job_id || l.generation >= below_generation) continue;
     if (!cause.empty()) cause_.emplace(pid, cause);  // the first reason stands
-    const auto never = std::chrono::steady_clock::time_point::max();
     auto it = kill_at_.find(pid);
     if (grace_ms <= 0) {  // a fence: no checkpoint to wait for, and the restart waits on it
-      if (it == kill_at_.end() || it->second != never) kill(-pid, SIGKILL);
-      kill_at_[pid] = never;
+      if (it == kill_at_.end() || it->second != kKillSent) kill(-pid, SIGKILL);
+      kill_at_[pid] = kKillSent;
       continue;
     }
     if (it != kill_at_.end()) {
@@ -216,8 +218,8 @@ size_t TrainerSupervisor::Count(const std::string& job_id, uint64_t below_genera
 
 bool TrainerSupervisor::Killing() const {
   std::lock_guard<std::mutex> lock(mu_);
-  for (const auto& [pid, when] : kill_at_)  // max(): SIGKILL sent
-    if (when == std::chrono::steady_clock::time_point::max() && children_.count(pid)) return true;
+  for (const auto& [pid, when] : kill_at_)
+    if (when == kKillSent && children_.count(pid)) return true;
   return false;
 }
 

@@ -136,11 +136,8 @@ void WorkerDaemon::Run(const std::atomic<bool>& stop) {
   // Stopped on purpose: no trainer of this daemon will restore from memory. (A daemon that
   // dies leaves them, for its trainers' restart on this host.)
   if (opts_.memory_dir.empty()) return;
+  for (const auto& job : MemoryJobs()) RemoveSnapshotDir(opts_.memory_dir + "/" + job);
   std::error_code ec;
-  std::vector<std::string> jobs;  // listed first: removing while iterating is unspecified
-  for (const auto& job : fs::directory_iterator(opts_.memory_dir, ec))
-    if (job.is_directory(ec)) jobs.push_back(job.path().string());
-  for (const auto& job : jobs) RemoveSnapshotDir(job);
   fs::remove(opts_.memory_dir, ec);  // only when nothing else is in it
 }
 
@@ -164,30 +161,41 @@ void WorkerDaemon::Execute(const DaemonActions& a) {
   for (const auto& f : a.flights) ServeFlight(f);
 }
 
-void WorkerDaemon::ListMemoryJobs() {
-  const int64_t now = clock_.NowMs();
-  if (opts_.memory_dir.empty() || now - memory_jobs_listed_ms_ < kMemoryJobsListMs) return;
-  memory_jobs_listed_ms_ = now;
+std::vector<std::string> WorkerDaemon::MemoryJobs() const {
   std::vector<std::string> jobs;
   std::error_code ec;
   for (const auto& d : fs::directory_iterator(opts_.memory_dir, ec)) {
     const std::string name = d.path().filename().string();
-    if (d.is_directory(ec) && SafeJobId(name) && jobs.size() < kMaxMemoryJobsReported)
-      jobs.push_back(name);
+    if (d.is_directory(ec) && SafeJobId(name)) jobs.push_back(name);
   }
+  return jobs;
+}
+
+void WorkerDaemon::ListMemoryJobs() {
+  const int64_t now = clock_.NowMs();
+  if (opts_.memory_dir.empty() || now - memory_jobs_listed_ms_ < kMemoryJobsListMs) return;
+  memory_jobs_listed_ms_ = now;
+  std::vector<std::string> jobs = MemoryJobs();
+  if (jobs.size() > kMaxMemoryJobsReported) jobs.resize(kMaxMemoryJobsReported);
   core_.set_memory_jobs(std::move(jobs));
+}
+
+std::vector<fs::path> WorkerDaemon::FlightFiles(const std::string& prefix) const {
+  std::vector<fs::path> files;
+  std::error_code ec;
+  for (const auto& f : fs::directory_iterator(opts_.state_dir + "/trainers", ec)) {
+    if (f.path().filename().string().rfind(prefix, 0) == 0 && f.path().extension() == ".flight")
+      files.push_back(f.path());
+  }
+  return files;
 }
 
 void WorkerDaemon::RemoveJobFiles(const std::string& job_id) {
   // The coordinator ended the job here: its memory snapshots and flight recorders go (beat
   // files go with their trainers). A trainer still stopping cannot recreate the directory.
-  std::error_code ec;
   if (!opts_.memory_dir.empty()) RemoveSnapshotDir(opts_.memory_dir + "/" + job_id);
-  const std::string prefix = job_id + ".g";
-  for (const auto& f : fs::directory_iterator(opts_.state_dir + "/trainers", ec)) {
-    const std::string name = f.path().filename().string();
-    if (name.rfind(prefix, 0) == 0 && f.path().extension() == ".flight") fs::remove(f.path(), ec);
-  }
+  std::error_code ec;
+  for (const auto& f : FlightFiles(job_id + ".g")) fs::remove(f, ec);
 }
 
 std::string WorkerDaemon::TrainerFilePrefix(const std::string& job_id, uint64_t generation,
@@ -311,14 +319,10 @@ void WorkerDaemon::ServeLog(const DaemonActions::Log& log) {
 
 void WorkerDaemon::ServeFlight(const DaemonActions::Flight& f) {
   // This generation's recorder files, whether their trainers run, ended or were killed.
-  const std::string prefix = f.job_id + ".g" + std::to_string(f.generation) + ".r";
   nlohmann::json ranks = nlohmann::json::object(), problems = nlohmann::json::array();
-  std::error_code ec;
   const int64_t now = comm::FlightRecorder::NowNs();
-  for (const auto& entry : fs::directory_iterator(opts_.state_dir + "/trainers", ec)) {
-    const std::string name = entry.path().filename().string();
-    if (name.rfind(prefix, 0) != 0 || entry.path().extension() != ".flight") continue;
-    auto contents = comm::FlightRecorder::Read(entry.path().string(), kFlightEntriesReported);
+  for (const auto& path : FlightFiles(f.job_id + ".g" + std::to_string(f.generation) + ".r")) {
+    auto contents = comm::FlightRecorder::Read(path.string(), kFlightEntriesReported);
     if (!contents.ok()) {
       problems.push_back(contents.status().message());
       continue;

@@ -25,6 +25,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <set>
@@ -80,8 +81,12 @@ class WorkerDaemon {
   std::string LogPath(const std::string& job_id, int rank) const;
   // <state dir>/trainers/<job>.g<generation>.r<rank>: + ".beat", + ".flight".
   std::string TrainerFilePrefix(const std::string& job_id, uint64_t generation, int rank) const;
-  // The job directories under memory_dir, for the heartbeat (every kMemoryJobsListMs).
+  // The jobs with a directory under memory_dir.
+  std::vector<std::string> MemoryJobs() const;
+  // Tells the core which, for its heartbeats (every kMemoryJobsListMs).
   void ListMemoryJobs();
+  // Flight recorder files under <state dir>/trainers whose names start with `prefix`.
+  std::vector<std::filesystem::path> FlightFiles(const std::string& prefix) const;
 
   DaemonOptions opts_;
   SystemClock clock_;

@@ -25,26 +25,18 @@ uint64_t ModelFingerprint(const ModelSpec& model) {
 std::vector<Entry> SnapshotState(const model::Parameters<float>& params, const OptimizerState& opt,
                                  int64_t step, uint64_t seed, const ModelSpec& model) {
   std::vector<Entry> out;
-  for (const auto& v : params.views()) {
-    const int64_t n = v.info.numel();
-    out.push_back(
-        Entry::F32("param/" + v.info.name, v.info.shape, params.values().data() + v.offset, n));
-    if (!v.info.trainable()) continue;
-    out.push_back(Entry::F32("adam_m/" + v.info.name, v.info.shape, opt.m.data() + v.offset, n));
-    out.push_back(Entry::F32("adam_v/" + v.info.name, v.info.shape, opt.v.data() + v.offset, n));
+  for (const auto& v : StateViews(params, opt, step, seed, model)) {
+    out.push_back(v.data ? Entry::F32(v.name, v.shape, static_cast<const float*>(v.data),
+                                      int64_t(v.bytes / sizeof(float)))
+                         : Entry::I64(v.name, v.scalar));
   }
-  out.push_back(Entry::I64("meta/step", step));
-  out.push_back(Entry::I64("meta/seed", static_cast<int64_t>(seed)));
-  out.push_back(Entry::I64("meta/fingerprint", static_cast<int64_t>(ModelFingerprint(model))));
-  for (const ModelShapeField& f : ModelShapeFields(model))
-    out.push_back(Entry::I64("meta/" + f.field, f.value));
   return out;
 }
 
 std::vector<checkpoint::EntryView> StateViews(const model::Parameters<float>& params,
                                               const OptimizerState& opt, int64_t step,
                                               uint64_t seed, const ModelSpec& model) {
-  // SnapshotState's entries, in its order, pointing into the arrays.
+  // The one list of what a checkpoint holds: SnapshotState copies these.
   std::vector<checkpoint::EntryView> out;
   auto f32 = [&](std::string name, const model::ParameterView& v, const float* base) {
     out.push_back({std::move(name), checkpoint::DType::kF32, v.info.shape, base + v.offset,

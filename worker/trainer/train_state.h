@@ -28,8 +28,9 @@ std::vector<checkpoint::Entry> SnapshotState(const model::Parameters<float>& par
                                              const OptimizerState& opt, int64_t step, uint64_t seed,
                                              const ModelSpec& model);
 
-// SnapshotState's entries as views into `params` and `opt`, nothing copied: the memory
-// snapshots copy them once, straight into their slot (worker/checkpoint/memory_snapshots.h).
+// The same entries as views into `params` and `opt`, nothing copied: the memory snapshots copy
+// them once, straight into their slot (worker/checkpoint/memory_snapshots.h). SnapshotState is
+// these, copied.
 std::vector<checkpoint::EntryView> StateViews(const model::Parameters<float>& params,
                                               const OptimizerState& opt, int64_t step,
                                               uint64_t seed, const ModelSpec& model);

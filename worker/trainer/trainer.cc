@@ -219,7 +219,8 @@ struct RankRun {
   std::unique_ptr<StepDriver> driver;
   std::unique_ptr<checkpoint::MemorySnapshots> memory;  // null unless a daemon asked for them
   bool memory_failed = false;  // a memory snapshot could not be written (said once)
-  std::vector<checkpoint::EntryView> memory_views;  // this rank's state, for the snapshots
+  std::vector<checkpoint::EntryView> memory_views;    // this rank's state, for the snapshots
+  checkpoint::EntryView* memory_step_view = nullptr;  // its meta/step
   StartupAccount startup;
 };
 
@@ -361,9 +362,10 @@ Status OneStep(RankRun& run, TrainReporter& report, checkpoint::CheckpointWriter
     if (run.memory_views.empty()) {
       const TrainState& st = *run.state;
       run.memory_views = StateViews(st.params, st.opt, step, spec.train.seed, st.model);
+      for (auto& v : run.memory_views)
+        if (v.name == "meta/step") run.memory_step_view = &v;
     }
-    for (auto& v : run.memory_views)
-      if (v.name == "meta/step") v.scalar = step;
+    if (run.memory_step_view) run.memory_step_view->scalar = step;
     Status written = run.memory->Write(step, run.memory_views);
     // Not fatal: the disk checkpoints still hold the run; say it once.
     if (!written.ok() && !run.memory_failed) {
