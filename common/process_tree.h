@@ -5,6 +5,7 @@
 
 #include <sys/types.h>
 
+#include <algorithm>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -28,11 +29,36 @@ inline std::string CommandLine(pid_t pid) {
   return std::string((std::istreambuf_iterator<char>(in)), {});
 }
 
-// Children of `parent` whose command line mentions `program`.
+// The process's arguments, argv[0] first (empty when it is gone).
+inline std::vector<std::string> Arguments(pid_t pid) {
+  std::vector<std::string> args;
+  const std::string line = CommandLine(pid);
+  for (size_t at = 0; at < line.size();) {
+    const size_t end = std::min(line.find('\0', at), line.size());
+    args.push_back(line.substr(at, end - at));
+    at = end + 1;
+  }
+  return args;
+}
+
+// True when `pid` was started with `flag value` among its arguments ("--id", "local-1"). Whole
+// arguments only: a substring test would also match a path that happens to contain the value.
+inline bool HasFlag(pid_t pid, const std::string& flag, const std::string& value) {
+  const std::vector<std::string> args = Arguments(pid);
+  for (size_t i = 0; i + 1 < args.size(); ++i)
+    if (args[i] == flag && args[i + 1] == value) return true;
+  return false;
+}
+
+// Children of `parent` whose program (argv[0], without its directory) is `program`.
 inline std::vector<pid_t> ChildrenRunning(pid_t parent, const std::string& program) {
   std::vector<pid_t> out;
-  for (pid_t c : Children(parent))
-    if (CommandLine(c).find(program) != std::string::npos) out.push_back(c);
+  for (pid_t c : Children(parent)) {
+    const std::vector<std::string> args = Arguments(c);
+    if (args.empty()) continue;
+    const std::string& argv0 = args[0];
+    if (argv0.substr(argv0.find_last_of('/') + 1) == program) out.push_back(c);
+  }
   return out;
 }
 

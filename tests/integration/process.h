@@ -136,7 +136,7 @@ inline bool WaitFor(const std::function<bool()>& pred, double seconds) {
 // The worker daemon `moerun local` (pid `local`) started as `id` ("local-1"); 0 if none.
 inline pid_t LocalDaemon(pid_t local, const std::string& id) {
   for (pid_t p : ChildrenRunning(local, "moerun-worker"))
-    if (CommandLine(p).find(id) != std::string::npos) return p;
+    if (HasFlag(p, "--id", id)) return p;
   return 0;
 }
 

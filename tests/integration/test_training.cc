@@ -111,6 +111,19 @@ TEST_CASE("the same job twice: bitwise-identical losses and weights") {
   fs::remove_all(b);
 }
 
+TEST_CASE("a rank that finishes keeps its memory snapshots: its job may still restart from them") {
+  // The last step is committed only once every rank has written it; a rank whose daemon froze
+  // before it finished restarts from the memory commit, which needs every rank's snapshot.
+  // (The daemon removes them when the coordinator ends the job.)
+  const std::string run = RunDir("memory"), memory = run + "-memory";
+  Train(run, "--memory-dir " + memory);
+  for (int slot = 0; slot < 3; ++slot) {
+    CHECK(fs::file_size(memory + "/rank-0.slot-" + std::to_string(slot) + ".mem") > 64);
+  }
+  fs::remove_all(run);
+  fs::remove_all(memory);
+}
+
 TEST_CASE(
     "SIGKILL mid-run, then --resume: the same losses and digest as a run that never stopped") {
   CheckKillAndResume(kJob, "fp32");

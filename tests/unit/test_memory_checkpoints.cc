@@ -54,9 +54,6 @@ TEST_CASE("memory snapshots: written in place, the newest three kept, read back 
     CHECK(read->at(0).f32()[2] == float(step));
     CHECK(read->at(1).i64() == step);
   }
-  m.value()->RemoveAll();
-  CHECK_FALSE(std::filesystem::exists(MemorySnapshots::SlotPath(dir, 3, 0)));
-  CHECK(m.value()->Held() == std::pair<int64_t, int64_t>{0, 0});
 }
 
 TEST_CASE("memory snapshots: a restarted rank keeps the snapshot it restored from") {

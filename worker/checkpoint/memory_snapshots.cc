@@ -173,14 +173,6 @@ std::pair<int64_t, int64_t> MemorySnapshots::Held() const {
   return {oldest, newest};
 }
 
-void MemorySnapshots::RemoveAll() {
-  for (int i = 0; i < kMemorySnapshotsKept; ++i) {
-    slots_[i] = Slot{};
-    std::error_code ec;
-    fs::remove(SlotPath(dir_, rank_, i), ec);
-  }
-}
-
 Result<std::vector<Entry>> MemorySnapshots::Read(const std::string& dir, int rank, int64_t step) {
   for (int i = 0; i < kMemorySnapshotsKept; ++i) {
     const std::string path = SlotPath(dir, rank, i);

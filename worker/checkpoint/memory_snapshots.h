@@ -54,8 +54,6 @@ class MemorySnapshots {
   // The oldest and newest step this object wrote and holds; {0, 0}: none yet. (An earlier
   // process's slots are not reported: the coordinator counts only what this generation holds.)
   std::pair<int64_t, int64_t> Held() const;
-  // Deletes every slot file (the run is complete: nothing will restore from them).
-  void RemoveAll();
   double write_seconds() const { return write_s_; }
   int64_t written() const { return written_; }
 

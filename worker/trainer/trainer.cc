@@ -418,7 +418,9 @@ Result<TrainSummary> StepLoop(RankRun& run) {
     const int64_t n = std::max<int64_t>(1, run.memory->written());
     run.log->info("memory snapshots: {} written, {:.2f} ms each", run.memory->written(),
                   1e3 * run.memory->write_seconds() / double(n));
-    if (result.ok()) run.memory->RemoveAll();  // complete: nothing restores them
+    // Kept when this rank is done: the job's last step is committed only once every rank has
+    // written it, and a rank that did not (its daemon froze) restarts from these. The daemon
+    // removes the job's snapshots when the coordinator ends the job.
   }
   if (Status w = report.ReportShards(); result.ok() && !w.ok()) result = w;
   report.Finish();
