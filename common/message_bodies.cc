@@ -210,6 +210,28 @@ Result<ShardWrittenBody> ShardWrittenBody::FromJson(const nlohmann::json& body) 
   return r.Finish(std::move(b));
 }
 
+Result<CheckpointCommittedBody> CheckpointCommittedBody::FromJson(const nlohmann::json& body) {
+  BodyReader r(body, "CheckpointCommitted");
+  CheckpointCommittedBody b;
+  const nlohmann::json& steps = r.Array("steps", true);
+  if (steps.size() > size_t(kMaxCheckpointKeep)) {
+    r.Fail("steps", "lists " + std::to_string(steps.size()) + " steps, more than " +
+                        std::to_string(kMaxCheckpointKeep));
+    return r.Finish(std::move(b));
+  }
+  for (const auto& s : steps) {
+    // Ascending positive steps: a writer deletes by them, so one it cannot read is no list.
+    if (!s.is_number_integer() || s.get<int64_t>() < 1 ||
+        (!b.steps.empty() && s.get<int64_t>() <= b.steps.back())) {
+      r.Fail("steps", "must be ascending positive steps, got " + steps.dump());
+      b.steps.clear();
+      break;
+    }
+    b.steps.push_back(s.get<int64_t>());
+  }
+  return r.Finish(std::move(b));
+}
+
 Result<StepReportBody> StepReportBody::FromJson(const nlohmann::json& body) {
   BodyReader r(body, "StepReport");
   StepReportBody b;

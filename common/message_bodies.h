@@ -105,6 +105,13 @@ struct ShardWrittenBody {
   static Result<ShardWrittenBody> FromJson(const nlohmann::json& body);
 };
 
+// CheckpointCommitted: the committed steps the job keeps, ascending, at most kMaxCheckpointKeep
+// (coordinator -> writer ranks, after each commit and in answer to a repeated ShardWritten).
+struct CheckpointCommittedBody {
+  std::vector<int64_t> steps;
+  static Result<CheckpointCommittedBody> FromJson(const nlohmann::json& body);
+};
+
 struct StepReportBody {
   int rank = 0;
   int64_t step = 0;

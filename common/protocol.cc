@@ -80,6 +80,8 @@ std::string_view ToString(MessageType t) {
       return "Reply";
     case MessageType::kError:
       return "Error";
+    case MessageType::kCheckpointCommitted:
+      return "CheckpointCommitted";
   }
   return "Unknown";
 }

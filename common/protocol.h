@@ -37,8 +37,11 @@ enum class MessageType : uint16_t {
   kQuery = 12,         // CLI -> coordinator: status, events, logs
   kReply = 13,         // coordinator -> CLI or daemon: the answer to a request
   kError = 14,         // either way: a request failed, with the reason
+  // coordinator -> trainer: the committed checkpoint steps the job keeps (a writer rank deletes
+  // none of these, nor any step newer than the newest of them)
+  kCheckpointCommitted = 15,
 };
-inline constexpr uint16_t kMaxMessageType = 14;
+inline constexpr uint16_t kMaxMessageType = 15;
 
 std::string_view ToString(MessageType t);
 

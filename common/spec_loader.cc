@@ -41,7 +41,7 @@ constexpr IntRange kSteps{1, int64_t{1} << 40};
 constexpr IntRange kStepsOptional{0, int64_t{1} << 40};
 constexpr IntRange kBatch{1, 1 << 30};
 constexpr IntRange kSeed{0, kInt64Max};
-constexpr IntRange kKeep{1, 1000};
+constexpr IntRange kKeep{1, kMaxCheckpointKeep};
 constexpr IntRange kHeartbeatIntervalMs{10, 3'600'000};
 constexpr IntRange kTimeoutMs{20, 86'400'000};
 constexpr IntRange kBackoffMs{0, 86'400'000};

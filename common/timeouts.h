@@ -35,6 +35,9 @@ inline constexpr int64_t kJobStartTimeoutMs = 180000;
 // The coordinator repeats StartTrainers to a daemon whose heartbeats do not show the ranks
 // after this long (the first message may have been lost with a coordinator restart).
 inline constexpr int64_t kStartTrainersResendMs = 5000;
+// A writer rank that finished waits up to this long for its last step's commit, after which it
+// deletes the steps that commit supersedes (without it they stay on disk).
+inline constexpr int64_t kLastCommitWaitMs = 2000;
 // A daemon lists the jobs whose memory snapshots it holds this often, for its heartbeats.
 inline constexpr int64_t kMemoryJobsListMs = 1000;
 // A log request forwarded to a daemon is answered with an error after this long.

@@ -88,7 +88,11 @@ class Coordinator {
                     const std::string& nccl_unique_id);
   nlohmann::json TableBody(const JobRun& job) const;
   void OnStepReport(JobRun& job, const StepReportBody& body);
-  void OnShardWritten(JobRun& job, const ShardWrittenBody& body);
+  // `peer` sent it (a repeat of a committed step is answered with the commit).
+  void OnShardWritten(const std::string& peer, JobRun& job, const ShardWrittenBody& body);
+  // CheckpointCommitted to `peers`: the committed steps the job keeps, which the writer ranks'
+  // retention deletes by (worker/checkpoint/checkpoint_writer.h).
+  void SendCommitted(const JobRun& job, const std::vector<std::string>& peers);
   std::set<std::string> ExpectedShards(const JobRun& job) const;
 
   // Client requests.

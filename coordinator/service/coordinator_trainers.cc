@@ -7,6 +7,7 @@
 #include <set>
 
 #include "common/exit_codes.h"
+#include "common/limits.h"
 #include "common/spec_loader.h"
 #include "common/timeouts.h"
 #include "coordinator/scheduler/rank_placer.h"
@@ -76,7 +77,7 @@ void Coordinator::OnTrainerMessage(const std::string& peer, const Envelope& e) {
   } else if (report) {
     OnStepReport(job, *report);
   } else {
-    OnShardWritten(job, *shard);
+    OnShardWritten(peer, job, *shard);
   }
 }
 
@@ -107,14 +108,19 @@ void Coordinator::OnRendezvous(const std::string& peer, JobRun& job, int rank,
   for (const auto& r : job.ranks) SendTo(r.peer, MessageType::kRendezvous, id, gen, TableBody(job));
 }
 
-void Coordinator::OnShardWritten(JobRun& job, const ShardWrittenBody& body) {
+void Coordinator::OnShardWritten(const std::string& peer, JobRun& job,
+                                 const ShardWrittenBody& body) {
   const int64_t step = body.step;
   const std::string& shard = body.shard;
   const int64_t bytes = body.bytes;
   const std::set<std::string> expected = ExpectedShards(job);
-  // Trainers repeat their newest report with every step until a newer one: a committed
-  // step's repeat is expected and ignored.
-  if (step <= job.committed_step) return;
+  // Trainers repeat their newest report with every step until a newer one or until they hear
+  // a commit of it: a committed step's repeat is answered with the commit (the trainer missed
+  // it: sent before this coordinator restarted, or before it knew the trainer's address).
+  if (step <= job.committed_step) {
+    SendCommitted(job, {peer});
+    return;
+  }
   if (!expected.count(shard)) {
     ++counters_.stale;  // a shard this job does not have
     return;
@@ -150,6 +156,23 @@ void Coordinator::OnShardWritten(JobRun& job, const ShardWrittenBody& body) {
       (void)store_->DeleteManifest(id, (*steps)[i]);
   }
   Persist(job, false);
+  // The writers may now delete what this commit supersedes (and nothing else: a shard's own
+  // newer steps may be ones that never commit).
+  std::vector<std::string> peers;
+  for (const auto& r : job.ranks)
+    if (!r.peer.empty()) peers.push_back(r.peer);
+  SendCommitted(job, peers);
+}
+
+void Coordinator::SendCommitted(const JobRun& job, const std::vector<std::string>& peers) {
+  const std::string& id = job.state.job_id();
+  auto steps = store_->CommittedSteps(id);
+  if (!steps.ok() || steps->empty() || peers.empty()) return;
+  const size_t n = std::min(steps->size(), size_t(kMaxCheckpointKeep));
+  const nlohmann::json body = {
+      {"steps", std::vector<int64_t>(steps->end() - long(n), steps->end())}};
+  for (const auto& p : peers)
+    SendTo(p, MessageType::kCheckpointCommitted, id, job.state.generation(), body);
 }
 
 std::set<std::string> Coordinator::ExpectedShards(const JobRun& job) const {

@@ -9,6 +9,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -107,6 +108,10 @@ TEST_CASE(
   }
   CHECK(list.out.find("ok") != std::string::npos);
   CHECK(list.out.find("bad") == std::string::npos);
+  // The shards hold exactly the committed steps the coordinator kept: retention follows the
+  // commits (CheckpointCommitted), the last one included.
+  CHECK_MESSAGE(std::count(list.out.begin(), list.out.end(), '\n') == 1 + long(steps->size()),
+                list.out);
 }
 
 TEST_CASE(

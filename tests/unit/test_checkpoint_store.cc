@@ -123,8 +123,9 @@ TEST_CASE("the async writer keeps the newest `keep` steps") {
   REQUIRE(store.ok());
   std::vector<int64_t> done;
   {
-    CheckpointWriter w(store.value().get(), 2, true, [&](const WriteReport& r) {
+    CheckpointWriter w(store.value().get(), 2, true, Retention::kNewest, [&](const WriteReport& r) {
       CHECK(r.status.ok());
+      CHECK(r.retention.ok());
       done.push_back(r.step);
     });
     for (int s = 1; s <= 5; ++s) w.Submit(s, Step(float(s)));
@@ -133,6 +134,38 @@ TEST_CASE("the async writer keeps the newest `keep` steps") {
   CHECK(done == std::vector<int64_t>{1, 2, 3, 4, 5});
   CHECK(store.value()->CompleteSteps().value() == std::vector<int64_t>{4, 5});
   fs::remove_all(dir);
+}
+
+TEST_CASE("under a coordinator, a writer deletes only steps the coordinator let go") {
+  for (const bool async : {true, false}) {
+    CAPTURE(async);
+    const std::string dir = TempDir(async ? "committed-async" : "committed-sync");
+    auto store = ShardStore::Open(dir, true);
+    REQUIRE(store.ok());
+    ShardStore& shard = *store.value();
+    CheckpointWriter w(&shard, 2, async, Retention::kCommitted, [&](const WriteReport& r) {
+      CHECK(r.status.ok());
+      CHECK(r.retention.ok());
+    });
+    // Steps 10..60 written; nothing said yet: all stay.
+    for (int s = 10; s <= 60; s += 10) w.Submit(s, Step(float(s)));
+    w.Wait();
+    CHECK(shard.CompleteSteps().value() == std::vector<int64_t>{10, 20, 30, 40, 50, 60});
+    // Committed and kept: 30 and 40 (50 and 60 never committed: a peer's reports were lost).
+    // 50 and 60 stay (they may yet commit), and so do 30 and 40; 10 and 20 go.
+    w.SetCommitted({30, 40});
+    w.Wait();
+    CHECK(shard.CompleteSteps().value() == std::vector<int64_t>{30, 40, 50, 60});
+    // The same list again changes nothing; a newer one lets 30 and 50 go with the next write.
+    w.SetCommitted({30, 40});
+    w.Wait();
+    CHECK(shard.CompleteSteps().value() == std::vector<int64_t>{30, 40, 50, 60});
+    w.SetCommitted({40, 60});
+    w.Submit(70, Step(70));
+    w.Wait();
+    CHECK(shard.CompleteSteps().value() == std::vector<int64_t>{40, 60, 70});
+    fs::remove_all(dir);
+  }
 }
 
 TEST_CASE("the digest covers weights only, in name order, from any shard split") {

@@ -26,8 +26,15 @@ TEST_CASE("a checkpoint step commits only when every shard is in; restarts resto
   h.Rendezvous(id, 1, 1);
   Shard(h, id, 1, 0, 10, "stage-0/dp-0");
   CHECK(h.Job(id).committed_step == 0);  // half a step is not a checkpoint
+  CHECK(h.Count(MessageType::kCheckpointCommitted, Harness::Trainer(id, 1, 0)) == 0);
   Shard(h, id, 1, 1, 10, "stage-1/dp-0");
   CHECK(h.Job(id).committed_step == 10);
+  // Every rank hears the commit: its writer may delete what it supersedes.
+  for (int rank : {0, 1}) {
+    const Sent told = h.Last(Harness::Trainer(id, 1, rank), MessageType::kCheckpointCommitted);
+    CHECK(told.e.body == json{{"steps", {10}}});
+    CHECK(told.e.generation == 1);
+  }
   Shard(h, id, 1, 0, 20, "stage-0/dp-0");
   Shard(h, id, 1, 0, 20, "stage-7/dp-0");  // not a shard of this job
   CHECK(h.Job(id).committed_step == 10);
@@ -37,6 +44,9 @@ TEST_CASE("a checkpoint step commits only when every shard is in; restarts resto
     Shard(h, id, 1, 1, step, "stage-1/dp-0");
   }
   CHECK(h.Job(id).committed_step == 40);
+  // The committed steps the job keeps, which is what the writers keep (and anything newer).
+  CHECK(h.Last(Harness::Trainer(id, 1, 1), MessageType::kCheckpointCommitted).e.body ==
+        json{{"steps", {30, 40}}});
   h.c().Handle(Harness::Trainer(id, 1, 0),
                {MessageType::kStepReport, 1, id, "t", {{"rank", 0}, {"step", 47}}});
   h.Exit("a", id, 1, 1, 1);
@@ -77,10 +87,15 @@ TEST_CASE("shard reports repeated after a coordinator restart still commit their
   CHECK(h.Job(id).committed_step == 0);
   Shard(h, id, 1, 0, 50, "stage-0/dp-0");  // rank 0 repeats its report with its next step
   CHECK(h.Job(id).committed_step == 50);
+  // This coordinator never met rank 1 at a rendezvous: it tells it of the commit when rank 1
+  // repeats its report (it repeats until it hears), and counts the repeat as nothing wrong.
+  const std::string rank1 = Harness::Trainer(id, 1, 1);
+  CHECK(h.Count(MessageType::kCheckpointCommitted, rank1) == 0);
   const uint64_t stale = h.c().counters().stale;
-  Shard(h, id, 1, 0, 50, "stage-0/dp-0");  // and again: ignored, not an error
+  Shard(h, id, 1, 1, 50, "stage-1/dp-0");
   CHECK(h.c().counters().stale == stale);
   CHECK(h.Job(id).committed_step == 50);
+  CHECK(h.Last(rank1, MessageType::kCheckpointCommitted).e.body == json{{"steps", {50}}});
 }
 
 TEST_CASE("the last shards of a run still commit after the job SUCCEEDED") {

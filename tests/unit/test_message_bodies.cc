@@ -2,6 +2,7 @@
 // names the message and the field for everything else.
 #include <doctest/doctest.h>
 
+#include "common/limits.h"
 #include "common/message_bodies.h"
 
 namespace moerun {
@@ -116,6 +117,24 @@ TEST_CASE("bodies: each problem is refused with the message and field named") {
         "Query: 'limit' is -3, outside [0, 9223372036854775807]");
   CHECK(TrainerExitedBody::FromJson(json::object()).status().message() ==
         "TrainerExited: 'trainers' is missing");
+}
+
+TEST_CASE("CheckpointCommitted: ascending positive steps, at most checkpoint.keep's limit") {
+  auto ok = CheckpointCommittedBody::FromJson({{"steps", {30, 40}}});
+  REQUIRE(ok.ok());
+  CHECK(ok->steps == std::vector<int64_t>{30, 40});
+  // A writer deletes by this list: one it cannot trust is refused whole, by name.
+  CHECK(CheckpointCommittedBody::FromJson(json::object()).status().message() ==
+        "CheckpointCommitted: 'steps' is missing");
+  for (const json& bad : {json{40, 30}, json{30, 30}, json{0, 10}, json{"10"}, json{-5}}) {
+    CAPTURE(bad.dump());
+    CHECK(CheckpointCommittedBody::FromJson({{"steps", bad}}).status().message() ==
+          "CheckpointCommitted: 'steps' must be ascending positive steps, got " + bad.dump());
+  }
+  json many = json::array();
+  for (int64_t s = 1; s <= kMaxCheckpointKeep + 1; ++s) many.push_back(s);
+  CHECK(CheckpointCommittedBody::FromJson({{"steps", many}}).status().message() ==
+        "CheckpointCommitted: 'steps' lists 1001 steps, more than 1000");
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "common/control_socket.h"
+#include "common/message_bodies.h"
 #include "common/timeouts.h"
 
 namespace moerun::trainer {
@@ -82,6 +83,25 @@ void ControlChannel::ReportShard(const nlohmann::json& shard) {
   (void)SendEnvelope(*dealer_,
                      {MessageType::kShardWritten, opts_.generation, opts_.job_id, "trainer", body});
   last_shard_ = std::move(body);
+}
+
+std::optional<std::vector<int64_t>> ControlChannel::PollCommitted() {
+  std::optional<std::vector<int64_t>> newest;
+  // Bounded: one call reads what a few steps could have brought, and never spins.
+  for (int i = 0; i < 64; ++i) {
+    auto msg = ReceiveEnvelope(*dealer_, 0);
+    if (!msg.ok()) continue;  // one unreadable message costs only itself
+    if (!msg->has_value()) break;
+    const Envelope& e = **msg;
+    if (e.type != MessageType::kCheckpointCommitted || e.job_id != opts_.job_id) continue;
+    auto body = CheckpointCommittedBody::FromJson(e.body);
+    if (!body.ok() || body->steps.empty()) continue;  // nothing a writer could delete by
+    newest = std::move(body->steps);
+  }
+  // Its step is committed (or a newer one is): the report need not go again.
+  if (newest && !last_shard_.is_null() && last_shard_.value("step", int64_t(0)) <= newest->back())
+    last_shard_ = nullptr;
+  return newest;
 }
 
 }  // namespace moerun::trainer

@@ -4,15 +4,19 @@
 //               (asking again every kRendezvousRetryMs: the coordinator may restart meanwhile)
 //   ReportStep  one step's metrics; never blocks, dropped while the coordinator is away
 //   ReportShard a checkpoint shard is durable; never blocks. The newest shard report goes
-//               again with every step report until a newer one replaces it, so a report
-//               lost while the coordinator was away (or restarting) still commits its step;
-//               the coordinator takes repeats as they come (its commit is idempotent).
+//               again with every step report until a newer one replaces it or a commit of
+//               its step is heard, so a report lost while the coordinator was away (or
+//               restarting) still commits its step; the coordinator takes repeats as they
+//               come (its commit is idempotent) and answers them with the commit.
+//   PollCommitted  the committed steps the job keeps, when the coordinator said (after a
+//               commit, or in answer to a repeated shard report); never blocks.
 // Not thread-safe; one per trainer process.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 #include <zmq.hpp>
@@ -40,6 +44,9 @@ class ControlChannel {
   void ReportStep(const nlohmann::json& report);
   // A checkpoint shard is durable: {step, shard, bytes} (the coordinator's two-phase commit).
   void ReportShard(const nlohmann::json& shard);
+  // The newest CheckpointCommitted list that arrived since the last call (ascending steps), or
+  // nullopt. Other messages are dropped (a repeated rendezvous table, a refusal of a report).
+  std::optional<std::vector<int64_t>> PollCommitted();
 
  private:
   ControlChannel() = default;

@@ -96,6 +96,7 @@ void TrainReporter::ShardWritten(const checkpoint::WriteReport& r, const std::st
   }
   log_->info("checkpoint step {} written: {:.1f} MiB in {:.3f} s", r.step,
              double(r.bytes) / (1 << 20), r.seconds);
+  if (!r.retention.ok()) log_->warn("deleting old checkpoint steps: {}", r.retention.message());
   if (!opts_.control) return;  // reported from the training thread (ReportShards)
   std::lock_guard<std::mutex> lock(shards_mu_);
   shards_written_.push_back({{"step", r.step}, {"shard", shard}, {"bytes", r.bytes}});
@@ -108,6 +109,12 @@ Status TrainReporter::ReportShards() {
     shards_written_.clear();
   }
   return write_failure_;
+}
+
+std::optional<std::vector<int64_t>> TrainReporter::PollCommitted() {
+  if (!opts_.control) return std::nullopt;
+  std::lock_guard<std::mutex> lock(shards_mu_);  // the channel's last shard report changes
+  return opts_.control->PollCommitted();
 }
 
 void TrainReporter::Finish() {

@@ -13,6 +13,7 @@
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -47,6 +48,9 @@ class TrainReporter {
   // for good (DataLoss: the shard's directory is not writable), which ends the rank (exit 3);
   // other write failures are logged and training goes on to the next checkpoint.
   Status ReportShards();
+  // The committed steps the job keeps, when the coordinator said since the last call
+  // (ControlChannel::PollCommitted); nullopt without a coordinator. The training thread.
+  std::optional<std::vector<int64_t>> PollCommitted();
   // Ends the progress bar's line.
   void Finish();
 

@@ -374,11 +374,28 @@ Status OneStep(RankRun& run, TrainReporter& report, checkpoint::CheckpointWriter
     }
   }
   MOERUN_RETURN_IF_ERROR(report.ReportShards());
+  // Every rank drains what the coordinator sent; a writer deletes what its commits let go.
+  if (auto committed = report.PollCommitted(); committed && writer)
+    writer->SetCommitted(std::move(*committed));
   if (stopping.value()) {
     return Status::Cancelled("interrupted after step " + std::to_string(step) +
                              "; a checkpoint was written: continue with --resume");
   }
   return Status::OK();
+}
+
+// A writer rank that finished: its last step commits once every writer has reported it, and
+// only then may the steps it supersedes go. Waits up to kLastCommitWaitMs; past that (the
+// coordinator away, a peer gone) they stay on disk, which loses nothing.
+void AwaitLastCommit(TrainReporter& report, checkpoint::CheckpointWriter& writer, int64_t step) {
+  const auto deadline = Clock::now() + std::chrono::milliseconds(kLastCommitWaitMs);
+  while (Clock::now() < deadline) {
+    auto committed = report.PollCommitted();
+    if (committed) writer.SetCommitted(*committed);
+    if (committed && committed->back() >= step) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(kControlPollMs));
+  }
+  writer.Wait();
 }
 
 // Phase 5: steps until the last one, a failure, or a stop asked for on any rank.
@@ -400,8 +417,11 @@ Result<TrainSummary> StepLoop(RankRun& run) {
   std::unique_ptr<checkpoint::CheckpointWriter> writer;
   if (run.store) {
     const std::string shard = run.topo->ShardName();
+    // Under a coordinator, its commits decide which steps go (checkpoint_writer.h).
+    const auto retention =
+        run.opts.control ? checkpoint::Retention::kCommitted : checkpoint::Retention::kNewest;
     writer = std::make_unique<checkpoint::CheckpointWriter>(
-        run.store.get(), spec.checkpoint.keep, spec.checkpoint.async,
+        run.store.get(), spec.checkpoint.keep, spec.checkpoint.async, retention,
         [&report, shard](const checkpoint::WriteReport& r) { report.ShardWritten(r, shard); });
   }
   if (!run.opts.memory_dir.empty() && spec.checkpoint.memory_interval_steps > 0) {
@@ -430,6 +450,7 @@ Result<TrainSummary> StepLoop(RankRun& run) {
       (state.step - summary.first_step + 1) * spec.train.global_batch * spec.model.seq_len;
   summary.tokens_per_s = elapsed > 0 ? double(tokens) / elapsed : 0;
   if (!result.ok()) return result;
+  if (writer && run.opts.control) AwaitLastCommit(report, *writer, state.step);
   return summary;
 }
 
