@@ -141,6 +141,10 @@ struct CheckpointSpec {
   // Every this many steps each rank of a daemon-started job also snapshots its state into
   // memory on its host (tmpfs); 0 disables (worker/checkpoint/memory_snapshots.h).
   int64_t memory_interval_steps = 1;
+  // Every this many steps each rank also keeps that step's snapshot aside (pinned) and sends a
+  // copy to a rank on another host, from which it restores if its own host is lost; 0 disables.
+  // Needs memory_interval_steps > 0 and ranks on two or more hosts.
+  int64_t memory_replica_interval_steps = 20;
   bool operator==(const CheckpointSpec&) const = default;
 };
 

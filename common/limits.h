@@ -29,6 +29,8 @@ inline constexpr int kControlListenBacklog = 4096;
 inline constexpr std::size_t kLogChunkBytes = 256 << 10;
 // Step reports (or expert-load points) one Query returns at most.
 inline constexpr std::size_t kMaxMetricsPerQuery = 10000;
+// A memory snapshot another rank sends (a replica of its state) at most: 64 GiB.
+inline constexpr uint64_t kMaxMemorySnapshotBytes = uint64_t(64) << 30;
 // checkpoint.keep at most: the committed steps a CheckpointCommitted message lists.
 inline constexpr int64_t kMaxCheckpointKeep = 1000;
 // Jobs with memory snapshots a heartbeat names at most (the rest wait for a later one).

@@ -242,16 +242,20 @@ Result<StepReportBody> StepReportBody::FromJson(const nlohmann::json& body) {
   b.bubble_s = r.Number("bubble_s", 0.0);
   if (body.is_object() && body.contains("val_loss") && body["val_loss"].is_number())
     b.val_loss = body["val_loss"].get<double>();
-  if (body.is_object() && body.contains("memory_steps")) {
-    const nlohmann::json& m = body["memory_steps"];
+  // [oldest, newest] steps, absent when none.
+  auto steps_pair = [&](const char* key, int64_t* oldest, int64_t* newest) {
+    if (!body.is_object() || !body.contains(key)) return;
+    const nlohmann::json& m = body[key];
     if (!m.is_array() || m.size() != 2 || !m[0].is_number_integer() || !m[1].is_number_integer() ||
         m[0].get<int64_t>() < 0 || m[1].get<int64_t>() < m[0].get<int64_t>()) {
-      r.Fail("memory_steps", "must be [oldest, newest] steps");
+      r.Fail(key, "must be [oldest, newest] steps");
     } else {
-      b.memory_oldest = m[0].get<int64_t>();
-      b.memory_newest = m[1].get<int64_t>();
+      *oldest = m[0].get<int64_t>();
+      *newest = m[1].get<int64_t>();
     }
-  }
+  };
+  steps_pair("memory_steps", &b.memory_oldest, &b.memory_newest);
+  steps_pair("replica_steps", &b.replica_oldest, &b.replica_newest);
   if (r.status().ok() && body.contains("expert_load")) {
     const nlohmann::json& load = body["expert_load"];
     if (!load.is_object()) r.Fail("expert_load", "must be an object of layer: counts");
@@ -348,6 +352,25 @@ Result<StartTrainersBody> StartTrainersBody::FromJson(const nlohmann::json& body
   b.data_plane_timeout_ms = r.Int("data_plane_timeout_ms", 0, 0, kInt64Max);
   b.steps = r.Int("steps", 0, 0, kInt64Max);
   b.restore_from_memory = r.Bool("restore_from_memory", false);
+  // Rank lists of the job's world: each entry a rank or -1.
+  auto ranks_of_world = [&](const char* key, std::vector<int>* out) {
+    const nlohmann::json& list = r.Array(key, false);
+    if (list.empty()) return;
+    if (int64_t(list.size()) != b.world) {
+      r.Fail(key, "must list one entry per rank (" + std::to_string(b.world) + ")");
+      return;
+    }
+    for (const auto& v : list) {
+      if (!v.is_number_integer() || v.get<int64_t>() < -1 || v.get<int64_t>() >= b.world) {
+        r.Fail(key, "must hold ranks of the job or -1");
+        out->clear();
+        return;
+      }
+      out->push_back(v.get<int>());
+    }
+  };
+  ranks_of_world("replica_to", &b.replica_to);
+  ranks_of_world("replica_fetch", &b.replica_fetch);
   return r.Finish(std::move(b));
 }
 

@@ -119,6 +119,8 @@ struct StepReportBody {
   std::optional<double> val_loss;
   // The oldest and newest memory snapshot the rank holds on its host (0, 0: none).
   int64_t memory_oldest = 0, memory_newest = 0;
+  // The oldest and newest pinned snapshot it holds with a copy on its partner's host.
+  int64_t replica_oldest = 0, replica_newest = 0;
   // Tokens per expert by MoE layer name (rank 0's report only), names [A-Za-z0-9._-]{1,16}.
   std::map<std::string, std::vector<int64_t>> expert_load;
   nlohmann::json scalars;  // the report as sent, without expert_load: what is stored
@@ -174,6 +176,9 @@ struct StartTrainersBody {
   int64_t data_plane_timeout_ms = 0;  // 0: the trainer's default
   int64_t steps = 0;                  // > 0: replaces train.steps
   bool restore_from_memory = false;   // restore_step is in the ranks' memory snapshots
+  // Per rank of the job (empty: none): the rank that keeps its pinned snapshots' copies
+  // (replica_to), and the rank it fetches restore_step from (replica_fetch); -1: none.
+  std::vector<int> replica_to, replica_fetch;
   static Result<StartTrainersBody> FromJson(const nlohmann::json& body);
 };
 

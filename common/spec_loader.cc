@@ -187,6 +187,8 @@ void ReadSpec(SpecMapping& root, JobSpec* spec, DiagnosticSink* sink) {
   ckpt.Bool("async", &spec->checkpoint.async);
   ckpt.String("dir", &spec->checkpoint.dir);
   ckpt.Int("memory_interval_steps", &spec->checkpoint.memory_interval_steps, kStepsOptional);
+  ckpt.Int("memory_replica_interval_steps", &spec->checkpoint.memory_replica_interval_steps,
+           kStepsOptional);
   ckpt.RejectUnknownKeys();
 
   SpecMapping ft = root.Child("fault_tolerance");

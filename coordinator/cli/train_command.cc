@@ -227,6 +227,17 @@ void AddTrainCommand(CLI::App& app, int* exit_code) {
   cmd->add_flag("--restore-from-memory", a->opts.restore_from_memory,
                 "read --restore-step from --memory-dir")
       ->group("");
+  cmd->add_option("--replica-to", a->opts.replica_to, "copy pinned snapshots to this rank")
+      ->group("");
+  cmd->add_option("--replica-from", a->opts.replica_from, "keep this rank's pinned copies")
+      ->group("");
+  cmd->add_option("--fetch-replica-from", a->opts.fetch_replica_from,
+                  "restore from this rank's copy of this rank's state")
+      ->group("");
+  cmd->add_option("--serve-replicas", a->opts.serve_replicas,
+                  "send these ranks their copies on a restore")
+      ->delimiter(',')
+      ->group("");
   cmd->add_option("--flight-recorder", a->opts.flight_recorder,
                   "record data-plane calls in this file")
       ->group("");

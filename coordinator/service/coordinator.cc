@@ -339,6 +339,7 @@ void Coordinator::OnRankExit(JobRun& job, int rank, int exit_code, int signal,
     job.lost_steps += bad - fallback;
     if (memory) {
       job.memory_step = 0;
+      job.replica_step = 0;
       job.restore_from_memory = false;
     } else {
       job.committed_step = fallback;

@@ -119,6 +119,9 @@ class Coordinator {
   // every rank is placed on the host that holds its snapshot, else say why not and restore
   // from disk (docs/fault-tolerance.md, "Checkpoints in memory").
   void ChooseMemoryRestore(JobRun& job);
+  // When ranks moved: restores the newest pinned step, the moved ranks from their copies, if
+  // every moved rank's copy is on a host whose rank stayed. False (nothing changed) otherwise.
+  bool RestoreFromReplicas(JobRun& job, const std::string& on_disk);
   // No placement for `job` now: remember since when and why, and say so once per new reason
   // (an event, the log; status, the dashboard and Prometheus read it from the job).
   void NoteWaiting(JobRun& job, const PlacementRequest& req);

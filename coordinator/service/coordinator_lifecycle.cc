@@ -9,6 +9,7 @@
 #include "common/spec_loader.h"
 #include "common/timeouts.h"
 #include "coordinator/scheduler/rank_placer.h"
+#include "coordinator/scheduler/replica_partners.h"
 #include "coordinator/service/coordinator.h"
 #include "coordinator/service/coordinator_internal.h"
 
@@ -98,6 +99,11 @@ bool Coordinator::StartGeneration(JobRun& job) {
   }
   job.ranks.assign(placement->size(), RankRun{});
   for (size_t r = 0; r < placement->size(); ++r) job.ranks[r].worker = (*placement)[r];
+  const CheckpointSpec& ckpt = job.spec.checkpoint;
+  job.replica_to.clear();
+  if (ckpt.memory_interval_steps > 0 && ckpt.memory_replica_interval_steps > 0)
+    job.replica_to = ReplicaPartners(*placement);
+  job.replica_fetch.clear();
   job.table.clear();
   job.nccl_unique_id.clear();
   job.shards_written.clear();
@@ -144,6 +150,7 @@ void Coordinator::ChooseMemoryRestore(JobRun& job) {
     }
   }
   const std::string on_disk = StepOrStart(disk);
+  if (!moved.empty() && RestoreFromReplicas(job, on_disk)) return;
   if (moved.empty()) {
     job.state.Note(clock_->NowMs(),
                    "restoring step " + std::to_string(job.memory_step) +
@@ -158,6 +165,40 @@ void Coordinator::ChooseMemoryRestore(JobRun& job) {
                                       " from disk (" + std::to_string(job.memory_step - disk) +
                                       " more steps to redo)");
   job.memory_step = 0;
+}
+
+bool Coordinator::RestoreFromReplicas(JobRun& job, const std::string& on_disk) {
+  // Ranks that moved fetch the pinned step from the rank that keeps their copy, which must have
+  // stayed on its host; the ranks that stayed read it from their own host.
+  const int64_t disk = std::max<int64_t>(job.restore_step, 0);
+  if (job.replica_step <= disk || job.replica_holders.size() != job.ranks.size() ||
+      job.memory_workers.size() != job.ranks.size())
+    return false;
+  std::vector<int> fetch(job.ranks.size(), -1);
+  std::vector<std::string> from;
+  for (size_t r = 0; r < job.ranks.size(); ++r) {
+    if (job.ranks[r].worker == job.memory_workers[r]) continue;
+    const int h = job.replica_holders[r];
+    if (h < 0 || job.ranks[size_t(h)].worker != job.memory_workers[size_t(h)]) return false;
+    fetch[r] = h;
+    from.push_back("rank " + std::to_string(r) + " from its copy on " +
+                   job.memory_workers[size_t(h)] + " (rank " + std::to_string(h) + ")");
+  }
+  const int64_t more = job.memory_step - job.replica_step;
+  job.lost_steps += more;
+  job.state.Note(clock_->NowMs(),
+                 "restoring step " + std::to_string(job.replica_step) +
+                     " from memory: " + fmt::format("{}", fmt::join(from, ", ")) +
+                     ", the others on their hosts (newest on disk: " + on_disk +
+                     (more > 0 ? "; " + std::to_string(more) +
+                                     " more steps to redo than from the newest snapshot in memory"
+                               : "") +
+                     ")");
+  job.restore_step = job.replica_step;
+  job.restore_from_memory = true;
+  job.replica_fetch = std::move(fetch);
+  job.memory_step = 0;
+  return true;
 }
 
 void Coordinator::NoteWaiting(JobRun& job, const PlacementRequest& req) {
@@ -203,6 +244,8 @@ void Coordinator::SendStart(JobRun& job, const std::string& worker_id) {
           {"steps", job.steps_override},
           {"restore_step", job.restore_step},
           {"restore_from_memory", job.restore_from_memory},
+          {"replica_to", job.replica_to},
+          {"replica_fetch", job.replica_fetch},
           {"data_plane_timeout_ms", job.spec.fault_tolerance.progress_timeout_ms}});
 }
 
@@ -234,6 +277,10 @@ void Coordinator::FailJob(JobRun& job, const std::string& cause, int rank, const
     job.memory_step = in_memory;
     job.memory_workers.clear();
     for (const auto& r : job.ranks) job.memory_workers.push_back(r.worker);
+    // And the pinned steps copied to another host, for ranks that cannot stay on theirs.
+    const int64_t replicated = job.ReplicaCommitted();
+    job.replica_step = replicated > job.committed_step ? replicated : 0;
+    job.replica_holders = ReplicaHolders(job.replica_to);
   }
   const bool memory = job.memory_step > job.committed_step;
   const int64_t restart_at = memory ? job.memory_step : job.committed_step;

@@ -209,6 +209,8 @@ void Coordinator::OnStepReport(JobRun& job, const StepReportBody& body) {
   rr.step = step;
   rr.memory_oldest = body.memory_oldest;
   rr.memory_newest = body.memory_newest;
+  rr.replica_oldest = body.replica_oldest;
+  rr.replica_newest = body.replica_newest;
   rr.compute_s = body.compute_s;
   rr.data_wait_s = body.data_wait_s;
   rr.bubble_s = body.bubble_s;

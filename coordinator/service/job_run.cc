@@ -4,18 +4,32 @@
 
 namespace moerun::coordinator {
 
-int64_t JobRun::MemoryCommitted() const {
-  // Each rank keeps its newest few snapshots; the step all of them hold is the oldest newest,
-  // provided it is newer than every rank's oldest (the next write recycles the oldest, and a
-  // rank's report lags its writes by up to one).
+namespace {
+
+// The newest step every rank holds, from each rank's oldest and newest: the oldest newest,
+// provided it is newer than every rank's oldest (the next write recycles the oldest, and a
+// rank's report lags its writes by up to one).
+int64_t HeldByEveryRank(const std::vector<RankRun>& ranks, int64_t RankRun::*oldest_of,
+                        int64_t RankRun::*newest_of) {
   if (ranks.empty()) return 0;
   int64_t newest = INT64_MAX, oldest = 0;
   for (const auto& r : ranks) {
-    if (r.memory_newest <= 0) return 0;
-    newest = std::min(newest, r.memory_newest);
-    oldest = std::max(oldest, r.memory_oldest);
+    if (r.*newest_of <= 0) return 0;
+    newest = std::min(newest, r.*newest_of);
+    oldest = std::max(oldest, r.*oldest_of);
   }
   return newest > oldest ? newest : 0;
+}
+
+}  // namespace
+
+int64_t JobRun::MemoryCommitted() const {
+  return HeldByEveryRank(ranks, &RankRun::memory_oldest, &RankRun::memory_newest);
+}
+
+int64_t JobRun::ReplicaCommitted() const {
+  // A rank reports a pinned step only once it holds the copy it keeps for its partner too.
+  return HeldByEveryRank(ranks, &RankRun::replica_oldest, &RankRun::replica_newest);
 }
 
 nlohmann::json JobRun::ToRecord() const {
@@ -41,6 +55,8 @@ nlohmann::json JobRun::ToRecord() const {
           {"nccl_unique_id", nccl_unique_id},
           {"restore_step", restore_step},
           {"restore_from_memory", restore_from_memory},
+          {"replica_to", replica_to},
+          {"replica_fetch", replica_fetch},
           {"committed_step", committed_step},
           {"lost_steps", lost_steps},
           {"generation_started_ms", generation_started_ms},
@@ -78,6 +94,11 @@ Status JobRun::FromRecord(const nlohmann::json& j) {
     nccl_unique_id = j.at("nccl_unique_id").get<std::string>();
     restore_step = j.at("restore_step").get<int64_t>();
     restore_from_memory = j.value("restore_from_memory", false);  // absent before memory
+    // Absent before replicas; a list that does not fit the ranks counts as none.
+    replica_to = j.value("replica_to", std::vector<int>());
+    replica_fetch = j.value("replica_fetch", std::vector<int>());
+    if (replica_to.size() != ranks.size()) replica_to.clear();
+    if (replica_fetch.size() != ranks.size()) replica_fetch.clear();
     committed_step = j.at("committed_step").get<int64_t>();
     lost_steps = j.at("lost_steps").get<int64_t>();
     generation_started_ms = j.at("generation_started_ms").get<int64_t>();

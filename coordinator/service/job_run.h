@@ -35,6 +35,9 @@ struct RankRun {
   double compute_s = 0, data_wait_s = 0, bubble_s = 0;
   // The memory snapshots it holds on its host, oldest and newest step (volatile; 0: none).
   int64_t memory_oldest = 0, memory_newest = 0;
+  // Its pinned snapshots, each also copied to its partner's host, oldest and newest step
+  // (volatile; 0: none).
+  int64_t replica_oldest = 0, replica_newest = 0;
 };
 
 struct JobRun {
@@ -66,6 +69,14 @@ struct JobRun {
   int64_t memory_step = 0;
   std::vector<std::string> memory_workers;
   bool restore_from_memory = false;
+  // Replicas of pinned snapshots (coordinator/scheduler/replica_partners.h): this generation's
+  // partners (replica_to[r]: the rank keeping r's copies; -1: none) and the ranks that fetch
+  // their restore step from their copy's holder (replica_fetch[r]: that rank; -1: none), both
+  // stored; from the failed generation, the newest step every rank held pinned and copied,
+  // and who holds each rank's copy (volatile, like memory_step).
+  std::vector<int> replica_to, replica_fetch;
+  int64_t replica_step = 0;
+  std::vector<int> replica_holders;
   int64_t generation_started_ms = 0;
   // Rank 0's latest step report. Durable as the newest metric/<id>/<step> record, which a
   // restarted coordinator reads back; the run record's copy is only as new as its last write.
@@ -96,6 +107,8 @@ struct JobRun {
   bool placed() const { return !ranks.empty(); }
   // The newest step every rank now holds in memory (from their step reports); 0: none.
   int64_t MemoryCommitted() const;
+  // The newest step every rank holds pinned with its copy on its partner's host; 0: none.
+  int64_t ReplicaCommitted() const;
 
   nlohmann::json ToRecord() const;  // the run/<id> document
   // Restores the durable part; state, spec and spec_yaml are set by the caller.

@@ -4,7 +4,8 @@
 // blow. The job must still complete, bitwise equal to an undisturbed run of the same job,
 // and no committed checkpoint may turn out unreadable. Then one fault at a time: a daemon
 // frozen with no spare (the job says what it waits for; frozen for good, `moerun local`
-// relaunches it), a daemon frozen with a spare (its ranks move there), and a coordinator
+// relaunches it), a daemon frozen with a spare (its ranks move there and restore from their
+// copies in memory on another host), and a coordinator
 // outage shorter than the heartbeat timeout (no trainer stops).
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
@@ -164,10 +165,20 @@ TEST_CASE(
   CheckDigestOfUndisturbed(spec, run, dir, "--steps 200", "200");
 }
 
-TEST_CASE("a frozen daemon with a spare: its ranks move to the spare") {
+TEST_CASE(
+    "a frozen daemon with a spare: its ranks move to the spare and restore from their copies in "
+    "memory on another host") {
   const std::string dir = FreshTempPath("chaos", "frozen-spare", true);
-  // The default job with one spare daemon.
+  // The default job with one spare daemon, committing to disk at step 100 only: the newest
+  // step a restart before it can have is a pinned one in memory.
   const std::string spec = DefaultJobWith(dir, "spares: 0 ", "spares: 1 ");
+  {
+    std::string yaml = ReadAll(spec);
+    const std::string every50 = "  interval_steps: 50 ";
+    REQUIRE(yaml.find(every50) != std::string::npos);
+    yaml.replace(yaml.find(every50), every50.size(), "  interval_steps: 100 ");
+    std::ofstream(spec) << yaml;
+  }
   const std::string run = dir + "/spare", log = dir + "/local.log";
   const pid_t local = SpawnLogged(
       MOERUN_BIN, {"local", spec, "--run-dir", run, "--steps", "120", "--no-progress"}, log);
@@ -188,11 +199,16 @@ TEST_CASE("a frozen daemon with a spare: its ranks move to the spare") {
   CHECK(WaitLocalExit(local, 180) == 0);
   // The spare ran ranks; the frozen daemon was blamed.
   CHECK(fs::exists(run + "/control/worker-" + idle.substr(6) + "/logs/tiny-cpu-1"));
-  bool blamed = false;
+  bool blamed = false, from_copies = false;
   const coordinator::JobState job = FinalJob(run);
-  for (const auto& e : job.events())
+  for (const auto& e : job.events()) {
     blamed = blamed || e.cause.find("worker " + busy + " sent no heartbeat") != std::string::npos;
+    // "restoring step 60 from memory: rank 2 from its copy on local-0 (rank 0), ..."
+    from_copies = from_copies || (e.cause.find(" from its copy on ") != std::string::npos &&
+                                  e.cause.find("the others on their hosts") != std::string::npos);
+  }
   CHECK(blamed);
+  CHECK(from_copies);
   CheckDigestOfUndisturbed(spec, run, dir, "--steps 120", "120");
 }
 

@@ -18,6 +18,7 @@ namespace {
 
 using checkpoint::Entry;
 using checkpoint::MemorySnapshots;
+using checkpoint::SnapshotKind;
 using coordinator::Harness;
 using coordinator::JobPhase;
 using coordinator::Sent;
@@ -109,6 +110,55 @@ TEST_CASE("memory snapshots: a flipped or cut slot is refused by name, one mid-w
   CHECK(none.status().message().find("is not in") != std::string::npos);
 }
 
+TEST_CASE("memory snapshots: a pinned image travels to a replica on another host, checked") {
+  const std::string here = testing::FreshTempPath("memory", "pinned", true);
+  const std::string there = testing::FreshTempPath("memory", "replica", true);
+  FakeState st;
+  auto pinned = MemorySnapshots::Open(here, 2, SnapshotKind::kPinned);
+  auto replica = MemorySnapshots::Open(there, 2, SnapshotKind::kReplica);  // kept for rank 2
+  REQUIRE(pinned.ok());
+  REQUIRE(replica.ok());
+  for (int64_t step : {10, 20, 30, 40}) {
+    REQUIRE(pinned.value()->Write(step, st.Views(step)).ok());
+    const std::string_view image = pinned.value()->Image(step);
+    REQUIRE(!image.empty());
+    REQUIRE(replica.value()->Store(step, image).ok());
+  }
+  CHECK(pinned.value()->Image(10).empty());  // overwritten by 40
+  CHECK(replica.value()->Held() == std::pair<int64_t, int64_t>{20, 40});
+  CHECK(std::filesystem::exists(MemorySnapshots::SlotPath(there, 2, 0, SnapshotKind::kReplica)));
+  // The copy reads back as the original, by file and by image.
+  auto copy = MemorySnapshots::Read(there, 2, 30, SnapshotKind::kReplica);
+  REQUIRE(copy.ok());
+  CHECK(copy->at(0).f32()[2] == 30.0f);
+  auto image = MemorySnapshots::ReadImage(there, 2, 40, SnapshotKind::kReplica);
+  REQUIRE(image.ok());
+  CHECK(image.value() == std::string(pinned.value()->Image(40)));
+  auto parsed = MemorySnapshots::ParseImage(image.value(), 2, 40, "from rank 0");
+  REQUIRE(parsed.ok());
+  CHECK(parsed->at(1).i64() == 40);
+  // What came over the network is checked before it is kept: another rank's or step's, a
+  // flipped or cut one is refused by name, and the slots keep what they held.
+  auto refused = [&](std::string bad, int rank, int64_t step, const std::string& why) {
+    auto m = MemorySnapshots::Open(there, rank, SnapshotKind::kReplica);
+    REQUIRE(m.ok());
+    Status s = m.value()->Store(step, bad);
+    CHECK(s.code() == Status::Code::kCorruption);
+    CHECK_MESSAGE(s.message().find(why) != std::string::npos, s.message());
+  };
+  refused(image.value(), 3, 40, "it holds step 40 of rank 2");
+  refused(image.value(), 2, 50, "it holds step 40 of rank 2");
+  std::string flipped = image.value();
+  flipped[flipped.size() - 3] ^= 1;
+  refused(flipped, 2, 40, "fails its CRC");
+  refused(image.value().substr(0, image->size() - 5), 2, 40, "does not fit");
+  refused("short", 2, 40, "shorter than its header");
+  CHECK(MemorySnapshots::Read(there, 2, 40, SnapshotKind::kReplica).ok());
+  // The kinds are separate files: rank 2's own slots hold none of these.
+  CHECK_FALSE(MemorySnapshots::Read(here, 2, 40).ok());
+  CHECK(MemorySnapshots::Read(here, 2, 40, SnapshotKind::kPinned).ok());
+}
+
 // Worker `a` runs both ranks; rank 0 reports holding memory steps 10-12, rank 1 11-13.
 std::string RunningWithMemory(Harness& h) {
   const std::string id = h.Running();
@@ -125,10 +175,10 @@ std::string RunningWithMemory(Harness& h) {
   return id;
 }
 
-void Wait(Harness& h, int64_t ms, const std::vector<std::string>& workers) {
+void Wait(Harness& h, int64_t ms, const std::vector<std::string>& workers, int slots = 2) {
   for (int64_t t = 0; t < ms; t += 500) {
     h.Advance(500);
-    for (const auto& w : workers) h.Beat(w, 2);
+    for (const auto& w : workers) h.Beat(w, slots);
     h.c().Tick();
   }
 }
@@ -176,6 +226,59 @@ TEST_CASE("coordinator: a rank that moves to another host makes the restart use 
                        "memory snapshots of step 12 cannot be used (rank 0 moved from "
                        "a to b)") != std::string::npos;
   CHECK(said);
+}
+
+TEST_CASE("coordinator: a rank that moves restores from its copy on a host that stayed") {
+  Harness h("memory-replica");
+  h.Beat("a", 1);
+  h.Beat("b", 1);
+  const std::string id = h.Submit("small")["job_id"];  // 2 ranks: one on a, one on b
+  const std::string on0 = h.Job(id).ranks[0].worker, on1 = h.Job(id).ranks[1].worker;
+  REQUIRE(on0 != on1);
+  // Each keeps the other's copies.
+  CHECK(h.Last("worker:" + on0, MessageType::kStartTrainers).e.body["replica_to"] == json{1, 0});
+  h.Rendezvous(id, 1, 0);
+  h.Rendezvous(id, 1, 1);
+  for (int rank : {0, 1}) {
+    h.c().Handle(
+        Harness::Trainer(id, 1, rank),
+        {MessageType::kStepReport,
+         1,
+         id,
+         "t",
+         {{"rank", rank}, {"step", 23}, {"memory_steps", {21, 23}}, {"replica_steps", {10, 20}}}});
+  }
+  // Rank 1's host goes silent; a spare joins: rank 1 moves there, rank 0 stays.
+  h.Beat("c", 1);
+  Wait(h, 6000, {on0, "c"}, 1);
+  CHECK(h.Job(id).ranks[1].worker == "c");
+  const Sent start = h.Last("worker:c", MessageType::kStartTrainers);
+  CHECK(start.e.body["restore_step"] == 20);
+  CHECK(start.e.body["restore_from_memory"] == true);
+  CHECK(start.e.body["replica_fetch"] == json{-1, 0});  // rank 1 fetches from rank 0
+  CHECK(h.Said(id, "restoring step 20 from memory: rank 1 from its copy on " + on0 +
+                       " (rank 0), the others on their hosts (newest on disk: the start; 3 more "
+                       "steps to redo than from the newest snapshot in memory)"));
+  // No copies reported (replicas off, or none made yet): a moved rank means the disk.
+  Harness g("memory-no-replica");
+  g.Beat("a", 1);
+  g.Beat("b", 1);
+  const std::string id2 = g.Submit("small")["job_id"];
+  const std::string stays = g.Job(id2).ranks[0].worker;
+  g.Rendezvous(id2, 1, 0);
+  g.Rendezvous(id2, 1, 1);
+  for (int rank : {0, 1}) {
+    g.c().Handle(Harness::Trainer(id2, 1, rank),
+                 {MessageType::kStepReport,
+                  1,
+                  id2,
+                  "t",
+                  {{"rank", rank}, {"step", 23}, {"memory_steps", {21, 23}}}});
+  }
+  g.Beat("c", 1);
+  Wait(g, 6000, {stays, "c"}, 1);
+  CHECK(g.Last("worker:c", MessageType::kStartTrainers).e.body["restore_from_memory"] == false);
+  CHECK(g.Said(id2, "memory snapshots of step 23 cannot be used (rank 1 moved from"));
 }
 
 TEST_CASE("coordinator: a daemon that holds memory snapshots of a job that is over is told so") {

@@ -119,6 +119,32 @@ TEST_CASE("bodies: each problem is refused with the message and field named") {
         "TrainerExited: 'trainers' is missing");
 }
 
+TEST_CASE("StartTrainers: replica lists hold one rank of the job (or -1) per rank") {
+  const json base = {{"ranks", {0, 1}}, {"spec_yaml", "y"}, {"run_dir", "/r"}, {"world", 2}};
+  auto with = [&](const char* key, json list) {
+    json b = base;
+    b[key] = std::move(list);
+    return StartTrainersBody::FromJson(b);
+  };
+  auto ok = with("replica_to", {1, 0});
+  REQUIRE(ok.ok());
+  CHECK(ok->replica_to == std::vector<int>{1, 0});
+  CHECK(ok->replica_fetch.empty());
+  CHECK(with("replica_fetch", {-1, 0})->replica_fetch == std::vector<int>{-1, 0});
+  CHECK(with("replica_to", {1}).status().message() ==
+        "StartTrainers: 'replica_to' must list one entry per rank (2)");
+  CHECK(with("replica_fetch", {2, 0}).status().message() ==
+        "StartTrainers: 'replica_fetch' must hold ranks of the job or -1");
+  CHECK(with("replica_to", {"1", 0}).status().message() ==
+        "StartTrainers: 'replica_to' must hold ranks of the job or -1");
+  auto report = StepReportBody::FromJson({{"rank", 0}, {"step", 5}, {"replica_steps", {2, 4}}});
+  REQUIRE(report.ok());
+  CHECK(report->replica_newest == 4);
+  CHECK(StepReportBody::FromJson({{"rank", 0}, {"step", 5}, {"replica_steps", {4, 2}}})
+            .status()
+            .message() == "StepReport: 'replica_steps' must be [oldest, newest] steps");
+}
+
 TEST_CASE("CheckpointCommitted: ascending positive steps, at most checkpoint.keep's limit") {
   auto ok = CheckpointCommittedBody::FromJson({{"steps", {30, 40}}});
   REQUIRE(ok.ok());

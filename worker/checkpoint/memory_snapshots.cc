@@ -24,6 +24,8 @@ struct Header {
   uint32_t crc;
 };
 static_assert(sizeof(Header) <= kHeaderBytes);
+constexpr size_t kStepOffset = 8, kAfterStep = 16;  // the header's step: bytes [8, 16)
+constexpr size_t kBodyBytesOffset = 24;             // its body_bytes: [24, 32)
 
 size_t BodyBytes(const std::vector<EntryView>& entries) {
   size_t n = 0;
@@ -93,19 +95,57 @@ bool ReadSlotHeader(std::ifstream& in, SlotHeader* h) {
   return true;
 }
 
-}  // namespace
-
-std::string MemorySnapshots::SlotPath(const std::string& dir, int rank, int slot) {
-  return dir + "/rank-" + std::to_string(rank) + ".slot-" + std::to_string(slot) + ".mem";
+// An image's header and CRC, checked: Corruption naming `what` unless it is a whole version 1
+// snapshot of `rank` and `step`. Its entry count on success.
+Result<uint32_t> CheckImage(std::string_view image, int rank, int64_t step,
+                            const std::string& what) {
+  auto bad = [&](const std::string& why) {
+    return Status::Corruption(what + " of step " + std::to_string(step) + ": " + why);
+  };
+  if (image.size() < kHeaderBytes) return bad("shorter than its header");
+  Cursor head(image.data(), kHeaderBytes);
+  const bool magic_ok = std::memcmp(head.Bytes(8), kMagic, 8) == 0;
+  const uint64_t got_step = head.Get<uint64_t>();
+  const uint32_t got_rank = head.Get<uint32_t>(), entries = head.Get<uint32_t>();
+  const uint64_t body_bytes = head.Get<uint64_t>();
+  const uint32_t crc = head.Get<uint32_t>();
+  if (!magic_ok) return bad("not a version 1 snapshot");
+  if (got_step != uint64_t(step) || got_rank != uint32_t(rank))
+    return bad("it holds step " + std::to_string(got_step) + " of rank " +
+               std::to_string(got_rank));
+  if (body_bytes > image.size() - kHeaderBytes) return bad("its header does not fit the file");
+  if (Crc32c(image.data() + kHeaderBytes, body_bytes) != crc) return bad("it fails its CRC");
+  return entries;
 }
 
-Result<std::unique_ptr<MemorySnapshots>> MemorySnapshots::Open(const std::string& dir, int rank) {
+}  // namespace
+
+const char* ToString(SnapshotKind kind) {
+  switch (kind) {
+    case SnapshotKind::kSlot:
+      return "slot";
+    case SnapshotKind::kPinned:
+      return "pinned";
+    case SnapshotKind::kReplica:
+      return "replica";
+  }
+  return "slot";
+}
+
+std::string MemorySnapshots::SlotPath(const std::string& dir, int rank, int slot,
+                                      SnapshotKind kind) {
+  return dir + "/rank-" + std::to_string(rank) + "." + ToString(kind) + "-" + std::to_string(slot) +
+         ".mem";
+}
+
+Result<std::unique_ptr<MemorySnapshots>> MemorySnapshots::Open(const std::string& dir, int rank,
+                                                               SnapshotKind kind) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return Status::IOError("memory snapshots: cannot create " + dir + ": " + ec.message());
-  std::unique_ptr<MemorySnapshots> m(new MemorySnapshots(dir, rank));
+  std::unique_ptr<MemorySnapshots> m(new MemorySnapshots(dir, rank, kind));
   for (int i = 0; i < kMemorySnapshotsKept; ++i) {
-    std::ifstream in(SlotPath(dir, rank, i), std::ios::binary);
+    std::ifstream in(SlotPath(dir, rank, i, kind), std::ios::binary);
     SlotHeader h;
     if (ReadSlotHeader(in, &h) && h.magic_ok) m->found_step_[i] = int64_t(h.step);
   }
@@ -117,21 +157,25 @@ MemorySnapshots::~MemorySnapshots() = default;
 Status MemorySnapshots::Map(Slot& s, int index, size_t size) {
   if (s.file.mapped() && s.file.size() == size) return Status::OK();
   s = Slot{};
-  auto file = MappedFile::Map(SlotPath(dir_, rank_, index), MappedFile::Mode::kResize, size,
+  auto file = MappedFile::Map(SlotPath(dir_, rank_, index, kind_), MappedFile::Mode::kResize, size,
                               "memory snapshot");
   if (!file.ok()) return file.status();
   s.file = std::move(file.value());
   return Status::OK();
 }
 
-Status MemorySnapshots::Write(int64_t step, const std::vector<EntryView>& entries) {
-  const auto t0 = std::chrono::steady_clock::now();
-  // The oldest slot (an empty one first) takes the new step.
+int MemorySnapshots::OldestSlot() {
   auto age = [&](int i) { return slots_[i].step > 0 ? slots_[i].step : found_step_[i]; };
   int index = 0;
   for (int i = 1; i < kMemorySnapshotsKept; ++i)
     if (age(i) < age(index)) index = i;
   found_step_[index] = 0;
+  return index;
+}
+
+Status MemorySnapshots::Write(int64_t step, const std::vector<EntryView>& entries) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const int index = OldestSlot();
   Slot& s = slots_[index];
   s.step = 0;
   const size_t body = BodyBytes(entries);
@@ -163,6 +207,35 @@ Status MemorySnapshots::Write(int64_t step, const std::vector<EntryView>& entrie
   return Status::OK();
 }
 
+std::string_view MemorySnapshots::Image(int64_t step) const {
+  for (const Slot& s : slots_)
+    if (s.step == step && s.file.mapped())
+      return {static_cast<const char*>(s.file.data()), s.file.size()};
+  return {};
+}
+
+Status MemorySnapshots::Store(int64_t step, std::string_view image) {
+  const auto t0 = std::chrono::steady_clock::now();
+  // Its header and CRC: a copy is parsed only when it is restored.
+  auto checked = CheckImage(image, rank_, step, "received snapshot");
+  if (!checked.ok()) return checked.status();
+  const int index = OldestSlot();
+  Slot& s = slots_[index];
+  s.step = 0;
+  MOERUN_RETURN_IF_ERROR(Map(s, index, image.size()));
+  auto* h = static_cast<Header*>(s.file.data());
+  h->step.store(0, std::memory_order_release);
+  // Everything but the step, then the step: a reader never takes a half-stored slot.
+  char* base = static_cast<char*>(s.file.data());
+  std::memcpy(base, image.data(), kStepOffset);
+  std::memcpy(base + kAfterStep, image.data() + kAfterStep, image.size() - kAfterStep);
+  h->step.store(uint64_t(step), std::memory_order_release);
+  s.step = step;
+  ++written_;
+  write_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return Status::OK();
+}
+
 std::pair<int64_t, int64_t> MemorySnapshots::Held() const {
   int64_t oldest = 0, newest = 0;
   for (const Slot& s : slots_) {
@@ -173,9 +246,13 @@ std::pair<int64_t, int64_t> MemorySnapshots::Held() const {
   return {oldest, newest};
 }
 
-Result<std::vector<Entry>> MemorySnapshots::Read(const std::string& dir, int rank, int64_t step) {
+namespace {
+
+// The image of the slot of `kind` holding `step` and its path; its header checked, not its body.
+Result<std::string> ReadSlotImage(const std::string& dir, int rank, int64_t step, SnapshotKind kind,
+                                  std::string* path_out) {
   for (int i = 0; i < kMemorySnapshotsKept; ++i) {
-    const std::string path = SlotPath(dir, rank, i);
+    const std::string path = MemorySnapshots::SlotPath(dir, rank, i, kind);
     // The header first: the other slots hold other steps, and a restart waits on this read.
     std::ifstream in(path, std::ios::binary);
     SlotHeader h;
@@ -187,32 +264,69 @@ Result<std::vector<Entry>> MemorySnapshots::Read(const std::string& dir, int ran
     if (!h.magic_ok) return bad("not a version 1 snapshot");
     if (h.rank != uint32_t(rank) || h.body_bytes > h.file_bytes - kHeaderBytes)
       return bad("its header does not fit the file");
-    std::string data(h.body_bytes, '\0');  // then the body, in one read
-    if (!in.read(data.data(), std::streamsize(data.size()))) return bad("cannot be read");
-    if (Crc32c(data.data(), data.size()) != h.crc) return bad("it fails its CRC");
-    Cursor c(data.data(), data.size());
-    std::vector<Entry> out;
-    for (uint32_t k = 0; k < h.entries && c.ok(); ++k) {
-      Entry e;
-      const uint32_t name_bytes = c.Get<uint32_t>();
-      const char* name = c.Bytes(name_bytes);
-      if (!name) break;
-      e.name.assign(name, name_bytes);
-      e.dtype = DType(c.Get<uint8_t>());
-      const uint32_t dims = c.Get<uint32_t>();
-      if (dims > 8) return bad("entry " + e.name + " has " + std::to_string(dims) + " dims");
-      for (uint32_t d = 0; d < dims; ++d) e.shape.push_back(c.Get<int64_t>());
-      const uint64_t bytes = c.Get<uint64_t>();
-      const char* payload = c.Bytes(bytes);
-      if (!payload) break;
-      e.bytes.assign(payload, payload + bytes);
-      out.push_back(std::move(e));
-    }
-    if (!c.ok() || out.size() != h.entries) return bad("it is truncated");
-    return out;
+    std::string image(kHeaderBytes + h.body_bytes, '\0');  // then the whole slot, in one read
+    in.seekg(0);
+    if (!in.read(image.data(), std::streamsize(image.size()))) return bad("cannot be read");
+    *path_out = path;
+    return image;
   }
-  return Status::Corruption("memory snapshot of step " + std::to_string(step) + " of rank " +
-                            std::to_string(rank) + " is not in " + dir);
+  return Status::Corruption(
+      std::string("memory snapshot of step ") + std::to_string(step) + " of rank " +
+      std::to_string(rank) +
+      (kind == SnapshotKind::kSlot ? "" : std::string(" (") + ToString(kind) + ")") +
+      " is not in " + dir);
+}
+
+}  // namespace
+
+Result<std::string> MemorySnapshots::ReadImage(const std::string& dir, int rank, int64_t step,
+                                               SnapshotKind kind) {
+  std::string path;
+  auto image = ReadSlotImage(dir, rank, step, kind, &path);
+  if (!image.ok()) return image.status();
+  auto parsed = ParseImage(image.value(), rank, step, "memory snapshot " + path);
+  if (!parsed.ok()) return parsed.status();
+  return image;
+}
+
+Result<std::vector<Entry>> MemorySnapshots::Read(const std::string& dir, int rank, int64_t step,
+                                                 SnapshotKind kind) {
+  std::string path;
+  auto image = ReadSlotImage(dir, rank, step, kind, &path);
+  if (!image.ok()) return image.status();
+  return ParseImage(image.value(), rank, step, "memory snapshot " + path);
+}
+
+Result<std::vector<Entry>> MemorySnapshots::ParseImage(std::string_view image, int rank,
+                                                       int64_t step, const std::string& what) {
+  auto bad = [&](const std::string& why) {
+    return Status::Corruption(what + " of step " + std::to_string(step) + ": " + why);
+  };
+  auto checked = CheckImage(image, rank, step, what);
+  if (!checked.ok()) return checked.status();
+  const uint32_t entries = checked.value();
+  uint64_t body_bytes;
+  std::memcpy(&body_bytes, image.data() + kBodyBytesOffset, sizeof body_bytes);
+  Cursor c(image.data() + kHeaderBytes, body_bytes);
+  std::vector<Entry> out;
+  for (uint32_t k = 0; k < entries && c.ok(); ++k) {
+    Entry e;
+    const uint32_t name_bytes = c.Get<uint32_t>();
+    const char* name = c.Bytes(name_bytes);
+    if (!name) break;
+    e.name.assign(name, name_bytes);
+    e.dtype = DType(c.Get<uint8_t>());
+    const uint32_t dims = c.Get<uint32_t>();
+    if (dims > 8) return bad("entry " + e.name + " has " + std::to_string(dims) + " dims");
+    for (uint32_t d = 0; d < dims; ++d) e.shape.push_back(c.Get<int64_t>());
+    const uint64_t bytes = c.Get<uint64_t>();
+    const char* payload = c.Bytes(bytes);
+    if (!payload) break;
+    e.bytes.assign(payload, payload + bytes);
+    out.push_back(std::move(e));
+  }
+  if (!c.ok() || out.size() != entries) return bad("it is truncated");
+  return out;
 }
 
 }  // namespace moerun::checkpoint

@@ -44,19 +44,44 @@ std::string TrainerReason(const std::string& log_path) {
   return found;
 }
 
-// Removes a job's memory-snapshot slots (rank-<R>.slot-<K>.mem) and then the directory if
-// that left it empty: never anything else, whatever --memory-dir names.
+// Removes a job's memory-snapshot slots (rank-<R>.<slot|pinned|replica>-<K>.mem) and then the
+// directory if that left it empty: never anything else, whatever --memory-dir names.
 void RemoveSnapshotDir(const std::string& dir) {
   std::error_code ec;
   std::vector<fs::path> slots;
   for (const auto& f : fs::directory_iterator(dir, ec)) {
     const std::string name = f.path().filename().string();
-    if (name.rfind("rank-", 0) == 0 && name.find(".slot-") != std::string::npos &&
-        f.path().extension() == ".mem")
+    const bool kind = name.find(".slot-") != std::string::npos ||
+                      name.find(".pinned-") != std::string::npos ||
+                      name.find(".replica-") != std::string::npos;
+    if (name.rfind("rank-", 0) == 0 && kind && f.path().extension() == ".mem")
       slots.push_back(f.path());
   }
   for (const auto& p : slots) fs::remove(p, ec);
   fs::remove(dir, ec);  // fails, harmlessly, unless empty
+}
+
+// One rank's part in the replicas of pinned memory snapshots, from the job's lists
+// (StartTrainersBody; coordinator/scheduler/replica_partners.h): -1 and "" for none.
+struct ReplicaRoles {
+  int to = -1, from = -1, fetch = -1;
+  std::string serve;  // the ranks it sends their copies to on a restore, "2,3"
+};
+
+ReplicaRoles RolesOf(int rank, const std::vector<int>& to, const std::vector<int>& fetch) {
+  ReplicaRoles roles;
+  if (size_t(rank) < to.size() && to[size_t(rank)] >= 0) {
+    roles.to = to[size_t(rank)];
+    for (size_t q = 0; q < to.size(); ++q)
+      if (to[q] == rank) roles.from = int(q);
+    if (roles.from < 0) roles.to = -1;  // not a ring the exchange can run on
+  }
+  if (size_t(rank) < fetch.size()) roles.fetch = fetch[size_t(rank)];
+  for (size_t q = 0; q < fetch.size(); ++q) {
+    if (fetch[q] != rank) continue;
+    roles.serve += (roles.serve.empty() ? "" : ",") + std::to_string(q);
+  }
+  return roles;
 }
 
 }  // namespace
@@ -253,6 +278,16 @@ Status WorkerDaemon::StartRank(const DaemonActions::Start& p) {
   if (!opts_.memory_dir.empty()) {
     argv.insert(argv.end(), {"--memory-dir", opts_.memory_dir + "/" + p.job_id});
     if (b.restore_from_memory) argv.push_back("--restore-from-memory");
+    // Replicas: whom this rank copies its pinned snapshots to, whose copies it keeps, and, on
+    // a restore, whom it fetches its state from or sends a copy to.
+    const ReplicaRoles roles = RolesOf(rank, b.replica_to, b.replica_fetch);
+    if (roles.to >= 0) {
+      argv.insert(argv.end(), {"--replica-to", std::to_string(roles.to), "--replica-from",
+                               std::to_string(roles.from)});
+    }
+    if (roles.fetch >= 0)
+      argv.insert(argv.end(), {"--fetch-replica-from", std::to_string(roles.fetch)});
+    if (!roles.serve.empty()) argv.insert(argv.end(), {"--serve-replicas", roles.serve});
   }
   if (b.data_plane_timeout_ms > 0)
     argv.insert(argv.end(), {"--data-plane-timeout-ms", std::to_string(b.data_plane_timeout_ms)});

@@ -67,6 +67,8 @@ void TrainReporter::Step(const nlohmann::json& line, int64_t total) {
     nlohmann::json report = line;
     report["total_steps"] = total;
     if (memory_held_.second > 0) report["memory_steps"] = {memory_held_.first, memory_held_.second};
+    if (replica_held_.second > 0)
+      report["replica_steps"] = {replica_held_.first, replica_held_.second};
     if (!lead_) report.erase("expert_load");  // rank 0's report is the one stored
     opts_.control->ReportStep(report);
   }

@@ -40,6 +40,8 @@ class TrainReporter {
   // Goes into the coordinator's copy of each step report: the oldest and newest memory
   // snapshot this rank holds (worker/checkpoint/memory_snapshots.h).
   void set_memory_held(std::pair<int64_t, int64_t> held) { memory_held_ = held; }
+  // And the pinned steps it holds with a copy on another host (worker/trainer/snapshot_replicas.h).
+  void set_replica_held(std::pair<int64_t, int64_t> held) { replica_held_ = held; }
   void Step(const nlohmann::json& line, int64_t total);
   // A checkpoint write finished (any thread): logged, and a durable shard queued for the
   // coordinator.
@@ -55,7 +57,7 @@ class TrainReporter {
   void Finish();
 
  private:
-  std::pair<int64_t, int64_t> memory_held_{0, 0};
+  std::pair<int64_t, int64_t> memory_held_{0, 0}, replica_held_{0, 0};
   const JobSpec& spec_;
   const TrainOptions& opts_;
   std::shared_ptr<spdlog::logger> log_;

@@ -4,6 +4,7 @@
 
 #include "worker/checkpoint/checkpoint_reader.h"
 #include "worker/checkpoint/memory_snapshots.h"
+#include "worker/trainer/snapshot_replicas.h"
 
 namespace moerun::trainer {
 namespace {
@@ -99,8 +100,23 @@ Status RestoreOrResume(const JobSpec& spec, const TrainOptions& opts, const Topo
   const std::string ckpt_dir = CheckpointDir(spec, opts.run_dir);
   MOERUN_RETURN_IF_ERROR(topo.world_comm->Barrier());
   if (opts.restore_step > 0 && opts.restore_from_memory) {
-    // The coordinator found this step in every rank's memory on the hosts it placed them on.
-    auto entries = checkpoint::MemorySnapshots::Read(opts.memory_dir, opts.rank, opts.restore_step);
+    // The coordinator found this step in every rank's memory on the hosts it placed them on
+    // (its own slots, or kept aside pinned), or, for a rank whose host was lost, in the copy
+    // another rank keeps (SnapshotReplicas).
+    const int64_t step = opts.restore_step;
+    auto entries = [&]() -> Result<std::vector<checkpoint::Entry>> {
+      if (opts.fetch_replica_from >= 0)
+        return SnapshotReplicas::Fetch(*topo.world_comm, opts.fetch_replica_from, opts.rank, step);
+      auto own = checkpoint::MemorySnapshots::Read(opts.memory_dir, opts.rank, step);
+      if (own.ok()) return own;
+      auto pinned = checkpoint::MemorySnapshots::Read(opts.memory_dir, opts.rank, step,
+                                                      checkpoint::SnapshotKind::kPinned);
+      return pinned.ok() ? std::move(pinned) : std::move(own);
+    }();
+    for (int rank : opts.serve_replicas) {
+      MOERUN_RETURN_IF_ERROR(
+          SnapshotReplicas::Serve(*topo.world_comm, opts.memory_dir, rank, step));
+    }
     Status s = entries.ok() ? RestoreState(entries.value(), &state->params, &state->opt,
                                            &state->step, state->model)
                             : entries.status();
@@ -109,7 +125,12 @@ Status RestoreOrResume(const JobSpec& spec, const TrainOptions& opts, const Topo
                                 std::to_string(opts.restore_step) +
                                 " is unreadable: " + s.message());
     }
-    log.info("restored step {} from memory ({})", state->step, opts.memory_dir);
+    if (opts.fetch_replica_from >= 0) {
+      log.info("restored step {} from memory: the copy rank {} keeps", state->step,
+               opts.fetch_replica_from);
+    } else {
+      log.info("restored step {} from memory ({})", state->step, opts.memory_dir);
+    }
   } else if (opts.restore_step > 0) {
     Status s = RestoreCommitted(ckpt_dir + "/" + topo.ShardName(), opts.restore_step, store, state);
     // Another model's step is not unreadable: falling back to an older one cannot help.

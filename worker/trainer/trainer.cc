@@ -25,13 +25,13 @@
 #include "kernels/cpu/gemm.h"
 #include "worker/checkpoint/checkpoint_reader.h"
 #include "worker/checkpoint/checkpoint_writer.h"
-#include "worker/checkpoint/memory_snapshots.h"
 #include "worker/comm/solo_communicator.h"
 #include "worker/comm/timed_communicator.h"
 #include "worker/comm/zmq_communicator.h"
 #include "worker/data/corpus.h"
 #include "worker/trainer/cpu_stage.h"
 #include "worker/trainer/gpu_stage.h"
+#include "worker/trainer/memory_keeper.h"
 #include "worker/trainer/step_driver.h"
 #include "worker/trainer/topology.h"
 #include "worker/trainer/train_report.h"
@@ -217,10 +217,7 @@ struct RankRun {
   // The store while it opens beside a restore from memory, which reads no shard.
   std::future<Result<std::unique_ptr<checkpoint::ShardStore>>> store_opening;
   std::unique_ptr<StepDriver> driver;
-  std::unique_ptr<checkpoint::MemorySnapshots> memory;  // null unless a daemon asked for them
-  bool memory_failed = false;  // a memory snapshot could not be written (said once)
-  std::vector<checkpoint::EntryView> memory_views;    // this rank's state, for the snapshots
-  checkpoint::EntryView* memory_step_view = nullptr;  // its meta/step
+  std::unique_ptr<MemoryKeeper> memory;  // null unless a daemon asked for snapshots
   StartupAccount startup;
 };
 
@@ -334,7 +331,10 @@ Status OneStep(RankRun& run, TrainReporter& report, checkpoint::CheckpointWriter
     summary->final_val_loss = val.value();
     run.log->info("step {} held-out loss {:.4f} over {} windows", step, val.value(), windows);
   }
-  if (run.memory) report.set_memory_held(run.memory->Held());
+  if (run.memory) {
+    report.set_memory_held(run.memory->Held());
+    report.set_replica_held(run.memory->ReplicaHeld());
+  }
   report.Step(line, total);
   if (step == summary->first_step) {
     run.startup.Mark("first step");
@@ -353,25 +353,11 @@ Status OneStep(RankRun& run, TrainReporter& report, checkpoint::CheckpointWriter
     const TrainState& st = *run.state;
     writer->Submit(step, SnapshotState(st.params, st.opt, step, spec.train.seed, st.model));
   }
-  const int64_t mem_every = spec.checkpoint.memory_interval_steps;
-  if (run.memory && mem_every > 0 && step % mem_every == 0 && step < total) {
+  if (run.memory && run.memory->Due(step, total)) {
     Status synced = host_synced ? Status::OK() : run.driver->SyncHost();
     if (!synced.ok()) return synced.WithContext("memory snapshot step " + std::to_string(step));
-    // The views point into arrays that never move: built once (names, shapes, the model's
-    // fingerprint), then only meta/step changes.
-    if (run.memory_views.empty()) {
-      const TrainState& st = *run.state;
-      run.memory_views = StateViews(st.params, st.opt, step, spec.train.seed, st.model);
-      for (auto& v : run.memory_views)
-        if (v.name == "meta/step") run.memory_step_view = &v;
-    }
-    if (run.memory_step_view) run.memory_step_view->scalar = step;
-    Status written = run.memory->Write(step, run.memory_views);
-    // Not fatal: the disk checkpoints still hold the run; say it once.
-    if (!written.ok() && !run.memory_failed) {
-      run.memory_failed = true;
-      run.log->error("memory snapshot of step {}: {}", step, written.message());
-    }
+    MOERUN_RETURN_IF_ERROR(
+        run.memory->AfterStep(step, total, *run.state, *run.topo->world_comm, *run.log));
   }
   MOERUN_RETURN_IF_ERROR(report.ReportShards());
   // Every rank drains what the coordinator sent; a writer deletes what its commits let go.
@@ -424,20 +410,16 @@ Result<TrainSummary> StepLoop(RankRun& run) {
         run.store.get(), spec.checkpoint.keep, spec.checkpoint.async, retention,
         [&report, shard](const checkpoint::WriteReport& r) { report.ShardWritten(r, shard); });
   }
-  if (!run.opts.memory_dir.empty() && spec.checkpoint.memory_interval_steps > 0) {
-    auto memory = checkpoint::MemorySnapshots::Open(run.opts.memory_dir, run.opts.rank);
-    if (!memory.ok()) return memory.status();
-    run.memory = std::move(memory.value());
-  }
+  auto memory = MemoryKeeper::Open(spec, run.opts);
+  if (!memory.ok()) return memory.status();
+  run.memory = std::move(memory.value());
   StopSignals signals;
   const auto run_start = Clock::now();
   Status result;
   while (result.ok() && state.step < total) result = OneStep(run, report, writer.get(), &summary);
   if (writer) writer->Wait();
   if (run.memory) {
-    const int64_t n = std::max<int64_t>(1, run.memory->written());
-    run.log->info("memory snapshots: {} written, {:.2f} ms each", run.memory->written(),
-                  1e3 * run.memory->write_seconds() / double(n));
+    run.memory->LogSummary(*run.log);
     // Kept when this rank is done: the job's last step is committed only once every rank has
     // written it, and a rank that did not (its daemon froze) restarts from these. The daemon
     // removes the job's snapshots when the coordinator ends the job.

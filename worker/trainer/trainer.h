@@ -54,6 +54,13 @@ struct TrainOptions {
   // restore_step is read from there instead of the checkpoint shard.
   std::string memory_dir;
   bool restore_from_memory = false;
+  // Replicas of pinned memory snapshots (checkpoint.memory_replica_interval_steps), set by a
+  // daemon: the rank this one sends its pinned snapshots to and the one it keeps copies for
+  // (-1: none); on a restore from memory, the rank whose copy of this rank's state it fetches
+  // (-1: it reads its own host's), and the ranks it sends their copies to.
+  int replica_to = -1, replica_from = -1;
+  int fetch_replica_from = -1;
+  std::vector<int> serve_replicas;
 };
 
 struct TrainSummary {
