@@ -9,7 +9,7 @@
 //       the figures NCCL's tests report. B is the per-rank buffer.
 //   moerun-bench coordinator --daemons N [--interval-ms I] [--seconds S]
 //       A coordinator under N simulated daemons' heartbeats (bench/coordinator_bench.h).
-//   moerun-bench recovery [--trials N] [--faults kill,stop]
+//   moerun-bench recovery [--trials N] [--faults kill,stop,host,host-disk]
 //       Fault -> detected -> next completed step on moerun local (bench/recovery_bench.h).
 //   moerun-bench goodput [--steps N] [--fault-every-s S]
 //       A fault every S s on moerun local: goodput and the final digest (bench/goodput_bench.h).
@@ -352,7 +352,8 @@ int main(int argc, char** argv) {
   rv->add_option("--trials", rb.trials)->capture_default_str();
   rv->add_option("--steps", rb.steps)->capture_default_str();
   rv->add_option("--at-step", rb.at_step)->capture_default_str();
-  rv->add_option("--faults", rb.faults, "kill, stop")->delimiter(',');
+  rv->add_option("--faults", rb.faults, "kill, stop, host (a lost host; a spare), host-disk")
+      ->delimiter(',');
   rv->callback([&] { rc = moerun::bench::RunRecoveryBench(rb); });
   moerun::bench::GoodputBenchArgs gb;
   CLI::App* gp = app.add_subcommand(

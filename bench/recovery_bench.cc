@@ -12,6 +12,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <thread>
 
 #include "bench/bench_process.h"
@@ -32,19 +33,54 @@ double Median(std::vector<double> v) {
 }
 
 // One trial; returns its figures or an "error".
+// A copy of `job` at `path` with each `key: value` line in `set` replaced; false when one of
+// the keys has no line to replace.
+bool WriteJobWith(const std::string& job, const std::map<std::string, std::string>& set,
+                  const std::string& path) {
+  std::ifstream in(job);
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  for (const auto& [key, value] : set) {
+    const std::regex line("^( +" + key + "): *[^ #\\n]+", std::regex::multiline);
+    if (!std::regex_search(text, line)) return false;
+    text = std::regex_replace(text, line, "$1: " + value, std::regex_constants::format_first_only);
+  }
+  std::ofstream(path) << text;
+  return bool(std::ifstream(path));
+}
+
+// One trial; returns its figures or an "error".
 nlohmann::json Trial(const RecoveryBenchArgs& a, const std::string& fault, int trial) {
   const std::string run = "/tmp/moerun-bench-recovery-" + std::to_string(getpid()) + "-" + fault +
                           std::to_string(trial);
   fs::remove_all(run);
   fs::create_directories(run);
-  const pid_t local = SpawnLocal(a.job, run, a.steps);
   nlohmann::json r = {{"bench", "recovery"}, {"fault", fault}, {"trial", trial}};
+  const bool host = fault.rfind("host", 0) == 0;
+  std::string spec = a.job;
+  if (host) {  // a spare for the lost host's ranks; copies in memory or not
+    spec = run + "-job.yaml";
+    std::map<std::string, std::string> set = {{"spares", "1"}};
+    if (fault == "host-disk") set["memory_replica_interval_steps"] = "0";
+    if (!WriteJobWith(a.job, set, spec)) {
+      r["error"] = a.job + " has no fault_tolerance.spares or memory_replica_interval_steps line";
+      return r;
+    }
+  }
+  const pid_t local = SpawnLocal(spec, run, a.steps);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(5);
   pid_t victim = -1;
+  std::vector<pid_t> host_trainers;
   while (std::chrono::steady_clock::now() < deadline && victim < 0) {
     if (trainer::LastMetricsStep(run) >= a.at_step) {
-      for (pid_t w : ChildrenRunning(local, "moerun-worker"))
-        for (pid_t t : Children(w)) victim = t;
+      for (pid_t w : ChildrenRunning(local, "moerun-worker")) {
+        const std::vector<pid_t> trainers = Children(w);
+        if (host && !trainers.empty()) {
+          victim = w;
+          host_trainers = trainers;
+        }
+        for (pid_t t : trainers)
+          if (!host) victim = t;
+      }
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
@@ -55,7 +91,9 @@ nlohmann::json Trial(const RecoveryBenchArgs& a, const std::string& fault, int t
     return r;
   }
   const int64_t fault_ms = WallClock().NowMs();
-  kill(victim, fault == "stop" ? SIGSTOP : SIGKILL);
+  // A lost host: its trainers gone (their shard locks with them), its daemon silent.
+  for (pid_t t : host_trainers) kill(t, SIGKILL);
+  kill(victim, fault == "kill" ? SIGKILL : SIGSTOP);
   int status = 0;
   waitpid(local, &status, 0);
   auto store = coordinator::CoordinatorStore::Open(run + "/control/coordinator/db");
@@ -71,14 +109,14 @@ nlohmann::json Trial(const RecoveryBenchArgs& a, const std::string& fault, int t
   const auto& job = jobs->back();
   int64_t recovering_ms = -1, running_ms = -1, redone = -1;
   bool from_memory = false;
+  // Until the restart runs: "(1 steps to redo, from memory step 60)", then maybe "(10 more
+  // steps to redo)" when the step restored is older than that; "restoring step 60 from memory".
+  const std::regex to_redo("(\\d+) (more )?steps to redo");
   for (const auto& e : job.events()) {
-    if (e.time_ms < fault_ms) continue;
-    // "(1 steps to redo, from memory step 60)", "restoring step 60 from memory ..."
-    if (const size_t at = e.cause.find(" steps to redo"); at != std::string::npos && redone < 0) {
-      size_t begin = at;
-      while (begin > 0 && std::isdigit(static_cast<unsigned char>(e.cause[begin - 1]))) --begin;
-      if (begin < at) redone = std::stoll(e.cause.substr(begin, at - begin));
-    }
+    if (e.time_ms < fault_ms || running_ms >= 0) continue;
+    for (auto m = std::sregex_iterator(e.cause.begin(), e.cause.end(), to_redo);
+         m != std::sregex_iterator(); ++m)
+      redone = std::max<int64_t>(redone, 0) + std::stoll((*m)[1].str());
     from_memory = from_memory || e.cause.rfind("restoring step ", 0) == 0;
     if (e.to == JobPhase::kRecovering && recovering_ms < 0) recovering_ms = e.time_ms;
     if (e.to == JobPhase::kRunning && recovering_ms >= 0 && running_ms < 0) running_ms = e.time_ms;
@@ -109,8 +147,9 @@ nlohmann::json Trial(const RecoveryBenchArgs& a, const std::string& fault, int t
 
 int RunRecoveryBench(const RecoveryBenchArgs& a) {
   for (const auto& fault : a.faults) {
-    if (fault != "kill" && fault != "stop") {
-      std::fprintf(stderr, "moerun-bench recovery: unknown fault '%s' (kill, stop)\n",
+    if (fault != "kill" && fault != "stop" && fault != "host" && fault != "host-disk") {
+      std::fprintf(stderr,
+                   "moerun-bench recovery: unknown fault '%s' (kill, stop, host, host-disk)\n",
                    fault.c_str());
       return 2;
     }

@@ -35,6 +35,11 @@ inline constexpr int64_t kJobStartTimeoutMs = 180000;
 // The coordinator repeats StartTrainers to a daemon whose heartbeats do not show the ranks
 // after this long (the first message may have been lost with a coordinator restart).
 inline constexpr int64_t kStartTrainersResendMs = 5000;
+// A trainer opening its checkpoint shard whose lock another process holds (an earlier
+// generation's writer that has not exited yet) retries every kShardLockPollMs for up to
+// kShardLockWaitMs, then exits with a retryable error.
+inline constexpr int64_t kShardLockWaitMs = 5000;
+inline constexpr int64_t kShardLockPollMs = 50;
 // A writer rank that finished waits up to this long for its last step's commit, after which it
 // deletes the steps that commit supersedes (without it they stay on disk).
 inline constexpr int64_t kLastCommitWaitMs = 2000;

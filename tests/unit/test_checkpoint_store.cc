@@ -4,8 +4,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "common/crc32c.h"
 #include "tests/temp_path.h"
@@ -166,6 +168,31 @@ TEST_CASE("under a coordinator, a writer deletes only steps the coordinator let 
     CHECK(shard.CompleteSteps().value() == std::vector<int64_t>{40, 60, 70});
     fs::remove_all(dir);
   }
+}
+
+TEST_CASE("a shard locked by another writer is waited for, then refused as retryable") {
+  const std::string dir = TempDir("locked");
+  auto first = ShardStore::Open(dir, true);
+  REQUIRE(first.ok());
+  REQUIRE(first.value()->WriteStep(10, Step(10)).ok());
+  // The holder goes within the wait (an earlier generation's writer exiting): the open waits
+  // for it, and the step it wrote is there.
+  std::thread release([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    first.value().reset();
+  });
+  auto second = ShardStore::Open(dir, true);
+  release.join();
+  REQUIRE(second.ok());
+  CHECK(second.value()->CompleteSteps().value() == std::vector<int64_t>{10});
+  // It stays: after kShardLockWaitMs a retryable error that names the lock, not Corruption
+  // (which would make the coordinator drop a committed step that is fine).
+  auto third = ShardStore::Open(dir, true);
+  REQUIRE_FALSE(third.ok());
+  CHECK(third.status().code() == moerun::Status::Code::kUnavailable);
+  CHECK(third.status().message().find("is locked by another process") != std::string::npos);
+  second.value().reset();
+  fs::remove_all(dir);
 }
 
 TEST_CASE("the digest covers weights only, in name order, from any shard split") {

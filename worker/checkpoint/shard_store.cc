@@ -3,11 +3,14 @@
 #include <rocksdb/db.h>
 #include <rocksdb/write_batch.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "common/crc32c.h"
+#include "common/timeouts.h"
 #include "common/writable_dir.h"
 
 namespace moerun::checkpoint {
@@ -126,6 +129,17 @@ std::string RocksText(const rocksdb::Status& s) {
   return s.getState() != nullptr ? std::string(s.getState()) : s.ToString();
 }
 
+// Another process holds the shard's LOCK: its writer of an earlier generation, not exited yet
+// (a rank whose host froze or lost the network fences itself within its lease), or, on a
+// shared file system, a lost client's lock that the server has not expired yet.
+bool LockHeld(const rocksdb::Status& s) {
+  const std::string m = s.ToString();
+  return m.find("lock") != std::string::npos &&
+         (m.find("Resource temporarily unavailable") != std::string::npos ||
+          m.find("lock hold by current process") != std::string::npos ||
+          m.find("No locks available") != std::string::npos);
+}
+
 // Errors a retry or another step cannot fix: the directory is not ours to write.
 bool NotWritable(const rocksdb::Status& s) {
   const std::string m = s.ToString();
@@ -160,7 +174,22 @@ Result<std::unique_ptr<ShardStore>> ShardStore::Open(const std::string& dir, boo
   // The writer: a damaged write-ahead log fails the open instead of being cut silently.
   options.wal_recovery_mode = rocksdb::WALRecoveryMode::kAbsoluteConsistency;
   rocksdb::Status s = rocksdb::DB::Open(options, dir, &db);
+  // A lock is no damage: wait a while for its holder to go, then fail as a retryable error
+  // (never Corruption, which would drop a committed step that is fine).
+  const auto lock_deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(kShardLockWaitMs);
+  while (!s.ok() && LockHeld(s) && std::chrono::steady_clock::now() < lock_deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(kShardLockPollMs));
+    s = rocksdb::DB::Open(options, dir, &db);
+  }
   if (s.ok()) return std::unique_ptr<ShardStore>(new ShardStore(dir, db));
+  if (LockHeld(s)) {
+    return Status::Unavailable(what + " is locked by another process for over " +
+                               std::to_string(kShardLockWaitMs) +
+                               " ms (a trainer of an earlier generation that has not exited, or "
+                               "a lost host's lock not yet expired): " +
+                               RocksText(s));
+  }
   if (NotWritable(s)) {
     return Status::DataLoss(what + " is not writable (" + RocksText(s) +
                             "): fix the directory's permissions or attributes");

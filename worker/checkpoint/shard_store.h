@@ -58,7 +58,9 @@ class ShardStore {
   // NotFound when the shard does not exist. The writer's open fails with DataLoss when the
   // directory is not writable; a damaged shard (a damaged log, a missing or damaged table
   // file) is opened with what is intact, and damage() says what was lost; Corruption when
-  // even that fails.
+  // even that fails. A shard whose lock another process holds (an earlier generation's writer
+  // not gone yet) is retried for kShardLockWaitMs (common/timeouts.h), then fails Unavailable:
+  // retryable, and no reason to think its steps damaged. Blocks for that long at most.
   static Result<std::unique_ptr<ShardStore>> Open(const std::string& dir, bool create_if_missing);
   // Empty, or what the writer's open found damaged and dropped (for the log and the restore
   // error).
