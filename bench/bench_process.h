@@ -10,12 +10,30 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <map>
+#include <regex>
 #include <string>
 #include <vector>
 
 #include "common/process_tree.h"
 
 namespace moerun::bench {
+
+// A copy of `job` at `path` with the value of each indented `key: value` line named in `set`
+// replaced (the first such line per key); false when a key has no line to replace.
+inline bool WriteJobWith(const std::string& job, const std::map<std::string, std::string>& set,
+                         const std::string& path) {
+  std::ifstream in(job);
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  for (const auto& [key, value] : set) {
+    const std::regex line("^( +" + key + "): *[^ #\n]+", std::regex::multiline);
+    if (!std::regex_search(text, line)) return false;
+    text = std::regex_replace(text, line, "$1: " + value, std::regex_constants::format_first_only);
+  }
+  std::ofstream(path) << text;
+  return bool(std::ifstream(path));
+}
 
 // The `moerun` binary next to this one.
 inline std::string MoerunBinary() {

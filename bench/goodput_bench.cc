@@ -11,8 +11,6 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <regex>
-#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -90,20 +88,6 @@ std::pair<double, double> ExcessOverMedian(const std::string& run) {
   return {double(excess) / 1e3, double(median) / 1e3};
 }
 
-// Writes a copy of the job to `path` with fault_tolerance.max_restarts set; false when the job
-// has no `  max_restarts:` line to set.
-bool WriteJobWithRestarts(const std::string& job, int64_t max_restarts, const std::string& path) {
-  std::ifstream in(job);
-  std::stringstream text;
-  text << in.rdbuf();
-  const std::regex line("^  max_restarts: *[0-9]+", std::regex::multiline);
-  const std::string before = text.str();
-  if (!std::regex_search(before, line)) return false;
-  std::ofstream(path) << std::regex_replace(before, line,
-                                            "  max_restarts: " + std::to_string(max_restarts));
-  return true;
-}
-
 }  // namespace
 
 int RunGoodputBench(const GoodputBenchArgs& args) {
@@ -112,7 +96,7 @@ int RunGoodputBench(const GoodputBenchArgs& args) {
   fs::create_directories(base);
   GoodputBenchArgs a = args;
   a.job = base + "/job.yaml";
-  if (!WriteJobWithRestarts(args.job, args.max_restarts, a.job)) {
+  if (!WriteJobWith(args.job, {{"max_restarts", std::to_string(args.max_restarts)}}, a.job)) {
     std::fprintf(stderr, "moerun-bench goodput: %s has no fault_tolerance.max_restarts line\n",
                  args.job.c_str());
     return 2;

@@ -33,22 +33,6 @@ double Median(std::vector<double> v) {
 }
 
 // One trial; returns its figures or an "error".
-// A copy of `job` at `path` with each `key: value` line in `set` replaced; false when one of
-// the keys has no line to replace.
-bool WriteJobWith(const std::string& job, const std::map<std::string, std::string>& set,
-                  const std::string& path) {
-  std::ifstream in(job);
-  std::string text((std::istreambuf_iterator<char>(in)), {});
-  for (const auto& [key, value] : set) {
-    const std::regex line("^( +" + key + "): *[^ #\\n]+", std::regex::multiline);
-    if (!std::regex_search(text, line)) return false;
-    text = std::regex_replace(text, line, "$1: " + value, std::regex_constants::format_first_only);
-  }
-  std::ofstream(path) << text;
-  return bool(std::ifstream(path));
-}
-
-// One trial; returns its figures or an "error".
 nlohmann::json Trial(const RecoveryBenchArgs& a, const std::string& fault, int trial) {
   const std::string run = "/tmp/moerun-bench-recovery-" + std::to_string(getpid()) + "-" + fault +
                           std::to_string(trial);

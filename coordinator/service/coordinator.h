@@ -90,9 +90,10 @@ class Coordinator {
   void OnStepReport(JobRun& job, const StepReportBody& body);
   // `peer` sent it (a repeat of a committed step is answered with the commit).
   void OnShardWritten(const std::string& peer, JobRun& job, const ShardWrittenBody& body);
-  // CheckpointCommitted to `peers`: the committed steps the job keeps, which the writer ranks'
-  // retention deletes by (worker/checkpoint/checkpoint_writer.h).
-  void SendCommitted(const JobRun& job, const std::vector<std::string>& peers);
+  // CheckpointCommitted to `peers`: `kept`, the committed steps the job keeps (ascending), which
+  // the writer ranks' retention deletes by (worker/checkpoint/checkpoint_writer.h).
+  void SendCommitted(const JobRun& job, const std::vector<std::string>& peers,
+                     const std::vector<int64_t>& kept);
   std::set<std::string> ExpectedShards(const JobRun& job) const;
 
   // Client requests.

@@ -118,7 +118,8 @@ void Coordinator::OnShardWritten(const std::string& peer, JobRun& job,
   // a commit of it: a committed step's repeat is answered with the commit (the trainer missed
   // it: sent before this coordinator restarted, or before it knew the trainer's address).
   if (step <= job.committed_step) {
-    SendCommitted(job, {peer});
+    auto kept = store_->CommittedSteps(job.state.job_id());
+    if (kept.ok()) SendCommitted(job, {peer}, kept.value());
     return;
   }
   if (!expected.count(shard)) {
@@ -150,10 +151,12 @@ void Coordinator::OnShardWritten(const std::string& peer, JobRun& job,
                step, expected.size(), double(total) / (1 << 20), body.rank);
   // Retention: the newest checkpoint.keep committed steps.
   auto steps = store_->CommittedSteps(id);
-  const int64_t keep = std::max<int64_t>(1, job.spec.checkpoint.keep);
+  const size_t keep = size_t(std::max<int64_t>(1, job.spec.checkpoint.keep));
+  std::vector<int64_t> kept;
   if (steps.ok()) {
-    for (size_t i = 0; i + size_t(keep) < steps->size(); ++i)
-      (void)store_->DeleteManifest(id, (*steps)[i]);
+    const size_t drop = steps->size() > keep ? steps->size() - keep : 0;
+    for (size_t i = 0; i < drop; ++i) (void)store_->DeleteManifest(id, (*steps)[i]);
+    kept.assign(steps->begin() + long(drop), steps->end());
   }
   Persist(job, false);
   // The writers may now delete what this commit supersedes (and nothing else: a shard's own
@@ -161,16 +164,15 @@ void Coordinator::OnShardWritten(const std::string& peer, JobRun& job,
   std::vector<std::string> peers;
   for (const auto& r : job.ranks)
     if (!r.peer.empty()) peers.push_back(r.peer);
-  SendCommitted(job, peers);
+  SendCommitted(job, peers, kept);
 }
 
-void Coordinator::SendCommitted(const JobRun& job, const std::vector<std::string>& peers) {
+void Coordinator::SendCommitted(const JobRun& job, const std::vector<std::string>& peers,
+                                const std::vector<int64_t>& kept) {
+  if (kept.empty() || peers.empty()) return;
   const std::string& id = job.state.job_id();
-  auto steps = store_->CommittedSteps(id);
-  if (!steps.ok() || steps->empty() || peers.empty()) return;
-  const size_t n = std::min(steps->size(), size_t(kMaxCheckpointKeep));
-  const nlohmann::json body = {
-      {"steps", std::vector<int64_t>(steps->end() - long(n), steps->end())}};
+  const size_t n = std::min(kept.size(), size_t(kMaxCheckpointKeep));
+  const nlohmann::json body = {{"steps", std::vector<int64_t>(kept.end() - long(n), kept.end())}};
   for (const auto& p : peers)
     SendTo(p, MessageType::kCheckpointCommitted, id, job.state.generation(), body);
 }

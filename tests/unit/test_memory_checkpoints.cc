@@ -228,30 +228,34 @@ TEST_CASE("coordinator: a rank that moves to another host makes the restart use 
   CHECK(said);
 }
 
-TEST_CASE("coordinator: a rank that moves restores from its copy on a host that stayed") {
-  Harness h("memory-replica");
+// A 2-rank job on workers a and b (one slot each) whose ranks report `report` (memory_steps,
+// replica_steps) at step 23; then rank 1's host goes silent and spare c joins, so rank 1 moves
+// to c and rank 0 stays. Returns the job id.
+std::string RankOneMoves(Harness& h, const json& report) {
   h.Beat("a", 1);
   h.Beat("b", 1);
-  const std::string id = h.Submit("small")["job_id"];  // 2 ranks: one on a, one on b
-  const std::string on0 = h.Job(id).ranks[0].worker, on1 = h.Job(id).ranks[1].worker;
-  REQUIRE(on0 != on1);
-  // Each keeps the other's copies.
-  CHECK(h.Last("worker:" + on0, MessageType::kStartTrainers).e.body["replica_to"] == json{1, 0});
+  const std::string id = h.Submit("small")["job_id"];
+  const std::string stays = h.Job(id).ranks[0].worker;
+  REQUIRE(stays != h.Job(id).ranks[1].worker);
   h.Rendezvous(id, 1, 0);
   h.Rendezvous(id, 1, 1);
   for (int rank : {0, 1}) {
-    h.c().Handle(
-        Harness::Trainer(id, 1, rank),
-        {MessageType::kStepReport,
-         1,
-         id,
-         "t",
-         {{"rank", rank}, {"step", 23}, {"memory_steps", {21, 23}}, {"replica_steps", {10, 20}}}});
+    json body = {{"rank", rank}, {"step", 23}};
+    body.update(report);
+    h.c().Handle(Harness::Trainer(id, 1, rank), {MessageType::kStepReport, 1, id, "t", body});
   }
-  // Rank 1's host goes silent; a spare joins: rank 1 moves there, rank 0 stays.
   h.Beat("c", 1);
-  Wait(h, 6000, {on0, "c"}, 1);
-  CHECK(h.Job(id).ranks[1].worker == "c");
+  Wait(h, 6000, {stays, "c"}, 1);
+  REQUIRE(h.Job(id).ranks[1].worker == "c");
+  return id;
+}
+
+TEST_CASE("coordinator: a rank that moves restores from its copy on a host that stayed") {
+  Harness h("memory-replica");
+  const std::string id = RankOneMoves(h, {{"memory_steps", {21, 23}}, {"replica_steps", {10, 20}}});
+  const std::string on0 = h.Job(id).ranks[0].worker;
+  // Each kept the other's copies.
+  CHECK(h.Last("worker:" + on0, MessageType::kStartTrainers).e.body["replica_to"] == json{1, 0});
   const Sent start = h.Last("worker:c", MessageType::kStartTrainers);
   CHECK(start.e.body["restore_step"] == 20);
   CHECK(start.e.body["restore_from_memory"] == true);
@@ -261,22 +265,7 @@ TEST_CASE("coordinator: a rank that moves restores from its copy on a host that 
                        "steps to redo than from the newest snapshot in memory)"));
   // No copies reported (replicas off, or none made yet): a moved rank means the disk.
   Harness g("memory-no-replica");
-  g.Beat("a", 1);
-  g.Beat("b", 1);
-  const std::string id2 = g.Submit("small")["job_id"];
-  const std::string stays = g.Job(id2).ranks[0].worker;
-  g.Rendezvous(id2, 1, 0);
-  g.Rendezvous(id2, 1, 1);
-  for (int rank : {0, 1}) {
-    g.c().Handle(Harness::Trainer(id2, 1, rank),
-                 {MessageType::kStepReport,
-                  1,
-                  id2,
-                  "t",
-                  {{"rank", rank}, {"step", 23}, {"memory_steps", {21, 23}}}});
-  }
-  g.Beat("c", 1);
-  Wait(g, 6000, {stays, "c"}, 1);
+  const std::string id2 = RankOneMoves(g, {{"memory_steps", {21, 23}}});
   CHECK(g.Last("worker:c", MessageType::kStartTrainers).e.body["restore_from_memory"] == false);
   CHECK(g.Said(id2, "memory snapshots of step 23 cannot be used (rank 1 moved from"));
 }

@@ -25,7 +25,6 @@ struct Header {
 };
 static_assert(sizeof(Header) <= kHeaderBytes);
 constexpr size_t kStepOffset = 8, kAfterStep = 16;  // the header's step: bytes [8, 16)
-constexpr size_t kBodyBytesOffset = 24;             // its body_bytes: [24, 32)
 
 size_t BodyBytes(const std::vector<EntryView>& entries) {
   size_t n = 0;
@@ -95,10 +94,16 @@ bool ReadSlotHeader(std::ifstream& in, SlotHeader* h) {
   return true;
 }
 
+// What an image's header promises, once CheckImage has held it to it.
+struct ImageShape {
+  uint32_t entries = 0;
+  uint64_t body_bytes = 0;
+};
+
 // An image's header and CRC, checked: Corruption naming `what` unless it is a whole version 1
-// snapshot of `rank` and `step`. Its entry count on success.
-Result<uint32_t> CheckImage(std::string_view image, int rank, int64_t step,
-                            const std::string& what) {
+// snapshot of `rank` and `step`.
+Result<ImageShape> CheckImage(std::string_view image, int rank, int64_t step,
+                              const std::string& what) {
   auto bad = [&](const std::string& why) {
     return Status::Corruption(what + " of step " + std::to_string(step) + ": " + why);
   };
@@ -115,21 +120,14 @@ Result<uint32_t> CheckImage(std::string_view image, int rank, int64_t step,
                std::to_string(got_rank));
   if (body_bytes > image.size() - kHeaderBytes) return bad("its header does not fit the file");
   if (Crc32c(image.data() + kHeaderBytes, body_bytes) != crc) return bad("it fails its CRC");
-  return entries;
+  return ImageShape{entries, body_bytes};
 }
 
 }  // namespace
 
 const char* ToString(SnapshotKind kind) {
-  switch (kind) {
-    case SnapshotKind::kSlot:
-      return "slot";
-    case SnapshotKind::kPinned:
-      return "pinned";
-    case SnapshotKind::kReplica:
-      return "replica";
-  }
-  return "slot";
+  static constexpr const char* kNames[] = {"slot", "pinned", "replica"};  // SnapshotKind order
+  return kNames[static_cast<int>(kind)];
 }
 
 std::string MemorySnapshots::SlotPath(const std::string& dir, int rank, int slot,
@@ -284,8 +282,9 @@ Result<std::string> MemorySnapshots::ReadImage(const std::string& dir, int rank,
   std::string path;
   auto image = ReadSlotImage(dir, rank, step, kind, &path);
   if (!image.ok()) return image.status();
-  auto parsed = ParseImage(image.value(), rank, step, "memory snapshot " + path);
-  if (!parsed.ok()) return parsed.status();
+  // Checked, not parsed: the rank it goes to parses it.
+  auto checked = CheckImage(image.value(), rank, step, "memory snapshot " + path);
+  if (!checked.ok()) return checked.status();
   return image;
 }
 
@@ -304,10 +303,8 @@ Result<std::vector<Entry>> MemorySnapshots::ParseImage(std::string_view image, i
   };
   auto checked = CheckImage(image, rank, step, what);
   if (!checked.ok()) return checked.status();
-  const uint32_t entries = checked.value();
-  uint64_t body_bytes;
-  std::memcpy(&body_bytes, image.data() + kBodyBytesOffset, sizeof body_bytes);
-  Cursor c(image.data() + kHeaderBytes, body_bytes);
+  const uint32_t entries = checked->entries;
+  Cursor c(image.data() + kHeaderBytes, checked->body_bytes);
   std::vector<Entry> out;
   for (uint32_t k = 0; k < entries && c.ok(); ++k) {
     Entry e;
