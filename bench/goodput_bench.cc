@@ -41,7 +41,7 @@ std::string Fault(pid_t local, const std::string& kind, std::mt19937& rng) {
   std::vector<pid_t> daemons, trainers, coordinators;
   for (pid_t d : ChildrenRunning(local, "moerun-worker")) {
     daemons.push_back(d);
-    for (pid_t t : Children(d)) trainers.push_back(t);
+    for (pid_t t : TrainersOf(d)) trainers.push_back(t);
   }
   coordinators = ChildrenRunning(local, "moerun-coordinator");
   const bool on_trainer = kind.find("trainer") != std::string::npos;

@@ -57,7 +57,7 @@ nlohmann::json Trial(const RecoveryBenchArgs& a, const std::string& fault, int t
   while (std::chrono::steady_clock::now() < deadline && victim < 0) {
     if (trainer::LastMetricsStep(run) >= a.at_step) {
       for (pid_t w : ChildrenRunning(local, "moerun-worker")) {
-        const std::vector<pid_t> trainers = Children(w);
+        const std::vector<pid_t> trainers = TrainersOf(w);
         if (host && !trainers.empty()) {
           victim = w;
           host_trainers = trainers;

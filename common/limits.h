@@ -44,5 +44,10 @@ inline constexpr std::size_t kCublasLtWorkspaceBytes = std::size_t(32) << 20;
 inline constexpr int64_t kEvalMaxWindows = 32;
 // A daemon reports each trainer's newest this-many flight-recorder entries on a hang.
 inline constexpr std::size_t kFlightEntriesReported = 16;
+// A warm standby trainer's role (common/standby_role.h): its command line and log path.
+inline constexpr std::size_t kMaxStandbyRoleBytes = 1 << 20;
+// Room a standby keeps in its command line for the role's, so `ps` and /proc/<pid>/cmdline
+// show the trainer it became; a longer role command line is cut there.
+inline constexpr std::size_t kStandbyTitleBytes = 4096;
 
 }  // namespace moerun

@@ -38,6 +38,9 @@ inline std::vector<std::string> Arguments(pid_t pid) {
     args.push_back(line.substr(at, end - at));
     at = end + 1;
   }
+  // A warm standby that became a trainer pads its retitled command line with NULs
+  // (common/standby_role.h).
+  while (!args.empty() && args.back().empty()) args.pop_back();
   return args;
 }
 
@@ -58,6 +61,17 @@ inline std::vector<pid_t> ChildrenRunning(pid_t parent, const std::string& progr
     if (args.empty()) continue;
     const std::string& argv0 = args[0];
     if (argv0.substr(argv0.find_last_of('/') + 1) == program) out.push_back(c);
+  }
+  return out;
+}
+
+// A worker daemon's trainers: its children running `moerun train`, a warm standby that took a
+// role included, a standby still waiting for one (`moerun standby`) not.
+inline std::vector<pid_t> TrainersOf(pid_t daemon) {
+  std::vector<pid_t> out;
+  for (pid_t c : Children(daemon)) {
+    const std::vector<std::string> args = Arguments(c);
+    if (args.size() > 1 && args[1] == "train") out.push_back(c);
   }
   return out;
 }

@@ -74,6 +74,7 @@ Result<pid_t> Spawn(const SpawnOptions& o) {
       prctl(PR_SET_PDEATHSIG, o.parent_death_signal);
       if (getppid() != parent) _exit(127);  // the parent died before prctl took effect
     }
+    if (o.stdin_fd >= 0) dup2(o.stdin_fd, STDIN_FILENO);
     if (out.value() >= 0) dup2(out.value(), STDOUT_FILENO);
     if (err.value() >= 0) dup2(err.value(), STDERR_FILENO);
     execve(o.program.c_str(), argv.data(), envp.data());

@@ -10,7 +10,7 @@
 //    spawned it exits (SIGKILL included), and exits 127 at once when the parent died before
 //    that took effect; a child never outlives the process that supervises it;
 //  - stdout and stderr appended to files opened close-on-exec, so no descriptor of the
-//    parent's leaks into the child but the two it asked for;
+//    parent's leaks into the child but the ones it asked for (stdin too, when given);
 //  - execve of `program` with the parent's environment plus `environment`; a failed exec exits
 //    127.
 // Thread-safe (fork copies only the calling thread; the child runs no allocation before exec
@@ -37,6 +37,9 @@ struct SpawnOptions {
   // "NAME=value" entries added to the parent's environment; one that names a variable the
   // parent has replaces it.
   std::vector<std::string> environment{};
+  // The child's stdin: this descriptor (opened close-on-exec, so only the copy on 0 survives),
+  // or the parent's own when -1.
+  int stdin_fd = -1;
 };
 
 // The child's pid.

@@ -99,6 +99,10 @@ inline constexpr int64_t kLocalSilentDaemonMs = 500;
 
 // A parent waiting for a child process to start or stop checks this often.
 inline constexpr int64_t kChildPollMs = 10;
+// A worker daemon replaces a warm standby trainer that became a trainer this long after its
+// last trainer start, so the new standby's start does not compete with the restart's first
+// steps for the host's cores.
+inline constexpr int64_t kStandbyRefillDelayMs = 3000;
 
 // ---- the CLI ---------------------------------------------------------------------------------
 // A request's wait on the coordinator is sliced this finely (to notice a refused CURVE key).

@@ -57,12 +57,17 @@ int main(int argc, char** argv) {
   app.add_option("--memory-dir", o.memory_dir,
                  "where trainers keep memory snapshots: on tmpfs, outliving them "
                  "[/dev/shm/moerun-<hash of the state dir>]");
+  int64_t standbys = -1;
+  app.add_option("--standby-trainers", standbys,
+                 "warm standby trainer processes kept ready for restarts; 0: none [one per slot]")
+      ->check(CLI::Range(int64_t(0), int64_t(4096)));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? kExitOk : kExitInvalidConfig;
   }
   if (o.id.empty()) o.id = o.host;
+  o.standby_trainers = standbys < 0 ? o.devices : standbys;
   if (o.trainer_program.empty()) {
     o.trainer_program = (fs::read_symlink("/proc/self/exe").parent_path() / "moerun").string();
   }

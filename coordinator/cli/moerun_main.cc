@@ -1,6 +1,9 @@
 #include <malloc.h>
 
 #include <CLI/CLI.hpp>
+#include <cstring>
+#include <string>
+#include <vector>
 
 #include "common/exit_codes.h"
 #include "coordinator/cli/commands.h"
@@ -11,6 +14,17 @@ int main(int argc, char** argv) {
   // per buffer.
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 256 << 20);
+  // A warm standby (common/standby_role.h) waits here for the command line it runs.
+  std::vector<std::string> role_args;
+  std::vector<char*> role_argv;
+  if (argc >= 2 && std::strcmp(argv[1], "standby") == 0) {
+    const int rc = moerun::cli::TakeStandbyRole(argc, argv, &role_args);
+    if (rc >= 0) return rc;
+    for (auto& a : role_args) role_argv.push_back(a.data());
+    role_argv.push_back(nullptr);
+    argc = int(role_args.size());
+    argv = role_argv.data();
+  }
   moerun::cli::RememberArgs(argc, argv);
   CLI::App app{"moerun: train Mixture-of-Experts models on a cluster and keep the run alive"};
   app.require_subcommand(1);

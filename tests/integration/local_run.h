@@ -25,7 +25,7 @@ inline std::string LocalCli(const std::string& run, const std::string& args) {
 // The trainer process of `rank` among the daemons of `moerun local` (pid `local`); 0 if none.
 inline pid_t LocalTrainer(pid_t local, int rank) {
   for (pid_t d : ChildrenRunning(local, "moerun-worker")) {
-    for (pid_t t : Children(d))
+    for (pid_t t : TrainersOf(d))
       if (HasFlag(t, "--rank", std::to_string(rank))) return t;
   }
   return 0;

@@ -39,7 +39,7 @@ TEST_CASE(
   auto trainers = [&] {
     std::vector<pid_t> out;
     for (pid_t w : ChildrenRunning(local, "moerun-worker"))
-      for (pid_t t : Children(w)) out.push_back(t);
+      for (pid_t t : TrainersOf(w)) out.push_back(t);
     return out;
   };
   int64_t mark = 0;
@@ -190,7 +190,7 @@ TEST_CASE(
     const std::string id = "local-" + std::to_string(i);
     const pid_t d = LocalDaemon(local, id);
     REQUIRE(d > 0);
-    (Children(d).empty() ? idle : busy) = id;
+    (TrainersOf(d).empty() ? idle : busy) = id;
   }
   REQUIRE(!busy.empty());
   REQUIRE(!idle.empty());

@@ -3,7 +3,9 @@
 // only the old generation, and a frozen (SIGSTOPped) trainer is killed after the frozen
 // timeout while one that runs again in time is left alone. Beat files: the daemon beats into
 // each, a trainer whose beat went stale is killed as hung, and a trainer whose daemon stopped
-// beating fences itself (worker/trainer/daemon_watch.h).
+// beating fences itself (worker/trainer/daemon_watch.h). Warm standbys: a launch of their
+// program takes one (same process, the role's command line, log and exit), others start cold,
+// and a standby that dies unused is no trainer exit.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 #include <signal.h>
@@ -12,9 +14,12 @@
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "common/exit_codes.h"
+#include "common/process_tree.h"
 #include "tests/temp_path.h"
 #include "worker/daemon/trainer_supervisor.h"
 #include "worker/trainer/daemon_watch.h"
@@ -170,4 +175,115 @@ TEST_CASE("beat files: a trainer whose daemon stopped beating fences itself") {
   REQUIRE(waitpid(child, &status, 0) == child);
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == moerun::kExitFailure);
+}
+
+namespace {
+
+// The standbys of this process waiting for a role.
+std::vector<pid_t> WaitingStandbys() {
+  std::vector<pid_t> out;
+  for (pid_t c : moerun::Children(getpid())) {
+    const auto args = moerun::Arguments(c);
+    if (args.size() > 1 && args[1] == "standby") out.push_back(c);
+  }
+  return out;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+TEST_CASE("a warm standby becomes the trainer: its process, the role's command line and log") {
+  const std::string dir = moerun::testing::FreshTempPath("supervisor", "standby", true);
+  std::vector<TrainerExit> exits;
+  TrainerSupervisor s([&](const TrainerExit& e) { exits.push_back(e); });
+  REQUIRE(s.StartStandby(MOERUN_BIN, dir + "/standby.log").ok());
+  REQUIRE(s.StartStandby(MOERUN_BIN, dir + "/standby.log").ok());
+  CHECK(s.Standbys() == 2);
+  CHECK(s.Running() == 0);
+  PollUntil(s, [&] { return WaitingStandbys().size() == 2; });  // exec'd
+  REQUIRE(WaitingStandbys().size() == 2);
+
+  // A role that ends at once: its output in the role's log, its exit as the rank's.
+  bool warm = false;
+  auto version = s.Start({"j", 1, 7, {MOERUN_BIN, "version"}, dir + "/rank-7.log", ""}, &warm);
+  REQUIRE(version.ok());
+  CHECK(warm);
+  CHECK(s.Standbys() == 1);
+  PollUntil(s, [&] { return !exits.empty(); });
+  REQUIRE(exits.size() == 1);
+  CHECK(exits[0].rank == 7);
+  CHECK(exits[0].pid == version.value());
+  CHECK(exits[0].exit_code == 0);
+  CHECK(ReadFile(dir + "/rank-7.log").find("moerun") != std::string::npos);
+
+  // A role that trains: /proc shows the trainer's command line, and tools find it as one.
+  const std::string spec = std::string(MOERUN_SOURCE_DIR) + "/tests/configs/train-fast.yaml";
+  const std::string run = dir + "/run";
+  auto train =
+      s.Start({"j",
+               1,
+               0,
+               {MOERUN_BIN, "train", spec, "--run-dir", run, "--steps", "100000", "--no-progress"},
+               dir + "/rank-0.log",
+               ""},
+              &warm);
+  REQUIRE(train.ok());
+  CHECK(warm);
+  CHECK(s.Standbys() == 0);
+  // Its start is counted from the role, not from the standby's exec.
+  PollUntil(s,
+            [&] { return ReadFile(run + "/train.log").find("started in") != std::string::npos; });
+  CHECK(WaitingStandbys().empty());
+  CHECK(moerun::HasFlag(train.value(), "--run-dir", run));
+  const auto trainers = moerun::TrainersOf(getpid());
+  CHECK(std::find(trainers.begin(), trainers.end(), train.value()) != trainers.end());
+  CHECK(ReadFile(run + "/train.log").find("(warm process ") != std::string::npos);
+  s.StopJob("j", 2000);
+  REQUIRE(exits.size() == 2);
+  CHECK(exits[1].rank == 0);
+
+  // No standby left: a launch starts cold.
+  auto cold = s.Start({"j", 2, 1, {MOERUN_BIN, "version"}, dir + "/rank-1.log", ""}, &warm);
+  REQUIRE(cold.ok());
+  CHECK_FALSE(warm);
+  PollUntil(s, [&] { return exits.size() == 3; });
+  CHECK(exits.size() == 3);
+}
+
+TEST_CASE("standbys: another program starts cold, one that dies unused is no trainer exit") {
+  const std::string dir = moerun::testing::FreshTempPath("supervisor", "standby-other", true);
+  std::vector<TrainerExit> exits;
+  TrainerSupervisor s([&](const TrainerExit& e) { exits.push_back(e); });
+  REQUIRE(s.StartStandby(MOERUN_BIN, dir + "/standby.log").ok());
+  bool warm = true;
+  REQUIRE(s.Start(Shell("j", 1, 0, "exit 4"), &warm).ok());
+  CHECK_FALSE(warm);  // /bin/sh is not the standby's program
+  CHECK(s.Standbys() == 1);
+  PollUntil(s, [&] { return !exits.empty(); });
+  REQUIRE(exits.size() == 1);
+  CHECK(exits[0].exit_code == 4);
+
+  PollUntil(s, [&] { return WaitingStandbys().size() == 1; });
+  const auto waiting = WaitingStandbys();
+  REQUIRE(waiting.size() == 1);
+  kill(waiting[0], SIGKILL);
+  PollUntil(s, [&] { return s.Standbys() == 0; });
+  CHECK(s.Standbys() == 0);
+  CHECK(exits.size() == 1);  // the standby's end is nobody's trainer exit
+
+  // A standby whose role's log cannot be opened says so in the standby log and exits 3.
+  REQUIRE(s.StartStandby(MOERUN_BIN, dir + "/standby.log").ok());
+  REQUIRE(s.Start({"j", 1, 3, {MOERUN_BIN, "version"}, dir + "/no/such/dir/rank-3.log", ""}, &warm)
+              .ok());
+  CHECK(warm);
+  PollUntil(s, [&] { return exits.size() == 2; });
+  REQUIRE(exits.size() == 2);
+  CHECK(exits[1].exit_code == moerun::kExitBadData);
+  CHECK(ReadFile(dir + "/standby.log").find("no/such/dir/rank-3.log") != std::string::npos);
 }

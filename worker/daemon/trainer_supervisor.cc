@@ -1,7 +1,9 @@
 #include "worker/daemon/trainer_supervisor.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -10,6 +12,8 @@
 #include <fstream>
 #include <thread>
 
+#include "common/limits.h"
+#include "common/standby_role.h"
 #include "common/subprocess.h"
 #include "common/timeouts.h"
 
@@ -27,9 +31,70 @@ TrainerSupervisor::TrainerSupervisor(std::function<void(const TrainerExit&)> on_
 
 TrainerSupervisor::~TrainerSupervisor() {
   StopWhere([](const TrainerLaunch&) { return true; }, kShutdownGraceMs);
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [pid, standby] : standbys_) {
+    close(standby.fd);  // it reads the end of its role and exits
+    kill(-pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+  }
 }
 
-Result<pid_t> TrainerSupervisor::Start(const TrainerLaunch& launch) {
+Status TrainerSupervisor::StartStandby(const std::string& program, const std::string& log_path) {
+  int fds[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)
+    return Status::Unavailable(std::string("standby trainer: socketpair: ") + strerror(errno));
+  SpawnOptions o{program,  {program, "standby", std::string(kStandbyTitleBytes, ' ')},
+                 log_path, log_path,
+                 SIGKILL,  TrainerEnvironment()};
+  o.stdin_fd = fds[1];
+  auto spawned = Spawn(o);
+  close(fds[1]);
+  if (!spawned.ok()) {
+    close(fds[0]);
+    return spawned.status().WithContext("standby trainer");
+  }
+  shutdown(fds[0], SHUT_RD);  // the standby never writes
+  std::lock_guard<std::mutex> lock(mu_);
+  standbys_[spawned.value()] = {program, fds[0]};
+  return Status::OK();
+}
+
+size_t TrainerSupervisor::Standbys() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return standbys_.size();
+}
+
+pid_t TrainerSupervisor::Activate(const TrainerLaunch& launch) {
+  pid_t pid = -1;
+  Standby standby;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = standbys_.begin(); it != standbys_.end(); ++it) {
+      if (it->second.program != launch.argv[0]) continue;
+      pid = it->first;
+      standby = it->second;
+      standbys_.erase(it);
+      break;
+    }
+  }
+  if (pid < 0) return -1;
+  const std::string role = EncodeStandbyRole({launch.log_path, launch.argv});
+  size_t sent = 0;
+  while (sent < role.size()) {
+    const ssize_t n = send(standby.fd, role.data() + sent, role.size() - sent, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    sent += size_t(n);
+  }
+  close(standby.fd);  // the end of the role
+  if (sent < role.size()) {
+    kill(-pid, SIGKILL);  // gone or going; Poll reaps it as no trainer of ours
+    return -1;
+  }
+  return pid;
+}
+
+Result<pid_t> TrainerSupervisor::Start(const TrainerLaunch& launch, bool* warm) {
   if (launch.argv.empty()) return Status::InvalidArgument("trainer launch without a program");
   // Its own group: StopJob signals the trainer and everything it started. A trainer never
   // outlives its daemon: a daemon that died (SIGKILL included) cannot fence it any more, and
@@ -41,12 +106,16 @@ Result<pid_t> TrainerSupervisor::Start(const TrainerLaunch& launch) {
     if (!created.ok()) return created.status().WithContext("trainer");
     beat = std::move(created.value());
   }
-  auto spawned = Spawn({launch.argv[0], launch.argv, log, log, SIGKILL, TrainerEnvironment()});
-  if (!spawned.ok()) {
-    if (beat) unlink(launch.beat_path.c_str());
-    return spawned.status().WithContext("trainer");
+  pid_t pid = Activate(launch);
+  if (warm != nullptr) *warm = pid > 0;
+  if (pid < 0) {
+    auto spawned = Spawn({launch.argv[0], launch.argv, log, log, SIGKILL, TrainerEnvironment()});
+    if (!spawned.ok()) {
+      if (beat) unlink(launch.beat_path.c_str());
+      return spawned.status().WithContext("trainer");
+    }
+    pid = spawned.value();
   }
-  const pid_t pid = spawned.value();
   std::lock_guard<std::mutex> lock(mu_);
   children_[pid] = launch;
   if (beat) beats_[pid] = std::move(beat);
@@ -123,10 +192,15 @@ int TrainerSupervisor::Poll() {
     TrainerExit e;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (children_.empty()) break;
+      if (children_.empty() && standbys_.empty()) break;
       int status = 0;
       const pid_t pid = waitpid(-1, &status, WNOHANG);
       if (pid <= 0) break;
+      if (auto standby = standbys_.find(pid); standby != standbys_.end()) {
+        close(standby->second.fd);  // a standby that ended before it had a role
+        standbys_.erase(standby);
+        continue;
+      }
       auto it = children_.find(pid);
       if (it == children_.end()) continue;  // not ours
       e = {it->second.job_id,

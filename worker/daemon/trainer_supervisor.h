@@ -10,6 +10,11 @@
 // frozen children: a trainer stopped (SIGSTOP, state T in /proc/<pid>/stat), or whose own
 // beat is older than the frozen timeout, is killed, and its exit says which. A trainer that
 // hangs with its beat thread alive is the coordinator's progress watchdog's to find.
+//
+// Warm standbys (common/standby_role.h): StartStandby() keeps a `<program> standby` process
+// waiting, and Start() of a launch of that program hands it the launch's role instead of
+// exec'ing a new process. A standby is no trainer: Running() and on_exit leave it out, and one
+// that ends unused just leaves the pool.
 // Thread-safe for one owner thread plus Stop*/Running from others.
 #pragma once
 
@@ -60,7 +65,11 @@ class TrainerSupervisor {
   explicit TrainerSupervisor(std::function<void(const TrainerExit&)> on_exit);
   ~TrainerSupervisor();  // stops every child
 
-  Result<pid_t> Start(const TrainerLaunch& launch);
+  // *warm (when given): whether a standby became the trainer.
+  Result<pid_t> Start(const TrainerLaunch& launch, bool* warm = nullptr);
+  // Starts `program standby`, its output (until it takes a role) appended to log_path.
+  Status StartStandby(const std::string& program, const std::string& log_path);
+  size_t Standbys() const;
   // Reaps children that ended; returns how many.
   int Poll();
   // SIGTERM now; SIGKILL to whoever is still alive after grace_ms (blocking, polling).
@@ -95,6 +104,14 @@ class TrainerSupervisor {
   std::map<pid_t, std::chrono::steady_clock::time_point> stopped_since_;  // seen in state T
   std::map<pid_t, std::string> cause_;  // pid -> why the supervisor stopped it
   std::map<pid_t, std::unique_ptr<BeatFile>> beats_;
+  struct Standby {
+    std::string program;
+    int fd = -1;  // our end of its stdin (a socket: a write to a dead one fails, no SIGPIPE)
+  };
+  std::map<pid_t, Standby> standbys_;
+  // Takes a standby of `program` from the pool and gives it the launch; its pid, or -1 when
+  // there is none or it could not take the role (then it is killed).
+  pid_t Activate(const TrainerLaunch& launch);
 };
 
 }  // namespace moerun::worker

@@ -150,6 +150,7 @@ void WorkerDaemon::Run(const std::atomic<bool>& stop) {
     // A trainer frozen as long as the coordinator lets a daemon be silent is dead too.
     supervisor_.set_frozen_timeout_ms(core_.lease_ms());
     supervisor_.Poll();  // exits reach the core through the supervisor's callback
+    KeepStandbys();
     ListMemoryJobs();
     Execute(core_.Tick());
   }
@@ -164,6 +165,20 @@ void WorkerDaemon::Run(const std::atomic<bool>& stop) {
   for (const auto& job : MemoryJobs()) RemoveSnapshotDir(opts_.memory_dir + "/" + job);
   std::error_code ec;
   fs::remove(opts_.memory_dir, ec);  // only when nothing else is in it
+}
+
+void WorkerDaemon::KeepStandbys() {
+  if (int64_t(supervisor_.Standbys()) >= opts_.standby_trainers) return;
+  if (clock_.NowMs() - last_trainer_start_ms_ < kStandbyRefillDelayMs) return;
+  std::error_code ec;
+  fs::create_directories(opts_.state_dir + "/logs", ec);
+  // One per turn of the loop: a host's cores are shared with its trainers.
+  Status started =
+      supervisor_.StartStandby(opts_.trainer_program, opts_.state_dir + "/logs/standby.log");
+  if (!started.ok()) {
+    spdlog::warn("{}; trainers start cold", started.message());
+    last_trainer_start_ms_ = clock_.NowMs();  // not again at once
+  }
 }
 
 void WorkerDaemon::Execute(const DaemonActions& a) {
@@ -310,11 +325,13 @@ Status WorkerDaemon::StartRank(const DaemonActions::Start& p) {
     std::ofstream(log, std::ios::app) << kStartBanner << opts_.id << ": generation " << p.generation
                                       << " rank " << rank << " starting\n";
   }
-  auto pid = supervisor_.Start({p.job_id, p.generation, rank, argv, log, beat});
+  bool warm = false;
+  auto pid = supervisor_.Start({p.job_id, p.generation, rank, argv, log, beat}, &warm);
+  last_trainer_start_ms_ = clock_.NowMs();
   if (!pid.ok()) return pid.status();
   core_.OnStarted(p.job_id, p.generation, rank, pid.value());
-  spdlog::info("job {} generation {} rank {}: started pid {} on device {}", p.job_id, p.generation,
-               rank, pid.value(), device);
+  spdlog::info("job {} generation {} rank {}: started pid {} on device {}{}", p.job_id,
+               p.generation, rank, pid.value(), device, warm ? " (a warm standby)" : "");
   return Status::OK();
 }
 

@@ -17,6 +17,7 @@
 //   logs/<job>/rank-<R>.log         each trainer's stdout and stderr, all generations
 //   trainers/<job>.g<G>.r<R>.beat   beats between this daemon and the trainer (while it runs)
 //   trainers/<job>.g<G>.r<R>.flight the trainer's flight recorder (kept for the coordinator)
+//   logs/standby.log                warm standby trainers' output before they take a role
 //   worker.log                      the daemon's own log
 // and under memory_dir (tmpfs): <job>/rank-<R>.slot-<K>.mem, the trainers' memory snapshots
 // (worker/checkpoint/memory_snapshots.h).
@@ -38,6 +39,7 @@
 #include "common/connection_monitor.h"
 #include "common/control_socket.h"
 #include "common/status.h"
+#include "common/timeouts.h"
 #include "worker/daemon/daemon_core.h"
 #include "worker/daemon/trainer_supervisor.h"
 
@@ -56,6 +58,9 @@ struct DaemonOptions {
   // Trainers' memory snapshots, one directory per job (tmpfs): they outlive a trainer, and
   // the daemon removes a job's once the job is over here.
   std::string memory_dir;
+  // Warm standby trainers kept ready (TrainerSupervisor::StartStandby): a rank started here
+  // takes one instead of a new process. Replaced kStandbyRefillDelayMs after the last start.
+  int64_t standby_trainers = 0;
 };
 
 class WorkerDaemon {
@@ -85,6 +90,8 @@ class WorkerDaemon {
   std::vector<std::string> MemoryJobs() const;
   // Tells the core which, for its heartbeats (every kMemoryJobsListMs).
   void ListMemoryJobs();
+  // Starts a standby when fewer than standby_trainers wait and no trainer started lately.
+  void KeepStandbys();
   // Flight recorder files under <state dir>/trainers whose names start with `prefix`.
   std::vector<std::filesystem::path> FlightFiles(const std::string& prefix) const;
 
@@ -96,6 +103,7 @@ class WorkerDaemon {
   std::unique_ptr<ConnectionMonitor> link_;  // dealer_'s connection; destroyed before it
   TrainerSupervisor supervisor_;
   int64_t memory_jobs_listed_ms_ = 0;
+  int64_t last_trainer_start_ms_ = -kStandbyRefillDelayMs;
 };
 
 }  // namespace moerun::worker

@@ -32,6 +32,7 @@
 #include "worker/trainer/cpu_stage.h"
 #include "worker/trainer/gpu_stage.h"
 #include "worker/trainer/memory_keeper.h"
+#include "worker/trainer/startup_account.h"
 #include "worker/trainer/step_driver.h"
 #include "worker/trainer/topology.h"
 #include "worker/trainer/train_report.h"
@@ -157,50 +158,6 @@ Result<std::unique_ptr<StepDriver>> MakeDriver(const JobSpec& spec, const TrainO
   }
   return std::make_unique<StepDriver>(spec, topo, corpus, std::move(backend));
 }
-
-// How long each phase of a rank's start took, logged once with its first step: what a restart
-// costs, and where.
-class StartupAccount {
- public:
-  // The first phase is the process's own start (exec, libraries, spec checks), from its start
-  // time in /proc (10 ms ticks).
-  StartupAccount() {
-    std::ifstream in("/proc/self/stat");
-    std::string stat;
-    std::getline(in, stat);
-    const size_t paren = stat.rfind(')');
-    if (paren == std::string::npos) return;
-    std::istringstream fields(stat.substr(paren + 2));
-    std::string field;
-    for (int i = 3; i <= 22 && fields >> field; ++i) {
-      if (i != 22) continue;  // starttime, clock ticks after boot
-      timespec now{};
-      clock_gettime(CLOCK_BOOTTIME, &now);
-      const double started_s = std::stod(field) / double(sysconf(_SC_CLK_TCK));
-      const double age_ms = (double(now.tv_sec) + double(now.tv_nsec) * 1e-9 - started_s) * 1e3;
-      if (age_ms >= 0) phases_.emplace_back("process", age_ms);
-    }
-  }
-  // Ends the current phase under `name`.
-  void Mark(const char* name) {
-    const auto now = Clock::now();
-    phases_.emplace_back(name, std::chrono::duration<double, std::milli>(now - last_).count());
-    last_ = now;
-  }
-  std::string Describe() const {
-    double total = 0;
-    std::string parts;
-    for (const auto& [name, ms] : phases_) {
-      total += ms;
-      parts += (parts.empty() ? "" : ", ") + std::string(name) + " " + std::to_string(int64_t(ms));
-    }
-    return "started in " + std::to_string(int64_t(total)) + " ms (" + parts + " ms)";
-  }
-
- private:
-  Clock::time_point last_ = Clock::now();
-  std::vector<std::pair<const char*, double>> phases_;
-};
 
 // Everything a rank's run holds between its phases.
 struct RankRun {
