@@ -48,6 +48,7 @@
 #include "bench/metrics_bench.h"
 #include "bench/mla_bench.h"
 #include "bench/recovery_bench.h"
+#include "common/curve_auth.h"
 #include "kernels/cpu/dnnl_matmul.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/op_profile.h"
@@ -218,6 +219,7 @@ struct CollectiveArgs {
   int64_t bytes = 64 << 20;
   std::string transport = "ipc";
   int reps = 5;
+  bool curve = false;  // the data plane as daemon-started trainers run it: CURVE-encrypted
 };
 
 void RunCollective(const CollectiveArgs& a) {
@@ -228,6 +230,16 @@ void RunCollective(const CollectiveArgs& a) {
                             : "ipc://@moerun-bench-" + std::to_string(getpid()) + "-" +
                                   std::to_string(r));
   }
+  // One key pair for all ranks, as a generation's daemons hand out.
+  std::optional<moerun::comm::DataPlaneKey> key;
+  if (a.curve) {
+    auto pair = moerun::GenerateCurveKeyPair();
+    if (!pair.ok()) {
+      std::fprintf(stderr, "%s\n", pair.status().ToString().c_str());
+      return;
+    }
+    key = moerun::comm::DataPlaneKey{pair->public_key, pair->secret_key};
+  }
   std::fflush(stdout);
   std::vector<pid_t> pids;
   for (int r = 0; r < a.nproc; ++r) {
@@ -236,7 +248,7 @@ void RunCollective(const CollectiveArgs& a) {
       pids.push_back(pid);
       continue;
     }
-    auto comm = moerun::comm::ZmqCommunicator::Create(r, endpoints, 120000);
+    auto comm = moerun::comm::ZmqCommunicator::Create(r, endpoints, 120000, key);
     if (!comm.ok()) {
       std::fprintf(stderr, "rank %d: %s\n", r, comm.status().ToString().c_str());
       _exit(1);
@@ -264,14 +276,10 @@ void RunCollective(const CollectiveArgs& a) {
       const double algbw = double(a.bytes) / s / 1e9;
       const double factor =
           a.op == "allreduce" ? 2.0 * (a.nproc - 1) / a.nproc : double(a.nproc - 1) / a.nproc;
-      nlohmann::json j = {{"bench", a.op},
-                          {"impl", "moerun-zmq"},
-                          {"transport", a.transport},
-                          {"nproc", a.nproc},
-                          {"bytes", a.bytes},
-                          {"median_s", s},
-                          {"algbw_gbps", algbw},
-                          {"busbw_gbps", algbw * factor}};
+      nlohmann::json j = {
+          {"bench", a.op},    {"impl", "moerun-zmq"}, {"transport", a.transport},
+          {"curve", a.curve}, {"nproc", a.nproc},     {"bytes", a.bytes},
+          {"median_s", s},    {"algbw_gbps", algbw},  {"busbw_gbps", algbw * factor}};
       std::printf("%s\n", j.dump().c_str());
       std::fflush(stdout);
     }
@@ -329,6 +337,7 @@ int main(int argc, char** argv) {
         ->capture_default_str()
         ->check(CLI::IsMember({"ipc", "tcp"}));
     c->add_option("--reps", co.reps)->capture_default_str();
+    c->add_flag("--curve", co.curve, "CURVE-encrypted sockets, as daemon-started trainers use");
     c->callback([&co, op] {
       co.op = op;
       RunCollective(co);

@@ -9,6 +9,19 @@ namespace moerun {
 
 // A job spec is a short hand-written file; anything larger is a mistake (or an attack).
 inline constexpr std::size_t kMaxJobSpecBytes = 1 << 20;
+// A job spec's values (scalars, lists, maps), and its scalars' bytes (kMaxJobSpecBytes), both
+// counted with its aliases expanded (common/spec_expansion.h).
+inline constexpr std::uint64_t kMaxJobSpecNodes = 1 << 16;
+// ---- the HTTP API (coordinator/http/guarded_server.h) ----
+// A request body: a JSON-escaped spec of kMaxJobSpecBytes fits; refused (413) as it arrives,
+// never read whole past this.
+inline constexpr std::size_t kMaxHttpBodyBytes = 2 << 20;
+// A request line or header line, and the request line and headers together.
+inline constexpr std::size_t kMaxHttpHeaderLineBytes = 16 << 10;
+inline constexpr std::size_t kMaxHttpHeaderBytes = 64 << 10;
+// Open connections from one client address, and in all: each has a thread while it is open.
+inline constexpr int kMaxHttpConnectionsPerClient = 16;
+inline constexpr int kMaxHttpConnections = 256;
 // Flow-collection nesting ([[[...]]]) deeper than this is rejected before parsing.
 inline constexpr int kMaxJobSpecFlowDepth = 32;
 // Block nesting (indentation levels) deeper than this is rejected before parsing.

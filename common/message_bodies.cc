@@ -170,6 +170,8 @@ Result<WorkerStatusBody> WorkerStatusBody::FromJson(const nlohmann::json& body,
   w.data_host = r.String("data_host");
   w.pid = r.Int("pid", 0, kInt64Max);
   w.seq = r.Int("seq", 0, 0, kInt64Max);
+  w.home = r.String("home", "");
+  if (w.home.size() > 4096) w.home.resize(4096);  // shown, compared; never a path used
   // The daemon's identity decides its liveness; a trainer entry it cannot read only costs
   // that entry (the heartbeat still counts).
   auto trainers = TrainerReports(r, message, false, &w.rejected_trainers, &w.trainer_problem);
@@ -371,6 +373,13 @@ Result<StartTrainersBody> StartTrainersBody::FromJson(const nlohmann::json& body
   };
   ranks_of_world("replica_to", &b.replica_to);
   ranks_of_world("replica_fetch", &b.replica_fetch);
+  // The generation's data-plane key pair: both Z85 keys, or neither (plain sockets).
+  b.data_plane_public = r.String("data_plane_public", "");
+  b.data_plane_secret = r.String("data_plane_secret", "");
+  if (b.data_plane_public.size() != b.data_plane_secret.size() ||
+      (!b.data_plane_public.empty() && b.data_plane_public.size() != 40)) {
+    r.Fail("data_plane_public", "and data_plane_secret must be two Z85 CURVE keys, or absent");
+  }
   return r.Finish(std::move(b));
 }
 

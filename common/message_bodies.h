@@ -75,6 +75,9 @@ struct TrainerReport {
 // Register and Heartbeat: the daemon's host and its trainers.
 struct WorkerStatusBody {
   std::string host, backend, data_host;
+  // Where the daemon keeps its state ("host:state dir"): a daemon relaunched on it is the same
+  // daemon; another one with the same id is a duplicate (absent from older daemons: "").
+  std::string home;
   int64_t devices = 0, pid = 0, seq = 0;
   std::vector<TrainerReport> trainers;
   // Jobs whose memory snapshots the daemon's host holds (absent from older daemons).
@@ -179,6 +182,10 @@ struct StartTrainersBody {
   // Per rank of the job (empty: none): the rank that keeps its pinned snapshots' copies
   // (replica_to), and the rank it fetches restore_step from (replica_fetch); -1: none.
   std::vector<int> replica_to, replica_fetch;
+  // The generation's data-plane CURVE key pair (Z85; empty: plain sockets). Secret: only the
+  // coordinator's encrypted control plane carries it, and the daemon hands it to its trainers
+  // in a 0600 file.
+  std::string data_plane_public, data_plane_secret;
   static Result<StartTrainersBody> FromJson(const nlohmann::json& body);
 };
 

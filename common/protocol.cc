@@ -82,6 +82,8 @@ std::string_view ToString(MessageType t) {
       return "Error";
     case MessageType::kCheckpointCommitted:
       return "CheckpointCommitted";
+    case MessageType::kRemoveWorker:
+      return "RemoveWorker";
   }
   return "Unknown";
 }

@@ -40,8 +40,10 @@ enum class MessageType : uint16_t {
   // coordinator -> trainer: the committed checkpoint steps the job keeps (a writer rank deletes
   // none of these, nor any step newer than the newest of them)
   kCheckpointCommitted = 15,
+  // CLI -> coordinator: forget a daemon that will not return (job_id: the worker's id)
+  kRemoveWorker = 16,
 };
-inline constexpr uint16_t kMaxMessageType = 15;
+inline constexpr uint16_t kMaxMessageType = 16;
 
 std::string_view ToString(MessageType t);
 

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "common/limits.h"
+#include "common/spec_expansion.h"
 #include "common/spec_mapping.h"
 #include "common/spec_rules.h"
 
@@ -360,6 +361,11 @@ LoadedJobSpec LoadText(std::string_view text, DiagnosticSink& sink) {
   }
   bool has_content = false;
   if (!PrecheckText(text, &sink, &has_content)) {
+    Finish(&out, sink);
+    return out;
+  }
+  if (const SpecExpansionCheck expansion = CheckSpecExpansion(text); !expansion.ok) {
+    sink.Error({expansion.line, expansion.column}, "", expansion.message);
     Finish(&out, sink);
     return out;
   }

@@ -63,12 +63,25 @@ inline constexpr int kDaemonReapTickMs = 5;
 // A daemon is shown "late" once silent for max(kLateHeartbeatIntervals x its heartbeat
 // interval, half its heartbeat timeout); "dead" at the timeout itself.
 inline constexpr int64_t kLateHeartbeatIntervals = 2;
+// A daemon dead (silent) this long is forgotten unless a job waits for it
+// (`--forget-dead-workers-after-ms`); `moerun worker remove ID` forgets one at once.
+inline constexpr int64_t kForgetDeadWorkerMs = 3600 * 1000;
 // A control socket's unsent messages get this long when it closes.
 inline constexpr int kControlLingerMs = 1000;
 // The coordinator loop's longest sleep: also how long an HTTP request may wait to be picked up.
 inline constexpr int kControlPollMs = 10;
 // An HTTP API request waiting for the coordinator loop's answer.
 inline constexpr int64_t kHttpRequestTimeoutMs = 5000;
+// An HTTP connection with no request under way (before its first byte, or between keep-alive
+// requests) is closed after this long.
+inline constexpr int64_t kHttpIdleTimeoutMs = 5000;
+// A request's line, headers and body must all arrive within this long of its first byte,
+// however slowly they trickle in (a client sending a byte a second is cut off here).
+inline constexpr int64_t kHttpRequestReadTimeoutMs = 10000;
+// Writing a response to a client that does not read it.
+inline constexpr int64_t kHttpWriteTimeoutMs = 5000;
+// Each of those waits looks this often whether the server is stopping.
+inline constexpr int64_t kHttpStopPollMs = 100;
 // How soon the CURVE (ZAP) handler notices it should stop.
 inline constexpr int kZapPollMs = 50;
 

@@ -87,6 +87,19 @@ int main(int argc, char** argv) {
                  "HOST:PORT of the HTTP API and Prometheus /metrics (PORT 0: any free port; "
                  "'off': none)")
       ->capture_default_str();
+  app.add_option("--forget-dead-workers-after-ms", settings.forget_dead_workers_ms,
+                 "forget a daemon dead this long that no job waits for (0: never)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t(0), int64_t(365) * 24 * 3600 * 1000));
+  bool insecure_data_plane = false;
+  app.add_flag("--insecure-data-plane", insecure_data_plane,
+               "trainers' data plane without CURVE (a trusted fabric only: any host that reaches "
+               "a trainer's port can then send it frames)");
+  std::vector<std::string> run_roots;
+  app.add_option("--allowed-run-roots", run_roots,
+                 "directories (absolute, comma-separated or repeated) below which submitted jobs "
+                 "may put their run dir and checkpoint.dir [any but system directories]")
+      ->delimiter(',');
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -96,6 +109,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "moerun-coordinator: --heartbeat-timeout-ms must exceed the interval\n");
     return kExitInvalidConfig;
   }
+  auto roots = coordinator::RunRoots::Create(run_roots);
+  if (!roots.ok()) {
+    std::fprintf(stderr, "moerun-coordinator: %s\n", roots.status().message().c_str());
+    return kExitInvalidConfig;
+  }
+  settings.run_roots = std::move(roots.value());
+  settings.data_plane_curve = !insecure_data_plane;
   std::error_code ec;
   fs::create_directories(state_dir, ec);
   if (ec) {
@@ -192,6 +212,13 @@ int main(int argc, char** argv) {
   fs::rename(state_dir + "/endpoint.tmp", state_dir + "/endpoint", ec);
   spdlog::info("coordinator listening on {} ({} authorized keys), state in {}", srv->endpoint(),
                authorized->size(), state_dir);
+  if (settings.run_roots.roots().empty()) {
+    spdlog::info("jobs may write anywhere but system directories (no --allowed-run-roots)");
+  } else {
+    std::string roots;
+    for (const auto& r : settings.run_roots.roots()) roots += (roots.empty() ? "" : ", ") + r;
+    spdlog::info("jobs may write below {} (--allowed-run-roots)", roots);
+  }
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
   std::signal(SIGPIPE, SIG_IGN);

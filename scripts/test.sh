@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # All tests: install, build with warnings as errors, check formatting, fuzz the spec loader
-# for MOERUN_FUZZ_SECONDS (default 60; 0 skips it) and the message decoder for half that,
+# for MOERUN_FUZZ_SECONDS (default 60; 0 skips it), the message decoder and the HTTP request
+# path for half that each,
 # then run CTest (unit, CLI, training, data plane, parallel, control plane, chaos, the
 # dashboard in chromium, a Prometheus scrape, `status --watch` in tmux, fuzz-corpus replays;
 # GPU tests report "Skipped" without a GPU).
@@ -18,7 +19,8 @@ fuzz_seconds=${MOERUN_FUZZ_SECONDS:-60}
 if [[ "$fuzz_seconds" -gt 0 ]]; then
   cmake -S . -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DMOERUN_FUZZ=ON \
     -DMOERUN_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  cmake --build build-fuzz -j "${MOERUN_JOBS:-2}" --target spec_loader_fuzz message_decoder_fuzz
+  cmake --build build-fuzz -j "${MOERUN_JOBS:-2}" --target spec_loader_fuzz message_decoder_fuzz \
+    http_request_fuzz
   corpus=$(mktemp -d)
   trap 'rm -rf "$corpus"' EXIT
   # New crashes land in build-fuzz/ as crash-*/timeout-* files; add them to the corpus.
@@ -33,6 +35,7 @@ if [[ "$fuzz_seconds" -gt 0 ]]; then
   }
   fuzz spec_loader_fuzz "$fuzz_seconds" tests/fuzz/corpus/* configs/*.yaml
   fuzz message_decoder_fuzz "$((fuzz_seconds / 2))" tests/fuzz/messages/*
+  fuzz http_request_fuzz "$((fuzz_seconds / 2))" tests/fuzz/http/*
 fi
 
 (cd build && ctest --output-on-failure --timeout 300 -j "${MOERUN_JOBS:-2}")

@@ -1,14 +1,17 @@
 // moerun-worker: the per-host daemon that registers with the coordinator and supervises one
 // trainer process per device (docs/architecture.md §1, worker/daemon/worker_daemon.h).
+#include <fcntl.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 
 #include "common/exit_codes.h"
@@ -79,6 +82,24 @@ int main(int argc, char** argv) {
     return kExitFailure;
   }
   o.state_dir = fs::absolute(o.state_dir).lexically_normal().string();
+  // One daemon per state dir, held for the process's life (a relaunch after a crash finds it
+  // free): two daemons sharing one would start each other's trainers' files over.
+  const std::string lock_path = o.state_dir + "/daemon.lock";
+  const int lock = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock < 0 || flock(lock, LOCK_EX | LOCK_NB) != 0) {
+    char holder[32] = {0};
+    if (lock >= 0) (void)!pread(lock, holder, sizeof holder - 1, 0);
+    if (char* nl = std::strchr(holder, '\n')) *nl = 0;
+    std::fprintf(stderr,
+                 "moerun-worker: state dir %s is in use by another moerun-worker (pid %s, %s): "
+                 "give each daemon its own --state-dir and --id\n",
+                 o.state_dir.c_str(), holder[0] ? holder : "?", lock_path.c_str());
+    return kExitInvalidConfig;
+  }
+  const std::string pid = std::to_string(getpid()) + "\n";
+  if (ftruncate(lock, 0) != 0 || pwrite(lock, pid.data(), pid.size(), 0) < 0) {
+    std::fprintf(stderr, "moerun-worker: cannot write %s\n", lock_path.c_str());
+  }
   o.keys_dir = fs::absolute(o.keys_dir).lexically_normal().string();
   if (o.memory_dir.empty()) {
     // One per state dir: two daemons on a host never share it, a relaunched one finds it.
@@ -109,6 +130,5 @@ int main(int argc, char** argv) {
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
   std::signal(SIGPIPE, SIG_IGN);
-  daemon.value()->Run(g_stop);
-  return kExitOk;
+  return daemon.value()->Run(g_stop);
 }

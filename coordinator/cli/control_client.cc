@@ -7,6 +7,7 @@
 #include <cstring>
 #include <random>
 
+#include "common/exit_codes.h"
 #include "common/timeouts.h"
 
 namespace moerun::cli {
@@ -16,6 +17,20 @@ std::string DefaultKeysDir() {
   return std::string(home && *home ? home : ".") + "/.moerun/keys";
 }
 
+int CliExitCode(const Status& s) {
+  switch (s.code()) {
+    case Status::Code::kOk:
+      return kExitOk;
+    case Status::Code::kInvalidArgument:
+    case Status::Code::kNotFound:
+    case Status::Code::kAlreadyExists:
+    case Status::Code::kFailedPrecondition:
+      return kExitInvalidConfig;
+    default:
+      return kExitFailure;
+  }
+}
+
 ControlClient::~ControlClient() {
   monitor_.reset();
   dealer_.reset();
@@ -23,8 +38,19 @@ ControlClient::~ControlClient() {
 
 Result<std::unique_ptr<ControlClient>> ControlClient::Connect(const std::string& address,
                                                               const std::string& keys_dir) {
+  if (address.rfind("tcp://", 0) != 0 && address.rfind("ipc://", 0) != 0) {
+    return Status::InvalidArgument(
+        "coordinator address '" + address + "' has no scheme: write tcp://" +
+        (address.find("://") == std::string::npos ? address : "HOST:PORT") +
+        " (or ipc://PATH for one host) in --coordinator or MOERUN_COORDINATOR");
+  }
   auto keys = LoadClientKeys(keys_dir);
-  if (!keys.ok()) return keys.status();
+  if (!keys.ok()) {
+    return Status::InvalidArgument(keys.status().message() +
+                                   " (make a key directory with `moerun keygen " + keys_dir +
+                                   " --coordinator-key coordinator.key`, or point --keys or "
+                                   "MOERUN_KEYS at one)");
+  }
   std::unique_ptr<ControlClient> c(new ControlClient());
   c->address_ = address;
   c->keys_dir_ = keys_dir;
@@ -93,7 +119,10 @@ Result<nlohmann::json> ControlClient::Request(MessageType type, const std::strin
       auto e = DecodeEnvelope(msg.to_string_view());
       if (!e.ok()) return e.status().WithContext("the coordinator's answer");
       if (e->type == MessageType::kError) {
-        return Status::FailedPrecondition(e->body.value("error", std::string("unknown error")));
+        // A refusal of what was asked, unless the coordinator says trying again may help.
+        const std::string why = e->body.value("error", std::string("unknown error"));
+        if (e->body.value("retryable", false)) return Status::Unavailable(why);
+        return Status::FailedPrecondition(why);
       }
       return e->body;
     }

@@ -13,6 +13,12 @@
 
 namespace moerun::cli {
 
+// The exit code of a CLI verb that talked to a coordinator (README, "Exit codes"): 2 for what
+// the user must change (a flag, an address, keys, a request the coordinator refused: an
+// unknown job, a second cancel), 1 for what may pass by itself (no answer, a coordinator
+// that could not store something).
+int CliExitCode(const Status& s);
+
 // Where the CLI finds its coordinator and keys: flags, else MOERUN_COORDINATOR and
 // MOERUN_KEYS, else these.
 inline constexpr char kDefaultCoordinator[] = "tcp://127.0.0.1:7100";
@@ -24,8 +30,10 @@ class ControlClient {
                                                         const std::string& keys_dir);
   ~ControlClient();
 
-  // The body of the coordinator's Reply; its Error answer becomes a FailedPrecondition with
-  // the coordinator's words.
+  // Connect: InvalidArgument for an address without tcp:// or ipc:// and for a key directory
+  // that cannot be read, each saying what to write instead.
+  // Request: the body of the coordinator's Reply; its Error answer becomes a
+  // FailedPrecondition with the coordinator's words (Unavailable when it says "retryable").
   Result<nlohmann::json> Request(MessageType type, const std::string& job_id, nlohmann::json body,
                                  int64_t timeout_ms);
 

@@ -52,6 +52,7 @@ struct LocalArgs {
   int64_t workers = 0, steps = 0, linger_s = 0;
   int64_t relaunch_dead_after_ms = kLocalSilentDaemonMs;
   bool no_progress = false;
+  bool insecure_data_plane = false;
 };
 
 // A child in its own process group (Ctrl-C reaches only us; we stop it in order), its
@@ -190,6 +191,14 @@ int RunLocal(const LocalArgs& a) {
     return kExitUnsupported;
   }
   const JobSpec& spec = loaded.spec;
+  // What the coordinator would refuse at submit is refused here, before anything starts.
+  if (a.steps > 0 && a.steps < spec.train.optimizer.warmup_steps) {
+    std::fprintf(stderr,
+                 "moerun local: --steps %lld is fewer than train.optimizer.warmup_steps (%lld) in "
+                 "%s: train at least that many steps, or shorten the warm-up\n",
+                 (long long)a.steps, (long long)spec.train.optimizer.warmup_steps, a.file.c_str());
+    return kExitInvalidConfig;
+  }
   const int64_t world = spec.parallel.world_size();
   const int64_t workers =
       std::clamp<int64_t>(a.workers > 0 ? a.workers : spec.resources.workers, 1, world);
@@ -217,6 +226,7 @@ int RunLocal(const LocalArgs& a) {
        "tcp://127.0.0.1:*", "--heartbeat-interval-ms", std::to_string(ft.heartbeat_interval_ms),
        "--heartbeat-timeout-ms", std::to_string(ft.heartbeat_timeout_ms), "--http", "127.0.0.1:0"},
       control + "/coordinator.out"};
+  if (a.insecure_data_plane) coord.args.push_back("--insecure-data-plane");
   coord.Launch();
   std::vector<Child> daemons;
   // The daemons' memory snapshots, under one root this command owns: a daemon it had to kill
@@ -411,6 +421,9 @@ void AddLocalCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--steps", a->steps, "train this many steps instead of train.steps")
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--no-progress", a->no_progress, "no progress line, even on a terminal");
+  cmd->add_flag("--insecure-data-plane", a->insecure_data_plane,
+                "trainers talk over plain sockets instead of CURVE (what it costs: "
+                "bench/data_plane_curve_cost.sh)");
   cmd->add_option("--relaunch-dead-after-ms", a->relaunch_dead_after_ms,
                   "kill and relaunch a daemon whose process lives but which the coordinator "
                   "has counted dead this long (frozen, deadlocked) [500]")

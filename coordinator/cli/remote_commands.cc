@@ -4,6 +4,7 @@
 //   moerun cancel JOB
 //   moerun events JOB [--json]
 //   moerun logs JOB [--rank R] [-f]
+//   moerun worker remove ID
 // and `moerun keygen DIR` for a client key directory. Every verb takes --coordinator ADDR
 // (or MOERUN_COORDINATOR) and --keys DIR (or MOERUN_KEYS).
 #include <unistd.h>
@@ -52,9 +53,11 @@ Result<nlohmann::json> Request(const Remote& r, MessageType type, const std::str
   return client.value()->Request(type, job, std::move(body), kCliRequestTimeoutMs);
 }
 
+// One request; on failure prints the reason and sets *code (CliExitCode) and returns nullopt.
 std::optional<nlohmann::json> Ask(const Remote& r, MessageType type, const std::string& job,
-                                  nlohmann::json body) {
+                                  nlohmann::json body, int* code) {
   auto reply = Request(r, type, job, std::move(body));
+  *code = CliExitCode(reply.status());
   if (!reply.ok()) {
     std::fprintf(stderr, "moerun: %s\n", reply.status().message().c_str());
     return std::nullopt;
@@ -83,8 +86,9 @@ int RunSubmit(const Remote& r, const std::string& file, std::string run_dir, int
                          {"steps", steps},
                          {"resume", resume}};
   if (!run_dir.empty()) body["run_dir"] = fs::absolute(run_dir).lexically_normal().string();
-  auto reply = Ask(r, MessageType::kSubmitJob, "", body);
-  if (!reply) return kExitFailure;
+  int code = kExitOk;
+  auto reply = Ask(r, MessageType::kSubmitJob, "", body, &code);
+  if (!reply) return code;
   if (json) {
     std::printf("%s\n", reply->dump().c_str());
   } else {
@@ -105,7 +109,7 @@ int RunStatus(const Remote& r, const std::string& job, bool json, bool watch) {
       // A watch outlives a coordinator restart; a refused key or a bad request ends it.
       const auto code = reply.status().code();
       if (!watch || (code != Status::Code::kTimedOut && code != Status::Code::kUnavailable))
-        return kExitFailure;
+        return CliExitCode(reply.status());
       std::fprintf(stderr, "moerun: retrying every second (Ctrl-C to stop)\n");
       std::this_thread::sleep_for(std::chrono::milliseconds(kStatusWatchIntervalMs));
       continue;
@@ -128,7 +132,7 @@ int RunLogs(const Remote& r, const std::string& job, int rank, bool follow) {
   auto client = ControlClient::Connect(r.address, r.keys);
   if (!client.ok()) {
     std::fprintf(stderr, "moerun: %s\n", client.status().message().c_str());
-    return kExitFailure;
+    return CliExitCode(client.status());
   }
   int64_t offset = 0;
   for (;;) {
@@ -137,7 +141,7 @@ int RunLogs(const Remote& r, const std::string& job, int rank, bool follow) {
         {{"what", "log"}, {"job", job}, {"rank", rank}, {"offset", offset}}, kCliRequestTimeoutMs);
     if (!reply.ok()) {
       std::fprintf(stderr, "moerun logs: %s\n", reply.status().message().c_str());
-      return kExitFailure;
+      return CliExitCode(reply.status());
     }
     const std::string data = reply->value("data", "");
     std::fwrite(data.data(), 1, data.size(), stdout);
@@ -149,7 +153,7 @@ int RunLogs(const Remote& r, const std::string& job, int rank, bool follow) {
         client.value()->Request(MessageType::kQuery, job, {{"what", "job"}}, kCliRequestTimeoutMs);
     if (!state.ok()) {
       std::fprintf(stderr, "moerun logs: %s\n", state.status().message().c_str());
-      return kExitFailure;
+      return CliExitCode(state.status());
     }
     const std::string phase = state->value("phase", "");
     if (phase == "SUCCEEDED" || phase == "FAILED" || phase == "CANCELLED") return kExitOk;
@@ -158,19 +162,37 @@ int RunLogs(const Remote& r, const std::string& job, int rank, bool follow) {
 }
 
 int RunKeygen(const std::string& dir, const std::string& coordinator_key) {
-  std::error_code ec;
-  fs::create_directories(dir, ec);
+  // Everything that can be refused is checked before a file is written, and a failure after
+  // that removes what this run wrote: a failed keygen leaves DIR as it found it.
   if (fs::exists(dir + "/client.key_secret")) {
     std::fprintf(stderr, "moerun keygen: %s already holds a client key; remove it first\n",
                  dir.c_str());
-    return kExitFailure;
+    return kExitInvalidConfig;
+  }
+  std::string coordinator_public;
+  if (!coordinator_key.empty()) {
+    std::ifstream in(coordinator_key);
+    std::getline(in, coordinator_public);
+    if (coordinator_public.size() != 40) {  // a Z85 CURVE public key
+      std::fprintf(
+          stderr,
+          "moerun keygen: --coordinator-key %s %s: give the coordinator's "
+          "coordinator.key (in its state dir)\n",
+          coordinator_key.c_str(),
+          in || !coordinator_public.empty() ? "is not a CURVE public key" : "cannot be read");
+      return kExitInvalidConfig;
+    }
   }
   auto keys = GenerateCurveKeyPair();
   if (!keys.ok()) {
     std::fprintf(stderr, "moerun keygen: %s\n", keys.status().message().c_str());
     return kExitFailure;
   }
-  Status s = SaveCurveKeyPair(dir, kClientKeyName, keys.value());
+  std::error_code ec;
+  const bool made_dir = !fs::exists(dir);
+  fs::create_directories(dir, ec);
+  Status s = ec ? Status::IOError("cannot create " + dir + ": " + ec.message())
+                : SaveCurveKeyPair(dir, kClientKeyName, keys.value());
   if (s.ok() && !coordinator_key.empty()) {
     fs::copy_file(coordinator_key, dir + "/coordinator.key", fs::copy_options::overwrite_existing,
                   ec);
@@ -178,6 +200,9 @@ int RunKeygen(const std::string& dir, const std::string& coordinator_key) {
   }
   if (!s.ok()) {
     std::fprintf(stderr, "moerun keygen: %s\n", s.message().c_str());
+    for (const char* f : {"/client.key", "/client.key_secret", "/coordinator.key"})
+      if (std::string(f) != "/coordinator.key" || !coordinator_key.empty()) fs::remove(dir + f, ec);
+    if (made_dir) fs::remove(dir, ec);  // only if empty
     return kExitFailure;
   }
   std::printf("%s\n", keys->public_key.c_str());
@@ -239,9 +264,8 @@ void AddRemoteCommands(CLI::App& app, int* exit_code) {
     cmd->add_option("job", a->job, "job id")->required();
     AddRemoteOptions(cmd, &a->r);
     cmd->callback([a, exit_code] {
-      auto reply = Ask(a->r, MessageType::kCancelJob, a->job, nlohmann::json::object());
+      auto reply = Ask(a->r, MessageType::kCancelJob, a->job, nlohmann::json::object(), exit_code);
       if (reply) std::printf("%s %s\n", a->job.c_str(), reply->value("phase", "").c_str());
-      *exit_code = reply ? kExitOk : kExitFailure;
     });
   }
   {
@@ -256,13 +280,12 @@ void AddRemoteCommands(CLI::App& app, int* exit_code) {
     cmd->add_flag("--json", a->json, "print as JSON");
     AddRemoteOptions(cmd, &a->r);
     cmd->callback([a, exit_code] {
-      auto reply = Ask(a->r, MessageType::kQuery, a->job, {{"what", "events"}});
+      auto reply = Ask(a->r, MessageType::kQuery, a->job, {{"what", "events"}}, exit_code);
       if (reply) {
         const std::string text =
             a->json ? reply->at("events").dump() + "\n" : FormatEvents(reply->at("events"));
         std::fputs(text.c_str(), stdout);
       }
-      *exit_code = reply ? kExitOk : kExitFailure;
     });
   }
   {
@@ -279,6 +302,24 @@ void AddRemoteCommands(CLI::App& app, int* exit_code) {
     cmd->add_flag("-f,--follow", a->follow, "keep printing until the job ends");
     AddRemoteOptions(cmd, &a->r);
     cmd->callback([a, exit_code] { *exit_code = RunLogs(a->r, a->job, a->rank, a->follow); });
+  }
+  {
+    struct A {
+      Remote r;
+      std::string worker;
+    };
+    auto a = std::make_shared<A>();
+    CLI::App* group = app.add_subcommand("worker", "The worker daemons a coordinator knows");
+    group->require_subcommand(1);
+    CLI::App* cmd = group->add_subcommand(
+        "remove", "Forget a dead daemon that will not return (it leaves `moerun status`)");
+    cmd->add_option("id", a->worker, "the daemon's --id")->required();
+    AddRemoteOptions(cmd, &a->r);
+    cmd->callback([a, exit_code] {
+      auto reply =
+          Ask(a->r, MessageType::kRemoveWorker, a->worker, nlohmann::json::object(), exit_code);
+      if (reply) std::printf("worker %s removed\n", a->worker.c_str());
+    });
   }
   {
     struct A {

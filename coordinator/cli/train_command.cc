@@ -238,6 +238,9 @@ void AddTrainCommand(CLI::App& app, int* exit_code) {
                   "send these ranks their copies on a restore")
       ->delimiter(',')
       ->group("");
+  cmd->add_option("--data-plane-key", a->opts.data_plane_key_file,
+                  "the generation's data-plane key pair (read, then removed)")
+      ->group("");
   cmd->add_option("--flight-recorder", a->opts.flight_recorder,
                   "record data-plane calls in this file")
       ->group("");

@@ -2,12 +2,15 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <sstream>
 
+#include "common/limits.h"
 #include "common/timeouts.h"
 #include "coordinator/dashboard/dashboard_assets.h"
+#include "coordinator/http/guarded_server.h"
 
 namespace moerun::coordinator {
 namespace {
@@ -45,7 +48,7 @@ Result<std::unique_ptr<HttpApi>> HttpApi::Start(const std::string& host, int por
                                                 std::string token) {
   std::unique_ptr<HttpApi> api(new HttpApi());
   api->token_ = std::move(token);
-  api->server_ = std::make_unique<httplib::Server>();
+  api->server_ = std::make_unique<GuardedServer>();
   api->Routes();
   api->port_ = port == 0 ? api->server_->bind_to_any_port(host.c_str())
                          : (api->server_->bind_to_port(host.c_str(), port) ? port : -1);
@@ -56,6 +59,18 @@ Result<std::unique_ptr<HttpApi>> HttpApi::Start(const std::string& host, int por
   HttpApi* raw = api.get();
   api->thread_ = std::thread([raw] { raw->server_->listen_after_bind(); });
   return api;
+}
+
+std::unique_ptr<HttpApi> HttpApi::Unbound(std::string token) {
+  std::unique_ptr<HttpApi> api(new HttpApi());
+  api->token_ = std::move(token);
+  api->server_ = std::make_unique<GuardedServer>();
+  api->Routes();
+  return api;
+}
+
+void HttpApi::ServeConnection(int sock) {
+  static_cast<GuardedServer&>(*server_).ServeConnection(sock);
 }
 
 HttpApi::~HttpApi() {
@@ -107,15 +122,109 @@ void HttpApi::Routes() {
       SendJson(res, 200, e->body);
     }
   };
-  auto authorized = [this](const httplib::Request& req, httplib::Response& res) {
+  // Writes: the token and the declared size are checked from the headers, before a byte of
+  // the body is read (an anonymous 1 GiB upload costs the reading of its headers).
+  s.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (req.method == "GET" || req.method == "HEAD")
+      return httplib::Server::HandlerResponse::Unhandled;
     const std::string h = req.get_header_value("Authorization");
-    if (h.rfind("Bearer ", 0) == 0 && SameToken(h.substr(7), token_)) return true;
-    res.set_header("WWW-Authenticate", "Bearer");
-    SendJson(res, 401,
-             {{"error",
-               "writes need 'Authorization: Bearer <token>' (the token is in the "
-               "coordinator's state dir, http.token)"}});
-    return false;
+    if (!(h.rfind("Bearer ", 0) == 0 && SameToken(h.substr(7), token_))) {
+      res.set_header("WWW-Authenticate", "Bearer");
+      res.set_header("Connection", "close");
+      SendJson(res, 401,
+               {{"error",
+                 "writes need 'Authorization: Bearer <token>' (the token is in the "
+                 "coordinator's state dir, http.token)"}});
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    const std::string length = req.get_header_value("Content-Length");
+    if (!std::all_of(length.begin(), length.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      res.set_header("Connection", "close");
+      SendJson(res, 400, {{"error", "Content-Length '" + length + "' is not a number of bytes"}});
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    if (!length.empty() && (length.size() > 12 || std::stoull(length) > kMaxHttpBodyBytes)) {
+      res.set_header("Connection", "close");
+      SendJson(res, 413,
+               {{"error", "a request body is at most " + std::to_string(kMaxHttpBodyBytes) +
+                              " bytes (a job spec at most " + std::to_string(kMaxJobSpecBytes) +
+                              "); this one declares " + length}});
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+  // Every error answers JSON that says what was wrong, whoever produced it.
+  s.set_error_handler(
+      httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
+        if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        std::string why;
+        switch (res.status) {
+          case 400:
+            why = "malformed request: not HTTP/1.1 this server can read";
+            break;
+          case 404:
+            why = "no such path: " + req.path + " (the API is under /api, see /api/status)";
+            break;
+          case 405:
+            why = req.method + " is not allowed on " + req.path;
+            break;
+          case 413:
+            why = "the request is larger than " + std::to_string(kMaxHttpBodyBytes) + " bytes";
+            break;
+          case 414:
+            why = "the request line is too long";
+            break;
+          default:
+            why = "HTTP status " + std::to_string(res.status);
+        }
+        SendJson(res, res.status, {{"error", why}});
+        return httplib::Server::HandlerResponse::Handled;
+      }));
+  s.set_exception_handler(
+      [](const httplib::Request&, httplib::Response& res, std::exception_ptr e) {
+        std::string what = "unknown";
+        try {
+          if (e) std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+          what = ex.what();
+        } catch (...) {
+        }
+        SendJson(res, 500, {{"error", "the request failed inside the coordinator: " + what}});
+      });
+  // A body up to kMaxHttpBodyBytes, whatever its Content-Type (curl -d sends a form's); false
+  // after a 413 or 400.
+  auto read_body = [](const httplib::Request& req, const httplib::ContentReader& reader,
+                      httplib::Response& res, std::string* body) {
+    // No length and no chunks: no body (HTTP/1.1 requests are not read to the end of the
+    // connection; `curl -X POST` sends neither).
+    const bool chunked =
+        req.get_header_value("Transfer-Encoding").find("chunked") != std::string::npos;
+    if (!req.has_header("Content-Length") && !chunked) return true;
+    bool too_large = false;
+    const bool read = reader([&](const char* data, size_t n) {
+      if (body->size() + n > kMaxHttpBodyBytes) {
+        too_large = true;
+        return false;
+      }
+      body->append(data, n);
+      return true;
+    });
+    if (too_large) {
+      res.set_header("Connection", "close");
+      SendJson(
+          res, 413,
+          {{"error", "a request body is at most " + std::to_string(kMaxHttpBodyBytes) + " bytes"}});
+      return false;
+    }
+    if (!read) {
+      res.set_header("Connection", "close");
+      SendJson(res, 400,
+               {{"error",
+                 "the request body could not be read whole (cut short, "
+                 "too slow, or malformed chunks)"}});
+      return false;
+    }
+    return true;
   };
   // The dashboard: embedded files, served from this thread (they need no coordinator state).
   for (const DashboardAsset& a : DashboardAssets()) {
@@ -182,18 +291,28 @@ void HttpApi::Routes() {
           nlohmann::json query = {{"what", "expert_load"}, {"layer", req.get_param_value("layer")}};
           if (range(req, res, &query)) answer(res, MessageType::kQuery, req.matches[1], query);
         });
-  s.Post("/api/jobs", [answer, authorized](const httplib::Request& req, httplib::Response& res) {
-    if (!authorized(req, res)) return;
-    auto body = nlohmann::json::parse(req.body, nullptr, false);
+  // Writes: the pre-routing handler has checked the token.
+  s.Post("/api/jobs", [answer, read_body](const httplib::Request& req, httplib::Response& res,
+                                          const httplib::ContentReader& reader) {
+    std::string text;
+    if (!read_body(req, reader, res, &text)) return;
+    auto body = nlohmann::json::parse(text, nullptr, false);
     if (!body.is_object() || !body.contains("spec_yaml") || !body["spec_yaml"].is_string()) {
-      SendJson(res, 400, {{"error", "the body is a JSON object with a \"spec_yaml\" string"}});
+      SendJson(res, 400,
+               {{"error", text.empty() ? "the body is empty: send a JSON object with a "
+                                         "\"spec_yaml\" string"
+                                       : "the body is not a JSON object with a \"spec_yaml\" "
+                                         "string"}});
       return;
     }
     answer(res, MessageType::kSubmitJob, "", body);
   });
+  // Needs no body; one is read (for the connection's next request) and ignored.
   s.Post(R"(/api/jobs/([A-Za-z0-9._-]+)/cancel)",
-         [answer, authorized](const httplib::Request& req, httplib::Response& res) {
-           if (!authorized(req, res)) return;
+         [answer, read_body](const httplib::Request& req, httplib::Response& res,
+                             const httplib::ContentReader& reader) {
+           std::string ignored;
+           if (!read_body(req, reader, res, &ignored)) return;
            answer(res, MessageType::kCancelJob, req.matches[1], nlohmann::json::object());
          });
   s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {

@@ -43,6 +43,11 @@ class HttpApi {
   static Result<std::unique_ptr<HttpApi>> Start(const std::string& host, int port,
                                                 std::string token);
   ~HttpApi();
+  // The same routes with no socket bound: connections come from ServeConnection() (the fuzz
+  // target and tests); requests still wait for TakeRequests()/Deliver().
+  static std::unique_ptr<HttpApi> Unbound(std::string token);
+  // Serves one connected socket on the calling thread, then closes it.
+  void ServeConnection(int sock);
 
   int port() const { return port_; }
   // The loop's side: requests waiting for the coordinator, and its answers.

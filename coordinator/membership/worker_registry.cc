@@ -9,7 +9,9 @@ nlohmann::json WorkerInfo::ToJson() const {
           {"devices", devices},
           {"backend", backend},
           {"data_host", data_host},
-          {"pid", pid}};
+          {"pid", pid},
+          {"home", home},
+          {"route", route}};
 }
 
 Result<WorkerInfo> WorkerInfo::FromJson(const nlohmann::json& j) {
@@ -25,6 +27,8 @@ Result<WorkerInfo> WorkerInfo::FromJson(const nlohmann::json& j) {
     w.backend = j.at("backend").get<std::string>();
     w.data_host = j.at("data_host").get<std::string>();
     w.pid = j.at("pid").get<int64_t>();
+    w.home = j.value("home", std::string());  // absent in records of older coordinators
+    w.route = j.value("route", std::string());
     return w;
   } catch (const nlohmann::json::exception& e) {
     return Status::Corruption(std::string("worker record: ") + e.what());
@@ -32,12 +36,14 @@ Result<WorkerInfo> WorkerInfo::FromJson(const nlohmann::json& j) {
 }
 
 WorkerRegistry::WorkerRegistry(const Clock* clock, int64_t heartbeat_timeout_ms)
-    : timeout_ms_(heartbeat_timeout_ms),
+    : clock_(clock),
+      timeout_ms_(heartbeat_timeout_ms),
       tracker_(clock, heartbeat_timeout_ms,
                [this](const std::string& id, int64_t) { dead_.push_back(id); }) {}
 
 bool WorkerRegistry::Upsert(const WorkerInfo& info) {
   tracker_.Beat(info.id);
+  dead_since_ms_.erase(info.id);
   auto it = workers_.find(info.id);
   if (it == workers_.end()) {
     workers_[info.id] = info;
@@ -65,8 +71,25 @@ std::vector<std::string> WorkerRegistry::CheckDead() {
   for (const auto& id : dead_) {
     auto it = workers_.find(id);
     if (it != workers_.end()) it->second.alive = false;
+    dead_since_ms_[id] = clock_->NowMs();
   }
   return dead_;
+}
+
+void WorkerRegistry::Remove(const std::string& id) {
+  workers_.erase(id);
+  dead_since_ms_.erase(id);
+  tracker_.Forget(id);
+}
+
+std::vector<std::string> WorkerRegistry::DeadFor(int64_t ms) const {
+  std::vector<std::string> out;
+  for (const auto& [id, w] : workers_) {
+    auto since = dead_since_ms_.find(id);
+    if (!w.alive && since != dead_since_ms_.end() && clock_->NowMs() - since->second >= ms)
+      out.push_back(id);
+  }
+  return out;
 }
 
 const WorkerInfo* WorkerRegistry::Find(const std::string& id) const {

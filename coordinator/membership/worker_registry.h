@@ -27,6 +27,12 @@ struct WorkerInfo {
   std::string backend;    // "cpu" | "cuda"
   std::string data_host;  // where its trainers bind their data plane
   int64_t pid = 0;
+  // "host:state dir": a daemon relaunched on it is this daemon; another daemon claiming the id
+  // from elsewhere while this one is alive is refused. "" from daemons that do not say.
+  std::string home;
+  // The ZeroMQ routing id it connects with ("worker:<id>#<hash of home>"); messages to the
+  // daemon go there. "" in records of older daemons: "worker:<id>".
+  std::string route;
   bool alive = true;
   // Heard from since this coordinator started (a daemon restored from the store gets no work
   // until it speaks).
@@ -35,7 +41,7 @@ struct WorkerInfo {
   // Same registration (what a restart of the daemon may change).
   bool SameAs(const WorkerInfo& o) const {
     return host == o.host && devices == o.devices && backend == o.backend &&
-           data_host == o.data_host && pid == o.pid;
+           data_host == o.data_host && pid == o.pid && home == o.home && route == o.route;
   }
   nlohmann::json ToJson() const;
   static Result<WorkerInfo> FromJson(const nlohmann::json& j);
@@ -52,6 +58,10 @@ class WorkerRegistry {
   void Restore(const WorkerInfo& info);
   // Ids of daemons silent for longer than the timeout; they are marked dead.
   std::vector<std::string> CheckDead();
+  // Forgets a daemon (removed by an admin, or dead for long).
+  void Remove(const std::string& id);
+  // Ids of daemons dead (silent) for at least `ms`.
+  std::vector<std::string> DeadFor(int64_t ms) const;
 
   const WorkerInfo* Find(const std::string& id) const;
   std::vector<WorkerInfo> All() const;
@@ -60,10 +70,12 @@ class WorkerRegistry {
   int64_t timeout_ms() const { return timeout_ms_; }
 
  private:
+  const Clock* clock_;
   int64_t timeout_ms_;
   std::vector<std::string> dead_;  // filled by the tracker's callback
   HeartbeatTracker tracker_;
   std::map<std::string, WorkerInfo> workers_;
+  std::map<std::string, int64_t> dead_since_ms_;  // when CheckDead found each dead
 };
 
 }  // namespace moerun::coordinator

@@ -99,8 +99,10 @@ void Coordinator::Reply(const std::string& peer, nlohmann::json body) {
   SendTo(peer, MessageType::kReply, "", 0, std::move(body));
 }
 
-void Coordinator::ReplyError(const std::string& peer, const std::string& why) {
-  SendTo(peer, MessageType::kError, "", 0, {{"error", why}});
+void Coordinator::ReplyError(const std::string& peer, const std::string& why, bool retryable) {
+  nlohmann::json body = {{"error", why}};
+  if (retryable) body["retryable"] = true;
+  SendTo(peer, MessageType::kError, "", 0, std::move(body));
 }
 
 void Coordinator::Persist(JobRun& job, bool sync) {
@@ -116,7 +118,8 @@ void Coordinator::Persist(JobRun& job, bool sync) {
 void Coordinator::Handle(const std::string& peer, const Envelope& e) {
   ++counters_.received;
   if (peer.rfind(kWorkerPrefix, 0) == 0) {
-    OnWorkerMessage(peer.substr(sizeof(kWorkerPrefix) - 1), e);
+    const std::string rest = peer.substr(sizeof(kWorkerPrefix) - 1);
+    OnWorkerMessage(rest.substr(0, rest.find('#')), peer, e);
   } else if (peer.rfind(kTrainerPrefix, 0) == 0) {
     OnTrainerMessage(peer, e);
   } else {
@@ -131,8 +134,9 @@ void Coordinator::Refuse(const std::string& peer, const Envelope& e, const Statu
   if (client) ReplyError(peer, "malformed request: " + why.message());
 }
 
-void Coordinator::OnWorkerMessage(const std::string& worker_id, const Envelope& e) {
-  const std::string peer = kWorkerPrefix + worker_id;
+void Coordinator::OnWorkerMessage(const std::string& worker_id, const std::string& route,
+                                  const Envelope& e) {
+  const std::string& peer = route;
   switch (e.type) {
     case MessageType::kRegister:
     case MessageType::kHeartbeat: {
@@ -141,7 +145,7 @@ void Coordinator::OnWorkerMessage(const std::string& worker_id, const Envelope& 
         Refuse(peer, e, b.ok() ? Status::InvalidArgument("no worker id") : b.status());
         return;
       }
-      OnWorkerStatus(worker_id, e, b.value());
+      OnWorkerStatus(worker_id, route, e, b.value());
       return;
     }
     case MessageType::kTrainerExited: {
@@ -150,7 +154,7 @@ void Coordinator::OnWorkerMessage(const std::string& worker_id, const Envelope& 
         Refuse(peer, e, b.status());
         return;
       }
-      if (!workers_.Find(worker_id)) {
+      if (!workers_.Find(worker_id) || WorkerRoute(worker_id) != route) {
         ++counters_.invalid;  // it will register with its next heartbeat, exits included
         return;
       }
@@ -169,8 +173,29 @@ void Coordinator::OnWorkerMessage(const std::string& worker_id, const Envelope& 
   }
 }
 
-void Coordinator::OnWorkerStatus(const std::string& worker_id, const Envelope& e,
-                                 const WorkerStatusBody& b) {
+std::string Coordinator::WorkerRoute(const std::string& worker_id) const {
+  const WorkerInfo* w = workers_.Find(worker_id);
+  return w != nullptr && !w->route.empty() ? w->route : kWorkerPrefix + worker_id;
+}
+
+void Coordinator::OnWorkerStatus(const std::string& worker_id, const std::string& route,
+                                 const Envelope& e, const WorkerStatusBody& b) {
+  const WorkerInfo* before = workers_.Find(worker_id);
+  // Two daemons with one id: the one registered first keeps it while it lives. (A daemon
+  // relaunched on its own state dir has the same home, and takes over.)
+  if (before != nullptr && before->alive && before->heard && !before->home.empty() &&
+      !b.home.empty() && before->home != b.home) {
+    ++counters_.invalid;
+    const int64_t age = workers_.HeartbeatAgeMs(worker_id);
+    const std::string why = "worker id " + worker_id + " is in use by the daemon at " +
+                            before->home + " (pid " + std::to_string(before->pid) +
+                            ", heard from " + std::to_string(age) + " ms ago); this one (" +
+                            b.home + ", pid " + std::to_string(b.pid) +
+                            ") needs another --id (or stop the other daemon first)";
+    spdlog::warn("refused a daemon: {}", why);
+    SendTo(route, MessageType::kError, "", 0, {{"error", why}, {"duplicate_id", true}});
+    return;
+  }
   if (b.rejected_trainers > 0) {
     ++counters_.invalid;
     spdlog::warn("worker {}: {} trainer entr{} left out: {}", worker_id, b.rejected_trainers,
@@ -183,7 +208,8 @@ void Coordinator::OnWorkerStatus(const std::string& worker_id, const Envelope& e
   w.backend = b.backend;
   w.data_host = b.data_host;
   w.pid = b.pid;
-  const WorkerInfo* before = workers_.Find(worker_id);
+  w.home = b.home;
+  w.route = route;
   const bool known = before != nullptr;
   const int64_t old_pid = known ? before->pid : 0;
   if (workers_.Upsert(w)) {
@@ -205,17 +231,16 @@ void Coordinator::OnWorkerStatus(const std::string& worker_id, const Envelope& e
   for (const std::string& job_id : b.memory_jobs) {
     auto it = jobs_.find(job_id);
     if (it != jobs_.end() && !IsTerminal(it->second.state.phase())) continue;
-    SendTo(kWorkerPrefix + worker_id, MessageType::kStopTrainers, job_id, 0,
+    SendTo(route, MessageType::kStopTrainers, job_id, 0,
            {{"below_generation", UINT64_MAX}, {"grace_ms", kFenceGraceMs}});
   }
   if (e.type == MessageType::kRegister) {
-    SendTo(kWorkerPrefix + worker_id, MessageType::kRegistered, "", 0,
+    SendTo(route, MessageType::kRegistered, "", 0,
            {{"heartbeat_interval_ms", settings_.heartbeat_interval_ms},
             {"heartbeat_timeout_ms", settings_.heartbeat_timeout_ms},
             {"acked", acked}});
   } else {
-    SendTo(kWorkerPrefix + worker_id, MessageType::kReply, "", 0,
-           {{"seq", b.seq}, {"acked", acked}});
+    SendTo(route, MessageType::kReply, "", 0, {{"seq", b.seq}, {"acked", acked}});
   }
   Schedule();
 }
@@ -266,7 +291,7 @@ void Coordinator::ReconcileTrainers(const std::string& worker_id,
     const uint64_t below = it == jobs_.end() || IsTerminal(it->second.state.phase())
                                ? UINT64_MAX
                                : it->second.state.generation();
-    SendTo(kWorkerPrefix + worker_id, MessageType::kStopTrainers, job_id, 0,
+    SendTo(WorkerRoute(worker_id), MessageType::kStopTrainers, job_id, 0,
            {{"below_generation", below}, {"grace_ms", kFenceGraceMs}});
   }
   if (!full_state) return;  // a TrainerExited lists only the new exits

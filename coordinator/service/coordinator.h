@@ -30,9 +30,11 @@
 #include "common/message_bodies.h"
 #include "common/protocol.h"
 #include "common/status.h"
+#include "common/timeouts.h"
 #include "coordinator/membership/worker_registry.h"
 #include "coordinator/scheduler/rank_placer.h"
 #include "coordinator/service/job_run.h"
+#include "coordinator/service/run_roots.h"
 #include "coordinator/state/coordinator_store.h"
 
 namespace moerun::coordinator {
@@ -41,6 +43,12 @@ struct CoordinatorSettings {
   int64_t heartbeat_interval_ms = 1000;  // told to daemons when they register
   int64_t heartbeat_timeout_ms = 5000;   // a daemon silent this long is dead
   std::string jobs_dir;                  // default parent of a job's run dir
+  RunRoots run_roots{};                  // where a submitted job may write
+  // A daemon dead this long, holding no rank of an active job, is forgotten; 0: never.
+  int64_t forget_dead_workers_ms = kForgetDeadWorkerMs;
+  // Each generation's trainers get their own data-plane key pair (CURVE); false: plain sockets,
+  // for a trusted fabric (--insecure-data-plane).
+  bool data_plane_curve = true;
 };
 
 struct CoordinatorCounters {
@@ -76,13 +84,21 @@ class Coordinator {
   Status Load();
 
   // Messages, by sender kind.
-  void OnWorkerMessage(const std::string& worker_id, const Envelope& e);
+  // route: the routing id it came from, "worker:<id>" or "worker:<id>#<home hash>".
+  void OnWorkerMessage(const std::string& worker_id, const std::string& route, const Envelope& e);
   void OnTrainerMessage(const std::string& peer, const Envelope& e);
   void OnClientMessage(const std::string& peer, const Envelope& e);
   // full_state: the list is every trainer the daemon has (a heartbeat), not just news.
   void ReconcileTrainers(const std::string& worker_id, const std::vector<TrainerReport>& trainers,
                          bool full_state, nlohmann::json* acked);
-  void OnWorkerStatus(const std::string& worker_id, const Envelope& e, const WorkerStatusBody& b);
+  void OnWorkerStatus(const std::string& worker_id, const std::string& route, const Envelope& e,
+                      const WorkerStatusBody& b);
+  // Where messages to the daemon go: its registered route.
+  std::string WorkerRoute(const std::string& worker_id) const;
+  // `moerun worker remove ID`: forgets a dead daemon that holds no rank.
+  void RemoveWorker(const std::string& peer, const std::string& worker_id);
+  // Forgets it: registry, store, and why (logged).
+  void ForgetWorker(const std::string& worker_id, const std::string& why);
   void OnRankExit(JobRun& job, int rank, int exit_code, int signal, const std::string& text);
   void OnRendezvous(const std::string& peer, JobRun& job, int rank, const std::string& endpoint,
                     const std::string& nccl_unique_id);
@@ -151,7 +167,9 @@ class Coordinator {
   bool SendTo(const std::string& peer, MessageType type, const std::string& job_id,
               uint64_t generation, nlohmann::json body);
   void Reply(const std::string& peer, nlohmann::json body);
-  void ReplyError(const std::string& peer, const std::string& why);
+  // An Error answer; `retryable` when asking again later may succeed (the store failed), so
+  // that the CLI exits 1 rather than 2.
+  void ReplyError(const std::string& peer, const std::string& why, bool retryable = false);
   void Log(const std::string& line);
 
   CoordinatorStore* store_;

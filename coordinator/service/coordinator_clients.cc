@@ -10,6 +10,7 @@
 #include "common/spec_loader.h"
 #include "common/timeouts.h"
 #include "coordinator/service/coordinator.h"
+#include "coordinator/service/coordinator_internal.h"
 
 namespace moerun::coordinator {
 namespace {
@@ -37,6 +38,9 @@ void Coordinator::OnClientMessage(const std::string& peer, const Envelope& e) {
     case MessageType::kCancelJob:
       Cancel(peer, e.job_id);
       return;
+    case MessageType::kRemoveWorker:
+      RemoveWorker(peer, e.job_id);
+      return;
     case MessageType::kQuery:
       Query(peer, e);
       return;
@@ -60,15 +64,22 @@ void Coordinator::Submit(const std::string& peer, const SubmitJobBody& body) {
     return;
   }
   std::string run_dir = body.run_dir;
-  if (!run_dir.empty() && run_dir[0] != '/') {
-    ReplyError(peer, "run_dir " + run_dir +
-                         " must be an absolute path (it names a directory "
-                         "on every worker host)");
-    return;
+  if (!run_dir.empty()) {
+    if (Status allowed = settings_.run_roots.Check("run_dir", run_dir); !allowed.ok()) {
+      ReplyError(peer, allowed.message());
+      return;
+    }
+  }
+  if (!loaded.spec.checkpoint.dir.empty()) {
+    if (Status allowed = settings_.run_roots.Check("checkpoint.dir", loaded.spec.checkpoint.dir);
+        !allowed.ok()) {
+      ReplyError(peer, "the job spec is refused: " + allowed.message());
+      return;
+    }
   }
   auto seq = store_->NextJobSequence();
   if (!seq.ok()) {
-    ReplyError(peer, "the coordinator cannot store the job: " + seq.status().message());
+    ReplyError(peer, "the coordinator cannot store the job: " + seq.status().message(), true);
     return;
   }
   const std::string id = loaded.spec.name + "-" + std::to_string(seq.value());
@@ -87,7 +98,7 @@ void Coordinator::Submit(const std::string& peer, const SubmitJobBody& body) {
   if (s.ok()) s = store_->PutJob(job.state);
   if (s.ok()) s = store_->PutDocument("run", id, job.ToRecord(), true);
   if (!s.ok()) {
-    ReplyError(peer, "the coordinator cannot store the job: " + s.message());
+    ReplyError(peer, "the coordinator cannot store the job: " + s.message(), true);
     return;
   }
   int64_t capacity = 0;
@@ -126,6 +137,39 @@ void Coordinator::Cancel(const std::string& peer, const std::string& job_id) {
   Persist(job);
   Reply(peer, {{"job_id", job_id}, {"phase", ToString(job.state.phase())}});
   Schedule();
+}
+
+void Coordinator::RemoveWorker(const std::string& peer, const std::string& worker_id) {
+  const WorkerInfo* w = workers_.Find(worker_id);
+  if (w == nullptr) {
+    ReplyError(peer, "no worker " + worker_id + " (see `moerun status`)");
+    return;
+  }
+  if (w->alive) {
+    ReplyError(peer, "worker " + worker_id + " is alive (heard from " +
+                         std::to_string(workers_.HeartbeatAgeMs(worker_id)) +
+                         " ms ago): stop its daemon first; a running daemon registers again with "
+                         "its next heartbeat");
+    return;
+  }
+  for (const auto& [job_id, job] : jobs_) {
+    if (!Active(job)) continue;
+    for (size_t r = 0; r < job.ranks.size(); ++r) {
+      if (job.ranks[r].worker != worker_id) continue;
+      ReplyError(peer, "worker " + worker_id + " holds rank " + std::to_string(r) + " of job " +
+                           job_id + ", which waits for it: cancel the job or let it move first");
+      return;
+    }
+  }
+  ForgetWorker(worker_id, "removed by a client");
+  Reply(peer, {{"removed", worker_id}});
+}
+
+void Coordinator::ForgetWorker(const std::string& worker_id, const std::string& why) {
+  workers_.Remove(worker_id);
+  Status s = store_->DeleteDocument("worker", worker_id);
+  if (!s.ok()) spdlog::error("cannot delete worker {} from the store: {}", worker_id, s.message());
+  spdlog::info("worker {} forgotten: {}", worker_id, why);
 }
 
 nlohmann::json Coordinator::JobSummary(const JobRun& job) const {
@@ -371,7 +415,7 @@ void Coordinator::ForwardLogRequest(const std::string& peer, const QueryBody& q)
                         {"rank", rank},
                         {"offset", q.offset},
                         {"max_bytes", std::min<int64_t>(q.max_bytes, int64_t(kLogChunkBytes))}};
-  if (!SendTo("worker:" + worker, MessageType::kQuery, job_id, 0, fwd)) {
+  if (!SendTo(WorkerRoute(worker), MessageType::kQuery, job_id, 0, fwd)) {
     forwarded_.erase(request_id);
     ReplyError(peer, "worker " + worker + " is not reachable right now");
   }

@@ -28,7 +28,7 @@ void Coordinator::CollectFlightRecords(const JobRun& job) {
       c.problems.push_back("worker " + r.worker + " is dead");
       continue;
     }
-    if (SendTo(kWorkerPrefix + r.worker, MessageType::kQuery, c.job_id, c.generation,
+    if (SendTo(WorkerRoute(r.worker), MessageType::kQuery, c.job_id, c.generation,
                {{"what", "flight"}, {"request_id", key + "/" + r.worker}})) {
       c.pending.insert(r.worker);
     } else {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <set>
 
+#include "common/curve_auth.h"
 #include "common/exit_codes.h"
 #include "common/spec_loader.h"
 #include "common/timeouts.h"
@@ -233,27 +234,44 @@ void Coordinator::SendStart(JobRun& job, const std::string& worker_id) {
     if (job.ranks[r].worker == worker_id && !job.ranks[r].exited) ranks.push_back(r);
   }
   job.start_sent_ms[worker_id] = timer_->NowMs();
-  SendTo(kWorkerPrefix + worker_id, MessageType::kStartTrainers, job.state.job_id(),
-         job.state.generation(),
-         {{"world", job.world()},
-          {"ranks", ranks},
-          {"spec_yaml", job.spec_yaml},
-          {"run_dir", job.run_dir},
-          {"spec_dir", job.spec_dir},
-          {"resume", job.resume || job.state.generation() > 1},
-          {"steps", job.steps_override},
-          {"restore_step", job.restore_step},
-          {"restore_from_memory", job.restore_from_memory},
-          {"replica_to", job.replica_to},
-          {"replica_fetch", job.replica_fetch},
-          {"data_plane_timeout_ms", job.spec.fault_tolerance.progress_timeout_ms}});
+  if (settings_.data_plane_curve && job.data_plane_generation != job.state.generation()) {
+    // A new generation, a new key: the old generation's trainers cannot reach the new one's.
+    auto key = GenerateCurveKeyPair();
+    if (key.ok()) {
+      job.data_plane_public = key->public_key;
+      job.data_plane_secret = key->secret_key;
+      job.data_plane_generation = job.state.generation();
+      Persist(job);
+    } else {
+      spdlog::error("job {}: no data-plane key ({}); its trainers use plain sockets",
+                    job.state.job_id(), key.status().message());
+    }
+  }
+  nlohmann::json body = {{"world", job.world()},
+                         {"ranks", ranks},
+                         {"spec_yaml", job.spec_yaml},
+                         {"run_dir", job.run_dir},
+                         {"spec_dir", job.spec_dir},
+                         {"resume", job.resume || job.state.generation() > 1},
+                         {"steps", job.steps_override},
+                         {"restore_step", job.restore_step},
+                         {"restore_from_memory", job.restore_from_memory},
+                         {"replica_to", job.replica_to},
+                         {"replica_fetch", job.replica_fetch},
+                         {"data_plane_timeout_ms", job.spec.fault_tolerance.progress_timeout_ms}};
+  if (settings_.data_plane_curve && job.data_plane_generation == job.state.generation()) {
+    body["data_plane_public"] = job.data_plane_public;
+    body["data_plane_secret"] = job.data_plane_secret;
+  }
+  SendTo(WorkerRoute(worker_id), MessageType::kStartTrainers, job.state.job_id(),
+         job.state.generation(), std::move(body));
 }
 
 void Coordinator::StopTrainers(const JobRun& job, uint64_t below_generation, int64_t grace_ms) {
   std::set<std::string> workers;
   for (const auto& r : job.ranks) workers.insert(r.worker);
   for (const auto& w : workers) {
-    SendTo(kWorkerPrefix + w, MessageType::kStopTrainers, job.state.job_id(), 0,
+    SendTo(WorkerRoute(w), MessageType::kStopTrainers, job.state.job_id(), 0,
            {{"below_generation", below_generation}, {"grace_ms", grace_ms}});
   }
 }
@@ -327,6 +345,21 @@ void Coordinator::Tick() {
                  settings_.heartbeat_timeout_ms);
     FailJobsOn(id, "worker " + id + " sent no heartbeat for " +
                        std::to_string(settings_.heartbeat_timeout_ms) + " ms");
+  }
+  // A daemon dead for long is forgotten (moerun status stops listing it), unless a job still
+  // waits for it.
+  if (settings_.forget_dead_workers_ms > 0) {
+    for (const auto& id : workers_.DeadFor(settings_.forget_dead_workers_ms)) {
+      bool held = false;
+      for (const auto& [job_id, job] : jobs_) {
+        if (!Active(job)) continue;
+        for (const auto& r : job.ranks) held = held || r.worker == id;
+      }
+      if (!held) {
+        ForgetWorker(id, "dead for " + std::to_string(settings_.forget_dead_workers_ms) +
+                             " ms (--forget-dead-workers-after-ms)");
+      }
+    }
   }
   for (auto& [id, job] : jobs_) {
     const int64_t limit = job.spec.fault_tolerance.capacity_timeout_ms;

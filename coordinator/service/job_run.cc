@@ -53,6 +53,9 @@ nlohmann::json JobRun::ToRecord() const {
           {"table", table},
           {"started_generation", started_generation},
           {"nccl_unique_id", nccl_unique_id},
+          {"data_plane_public", data_plane_public},
+          {"data_plane_secret", data_plane_secret},
+          {"data_plane_generation", data_plane_generation},
           {"restore_step", restore_step},
           {"restore_from_memory", restore_from_memory},
           {"replica_to", replica_to},
@@ -92,6 +95,9 @@ Status JobRun::FromRecord(const nlohmann::json& j) {
     table = j.at("table").get<std::vector<std::string>>();
     started_generation = j.at("started_generation").get<uint64_t>();
     nccl_unique_id = j.at("nccl_unique_id").get<std::string>();
+    data_plane_public = j.value("data_plane_public", std::string());  // absent before keys
+    data_plane_secret = j.value("data_plane_secret", std::string());
+    data_plane_generation = j.value("data_plane_generation", uint64_t(0));
     restore_step = j.at("restore_step").get<int64_t>();
     restore_from_memory = j.value("restore_from_memory", false);  // absent before memory
     // Absent before replicas; a list that does not fit the ranks counts as none.

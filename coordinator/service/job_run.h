@@ -58,6 +58,10 @@ struct JobRun {
   std::vector<std::string> table;   // the current generation's rendezvous, once complete
   uint64_t started_generation = 0;  // the generation StartTrainers went out for
   std::string nccl_unique_id;       // rank 0's, for CUDA jobs; empty on the CPU backend
+  // The data-plane key pair of generation data_plane_generation (Z85; stored, so a rank that
+  // starts late after a coordinator restart joins its generation's peers).
+  std::string data_plane_public, data_plane_secret;
+  uint64_t data_plane_generation = 0;
   // The step this generation restores (-1: the newest complete one on disk; used while the
   // job has no committed step) and the newest step committed so far (0: none).
   int64_t restore_step = -1;

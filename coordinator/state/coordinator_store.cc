@@ -139,6 +139,13 @@ Status CoordinatorStore::PutDocument(const std::string& kind, const std::string&
              sync);
 }
 
+Status CoordinatorStore::DeleteDocument(const std::string& kind, const std::string& id) {
+  rocksdb::WriteOptions w;
+  w.sync = true;
+  const std::string key = kind + "/" + id;
+  return FromRocks(db_->Delete(w, key), "coordinator state " + key);
+}
+
 Result<std::vector<std::pair<std::string, nlohmann::json>>> CoordinatorStore::LoadDocuments(
     const std::string& kind) const {
   auto rows = Scan(kind + "/");

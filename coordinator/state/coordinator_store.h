@@ -50,6 +50,7 @@ class CoordinatorStore {
                      bool sync);
   Result<std::vector<std::pair<std::string, nlohmann::json>>> LoadDocuments(
       const std::string& kind) const;
+  Status DeleteDocument(const std::string& kind, const std::string& id);
   // 1, 2, 3, ...: durable, so a restarted coordinator never reuses a job id.
   Result<int64_t> NextJobSequence();
 

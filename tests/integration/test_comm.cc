@@ -11,12 +11,15 @@
 #include <cstring>
 #include <functional>
 #include <numeric>
+#include <optional>
 #include <thread>
 
+#include "common/curve_auth.h"
 #include "worker/comm/zmq_communicator.h"
 
 using moerun::Status;
 using moerun::comm::Communicator;
+using moerun::comm::DataPlaneKey;
 using moerun::comm::ZmqCommunicator;
 using Clock = std::chrono::steady_clock;
 
@@ -35,9 +38,11 @@ std::vector<std::string> Endpoints(int world, const std::string& name) {
 
 // Runs `body` in `world` child processes; returns each child's exit status (0 = success,
 // -SIG when killed). Children that do not finish within `limit` are killed.
+// keys[r]: rank r's data-plane key (none: plain sockets); empty: none for every rank.
 std::vector<int> RunRanks(int world, const std::string& name, int64_t timeout_ms,
                           const RankBody& body,
-                          std::chrono::seconds limit = std::chrono::seconds(60)) {
+                          std::chrono::seconds limit = std::chrono::seconds(60),
+                          std::vector<std::optional<DataPlaneKey>> keys = {}) {
   const auto endpoints = Endpoints(world, name);
   std::fflush(stdout);
   std::fflush(stderr);
@@ -49,7 +54,8 @@ std::vector<int> RunRanks(int world, const std::string& name, int64_t timeout_ms
       // the kernel sends an orphaned group's stopped members SIGHUP, which would end the
       // SIGSTOPped rank below before this test kills it.
       setpgid(0, 0);
-      auto comm = ZmqCommunicator::Create(r, endpoints, timeout_ms);
+      auto comm = ZmqCommunicator::Create(r, endpoints, timeout_ms,
+                                          keys.empty() ? std::nullopt : keys[size_t(r)]);
       if (!comm.ok()) {
         std::fprintf(stderr, "rank %d: %s\n", r, comm.status().ToString().c_str());
         _exit(2);
@@ -262,4 +268,51 @@ TEST_CASE("Abort from another thread ends a blocked call promptly") {
     return Check(ms < 200 + 200, "abort took " + std::to_string(ms) + " ms");
   });
   for (int c : codes) CHECK(c == 0);
+}
+
+namespace {
+
+DataPlaneKey NewKey() {
+  auto pair = moerun::GenerateCurveKeyPair();
+  REQUIRE(pair.ok());
+  return {pair->public_key, pair->secret_key};
+}
+
+}  // namespace
+
+TEST_CASE("CURVE data plane: ranks holding the generation's key all-reduce exactly") {
+  const DataPlaneKey key = NewKey();
+  const auto codes = RunRanks(3, "curve", 10000,
+                              [](ZmqCommunicator& c) {
+                                std::vector<float> v(100000, float(c.rank() + 1));
+                                Status s = c.AllReduceSum(v.data(), v.size());
+                                if (!s.ok()) return s.ToString();
+                                return Check(v.front() == 6.0f && v.back() == 6.0f, "wrong sum");
+                              },
+                              std::chrono::seconds(60), {key, key, key});
+  CHECK(codes == std::vector<int>{0, 0, 0});
+}
+
+TEST_CASE("CURVE data plane: a rank with another key, or with none, reaches nobody") {
+  // Rank 1 sends to rank 0, which waits for it: with a wrong key or plain sockets the
+  // handshake fails and nothing arrives, so rank 0 times out.
+  for (const bool plain : {false, true}) {
+    CAPTURE(plain);
+    const auto codes = RunRanks(
+        2, plain ? "curve-plain" : "curve-other", 1500,
+        [](ZmqCommunicator& c) {
+          int v = 7;
+          if (c.rank() == 1) {
+            Status s = c.Send(0, 1, &v, sizeof v);
+            std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+            return s.ok() ? std::string() : s.ToString();
+          }
+          Status s = c.Recv(1, 1, &v, sizeof v);
+          return s.code() == Status::Code::kTimedOut ? std::string()
+                                                     : "it arrived: " + s.ToString();
+        },
+        std::chrono::seconds(30),
+        {NewKey(), plain ? std::optional<DataPlaneKey>() : std::optional<DataPlaneKey>(NewKey())});
+    CHECK(codes == std::vector<int>{0, 0});  // rank 0's Recv timed out: nothing came through
+  }
 }

@@ -18,6 +18,7 @@
 
 #include "common/control_socket.h"
 #include "common/protocol.h"
+#include "tests/integration/cluster.h"
 #include "tests/integration/process.h"
 #include "tests/spec_text.h"
 #include "tests/temp_path.h"
@@ -27,99 +28,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-// A coordinator and daemons in a fresh directory, with an authorized client key.
-class Cluster {
- public:
-  explicit Cluster(const std::string& name)
-      : dir_(FreshTempPath("control", name, true)),
-        coord_dir_(dir_ + "/coordinator"),
-        keys_(dir_ + "/keys"),
-        address_("ipc://@moerun-test-" + std::to_string(getpid()) + "-" + name) {
-    Output k = RunMoerun("keygen " + keys_);
-    REQUIRE(k.exit_code == 0);
-    fs::create_directories(coord_dir_);
-    std::ofstream(coord_dir_ + "/authorized_keys") << k.out;
-    StartCoordinator();
-    fs::copy_file(coord_dir_ + "/coordinator.key", keys_ + "/coordinator.key");
-  }
-  ~Cluster() {
-    for (pid_t w : workers_) Terminate(w);
-    Terminate(coordinator_);
-  }
-
-  void StartCoordinator() {
-    fs::remove(coord_dir_ + "/endpoint");
-    coordinator_ =
-        SpawnLogged(BinDir() + "/moerun-coordinator",
-                    {"--state-dir", coord_dir_, "--bind", address_, "--heartbeat-interval-ms",
-                     "200", "--heartbeat-timeout-ms", "5000", "--http", "127.0.0.1:0"},
-                    dir_ + "/coordinator.out");
-    REQUIRE(WaitFor([&] { return fs::exists(coord_dir_ + "/endpoint"); }, 10));
-  }
-  void KillCoordinator() {
-    kill(coordinator_, SIGKILL);
-    int status;
-    waitpid(coordinator_, &status, 0);
-    coordinator_ = -1;
-  }
-  pid_t StartWorker(const std::string& id, int slots, const std::string& keys = "") {
-    const pid_t pid = SpawnLogged(
-        BinDir() + "/moerun-worker",
-        {"--coordinator", address_, "--keys", keys.empty() ? keys_ : keys, "--state-dir",
-         dir_ + "/" + id, "--id", id, "--devices", std::to_string(slots)},
-        dir_ + "/" + id + ".out");
-    workers_.push_back(pid);
-    return pid;
-  }
-  Output Cli(const std::string& args, const std::string& keys = "") const {
-    return RunMoerun(args + " --coordinator " + address_ + " --keys " +
-                     (keys.empty() ? keys_ : keys));
-  }
-  json Status() const {
-    Output o = Cli("status --json");
-    REQUIRE_MESSAGE(o.exit_code == 0, o.err);
-    return json::parse(o.out);
-  }
-  json Job(const std::string& id) const {
-    Output o = Cli("status " + id + " --json");
-    REQUIRE_MESSAGE(o.exit_code == 0, o.err);
-    return json::parse(o.out);
-  }
-  std::string Phase(const std::string& id) const { return Job(id).value("phase", ""); }
-  void WaitForWorkers(size_t n) const {
-    REQUIRE(WaitFor(
-        [&] {
-          size_t alive = 0;
-          const json st = Status();
-          for (const auto& w : st["workers"]) alive += w.value("alive", false);
-          return alive >= n;
-        },
-        20));
-  }
-  std::string Submit(const std::string& spec, const std::string& extra = "") const {
-    Output o = Cli("submit " + spec + " --json " + extra);
-    REQUIRE_MESSAGE(o.exit_code == 0, o.err);
-    return json::parse(o.out).value("job_id", "");
-  }
-  // A world-2 job (2 stages x 1 replica) written into the cluster dir.
-  std::string SmallSpec(const std::string& name) const {
-    const std::string path = dir_ + "/" + name + ".yaml";
-    std::ofstream(path) << WorldTwoSpecText(name);
-    return path;
-  }
-
-  const std::string& dir() const { return dir_; }
-  const std::string& coordinator_dir() const { return coord_dir_; }
-  const std::string& keys() const { return keys_; }
-  const std::string& address() const { return address_; }
-  pid_t coordinator() const { return coordinator_; }
-
- private:
-  std::string dir_, coord_dir_, keys_, address_;
-  pid_t coordinator_ = -1;
-  std::vector<pid_t> workers_;
-};
 
 bool Terminal(const std::string& phase) {
   return phase == "SUCCEEDED" || phase == "FAILED" || phase == "CANCELLED";

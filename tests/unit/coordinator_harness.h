@@ -34,7 +34,11 @@ class Harness {
     coordinator_.reset();
     store_.reset();
     store_ = std::move(CoordinatorStore::Open(dir_).value());
-    auto c = Coordinator::Open(store_.get(), &clock, &timer, {1000, 5000, "/tmp/jobs"},
+    CoordinatorSettings settings;
+    settings.heartbeat_interval_ms = 1000;
+    settings.heartbeat_timeout_ms = 5000;
+    settings.jobs_dir = "/tmp/jobs";
+    auto c = Coordinator::Open(store_.get(), &clock, &timer, settings,
                                [this](const std::string& peer, const Envelope& e) {
                                  sent.push_back({peer, e});
                                  return true;

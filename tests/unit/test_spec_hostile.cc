@@ -4,6 +4,7 @@
 #include <string>
 
 #include "common/limits.h"
+#include "common/spec_expansion.h"
 #include "common/spec_loader.h"
 
 namespace {
@@ -76,6 +77,37 @@ TEST_CASE("aliases and anchors do not explode") {
       "a: &a [x, x, x, x]\nb: &b [*a, *a, *a, *a]\nc: &c [*b, *b, *b, *b]\njob: *c\n";
   auto l = Load(text);
   CHECK_FALSE(l.ok());
+}
+
+TEST_CASE("aliases count as what they repeat: a billion laughs, one long string 5,000 times") {
+  // Each level repeats the one below ten times: 10^9 values from a few hundred bytes.
+  std::string laughs = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n";
+  for (char c = 'b'; c <= 'i'; ++c) {
+    const char prev = char(c - 1);
+    laughs += std::string(1, c) + ": &" + c + " [";
+    for (int i = 0; i < 10; ++i) laughs += std::string(i ? ", *" : "*") + prev;
+    laughs += "]\n";
+  }
+  auto l = Load(laughs);
+  REQUIRE_FALSE(l.ok());
+  CHECK(Mentions(l, "expands the spec past 65536 values"));
+  CHECK(l.diagnostics[0].pos.line > 1);
+
+  // issue 19's case: data.exclude repeating one 100 KB string (119 KB on disk, 500 MB read).
+  std::string one =
+      "job:\n  name: a\nx: &long \"" + std::string(100000, 'y') + "\"\ndata:\n  exclude:\n";
+  for (int i = 0; i < 5000; ++i) one += "    - *long\n";
+  auto r = Load(one);
+  REQUIRE_FALSE(r.ok());
+  CHECK(Mentions(r, "alias *long expands the spec past 1048576 bytes"));
+  CHECK(Mentions(r, "100000 bytes each time"));
+  CHECK(r.diagnostics[0].pos.line == 15);  // the 10th alias crosses 1 MiB
+
+  // A few aliases of short values are fine.
+  auto fine = moerun::CheckSpecExpansion("a: &x [1, 2]\nb: *x\nc: *x\n");
+  CHECK(fine.ok);
+  CHECK(fine.nodes == 13);  // the map, its 3 keys, 3 lists of 1 + 2 (one written, two aliased)
+  CHECK(fine.bytes == 9);   // "a", "b", "c" and 1, 2 three times
 }
 
 TEST_CASE("diagnostics are capped") {

@@ -23,9 +23,10 @@ ZmqCommunicator::ZmqCommunicator(std::shared_ptr<ZmqTransport> t, uint32_t group
 
 Result<std::unique_ptr<ZmqCommunicator>> ZmqCommunicator::Create(int rank,
                                                                  std::vector<std::string> endpoints,
-                                                                 int64_t timeout_ms) {
+                                                                 int64_t timeout_ms,
+                                                                 std::optional<DataPlaneKey> key) {
   const int world = int(endpoints.size());
-  auto t = ZmqTransport::Create(rank, std::move(endpoints));
+  auto t = ZmqTransport::Create(rank, std::move(endpoints), std::move(key));
   if (!t.ok()) return t.status();
   std::vector<int> all(static_cast<size_t>(world));
   for (int i = 0; i < world; ++i) all[size_t(i)] = i;

@@ -22,9 +22,11 @@ namespace moerun::comm {
 class ZmqCommunicator : public Communicator {
  public:
   // The world communicator of this process.
+  // key: the data plane's CURVE pair (zmq_transport.h); none for plain sockets.
   static Result<std::unique_ptr<ZmqCommunicator>> Create(int rank,
                                                          std::vector<std::string> endpoints,
-                                                         int64_t timeout_ms = kDataPlaneTimeoutMs);
+                                                         int64_t timeout_ms = kDataPlaneTimeoutMs,
+                                                         std::optional<DataPlaneKey> key = {});
 
   // The world communicator over a transport that is already bound (and has its peers' table).
   static std::unique_ptr<ZmqCommunicator> Create(std::shared_ptr<ZmqTransport> transport,

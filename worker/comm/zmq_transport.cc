@@ -35,7 +35,15 @@ ZmqTransport::~ZmqTransport() {
     s->close();
   }
   pull_.close();
+  zap_.reset();  // its socket lives in ctx_
   ctx_.close();
+}
+
+uint64_t ZmqTransport::refused() const { return zap_ ? zap_->denied() : 0; }
+
+void ZmqTransport::OnRefused(
+    std::function<void(const std::string& address, const std::string& key)> cb) {
+  if (zap_) zap_->OnDenied(std::move(cb));
 }
 
 Status ZmqTransport::SetEndpoints(std::vector<std::string> endpoints) {
@@ -49,13 +57,26 @@ Status ZmqTransport::SetEndpoints(std::vector<std::string> endpoints) {
 }
 
 Result<std::shared_ptr<ZmqTransport>> ZmqTransport::Create(int rank,
-                                                           std::vector<std::string> endpoints) {
+                                                           std::vector<std::string> endpoints,
+                                                           std::optional<DataPlaneKey> key) {
   if (rank < 0 || rank >= int(endpoints.size())) {
     return Status::InvalidArgument("rank " + std::to_string(rank) + " outside world of " +
                                    std::to_string(endpoints.size()));
   }
   std::shared_ptr<ZmqTransport> t(new ZmqTransport(rank, std::move(endpoints)));
   try {
+    if (key) {
+      if (key->public_key.size() != 40 || key->secret_key.size() != 40) {
+        return Status::InvalidArgument("data plane: the generation's key is not a Z85 CURVE pair");
+      }
+      t->key_ = std::move(key);
+      // Before the bind: libzmq asks the handler about every connection to a CURVE server.
+      t->zap_ =
+          std::make_unique<ZapAuthenticator>(t->ctx_, std::set<std::string>{t->key_->public_key});
+      t->pull_.set(zmq::sockopt::curve_server, 1);
+      t->pull_.set(zmq::sockopt::curve_secretkey, t->key_->secret_key);
+      t->pull_.set(zmq::sockopt::zap_domain, "moerun-data-plane");
+    }
     t->pull_.set(zmq::sockopt::rcvhwm, 0);
     t->pull_.set(zmq::sockopt::rcvbuf, kDataPlaneSocketBufferBytes);
     t->pull_.set(zmq::sockopt::linger, 0);
@@ -75,6 +96,11 @@ zmq::socket_t& ZmqTransport::PeerSocket(int dest) {
     s->set(zmq::sockopt::sndhwm, 0);
     s->set(zmq::sockopt::sndbuf,
            kDataPlaneSocketBufferBytes);  // never block a send: the receiver's timeout decides
+    if (key_) {
+      s->set(zmq::sockopt::curve_serverkey, key_->public_key);
+      s->set(zmq::sockopt::curve_publickey, key_->public_key);
+      s->set(zmq::sockopt::curve_secretkey, key_->secret_key);
+    }
     s->connect(endpoints_[size_t(dest)]);
   }
   return *s;

@@ -16,14 +16,17 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
 #include <zmq.hpp>
 
+#include "common/curve_auth.h"
 #include "common/limits.h"
 #include "common/status.h"
 #include "common/timeouts.h"
@@ -32,10 +35,21 @@ namespace moerun::comm {
 
 inline constexpr uint16_t kWireVersion = 1;
 
+// A generation's data-plane key (Z85 CURVE key pair), handed to its ranks by their daemons
+// (docs/control-plane.md, "The data plane"). Every rank's PULL socket is a CURVE server with
+// this secret key behind a ZAP handler that admits only this public key, and every PUSH socket
+// a CURVE client with this pair: only a process that holds the pair connects, and every frame
+// is encrypted.
+struct DataPlaneKey {
+  std::string public_key, secret_key;
+};
+
 class ZmqTransport {
  public:
-  // endpoints[r] is world rank r's address; this process is `rank`.
-  static Result<std::shared_ptr<ZmqTransport>> Create(int rank, std::vector<std::string> endpoints);
+  // endpoints[r] is world rank r's address; this process is `rank`. key: the generation's
+  // data-plane key; none for plain TCP/IPC (a trusted fabric, `moerun launch`).
+  static Result<std::shared_ptr<ZmqTransport>> Create(int rank, std::vector<std::string> endpoints,
+                                                      std::optional<DataPlaneKey> key = {});
   ~ZmqTransport();
 
   // Where this rank listens. An endpoint bound with a wildcard port (tcp://host:*) is
@@ -59,6 +73,10 @@ class ZmqTransport {
 
   // Messages dropped because their header could not be read.
   uint64_t malformed() const { return malformed_; }
+  // Connections refused because they did not hold the generation's key (0 without one); cb,
+  // on the ZAP handler's thread, hears of each with the peer's address and key.
+  uint64_t refused() const;
+  void OnRefused(std::function<void(const std::string& address, const std::string& key)> cb);
 
  private:
   ZmqTransport(int rank, std::vector<std::string> endpoints);
@@ -77,6 +95,8 @@ class ZmqTransport {
     bool lost = false;  // partly placed into the buffer of a receive that then failed
   };
   std::map<Key, std::deque<Pending>> mailbox_;
+  std::optional<DataPlaneKey> key_;
+  std::unique_ptr<ZapAuthenticator> zap_;  // with key_: admits only its public key
   std::atomic<bool> aborted_{false};
   bool timed_out_ = false;  // a Recv timed out: some peer is gone, do not linger for it
   mutable std::mutex abort_mu_;

@@ -54,6 +54,7 @@ nlohmann::json DaemonCore::Heartbeat(int64_t seq) const {
           {"backend", identity_.backend},
           {"data_host", identity_.data_host},
           {"pid", identity_.pid},
+          {"home", identity_.home},
           {"seq", seq},
           {"trainers", list},
           {"memory_jobs", memory_jobs_}};
@@ -121,7 +122,12 @@ DaemonActions DaemonCore::OnEnvelope(const Envelope& e) {
     }
     case MessageType::kError: {
       BodyReader r(e.body, "Error");
-      out.warnings.push_back("the coordinator says: " + r.String("error", "?"));
+      const std::string why = r.String("error", "?");
+      if (e.body.is_object() && e.body.value("duplicate_id", false)) {
+        out.fatal = "the coordinator refused this daemon: " + why;
+      } else {
+        out.warnings.push_back("the coordinator says: " + why);
+      }
       break;
     }
     default:

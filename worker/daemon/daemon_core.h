@@ -41,6 +41,7 @@ struct DaemonIdentity {
   std::string id, host, backend = "cpu", data_host = "127.0.0.1";
   int64_t devices = 1;  // trainer slots
   int64_t pid = 0;      // of the daemon process: a new one tells the coordinator it restarted
+  std::string home{};   // "host:state dir": the same daemon across relaunches
 };
 
 // What the daemon is to do, in this order: stop, then start, then send, then serve logs and
@@ -77,6 +78,9 @@ struct DaemonActions {
   std::vector<Flight> flights;
   // Lines for the daemon's log: news ("registered") and warnings ("the coordinator is away").
   std::vector<std::string> notes, warnings;
+  // The coordinator refused this daemon for good (another daemon holds its id): the daemon
+  // prints this and exits 2.
+  std::string fatal;
 };
 
 // A trainer's end as the daemon saw it.

@@ -1,10 +1,12 @@
 #include "worker/daemon/worker_daemon.h"
 
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <vector>
@@ -88,9 +90,9 @@ ReplicaRoles RolesOf(int rank, const std::vector<int>& to, const std::vector<int
 
 WorkerDaemon::WorkerDaemon(DaemonOptions opts)
     : opts_(std::move(opts)),
-      core_(
-          {opts_.id, opts_.host, opts_.backend, opts_.data_host, opts_.devices, int64_t(getpid())},
-          &clock_),
+      core_({opts_.id, opts_.host, opts_.backend, opts_.data_host, opts_.devices, int64_t(getpid()),
+             Home()},
+            &clock_),
       supervisor_([this](const TrainerExit& e) {
         TrainerEnd end{e.job_id, e.generation, e.rank, e.pid, e.exit_code, e.signal, e.Describe()};
         // Why, where the admin looks (the job's event cause), not only in the trainer's log:
@@ -116,7 +118,8 @@ Result<std::unique_ptr<WorkerDaemon>> WorkerDaemon::Create(DaemonOptions opts) {
   }
   std::unique_ptr<WorkerDaemon> d(new WorkerDaemon(std::move(opts)));
   auto dealer = ConnectDealer(d->ctx_, keys.value(),
-                              {d->opts_.coordinator, "worker:" + d->opts_.id, /*immediate=*/true});
+                              {d->opts_.coordinator, RoutingId(d->opts_.id, d->Home()),
+                               /*immediate=*/true});
   if (!dealer.ok()) return dealer.status();
   d->dealer_ = std::move(dealer.value());
   auto link = ConnectionMonitor::Create(d->ctx_, *d->dealer_, "worker-" + std::to_string(getpid()));
@@ -131,14 +134,14 @@ void WorkerDaemon::SendEnvelopeOrWarn(const Envelope& e) {
   // Not sent (no connection): the next heartbeat carries the same state.
 }
 
-void WorkerDaemon::Run(const std::atomic<bool>& stop) {
+int WorkerDaemon::Run(const std::atomic<bool>& stop) {
   spdlog::info("worker {} on {}: {} {} slots, coordinator {}", opts_.id, opts_.host, opts_.devices,
                opts_.backend, opts_.coordinator);
   // Under systemd (scripts/systemd/moerun-worker.service): ready once the loop runs, and a
   // watchdog ping each turn, so a daemon whose loop stops (frozen, deadlocked) is restarted.
   ServiceNotifier notifier;
   notifier.Ready("worker " + opts_.id + ", " + std::to_string(opts_.devices) + " slots");
-  while (!stop.load()) {
+  while (!stop.load() && fatal_.empty()) {
     notifier.Tick();
     for (const LinkEvent& e : link_->Poll()) Execute(core_.OnLink(e));
     auto msg = ReceiveEnvelope(*dealer_, supervisor_.Killing() ? kDaemonReapTickMs : kDaemonTickMs);
@@ -161,10 +164,11 @@ void WorkerDaemon::Run(const std::atomic<bool>& stop) {
   SendEnvelopeOrWarn(core_.HeartbeatNow());  // the exits, best effort
   // Stopped on purpose: no trainer of this daemon will restore from memory. (A daemon that
   // dies leaves them, for its trainers' restart on this host.)
-  if (opts_.memory_dir.empty()) return;
+  if (opts_.memory_dir.empty()) return fatal_.empty() ? kExitOk : kExitInvalidConfig;
   for (const auto& job : MemoryJobs()) RemoveSnapshotDir(opts_.memory_dir + "/" + job);
   std::error_code ec;
   fs::remove(opts_.memory_dir, ec);  // only when nothing else is in it
+  return fatal_.empty() ? kExitOk : kExitInvalidConfig;
 }
 
 void WorkerDaemon::KeepStandbys() {
@@ -181,7 +185,19 @@ void WorkerDaemon::KeepStandbys() {
   }
 }
 
+std::string WorkerDaemon::RoutingId(const std::string& id, const std::string& home) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a: the same on every build and host
+  for (unsigned char c : home) h = (h ^ c) * 1099511628211ull;
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  return "worker:" + id + "#" + hex;
+}
+
 void WorkerDaemon::Execute(const DaemonActions& a) {
+  if (!a.fatal.empty() && fatal_.empty()) {
+    fatal_ = a.fatal;
+    spdlog::error("{}", fatal_);
+  }
   for (const auto& note : a.notes) spdlog::info("{}", note);
   for (const auto& warning : a.warnings) spdlog::warn("{}", warning);
   for (const auto& s : a.stops) {
@@ -236,6 +252,11 @@ void WorkerDaemon::RemoveJobFiles(const std::string& job_id) {
   if (!opts_.memory_dir.empty()) RemoveSnapshotDir(opts_.memory_dir + "/" + job_id);
   std::error_code ec;
   for (const auto& f : FlightFiles(job_id + ".g")) fs::remove(f, ec);
+  // Key files of trainers that died before reading them.
+  for (const auto& f : fs::directory_iterator(opts_.state_dir + "/trainers", ec)) {
+    const std::string name = f.path().filename().string();
+    if (name.rfind(job_id + ".g", 0) == 0 && f.path().extension() == ".key") fs::remove(f, ec);
+  }
 }
 
 std::string WorkerDaemon::TrainerFilePrefix(const std::string& job_id, uint64_t generation,
@@ -313,6 +334,17 @@ Status WorkerDaemon::StartRank(const DaemonActions::Start& p) {
   const std::string trainer_files = TrainerFilePrefix(p.job_id, p.generation, rank);
   fs::create_directories(opts_.state_dir + "/trainers", ec);
   argv.insert(argv.end(), {"--flight-recorder", trainer_files + ".flight"});
+  if (!b.data_plane_secret.empty()) {
+    // The key in a file only this user reads, not on the command line (/proc shows that to
+    // everyone); the trainer removes it once read.
+    const std::string key_path = trainer_files + ".key";
+    const int fd = open(key_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    const std::string text = b.data_plane_public + "\n" + b.data_plane_secret + "\n";
+    const bool written = fd >= 0 && write(fd, text.data(), text.size()) == ssize_t(text.size());
+    if (fd >= 0) close(fd);
+    if (!written) return Status::IOError("cannot write the data-plane key file " + key_path);
+    argv.insert(argv.end(), {"--data-plane-key", key_path});
+  }
   std::string beat;
   if (core_.lease_ms() > 0) {
     beat = trainer_files + ".beat";

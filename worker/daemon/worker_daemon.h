@@ -68,11 +68,18 @@ class WorkerDaemon {
   static Result<std::unique_ptr<WorkerDaemon>> Create(DaemonOptions opts);
   ~WorkerDaemon();
 
-  // Until `stop`; then stops every trainer (SIGTERM, SIGKILL after the grace period).
-  void Run(const std::atomic<bool>& stop);
+  // Until `stop`, or until the coordinator refuses this daemon for good (another daemon holds
+  // its id); then stops every trainer (SIGTERM, SIGKILL after the grace period). The process's
+  // exit code: 0, or 2 after a refusal.
+  int Run(const std::atomic<bool>& stop);
+  // The routing id this daemon connects with: "worker:<id>#<hash of its home>", so that a
+  // second daemon with the same id still reaches the coordinator, which tells it so.
+  static std::string RoutingId(const std::string& id, const std::string& home);
 
  private:
   explicit WorkerDaemon(DaemonOptions opts);
+  // "host:state dir": what makes a relaunched daemon the same daemon.
+  std::string Home() const { return opts_.host + ":" + opts_.state_dir; }
   // Carries out what the core decided: stops, starts, sends, log chunks, log lines.
   void Execute(const DaemonActions& actions);
   // A start: the spec file, the command line, the process. Its failure is the rank's end.
@@ -103,6 +110,7 @@ class WorkerDaemon {
   std::unique_ptr<ConnectionMonitor> link_;  // dealer_'s connection; destroyed before it
   TrainerSupervisor supervisor_;
   int64_t memory_jobs_listed_ms_ = 0;
+  std::string fatal_;  // DaemonActions::fatal, once given
   int64_t last_trainer_start_ms_ = -kStandbyRefillDelayMs;
 };
 

@@ -108,6 +108,24 @@ Result<JobSpec> CheckJob(const JobSpec& job, const TrainOptions& opts) {
   return spec;
 }
 
+// The daemon's key file (public key, then secret key, Z85, one per line), removed once read:
+// the secret then lives in this process only.
+Result<comm::DataPlaneKey> ReadDataPlaneKey(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return Status::IOError("data-plane key file " + path + " cannot be read");
+  comm::DataPlaneKey key;
+  std::getline(in, key.public_key);
+  std::getline(in, key.secret_key);
+  if (key.public_key.size() != 40 || key.secret_key.size() != 40) {
+    return Status::InvalidArgument("data-plane key file " + path +
+                                   " does not hold a CURVE key pair (Z85 public and secret keys, "
+                                   "one per line)");
+  }
+  std::error_code ec;
+  fs::remove(path, ec);
+  return key;
+}
+
 // Phase 2: the world communicator. Under a daemon: bind first, tell the coordinator where,
 // and learn where everyone else listens; else the endpoints given.
 Result<std::unique_ptr<comm::Communicator>> ConnectWorld(const TrainOptions& opts,
@@ -121,12 +139,25 @@ Result<std::unique_ptr<comm::Communicator>> ConnectWorld(const TrainOptions& opt
   std::shared_ptr<comm::ZmqTransport> transport;
   std::string endpoint;
   if (opts.world > 1) {
+    std::optional<comm::DataPlaneKey> key;
+    if (!opts.data_plane_key_file.empty()) {
+      auto k = ReadDataPlaneKey(opts.data_plane_key_file);
+      if (!k.ok()) return k.status();
+      key = std::move(k.value());
+    }
     std::vector<std::string> endpoints(size_t(opts.world));
     endpoints[size_t(opts.rank)] = "tcp://" + opts.data_host + ":*";
-    auto t = comm::ZmqTransport::Create(opts.rank, endpoints);
+    auto t = comm::ZmqTransport::Create(opts.rank, endpoints, std::move(key));
     if (!t.ok()) return t.status();
     transport = t.value();
     endpoint = transport->local_endpoint();
+    // Whoever knocks without the generation's key is refused by libzmq; say who.
+    transport->OnRefused([&log](const std::string& address, const std::string& peer_key) {
+      log.warn(
+          "data plane: refused a connection from {} (key {}): it does not hold this "
+          "generation's data-plane key",
+          address, peer_key);
+    });
   }
   auto table = opts.control->Rendezvous(endpoint, kRendezvousTimeoutMs);
   if (!table.ok()) return table.status();

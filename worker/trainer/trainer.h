@@ -45,6 +45,9 @@ struct TrainOptions {
   // Non-empty: record every data-plane call in a FlightRecorder file here
   // (worker/comm/flight_recorder.h).
   std::string flight_recorder;
+  // The generation's data-plane key pair (public, then secret, one per line), written 0600 by
+  // the daemon; read and removed at start. Empty: plain data-plane sockets.
+  std::string data_plane_key_file;
   // > 0: at the start of this step the main thread stops for good while the process and its
   // other threads live on: a hang for drills and tests (MOERUN_FAULT_STALL, see
   // docs/fault-tolerance.md, "Hangs").
