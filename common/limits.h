@@ -22,6 +22,14 @@ inline constexpr std::size_t kMaxHttpHeaderBytes = 64 << 10;
 // Open connections from one client address, and in all: each has a thread while it is open.
 inline constexpr int kMaxHttpConnectionsPerClient = 16;
 inline constexpr int kMaxHttpConnections = 256;
+// Unread bytes a closing HTTP connection reads and drops (kHttpLingerMs).
+inline constexpr std::size_t kHttpLingerBytes = 1 << 20;
+// Connections the kernel holds for the HTTP server before it accepts them (cpp-httplib listens
+// with 5: a burst of connections then waits seconds for SYN retransmits).
+inline constexpr int kHttpListenBacklog = 1024;
+// A trainer connects to every peer at its start in worlds up to this many ranks (a first step
+// then waits for no handshake); larger worlds connect to a peer on their first message to it.
+inline constexpr int kDataPlaneEagerConnectRanks = 64;
 // Flow-collection nesting ([[[...]]]) deeper than this is rejected before parsing.
 inline constexpr int kMaxJobSpecFlowDepth = 32;
 // Block nesting (indentation levels) deeper than this is rejected before parsing.

@@ -82,6 +82,9 @@ inline constexpr int64_t kHttpRequestReadTimeoutMs = 10000;
 inline constexpr int64_t kHttpWriteTimeoutMs = 5000;
 // Each of those waits looks this often whether the server is stopping.
 inline constexpr int64_t kHttpStopPollMs = 100;
+// Before an HTTP connection closes, what its client sent that was never read is read for up to
+// this long (and kHttpLingerBytes), so the close is a FIN the client's answer survives.
+inline constexpr int64_t kHttpLingerMs = 200;
 // How soon the CURVE (ZAP) handler notices it should stop.
 inline constexpr int kZapPollMs = 50;
 

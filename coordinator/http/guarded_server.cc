@@ -201,7 +201,24 @@ void Refuse(int sock, int status, const char* reason, const std::string& error) 
     if (n <= 0) break;
     sent += size_t(n);
   }
+}
+
+// Ends the connection with a FIN, not a reset: reads what the client sent that was never read
+// (a refused connection's request, an unread body) for up to kHttpLingerMs and
+// kHttpLingerBytes first, since closing with unread bytes sends a reset that can make the
+// client drop the answer it was just sent.
+void CloseGently(int sock) {
   shutdown(sock, SHUT_WR);
+  const auto end = Clock::now() + std::chrono::milliseconds(kHttpLingerMs);
+  char scratch[4096];
+  for (size_t drained = 0; drained < kHttpLingerBytes;) {
+    pollfd p{sock, POLLIN, 0};
+    if (poll(&p, 1, RemainingMs(end)) <= 0) break;
+    const ssize_t n = recv(sock, scratch, sizeof scratch, 0);
+    if (n <= 0) break;
+    drained += size_t(n);
+  }
+  close(sock);
 }
 
 }  // namespace
@@ -209,6 +226,10 @@ void Refuse(int sock, int status, const char* reason, const std::string& error) 
 GuardedServer::GuardedServer() : gate_(kMaxHttpConnectionsPerClient, kMaxHttpConnections) {
   // A few threads beyond the gate's total: refusing a connection takes one briefly.
   new_task_queue = [] { return new GrowingThreadPool(size_t(kMaxHttpConnections) + 16); };
+}
+
+bool GuardedServer::RaiseBacklog() {
+  return svr_sock_ != INVALID_SOCKET && ::listen(svr_sock_, kHttpListenBacklog) == 0;
 }
 
 bool GuardedServer::process_and_close_socket(socket_t sock) {
@@ -240,8 +261,7 @@ void GuardedServer::Serve(int sock, bool watch_stop) {
     }
     gate_.Release(client);
   }
-  shutdown(sock, SHUT_RDWR);
-  close(sock);
+  CloseGently(sock);
 }
 
 }  // namespace moerun::coordinator

@@ -30,6 +30,9 @@ class GuardedServer : public httplib::Server {
   // then closes it; for a server that was never bound (tests, the fuzz target). No stop()
   // ends it early.
   void ServeConnection(int sock) { Serve(sock, /*watch_stop=*/false); }
+  // After a bind: listens with kHttpListenBacklog instead of cpp-httplib's 5 (Linux lets a
+  // listening socket change its backlog).
+  bool RaiseBacklog();
 
  private:
   bool process_and_close_socket(socket_t sock) override;

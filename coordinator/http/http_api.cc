@@ -56,6 +56,7 @@ Result<std::unique_ptr<HttpApi>> HttpApi::Start(const std::string& host, int por
     return Status::Unavailable("HTTP: cannot listen on " + host + ":" + std::to_string(port) +
                                " (in use? choose another with --http HOST:PORT)");
   }
+  static_cast<GuardedServer&>(*api->server_).RaiseBacklog();
   HttpApi* raw = api.get();
   api->thread_ = std::thread([raw] { raw->server_->listen_after_bind(); });
   return api;

@@ -39,6 +39,12 @@ ZmqTransport::~ZmqTransport() {
   ctx_.close();
 }
 
+void ZmqTransport::ConnectPeers() {
+  if (world_size() > kDataPlaneEagerConnectRanks) return;
+  for (int r = 0; r < world_size(); ++r)
+    if (r != rank_) PeerSocket(r);
+}
+
 uint64_t ZmqTransport::refused() const { return zap_ ? zap_->denied() : 0; }
 
 void ZmqTransport::OnRefused(

@@ -59,6 +59,11 @@ class ZmqTransport {
   // must have this world's size and list local_endpoint() at this rank.
   Status SetEndpoints(std::vector<std::string> endpoints);
 
+  // Starts connecting to every peer now (the handshakes, CURVE's included, run on libzmq's I/O
+  // thread while the caller restores its state) instead of on each peer's first message, for
+  // worlds of at most kDataPlaneEagerConnectRanks; larger worlds connect on first use.
+  void ConnectPeers();
+
   int rank() const { return rank_; }
   int world_size() const { return int(endpoints_.size()); }
 

@@ -169,6 +169,7 @@ Result<std::unique_ptr<comm::Communicator>> ConnectWorld(const TrainOptions& opt
   }
   if (opts.world == 1) return std::unique_ptr<comm::Communicator>(new comm::SoloCommunicator());
   MOERUN_RETURN_IF_ERROR(transport->SetEndpoints(table.value()));
+  transport->ConnectPeers();
   return std::unique_ptr<comm::Communicator>(
       comm::ZmqCommunicator::Create(transport, opts.data_plane_timeout_ms));
 }
