@@ -9,6 +9,7 @@
 
 #include <CLI/CLI.hpp>
 #include <atomic>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -86,9 +87,14 @@ int main(int argc, char** argv) {
   // free): two daemons sharing one would start each other's trainers' files over.
   const std::string lock_path = o.state_dir + "/daemon.lock";
   const int lock = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (lock < 0 || flock(lock, LOCK_EX | LOCK_NB) != 0) {
+  if (lock < 0) {  // an unwritable state dir, as for the log file below: no retry helps
+    std::fprintf(stderr, "moerun-worker: %s: %s: fix the state dir's permissions or attributes\n",
+                 lock_path.c_str(), std::strerror(errno));
+    return kExitBadData;
+  }
+  if (flock(lock, LOCK_EX | LOCK_NB) != 0) {
     char holder[32] = {0};
-    if (lock >= 0) (void)!pread(lock, holder, sizeof holder - 1, 0);
+    (void)!pread(lock, holder, sizeof holder - 1, 0);
     if (char* nl = std::strchr(holder, '\n')) *nl = 0;
     std::fprintf(stderr,
                  "moerun-worker: state dir %s is in use by another moerun-worker (pid %s, %s): "
