@@ -285,11 +285,13 @@ TEST_CASE("specs: aliases that expand past the limits are refused in millisecond
 }
 
 TEST_CASE("run dirs: system directories, and outside --allowed-run-roots, are refused") {
-  Cluster open("roots-default");
-  const std::string spec = open.SmallSpec("rooted");
-  Output cron = open.Cli("submit " + spec + " --run-dir /etc/cron.d");
+  LiveCoordinator live;
+  const std::string spec = live.c.SmallSpec("rooted");
+  Output cron = live.c.Cli("submit " + spec + " --run-dir /etc/cron.d");
   CHECK(cron.exit_code == 2);
   CHECK(cron.err.find("run_dir /etc/cron.d is in /etc, a system directory") != std::string::npos);
+  CHECK(live.Answers());
+  CHECK(live.KeepsTraining());
 
   Cluster rooted("roots", {"--allowed-run-roots", "/tmp/moerun-allowed,/srv/runs"});
   const std::string spec2 = rooted.SmallSpec("rooted");
@@ -315,18 +317,18 @@ TEST_CASE("run dirs: system directories, and outside --allowed-run-roots, are re
 }
 
 TEST_CASE("CLI: usage errors exit 2 and name what to change") {
-  Cluster c("cli-usage");
-  c.StartWorker("w0", 2);
-  c.WaitForWorkers(1);
+  LiveCoordinator live;
+  Cluster& c = live.c;
   Output unknown = c.Cli("cancel nojob-7");
   CHECK(unknown.exit_code == 2);
   CHECK(unknown.err.find("no job nojob-7") != std::string::npos);
-  const std::string job = c.Submit(c.SmallSpec("twice"), "--steps 100000");
+  const std::string job = c.Submit(c.SmallSpec("twice"), "--steps 100000");  // queued
   CHECK(c.Cli("cancel " + job).exit_code == 0);
   Output twice = c.Cli("cancel " + job);
   CHECK(twice.exit_code == 2);
-  Output rank = c.Cli("logs " + job + " --rank 99");
+  Output rank = c.Cli("logs " + live.job + " --rank 99");
   CHECK(rank.exit_code == 2);
+  CHECK(rank.err.find("has ranks 0..1") != std::string::npos);
   Output scheme = RunMoerun("status --coordinator 127.0.0.1:7100 --keys " + c.keys());
   CHECK(scheme.exit_code == 2);
   CHECK(scheme.err.find("write tcp://127.0.0.1:7100") != std::string::npos);
@@ -350,24 +352,24 @@ TEST_CASE("CLI: usage errors exit 2 and name what to change") {
   CHECK(local.exit_code == 2);
   CHECK(local.err.find("warmup_steps") != std::string::npos);
   CHECK_FALSE(std::filesystem::exists(run + "/control"));
+  CHECK(live.Answers());
+  CHECK(live.KeepsTraining());
 }
 
 TEST_CASE("daemons: a duplicate id is refused and exits; a dead one can be removed") {
-  Cluster c("identity");
-  const pid_t first = c.StartWorker("vm", 2);
-  c.WaitForWorkers(1);
+  LiveCoordinator live;  // its daemon w0 trains the job
+  Cluster& c = live.c;
   // A second daemon on another state dir with the same id: refused, says why, exits 2.
-  const pid_t second = c.StartWorker("vm", 2, "", "vm-second");
+  const pid_t second = c.StartWorker("w0", 2, "", "w0-second");
   int status = 0;
   REQUIRE(WaitFor([&] { return waitpid(second, &status, WNOHANG) == second; }, 20));
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 2);
-  const std::string said = ReadAll(c.dir() + "/vm-second.out");
-  CHECK_MESSAGE(said.find("worker id vm is in use by the daemon at") != std::string::npos, said);
+  const std::string said = ReadAll(c.dir() + "/w0-second.out");
+  CHECK_MESSAGE(said.find("worker id w0 is in use by the daemon at") != std::string::npos, said);
   CHECK(c.Status()["workers"].size() == 1);
-  CHECK(Alive(first));
   // The same state dir twice: refused at once by its lock.
-  const pid_t same = c.StartWorker("vm", 2, "", "vm");
+  const pid_t same = c.StartWorker("w0", 2, "", "w0");
   REQUIRE(WaitFor([&] { return waitpid(same, &status, WNOHANG) == same; }, 20));
   CHECK(WEXITSTATUS(status) == 2);
   // A daemon with a key the coordinator does not know says so in its log.
@@ -383,16 +385,26 @@ TEST_CASE("daemons: a duplicate id is refused and exits; a dead one can be remov
       },
       20));
   // A daemon that will not return: refused while alive, removed once dead.
+  const pid_t vm = c.StartWorker("vm", 1);
+  c.WaitForWorkers(2);
   Output alive = c.Cli("worker remove vm");
   CHECK(alive.exit_code == 2);
   CHECK(alive.err.find("is alive") != std::string::npos);
-  kill(first, SIGKILL);
-  waitpid(first, &status, 0);
-  REQUIRE(WaitFor([&] { return !c.Status()["workers"][0].value("alive", true); }, 20));
+  kill(vm, SIGKILL);
+  waitpid(vm, &status, 0);
+  auto vm_alive = [&] {
+    const json status = c.Status();  // held: a loop over a temporary's member dangles
+    for (const auto& w : status["workers"])
+      if (w.value("worker", "") == "vm") return w.value("alive", true);
+    return false;
+  };
+  REQUIRE(WaitFor([&] { return !vm_alive(); }, 20));
   Output removed = c.Cli("worker remove vm");
   CHECK_MESSAGE(removed.exit_code == 0, removed.err);
-  CHECK(c.Status()["workers"].empty());
+  CHECK(c.Status()["workers"].size() == 1);         // w0 only
   CHECK(c.Cli("worker remove vm").exit_code == 2);  // no such worker now
+  CHECK(live.Answers());
+  CHECK(live.KeepsTraining());
 }
 
 // The security mechanism a ZeroMQ endpoint offers, read from its ZMTP 3 greeting: 10 bytes of
