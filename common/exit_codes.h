@@ -16,6 +16,10 @@ inline constexpr int kExitUnsupported = 4;    // asks for a feature this build l
 // The checkpoint step a trainer was told to restore is unreadable (a shard missing, a CRC
 // that does not match): the coordinator drops that step and restarts from the one before.
 inline constexpr int kExitBadCheckpoint = 5;
+// `moerun local` / `moerun slurm`: the job ended STOPPED, after a last checkpoint, on request
+// (`moerun stop`, Slurm's warning before a preemption or the time limit): running the same
+// command again continues it. EX_TEMPFAIL of sysexits.h; the sbatch script requeues on it.
+inline constexpr int kExitStopped = 75;
 // Stopped by SIGINT or SIGTERM after writing a checkpoint (128 + SIGINT, as shells report).
 inline constexpr int kExitInterrupted = 130;
 

@@ -159,6 +159,18 @@ struct FaultToleranceSpec {
   // A restart that finds no room (too few live slots) waits this long, then fails the job with
   // what it waited for; 0 waits for ever. Jobs still QUEUED wait their turn without a limit.
   int64_t capacity_timeout_ms = 600000;
+  // Stragglers (docs/cluster.md): a rank whose compute time per step is more than
+  // straggler_factor x the median of its stage's other ranks (else of all other ranks) for
+  // straggler_steps steps in a row is named a straggler; 0 steps turns detection off.
+  // evict_stragglers: restart the job without that rank's daemon when a spare has room.
+  double straggler_factor = 1.5;
+  int64_t straggler_steps = 20;
+  bool evict_stragglers = false;
+  // Pre-flight (docs/cluster.md): the first generation's ranks time a GEMM and exchanges with
+  // two partners before training; a daemon whose GEMM or links are below preflight_min_ratio
+  // x the best is reported, and left out when other daemons have room.
+  bool preflight = true;
+  double preflight_min_ratio = 0.25;
   bool operator==(const FaultToleranceSpec&) const = default;
 };
 

@@ -212,6 +212,26 @@ Result<ShardWrittenBody> ShardWrittenBody::FromJson(const nlohmann::json& body) 
   return r.Finish(std::move(b));
 }
 
+Result<PreflightReportBody> PreflightReportBody::FromJson(const nlohmann::json& body) {
+  BodyReader r(body, "PreflightReport");
+  PreflightReportBody b;
+  b.rank = int(r.Int("rank", -kIntMax, kIntMax));
+  b.gemm_gflops = r.Number("gemm_gflops", 0.0);
+  const nlohmann::json& pairs = r.Array("pairs", false);
+  if (pairs.size() > 2) r.Fail("pairs", "lists " + std::to_string(pairs.size()) + ", at most 2");
+  for (size_t i = 0; i < pairs.size() && i < 2 && r.status().ok(); ++i) {
+    BodyReader p(pairs[i], "PreflightReport: pairs[" + std::to_string(i) + "]");
+    PreflightReportBody::Pair x;
+    x.partner = int(p.Int("partner", 0, kIntMax));
+    x.gbps = p.Number("gbps", 0.0);
+    x.error = p.String("error", "");
+    if (x.error.size() > kMaxPreflightErrorChars) x.error.resize(kMaxPreflightErrorChars);
+    if (!p.status().ok()) r.Fail("pairs", p.status().message());
+    b.pairs.push_back(std::move(x));
+  }
+  return r.Finish(std::move(b));
+}
+
 Result<CheckpointCommittedBody> CheckpointCommittedBody::FromJson(const nlohmann::json& body) {
   BodyReader r(body, "CheckpointCommitted");
   CheckpointCommittedBody b;
@@ -295,6 +315,17 @@ Result<SubmitJobBody> SubmitJobBody::FromJson(const nlohmann::json& body) {
   b.run_dir = r.String("run_dir", "");
   b.spec_dir = r.String("spec_dir", "");
   b.resume = r.Bool("resume", false);
+  return r.Finish(std::move(b));
+}
+
+Result<StopJobBody> StopJobBody::FromJson(const nlohmann::json& body) {
+  BodyReader r(body, "StopJob");
+  StopJobBody b;
+  b.reason = r.String("reason", "");
+  if (b.reason.size() > kMaxStopReasonChars) {
+    return Status::InvalidArgument("StopJob: reason is " + std::to_string(b.reason.size()) +
+                                   " characters; at most " + std::to_string(kMaxStopReasonChars));
+  }
   return r.Finish(std::move(b));
 }
 

@@ -108,6 +108,22 @@ struct ShardWrittenBody {
   static Result<ShardWrittenBody> FromJson(const nlohmann::json& body);
 };
 
+// PreflightReport (worker/trainer/preflight.h): a rank's GEMM speed and its pairings, at most
+// two, each with its partner, GB/s and the error that ended it (empty: none; at most
+// kMaxPreflightErrorChars).
+inline constexpr size_t kMaxPreflightErrorChars = 512;
+struct PreflightReportBody {
+  struct Pair {
+    int partner = -1;
+    double gbps = 0;
+    std::string error;
+  };
+  int rank = 0;
+  double gemm_gflops = 0;
+  std::vector<Pair> pairs;
+  static Result<PreflightReportBody> FromJson(const nlohmann::json& body);
+};
+
 // CheckpointCommitted: the committed steps the job keeps, ascending, at most kMaxCheckpointKeep
 // (coordinator -> writer ranks, after each commit and in answer to a repeated ShardWritten).
 struct CheckpointCommittedBody {
@@ -136,6 +152,13 @@ struct SubmitJobBody {
   int64_t steps = 0;
   bool resume = false;
   static Result<SubmitJobBody> FromJson(const nlohmann::json& body);
+};
+
+// StopJob from the CLI or the HTTP API: why, for the events (at most kMaxStopReasonChars).
+inline constexpr size_t kMaxStopReasonChars = 256;
+struct StopJobBody {
+  std::string reason;
+  static Result<StopJobBody> FromJson(const nlohmann::json& body);
 };
 
 // Query: status, job, events, metrics, expert_load, live, log.

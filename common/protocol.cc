@@ -84,6 +84,10 @@ std::string_view ToString(MessageType t) {
       return "CheckpointCommitted";
     case MessageType::kRemoveWorker:
       return "RemoveWorker";
+    case MessageType::kStopJob:
+      return "StopJob";
+    case MessageType::kPreflightReport:
+      return "PreflightReport";
   }
   return "Unknown";
 }

@@ -42,8 +42,13 @@ enum class MessageType : uint16_t {
   kCheckpointCommitted = 15,
   // CLI -> coordinator: forget a daemon that will not return (job_id: the worker's id)
   kRemoveWorker = 16,
+  // CLI -> coordinator: end a job after its trainers checkpoint the step they are in
+  // (`moerun stop`, Slurm's warning before a preemption or the time limit); body {reason}
+  kStopJob = 17,
+  // trainer -> coordinator: a rank's pre-flight, its GEMM speed and its two pairings' links
+  kPreflightReport = 18,
 };
-inline constexpr uint16_t kMaxMessageType = 16;
+inline constexpr uint16_t kMaxMessageType = 18;
 
 std::string_view ToString(MessageType t);
 

@@ -49,6 +49,9 @@ constexpr IntRange kBackoffMs{0, 86'400'000};
 constexpr IntRange kRestarts{0, 1'000'000};
 constexpr IntRange kSpares{0, 1 << 20};
 constexpr IntRange kCapacityTimeoutMs{0, 7 * 86'400'000LL};  // 0: wait for ever
+constexpr IntRange kStragglerSteps{0, 1'000'000};            // 0: no detection
+constexpr RealRange kStragglerFactor{1.0, 1000.0, true};
+constexpr RealRange kPreflightRatio{0.0, 1.0, false, true};
 constexpr IntRange kDevicesPerWorker{1, 64};
 constexpr IntRange kThreads{1, 1024};
 
@@ -202,6 +205,11 @@ void ReadSpec(SpecMapping& root, JobSpec* spec, DiagnosticSink* sink) {
   ft.Int("restart_backoff_max_ms", &f.restart_backoff_max_ms, kBackoffMs);
   ft.Int("spares", &f.spares, kSpares);
   ft.Int("capacity_timeout_ms", &f.capacity_timeout_ms, kCapacityTimeoutMs);
+  ft.Real("straggler_factor", &f.straggler_factor, kStragglerFactor);
+  ft.Int("straggler_steps", &f.straggler_steps, kStragglerSteps);
+  ft.Bool("evict_stragglers", &f.evict_stragglers);
+  ft.Bool("preflight", &f.preflight);
+  ft.Real("preflight_min_ratio", &f.preflight_min_ratio, kPreflightRatio);
   ft.RejectUnknownKeys();
 
   SpecMapping res = root.Child("resources");

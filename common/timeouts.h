@@ -56,6 +56,13 @@ inline constexpr int64_t kFlightCollectTimeoutMs = 2000;
 // collectives are broken, waiting only delays the restart).
 inline constexpr int64_t kCancelGraceMs = 5000;
 inline constexpr int64_t kFenceGraceMs = 0;
+// `moerun stop` (and Slurm's warning before a preemption or the time limit, which `moerun
+// slurm` turns into one): the trainers get this long after SIGTERM to finish their step,
+// write its checkpoint and exit, within the 120 s `#SBATCH --signal=B:USR1@120` leaves. The
+// coordinator then waits up to kStopShardWaitMs for shard reports that trail the exits
+// before it ends the job STOPPED with whatever is committed.
+inline constexpr int64_t kStopCheckpointGraceMs = 90000;
+inline constexpr int64_t kStopShardWaitMs = 2000;
 // The daemon's wait for a message before it polls its trainers; shorter while trainers it
 // killed are not reaped yet, since a restart waits on them (a fence).
 inline constexpr int kDaemonTickMs = 50;
@@ -106,6 +113,9 @@ inline constexpr int64_t kChildStopTimeoutMs = 15000;
 inline constexpr int64_t kLocalPollMs = 500;
 inline constexpr int64_t kLocalPollTimeoutMs = 1000;
 inline constexpr int64_t kLocalGiveUpMs = 60000;
+// `moerun slurm` asks again for a stop the coordinator does not show under way this often (a
+// coordinator relaunched meanwhile forgot it).
+inline constexpr int64_t kStopAskAgainMs = 5000;
 // `moerun local` kills and relaunches a daemon whose process lives but which the coordinator
 // has counted dead this long (frozen, deadlocked, cut off), as it relaunches one that died:
 // a heartbeat timeout of silence was its chance, its trainers have fenced themselves and the
@@ -113,6 +123,12 @@ inline constexpr int64_t kLocalGiveUpMs = 60000;
 // the better (one poll, to see it twice). `--relaunch-dead-after-ms` sets it.
 inline constexpr int64_t kLocalSilentDaemonMs = 500;
 
+// A child `moerun local` or `moerun slurm` relaunches: one that exited within kChildQuickExitMs
+// of its start waits kChildRelaunchBackoffMs before the next launch, doubling with every
+// quick exit in a row, up to kChildRelaunchBackoffMaxMs (an `srun` to a node that is gone).
+inline constexpr int64_t kChildQuickExitMs = 5000;
+inline constexpr int64_t kChildRelaunchBackoffMs = 500;
+inline constexpr int64_t kChildRelaunchBackoffMaxMs = 30000;
 // A parent waiting for a child process to start or stop checks this often.
 inline constexpr int64_t kChildPollMs = 10;
 // A worker daemon replaces a warm standby trainer that became a trainer this long after its

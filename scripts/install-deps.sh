@@ -5,7 +5,8 @@
 #   --with-torch  python3-torch (and python3-yaml), for the comparison benchmarks only
 #   --for-tests   what the tests drive besides moerun: chromium (dashboard browser test),
 #                 prometheus (scrape test), tmux (status --watch in a terminal), python3-torch
-#                 (the exported DeepSeek-V3 checkpoint loaded by a PyTorch reference)
+#                 (the exported DeepSeek-V3 checkpoint loaded by a PyTorch reference),
+#                 slurmctld, slurmd, slurm-client and munge (a Slurm cluster in namespaces)
 set -euo pipefail
 
 packages=(
@@ -20,7 +21,7 @@ packages=(
 for arg in "$@"; do
   case "$arg" in
     --with-torch) packages+=(python3-torch python3-yaml) ;;
-    --for-tests) packages+=(chromium prometheus tmux python3-torch) ;;
+    --for-tests) packages+=(chromium prometheus tmux python3-torch slurmctld slurmd slurm-client munge) ;;
     *) echo "install-deps: unknown option $arg (--with-torch, --for-tests)" >&2; exit 2 ;;
   esac
 done

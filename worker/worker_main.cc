@@ -16,8 +16,10 @@
 #include <filesystem>
 
 #include "common/exit_codes.h"
+#include "common/route_address.h"
 #include "common/shm_dir.h"
 #include "worker/daemon/worker_daemon.h"
+#include "worker/health/health_command.h"
 
 namespace {
 
@@ -35,6 +37,9 @@ std::string HostName() {
 int main(int argc, char** argv) {
   namespace fs = std::filesystem;
   using namespace moerun;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--health-check") == 0) return worker::RunHealthCheck(argc, argv);
+  }
   CLI::App app{"moerun-worker: per-host daemon that supervises one trainer per device"};
   worker::DaemonOptions o;
   o.host = HostName();
@@ -55,7 +60,8 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--data-host", o.data_host,
-                 "address this host's trainers bind their data plane on (reachable by peers)")
+                 "address this host's trainers bind their data plane on (reachable by peers); "
+                 "auto: the address this host reaches the coordinator from")
       ->capture_default_str();
   app.add_option("--trainer", o.trainer_program, "the moerun binary [next to this one]");
   app.add_option("--memory-dir", o.memory_dir,
@@ -71,6 +77,15 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? kExitOk : kExitInvalidConfig;
   }
   if (o.id.empty()) o.id = o.host;
+  if (o.data_host == "auto") {
+    auto local = LocalAddressToward(o.coordinator);
+    if (!local.ok()) {
+      std::fprintf(stderr, "moerun-worker: --data-host auto: %s: pass the address instead\n",
+                   local.status().message().c_str());
+      return ExitCodeFor(local.status());
+    }
+    o.data_host = local.value();
+  }
   o.standby_trainers = standbys < 0 ? o.devices : standbys;
   if (o.trainer_program.empty()) {
     o.trainer_program = (fs::read_symlink("/proc/self/exe").parent_path() / "moerun").string();

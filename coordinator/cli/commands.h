@@ -19,6 +19,7 @@ void AddExportCommand(CLI::App& app, int* exit_code);
 // submit, status, cancel, events, logs, keygen: talking to a coordinator.
 void AddRemoteCommands(CLI::App& app, int* exit_code);
 void AddLocalCommand(CLI::App& app, int* exit_code);
+void AddSlurmCommand(CLI::App& app, int* exit_code);
 
 // `moerun standby`: waits on stdin for a role (common/standby_role.h), points stdout and stderr
 // at its log and retitles the process. Then -1 and *role_argv holds the command line to run;

@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
   moerun::cli::AddTrainCommand(app, &exit_code);
   moerun::cli::AddLaunchCommand(app, &exit_code);
   moerun::cli::AddLocalCommand(app, &exit_code);
+  moerun::cli::AddSlurmCommand(app, &exit_code);
   moerun::cli::AddRemoteCommands(app, &exit_code);
   moerun::cli::AddCheckpointCommand(app, &exit_code);
   moerun::cli::AddEvalCommand(app, &exit_code);

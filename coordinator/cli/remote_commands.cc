@@ -271,6 +271,30 @@ void AddRemoteCommands(CLI::App& app, int* exit_code) {
   {
     struct A {
       Remote r;
+      std::string job, reason;
+    };
+    auto a = std::make_shared<A>();
+    CLI::App* cmd = app.add_subcommand(
+        "stop",
+        "Stop a job after a last checkpoint: its trainers checkpoint the step they are in and "
+        "exit, the job ends STOPPED; submitting it again with the same run dir continues");
+    cmd->add_option("job", a->job, "job id")->required();
+    cmd->add_option("--reason", a->reason, "why, for the job's events [asked by a client]");
+    AddRemoteOptions(cmd, &a->r);
+    cmd->callback([a, exit_code] {
+      auto reply = Ask(a->r, MessageType::kStopJob, a->job, {{"reason", a->reason}}, exit_code);
+      if (reply) {
+        std::printf("%s %s\n", a->job.c_str(),
+                    reply->value("stopping", false)
+                        ? "stopping: its trainers checkpoint the step they are in, then exit "
+                          "(`moerun status` shows STOPPED once they have)"
+                        : reply->value("phase", "").c_str());
+      }
+    });
+  }
+  {
+    struct A {
+      Remote r;
       std::string job;
       bool json = false;
     };

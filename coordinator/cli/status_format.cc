@@ -192,7 +192,12 @@ std::string FormatJob(const nlohmann::json& j, int64_t now_ms, bool color) {
     Table t({"RANK", "STAGE", "REPLICA", "WORKER", "HOST", "PID", "STEP", "COMPUTE", "DATA-WAIT",
              "BUBBLE", "STATE"});
     for (const auto& r : ranks) {
-      const std::string state = r.value("state", "");
+      std::string state = r.value("state", "");
+      if (r.value("straggler", false)) {
+        char slow[48];
+        std::snprintf(slow, sizeof slow, "STRAGGLER (%.1fx) ", r.value("compute_ratio", 0.0));
+        state = slow + state;
+      }
       const bool bad = state.rfind("exited with code 0", 0) != 0 &&
                        (state.rfind("exited", 0) == 0 || state.rfind("killed", 0) == 0);
       t.Row({std::to_string(r.value("rank", 0)), std::to_string(r.value("stage", 0)),
@@ -200,7 +205,9 @@ std::string FormatJob(const nlohmann::json& j, int64_t now_ms, bool color) {
              r.value("pid", 0) ? std::to_string(r.value("pid", 0)) : "-",
              std::to_string(r.value("step", 0)), Num(r, "compute_s", 3), Num(r, "data_wait_s", 3),
              Num(r, "bubble_s", 3), state},
-            bad ? kRed : nullptr);
+            bad                           ? kRed
+            : r.value("straggler", false) ? kYellow
+                                          : nullptr);
     }
     out += t.Render(color);
   }

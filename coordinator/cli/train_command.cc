@@ -95,24 +95,30 @@ void ReportOpProfile(const std::string& run_dir, int rank) {
   std::printf("%s\n", line.c_str());
 }
 
-// MOERUN_FAULT_STALL=rank=R,step=S[,generation=G]: rank R (of generation G when given, of a
-// daemon-started job) hangs at the start of step S; see TrainOptions::injected_stall_step.
-int64_t InjectedStallStep(int rank, uint64_t generation) {
-  const char* env = std::getenv("MOERUN_FAULT_STALL");
+// Fault injection for drills and tests, each "rank=R,KEY=V[,generation=G]" in an environment
+// variable, for rank R (of generation G when given, of a daemon-started job):
+//   MOERUN_FAULT_STALL=rank=R,step=S  it hangs at the start of step S
+//                                     (TrainOptions::injected_stall_step)
+//   MOERUN_FAULT_SLOW=rank=R,ms=M     every step computes M ms longer, a straggler
+//                                     (TrainOptions::injected_slow_ms); gemm_ms=G makes
+//                                     each pre-flight GEMM G ms longer (injected_gemm_ms)
+// The value of KEY for this rank; 0 when the variable is unset or names another rank.
+int64_t InjectedFault(const char* variable, const char* key, int rank, uint64_t generation) {
+  const char* env = std::getenv(variable);
   if (env == nullptr) return 0;
-  int64_t want_rank = -1, step = 0, want_generation = 0;
+  int64_t want_rank = -1, value = 0, want_generation = 0;
   for (const std::string& part : SplitCommas(env)) {
     const size_t eq = part.find('=');
     if (eq == std::string::npos) continue;
-    const std::string key = part.substr(0, eq);
-    const int64_t value = std::atoll(part.c_str() + eq + 1);
-    if (key == "rank") want_rank = value;
-    if (key == "step") step = value;
-    if (key == "generation") want_generation = value;
+    const std::string k = part.substr(0, eq);
+    const int64_t v = std::atoll(part.c_str() + eq + 1);
+    if (k == "rank") want_rank = v;
+    if (k == key) value = v;
+    if (k == "generation") want_generation = v;
   }
   if (want_rank != rank || (want_generation > 0 && uint64_t(want_generation) != generation))
     return 0;
-  return step;
+  return value;
 }
 
 int RunTrain(TrainArgs& a) {
@@ -132,7 +138,14 @@ int RunTrain(TrainArgs& a) {
   std::stringstream text;
   text << in.rdbuf();
   a.opts.progress = !a.no_progress;
-  a.opts.injected_stall_step = InjectedStallStep(a.opts.rank, a.control.generation);
+  a.opts.injected_stall_step =
+      InjectedFault("MOERUN_FAULT_STALL", "step", a.opts.rank, a.control.generation);
+  a.opts.injected_slow_ms =
+      InjectedFault("MOERUN_FAULT_SLOW", "ms", a.opts.rank, a.control.generation);
+  a.opts.injected_gemm_ms =
+      InjectedFault("MOERUN_FAULT_SLOW", "gemm_ms", a.opts.rank, a.control.generation);
+  a.opts.preflight = loaded.spec.fault_tolerance.preflight && !a.control.address.empty() &&
+                     a.control.generation == 1;
   std::unique_ptr<trainer::ControlChannel> channel;
   if (!a.control.address.empty()) {
     if (a.control.job_id.empty() || a.control.generation == 0 || a.control.keys_dir.empty()) {

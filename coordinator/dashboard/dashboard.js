@@ -142,7 +142,8 @@ function drawCharts() {
                                     { id: 'bubble_s', data: pick('bubble_s') }] });
   const ranks = state.ranks;
   charts.ranks.setOption({
-    xAxis: { data: ranks.map((r) => String(r.rank)) },
+    // A straggler's rank is labelled with a '!' (docs/cluster.md, "Stragglers").
+    xAxis: { data: ranks.map((r) => String(r.rank) + (r.straggler ? ' !' : '')) },
     series: [{ data: ranks.map((r) => r.compute_s) }, { data: ranks.map((r) => r.data_wait_s) },
              { data: ranks.map((r) => r.bubble_s) }],
   });

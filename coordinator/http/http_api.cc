@@ -316,6 +316,25 @@ void HttpApi::Routes() {
            if (!read_body(req, reader, res, &ignored)) return;
            answer(res, MessageType::kCancelJob, req.matches[1], nlohmann::json::object());
          });
+  // Optional body: {"reason": "..."}.
+  s.Post(R"(/api/jobs/([A-Za-z0-9._-]+)/stop)",
+         [answer, read_body](const httplib::Request& req, httplib::Response& res,
+                             const httplib::ContentReader& reader) {
+           std::string text;
+           if (!read_body(req, reader, res, &text)) return;
+           nlohmann::json body = nlohmann::json::object();
+           if (!text.empty()) {
+             body = nlohmann::json::parse(text, nullptr, false);
+             if (!body.is_object()) {
+               SendJson(res, 400,
+                        {{"error",
+                          "the body is not a JSON object (send none, or "
+                          "{\"reason\": \"...\"})"}});
+               return;
+             }
+           }
+           answer(res, MessageType::kStopJob, req.matches[1], body);
+         });
   s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     auto status = Ask(MessageType::kQuery, "", {{"what", "status"}});
     if (!status || status->type != MessageType::kReply) {
@@ -405,6 +424,17 @@ std::string HttpApi::PrometheusText(const nlohmann::json& status,
         << r.value("data_wait_s", 0.0) << "\n";
       o << "moerun_rank_step_phase_seconds" << l << "bubble\"} " << r.value("bubble_s", 0.0)
         << "\n";
+    }
+  }
+  help("moerun_rank_straggler", "gauge",
+       "1 while a rank computes slower than fault_tolerance.straggler_factor x its peers' "
+       "median for straggler_steps steps in a row (docs/cluster.md), else 0.");
+  for (const auto& [job, m] : last_steps) {
+    for (const auto& r : m.value("ranks", nlohmann::json::array())) {
+      o << "moerun_rank_straggler{job=\"" << Label(job) << "\",rank=\""
+        << std::to_string(r.value("rank", 0)) << "\",worker=\""
+        << Label(r.value("worker", std::string())) << "\"} "
+        << (r.value("straggler", false) ? 1 : 0) << "\n";
     }
   }
   help("moerun_expert_load", "gauge", "Tokens routed to each expert in the last step.");

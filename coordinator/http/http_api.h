@@ -8,6 +8,7 @@
 //                                         expert per step; without layer, the layers
 //   POST /api/jobs                        submit {"spec_yaml", "run_dir"?, "steps"?, "resume"?}
 //   POST /api/jobs/<id>/cancel
+//   POST /api/jobs/<id>/stop              {"reason"?}: a last checkpoint, then STOPPED
 //   GET  /metrics                         Prometheus text exposition
 //   GET  /, /dashboard.js, /dashboard.css, /vendor/...   the dashboard (dashboard_assets.h)
 // Writes need "Authorization: Bearer <token>" (401 without it); a body that is not the

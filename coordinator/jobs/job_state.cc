@@ -7,7 +7,7 @@ namespace {
 
 constexpr JobPhase kAllPhases[] = {JobPhase::kQueued,     JobPhase::kStarting,  JobPhase::kRunning,
                                    JobPhase::kRecovering, JobPhase::kSucceeded, JobPhase::kFailed,
-                                   JobPhase::kCancelled};
+                                   JobPhase::kCancelled,  JobPhase::kStopped};
 
 bool ParsePhase(const std::string& s, JobPhase* out) {
   for (JobPhase p : kAllPhases) {
@@ -37,12 +37,15 @@ std::string_view ToString(JobPhase p) {
       return "FAILED";
     case JobPhase::kCancelled:
       return "CANCELLED";
+    case JobPhase::kStopped:
+      return "STOPPED";
   }
   return "UNKNOWN";
 }
 
 bool IsTerminal(JobPhase p) {
-  return p == JobPhase::kSucceeded || p == JobPhase::kFailed || p == JobPhase::kCancelled;
+  return p == JobPhase::kSucceeded || p == JobPhase::kFailed || p == JobPhase::kCancelled ||
+         p == JobPhase::kStopped;
 }
 
 JobState::JobState(std::string job_id, RestartPolicy policy, int64_t now_ms)
@@ -126,6 +129,14 @@ Status JobState::Cancel(int64_t now_ms, std::string cause) {
                                       std::string(ToString(phase_)));
   }
   return Move(JobPhase::kCancelled, now_ms, std::move(cause));
+}
+
+Status JobState::Stop(int64_t now_ms, std::string cause) {
+  if (IsTerminal(phase_)) {
+    return Status::FailedPrecondition("job " + job_id_ + " already ended " +
+                                      std::string(ToString(phase_)));
+  }
+  return Move(JobPhase::kStopped, now_ms, std::move(cause));
 }
 
 nlohmann::json JobState::ToJson() const {

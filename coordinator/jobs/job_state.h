@@ -28,7 +28,18 @@
 
 namespace moerun::coordinator {
 
-enum class JobPhase { kQueued, kStarting, kRunning, kRecovering, kSucceeded, kFailed, kCancelled };
+// STOPPED: ended on request after a last checkpoint (`moerun stop`, a Slurm preemption); a
+// new submission with the same run dir continues from it.
+enum class JobPhase {
+  kQueued,
+  kStarting,
+  kRunning,
+  kRecovering,
+  kSucceeded,
+  kFailed,
+  kCancelled,
+  kStopped
+};
 std::string_view ToString(JobPhase p);
 bool IsTerminal(JobPhase p);
 
@@ -69,6 +80,7 @@ class JobState {
               bool non_retryable = false);
   Status Succeed(int64_t now_ms, std::string cause);  // RUNNING -> SUCCEEDED
   Status Cancel(int64_t now_ms, std::string cause);   // any non-terminal -> CANCELLED
+  Status Stop(int64_t now_ms, std::string cause);     // any non-terminal -> STOPPED
   // An event without a transition (from == to): what the job is waiting for, and the like.
   void Note(int64_t now_ms, std::string cause);
   // The current generation completed a step: its failure restarts at once, and the backoff's

@@ -339,6 +339,10 @@ void Coordinator::OnRankExit(JobRun& job, int rank, int exit_code, int signal,
                              : text;
   spdlog::info("job {} generation {} rank {} on {}: {}", job.state.job_id(), job.state.generation(),
                rank, r.worker, r.exit_text);
+  if (job.stop_asked_ms > 0) {  // asked to exit: whatever its code, the stop decides
+    if (!CheckStop(job)) Persist(job);
+    return;
+  }
   if (exit_code == 0 && signal == 0) {
     Persist(job);
     FinishIfDone(job);

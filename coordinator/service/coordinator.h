@@ -104,6 +104,15 @@ class Coordinator {
                     const std::string& nccl_unique_id);
   nlohmann::json TableBody(const JobRun& job) const;
   void OnStepReport(JobRun& job, const StepReportBody& body);
+  // A rank became a straggler or stopped being one (coordinator_stragglers.cc): an event, and
+  // with fault_tolerance.evict_stragglers a restart without its daemon when others have room.
+  void OnStragglerChange(JobRun& job, const StragglerChange& change);
+  // Pre-flight (coordinator_preflight.cc): once every rank has reported, the daemons whose
+  // GEMM or links fall short are named, and left out (a restart) when others have room.
+  void OnPreflightReport(JobRun& job, const PreflightReportBody& body);
+  void JudgePreflight(JobRun& job);
+  // Free slots, outside `leaving` and the job's avoided daemons, for `moving` ranks.
+  bool RoomElsewhere(const JobRun& job, const std::set<std::string>& leaving) const;
   // `peer` sent it (a repeat of a committed step is answered with the commit).
   void OnShardWritten(const std::string& peer, JobRun& job, const ShardWrittenBody& body);
   // CheckpointCommitted to `peers`: `kept`, the committed steps the job keeps (ascending), which
@@ -115,6 +124,13 @@ class Coordinator {
   // Client requests.
   void Submit(const std::string& peer, const SubmitJobBody& body);
   void Cancel(const std::string& peer, const std::string& job_id);
+  // `moerun stop` (coordinator_stops.cc): SIGTERM to the trainers, which checkpoint the step
+  // they are in and exit; the job ends STOPPED once they have (CheckStop) or the grace is over.
+  void StopJob(const std::string& peer, const std::string& job_id, const std::string& reason);
+  // A stop under way: ends it when every rank has exited and no shard report trails, or when
+  // kStopCheckpointGraceMs is over; true when the job ended.
+  bool CheckStop(JobRun& job);
+  void EndStop(JobRun& job, const std::string& why);
   void Query(const std::string& peer, const Envelope& e);
   void QueryJob(const std::string& peer, const JobRun& job, const QueryBody& q);
   void QueryExpertLoad(const std::string& peer, const JobRun& job, const QueryBody& q);

@@ -41,6 +41,15 @@ void Coordinator::OnClientMessage(const std::string& peer, const Envelope& e) {
     case MessageType::kRemoveWorker:
       RemoveWorker(peer, e.job_id);
       return;
+    case MessageType::kStopJob: {
+      auto body = StopJobBody::FromJson(e.body);
+      if (!body.ok()) {
+        Refuse(peer, e, body.status());
+        return;
+      }
+      StopJob(peer, e.job_id, body->reason);
+      return;
+    }
     case MessageType::kQuery:
       Query(peer, e);
       return;
@@ -201,6 +210,7 @@ nlohmann::json Coordinator::JobSummary(const JobRun& job) const {
     j["eta_s"] = ms_per_step * double(job.total_steps() - step) / 1000.0;
   }
   if (!job.state.events().empty()) j["last_event"] = job.state.events().back().cause;
+  if (job.stop_asked_ms > 0) j["stopping"] = job.stop_reason;
   if (job.waiting_since_ms > 0) {
     j["waiting_for"] = job.waiting_for;
     j["waiting_s"] = double(timer_->NowMs() - job.waiting_since_ms) / 1000.0;
@@ -238,7 +248,11 @@ nlohmann::json Coordinator::JobDetail(const JobRun& job) const {
                      {"step", rr.step},
                      {"compute_s", rr.compute_s},
                      {"data_wait_s", rr.data_wait_s},
-                     {"bubble_s", rr.bubble_s}});
+                     {"bubble_s", rr.bubble_s},
+                     // Compute time over its peers' median, and whether that has made it a
+                     // straggler (coordinator/jobs/straggler_detector.h).
+                     {"compute_ratio", job.stragglers ? job.stragglers->Ratio(int(r)) : 0.0},
+                     {"straggler", job.stragglers && job.stragglers->IsStraggler(int(r))}});
   }
   j["ranks"] = ranks;
   return j;
@@ -302,10 +316,12 @@ nlohmann::json Coordinator::LiveReply(const JobRun& job) const {
   for (size_t r = 0; r < job.ranks.size(); ++r) {
     const RankRun& x = job.ranks[r];
     ranks.push_back({{"rank", r},
+                     {"worker", x.worker},
                      {"step", x.step},
                      {"compute_s", x.compute_s},
                      {"data_wait_s", x.data_wait_s},
-                     {"bubble_s", x.bubble_s}});
+                     {"bubble_s", x.bubble_s},
+                     {"straggler", job.stragglers && job.stragglers->IsStraggler(int(r))}});
   }
   live["ranks"] = std::move(ranks);
   return live;

@@ -75,10 +75,12 @@ bool Coordinator::StartGeneration(JobRun& job) {
   req.world = job.world();
   req.expert = job.spec.parallel.expert;
   req.free_slots = FreeSlots();
+  for (const auto& w : job.avoided_workers) req.free_slots.erase(w);  // evicted stragglers
   if (job.placed()) {  // a restart: survivors keep their daemon (their slots are counted)
     for (const auto& r : job.ranks) {
       const WorkerInfo* w = workers_.Find(r.worker);
-      req.pinned.push_back(w && w->alive && w->heard ? r.worker : "");
+      req.pinned.push_back(
+          w && w->alive && w->heard && !job.avoided_workers.count(r.worker) ? r.worker : "");
     }
   }
   auto placement = PlaceRanks(req);
@@ -121,6 +123,11 @@ bool Coordinator::StartGeneration(JobRun& job) {
     if (job.held_out.value("step", int64_t(0)) > job.restore_step)
       job.held_out = nlohmann::json::object();
   }
+  job.preflight.clear();
+  job.preflight_judged = false;
+  job.stragglers.emplace(job.spec.parallel.pipeline, job.spec.parallel.data,
+                         job.spec.fault_tolerance.straggler_factor,
+                         job.spec.fault_tolerance.straggler_steps);
   job.started_generation = job.state.generation();
   job.generation_started_ms = now;
   job.generation_started_timer_ms = timer_->NowMs();
@@ -283,6 +290,10 @@ void Coordinator::FailJob(JobRun& job, const std::string& cause, int rank, const
                         " (the last) is committed; after it: " + cause);
     return;
   }
+  if (job.stop_asked_ms > 0) {  // stopping: no restart, the stop ends with what is committed
+    EndStop(job, cause);
+    return;
+  }
   const int64_t now = clock_->NowMs();
   // Steps past the newest committed checkpoint are trained again by the next generation.
   // (This generation's reports only: steps an earlier failure already counted are not
@@ -376,7 +387,7 @@ void Coordinator::Tick() {
   for (auto& [id, job] : jobs_) {
     if (!Active(job) || job.started_generation != job.state.generation()) continue;
     const int64_t progress_timeout = job.spec.fault_tolerance.progress_timeout_ms;
-    if (job.state.phase() == JobPhase::kRunning && progress_timeout > 0 &&
+    if (job.state.phase() == JobPhase::kRunning && progress_timeout > 0 && job.stop_asked_ms == 0 &&
         now - job.last_progress_ms > progress_timeout) {
       CollectFlightRecords(job);
       FailJob(job,
@@ -392,6 +403,7 @@ void Coordinator::Tick() {
               -1, "", false);
     }
   }
+  for (auto& [id, job] : jobs_) (void)CheckStop(job);
   FinishFlightCollections(false);
   for (auto it = forwarded_.begin(); it != forwarded_.end();) {
     if (now > it->second.deadline_ms) {

@@ -31,6 +31,7 @@ void Coordinator::OnTrainerMessage(const std::string& peer, const Envelope& e) {
   std::optional<RendezvousBody> rendezvous;
   std::optional<StepReportBody> report;
   std::optional<ShardWrittenBody> shard;
+  std::optional<PreflightReportBody> preflight;
   Status parsed;
   int rank = -1;
   auto take = [&](auto parsed_body, auto* into) {
@@ -48,6 +49,9 @@ void Coordinator::OnTrainerMessage(const std::string& peer, const Envelope& e) {
       break;
     case MessageType::kShardWritten:
       take(ShardWrittenBody::FromJson(e.body), &shard);
+      break;
+    case MessageType::kPreflightReport:
+      take(PreflightReportBody::FromJson(e.body), &preflight);
       break;
     default:
       ++counters_.invalid;
@@ -76,6 +80,8 @@ void Coordinator::OnTrainerMessage(const std::string& peer, const Envelope& e) {
     OnRendezvous(peer, job, rank, rendezvous->endpoint, rendezvous->nccl_unique_id);
   } else if (report) {
     OnStepReport(job, *report);
+  } else if (preflight) {
+    OnPreflightReport(job, *preflight);
   } else {
     OnShardWritten(peer, job, *shard);
   }
@@ -217,6 +223,15 @@ void Coordinator::OnStepReport(JobRun& job, const StepReportBody& body) {
   rr.data_wait_s = body.data_wait_s;
   rr.bubble_s = body.bubble_s;
   job.last_progress_ms = timer_->NowMs();
+  if (!job.stragglers) {
+    job.stragglers.emplace(job.spec.parallel.pipeline, job.spec.parallel.data,
+                           job.spec.fault_tolerance.straggler_factor,
+                           job.spec.fault_tolerance.straggler_steps);
+  }
+  if (auto change = job.stragglers->Observe(rank, body.compute_s)) {
+    OnStragglerChange(job, *change);
+    if (!Active(job) || job.state.phase() != JobPhase::kRunning) return;  // evicted: restarting
+  }
   if (rank != 0) return;
   if (job.first_step_ms == 0 || step <= job.first_step) {
     job.first_step_ms = now;

@@ -8,12 +8,16 @@
 #include <cstdint>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "common/job_spec.h"
+#include "common/message_bodies.h"
 #include "common/status.h"
 #include "coordinator/jobs/job_state.h"
+#include "coordinator/jobs/straggler_detector.h"
 
 namespace moerun::coordinator {
 
@@ -105,6 +109,21 @@ struct JobRun {
   // waiting), and what for ("3 of 4 slots free: worker local-1 DEAD").
   int64_t waiting_since_ms = 0;
   std::string waiting_for;
+  // `moerun stop`: asked on the timer at (0: not stopping), why, the committed step then, and
+  // when the last rank's exit came (0: not yet). A restarted coordinator forgets a stop under
+  // way; its asker (`moerun slurm`) asks again.
+  int64_t stop_asked_ms = 0;
+  std::string stop_reason;
+  int64_t stop_committed_before = 0;
+  int64_t stop_exited_ms = 0;
+  // Stragglers of the current generation (volatile: made at its start, or at the first step
+  // report a restarted coordinator sees), and the daemons an evicted straggler ran on, which
+  // this job's restarts avoid (volatile).
+  std::optional<StragglerDetector> stragglers;
+  std::set<std::string> avoided_workers;
+  // The current generation's pre-flight reports by rank, until judged (volatile).
+  std::map<int, PreflightReportBody> preflight;
+  bool preflight_judged = false;
 
   int64_t world() const { return spec.parallel.world_size(); }
   int64_t total_steps() const { return steps_override > 0 ? steps_override : spec.train.steps; }

@@ -174,3 +174,29 @@ TEST_CASE("a valid job the trainers cannot run yet: noted by validate, refused b
   CHECK(access(run_dir.c_str(), F_OK) != 0);  // nothing was started or written
   std::remove(spec.c_str());
 }
+
+TEST_CASE("moerun slurm outside an allocation, or in one too small, refuses before starting") {
+  for (const char* v : {"SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_JOB_CPUS_PER_NODE",
+                        "SLURM_GPUS_PER_NODE", "SLURM_GPUS_ON_NODE", "SLURMD_NODENAME"})
+    unsetenv(v);
+  const std::string run_dir = "/tmp/moerun_cli_test_" + std::to_string(getpid()) + "_slurm_run";
+  Run outside = Moerun("slurm " + Config("tiny-cpu.yaml") + " --run-dir " + run_dir);
+  CHECK(outside.exit_code == 2);
+  CHECK(outside.err.find("SLURM_JOB_ID is not set") != std::string::npos);
+  CHECK(outside.err.find("moerun local") != std::string::npos);
+  setenv("SLURM_JOB_ID", "41", 1);
+  setenv("SLURM_JOB_NODELIST", "node[1-2]", 1);
+  setenv("SLURM_JOB_CPUS_PER_NODE", "1(x2)", 1);
+  Run small = Moerun("slurm " + Config("tiny-cpu.yaml") + " --run-dir " + run_dir);
+  INFO(small.err);
+  CHECK(small.exit_code == 2);
+  CHECK(small.err.find("needs 4 trainer slots; Slurm job 41 has 2 node(s) x 1 slot(s): ask for 4 "
+                       "node(s) (#SBATCH --nodes=4)") != std::string::npos);
+  setenv("SLURM_JOB_NODELIST", "node[1-2", 1);
+  Run broken = Moerun("slurm " + Config("tiny-cpu.yaml") + " --run-dir " + run_dir);
+  CHECK(broken.exit_code == 2);
+  CHECK(broken.err.find("SLURM_JOB_NODELIST") != std::string::npos);
+  CHECK(access(run_dir.c_str(), F_OK) != 0);  // nothing was started or written
+  for (const char* v : {"SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_JOB_CPUS_PER_NODE"})
+    unsetenv(v);
+}

@@ -163,5 +163,34 @@ TEST_CASE("CheckpointCommitted: ascending positive steps, at most checkpoint.kee
         "CheckpointCommitted: 'steps' lists 1001 steps, more than 1000");
 }
 
+TEST_CASE("bodies: a pre-flight report and a stop, bounded, refusals named") {
+  auto p = PreflightReportBody::FromJson(
+      {{"rank", 3},
+       {"gemm_gflops", 12.5},
+       {"pairs",
+        json::array({{{"partner", 2}, {"gbps", 0.4}, {"error", ""}},
+                     {{"partner", 0}, {"gbps", 0.0}, {"error", std::string(900, 'e')}}})}});
+  REQUIRE(p.ok());
+  CHECK(p->rank == 3);
+  CHECK(p->gemm_gflops == 12.5);
+  REQUIRE(p->pairs.size() == 2);
+  CHECK(p->pairs[0].partner == 2);
+  CHECK(p->pairs[1].error.size() == kMaxPreflightErrorChars);
+  json three = json::array();
+  for (int i = 0; i < 3; ++i) three.push_back({{"partner", i}, {"gbps", 1.0}});
+  auto many = PreflightReportBody::FromJson({{"rank", 0}, {"pairs", three}});
+  CHECK(many.status().message().find("pairs") != std::string::npos);
+  auto bad =
+      PreflightReportBody::FromJson({{"rank", 0}, {"pairs", json::array({{{"partner", "two"}}})}});
+  CHECK(!bad.ok());
+  CHECK(bad.status().message().find("PreflightReport") != std::string::npos);
+
+  CHECK(StopJobBody::FromJson(json::object())->reason.empty());
+  CHECK(StopJobBody::FromJson({{"reason", "preempted"}})->reason == "preempted");
+  auto long_reason = StopJobBody::FromJson({{"reason", std::string(300, 'x')}});
+  CHECK(long_reason.status().message().find("at most 256") != std::string::npos);
+  CHECK(!StopJobBody::FromJson({{"reason", 5}}).ok());
+}
+
 }  // namespace
 }  // namespace moerun

@@ -77,6 +77,13 @@ void ControlChannel::ReportStep(const nlohmann::json& report) {
 
 namespace moerun::trainer {
 
+void ControlChannel::ReportPreflight(const nlohmann::json& result) {
+  nlohmann::json body = result;
+  body["rank"] = opts_.rank;
+  (void)SendEnvelope(
+      *dealer_, {MessageType::kPreflightReport, opts_.generation, opts_.job_id, "trainer", body});
+}
+
 void ControlChannel::ReportShard(const nlohmann::json& shard) {
   nlohmann::json body = shard;
   body["rank"] = opts_.rank;

@@ -42,6 +42,8 @@ class ControlChannel {
   // over (Aborted) or nothing came within timeout_ms (TimedOut).
   Result<std::vector<std::string>> Rendezvous(const std::string& endpoint, int64_t timeout_ms);
   void ReportStep(const nlohmann::json& report);
+  // The rank's pre-flight (worker/trainer/preflight.h); never blocks.
+  void ReportPreflight(const nlohmann::json& result);
   // A checkpoint shard is durable: {step, shard, bytes} (the coordinator's two-phase commit).
   void ReportShard(const nlohmann::json& shard);
   // The newest CheckpointCommitted list that arrived since the last call (ascending steps), or

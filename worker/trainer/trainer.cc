@@ -32,6 +32,7 @@
 #include "worker/trainer/cpu_stage.h"
 #include "worker/trainer/gpu_stage.h"
 #include "worker/trainer/memory_keeper.h"
+#include "worker/trainer/preflight.h"
 #include "worker/trainer/startup_account.h"
 #include "worker/trainer/step_driver.h"
 #include "worker/trainer/topology.h"
@@ -253,6 +254,12 @@ Status Bootstrap(RankRun& run) {
   run.topo.emplace(std::move(topo.value()));
   run.startup.Mark("groups");
   const Topology& t = *run.topo;
+  if (run.opts.preflight && t.world > 1) {
+    const PreflightResult pf = RunPreflight(*t.world_comm, run.opts.injected_gemm_ms);
+    run.startup.Mark("pre-flight");
+    run.log->info("pre-flight: {}", pf.ToJson().dump());
+    if (run.opts.control) run.opts.control->ReportPreflight(pf.ToJson());
+  }
   const ModelSpec& m = run.spec.model;
   auto corpus = data::Corpus::Load(run.spec.data, m.vocab_size, m.seq_len);
   if (!corpus.ok()) return Status::DataLoss("data: " + corpus.status().message());
@@ -308,6 +315,8 @@ Status OneStep(RankRun& run, TrainReporter& report, checkpoint::CheckpointWriter
   }
   auto r = run.driver->Run(step, total);
   if (!r.ok()) return r.status().WithContext("step " + std::to_string(step));
+  if (run.opts.injected_slow_ms > 0)  // counted as compute: outside every data-plane wait
+    std::this_thread::sleep_for(std::chrono::milliseconds(run.opts.injected_slow_ms));
   const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   nlohmann::json line = StepLine(spec, step, r.value(), seconds, run.wait->Since(wait0));
   const bool eval_now =

@@ -52,6 +52,14 @@ struct TrainOptions {
   // other threads live on: a hang for drills and tests (MOERUN_FAULT_STALL, see
   // docs/fault-tolerance.md, "Hangs").
   int64_t injected_stall_step = 0;
+  // > 0: every step this rank computes this many milliseconds longer (it sleeps inside the
+  // step's compute): a straggler for drills and tests (MOERUN_FAULT_SLOW, docs/cluster.md).
+  int64_t injected_slow_ms = 0;
+  // Run the pre-flight before training and report it to the coordinator (worker/trainer/
+  // preflight.h): set for the first generation of a daemon-started job with
+  // fault_tolerance.preflight on. injected_gemm_ms slows its GEMM (MOERUN_FAULT_SLOW's gemm_ms).
+  bool preflight = false;
+  int64_t injected_gemm_ms = 0;
   // Set by a worker daemon: its memory directory for this job (tmpfs), where this rank keeps
   // memory snapshots every checkpoint.memory_interval_steps; with restore_from_memory,
   // restore_step is read from there instead of the checkpoint shard.
