@@ -43,7 +43,8 @@ enum class MessageType : uint16_t {
   // CLI -> coordinator: forget a daemon that will not return (job_id: the worker's id)
   kRemoveWorker = 16,
   // CLI -> coordinator: end a job after its trainers checkpoint the step they are in
-  // (`moerun stop`, Slurm's warning before a preemption or the time limit); body {reason}
+  // (`moerun stop`, Slurm's warning before a preemption or the time limit); body {reason}.
+  // Then coordinator -> trainer: stop after a checkpoint.
   kStopJob = 17,
   // trainer -> coordinator: a rank's pre-flight, its GEMM speed and its two pairings' links
   kPreflightReport = 18,

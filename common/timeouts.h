@@ -57,10 +57,12 @@ inline constexpr int64_t kFlightCollectTimeoutMs = 2000;
 inline constexpr int64_t kCancelGraceMs = 5000;
 inline constexpr int64_t kFenceGraceMs = 0;
 // `moerun stop` (and Slurm's warning before a preemption or the time limit, which `moerun
-// slurm` turns into one): the trainers get this long after SIGTERM to finish their step,
-// write its checkpoint and exit, within the 120 s `#SBATCH --signal=B:USR1@120` leaves. The
-// coordinator then waits up to kStopShardWaitMs for shard reports that trail the exits
-// before it ends the job STOPPED with whatever is committed.
+// slurm` turns into one): the trainers, told over their control channels, get this long to
+// finish their step, write its checkpoint and exit (then they are killed), within the 120 s
+// `#SBATCH --signal=B:USR1@120` leaves. Once
+// every rank has exited, the coordinator waits up to kStopShardWaitMs for a new commit (the
+// trainers' shard reports can trail the daemons' exit reports) before it ends the job STOPPED
+// with whatever is committed.
 inline constexpr int64_t kStopCheckpointGraceMs = 90000;
 inline constexpr int64_t kStopShardWaitMs = 2000;
 // The daemon's wait for a message before it polls its trainers; shorter while trainers it

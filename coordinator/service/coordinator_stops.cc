@@ -1,8 +1,9 @@
 // Stopping a job with a last checkpoint (docs/fault-tolerance.md, "Stopping with a
 // checkpoint"): `moerun stop`, and Slurm's warning before a preemption or the time limit,
-// which `moerun slurm` turns into one. The trainers get SIGTERM; each finishes the step it is
-// in, all of them agree at its end that a stop was asked (trainer.cc, OneStep), write that
-// step's checkpoint and exit 130. The shard reports commit the step as any other; once every
+// which `moerun slurm` turns into one. Each trainer hears StopJob on its control channel; at
+// the end of a step all ranks agree that a stop was asked (trainer.cc, OneStep), write that
+// step's checkpoint and exit 130. Ranks that have not exited kStopCheckpointGraceMs later are
+// killed. The shard reports commit the step as any other; once every
 // rank has exited (and no report trails) the job is STOPPED, and a new submission with the
 // same run dir continues from the step committed.
 #include <spdlog/spdlog.h>
@@ -45,7 +46,11 @@ void Coordinator::StopJob(const std::string& peer, const std::string& job_id,
                                         "exit; the newest committed step is " +
                                         std::to_string(job.committed_step));
     spdlog::info("job {} stopping: {}", job_id, why);
-    StopTrainers(job, UINT64_MAX, kStopCheckpointGraceMs);
+    // Over each trainer's control channel, not a signal: a rank that hears it stops at the
+    // end of its next step, and the others with it (the ranks agree on stopping every step).
+    for (const auto& r : job.ranks)
+      if (!r.peer.empty())
+        SendTo(r.peer, MessageType::kStopJob, job_id, job.state.generation(), {{"reason", why}});
     Persist(job);
   }
   Reply(peer, {{"job_id", job_id},
@@ -65,11 +70,10 @@ bool Coordinator::CheckStop(JobRun& job) {
   for (const auto& r : job.ranks) running += r.exited ? 0 : 1;
   if (running == 0) {
     if (job.stop_exited_ms == 0) job.stop_exited_ms = now;
-    // Shards of a step newer than the commit reported by some writers: the others' reports
-    // may trail their exits by a moment.
-    bool trailing = false;
-    for (const auto& [step, shards] : job.shards_written) trailing |= step > job.committed_step;
-    if (trailing && now - job.stop_exited_ms < kStopShardWaitMs) return false;
+    // The shard reports come from the trainers, their exits from the daemons: the reports may
+    // trail the exits by a moment. Until a step newer than the stop's start commits, wait.
+    const bool committed = job.committed_step > job.stop_committed_before;
+    if (!committed && now - job.stop_exited_ms < kStopShardWaitMs) return false;
     EndStop(job, "every rank exited");
     return true;
   }

@@ -9,6 +9,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <regex>
 
 #include "tests/integration/process.h"
@@ -144,6 +145,43 @@ TEST_CASE("Slurm's warning mid-run: a checkpoint, a requeue, a resume, the same 
   CHECK(Sh("grep -rqs 'resumed from checkpoint step " + stopped_at + "\\b' " + run +
            "/control/worker-*/logs/") == 0);
   CHECK(Digest(run) == ReferenceDigest());
+}
+
+TEST_CASE("a node Slurm takes away mid-run: its ranks move to the spare node, same weights") {
+  const Cluster& c = TheCluster();
+  const std::string run = c.dir + "/run-node-lost";
+  const std::string job = c.Submit(run, kSteps);
+  REQUIRE(WaitFor(
+      [&] {
+        std::ifstream in(run + "/metrics.jsonl");
+        return std::count(std::istreambuf_iterator<char>(in), {}, '\n') >= 30;
+      },
+      180));
+  // A node with ranks that is not the batch host (n1, which runs the coordinator).
+  const std::string status =
+      c.Slurm(std::string(MOERUN_BIN) + " status --json --coordinator $(cat " + run +
+              "/control/coordinator/endpoint) --keys " + run + "/control/keys");
+  const nlohmann::json st = nlohmann::json::parse(status, nullptr, false);
+  REQUIRE_MESSAGE((st.is_object() && st["jobs"].size() == 1), status);
+  std::string lost;
+  for (const auto& w : st["jobs"][0]["workers"])
+    if (w != "n1" && lost.empty()) lost = w;
+  REQUIRE_MESSAGE(!lost.empty(), status);
+  c.Slurm("scontrol update NodeName=" + lost + " State=DOWN Reason=moerun-test");
+  const std::string state = c.AwaitEnd(job, 300);
+  c.Slurm("scontrol update NodeName=" + lost + " State=RESUME");
+  const std::string out = ReadAll(c.dir + "/slurm-" + job + ".out");
+  REQUIRE_MESSAGE(state == "COMPLETED", out);
+  // The restart names the node lost (in the coordinator's log: the phase may pass between two
+  // of moerun slurm's polls).
+  const std::string log = ReadAll(run + "/control/coordinator/coordinator.log");
+  CHECK_MESSAGE(log.find("RECOVERING: worker " + lost + " sent no heartbeat") != std::string::npos,
+                log);
+  CHECK(out.find("SUCCEEDED") != std::string::npos);
+  CHECK(Digest(run) == ReferenceDigest());
+  // The nodes are idle again before the next case.
+  REQUIRE(WaitFor(
+      [&] { return c.Slurm("sinfo -h -N -t idle -o %N").find(lost) != std::string::npos; }, 60));
 }
 
 // Last: it drains a node the cases above need.

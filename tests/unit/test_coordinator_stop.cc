@@ -1,6 +1,7 @@
-// `moerun stop` in the coordinator (coordinator_stops.cc): the trainers are asked to
-// checkpoint and exit; the job ends STOPPED once they have, with the step their shards
-// committed, and a failure while stopping ends the stop rather than restarting the job.
+// `moerun stop` in the coordinator (coordinator_stops.cc): the trainers are asked, over their
+// control channels, to checkpoint and exit; the job ends STOPPED once they have, with the step
+// their shards committed, and a failure while stopping ends the stop rather than restarting the
+// job.
 #include <doctest/doctest.h>
 
 #include "common/timeouts.h"
@@ -13,21 +14,22 @@ void AskStop(Harness& h, const std::string& id, const std::string& reason = "pre
   h.c().Handle("cli:2", {MessageType::kStopJob, 0, id, "cli", {{"reason", reason}}});
 }
 
-TEST_CASE("a stop: SIGTERM with the long grace, the step's shards commit, then STOPPED") {
+TEST_CASE("a stop: StopJob to every trainer, the step's shards commit, then STOPPED") {
   Harness h("stop-commit");
   const std::string id = h.Running();
   h.Report(id, 1, 0, 12);
   AskStop(h, id, "Slurm's warning");
-  const Sent stop = h.Last("worker:a", MessageType::kStopTrainers);
-  CHECK(stop.e.body["grace_ms"] == kStopCheckpointGraceMs);
-  CHECK(stop.e.body["below_generation"] == UINT64_MAX);
+  for (int rank : {0, 1}) {
+    const Sent stop = h.Last(Harness::Trainer(id, 1, rank), MessageType::kStopJob);
+    CHECK(stop.e.body["reason"] == "Slurm's warning");
+  }
+  CHECK(h.Count(MessageType::kStopTrainers, "worker:a") == 0);  // no signal: they stop themselves
   CHECK(h.Last("cli:2").e.body["stopping"] == true);
   CHECK(h.Job(id).state.phase() == JobPhase::kRunning);
   CHECK(h.Said(id, "stopping (Slurm's warning)"));
   // Asked again (the asker retries): the same stop answers, nothing new is sent.
-  const int stops = h.Count(MessageType::kStopTrainers, "worker:a");
   AskStop(h, id);
-  CHECK(h.Count(MessageType::kStopTrainers, "worker:a") == stops);
+  CHECK(h.Count(MessageType::kStopJob, Harness::Trainer(id, 1, 0)) == 1);
   CHECK(h.Last("cli:2").e.body["stopping"] == true);
 
   // Both ranks checkpoint step 13 and exit 130; one shard report trails the exits.
@@ -102,6 +104,8 @@ TEST_CASE("a stop's reason is bounded; trainers that never exit are given up aft
   }
   CHECK(h.Job(id).state.phase() == JobPhase::kStopped);
   CHECK(h.Said(id, "2 rank(s) had not exited"));
+  const Sent kill = h.Last("worker:a", MessageType::kStopTrainers);  // fenced at once
+  CHECK(kill.e.body["grace_ms"] == kFenceGraceMs);
 }
 
 }  // namespace

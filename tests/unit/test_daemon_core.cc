@@ -156,13 +156,12 @@ TEST_CASE("daemon core: a newer generation fences the older one and starts after
   auto now = f.core.Tick();
   REQUIRE(now.starts.size() == 2);
   CHECK(now.starts[0].generation == 2);
-  // StopTrainers: the stop and its grace, capped at the longest the daemon gives (a stop with
-  // a last checkpoint, kStopCheckpointGraceMs).
-  auto stop = f.Feed(MessageType::kStopTrainers,
-                     {{"below_generation", 3}, {"grace_ms", kStopCheckpointGraceMs + 1}}, "j-1");
+  // StopTrainers: the stop and its grace, capped at the daemon's own.
+  auto stop =
+      f.Feed(MessageType::kStopTrainers, {{"below_generation", 3}, {"grace_ms", 99999}}, "j-1");
   REQUIRE(stop.stops.size() == 1);
   CHECK(stop.stops[0].below_generation == 3);
-  CHECK(stop.stops[0].grace_ms == kStopCheckpointGraceMs);
+  CHECK(stop.stops[0].grace_ms == kTrainerStopGraceMs);
 }
 
 TEST_CASE("daemon core: the lease runs out, every trainer stops once; an answer renews it") {

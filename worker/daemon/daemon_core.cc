@@ -214,8 +214,8 @@ void DaemonCore::OnStop(const Envelope& e, DaemonActions* out) {
     out->warnings.push_back("dropped a message: " + b.status().message());
     return;
   }
-  const int64_t grace = b->grace_ms < 0 ? kTrainerStopGraceMs
-                                        : std::min<int64_t>(b->grace_ms, kStopCheckpointGraceMs);
+  const int64_t grace =
+      b->grace_ms < 0 ? kTrainerStopGraceMs : std::min<int64_t>(b->grace_ms, kTrainerStopGraceMs);
   out->notes.push_back("stopping job " + e.job_id + " trainers of generations below " +
                        std::to_string(b->below_generation) + " (grace " + std::to_string(grace) +
                        " ms)");

@@ -100,6 +100,7 @@ std::optional<std::vector<int64_t>> ControlChannel::PollCommitted() {
     if (!msg.ok()) continue;  // one unreadable message costs only itself
     if (!msg->has_value()) break;
     const Envelope& e = **msg;
+    if (e.type == MessageType::kStopJob && e.job_id == opts_.job_id) stop_requested_ = true;
     if (e.type != MessageType::kCheckpointCommitted || e.job_id != opts_.job_id) continue;
     auto body = CheckpointCommittedBody::FromJson(e.body);
     if (!body.ok() || body->steps.empty()) continue;  // nothing a writer could delete by

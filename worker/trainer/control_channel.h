@@ -9,7 +9,8 @@
 //               restarting) still commits its step; the coordinator takes repeats as they
 //               come (its commit is idempotent) and answers them with the commit.
 //   PollCommitted  the committed steps the job keeps, when the coordinator said (after a
-//               commit, or in answer to a repeated shard report); never blocks.
+//               commit, or in answer to a repeated shard report), and whether it asked the
+//               job to stop (StopJob); never blocks.
 // Not thread-safe; one per trainer process.
 #pragma once
 
@@ -49,6 +50,9 @@ class ControlChannel {
   // The newest CheckpointCommitted list that arrived since the last call (ascending steps), or
   // nullopt. Other messages are dropped (a repeated rendezvous table, a refusal of a report).
   std::optional<std::vector<int64_t>> PollCommitted();
+  // The coordinator asked this job to stop after a checkpoint (StopJob), heard by a
+  // PollCommitted call.
+  bool stop_requested() const { return stop_requested_; }
 
  private:
   ControlChannel() = default;
@@ -57,6 +61,7 @@ class ControlChannel {
   zmq::context_t ctx_;
   std::unique_ptr<zmq::socket_t> dealer_;
   nlohmann::json last_shard_;  // the newest ShardWritten body (null until one)
+  bool stop_requested_ = false;
 };
 
 }  // namespace moerun::trainer

@@ -113,6 +113,10 @@ Status TrainReporter::ReportShards() {
   return write_failure_;
 }
 
+bool TrainReporter::StopRequested() const {
+  return opts_.control != nullptr && opts_.control->stop_requested();
+}
+
 std::optional<std::vector<int64_t>> TrainReporter::PollCommitted() {
   if (!opts_.control) return std::nullopt;
   std::lock_guard<std::mutex> lock(shards_mu_);  // the channel's last shard report changes

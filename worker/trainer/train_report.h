@@ -53,6 +53,8 @@ class TrainReporter {
   // The committed steps the job keeps, when the coordinator said since the last call
   // (ControlChannel::PollCommitted); nullopt without a coordinator. The training thread.
   std::optional<std::vector<int64_t>> PollCommitted();
+  // The coordinator asked the job to stop after a checkpoint (heard by PollCommitted).
+  bool StopRequested() const;
   // Ends the progress bar's line.
   void Finish();
 

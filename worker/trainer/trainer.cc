@@ -339,7 +339,9 @@ Status OneStep(RankRun& run, TrainReporter& report, checkpoint::CheckpointWriter
     run.log->info("{}", run.startup.Describe());
   }
   summary->final_loss = r->loss;
-  auto stopping = run.driver->AnyRank(StopSignals::requested());
+  // SIGINT/SIGTERM, or the coordinator's StopJob heard at an earlier step's poll: every rank
+  // stops after this step, with its checkpoint, if any rank was asked.
+  auto stopping = run.driver->AnyRank(StopSignals::requested() || report.StopRequested());
   if (!stopping.ok()) return stopping.status();
   const bool ckpt_now = spec.checkpoint.interval_steps > 0 &&
                         (step % spec.checkpoint.interval_steps == 0 || step == total);
