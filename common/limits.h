@@ -22,8 +22,9 @@ inline constexpr std::size_t kMaxHttpHeaderBytes = 64 << 10;
 // Open connections from one client address, and in all: each has a thread while it is open.
 inline constexpr int kMaxHttpConnectionsPerClient = 16;
 inline constexpr int kMaxHttpConnections = 256;
-// Unread bytes a closing HTTP connection reads and drops (kHttpLingerMs).
-inline constexpr std::size_t kHttpLingerBytes = 1 << 20;
+// Unread bytes a closing HTTP connection reads and drops (kHttpLingerMs): enough that a client
+// streaming a refused body, on a loaded machine, reads its answer before the close.
+inline constexpr std::size_t kHttpLingerBytes = 16 << 20;
 // Connections the kernel holds for the HTTP server before it accepts them (cpp-httplib listens
 // with 5: a burst of connections then waits seconds for SYN retransmits).
 inline constexpr int kHttpListenBacklog = 1024;

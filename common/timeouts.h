@@ -92,8 +92,10 @@ inline constexpr int64_t kHttpWriteTimeoutMs = 5000;
 // Each of those waits looks this often whether the server is stopping.
 inline constexpr int64_t kHttpStopPollMs = 100;
 // Before an HTTP connection closes, what its client sent that was never read is read for up to
-// this long (and kHttpLingerBytes), so the close is a FIN the client's answer survives.
-inline constexpr int64_t kHttpLingerMs = 200;
+// this long (and kHttpLingerBytes), so the close is a FIN the client's answer survives. (At 200 ms
+// and 1 MiB a client streaming a refused upload on a loaded 2-core machine sometimes had not
+// read its answer yet: the close became a reset and the answer was lost.)
+inline constexpr int64_t kHttpLingerMs = 1000;
 // How soon the CURVE (ZAP) handler notices it should stop.
 inline constexpr int kZapPollMs = 50;
 

@@ -156,7 +156,8 @@ int RunLogs(const Remote& r, const std::string& job, int rank, bool follow) {
       return CliExitCode(state.status());
     }
     const std::string phase = state->value("phase", "");
-    if (phase == "SUCCEEDED" || phase == "FAILED" || phase == "CANCELLED") return kExitOk;
+    if (phase == "SUCCEEDED" || phase == "FAILED" || phase == "CANCELLED" || phase == "STOPPED")
+      return kExitOk;
     std::this_thread::sleep_for(std::chrono::milliseconds(kLogFollowIntervalMs));
   }
 }
