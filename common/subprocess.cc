@@ -94,4 +94,17 @@ std::vector<std::string> TrainerEnvironment() {
   return {"GLIBC_TUNABLES=glibc.malloc.hugetlb=1"};
 }
 
+Result<std::string> CommandOutput(const std::string& command) {
+  FILE* p = popen((command + " 2>&1").c_str(), "r");
+  if (!p) return Status::IOError("cannot run " + command);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int rc = pclose(p);
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+  if (rc != 0) return Status::Unavailable("`" + command + "` failed: " + out);
+  return out;
+}
+
 }  // namespace moerun

@@ -45,6 +45,11 @@ struct SpawnOptions {
 // The child's pid.
 Result<pid_t> Spawn(const SpawnOptions& options);
 
+// Runs `command` through /bin/sh and waits: its output, stderr merged, trailing newlines and
+// spaces trimmed; Unavailable naming the command and what it printed when it fails. For short
+// administrative commands (`scontrol`), never on a hot path.
+Result<std::string> CommandOutput(const std::string& command);
+
 // What a trainer's environment adds: glibc's malloc asks for transparent huge pages for its
 // large blocks (GLIBC_TUNABLES=glibc.malloc.hugetlb=1), which halves what a fresh trainer
 // spends on page faults before its first step (docs/fault-tolerance.md, "Restarts"). Nothing

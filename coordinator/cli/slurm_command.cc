@@ -30,6 +30,7 @@
 #include "common/exit_codes.h"
 #include "common/slurm_allocation.h"
 #include "common/spec_loader.h"
+#include "common/subprocess.h"
 #include "common/timeouts.h"
 #include "coordinator/cli/commands.h"
 #include "coordinator/cli/job_follower.h"
@@ -56,20 +57,6 @@ struct SlurmArgs {
   bool no_progress = false, no_requeue = false, insecure_data_plane = false;
 };
 
-// A command's standard output (trimmed), or an error with its exit status.
-Result<std::string> Capture(const std::string& cmd) {
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  if (!p) return Status::IOError("cannot run " + cmd);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int rc = pclose(p);
-  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-  if (rc != 0) return Status::Unavailable("`" + cmd + "` failed: " + out);
-  return out;
-}
-
 // `program` as a path: itself when it has a '/', else the first executable of that name on
 // PATH; empty when there is none.
 std::string FindProgram(const std::string& program) {
@@ -92,7 +79,7 @@ std::string FindProgram(const std::string& program) {
 Result<std::string> NodeAddress(const SlurmArgs& a, const std::string& node) {
   std::string host = a.coordinator_host;
   if (host.empty()) {
-    auto shown = Capture(a.scontrol + " show node -o '" + node + "'");
+    auto shown = CommandOutput(a.scontrol + " show node -o '" + node + "'");
     if (!shown.ok()) return shown.status();
     std::smatch m;
     if (!std::regex_search(*shown, m, std::regex("NodeAddr=(\\S+)")))
@@ -276,7 +263,7 @@ int RunSlurm(const SlurmArgs& a) {
                  alloc->job_id.c_str());
     std::fflush(stdout);
     std::fflush(stderr);
-    auto r = Capture(a.scontrol + " requeue " + alloc->job_id);
+    auto r = CommandOutput(a.scontrol + " requeue " + alloc->job_id);
     if (!r.ok()) {
       std::fprintf(stderr, "moerun slurm: %s (submit the script again to continue)\n",
                    r.status().message().c_str());

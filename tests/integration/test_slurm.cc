@@ -87,6 +87,16 @@ std::string Digest(const std::string& run_dir) {
   return d.out;
 }
 
+// Waits until the run has trained `steps` steps (rank 0's metrics.jsonl has a line per step).
+bool TrainedSteps(const std::string& run, int64_t steps) {
+  return WaitFor(
+      [&] {
+        std::ifstream in(run + "/metrics.jsonl");
+        return std::count(std::istreambuf_iterator<char>(in), {}, '\n') >= steps;
+      },
+      180);
+}
+
 // `moerun local` of the same job: the weights Slurm's runs must reach.
 const std::string& ReferenceDigest() {
   static const std::string digest = [] {
@@ -122,13 +132,7 @@ TEST_CASE("Slurm's warning mid-run: a checkpoint, a requeue, a resume, the same 
   const Cluster& c = TheCluster();
   const std::string run = c.dir + "/run-preempted";
   const std::string job = c.Submit(run, kSteps);
-  // Warned once it has trained a while (rank 0's metrics.jsonl has a line per step).
-  REQUIRE(WaitFor(
-      [&] {
-        std::ifstream in(run + "/metrics.jsonl");
-        return std::count(std::istreambuf_iterator<char>(in), {}, '\n') >= 30;
-      },
-      180));
+  REQUIRE(TrainedSteps(run, 30));  // warned once it has trained a while
   c.Slurm("scancel --batch --signal=USR1 " + job);
   const std::string state = c.AwaitEnd(job, 300);
   const std::string out = ReadAll(c.dir + "/slurm-" + job + ".out");
@@ -151,12 +155,7 @@ TEST_CASE("a node Slurm takes away mid-run: its ranks move to the spare node, sa
   const Cluster& c = TheCluster();
   const std::string run = c.dir + "/run-node-lost";
   const std::string job = c.Submit(run, kSteps);
-  REQUIRE(WaitFor(
-      [&] {
-        std::ifstream in(run + "/metrics.jsonl");
-        return std::count(std::istreambuf_iterator<char>(in), {}, '\n') >= 30;
-      },
-      180));
+  REQUIRE(TrainedSteps(run, 30));
   // A node with ranks that is not the batch host (n1, which runs the coordinator).
   const std::string status =
       c.Slurm(std::string(MOERUN_BIN) + " status --json --coordinator $(cat " + run +

@@ -14,26 +14,13 @@
 #include <regex>
 
 #include "common/exit_codes.h"
+#include "common/subprocess.h"
 #include "worker/health/node_health.h"
 
 namespace moerun::worker {
 namespace {
 
 constexpr const char* kDrainPrefix = "moerun health: ";
-
-std::string Capture(const std::string& cmd, int* rc) {
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  std::string out;
-  if (!p) {
-    *rc = -1;
-    return "cannot run " + cmd;
-  }
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  *rc = pclose(p);
-  return out;
-}
 
 // Single quotes for sh.
 std::string Quoted(const std::string& s) {
@@ -53,34 +40,34 @@ std::string NodeName(const std::string& given) {
 
 // Drains an unhealthy node, resumes one this check drained that is healthy now; 0 on success.
 int UpdateSlurm(const std::string& scontrol, const std::string& node, const HealthReport& r) {
-  int rc = 0;
+  const std::string update = scontrol + " update NodeName=" + Quoted(node);
   if (!r.healthy) {
     std::string reason = kDrainPrefix;
     for (size_t i = 0; i < r.problems.size(); ++i) reason += (i ? "; " : "") + r.problems[i];
-    const std::string out = Capture(scontrol + " update NodeName=" + Quoted(node) +
-                                        " State=DRAIN Reason=" + Quoted(reason.substr(0, 200)),
-                                    &rc);
-    if (rc != 0)
-      std::fprintf(stderr, "moerun-worker: cannot drain %s: %s", node.c_str(), out.c_str());
-    else
-      std::fprintf(stderr, "moerun-worker: drained %s: %s\n", node.c_str(), reason.c_str());
-    return rc == 0 ? 0 : 1;
+    auto drained = CommandOutput(update + " State=DRAIN Reason=" + Quoted(reason.substr(0, 200)));
+    if (!drained.ok()) {
+      std::fprintf(stderr, "moerun-worker: cannot drain %s: %s\n", node.c_str(),
+                   drained.status().message().c_str());
+      return 1;
+    }
+    std::fprintf(stderr, "moerun-worker: drained %s: %s\n", node.c_str(), reason.c_str());
+    return 0;
   }
-  const std::string shown = Capture(scontrol + " show node -o " + Quoted(node), &rc);
-  if (rc != 0) return 0;  // no Slurm here to tell: nothing to resume
+  auto shown = CommandOutput(scontrol + " show node -o " + Quoted(node));
+  if (!shown.ok()) return 0;  // no Slurm here to tell: nothing to resume
   std::smatch m;
-  const bool drained = std::regex_search(shown, std::regex("State=\\S*DRAIN"));
-  const bool ours = std::regex_search(shown, m, std::regex("Reason=(.*?)( \\[|$)")) &&
+  const bool drained = std::regex_search(*shown, std::regex("State=\\S*DRAIN"));
+  const bool ours = std::regex_search(*shown, m, std::regex("Reason=(.*?)( \\[|$)")) &&
                     m[1].str().rfind(kDrainPrefix, 0) == 0;
-  if (drained && ours) {
-    const std::string out =
-        Capture(scontrol + " update NodeName=" + Quoted(node) + " State=RESUME", &rc);
-    if (rc != 0)
-      std::fprintf(stderr, "moerun-worker: cannot resume %s: %s", node.c_str(), out.c_str());
-    else
-      std::fprintf(stderr, "moerun-worker: resumed %s (healthy again)\n", node.c_str());
+  if (!drained || !ours) return 0;
+  auto resumed = CommandOutput(update + " State=RESUME");
+  if (!resumed.ok()) {
+    std::fprintf(stderr, "moerun-worker: cannot resume %s: %s\n", node.c_str(),
+                 resumed.status().message().c_str());
+    return 1;
   }
-  return rc == 0 ? 0 : 1;
+  std::fprintf(stderr, "moerun-worker: resumed %s (healthy again)\n", node.c_str());
+  return 0;
 }
 
 }  // namespace
